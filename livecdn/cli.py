@@ -1,0 +1,131 @@
+"""The `livecdn` command: run one node from the topology file, or the whole demo CDN."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import ConfigError, EdgeConfig, OriginConfig, ShieldConfig, Topology, load
+
+__all__ = ["main"]
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+ROLES = ("origin", "shield", "edge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livecdn", description="Live video CDN: origin, shield and edge nodes.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for role in ROLES:
+        s = sub.add_parser(role, help=f"run one {role} node from the topology file")
+        s.add_argument("--config", required=True, help="topology file (TOML)")
+        s.add_argument("--node", required=True, help="this node's name in the topology file")
+        _common(s)
+        if role != "origin":
+            s.add_argument("--workers", type=int, help="worker processes sharing the port (overrides the file)")
+            s.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    d = sub.add_parser("demo", help="start a whole CDN on loopback and print the URL a player opens")
+    d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: configs/demo.toml)")
+    d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
+    _common(d)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--origin", metavar="URL", help="use this existing origin instead of the built-in one")
+    p.add_argument("--mode", choices=("synthetic", "ffmpeg"), help="built-in origin mode (overrides the file)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    topo = load(args.config)
+    if args.origin:
+        try:
+            topo = topo.with_origin(args.origin)
+        except ValueError as e:
+            raise ConfigError(args.config, "--origin", str(e)) from None
+    elif args.mode and topo.origin is not None:
+        topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=args.mode))
+    return topo
+
+
+def _node_config(topo: Topology, role: str, name: str) -> OriginConfig | ShieldConfig | EdgeConfig:
+    actual, cfg = topo.node(name)
+    if actual != role:
+        raise ConfigError(topo.path, "--node", f"node {name!r} is a {actual} node, not {role}")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        topo = _topology(args)
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(args, topo)
+        cfg = _node_config(topo, args.command, args.node)
+        if isinstance(cfg, (ShieldConfig, EdgeConfig)) and args.workers is not None:
+            if args.workers < 1:
+                raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
+            cfg = dataclasses.replace(cfg, workers=args.workers)
+    except ConfigError as e:
+        print(f"livecdn: {e}", file=sys.stderr)
+        return 2
+    level = getattr(logging, args.log_level.upper())
+    from . import logs
+    logs.setup(cfg.name, level)
+    if isinstance(cfg, OriginConfig):
+        return _run_origin(cfg)
+    return _run_cache_node(args, topo, cfg)
+
+
+def _run_origin(cfg: OriginConfig) -> int:
+    from .origin import OriginNode
+    from .runner import run, serve
+
+    try:
+        run(lambda: serve(OriginNode(cfg)))
+    except RuntimeError as e:
+        print(f"livecdn: origin {cfg.name}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig | EdgeConfig) -> int:
+    workers = cfg.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is first imported (it picks its
+        # value store at import), so every worker writes where /metrics reads.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"livecdn-metrics-{cfg.name}-")
+
+    def child() -> None:
+        from edge import EdgeNode
+        from shield import ShieldNode
+        from .runner import run, serve
+
+        kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
+        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1)
+
+        def reload() -> Topology:
+            return _topology(args)
+
+        run(lambda: serve(node, reload))
+
+    if workers == 1:
+        try:
+            child()
+        except OSError as e:
+            print(f"livecdn: {cfg.name}: cannot listen: {e}", file=sys.stderr)
+            return 1
+        return 0
+    from .workers import supervise
+    return supervise(workers, child)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

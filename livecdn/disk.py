@@ -1,0 +1,97 @@
+"""The disk tier: `diskcache`, bounded in bytes, shared by a node's worker processes.
+
+One diskcache row per object: the body is the value (diskcache keeps bodies of
+32 KiB and more as plain files, which the front sends with sendfile) and the
+metadata rides in the row's tag, so body and metadata are written and evicted
+together. Every call blocks, so each runs on the store's own thread pool,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+import diskcache
+
+from .freshness import Lifetime
+from .media import Kind
+from .stored import Stored
+
+__all__ = ["DiskStore", "DiskHit"]
+
+# Bodies at least this large live in their own files and are served with
+# sendfile; smaller ones sit in SQLite and come back as bytes.
+FILE_THRESHOLD = 32 << 10
+# Threads doing disk work: enough to overlap a few slow reads with writes,
+# few enough that a burst of misses cannot starve the machine.
+DISK_THREADS = 4
+
+
+class DiskHit:
+    """A disk lookup result: the metadata, plus an open file for large bodies."""
+
+    __slots__ = ("obj", "file")
+
+    def __init__(self, obj: Stored, file: BinaryIO | None) -> None:
+        self.obj = obj
+        self.file = file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class DiskStore:
+    """Async facade over one diskcache directory."""
+
+    def __init__(self, directory: str, size_limit: int) -> None:
+        self._pool = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="livecdn-disk")
+        self._cache = diskcache.Cache(directory, size_limit=size_limit,
+                                      eviction_policy="least-recently-stored",
+                                      disk_min_file_size=FILE_THRESHOLD)
+        self.directory = directory
+
+    async def get(self, key: str) -> DiskHit | None:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._get, key)
+
+    async def put(self, obj: Stored) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._put, obj)
+
+    async def remove(self, key: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._cache.delete, key)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._cache.close()
+
+    @property
+    def volume(self) -> int:
+        """Bytes on disk (an estimate kept by diskcache)."""
+        return int(self._cache.volume())
+
+    def _get(self, key: str) -> DiskHit | None:
+        value, tag = self._cache.get(key, read=True, tag=True)
+        if value is None or tag is None:
+            return None
+        meta = json.loads(tag)
+        lt = Lifetime(*meta["lifetime"])
+        if isinstance(value, (bytes, bytearray)):
+            return DiskHit(_stored(key, meta, bytes(value), lt), None)
+        return DiskHit(_stored(key, meta, b"", lt), value)
+
+    def _put(self, obj: Stored) -> None:
+        meta = json.dumps({
+            "status": obj.status, "headers": obj.headers, "born": obj.born, "kind": obj.kind.value,
+            "size": obj.size, "lifetime": [obj.lifetime.fresh, obj.lifetime.stale_while_revalidate,
+                                           obj.lifetime.stale_if_error, obj.lifetime.store],
+        })
+        self._cache.set(obj.key, obj.body, expire=max(1.0, obj.keep_until() - time.time()), tag=meta)
+
+
+def _stored(key: str, meta: dict, body: bytes, lt: Lifetime) -> Stored:
+    return Stored(key, meta["status"], tuple(tuple(h) for h in meta["headers"]), body,
+                  meta["born"], lt, Kind(meta["kind"]), size=meta["size"])

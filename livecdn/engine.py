@@ -1,0 +1,335 @@
+"""The cache engine's I/O shell: the one place where fill commands become I/O.
+
+`Engine.get()` answers a key from memory, then disk, then by attaching the
+request to the key's one upstream fetch (`Fill`). Every command a fill emits
+is carried out in `_dispatch`, without an `await` between feeding an event and
+dispatching what it produced, so the fill's view of the world is never stale.
+The engine knows nothing of aiohttp requests or responses: the HTTP front
+turns an `Answer` into bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import logging
+import time
+from typing import AsyncIterator, BinaryIO, Callable
+
+import aiohttp
+
+from . import metrics
+from .disk import DiskStore
+from .fill import (
+    AbortResponse, ClientGone, ClientRequested, Command, EndResponse, Event, Fill, Head, Log,
+    RefreshRequested, Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk,
+    UpstreamDone, UpstreamFailed, UpstreamResponded,
+)
+from .freshness import Rules
+from .keys import CacheKey
+from .media import Kind, kind_of
+from .memory import MemoryStore
+from .stored import Stored
+
+__all__ = ["Answer", "Attachment", "Engine", "UpstreamBroken"]
+
+log = logging.getLogger("livecdn.engine")
+
+# Objects that go stale this fast are not worth a disk write: by the time
+# another worker could read them back they are expired.
+DISK_MIN_LIFETIME = 10.0
+# Playlists at least this large are stored with a gzip copy for players that ask.
+GZIP_MIN_BYTES = 256
+PLAYLIST_KINDS = frozenset({Kind.MASTER, Kind.LIVE, Kind.ENDED})
+
+
+class UpstreamBroken(Exception):
+    """The shared upstream body broke after headers were sent."""
+
+
+class Attachment:
+    """One request's place in a fill: an offset into the shared body, no copy of it."""
+
+    __slots__ = ("fill", "client", "ready", "end", "complete", "error", "_wake")
+
+    def __init__(self, fill: Fill, client: int) -> None:
+        self.fill = fill
+        self.client = client
+        self.ready: asyncio.Future[Head | tuple[Stored, str]] = asyncio.get_running_loop().create_future()
+        self.end = 0  # bytes of the shared body this client may send
+        self.complete = False
+        self.error: str | None = None
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def chunks(self, start: int = 0, stop: int | None = None) -> AsyncIterator[memoryview]:
+        """The body bytes [start, stop) as they arrive; woken by the fill, never polling.
+
+        Raises:
+            UpstreamBroken: the upstream body broke; the response must be cut.
+        """
+        pos = start
+        body, index, index_start = self.fill.body, 0, 0
+        while True:
+            if self.error is not None:
+                raise UpstreamBroken(self.error)
+            end = self.end if stop is None else min(self.end, stop)
+            if pos < end:
+                if body is not self.fill.body:  # the fill replaced its chunk list (joined it)
+                    body, index, index_start = self.fill.body, 0, 0
+                while pos < end:
+                    chunk = body[index]
+                    chunk_end = index_start + len(chunk)
+                    if pos >= chunk_end:
+                        index, index_start = index + 1, chunk_end
+                        continue
+                    upto = min(end, chunk_end)
+                    yield memoryview(chunk)[pos - index_start:upto - index_start]
+                    pos = upto
+                continue
+            if self.complete or (stop is not None and pos >= stop):
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Answer:
+    """What the engine gives the front for one request.
+
+    Exactly one of `obj` (a complete stored answer, its body in memory or in
+    `file`) or `head` + `stream` (a streamed answer from an upstream fetch).
+    `cache` is hit, miss, stale, coalesced or error. `close()` must always be
+    called: it releases the file and detaches the request from its fill.
+    """
+
+    __slots__ = ("cache", "obj", "file", "head", "stream", "_release")
+
+    def __init__(self, cache: str, obj: Stored | None = None, file: BinaryIO | None = None,
+                 head: Head | None = None, stream: Attachment | None = None,
+                 release: Callable[[], None] | None = None) -> None:
+        self.cache = cache
+        self.obj = obj
+        self.file = file
+        self.head = head
+        self.stream = stream
+        self._release = release
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+class Engine:
+    """Memory over disk over coalesced upstream fetches, for one node process.
+
+    Args:
+        node: the node's name (metrics label).
+        memory: the process's memory tier.
+        disk: the node's disk tier, or None.
+        upstreams: the upstream base URLs to try for a key, best first.
+        rules: freshness settings.
+        max_object_bytes: the largest body a fill holds.
+        timeout: seconds to wait for an upstream to connect or send anything.
+    """
+
+    def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
+                 upstreams: Callable[[str], tuple[str, ...]], rules: Rules,
+                 max_object_bytes: int, timeout: float) -> None:
+        self.node = node
+        self.memory = memory
+        self.disk = disk
+        self.upstreams = upstreams
+        self.rules = rules
+        self.max_object_bytes = max_object_bytes
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._fills: dict[str, Fill] = {}
+        self._clients: dict[int, Attachment] = {}
+        self._writing: dict[str, Stored] = {}  # objects on their way to disk only
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        if self._session is not None:
+            raise RuntimeError("engine already started")
+        self._session = session
+
+    @property
+    def inflight_fetches(self) -> int:
+        return len(self._fills)
+
+    async def get(self, key: CacheKey) -> Answer:
+        """Answer a request for `key`; the caller must `close()` the answer."""
+        now = time.time()
+        k = key.key
+        obj = self.memory.get(k) or self._writing.get(k)
+        file = None
+        if obj is None and self.disk is not None:
+            hit = await self.disk.get(k)
+            if hit is not None:
+                obj, file = hit.obj, hit.file
+                if file is None and obj.fresh(now):
+                    self.memory.put(obj)
+        if obj is not None:
+            if obj.fresh(now):
+                return Answer("hit", obj, file)
+            if obj.servable_while_revalidating(now):
+                # A file-backed copy has no body in hand to revalidate: refresh it whole.
+                self._refresh(key, obj if file is None else None)
+                return Answer("stale", obj, file)
+            if file is not None:
+                # A file-backed copy cannot be revalidated in place: fetch it whole.
+                file.close()
+                obj = None
+        return await self._attach(key, obj)
+
+    def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
+        fill = Fill(key, kind_of(key.extension), self.upstreams(key.key), self.rules,
+                    self.max_object_bytes, stale)
+        self._fills[key.key] = fill
+        return fill
+
+    def _refresh(self, key: CacheKey, stale: Stored | None) -> None:
+        if key.key not in self._fills:
+            fill = self._new_fill(key, stale)
+            self._feed(fill, RefreshRequested())
+
+    async def _attach(self, key: CacheKey, stale: Stored | None) -> Answer:
+        fill = self._fills.get(key.key) or self._new_fill(key, stale)
+        att = Attachment(fill, next(self._ids))
+        self._clients[att.client] = att
+
+        def release() -> None:
+            if self._clients.pop(att.client, None) is not None and not fill.finished:
+                self._feed(fill, ClientGone(att.client))
+
+        self._feed(fill, ClientRequested(att.client))
+        try:
+            result = await att.ready
+        except BaseException:
+            release()
+            raise
+        if isinstance(result, Head):
+            return Answer(result.cache, head=result, stream=att, release=release)
+        release()
+        obj, cache = result
+        return Answer(cache, obj)
+
+    # --- the shell: events in, commands out ---
+
+    def _feed(self, fill: Fill, event: Event) -> None:
+        commands = fill.handle(event)
+        # No `await` beyond this point: commands are carried out against the
+        # state the fill just reached.
+        self._dispatch(fill, commands)
+        if fill.finished and self._fills.get(fill.key.key) is fill:
+            del self._fills[fill.key.key]
+
+    def _dispatch(self, fill: Fill, commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, SendBytes):
+                att = self._clients[cmd.client]
+                att.end = cmd.end
+                att.wake()
+            elif isinstance(cmd, Respond):
+                self._resolve(cmd.client, cmd.head)
+            elif isinstance(cmd, EndResponse):
+                att = self._clients[cmd.client]
+                att.complete = True
+                att.wake()
+            elif isinstance(cmd, StartFetch):
+                self._spawn(self._fetch(fill, cmd))
+            elif isinstance(cmd, StoreObject):
+                self._store(cmd.obj)
+            elif isinstance(cmd, ServeStored):
+                self._resolve(cmd.client, (cmd.obj, cmd.cache))
+            elif isinstance(cmd, AbortResponse):
+                att = self._clients[cmd.client]
+                att.error = cmd.reason
+                att.wake()
+            elif isinstance(cmd, Log):
+                log.log(logging.getLevelName(cmd.level.upper()), "%s", cmd.message)
+            else:
+                raise RuntimeError(f"unknown command {cmd!r}")
+
+    def _resolve(self, client: int, result: Head | tuple[Stored, str]) -> None:
+        att = self._clients[client]
+        if not att.ready.done():
+            att.ready.set_result(result)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
+        if self._session is None:
+            raise RuntimeError("engine.start(session) was not called")
+        key = fill.key
+        url = cmd.upstream + key.path + (f"?{key.query}" if key.query else "")
+        headers = {"Accept-Encoding": "identity", **dict(cmd.headers)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+        self._upstream_counter.inc()
+
+        def current() -> bool:
+            return fill.attempt == cmd.attempt and not fill.finished
+
+        try:
+            async with self._session.get(url, headers=headers, timeout=timeout,
+                                         allow_redirects=False, auto_decompress=False) as resp:
+                head = tuple((k.lower(), v) for k, v in resp.headers.items())
+                self._feed(fill, UpstreamResponded(resp.status, head, time.time()))
+                if not current():
+                    return
+                async for chunk in resp.content.iter_any():
+                    self._feed(fill, UpstreamChunk(chunk))
+                    if not current():
+                        return
+                self._feed(fill, UpstreamDone(time.time()))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            if current():
+                timed_out = isinstance(e, asyncio.TimeoutError)
+                reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
+                self._feed(fill, UpstreamFailed(reason, time.time(), timed_out))
+
+    def _store(self, obj: Stored) -> None:
+        if obj.kind in PLAYLIST_KINDS and obj.size >= GZIP_MIN_BYTES:
+            obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
+        in_memory = self.memory.put(obj)
+        if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
+            if not in_memory:
+                self._writing[obj.key] = obj
+            self._spawn(self._write_disk(obj))
+
+    async def _write_disk(self, obj: Stored) -> None:
+        assert self.disk is not None
+        try:
+            await self.disk.put(obj)
+        except OSError as e:
+            log.error("disk write of %s failed: %s", obj.key, e)
+        finally:
+            if self._writing.get(obj.key) is obj:
+                del self._writing[obj.key]
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Let disk writes finish, then cancel what is left (fetches without clients)."""
+        if self._tasks:
+            done, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("cancelled %d engine tasks at shutdown", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:200]

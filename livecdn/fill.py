@@ -1,0 +1,408 @@
+"""One upstream fetch shared by every request for a key: sans-io.
+
+A `Fill` is the read-while-writer state machine behind coalescing. It is fed
+events (a client asked, the upstream answered, a chunk arrived, the upstream
+failed, a client left) and answers with commands (start a fetch, respond to a
+client, let a client send bytes [start, end) of the shared body, store the
+object). It has no socket, no clock and no `await`: the engine shell turns its
+commands into I/O, and tests drive it with a playbook.
+
+The body is kept once, in `Fill.body`; a client is only an offset into it, so a
+slow player costs nothing but its own position, and the upstream read never
+waits for anyone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .freshness import Lifetime, Rules, lifetime
+from .keys import CacheKey
+from .media import CONTENT_TYPES, Kind
+from .playlist import MalformedPlaylist, analyze
+from .stored import KEPT_HEADERS, Stored
+
+__all__ = [
+    "AbortResponse", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
+    "Fill", "Head", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
+    "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
+    "UpstreamResponded", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
+]
+
+# Requests attached to one fetch. Past this a popular key is better served by a
+# 503 and a retry than by one more waiter on an already huge fan-out.
+MAX_CLIENTS_PER_FILL = 20_000
+# Upstream answers that mean "this upstream cannot serve now": try the next one.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Status and headers one client is to receive; `body` only for generated errors."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    length: int | None  # None: not known yet, the answer is streamed
+    cache: str  # miss | coalesced | error
+    born: float = 0.0
+    body: bytes = b""
+
+
+# --- events: what happened -------------------------------------------------
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequested(Event):
+    """A request for the key arrived and was attached to this fill."""
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequested(Event):
+    """A stale object is being served; refresh it in the background."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone(Event):
+    """An attached client disconnected or finished early."""
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponded(Event):
+    """The upstream sent its status line and headers (names lower-cased)."""
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamChunk(Event):
+    """More body bytes arrived from the upstream."""
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"UpstreamChunk({len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamDone(Event):
+    """The upstream body ended cleanly."""
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailed(Event):
+    """The upstream connection failed, timed out or broke mid-body."""
+    reason: str
+    at: float
+    timeout: bool = False
+
+
+# --- commands: what the shell must do --------------------------------------
+
+class Command:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartFetch(Command):
+    """Fetch the key from `upstream`; later events belong to `attempt`."""
+    upstream: str
+    attempt: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Respond(Command):
+    """Send this status and headers to the client."""
+    client: int
+    head: Head
+
+
+@dataclass(frozen=True, slots=True)
+class SendBytes(Command):
+    """The client may now send bytes [start, end) of the shared body."""
+    client: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndResponse(Command):
+    """The client's answer is complete."""
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortResponse(Command):
+    """The body broke after headers were sent: cut the client's connection."""
+    client: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServeStored(Command):
+    """Answer the client from a complete stored object (revalidated or stale)."""
+    client: int
+    obj: Stored
+    cache: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreObject(Command):
+    """Put a complete answer into the stores."""
+    obj: Stored
+
+
+@dataclass(frozen=True, slots=True)
+class Log(Command):
+    """A log line that follows from the event just handled."""
+    level: str
+    message: str
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"  # fetch started, no headers yet
+    BODY = "body"  # headers in, body arriving
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class Fill:
+    """The state of one coalesced upstream fetch.
+
+    Args:
+        key: the object's key.
+        kind: its kind by name; playlists are held until complete and checked
+            before any client sees them.
+        upstreams: where to fetch from, in order of preference.
+        rules: freshness settings.
+        max_bytes: the largest body this fill will hold.
+        stale: an expired copy, used for conditional requests and stale-if-error.
+    """
+
+    key: CacheKey
+    kind: Kind
+    upstreams: tuple[str, ...]
+    rules: Rules
+    max_bytes: int
+    stale: Stored | None = None
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0
+    attempt: int = 0
+    _clients: dict[int, str] = field(default_factory=dict)  # client → miss | coalesced
+    _state: _State = _State.IDLE
+    _status: int = 0
+    _headers: tuple[tuple[str, str], ...] = ()
+    _length: int | None = None
+    _born: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ValueError(f"fill for {self.key} needs at least one upstream")
+
+    @property
+    def finished(self) -> bool:
+        """No more events will change this fill; the shell may forget it."""
+        return self._state in (_State.DONE, _State.FAILED)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def _held(self) -> bool:
+        # Playlists are checked whole before anyone sees them; segments stream.
+        return self.kind is Kind.PLAYLIST and self._status == 200
+
+    def handle(self, event: Event) -> list[Command]:
+        """Feed one event.
+
+        Returns:
+            The commands to carry out, in order.
+
+        Raises:
+            RuntimeError: an event that cannot happen in the current state
+                (a shell bug, not an upstream problem).
+        """
+        match event:
+            case ClientRequested(client):
+                return self._client_requested(client)
+            case RefreshRequested():
+                if self._state is not _State.IDLE:
+                    raise RuntimeError(f"refresh of {self.key} requested twice")
+                return self._start(0)
+            case ClientGone(client):
+                self._clients.pop(client, None)
+                return []
+            case UpstreamResponded(status, headers, at):
+                self._expect(_State.WAITING, event)
+                return self._responded(status, headers, at)
+            case UpstreamChunk(data):
+                self._expect(_State.BODY, event)
+                return self._chunk(data)
+            case UpstreamDone(at):
+                self._expect(_State.BODY, event)
+                return self._done(at)
+            case UpstreamFailed(reason, at, timeout):
+                if self._state not in (_State.WAITING, _State.BODY):
+                    raise RuntimeError(f"{event!r} in state {self._state.value}")
+                if self._state is _State.BODY and not self._held:
+                    return self._broken(reason)
+                return self._failover(reason, at, timeout)
+        raise RuntimeError(f"unknown event {event!r}")
+
+    def _expect(self, state: _State, event: Event) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"{event!r} in state {self._state.value}")
+
+    # --- clients ---
+
+    def _client_requested(self, client: int) -> list[Command]:
+        if self.finished:
+            raise RuntimeError(f"client {client} attached to finished fill {self.key}")
+        if len(self._clients) >= MAX_CLIENTS_PER_FILL:
+            return self._error(client, 503, f"more than {MAX_CLIENTS_PER_FILL} requests waiting for {self.key}")
+        first = self._state is _State.IDLE
+        self._clients[client] = "miss" if first else "coalesced"
+        if first:
+            return self._start(0)
+        if self._state is _State.BODY and not self._held:
+            cmds: list[Command] = [Respond(client, self._head(client))]
+            if self.size:
+                cmds.append(SendBytes(client, 0, self.size))
+            return cmds
+        return []
+
+    def _head(self, client: int, length: int | None = None) -> Head:
+        return Head(self._status, self._headers, self._length if length is None else length,
+                    self._clients[client], self._born)
+
+    def _error(self, client: int, status: int, reason: str) -> list[Command]:
+        body = f"{status} {reason}\n".encode()
+        head = Head(status, (("content-type", "text/plain; charset=utf-8"),), len(body), "error", body=body)
+        return [Respond(client, head), EndResponse(client)]
+
+    # --- upstream ---
+
+    def _start(self, attempt: int) -> list[Command]:
+        self._state = _State.WAITING
+        self.attempt = attempt
+        self.body, self.size = [], 0
+        cond: list[tuple[str, str]] = []
+        if self.stale is not None:
+            if self.stale.etag:
+                cond.append(("if-none-match", self.stale.etag))
+            if self.stale.last_modified:
+                cond.append(("if-modified-since", self.stale.last_modified))
+        return [StartFetch(self.upstreams[attempt], attempt, tuple(cond))]
+
+    def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float) -> list[Command]:
+        hdrs = dict(headers)
+        upstream_age = _int(hdrs.get("age")) or 0
+        born = at - upstream_age
+        if status == 304 and self.stale is not None:
+            obj = self.stale.revalidated(hdrs, born, self._lifetime(self.stale.status, hdrs, self.stale))
+            self._state = _State.DONE
+            cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
+            return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
+        if status in RETRY_STATUSES or status == 304:
+            return self._failover(f"{self.upstreams[self.attempt]} answered {status}", at, False)
+        length = _int(hdrs.get("content-length"))
+        if length is not None and length > self.max_bytes:
+            return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
+        kept = [(k, v) for k, v in headers if k in KEPT_HEADERS]
+        if "content-type" not in hdrs and status == 200 and self.key.extension in CONTENT_TYPES:
+            kept.append(("content-type", CONTENT_TYPES[self.key.extension]))
+        self._state = _State.BODY
+        self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
+        if self._held:
+            return []
+        return [Respond(c, self._head(c)) for c in self._clients]
+
+    def _chunk(self, data: bytes) -> list[Command]:
+        start = self.size
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            reason = f"body exceeds max_object_bytes ({self.max_bytes})"
+            # A held playlist has sent no head yet: its clients get an error head, not a cut.
+            return self._fail_all(502, reason) if self._held else self._broken(reason)
+        if self._length is not None and self.size > self._length and not self._held:
+            # Never let a client send past the Content-Length it was given.
+            return self._broken(f"body longer than its content-length ({self._length})")
+        self.body.append(data)
+        if self._held:
+            return []
+        return [SendBytes(c, start, self.size) for c in self._clients]
+
+    def _done(self, at: float) -> list[Command]:
+        if self._length is not None and self.size != self._length:
+            # The transport should have said so; never store a short body as whole.
+            reason = f"body ended at {self.size} of {self._length} bytes"
+            return self._failover(reason, at, False) if self._held else self._broken(reason)
+        data = b"".join(self.body)
+        self.body = [data]
+        hdrs = dict(self._headers)
+        info = None
+        if self._held:
+            try:
+                info = analyze(self.key.extension, data)
+            except MalformedPlaylist as e:
+                return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, info)
+        kind = info.kind if info else self.kind
+        obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, kind)
+        self._state = _State.DONE
+        cmds: list[Command] = [StoreObject(obj)] if lt.store else []
+        for c in self._clients:
+            if self._held:
+                cmds += [Respond(c, self._head(c, self.size)), SendBytes(c, 0, self.size)]
+            cmds.append(EndResponse(c))
+        return cmds
+
+    def _lifetime(self, status: int, hdrs: dict[str, str], like: Stored) -> Lifetime:
+        info = None
+        if like.kind in (Kind.MASTER, Kind.LIVE, Kind.ENDED):
+            info = analyze(self.key.extension, like.body) if like.body else None
+        return lifetime(self.rules, like.kind if info is None else Kind.PLAYLIST, status,
+                        {**dict(like.headers), **hdrs}, info)
+
+    def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:
+        if self.attempt + 1 < len(self.upstreams):
+            nxt = self.upstreams[self.attempt + 1]
+            return [Log("warning", f"{self.key}: {reason}; trying {nxt}")] + self._start(self.attempt + 1)
+        if self.stale is not None and self.stale.servable_on_error(at):
+            self._state = _State.DONE
+            return [Log("warning", f"{self.key}: {reason}; serving stale copy")] + [
+                ServeStored(c, self.stale, "stale") for c in self._clients]
+        status = 504 if timeout else 502
+        return [Log("warning", f"{self.key}: {reason}; answering {status}")] + self._fail_all(status, reason)
+
+    def _fail_all(self, status: int, reason: str) -> list[Command]:
+        self._state = _State.FAILED
+        cmds: list[Command] = []
+        for c in self._clients:
+            cmds += self._error(c, status, f"upstream failed: {reason}")
+        return cmds
+
+    def _broken(self, reason: str) -> list[Command]:
+        self._state = _State.FAILED
+        return [Log("warning", f"{self.key}: broken mid-body: {reason}; nothing stored")] + [
+            AbortResponse(c, reason) for c in self._clients]
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return n if n >= 0 else None

@@ -1,0 +1,105 @@
+"""Freshness rules: how long a stored answer may be served, and its Age.
+
+Lifetime comes from the manifest where it can be known (a live media playlist
+lives half its target duration, a segment forever) and is capped by the
+origin's own Cache-Control when that is stricter. Pure functions: every time
+is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .media import Kind
+from .playlist import PlaylistInfo
+
+__all__ = ["Lifetime", "Rules", "parse_cache_control", "lifetime"]
+
+YEAR = 365 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Per-node freshness settings (from the topology's cache table)."""
+
+    master_ttl: float = 30.0
+    ended_ttl: float = 86400.0
+    media_ttl: float = YEAR
+    other_ttl: float = 60.0
+    negative_ttl: float = 1.0  # 404/410 answers: long enough to absorb a burst, short for a live edge
+    stale_while_revalidate: float = 2.0
+    stale_if_error: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """How long an answer stays fresh, and how long past that it may still be used."""
+
+    fresh: float
+    stale_while_revalidate: float
+    stale_if_error: float
+    store: bool = True  # False for no-store / private answers
+
+
+def parse_cache_control(value: str | None) -> dict[str, str | None]:
+    """`"max-age=2, no-cache"` → {"max-age": "2", "no-cache": None}; names lower-cased."""
+    out: dict[str, str | None] = {}
+    if not value:
+        return out
+    for part in value.split(","):
+        name, eq, arg = part.strip().partition("=")
+        if name:
+            out[name.lower()] = arg.strip().strip('"') if eq else None
+    return out
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(int(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+def lifetime(rules: Rules, kind: Kind, status: int, headers: Mapping[str, str],
+             playlist: PlaylistInfo | None = None) -> Lifetime:
+    """The lifetime of an upstream answer.
+
+    Args:
+        rules: the node's settings.
+        kind: the object's kind by name (`Kind.PLAYLIST` is refined by `playlist`).
+        status: the upstream status.
+        headers: upstream headers, names lower-cased.
+        playlist: what the body said, for playlists.
+    """
+    cc = parse_cache_control(headers.get("cache-control"))
+    if "no-store" in cc or "private" in cc:
+        return Lifetime(0.0, 0.0, 0.0, store=False)
+    if status in (404, 410):
+        ours = rules.negative_ttl
+    elif status != 200:
+        return Lifetime(0.0, 0.0, 0.0, store=False)
+    elif playlist is not None:
+        if playlist.kind is Kind.MASTER:
+            ours = rules.master_ttl
+        elif playlist.kind is Kind.ENDED:
+            ours = rules.ended_ttl
+        else:
+            # Half the target (or part target for LL-HLS): a player reloads about once a
+            # target duration, so a viewer never sees a playlist older than half of one.
+            ours = max(0.2, (playlist.part_target or playlist.target_duration or 2.0) / 2)
+    elif kind is Kind.MEDIA:
+        ours = rules.media_ttl
+    else:
+        ours = rules.other_ttl
+    theirs = _seconds(cc.get("s-maxage")) if "s-maxage" in cc else _seconds(cc.get("max-age"))
+    if "no-cache" in cc:
+        theirs = 0.0
+    fresh = ours if theirs is None else min(ours, theirs)
+    swr = _seconds(cc.get("stale-while-revalidate"))
+    sie = _seconds(cc.get("stale-if-error"))
+    return Lifetime(
+        fresh,
+        rules.stale_while_revalidate if swr is None else min(swr, rules.stale_while_revalidate),
+        0.0 if status != 200 else (rules.stale_if_error if sie is None else min(sie, rules.stale_if_error)),
+    )

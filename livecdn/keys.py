@@ -1,0 +1,91 @@
+"""Cache keys: what makes two requests the same object.
+
+A key is the normalized path plus the LL-HLS query parameters that select a
+different object (`_HLS_msn`, `_HLS_part`, `_HLS_skip`), sorted. Everything
+else in the query (auth tokens, cache busters) is left out, so it can neither
+split the cache nor reach the origin. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+__all__ = ["BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY"]
+
+KEPT_QUERY = frozenset({"_HLS_msn", "_HLS_part", "_HLS_skip"})
+# A media path longer than this is not a name any packager writes; refusing it
+# early bounds the work (and the key size) per request.
+MAX_PATH_BYTES = 2048
+
+
+class BadRequest(Exception):
+    """A request that cannot name a cacheable object; carries the status to answer with."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """The identity of a cached object and the path+query to ask upstream for it."""
+
+    path: str  # normalized, percent-encoded
+    query: str  # kept parameters only, sorted, encoded ("" when none)
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    @property
+    def extension(self) -> str:
+        name = self.path.rsplit("/", 1)[-1]
+        dot = name.rfind(".")
+        return name[dot:].lower() if dot > 0 else ""
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def cache_key(raw_path: str) -> CacheKey:
+    """Normalize a request target into a cache key.
+
+    Args:
+        raw_path: the request target as sent, e.g. ``/live/a/seg1.ts?token=x``.
+
+    Returns:
+        The key: percent-decoding and re-encoding make ``%61.ts`` and ``a.ts``
+        one object; repeated slashes and ``.`` segments collapse.
+
+    Raises:
+        BadRequest: the target is not an absolute path, is too long, is not
+            valid UTF-8 once decoded, holds control characters or an encoded
+            slash, or climbs out of the root with ``..``.
+    """
+    if len(raw_path) > MAX_PATH_BYTES:
+        raise BadRequest(f"path longer than {MAX_PATH_BYTES} bytes", 414)
+    path, _, query = raw_path.partition("?")
+    if not path.startswith("/"):
+        raise BadRequest("request target must be an absolute path")
+    if "%2f" in path.lower() or "%5c" in path.lower():
+        raise BadRequest("encoded slash in path")
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not valid UTF-8") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded) or "\\" in decoded:
+        raise BadRequest("control character or backslash in path")
+    parts: list[str] = []
+    for seg in decoded.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            raise BadRequest("'..' in path")
+        parts.append(seg)
+    if not parts:
+        raise BadRequest("empty path", 404)
+    normalized = "/" + "/".join(quote(p, safe="!$&'()*+,;=:@-._~") for p in parts)
+    kept = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in KEPT_QUERY)
+    return CacheKey(normalized, urlencode(kept))

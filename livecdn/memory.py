@@ -1,0 +1,65 @@
+"""The memory tier: an LRU of stored answers bounded in bytes, one per process."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .stored import Stored
+
+__all__ = ["MemoryStore", "ENTRY_OVERHEAD"]
+
+# What one entry costs besides its body: the Stored object, its header tuples,
+# the key and the OrderedDict slot. Counting it keeps a cache of many tiny
+# objects (404s, playlists) inside the budget too.
+ENTRY_OVERHEAD = 1024
+
+
+class MemoryStore:
+    """Least-recently-used objects, evicted by total bytes rather than by count.
+
+    An object larger than `max_entry` (a quarter of the budget by default) is
+    not admitted: one huge body must not flush everything a popular stream needs.
+    """
+
+    __slots__ = ("budget", "max_entry", "used", "_items")
+
+    def __init__(self, budget: int, max_entry: int | None = None) -> None:
+        if budget < 0:
+            raise ValueError(f"memory budget must not be negative, got {budget}")
+        self.budget = budget
+        self.max_entry = budget // 4 if max_entry is None else max_entry
+        self.used = 0
+        self._items: OrderedDict[str, Stored] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> Stored | None:
+        obj = self._items.get(key)
+        if obj is not None:
+            self._items.move_to_end(key)
+        return obj
+
+    def admits(self, obj: Stored) -> bool:
+        return _cost(obj) <= self.max_entry
+
+    def put(self, obj: Stored) -> bool:
+        """Store `obj`, evicting the least recently used; False when not admitted."""
+        self.remove(obj.key)
+        if not self.admits(obj):
+            return False
+        self._items[obj.key] = obj
+        self.used += _cost(obj)
+        while self.used > self.budget and self._items:
+            _, old = self._items.popitem(last=False)
+            self.used -= _cost(old)
+        return True
+
+    def remove(self, key: str) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= _cost(old)
+
+
+def _cost(obj: Stored) -> int:
+    return len(obj.body) + len(obj.gzipped or b"") + len(obj.key) + ENTRY_OVERHEAD

@@ -1,0 +1,188 @@
+"""What every cache node process owns, and the order it is started and stopped in.
+
+`CacheNode` is the lifecycle object shared by `EdgeNode` and `ShieldNode`,
+shaped like aiohttp's runner/site pair: `start()` opens the stores, the
+upstream session and the two listeners (players, admin); `stop(timeout)`
+releases them one by one in reverse, draining in-flight responses first.
+A subclass says where its upstreams are and whether a guard screens names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from . import metrics
+from .config import Address, CacheSettings, EdgeConfig, ShieldConfig, Topology
+from .disk import DiskStore
+from .engine import Engine
+from .freshness import Rules
+from .front import Guard, PlayerFront
+from .logs import JsonAccessLogger
+from .memory import MemoryStore
+from .upstream import Upstreams
+
+__all__ = ["CacheNode", "ENGINE_KEY", "FRONT_KEY"]
+
+log = logging.getLogger("livecdn.node")
+
+ENGINE_KEY = web.AppKey("engine", Engine)
+FRONT_KEY = web.AppKey("front", PlayerFront)
+# Upstream connections one process keeps open at most: enough for a burst of
+# distinct misses, bounded so a cache-busting flood cannot exhaust sockets.
+UPSTREAM_CONNECTIONS = 512
+
+
+class CacheNode:
+    """One edge or shield process.
+
+    Args:
+        topology: the whole deployment, as loaded.
+        config: this node's entry in it.
+        access_log: write a JSON access line per request.
+        reuse_port: bind with SO_REUSEPORT so sibling worker processes share the port.
+    """
+
+    role = "cache"
+
+    def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
+                 access_log: bool = True, reuse_port: bool = False) -> None:
+        self.topology = topology
+        self.config = config
+        self.access_log = access_log
+        self.reuse_port = reuse_port
+        self.engine: Engine | None = None
+        self.front: PlayerFront | None = None
+        self._disk: DiskStore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self._sites: list[web.TCPSite] = []
+        self._state = "new"
+
+    # --- what a node kind decides ---
+
+    def upstreams(self, topology: Topology) -> Upstreams:
+        raise NotImplementedError
+
+    def guard(self) -> Guard | None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        front, engine = self.front, self.engine
+        assert front is not None and engine is not None
+        return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
+                "inflight": front.inflight, "fetches": engine.inflight_fetches,
+                "memory_bytes": engine.memory.used}
+
+    # --- lifecycle ---
+
+    @property
+    def port(self) -> int:
+        """The player port actually bound (so a config with port 0 works)."""
+        return self._bound(0)
+
+    @property
+    def admin_port(self) -> int:
+        return self._bound(1)
+
+    def _bound(self, index: int) -> int:
+        if self._state != "running":
+            raise RuntimeError(f"{self.config.name} is not running")
+        server = self._sites[index]._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"{self.config.name}: start() called twice")
+        self._state = "starting"
+        cache: CacheSettings = self.config.cache
+        memory = MemoryStore(cache.memory_bytes)
+        if cache.disk_path and cache.disk_bytes:
+            Path(cache.disk_path).mkdir(parents=True, exist_ok=True)
+            self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
+        rules = Rules(negative_ttl=cache.negative_ttl, stale_while_revalidate=cache.stale_while_revalidate,
+                      stale_if_error=cache.stale_if_error)
+        ups = self.upstreams(self.topology)
+        self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
+                             cache.max_object_bytes, cache.upstream_timeout)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
+            headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
+            auto_decompress=False,
+        )
+        self.engine.start(self._session)
+        self.front = PlayerFront(self.engine, self.config.name, self.guard())
+
+        player = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+        player[ENGINE_KEY] = self.engine
+        player[FRONT_KEY] = self.front
+        player.router.add_route("*", "/{tail:.*}", self.front.handle)
+        admin = web.Application()
+        admin.router.add_get("/healthz", self._healthz)
+        admin.router.add_get("/metrics", self._metrics)
+        await self._listen(player, self.config.listen, access=self.access_log)
+        await self._listen(admin, self.config.admin, access=False)
+        self._state = "running"
+        log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
+                 self.config.listen, self.config.admin)
+
+    async def _listen(self, app: web.Application, addr: Address, *, access: bool) -> None:
+        kwargs: dict[str, object] = {"access_log": None}
+        if access:
+            kwargs = {"access_log_class": JsonAccessLogger, "access_log": logging.getLogger("livecdn.access")}
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **kwargs)  # type: ignore[arg-type]
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port, backlog=1024)
+        await site.start()
+        self._sites.append(site)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop listening, drain in-flight responses for up to `timeout`, release everything.
+
+        Safe to call twice, and before `start()`.
+        """
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        # One runner at a time: cleanup() closes the listener, ends idle keep-alive
+        # connections and waits for handlers in flight (its shutdown_timeout).
+        for runner in reversed(self._runners):
+            runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
+            await runner.cleanup()
+        self._runners.clear()
+        self._sites.clear()
+        if self.engine is not None:
+            await self.engine.close(timeout)
+        if self._session is not None:
+            await self._session.close()
+        if self._disk is not None:
+            self._disk.close()
+        self._state = "stopped"
+        log.info("%s %s stopped", self.role, self.config.name)
+
+    def reload(self, topology: Topology) -> None:
+        """Apply what can change without a restart: the upstream list."""
+        if self.engine is None:
+            raise RuntimeError(f"{self.config.name} is not running")
+        self.topology = topology
+        self.engine.upstreams = self.upstreams(topology).order
+        log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.engine is not None:
+            metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        return web.json_response(self.health(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.engine is not None:
+            metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        body, ctype = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": ctype})

@@ -1,0 +1,205 @@
+"""The built-in live origin as a node: an HTTP listener in front of a synthetic or ffmpeg source.
+
+It answers like a packager's web server: playlists with short lifetimes, immutable
+segments with validators, 404 for what does not exist (yet or any more), 405 for
+anything but GET and HEAD. It holds no policy beyond that; the CDN's job is to
+protect it.
+
+URL layout: `/{stream}/master.m3u8`, `/{stream}/{rendition}/index.m3u8`,
+`/{stream}/{rendition}/seg{N}.ts`, and `/healthz`.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.utils import formatdate
+
+from aiohttp import hdrs, web
+
+from livecdn.config import OriginConfig
+from livecdn.origin.sources import Body, FfmpegSource, Source, SyntheticSource
+from livecdn.origin.timeline import parse_segment_uri
+
+__all__ = ["OriginNode"]
+
+log = logging.getLogger("livecdn.origin")
+
+_ALLOWED = "GET, HEAD"
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    # If-None-Match uses the weak comparison (RFC 9110 13.1.2).
+    bare = etag.removeprefix("W/")
+    for candidate in header.split(","):
+        c = candidate.strip()
+        if c == "*" or c.removeprefix("W/") == bare:
+            return True
+    return False
+
+
+def _not_found(reason: str) -> web.Response:
+    return web.Response(status=404, text=f"404 not found: {reason}\n")
+
+
+class OriginNode:
+    """A running built-in origin: `await start()`, serve, `await stop()`.
+
+    Start once; `stop()` is idempotent and harmless before `start()`.
+    """
+
+    __slots__ = ("config", "_source", "_runner", "_site", "_port", "_state", "_streams",
+                 "_renditions")
+
+    def __init__(self, config: OriginConfig) -> None:
+        if not config.streams:
+            raise ValueError("origin config has no streams")
+        if not config.renditions:
+            raise ValueError("origin config has no renditions")
+        self.config = config
+        self._source: Source = (FfmpegSource(config) if config.mode == "ffmpeg"
+                                else SyntheticSource(config))
+        self._streams = frozenset(config.streams)
+        self._renditions = frozenset(r.name for r in self._source.renditions)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port: int | None = None
+        self._state = "new"  # new -> starting -> running -> stopped
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the listener, start the source, and return once segments are served.
+
+        In ffmpeg mode this waits for the first segment of every rendition (about one
+        target duration).
+
+        Raises:
+            RuntimeError: called twice, or the source cannot start (ffmpeg missing or
+                failing: the message says what to do).
+            OSError: the listen address cannot be bound.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"origin {self.config.name!r} start() called when {self._state}")
+        self._state = "starting"
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        # In-flight answers are small (a playlist, one segment): a short drain is enough.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        self._runner = runner
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.listen.host, self.config.listen.port)
+            await site.start()
+            self._site = site
+            self._port = self._bound_port(runner)
+            await self._source.start()
+        except BaseException:
+            await self._cleanup(timeout=2.0)
+            self._state = "stopped"
+            raise
+        self._state = "running"
+        log.info("origin %s serving %s mode on %s", self.config.name, self.config.mode, self.url)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, then stop the source (ffmpeg: terminate, kill after `timeout`)."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        await self._cleanup(timeout)
+
+    async def _cleanup(self, timeout: float) -> None:
+        try:
+            if self._runner is not None:
+                runner, self._runner, self._site = self._runner, None, None
+                await runner.cleanup()
+        finally:
+            await self._source.stop(timeout)
+
+    @staticmethod
+    def _bound_port(runner: web.AppRunner) -> int:
+        for addr in runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                return int(addr[1])
+        raise RuntimeError("origin listener has no bound TCP address")
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (so `listen` port 0 works); only after start()."""
+        if self._port is None:
+            raise RuntimeError("origin port is known only after start()")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the listener, e.g. `http://127.0.0.1:8400`; only after start()."""
+        host = self.config.listen.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def renditions(self):  # noqa: ANN201 - tuple[Rendition, ...]
+        """The renditions as served (ffmpeg mode may encode them smaller than configured)."""
+        return self._source.renditions
+
+    # --- HTTP ---------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return web.Response(status=405, text=f"405 method {request.method} not allowed\n",
+                                headers={hdrs.ALLOW: _ALLOWED})
+        parts = request.path.split("/")[1:]
+        if parts == ["healthz"]:
+            if self._state == "running" and self._source.healthy():
+                return web.json_response({"status": "ok", "role": "origin"})
+            return web.json_response({"status": "failing", "role": "origin"}, status=503)
+        if self._state != "running":
+            return web.Response(status=503, text="503 origin is not running\n")
+        if not parts or parts[0] not in self._streams:
+            return _not_found("no such stream")
+        stream = parts[0]
+        body: Body | None
+        if len(parts) == 2 and parts[1] == "master.m3u8":
+            body = self._source.master(stream)
+        elif len(parts) == 3 and parts[1] in self._renditions:
+            rendition, name = parts[1], parts[2]
+            if name == "index.m3u8":
+                body = await self._source.media(stream, rendition)
+                if body is None:
+                    return _not_found("no segment published yet")
+            elif (seq := parse_segment_uri(name)) is not None:
+                body = await self._source.segment(stream, rendition, seq)
+                if body is None:
+                    return _not_found(f"segment {seq} is not available")
+            else:
+                return _not_found("no such file")
+        else:
+            return _not_found("no such rendition or file")
+        return self._respond(request, body)
+
+    @staticmethod
+    def _respond(request: web.Request, body: Body) -> web.Response:
+        headers = {
+            hdrs.CACHE_CONTROL: f"max-age={body.max_age}",
+            hdrs.ETAG: body.etag,
+            hdrs.LAST_MODIFIED: _http_date(body.last_modified),
+            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+        }
+        inm = request.headers.get(hdrs.IF_NONE_MATCH)
+        if inm is not None:
+            if _etag_matches(inm, body.etag):
+                return web.Response(status=304, headers=headers)
+        else:
+            ims = request.if_modified_since
+            if ims is not None and int(body.last_modified) <= ims.timestamp():
+                return web.Response(status=304, headers=headers)
+        return web.Response(body=body.data, content_type=body.content_type, headers=headers)

@@ -1,0 +1,83 @@
+"""Run one node in this process until a signal says stop: the one shutdown path.
+
+Signal handlers only set state. SIGTERM or SIGINT starts a graceful stop
+(stop listening, drain in-flight responses, close the stores); a second
+SIGINT forces it; SIGHUP re-reads the topology file and applies it. The
+original handlers are restored on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable, Protocol
+
+from .config import ConfigError, Topology
+
+__all__ = ["Node", "run", "serve"]
+
+log = logging.getLogger("livecdn.runner")
+
+# How long in-flight responses may take to finish once a stop is asked for.
+DRAIN_TIMEOUT = 10.0
+
+
+class Node(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self, timeout: float = ...) -> None: ...
+
+
+async def serve(node: Node, reload: Callable[[], Topology] | None = None,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Start `node`, wait for a stop signal, stop it gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    forced = asyncio.Event()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stopping.is_set() and sig is signal.SIGINT:
+            forced.set()
+        stopping.set()
+
+    def on_hup() -> None:
+        if reload is None or not hasattr(node, "reload"):
+            log.info("SIGHUP: nothing to reload for this node")
+            return
+        try:
+            node.reload(reload())  # type: ignore[attr-defined]
+        except ConfigError as e:
+            log.error("SIGHUP: keeping the running config: %s", e)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await node.start()
+        if on_ready is not None:
+            on_ready()
+        await stopping.wait()
+        stop = asyncio.ensure_future(node.stop(DRAIN_TIMEOUT))
+        force = asyncio.ensure_future(forced.wait())
+        await asyncio.wait([stop, force], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.done():
+            log.warning("second SIGINT: stopping without draining")
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+            await node.stop(0)
+        force.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await node.stop(0)
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a coroutine function on uvloop when it is installed."""
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())  # type: ignore[arg-type]

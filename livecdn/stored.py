@@ -1,0 +1,80 @@
+"""A stored answer: what the cache keeps for one key, and its clock arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .freshness import Lifetime
+from .media import Kind
+
+__all__ = ["Stored", "KEPT_HEADERS"]
+
+# End-to-end headers worth keeping and replaying; hop-by-hop and length/encoding
+# headers are rebuilt by the front for each answer.
+KEPT_HEADERS = frozenset({
+    "content-type", "etag", "last-modified", "cache-control", "expires",
+    "content-language", "content-disposition", "location",
+})
+
+
+@dataclass(slots=True, eq=False)
+class Stored:
+    """One complete upstream answer, ready to replay.
+
+    `born` is the wall-clock time the answer was generated upstream (the time it
+    arrived minus the Age the upstream declared), so `age()` is correct across
+    tiers and processes.
+    """
+
+    key: str
+    status: int
+    headers: tuple[tuple[str, str], ...]  # kept headers, names lower-cased
+    body: bytes = field(repr=False)
+    born: float
+    lifetime: Lifetime
+    kind: Kind
+    size: int = -1  # body length; set from body when -1 (disk hits carry no body)
+    gzipped: bytes | None = field(default=None, repr=False)  # compressed copy, made on first ask
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.body)
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def etag(self) -> str | None:
+        return self.header("etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return self.header("last-modified")
+
+    def age(self, now: float) -> int:
+        return max(0, int(now - self.born))
+
+    def fresh(self, now: float) -> bool:
+        return now < self.born + self.lifetime.fresh
+
+    def servable_while_revalidating(self, now: float) -> bool:
+        return now < self.born + self.lifetime.fresh + self.lifetime.stale_while_revalidate
+
+    def servable_on_error(self, now: float) -> bool:
+        return now < self.born + self.lifetime.fresh + self.lifetime.stale_if_error
+
+    def keep_until(self) -> float:
+        """After this wall-clock time the object is of no use even as stale."""
+        lt = self.lifetime
+        return self.born + lt.fresh + max(lt.stale_while_revalidate, lt.stale_if_error, 60.0)
+
+    def revalidated(self, headers: dict[str, str], born: float, lifetime: Lifetime) -> Stored:
+        """The same body, confirmed by a 304: new clock, updated validators."""
+        merged = dict(self.headers)
+        merged.update((k, v) for k, v in headers.items() if k in KEPT_HEADERS)
+        return dataclasses.replace(self, headers=tuple(merged.items()), born=born,
+                                   lifetime=lifetime)
