@@ -1,7 +1,8 @@
 """Cache keys: what makes two requests the same object.
 
-A key is the normalized path plus the LL-HLS query parameters that select a
-different object (`_HLS_msn`, `_HLS_part`, `_HLS_skip`), sorted. Everything
+A key is the normalized path plus, for playlists, the LL-HLS delivery
+directives that select a different object (`_HLS_msn`, `_HLS_part`,
+`_HLS_skip`), checked and sorted. Everything
 else in the query (auth tokens, cache busters) is left out, so it can neither
 split the cache nor reach the origin. Pure functions, no I/O.
 """
@@ -87,5 +88,23 @@ def cache_key(raw_path: str) -> CacheKey:
     if not parts:
         raise BadRequest("empty path", 404)
     normalized = "/" + "/".join(quote(p, safe="!$&'()*+,;=:@-._~") for p in parts)
-    kept = sorted((k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in KEPT_QUERY)
-    return CacheKey(normalized, urlencode(kept))
+    kept: dict[str, str] = {}
+    if normalized.endswith(".m3u8"):  # LL-HLS directives only select playlist versions
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name not in KEPT_QUERY:
+                continue
+            if name in kept:
+                raise BadRequest(f"{name} given twice")
+            if not _VALID_DIRECTIVE[name](value):
+                raise BadRequest(f"bad {name} value {value[:32]!r}")
+            kept[name] = value
+    return CacheKey(normalized, urlencode(sorted(kept.items())))
+
+
+# Every distinct directive value is a distinct key that reaches the origin, so
+# only values a player can mean are accepted (RFC 8216bis 6.2.5.1).
+_VALID_DIRECTIVE = {
+    "_HLS_msn": lambda v: v.isdigit() and len(v) <= 12,
+    "_HLS_part": lambda v: v.isdigit() and len(v) <= 6,
+    "_HLS_skip": lambda v: v in ("YES", "v2"),
+}

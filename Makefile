@@ -1,0 +1,35 @@
+# Two commands do all the set-up:  `make demo` starts a whole CDN on this
+# machine, `make test` runs the tests. Both install what they need.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
+.PHONY: demo test bench deps-video deps-test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
+
+# ffmpeg makes the demo origin's real video.
+deps-video:
+	@command -v ffmpeg >/dev/null || { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq ffmpeg; }
+
+# Real clients for the tests: ffmpeg, headless Chromium with hls.js, dig, curl.
+deps-test: deps-video
+	@command -v chromium >/dev/null && command -v curl >/dev/null || { $(APT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl; }
+	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/playwright-core ] || \
+	  (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
+
+demo: $(STAMP) deps-video
+	$(VENV)/bin/livecdn demo
+
+test: $(STAMP) deps-test
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) tests/players/node_modules build *.egg-info

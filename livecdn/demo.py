@@ -1,0 +1,148 @@
+"""`livecdn demo`: every node of a topology as child processes on this machine.
+
+Each node runs exactly as an operator would run it (`livecdn ROLE --config
+FILE --node NAME`), so the demo exercises the real thing. Once every node
+answers its health check and the play URL answers through an edge, one line
+per node and the play URL are printed. SIGINT or SIGTERM stops every child
+gracefully; children also die with the demo if it is killed outright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import Topology
+
+__all__ = ["run_demo", "DemoNode", "plan"]
+
+# The built-in ffmpeg origin needs its first segments encoded before the
+# stream plays; everything else is up in about a second.
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class DemoNode:
+    role: str
+    name: str
+    url: str  # where players (or the tier below) reach it
+    admin: str  # where its health and metrics are
+
+
+def plan(topo: Topology) -> list[DemoNode]:
+    """The nodes the demo starts, origin first so the tiers come up in order."""
+    nodes = []
+    if topo.origin is not None:
+        url = topo.origin.listen.url
+        nodes.append(DemoNode("origin", topo.origin.name, url, url))
+    nodes += [DemoNode("shield", s.name, s.listen.url, s.admin.url) for s in topo.shields.values()]
+    nodes += [DemoNode("edge", e.name, e.listen.url, e.admin.url) for e in topo.edges.values()]
+    return nodes
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def run_demo(args: argparse.Namespace, topo: Topology) -> int:
+    """Start the CDN, print where it is, run until signalled; returns the exit status."""
+    nodes = plan(topo)
+    edges = [n for n in nodes if n.role == "edge"]
+    play = edges[0].url + topo.play_path
+    stop_requested = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for node in nodes:
+            cmd = [sys.executable, "-m", "livecdn", node.role, "--config", topo.path, "--node", node.name,
+                   "--log-level", args.log_level]
+            if args.origin:
+                cmd += ["--origin", args.origin]
+            elif args.mode and node.role == "origin":
+                cmd += ["--mode", args.mode]
+            children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+        status = _wait_ready(nodes, children, play, lambda: stop_requested)
+        if status is not None:
+            return status
+        if args.json:
+            print(json.dumps({"play": play, "nodes": [n.__dict__ for n in nodes]}), flush=True)
+        else:
+            for n in nodes:
+                print(f"{n.role:<7} {n.name:<12} {n.url:<28} admin {n.admin}", flush=True)
+            print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
+        while not stop_requested:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    print(f"livecdn demo: {name} exited with status {child.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)  # housekeeping tick of a supervisor, not a data-path wait
+        return 0
+    finally:
+        _stop_all(children)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[bytes]], play: str,
+                stopping: Callable[[], bool]) -> int | None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    pending = {n.name: n.admin + "/healthz" for n in nodes}
+    while time.monotonic() < deadline:
+        if stopping():
+            return 0
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"livecdn demo: {name} exited with status {child.returncode} while starting",
+                      file=sys.stderr)
+                return 1
+        for name, url in list(pending.items()):
+            if _answers(url):
+                del pending[name]
+        if not pending and _answers(play):
+            return None
+        time.sleep(0.2)
+    waiting = ", ".join(pending) or f"the play URL {play}"
+    print(f"livecdn demo: not ready after {READY_TIMEOUT:.0f}s: {waiting}", file=sys.stderr)
+    return 1
+
+
+def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    # Edges first, origin last: the reverse of the start order, so no tier
+    # loses its upstream while it is still draining.
+    for child in reversed(list(children.values())):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

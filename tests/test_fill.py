@@ -1,0 +1,577 @@
+"""Transcripts of the coalescing fill: events in, commands out, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+import livecdn.fill
+from livecdn.freshness import Lifetime, Rules
+from livecdn.keys import CacheKey, cache_key
+from livecdn.media import Kind, kind_of
+from livecdn.fill import (
+    AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
+    Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
+    UpstreamFailed, UpstreamResponded,
+)
+from livecdn.stored import Stored
+from tests.playbook import Placeholder, Playbook, take_unfinished, unfinished_playbooks  # noqa: F401
+
+T0 = 1_700_000_000.0
+RULES = Rules()
+SEG = cache_key("/live/cam/seg7.ts")
+PLAYLIST = cache_key("/live/cam/index.m3u8")
+UPSTREAMS = ("http://shield-a", "http://shield-b")
+TS = ("content-type", "video/mp2t")
+M3U8 = ("content-type", "application/vnd.apple.mpegurl")
+LIVE_BODY = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n"
+             b"#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n")
+
+
+def make_fill(key: CacheKey = SEG, *, upstreams: tuple[str, ...] = UPSTREAMS,
+              stale: Stored | None = None, max_bytes: int = 1 << 20) -> Fill:
+    return Fill(key, kind_of(key.extension), upstreams, RULES, max_bytes, stale)
+
+
+def ok(length: int | None = None, *extra: tuple[str, str], ct: tuple[str, str] = TS,
+       at: float = T0) -> UpstreamResponded:
+    """A 200 with a content-type, optionally a content-length and more headers."""
+    hdrs = (ct,) + ((("content-length", str(length)),) if length is not None else ()) + extra
+    return UpstreamResponded(200, hdrs, at)
+
+
+def head(cache: str, length: int | None, *, hdrs: tuple[tuple[str, str], ...] = (TS,),
+         status: int = 200, born: float = T0) -> Head:
+    return Head(status, hdrs, length, cache, born)
+
+
+def stale_copy(key: CacheKey = SEG, *, born: float = T0, fresh: float = 10.0, sie: float = 30.0,
+               headers: tuple[tuple[str, str], ...] = (TS, ("etag", '"v1"'),
+                                                       ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
+               body: bytes = b"old body", kind: Kind = Kind.MEDIA, status: int = 200) -> Stored:
+    return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind)
+
+
+# --- the harness itself -------------------------------------------------------
+
+def test_playbook_mismatch_shows_an_ndiff() -> None:
+    pb = Playbook(make_fill()) >> ClientRequested(1) << StartFetch("http://shield-b", 0)
+    with pytest.raises(AssertionError, match="Playbook mismatch!") as info:
+        assert pb
+    assert "- StartFetch(upstream='http://shield-b'" in str(info.value)
+    assert "+ StartFetch(upstream='http://shield-a'" in str(info.value)
+
+
+def test_playbook_missing_command_is_a_mismatch() -> None:
+    pb = Playbook(make_fill()) >> ClientRequested(1)
+    with pytest.raises(AssertionError, match="Playbook mismatch!"):
+        assert pb
+
+
+def test_unasserted_playbook_is_reported() -> None:
+    pb = Playbook(make_fill()) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+    with pytest.warns(RuntimeWarning, match="Unfinished playbook!"):
+        del pb  # collected unasserted: warns, and leaves a report for the teardown check
+    reports = take_unfinished()
+    assert len(reports) == 1 and "Unfinished playbook!" in reports[0]
+    assert "ClientRequested(client=1)" in reports[0]
+
+
+def test_placeholder_binds_once_and_must_match_later() -> None:
+    h = Placeholder(Head)
+    with pytest.raises(AssertionError, match="never matched"):
+        h()
+    assert not h.bind("not a head")
+    first, other = head("miss", 3), head("coalesced", 3)
+    assert h.bind(first) and h() is first
+    assert h.bind(head("miss", 3))  # equal value
+    assert not h.bind(other)
+
+
+# --- coalescing ---------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 50])
+def test_n_requests_make_one_fetch(n: int) -> None:
+    fill = make_fill()
+    stored = Placeholder(Stored)
+    pb = Playbook(fill) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+    for c in range(2, n + 1):
+        pb >> ClientRequested(c)  # no second StartFetch, no command at all
+    pb >> ok(12)
+    for c in range(1, n + 1):
+        pb << Respond(c, head("miss" if c == 1 else "coalesced", 12))
+    pb >> UpstreamChunk(b"x" * 12)
+    for c in range(1, n + 1):
+        pb << SendBytes(c, 0, 12)
+    pb >> UpstreamDone(T0 + 0.5) << StoreObject(stored)
+    for c in range(1, n + 1):
+        pb << EndResponse(c)
+    assert pb
+    assert fill.finished and fill.clients == n
+    assert stored().key == SEG.key and stored().body == b"x" * 12 and stored().status == 200
+    assert stored().kind is Kind.MEDIA and stored().lifetime.fresh == RULES.media_ttl
+    assert stored().headers == (TS,)  # content-length is rebuilt by the front, not kept
+
+
+def test_late_joiner_gets_bytes_so_far_then_the_rest() -> None:
+    fill = make_fill()
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(10) << Respond(1, head("miss", 10))
+        >> UpstreamChunk(b"0123") << SendBytes(1, 0, 4)
+        >> UpstreamChunk(b"456") << SendBytes(1, 4, 7)
+        >> ClientRequested(2) << Respond(2, head("coalesced", 10)) << SendBytes(2, 0, 7)
+        >> UpstreamChunk(b"789") << SendBytes(1, 7, 10) << SendBytes(2, 7, 10)
+        >> UpstreamDone(T0) << StoreObject(Placeholder(Stored)) << EndResponse(1) << EndResponse(2)
+    )
+    assert b"".join(fill.body) == b"0123456789"
+
+
+def test_joiner_before_headers_gets_head_with_the_first() -> None:
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ClientRequested(2)
+        >> ok(None) << Respond(1, head("miss", None)) << Respond(2, head("coalesced", None))
+        >> ClientRequested(3) << Respond(3, head("coalesced", None))  # headers, but no empty SendBytes
+        >> UpstreamChunk(b"ab") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2)
+    )
+
+
+def test_missing_content_type_is_filled_in_and_age_moves_born_back() -> None:
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, (("age", "5"), ("content-length", "1"), ("server", "x")), T0)
+        << Respond(1, Head(200, (("content-type", "video/mp2t"),), 1, "miss", T0 - 5))
+    )
+
+
+@pytest.mark.parametrize("leaving", [[2], [1, 2, 3]])
+def test_client_gone_does_not_cancel_the_fetch(leaving: list[int]) -> None:
+    fill = make_fill()
+    stored = Placeholder(Stored)
+    pb = (Playbook(fill)
+          >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+          >> ClientRequested(2) >> ClientRequested(3)
+          >> ok(4) << Respond(1, head("miss", 4)) << Respond(2, head("coalesced", 4))
+          << Respond(3, head("coalesced", 4))
+          >> UpstreamChunk(b"ab") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2))
+    for c in leaving:
+        pb >> ClientGone(c)  # no command: the fetch is not cancelled
+    staying = [c for c in (1, 2, 3) if c not in leaving]
+    pb >> UpstreamChunk(b"cd")
+    for c in staying:
+        pb << SendBytes(c, 2, 4)
+    pb >> UpstreamDone(T0) << StoreObject(stored)
+    for c in staying:
+        pb << EndResponse(c)
+    assert pb
+    assert stored().body == b"abcd" and fill.finished
+
+
+def test_failure_mid_body_stores_nothing_and_aborts_everyone() -> None:
+    fill = make_fill()  # a second upstream exists, but headers are out: no failover
+    assert (
+        Playbook(fill, logs=True)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ClientRequested(2)
+        >> ok(100) << Respond(1, head("miss", 100)) << Respond(2, head("coalesced", 100))
+        >> UpstreamChunk(b"a" * 40) << SendBytes(1, 0, 40) << SendBytes(2, 0, 40)
+        >> UpstreamFailed("connection reset", T0 + 1)
+        << Log("warning", f"{SEG}: broken mid-body: connection reset; nothing stored")
+        << AbortResponse(1, "connection reset") << AbortResponse(2, "connection reset")
+    )
+    assert fill.finished
+    with pytest.raises(RuntimeError):
+        fill.handle(ClientRequested(3))  # a finished fill takes no one; the shell starts a new one
+
+
+def test_body_shorter_than_content_length_is_not_stored() -> None:
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(10) << Respond(1, head("miss", 10))
+        >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
+        >> UpstreamDone(T0) << AbortResponse(1, "body ended at 3 of 10 bytes")
+    )
+
+
+def test_body_longer_than_content_length_is_not_stored_nor_sent() -> None:
+    fill = make_fill()
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(4) << Respond(1, head("miss", 4))
+        >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
+        >> UpstreamChunk(b"def") << AbortResponse(1, "body longer than its content-length (4)")
+    )
+    assert fill.finished
+
+
+def test_content_length_over_max_bytes_is_a_502() -> None:
+    h = Placeholder(Head)
+    fill = make_fill(max_bytes=100)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(101) << Respond(1, h) << EndResponse(1)
+    )
+    assert h().status == 502 and h().cache == "error" and b"exceeds max_object_bytes" in h().body
+    assert h().length == len(h().body) and fill.finished
+
+
+def test_streamed_body_over_max_bytes_is_cut_and_not_stored() -> None:
+    assert (
+        Playbook(make_fill(max_bytes=5))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(None) << Respond(1, head("miss", None))
+        >> UpstreamChunk(b"abcd") << SendBytes(1, 0, 4)
+        >> UpstreamChunk(b"ef") << AbortResponse(1, "body exceeds max_object_bytes (5)")
+    )
+
+
+# --- failover and errors ------------------------------------------------------
+
+FAILURES = {
+    "refused": UpstreamFailed("connection refused", T0),
+    "timeout": UpstreamFailed("timed out", T0, timeout=True),
+    "500": UpstreamResponded(500, (), T0),
+    "502": UpstreamResponded(502, (), T0),
+    "503": UpstreamResponded(503, (), T0),
+    "504": UpstreamResponded(504, (), T0),
+    "304 unasked": UpstreamResponded(304, (), T0),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+def test_failover_to_next_upstream_before_headers(failure: UpstreamFailed | UpstreamResponded) -> None:
+    fill = make_fill()
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ClientRequested(2)
+        >> failure << StartFetch(UPSTREAMS[1], 1)
+        >> ClientRequested(3)
+        >> ok(2) << Respond(1, head("miss", 2)) << Respond(2, head("coalesced", 2))
+        << Respond(3, head("coalesced", 2))
+        >> UpstreamChunk(b"ok") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2)
+        >> UpstreamDone(T0) << StoreObject(Placeholder(Stored))
+        << EndResponse(1) << EndResponse(2) << EndResponse(3)
+    )
+    assert fill.attempt == 1
+
+
+def test_failover_is_logged() -> None:
+    assert (
+        Playbook(make_fill(), logs=True)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(502, (), T0)
+        << Log("warning", f"{SEG}: {UPSTREAMS[0]} answered 502; trying {UPSTREAMS[1]}")
+        << StartFetch(UPSTREAMS[1], 1)
+    )
+
+
+@pytest.mark.parametrize(("last", "status"), [
+    (UpstreamFailed("connection refused", T0), 502),
+    (UpstreamResponded(503, (), T0), 502),
+    (UpstreamFailed("timed out", T0, timeout=True), 504),
+])
+def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status: int) -> None:
+    fill = make_fill()
+    h1, h2 = Placeholder(Head), Placeholder(Head)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ClientRequested(2)
+        >> UpstreamFailed("connection refused", T0) << StartFetch(UPSTREAMS[1], 1)
+        >> last << Respond(1, h1) << EndResponse(1) << Respond(2, h2) << EndResponse(2)
+    )  # and no StoreObject
+    for h in (h1(), h2()):
+        assert h.status == status and h.cache == "error"
+        assert h.body.startswith(f"{status} upstream failed".encode()) and h.length == len(h.body)
+    assert fill.finished
+
+
+STALE_BOUND = 10.0 + 30.0  # fresh + stale_if_error of stale_copy()
+
+
+@pytest.mark.parametrize(("after", "served_stale"), [
+    (11.0, True), (STALE_BOUND - 0.1, True), (STALE_BOUND, False), (STALE_BOUND + 100, False),
+])
+def test_stale_if_error_within_its_bound(after: float, served_stale: bool) -> None:
+    old = stale_copy()
+    fill = make_fill(upstreams=UPSTREAMS[:1], stale=old)
+    pb = (Playbook(fill)
+          >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
+              ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+          >> ClientRequested(2)
+          >> UpstreamFailed("connection refused", T0 + after))
+    if served_stale:
+        pb << ServeStored(1, old, "stale") << ServeStored(2, old, "stale")
+    else:
+        h = Placeholder(Head)
+        pb << Respond(1, h) << EndResponse(1) << Respond(2, h) << EndResponse(2)
+    assert pb
+    if not served_stale:
+        assert h().status == 502
+    assert fill.finished
+
+
+@pytest.mark.parametrize(("headers", "conditional"), [
+    ((TS, ("etag", '"v1"')), (("if-none-match", '"v1"'),)),
+    ((TS, ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
+     (("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"),)),
+    ((TS,), ()),
+])
+def test_start_fetch_carries_validators_of_the_stale_copy(
+        headers: tuple[tuple[str, str], ...], conditional: tuple[tuple[str, str], ...]) -> None:
+    fill = make_fill(stale=stale_copy(headers=headers))
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, conditional)
+        >> UpstreamFailed("refused", T0 + 11) << StartFetch(UPSTREAMS[1], 1, conditional)
+    )
+
+
+def test_304_revalidates_the_stale_copy_for_everyone() -> None:
+    old = stale_copy()
+    fresh = Placeholder(Stored)
+    fill = make_fill(stale=old)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
+            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+        >> ClientRequested(2)
+        >> UpstreamResponded(304, (("etag", '"v1"'), ("cache-control", "max-age=5"), ("age", "2"),
+                                   ("server", "x")), T0 + 100)
+        << StoreObject(fresh) << ServeStored(1, fresh, "miss") << ServeStored(2, fresh, "coalesced")
+    )
+    new = fresh()
+    assert new is not old and new.body == old.body and new.status == 200
+    assert new.born == T0 + 98  # arrival minus the Age the upstream declared
+    assert new.lifetime.fresh == 5.0  # the 304's max-age is stricter than a year
+    assert new.header("cache-control") == "max-age=5" and new.header("server") is None
+    assert new.etag == '"v1"' and new.fresh(T0 + 102) and not new.fresh(T0 + 103)
+    assert old.born == T0  # the stale copy itself is untouched
+    assert fill.finished
+
+
+def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
+    old = stale_copy(PLAYLIST, headers=(M3U8, ("etag", '"p1"')), body=LIVE_BODY, kind=Kind.LIVE)
+    fresh = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(PLAYLIST, stale=old))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"p1"'),))
+        >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
+        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+    )
+    assert fresh().lifetime.fresh == 2.0 and fresh().kind is Kind.LIVE  # half of TARGETDURATION 4
+
+
+def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
+    old = stale_copy(headers=(("etag", '"gone"'),), body=b"not found", status=404)
+    fresh = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(stale=old))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"gone"'),))
+        >> UpstreamResponded(304, (("etag", '"gone"'),), T0 + 50)
+        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+    )
+    assert fresh().status == 404 and fresh().lifetime.fresh == RULES.negative_ttl
+
+
+def test_304_with_no_store_serves_without_storing() -> None:
+    old = stale_copy()
+    fresh = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(stale=old))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
+            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+        >> UpstreamResponded(304, (("cache-control", "no-store"),), T0 + 50)
+        << ServeStored(1, fresh, "miss")
+    )
+    assert not fresh().lifetime.store
+
+
+# --- playlists ----------------------------------------------------------------
+
+def test_playlist_is_held_until_complete() -> None:
+    fill = make_fill(PLAYLIST)
+    stored = Placeholder(Stored)
+    n = len(LIVE_BODY)
+    playlist_head = (M3U8, ("cache-control", "max-age=60"))
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, playlist_head, T0)  # no Respond yet
+        >> UpstreamChunk(LIVE_BODY[:20])  # no SendBytes
+        >> ClientRequested(2)  # nothing either
+        >> UpstreamChunk(LIVE_BODY[20:])
+        >> UpstreamDone(T0) << StoreObject(stored)
+        << Respond(1, Head(200, playlist_head, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
+        << Respond(2, Head(200, playlist_head, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
+    )
+    assert stored().kind is Kind.LIVE and stored().body == LIVE_BODY
+    assert stored().lifetime.fresh == 2.0  # half of 4 s, stricter than max-age=60
+
+
+MALFORMED = {
+    "html": b"<html><body>502 Bad Gateway</body></html>",
+    "no target duration": b"#EXTM3U\n#EXTINF:4.0,\nseg7.ts\n",
+    "not utf-8": b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n\xff\xfe\n",
+    "bad number": b"#EXTM3U\n#EXT-X-TARGETDURATION:four\n",
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_playlist_fails_over_and_is_never_stored(body: bytes) -> None:
+    stored = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(PLAYLIST))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(None, ct=M3U8) >> UpstreamChunk(body)
+        >> UpstreamDone(T0) << StartFetch(UPSTREAMS[1], 1)
+        >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
+        >> UpstreamDone(T0) << StoreObject(stored)
+        << Respond(1, Head(200, (M3U8,), len(LIVE_BODY), "miss", T0)) << SendBytes(1, 0, len(LIVE_BODY))
+        << EndResponse(1)
+    )
+    assert stored().body == LIVE_BODY
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_playlist_from_the_last_upstream_is_a_502(body: bytes) -> None:
+    h = Placeholder(Head)
+    assert (
+        Playbook(make_fill(PLAYLIST, upstreams=UPSTREAMS[:1]))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(None, ct=M3U8) >> UpstreamChunk(body)
+        >> UpstreamDone(T0) << Respond(1, h) << EndResponse(1)
+    )
+    assert h().status == 502 and b"malformed playlist" in h().body
+
+
+@pytest.mark.parametrize("end", [
+    UpstreamFailed("connection reset", T0),
+    UpstreamDone(T0),  # short of its content-length
+])
+def test_playlist_broken_mid_body_fails_over(end: UpstreamFailed | UpstreamDone) -> None:
+    assert (
+        Playbook(make_fill(PLAYLIST))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(len(LIVE_BODY), ct=M3U8) >> UpstreamChunk(LIVE_BODY[:10])
+        >> end << StartFetch(UPSTREAMS[1], 1)  # nobody saw a byte, so trying again is safe
+    )
+
+
+def test_playlist_over_max_bytes_is_an_error_head_not_a_cut() -> None:
+    h = Placeholder(Head)
+    fill = make_fill(PLAYLIST, max_bytes=16)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
+        << Respond(1, h) << EndResponse(1)  # the client never had a head, so no AbortResponse
+    )
+    assert h().status == 502 and fill.finished
+
+
+def test_playlist_404_is_streamed_not_held() -> None:
+    assert (
+        Playbook(make_fill(PLAYLIST))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(404, (("content-type", "text/plain"),), T0)
+        << Respond(1, Head(404, (("content-type", "text/plain"),), None, "miss", T0))
+    )
+
+
+# --- what is stored -----------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "fresh"), [(404, RULES.negative_ttl), (410, RULES.negative_ttl), (403, None)])
+def test_error_answers_negative_ttl_or_not_stored(status: int, fresh: float | None) -> None:
+    stored = Placeholder(Stored)
+    pb = (Playbook(make_fill())
+          >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+          >> UpstreamResponded(status, (("content-type", "text/plain"), ("content-length", "4")), T0)
+          << Respond(1, Head(status, (("content-type", "text/plain"),), 4, "miss", T0))
+          >> UpstreamChunk(b"nope") << SendBytes(1, 0, 4)
+          >> UpstreamDone(T0))
+    if fresh is not None:
+        pb << StoreObject(stored)
+    assert pb << EndResponse(1)
+    if fresh is not None:
+        assert stored().status == status and stored().lifetime.fresh == fresh
+        assert stored().lifetime.stale_if_error == 0.0  # an error is never a fallback
+
+
+@pytest.mark.parametrize("cc", ["no-store", "private", "private, max-age=60"])
+def test_no_store_is_served_but_not_stored(cc: str) -> None:
+    hdrs = (TS, ("cache-control", cc))
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, hdrs, T0) << Respond(1, Head(200, hdrs, None, "miss", T0))
+        >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
+        >> UpstreamDone(T0) << EndResponse(1)
+    )
+
+
+# --- background refresh and bounds ---------------------------------------------
+
+def test_refresh_with_no_clients_stores_the_object() -> None:
+    stored = Placeholder(Stored)
+    fill = make_fill(PLAYLIST)
+    assert (
+        Playbook(fill)
+        >> RefreshRequested() << StartFetch(UPSTREAMS[0], 0)
+        >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
+        >> UpstreamDone(T0) << StoreObject(stored)
+    )
+    assert stored().body == LIVE_BODY and fill.finished and fill.clients == 0
+
+
+def test_refresh_revalidates_and_a_client_may_join() -> None:
+    old = stale_copy()
+    fresh = Placeholder(Stored)
+    fill = make_fill(stale=old)
+    assert (
+        Playbook(fill)
+        >> RefreshRequested() << StartFetch(UPSTREAMS[0], 0, (
+            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+        >> ClientRequested(9)
+        >> UpstreamResponded(304, (), T0 + 20) << StoreObject(fresh) << ServeStored(9, fresh, "coalesced")
+    )
+    with pytest.raises(RuntimeError, match="requested twice"):
+        fill.handle(RefreshRequested())
+
+
+def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(livecdn.fill, "MAX_CLIENTS_PER_FILL", 2)
+    fill = make_fill()
+    h = Placeholder(Head)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ClientRequested(2)
+        >> ClientRequested(3) << Respond(3, h) << EndResponse(3)
+        >> ok(1) << Respond(1, head("miss", 1)) << Respond(2, head("coalesced", 1))  # not 3
+        >> ClientGone(2)
+        >> ClientRequested(4) << Respond(4, head("coalesced", 1))  # room again
+    )
+    assert h().status == 503 and h().cache == "error" and fill.clients == 2
+
+
+# --- shell bugs are loud --------------------------------------------------------
+
+def test_impossible_events_raise() -> None:
+    fill = make_fill()
+    with pytest.raises(RuntimeError):
+        fill.handle(UpstreamChunk(b"x"))  # before any fetch
+    with pytest.raises(RuntimeError):
+        fill.handle(UpstreamResponded(200, (), T0))
+    fill.handle(ClientRequested(1))
+    with pytest.raises(RuntimeError):
+        fill.handle(UpstreamDone(T0))  # before headers
+    with pytest.raises(ValueError, match="at least one upstream"):
+        make_fill(upstreams=())

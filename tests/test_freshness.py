@@ -1,0 +1,172 @@
+"""Lifetimes by kind and Cache-Control, and the Age / fresh / stale windows of `Stored`."""
+
+from __future__ import annotations
+
+import pytest
+
+from livecdn.freshness import YEAR, Lifetime, Rules, lifetime, parse_cache_control
+from livecdn.media import Kind, kind_of
+from livecdn.playlist import PlaylistInfo
+from livecdn.stored import Stored
+
+RULES = Rules()
+LIVE4 = PlaylistInfo(Kind.LIVE, 4.0)
+LIVE6 = PlaylistInfo(Kind.LIVE, 6.0)
+LLHLS = PlaylistInfo(Kind.LIVE, 4.0, 1.0)
+MASTER = PlaylistInfo(Kind.MASTER)
+ENDED = PlaylistInfo(Kind.ENDED, 6.0)
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    (None, {}),
+    ("", {}),
+    ("max-age=2, no-cache", {"max-age": "2", "no-cache": None}),
+    ("Max-Age=5,S-MAXAGE=1", {"max-age": "5", "s-maxage": "1"}),
+    ('max-age="7"', {"max-age": "7"}),
+    (" , public ,", {"public": None}),
+])
+def test_parse_cache_control(value: str | None, parsed: dict[str, str | None]) -> None:
+    assert parse_cache_control(value) == parsed
+
+
+@pytest.mark.parametrize(("kind", "status", "cc", "playlist", "fresh"), [
+    # by kind, no origin cache-control
+    (Kind.PLAYLIST, 200, None, LIVE4, 2.0),  # live: half the target duration
+    (Kind.PLAYLIST, 200, None, LIVE6, 3.0),
+    (Kind.PLAYLIST, 200, None, LLHLS, 0.5),  # LL-HLS: half the part target
+    (Kind.PLAYLIST, 200, None, PlaylistInfo(Kind.LIVE, 1.0, 0.2), 0.2),  # never under 0.2 s
+    (Kind.PLAYLIST, 200, None, PlaylistInfo(Kind.LIVE), 1.0),  # DASH default update period 2 s
+    (Kind.PLAYLIST, 200, None, MASTER, RULES.master_ttl),
+    (Kind.PLAYLIST, 200, None, ENDED, RULES.ended_ttl),
+    (Kind.MEDIA, 200, None, None, YEAR),  # segments are immutable
+    (Kind.OTHER, 200, None, None, RULES.other_ttl),
+    (Kind.MEDIA, 404, None, None, RULES.negative_ttl),
+    (Kind.PLAYLIST, 410, None, None, RULES.negative_ttl),
+    # a stricter origin wins, a laxer one does not
+    (Kind.MEDIA, 200, "max-age=10", None, 10.0),
+    (Kind.PLAYLIST, 200, "max-age=1", LIVE4, 1.0),
+    (Kind.PLAYLIST, 200, "max-age=60", LIVE4, 2.0),
+    (Kind.PLAYLIST, 200, "max-age=86400", MASTER, RULES.master_ttl),
+    (Kind.MEDIA, 404, "max-age=600", None, RULES.negative_ttl),
+    (Kind.MEDIA, 200, "max-age=-5", None, 0.0),
+    (Kind.MEDIA, 200, "max-age=abc", None, YEAR),  # unparsable: ignored
+    # s-maxage is for shared caches, so it takes precedence over max-age
+    (Kind.MEDIA, 200, "max-age=0, s-maxage=30", None, 30.0),
+    (Kind.MEDIA, 200, "s-maxage=5, max-age=300", None, 5.0),
+    # no-cache: store, but revalidate every time
+    (Kind.MEDIA, 200, "no-cache", None, 0.0),
+    (Kind.PLAYLIST, 200, "no-cache, max-age=60", LIVE4, 0.0),
+])
+def test_fresh_lifetime(kind: Kind, status: int, cc: str | None, playlist: PlaylistInfo | None,
+                        fresh: float) -> None:
+    headers = {"cache-control": cc} if cc is not None else {}
+    lt = lifetime(RULES, kind, status, headers, playlist)
+    assert lt.store
+    assert lt.fresh == pytest.approx(fresh)
+
+
+@pytest.mark.parametrize(("status", "cc"), [
+    (200, "no-store"),
+    (200, "private"),
+    (200, "private, max-age=60"),
+    (200, "public, NO-STORE"),
+    (404, "no-store"),
+    (500, None),
+    (502, None),
+    (503, "max-age=60"),
+    (206, None),
+    (301, None),
+    (403, None),
+])
+def test_not_stored(status: int, cc: str | None) -> None:
+    headers = {"cache-control": cc} if cc is not None else {}
+    assert lifetime(RULES, Kind.MEDIA, status, headers) == Lifetime(0.0, 0.0, 0.0, store=False)
+
+
+@pytest.mark.parametrize(("cc", "swr", "sie"), [
+    (None, RULES.stale_while_revalidate, RULES.stale_if_error),
+    ("stale-while-revalidate=1, stale-if-error=10", 1.0, 10.0),
+    ("stale-while-revalidate=600, stale-if-error=600", RULES.stale_while_revalidate, RULES.stale_if_error),
+])
+def test_stale_windows_are_capped_by_rules(cc: str | None, swr: float, sie: float) -> None:
+    headers = {"cache-control": cc} if cc is not None else {}
+    lt = lifetime(RULES, Kind.MEDIA, 200, headers)
+    assert (lt.stale_while_revalidate, lt.stale_if_error) == (swr, sie)
+
+
+def test_an_error_answer_is_never_a_stale_fallback() -> None:
+    assert lifetime(RULES, Kind.MEDIA, 404, {"cache-control": "stale-if-error=30"}).stale_if_error == 0.0
+
+
+def test_rules_are_used() -> None:
+    rules = Rules(master_ttl=5.0, ended_ttl=7.0, media_ttl=9.0, other_ttl=3.0, negative_ttl=0.5)
+    assert lifetime(rules, Kind.PLAYLIST, 200, {}, MASTER).fresh == 5.0
+    assert lifetime(rules, Kind.PLAYLIST, 200, {}, ENDED).fresh == 7.0
+    assert lifetime(rules, Kind.MEDIA, 200, {}).fresh == 9.0
+    assert lifetime(rules, Kind.OTHER, 200, {}).fresh == 3.0
+    assert lifetime(rules, Kind.MEDIA, 404, {}).fresh == 0.5
+
+
+@pytest.mark.parametrize(("extension", "kind"), [
+    (".m3u8", Kind.PLAYLIST), (".mpd", Kind.PLAYLIST), (".ts", Kind.MEDIA), (".m4s", Kind.MEDIA),
+    (".key", Kind.MEDIA), (".html", Kind.OTHER), ("", Kind.OTHER),
+])
+def test_kind_of(extension: str, kind: Kind) -> None:
+    assert kind_of(extension) is kind
+
+
+# --- Stored: Age and the fresh / stale windows --------------------------------
+
+BORN = 1_700_000_000.0
+
+
+def stored(fresh: float = 10.0, swr: float = 2.0, sie: float = 30.0) -> Stored:
+    return Stored("/a/seg.ts", 200, (("etag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), Kind.MEDIA)
+
+
+@pytest.mark.parametrize(("now", "age"), [
+    (BORN - 5, 0),  # a clock behind the upstream's never gives a negative Age
+    (BORN, 0), (BORN + 0.99, 0), (BORN + 1, 1), (BORN + 59.5, 59),
+])
+def test_age(now: float, age: int) -> None:
+    assert stored().age(now) == age
+
+
+@pytest.mark.parametrize(("after", "fresh", "while_revalidating", "on_error"), [
+    (0.0, True, True, True),
+    (9.9, True, True, True),
+    (10.0, False, True, True),  # fresh until born + fresh, exclusive
+    (11.9, False, True, True),
+    (12.0, False, False, True),  # + stale-while-revalidate
+    (39.9, False, False, True),
+    (40.0, False, False, False),  # + stale-if-error
+])
+def test_windows(after: float, fresh: bool, while_revalidating: bool, on_error: bool) -> None:
+    obj = stored()
+    now = BORN + after
+    assert (obj.fresh(now), obj.servable_while_revalidating(now), obj.servable_on_error(now)) == (
+        fresh, while_revalidating, on_error)
+
+
+@pytest.mark.parametrize(("lt", "until"), [
+    ((10.0, 2.0, 30.0), BORN + 10 + 60),  # at least a minute past fresh
+    ((10.0, 2.0, 120.0), BORN + 10 + 120),
+    ((10.0, 90.0, 5.0), BORN + 10 + 90),
+])
+def test_keep_until(lt: tuple[float, float, float], until: float) -> None:
+    assert stored(*lt).keep_until() == until
+
+
+def test_size_and_headers() -> None:
+    obj = stored()
+    assert obj.size == 3 and obj.etag == '"x"' and obj.last_modified is None
+    assert Stored("/a", 200, (), b"", BORN, Lifetime(1, 1, 1), Kind.MEDIA, size=99).size == 99
+
+
+def test_revalidated_keeps_body_and_updates_validators() -> None:
+    obj = stored()
+    new = obj.revalidated({"etag": '"y"', "cache-control": "max-age=5", "connection": "close"},
+                          BORN + 100, Lifetime(5.0, 2.0, 30.0))
+    assert new.body is obj.body and new.born == BORN + 100 and new.lifetime.fresh == 5.0
+    assert dict(new.headers) == {"etag": '"y"', "cache-control": "max-age=5"}
+    assert obj.etag == '"x"' and obj.born == BORN

@@ -1,0 +1,131 @@
+"""Cache-key normalization: which request targets are one object, which are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from livecdn.keys import MAX_PATH_BYTES, BadRequest, CacheKey, cache_key
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ("/live/cam/seg7.ts", "/live/cam/seg7.ts"),
+    # duplicate slashes and "." segments collapse
+    ("/live//cam///seg7.ts", "/live/cam/seg7.ts"),
+    ("//live/cam/seg7.ts", "/live/cam/seg7.ts"),
+    ("/live/./cam/seg7.ts", "/live/cam/seg7.ts"),
+    ("/live/cam/", "/live/cam"),
+    # percent-encoding is normalized: decoded, then re-encoded one way
+    ("/live/%63am/seg7.ts", "/live/cam/seg7.ts"),
+    ("/live/cam/seg%7E1.ts", "/live/cam/seg~1.ts"),
+    ("/live/caf%c3%a9/a.ts", "/live/caf%C3%A9/a.ts"),
+    ("/live/café/a.ts", "/live/caf%C3%A9/a.ts"),
+    ("/live/a b.ts", "/live/a%20b.ts"),
+    ("/live/a%20b.ts", "/live/a%20b.ts"),
+    ("/live/%2e/a.ts", "/live/a.ts"),
+    ("/live/%252F.ts", "/live/%252F.ts"),  # a literal "%2F" in a name stays a name
+    ("/Live/CAM.TS", "/Live/CAM.TS"),  # paths are case-sensitive
+    # only _HLS_msn/_HLS_part/_HLS_skip are kept, sorted; tokens and busters are dropped
+    ("/live/cam/seg7.ts?token=abc.def&exp=123", "/live/cam/seg7.ts"),
+    ("/live/cam/seg7.ts?", "/live/cam/seg7.ts"),
+    ("/live/cam/index.m3u8?_HLS_msn=10", "/live/cam/index.m3u8?_HLS_msn=10"),
+    ("/live/cam/index.m3u8?_HLS_part=2&token=x&_HLS_msn=10",
+     "/live/cam/index.m3u8?_HLS_msn=10&_HLS_part=2"),
+    ("/live/cam/index.m3u8?_HLS_skip=YES&_HLS_part=0&_HLS_msn=3&cb=99",
+     "/live/cam/index.m3u8?_HLS_msn=3&_HLS_part=0&_HLS_skip=YES"),
+    ("/live/cam/index.m3u8?_hls_msn=10", "/live/cam/index.m3u8"),  # names are case-sensitive
+])
+def test_normalization(raw: str, key: str) -> None:
+    assert cache_key(raw).key == key
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("/live/cam/seg7.ts?token=1", "/live/cam/seg7.ts?token=2"),
+    ("/live/cam/i.m3u8?_HLS_part=1&_HLS_msn=4", "/live/cam/i.m3u8?_HLS_msn=4&_HLS_part=1&t=z"),
+    ("/live/%63am//seg7.ts", "/live/cam/seg7.ts"),
+])
+def test_same_object(a: str, b: str) -> None:
+    assert cache_key(a) == cache_key(b)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("/live/cam/i.m3u8?_HLS_msn=4", "/live/cam/i.m3u8?_HLS_msn=5"),
+    ("/live/cam/i.m3u8?_HLS_msn=4", "/live/cam/i.m3u8?_HLS_msn=4&_HLS_part=0"),
+    ("/live/cam/seg7.ts", "/live/cam/Seg7.ts"),
+])
+def test_different_objects(a: str, b: str) -> None:
+    assert cache_key(a) != cache_key(b)
+
+
+@pytest.mark.parametrize(("raw", "status", "reason"), [
+    ("/live/../etc/passwd", 400, "'..'"),
+    ("/live/cam/..", 400, "'..'"),
+    ("/live/%2e%2e/secret.ts", 400, "'..'"),
+    ("/live/%2E%2E/secret.ts", 400, "'..'"),
+    ("/live/a%2Fb.ts", 400, "encoded slash"),
+    ("/live/a%2fb.ts", 400, "encoded slash"),
+    ("/live/a%5Cb.ts", 400, "encoded slash"),
+    ("/live/a\\b.ts", 400, "backslash"),
+    ("/live/a%00.ts", 400, "control character"),
+    ("/live/a%0d%0aX: y.ts", 400, "control character"),
+    ("/live/a%7F.ts", 400, "control character"),
+    ("/live/%ff.ts", 400, "UTF-8"),
+    ("/live/%c3.ts", 400, "UTF-8"),
+    ("live/cam/seg7.ts", 400, "absolute path"),
+    ("http://evil.example/live/seg7.ts", 400, "absolute path"),
+    ("", 400, "absolute path"),
+    ("/", 404, "empty path"),
+    ("//./", 404, "empty path"),
+    ("/" + "a" * MAX_PATH_BYTES, 414, "longer than"),
+])
+def test_refused(raw: str, status: int, reason: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        cache_key(raw)
+    assert info.value.status == status
+    assert reason in info.value.reason
+
+
+def test_longest_path_is_accepted() -> None:
+    raw = "/" + "a" * (MAX_PATH_BYTES - 1)
+    assert len(raw) == MAX_PATH_BYTES
+    assert cache_key(raw).path == raw
+
+
+@pytest.mark.parametrize(("path", "extension"), [
+    ("/live/cam/seg7.ts", ".ts"),
+    ("/live/cam/INDEX.M3U8", ".m3u8"),
+    ("/live/cam.v1/init", ""),  # the dot is in a directory, not the name
+    ("/live/cam/.hidden", ""),
+    ("/live/cam/manifest.mpd", ".mpd"),
+])
+def test_extension(path: str, extension: str) -> None:
+    assert cache_key(path).extension == extension
+
+
+def test_key_and_str() -> None:
+    k = CacheKey("/a/i.m3u8", "_HLS_msn=1")
+    assert k.key == str(k) == "/a/i.m3u8?_HLS_msn=1"
+    assert CacheKey("/a/s.ts", "").key == "/a/s.ts"
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    # LL-HLS directives select playlist versions only; on a segment they are noise
+    ("/live/cam/seg7.ts?_HLS_msn=10", "/live/cam/seg7.ts"),
+    ("/live/cam/index.m3u8?_HLS_skip=v2&_HLS_msn=3", "/live/cam/index.m3u8?_HLS_msn=3&_HLS_skip=v2"),
+])
+def test_directives_only_on_playlists(raw: str, key: str) -> None:
+    assert cache_key(raw).key == key
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("/live/cam/index.m3u8?_HLS_msn=1&_HLS_msn=2", "given twice"),
+    ("/live/cam/index.m3u8?_HLS_msn=-1", "bad _HLS_msn"),
+    ("/live/cam/index.m3u8?_HLS_msn=5;x=1", "bad _HLS_msn"),
+    ("/live/cam/index.m3u8?_HLS_part=x", "bad _HLS_part"),
+    ("/live/cam/index.m3u8?_HLS_skip=NO", "bad _HLS_skip"),
+    ("/live/cam/index.m3u8?_HLS_msn=" + "9" * 13, "bad _HLS_msn"),
+])
+def test_directives_that_would_split_the_cache_are_refused(raw: str, reason: str) -> None:
+    """Each distinct value is an origin fetch: only values a player can mean pass."""
+    with pytest.raises(BadRequest) as info:
+        cache_key(raw)
+    assert info.value.status == 400 and reason in info.value.reason
