@@ -27,7 +27,7 @@ __all__ = [
     "AbortResponse", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
     "Fill", "Head", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
     "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
-    "UpstreamResponded", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
+    "UpstreamResponded", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
 ]
 
 # Requests attached to one fetch. Past this a popular key is better served by a
@@ -35,6 +35,11 @@ __all__ = [
 MAX_CLIENTS_PER_FILL = 20_000
 # Upstream answers that mean "this upstream cannot serve now": try the next one.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# Generated errors say why in this header, so the tier below can pass the reason on
+# (the name as looked up among lower-cased upstream headers).
+ERROR_HEADER = "x-livecdn-error"
+# Types that say nothing: a name we know gets its proper type instead.
+GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "text/plain"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +292,8 @@ class Fill:
 
     def _error(self, client: int, status: int, reason: str) -> list[Command]:
         body = f"{status} {reason}\n".encode()
-        head = Head(status, (("content-type", "text/plain; charset=utf-8"),), len(body), "error", body=body)
+        headers = (("Content-Type", "text/plain; charset=utf-8"), ("X-Livecdn-Error", _header_safe(reason)))
+        head = Head(status, headers, len(body), "error", body=body)
         return [Respond(client, head), EndResponse(client)]
 
     # --- upstream ---
@@ -314,13 +320,20 @@ class Fill:
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
             return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
         if status in RETRY_STATUSES or status == 304:
-            return self._failover(f"{self.upstreams[self.attempt]} answered {status}", at, False)
+            reason = f"{self.upstreams[self.attempt]} answered {status}"
+            if ERROR_HEADER in hdrs:  # a livecdn tier above said why
+                reason += f" ({hdrs[ERROR_HEADER]})"
+            return self._failover(reason, at, False)
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
             return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
-        kept = [(k, v) for k, v in headers if k in KEPT_HEADERS]
-        if "content-type" not in hdrs and status == 200 and self.key.extension in CONTENT_TYPES:
-            kept.append(("content-type", CONTENT_TYPES[self.key.extension]))
+        kept = [(KEPT_HEADERS[k], v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
+        ctype = hdrs.get("content-type")
+        if status == 200 and self.key.extension in CONTENT_TYPES and (
+                ctype is None or ctype.split(";")[0].strip().lower() in GENERIC_TYPES):
+            ctype = CONTENT_TYPES[self.key.extension]
+        if ctype is not None:
+            kept.insert(0, ("Content-Type", ctype))
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
         if self._held:
@@ -349,7 +362,7 @@ class Fill:
             return self._failover(reason, at, False) if self._held else self._broken(reason)
         data = b"".join(self.body)
         self.body = [data]
-        hdrs = dict(self._headers)
+        hdrs = {k.lower(): v for k, v in self._headers}
         info = None
         if self._held:
             try:
@@ -372,7 +385,7 @@ class Fill:
         if like.kind in (Kind.MASTER, Kind.LIVE, Kind.ENDED):
             info = analyze(self.key.extension, like.body) if like.body else None
         return lifetime(self.rules, like.kind if info is None else Kind.PLAYLIST, status,
-                        {**dict(like.headers), **hdrs}, info)
+                        {**{k.lower(): v for k, v in like.headers}, **hdrs}, info)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:
         if self.attempt + 1 < len(self.upstreams):
@@ -396,6 +409,10 @@ class Fill:
         self._state = _State.FAILED
         return [Log("warning", f"{self.key}: broken mid-body: {reason}; nothing stored")] + [
             AbortResponse(c, reason) for c in self._clients]
+
+
+def _header_safe(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:300]
 
 
 def _int(value: str | None) -> int | None:

@@ -98,8 +98,11 @@ def lifetime(rules: Rules, kind: Kind, status: int, headers: Mapping[str, str],
     fresh = ours if theirs is None else min(ours, theirs)
     swr = _seconds(cc.get("stale-while-revalidate"))
     sie = _seconds(cc.get("stale-if-error"))
+    if status != 200 or "must-revalidate" in cc or "proxy-revalidate" in cc:
+        # A stale 404 would hide a segment that has just been published.
+        return Lifetime(fresh, 0.0, 0.0)
     return Lifetime(
         fresh,
         rules.stale_while_revalidate if swr is None else min(swr, rules.stale_while_revalidate),
-        0.0 if status != 200 else (rules.stale_if_error if sie is None else min(sie, rules.stale_if_error)),
+        rules.stale_if_error if sie is None else min(sie, rules.stale_if_error),
     )

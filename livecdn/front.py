@@ -64,7 +64,7 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None | bool:
         stop = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or stop <= start:
+    if start < 0 or (last and stop <= start):
         return None
     if start >= size:
         return False
@@ -156,7 +156,7 @@ class PlayerFront:
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
         if _not_modified(request, obj.etag, obj.last_modified):
-            headers.pop("content-type", None)
+            headers.pop("Content-Type", None)
             return web.Response(status=304, headers=headers)
         headers["Accept-Ranges"] = "bytes"
         rng = self._range(request, obj.etag, obj.size)
@@ -203,9 +203,9 @@ class PlayerFront:
             return web.Response(status=head.status, body=head.body, headers=headers)
         start, stop, status = 0, head.length, head.status
         if head.status == 200:
-            etag = headers.get("etag")
-            if _not_modified(request, etag, headers.get("last-modified")):
-                headers.pop("content-type", None)
+            etag = headers.get("ETag")
+            if _not_modified(request, etag, headers.get("Last-Modified")):
+                headers.pop("Content-Type", None)
                 return web.Response(status=304, headers=headers)
             if head.length is not None:
                 headers["Accept-Ranges"] = "bytes"

@@ -10,12 +10,15 @@ from .media import Kind
 
 __all__ = ["Stored", "KEPT_HEADERS"]
 
-# End-to-end headers worth keeping and replaying; hop-by-hop and length/encoding
-# headers are rebuilt by the front for each answer.
-KEPT_HEADERS = frozenset({
-    "content-type", "etag", "last-modified", "cache-control", "expires",
-    "content-language", "content-disposition", "location",
-})
+# End-to-end headers worth keeping and replaying, by lower-cased name, with the
+# spelling they are sent in. Hop-by-hop and length/encoding headers are rebuilt
+# by the front for each answer.
+KEPT_HEADERS = {
+    name.lower(): name for name in (
+        "Content-Type", "ETag", "Last-Modified", "Cache-Control", "Expires",
+        "Content-Language", "Content-Disposition", "Location",
+    )
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -29,7 +32,7 @@ class Stored:
 
     key: str
     status: int
-    headers: tuple[tuple[str, str], ...]  # kept headers, names lower-cased
+    headers: tuple[tuple[str, str], ...]  # kept headers, canonically spelled
     body: bytes = field(repr=False)
     born: float
     lifetime: Lifetime
@@ -49,11 +52,11 @@ class Stored:
 
     @property
     def etag(self) -> str | None:
-        return self.header("etag")
+        return self.header("ETag")
 
     @property
     def last_modified(self) -> str | None:
-        return self.header("last-modified")
+        return self.header("Last-Modified")
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.born))
@@ -75,6 +78,6 @@ class Stored:
     def revalidated(self, headers: dict[str, str], born: float, lifetime: Lifetime) -> Stored:
         """The same body, confirmed by a 304: new clock, updated validators."""
         merged = dict(self.headers)
-        merged.update((k, v) for k, v in headers.items() if k in KEPT_HEADERS)
+        merged.update((KEPT_HEADERS[k], v) for k, v in headers.items() if k in KEPT_HEADERS)
         return dataclasses.replace(self, headers=tuple(merged.items()), born=born,
                                    lifetime=lifetime)

@@ -23,6 +23,7 @@ import shutil
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from livecdn.config import Rendition
 
@@ -130,8 +131,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 class Encoder:
     """One running ffmpeg for one stream."""
 
-    __slots__ = ("stream", "out_dir", "renditions", "_argv", "_proc", "_log_path", "_log_file",
-                 "_stopping")
+    __slots__ = ("stream", "out_dir", "renditions", "_argv", "_proc", "_log_path", "_log_file")
 
     def __init__(self, ffmpeg: str, stream: str, out_dir: Path, renditions: Sequence[Rendition],
                  target_duration: float, window: int, retain: int, tone_hz: int = 440) -> None:
@@ -142,8 +142,7 @@ class Encoder:
                                     retain, tone_hz)
         self._proc: asyncio.subprocess.Process | None = None
         self._log_path = out_dir / "ffmpeg.log"
-        self._log_file = None
-        self._stopping = False
+        self._log_file: BinaryIO | None = None
 
     def playlist_path(self, rendition: str) -> Path:
         return self.out_dir / rendition / "index.m3u8"

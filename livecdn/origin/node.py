@@ -16,8 +16,8 @@ from email.utils import formatdate
 
 from aiohttp import hdrs, web
 
-from livecdn.config import OriginConfig
-from livecdn.origin.sources import Body, FfmpegSource, Source, SyntheticSource
+from livecdn.config import OriginConfig, Rendition
+from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
 from livecdn.origin.timeline import parse_segment_uri
 
 __all__ = ["OriginNode"]
@@ -147,7 +147,7 @@ class OriginNode:
         return f"http://{host}:{self.port}"
 
     @property
-    def renditions(self):  # noqa: ANN201 - tuple[Rendition, ...]
+    def renditions(self) -> tuple[Rendition, ...]:
         """The renditions as served (ffmpeg mode may encode them smaller than configured)."""
         return self._source.renditions
 
@@ -198,7 +198,9 @@ class OriginNode:
         if inm is not None:
             if _etag_matches(inm, body.etag):
                 return web.Response(status=304, headers=headers)
-        else:
+        elif body.content_type == SEGMENT:
+            # Dates have one-second resolution and a live playlist can change twice within
+            # one second, so only immutable segments are revalidated by date.
             ims = request.if_modified_since
             if ims is not None and int(body.last_modified) <= ims.timestamp():
                 return web.Response(status=304, headers=headers)

@@ -8,6 +8,7 @@ segment by sequence number (None when it does not exist now).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import shutil
@@ -81,6 +82,7 @@ class SyntheticSource:
         self._cache = SegmentCache(config.segment_bytes,
                                    per_rendition * len(config.streams) * len(config.renditions))
         self._masters = {s: master_playlist(config.renditions).encode() for s in config.streams}
+        self._media: tuple[int, Body] | None = None
 
     @property
     def timeline(self) -> Timeline:
@@ -106,13 +108,20 @@ class SyntheticSource:
     async def media(self, stream: str, rendition: str) -> Body | None:
         tl = self.timeline
         now = self._clock()
+        produced = tl.produced(now)
+        # Every rendition's playlist has the same text (relative URIs), and it only changes
+        # when a segment is published: build it once per publication, not per request.
+        cached = self._media
+        if cached is not None and cached[0] == produced:
+            return cached[1]
         text = media_playlist(tl, now)
         if text is None:
             return None
         data = text.encode()
-        newest = tl.produced(now) - 1
-        return Body(data, PLAYLIST, _playlist_max_age(tl.target_duration), _etag(data),
-                    tl.published_at(newest))
+        body = Body(data, PLAYLIST, _playlist_max_age(tl.target_duration), _etag(data),
+                    tl.published_at(produced - 1))
+        self._media = (produced, body)
+        return body
 
     async def segment(self, stream: str, rendition: str, seq: int) -> Body | None:
         tl = self.timeline
@@ -172,7 +181,7 @@ class FfmpegSource:
         finally:
             if self._own_work_dir and self._work_dir is not None:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda d=self._work_dir: shutil.rmtree(d, ignore_errors=True))
+                    None, functools.partial(shutil.rmtree, self._work_dir, ignore_errors=True))
             self._work_dir = None
             self._own_work_dir = False
 

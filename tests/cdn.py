@@ -1,0 +1,150 @@
+"""Starting real livecdn nodes for tests: in this process, or as the CLI's processes.
+
+In-process stacks (`Stack`) run ShieldNode/EdgeNode objects on 127.0.0.1 port 0
+in the test's own event loop, so a test can look inside them. Process stacks
+(`run_cdn`) start `livecdn demo` exactly as a user would and read its JSON
+line. Both always clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from edge import EdgeNode
+from livecdn.config import Address, CacheSettings, EdgeConfig, Region, ShieldConfig, Topology
+from shield import ShieldNode
+
+__all__ = ["Stack", "free_port", "run_cdn", "topology_toml", "ROOT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """Shields and edges in this process in front of `origin_url`.
+
+    Shields start first on port 0; the edges' topology is then built with the
+    shields' real ports, as an operator's file would list them.
+    """
+
+    def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
+                 cache: CacheSettings | None = None, origin_fallback: bool = False) -> None:
+        self.origin_url = origin_url
+        self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
+        self.n_shields, self.n_edges = shields, edges
+        self.origin_fallback = origin_fallback
+        self.shields: list[ShieldNode] = []
+        self.edges: list[EdgeNode] = []
+
+    def _topology(self, shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> Topology:
+        return Topology("(test)", "test", "cdn.test", self.origin_url, None,
+                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges)
+
+    async def start(self) -> Stack:
+        local = Address("127.0.0.1", 0)
+        for i in range(self.n_shields):
+            cfg = ShieldConfig(f"shield-{i + 1}", local, local, cache=self._cache(f"shield-{i + 1}"))
+            node = ShieldNode(self._topology({cfg.name: cfg}, {}), cfg, access_log=False)
+            await node.start()
+            self.shields.append(node)
+        shields = {s.config.name: dataclasses.replace(s.config, listen=Address("127.0.0.1", s.port))
+                   for s in self.shields}
+        for i in range(self.n_edges):
+            cfg = EdgeConfig(f"edge-{i + 1}", "eu", local, local, (50.0, 8.0),
+                             origin_fallback=self.origin_fallback, cache=self._cache(f"edge-{i + 1}"))
+            node = EdgeNode(self._topology(shields, {cfg.name: cfg}), cfg, access_log=False)
+            await node.start()
+            self.edges.append(node)
+        return self
+
+    def _cache(self, name: str) -> CacheSettings:
+        path = self.cache.disk_path.replace("{node}", name)
+        return dataclasses.replace(self.cache, disk_path=path)
+
+    @property
+    def edge(self) -> str:
+        return f"http://127.0.0.1:{self.edges[0].port}"
+
+    def edge_admin(self, i: int = 0) -> str:
+        return f"http://127.0.0.1:{self.edges[i].admin_port}"
+
+    async def stop(self) -> None:
+        for node in [*self.edges, *self.shields]:
+            await node.stop(1.0)
+
+
+def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int = 2,
+                  workers: int = 1, cache: dict[str, Any] | None = None) -> str:
+    """A topology file with free loopback ports; edges on 127.0.N.1 like the demo."""
+    lines = ['[cdn]', 'name = "test"', 'play_path = "/live/master.m3u8"', "", "[cache]"]
+    for k, v in {"disk_path": "", "upstream_timeout": 5, **(cache or {})}.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[origin]"]
+    if isinstance(origin, str):
+        lines.append(f'url = "{origin}"')
+    else:
+        lines.append("[origin.builtin]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in {"listen": f"127.0.0.1:{free_port()}", **origin}.items()]
+    lines += ["", "[regions.eu]", "location = [50.1, 8.7]", "[regions.us]", "location = [39.0, -77.5]"]
+    for i in range(1, shields + 1):
+        lines += [f"[shields.shield-{i}]", f'listen = "127.0.0.1:{free_port()}"',
+                  f'admin = "127.0.0.1:{free_port()}"']
+    for i in range(1, edges + 1):
+        host = f"127.0.{i}.1"
+        region = "eu" if i % 2 else "us"
+        lines += [f"[edges.edge-{i}]", f'region = "{region}"', f'listen = "{host}:{free_port(host)}"',
+                  f'admin = "{host}:{free_port(host)}"', f"workers = {workers}"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def run_cdn(config: Path, *args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+    """`livecdn demo --json` with this topology; yields its JSON, then stops it with SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-m", "livecdn", "demo", "--config", str(config), "--json",
+                             "--log-level", "warning", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise AssertionError(f"livecdn demo did not come up: {err.decode()[-2000:]}")
+        info = json.loads(line)
+        info["process"] = proc
+        yield info
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll a condition in a test (never in livecdn code)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())

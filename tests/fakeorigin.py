@@ -1,0 +1,110 @@
+"""A programmable origin for tests: each path gets a behaviour, every request is counted.
+
+Behaviours are small async functions, so a test states exactly how the origin
+misbehaves (slow, broken mid-body, malformed playlist, down) and checks what
+the CDN made of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+__all__ = ["FakeOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status"]
+
+Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body(data: bytes, content_type: str = "video/mp2t", headers: dict[str, str] | None = None) -> Behaviour:
+    """A plain answer; a matching If-None-Match gets a 304 with the same headers."""
+    extra = headers or {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        etag = extra.get("ETag")
+        if etag and request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=extra)
+        return web.Response(body=data, content_type=content_type, headers=extra)
+    return handler
+
+
+def slow(delay: float, data: bytes, content_type: str = "video/mp2t") -> Behaviour:
+    """Think for `delay` seconds, then answer."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        return web.Response(body=data, content_type=content_type)
+    return handler
+
+
+def dribble(data: bytes, pieces: int, pause: float) -> Behaviour:
+    """Send the body in `pieces` parts `pause` seconds apart (Content-Length known)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        step = -(-len(data) // pieces)
+        for i in range(0, len(data), step):
+            await resp.write(data[i:i + step])
+            await asyncio.sleep(pause)
+        await resp.write_eof()
+        return resp
+    return handler
+
+
+def reset_after(data: bytes, sent: int, pause: float = 0.1) -> Behaviour:
+    """Promise `len(data)` bytes, send `sent` of them, then reset the connection."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[:sent])
+        await asyncio.sleep(pause)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+    return handler
+
+
+def status(code: int, text: str = "", headers: dict[str, str] | None = None) -> Behaviour:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, text=text or f"{code}\n", headers=headers)
+    return handler
+
+
+class FakeOrigin:
+    """An aiohttp origin on 127.0.0.1, port 0. Unknown paths answer 404."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Behaviour] = {}
+        self.hits: Counter[str] = Counter()
+        self.requests: list[web.Request] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path_qs] += 1
+        self.requests.append(request)
+        behaviour = self.routes.get(request.path)
+        if behaviour is None:
+            return web.Response(status=404, text="not here\n")
+        return await behaviour(request)

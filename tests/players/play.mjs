@@ -1,0 +1,147 @@
+// Play an HLS URL with hls.js in headless Chromium and report what a viewer would see.
+//
+//   node tests/players/play.mjs URL SECONDS
+//
+// Prints ONE JSON line and exits 0 when the harness itself worked (whether or not the
+// stream played: the caller judges the result); exits 2 when Chromium could not be run.
+//
+// The harness page is served by page.route() on the stream's own origin, so hls.js
+// fetches same-origin (no CORS, no private-network preflight) and nothing else has to
+// listen. hls.js comes from node_modules, not a CDN.
+//
+// Result fields:
+//   started        a 'playing' event happened
+//   startupSeconds from loadSource() to the first 'playing'
+//   playedSeconds  media time actually played (sum of video.played ranges)
+//   stalls         'waiting' events after the first 'playing', with when and where
+//   errors         every hls.js ERROR event (fatal or not) with type/details
+//   currentTime    video.currentTime at the end
+//   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
+//   console        page console errors
+//
+// Env: CHROMIUM (default /usr/bin/chromium); LIVECDN_HOST_RESOLVER_RULES, passed to
+// --host-resolver-rules so a CDN host name can be mapped to loopback.
+
+import { chromium } from 'playwright-core';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+const [url, secondsArg] = process.argv.slice(2);
+const seconds = Number(secondsArg ?? 20);
+if (!url || !(seconds > 0)) {
+  console.error('usage: node play.mjs URL SECONDS');
+  process.exit(64);
+}
+const START_TIMEOUT_MS = 30_000;
+const CODECS = 'video/mp4; codecs="avc1.42c01f,mp4a.40.2"';
+
+const hlsJsPath = require.resolve('hls.js/dist/hls.min.js');
+const hlsJs = readFileSync(hlsJsPath);
+const hlsVersion = JSON.parse(readFileSync(join(here, 'node_modules/hls.js/package.json'))).version;
+
+const base = new URL('/__livecdn_player__/', url).href;
+const page_html = `<!doctype html><meta charset="utf-8"><title>livecdn player</title>
+<video id="v" muted playsinline></video>
+<script src="${base}hls.js"></script>`;
+
+const args = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--disable-dev-shm-usage', '--autoplay-policy=no-user-gesture-required', '--mute-audio',
+];
+if (process.env.LIVECDN_HOST_RESOLVER_RULES) {
+  args.push(`--host-resolver-rules=${process.env.LIVECDN_HOST_RESOLVER_RULES}`);
+}
+
+const userDataDir = mkdtempSync(join(tmpdir(), 'livecdn-chromium-'));
+let context;
+const result = { url, seconds, hlsVersion, started: false, playedSeconds: 0, stalls: [], errors: [],
+                 currentTime: null, console: [] };
+try {
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args,
+    timeout: 60_000,
+  });
+} catch (e) {
+  console.log(JSON.stringify({ ...result, harnessError: `cannot launch Chromium: ${e.message}` }));
+  rmSync(userDataDir, { recursive: true, force: true });
+  process.exit(2);
+}
+
+try {
+  const page = context.pages()[0] ?? await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') result.console.push(m.text()); });
+  page.on('pageerror', (e) => result.console.push(`pageerror: ${e.message}`));
+  await page.route(`${base}**`, (route) => {
+    const u = new URL(route.request().url());
+    if (u.pathname.endsWith('/hls.js')) {
+      return route.fulfill({ status: 200, contentType: 'text/javascript', body: hlsJs });
+    }
+    return route.fulfill({ status: 200, contentType: 'text/html', body: page_html });
+  });
+  await page.goto(`${base}index.html`);
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs }) => {
+    const r = { started: false, startupSeconds: null, stalls: [], errors: [],
+                mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs),
+                hlsSupported: Hls.isSupported() };
+    if (!r.hlsSupported) return r;
+    const video = document.getElementById('v');
+    const hls = new Hls({ enableWorker: true });
+    const t0 = performance.now();
+    hls.on(Hls.Events.ERROR, (_e, d) => {
+      r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
+                      url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
+                      response: d.response ? { code: d.response.code, text: d.response.text } : null,
+                      error: d.error ? String(d.error) : null,
+                      at: (performance.now() - t0) / 1000 });
+    });
+    hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
+      { fatal: true, type: 'play', details: String(e) })); });
+    let playing;
+    const started = new Promise((resolve) => { playing = resolve; });
+    video.addEventListener('playing', () => {
+      if (!r.started) {
+        r.started = true;
+        r.startupSeconds = (performance.now() - t0) / 1000;
+        playing();
+      }
+    });
+    video.addEventListener('waiting', () => {
+      if (r.started) {
+        r.stalls.push({ at: (performance.now() - t0) / 1000, currentTime: video.currentTime,
+                        buffered: video.buffered.length ? video.buffered.end(video.buffered.length - 1) : null });
+      }
+    });
+    hls.loadSource(url);
+    hls.attachMedia(video);
+    const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+    await Promise.race([started, sleep(startTimeoutMs)]);
+    if (r.started) await sleep(seconds * 1000);
+    let played = 0;
+    for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
+    r.playedSeconds = played;
+    r.currentTime = video.currentTime;
+    r.level = hls.currentLevel >= 0 ? hls.levels[hls.currentLevel]?.height ?? null : null;
+    r.videoSize = [video.videoWidth, video.videoHeight];
+    r.droppedFrames = video.getVideoPlaybackQuality?.().droppedVideoFrames ?? null;
+    r.decodedFrames = video.getVideoPlaybackQuality?.().totalVideoFrames ?? null;
+    hls.destroy();
+    return r;
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS });
+  Object.assign(result, out);
+} catch (e) {
+  result.harnessError = String(e && e.stack || e);
+} finally {
+  await context.close().catch(() => {});
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+console.log(JSON.stringify(result));
+process.exit(result.harnessError ? 2 : 0);
