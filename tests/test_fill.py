@@ -23,6 +23,9 @@ PLAYLIST = cache_key("/live/cam/index.m3u8")
 UPSTREAMS = ("http://shield-a", "http://shield-b")
 TS = ("content-type", "video/mp2t")
 M3U8 = ("content-type", "application/vnd.apple.mpegurl")
+# The same headers as kept and replayed: canonically spelled.
+TS_KEPT = ("Content-Type", "video/mp2t")
+M3U8_KEPT = ("Content-Type", "application/vnd.apple.mpegurl")
 LIVE_BODY = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n"
              b"#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n")
 
@@ -39,14 +42,14 @@ def ok(length: int | None = None, *extra: tuple[str, str], ct: tuple[str, str] =
     return UpstreamResponded(200, hdrs, at)
 
 
-def head(cache: str, length: int | None, *, hdrs: tuple[tuple[str, str], ...] = (TS,),
+def head(cache: str, length: int | None, *, hdrs: tuple[tuple[str, str], ...] = (TS_KEPT,),
          status: int = 200, born: float = T0) -> Head:
     return Head(status, hdrs, length, cache, born)
 
 
 def stale_copy(key: CacheKey = SEG, *, born: float = T0, fresh: float = 10.0, sie: float = 30.0,
-               headers: tuple[tuple[str, str], ...] = (TS, ("etag", '"v1"'),
-                                                       ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
+               headers: tuple[tuple[str, str], ...] = (TS_KEPT, ("ETag", '"v1"'),
+                                                       ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
                body: bytes = b"old body", kind: Kind = Kind.MEDIA, status: int = 200) -> Stored:
     return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind)
 
@@ -109,7 +112,7 @@ def test_n_requests_make_one_fetch(n: int) -> None:
     assert fill.finished and fill.clients == n
     assert stored().key == SEG.key and stored().body == b"x" * 12 and stored().status == 200
     assert stored().kind is Kind.MEDIA and stored().lifetime.fresh == RULES.media_ttl
-    assert stored().headers == (TS,)  # content-length is rebuilt by the front, not kept
+    assert stored().headers == (TS_KEPT,)  # content-length is rebuilt by the front, not kept
 
 
 def test_late_joiner_gets_bytes_so_far_then_the_rest() -> None:
@@ -143,7 +146,66 @@ def test_missing_content_type_is_filled_in_and_age_moves_born_back() -> None:
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (("age", "5"), ("content-length", "1"), ("server", "x")), T0)
-        << Respond(1, Head(200, (("content-type", "video/mp2t"),), 1, "miss", T0 - 5))
+        << Respond(1, Head(200, (TS_KEPT,), 1, "miss", T0 - 5))
+    )
+
+
+@pytest.mark.parametrize(("path", "upstream", "kept"), [
+    # a generic type on a name we know is replaced by the name's type
+    ("/live/cam/seg7.ts", "application/octet-stream", "video/mp2t"),
+    ("/live/cam/seg7.ts", "binary/octet-stream", "video/mp2t"),
+    ("/live/cam/seg7.ts", "text/plain; charset=utf-8", "video/mp2t"),
+    ("/live/cam/seg7.ts", "Application/Octet-Stream", "video/mp2t"),
+    ("/live/cam/key7.key", "text/plain", "application/octet-stream"),
+    # a specific type is the origin's word, even if it is not ours
+    ("/live/cam/seg7.m4s", "video/mp4", "video/mp4"),
+    ("/live/cam/seg7.ts", "video/MP2T", "video/MP2T"),
+    # a name we do not know keeps whatever it was given
+    ("/live/cam/notes.html", "text/plain", "text/plain"),
+])
+def test_generic_content_type_is_replaced_by_the_extensions(path: str, upstream: str, kept: str) -> None:
+    assert (
+        Playbook(make_fill(cache_key(path)))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, (("content-type", upstream), ("content-length", "1")), T0)
+        << Respond(1, Head(200, (("Content-Type", kept),), 1, "miss", T0))
+    )
+
+
+def test_playlist_served_as_text_plain_gets_the_playlist_type() -> None:
+    stored = Placeholder(Stored)
+    n = len(LIVE_BODY)
+    assert (
+        Playbook(make_fill(PLAYLIST))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, (("content-type", "text/plain"),), T0)
+        >> UpstreamChunk(LIVE_BODY)
+        >> UpstreamDone(T0) << StoreObject(stored)
+        << Respond(1, Head(200, (M3U8_KEPT,), n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
+    )
+    assert stored().headers == (M3U8_KEPT,)
+
+
+def test_unknown_name_without_content_type_gets_none() -> None:
+    assert (
+        Playbook(make_fill(cache_key("/live/cam/notes")))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, (("content-length", "1"),), T0)
+        << Respond(1, Head(200, (), 1, "miss", T0))
+    )
+
+
+def test_kept_headers_are_canonically_spelled_with_content_type_first() -> None:
+    upstream = (("etag", '"v1"'), ("server", "x"), ("cache-control", "max-age=60"),
+                ("content-type", "application/octet-stream"), ("x-custom", "y"),
+                ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT"), ("connection", "keep-alive"))
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, upstream, T0)
+        << Respond(1, head("miss", None, hdrs=(
+            TS_KEPT, ("ETag", '"v1"'), ("Cache-Control", "max-age=60"),
+            ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT"))))
     )
 
 
@@ -272,12 +334,16 @@ def test_failover_is_logged() -> None:
     )
 
 
-@pytest.mark.parametrize(("last", "status"), [
-    (UpstreamFailed("connection refused", T0), 502),
-    (UpstreamResponded(503, (), T0), 502),
-    (UpstreamFailed("timed out", T0, timeout=True), 504),
+def error_headers(reason: str) -> tuple[tuple[str, str], ...]:
+    return (("Content-Type", "text/plain; charset=utf-8"), ("X-Livecdn-Error", reason))
+
+
+@pytest.mark.parametrize(("last", "status", "reason"), [
+    (UpstreamFailed("connection refused", T0), 502, "connection refused"),
+    (UpstreamResponded(503, (), T0), 502, f"{UPSTREAMS[1]} answered 503"),
+    (UpstreamFailed("timed out", T0, timeout=True), 504, "timed out"),
 ])
-def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status: int) -> None:
+def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status: int, reason: str) -> None:
     fill = make_fill()
     h1, h2 = Placeholder(Head), Placeholder(Head)
     assert (
@@ -289,8 +355,36 @@ def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status
     )  # and no StoreObject
     for h in (h1(), h2()):
         assert h.status == status and h.cache == "error"
-        assert h.body.startswith(f"{status} upstream failed".encode()) and h.length == len(h.body)
+        assert h.body == f"{status} upstream failed: {reason}\n".encode() and h.length == len(h.body)
+        assert h.headers == error_headers(f"upstream failed: {reason}")
     assert fill.finished
+
+
+def test_reason_from_a_livecdn_tier_above_reaches_the_502() -> None:
+    h = Placeholder(Head)
+    why = "upstream failed: http://origin answered 503"
+    said = f"{UPSTREAMS[0]} answered 502 ({why})"
+    assert (
+        Playbook(make_fill(upstreams=UPSTREAMS[:1]), logs=True)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(502, (("content-type", "text/plain; charset=utf-8"),
+                                   ("x-livecdn-error", why)), T0)
+        << Log("warning", f"{SEG}: {said}; answering 502")
+        << Respond(1, h) << EndResponse(1)
+    )
+    assert h().body == f"502 upstream failed: {said}\n".encode()
+    assert h().headers == error_headers(f"upstream failed: {said}")
+
+
+def test_error_header_is_made_safe_but_the_body_keeps_the_reason() -> None:
+    h = Placeholder(Head)
+    assert (
+        Playbook(make_fill(upstreams=UPSTREAMS[:1]))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamFailed("reset\r\nSet-Cookie: x=1 \u2013 é", T0) << Respond(1, h) << EndResponse(1)
+    )
+    assert h().headers == error_headers("upstream failed: reset??Set-Cookie: x=1 ? ?")
+    assert h().body == "502 upstream failed: reset\r\nSet-Cookie: x=1 \u2013 é\n".encode()
 
 
 STALE_BOUND = 10.0 + 30.0  # fresh + stale_if_error of stale_copy()
@@ -319,10 +413,10 @@ def test_stale_if_error_within_its_bound(after: float, served_stale: bool) -> No
 
 
 @pytest.mark.parametrize(("headers", "conditional"), [
-    ((TS, ("etag", '"v1"')), (("if-none-match", '"v1"'),)),
-    ((TS, ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
+    ((TS_KEPT, ("ETag", '"v1"')), (("if-none-match", '"v1"'),)),
+    ((TS_KEPT, ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
      (("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"),)),
-    ((TS,), ()),
+    ((TS_KEPT,), ()),
 ])
 def test_start_fetch_carries_validators_of_the_stale_copy(
         headers: tuple[tuple[str, str], ...], conditional: tuple[tuple[str, str], ...]) -> None:
@@ -351,14 +445,15 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
     assert new is not old and new.body == old.body and new.status == 200
     assert new.born == T0 + 98  # arrival minus the Age the upstream declared
     assert new.lifetime.fresh == 5.0  # the 304's max-age is stricter than a year
-    assert new.header("cache-control") == "max-age=5" and new.header("server") is None
+    assert new.headers == (TS_KEPT, ("ETag", '"v1"'), ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                           ("Cache-Control", "max-age=5"))  # canonically spelled, no server
     assert new.etag == '"v1"' and new.fresh(T0 + 102) and not new.fresh(T0 + 103)
     assert old.born == T0  # the stale copy itself is untouched
     assert fill.finished
 
 
 def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
-    old = stale_copy(PLAYLIST, headers=(M3U8, ("etag", '"p1"')), body=LIVE_BODY, kind=Kind.LIVE)
+    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=LIVE_BODY, kind=Kind.LIVE)
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(PLAYLIST, stale=old))
@@ -370,7 +465,7 @@ def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
 
 
 def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
-    old = stale_copy(headers=(("etag", '"gone"'),), body=b"not found", status=404)
+    old = stale_copy(headers=(("ETag", '"gone"'),), body=b"not found", status=404)
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(stale=old))
@@ -379,6 +474,20 @@ def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
         << StoreObject(fresh) << ServeStored(1, fresh, "miss")
     )
     assert fresh().status == 404 and fresh().lifetime.fresh == RULES.negative_ttl
+    assert (fresh().lifetime.stale_while_revalidate, fresh().lifetime.stale_if_error) == (0.0, 0.0)
+
+
+def test_304_without_cache_control_keeps_the_stored_one() -> None:
+    # The stored Cache-Control is canonically spelled, lifetime() reads lower-cased names.
+    old = stale_copy(headers=(TS_KEPT, ("ETag", '"v1"'), ("Cache-Control", "max-age=10, must-revalidate")))
+    fresh = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(stale=old))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"v1"'),))
+        >> UpstreamResponded(304, (("etag", '"v1"'),), T0 + 50)
+        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+    )
+    assert fresh().lifetime == Lifetime(10.0, 0.0, 0.0)
 
 
 def test_304_with_no_store_serves_without_storing() -> None:
@@ -401,6 +510,7 @@ def test_playlist_is_held_until_complete() -> None:
     stored = Placeholder(Stored)
     n = len(LIVE_BODY)
     playlist_head = (M3U8, ("cache-control", "max-age=60"))
+    kept = (M3U8_KEPT, ("Cache-Control", "max-age=60"))
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
@@ -409,8 +519,8 @@ def test_playlist_is_held_until_complete() -> None:
         >> ClientRequested(2)  # nothing either
         >> UpstreamChunk(LIVE_BODY[20:])
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, playlist_head, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
-        << Respond(2, Head(200, playlist_head, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
+        << Respond(1, Head(200, kept, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
+        << Respond(2, Head(200, kept, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
     )
     assert stored().kind is Kind.LIVE and stored().body == LIVE_BODY
     assert stored().lifetime.fresh == 2.0  # half of 4 s, stricter than max-age=60
@@ -434,7 +544,7 @@ def test_malformed_playlist_fails_over_and_is_never_stored(body: bytes) -> None:
         >> UpstreamDone(T0) << StartFetch(UPSTREAMS[1], 1)
         >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, (M3U8,), len(LIVE_BODY), "miss", T0)) << SendBytes(1, 0, len(LIVE_BODY))
+        << Respond(1, Head(200, (M3U8_KEPT,), len(LIVE_BODY), "miss", T0)) << SendBytes(1, 0, len(LIVE_BODY))
         << EndResponse(1)
     )
     assert stored().body == LIVE_BODY
@@ -482,7 +592,7 @@ def test_playlist_404_is_streamed_not_held() -> None:
         Playbook(make_fill(PLAYLIST))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(404, (("content-type", "text/plain"),), T0)
-        << Respond(1, Head(404, (("content-type", "text/plain"),), None, "miss", T0))
+        << Respond(1, Head(404, (("Content-Type", "text/plain"),), None, "miss", T0))  # only a 200 gets our type
     )
 
 
@@ -494,7 +604,7 @@ def test_error_answers_negative_ttl_or_not_stored(status: int, fresh: float | No
     pb = (Playbook(make_fill())
           >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
           >> UpstreamResponded(status, (("content-type", "text/plain"), ("content-length", "4")), T0)
-          << Respond(1, Head(status, (("content-type", "text/plain"),), 4, "miss", T0))
+          << Respond(1, Head(status, (("Content-Type", "text/plain"),), 4, "miss", T0))
           >> UpstreamChunk(b"nope") << SendBytes(1, 0, 4)
           >> UpstreamDone(T0))
     if fresh is not None:
@@ -503,18 +613,33 @@ def test_error_answers_negative_ttl_or_not_stored(status: int, fresh: float | No
     if fresh is not None:
         assert stored().status == status and stored().lifetime.fresh == fresh
         assert stored().lifetime.stale_if_error == 0.0  # an error is never a fallback
+        assert stored().lifetime.stale_while_revalidate == 0.0  # nor served stale while a segment appears
 
 
 @pytest.mark.parametrize("cc", ["no-store", "private", "private, max-age=60"])
 def test_no_store_is_served_but_not_stored(cc: str) -> None:
-    hdrs = (TS, ("cache-control", cc))
     assert (
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> UpstreamResponded(200, hdrs, T0) << Respond(1, Head(200, hdrs, None, "miss", T0))
+        >> UpstreamResponded(200, (TS, ("cache-control", cc)), T0)
+        << Respond(1, Head(200, (TS_KEPT, ("Cache-Control", cc)), None, "miss", T0))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
         >> UpstreamDone(T0) << EndResponse(1)
     )
+
+
+def test_origin_max_age_caps_the_stored_lifetime() -> None:
+    # The kept headers are canonically spelled; the origin's Cache-Control must still count.
+    stored = Placeholder(Stored)
+    assert (
+        Playbook(make_fill())
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> ok(3, ("cache-control", "max-age=10")) << Respond(1, head("miss", 3, hdrs=(
+            TS_KEPT, ("Cache-Control", "max-age=10"))))
+        >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
+        >> UpstreamDone(T0) << StoreObject(stored) << EndResponse(1)
+    )
+    assert stored().lifetime.fresh == 10.0
 
 
 # --- background refresh and bounds ---------------------------------------------

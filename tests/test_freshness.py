@@ -94,8 +94,22 @@ def test_stale_windows_are_capped_by_rules(cc: str | None, swr: float, sie: floa
     assert (lt.stale_while_revalidate, lt.stale_if_error) == (swr, sie)
 
 
-def test_an_error_answer_is_never_a_stale_fallback() -> None:
-    assert lifetime(RULES, Kind.MEDIA, 404, {"cache-control": "stale-if-error=30"}).stale_if_error == 0.0
+@pytest.mark.parametrize("status", [404, 410])
+@pytest.mark.parametrize("cc", [None, "stale-while-revalidate=2, stale-if-error=30"])
+def test_an_error_answer_has_no_stale_windows(status: int, cc: str | None) -> None:
+    # A stale 404 would hide a segment that has just been published.
+    headers = {"cache-control": cc} if cc is not None else {}
+    assert lifetime(RULES, Kind.MEDIA, status, headers) == Lifetime(RULES.negative_ttl, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("cc", "fresh"), [
+    ("must-revalidate", YEAR),
+    ("max-age=10, must-revalidate", 10.0),
+    ("proxy-revalidate, max-age=10", 10.0),
+    ("Must-Revalidate, stale-while-revalidate=2, stale-if-error=30", YEAR),
+])
+def test_must_revalidate_allows_no_stale_serving(cc: str, fresh: float) -> None:
+    assert lifetime(RULES, Kind.MEDIA, 200, {"cache-control": cc}) == Lifetime(fresh, 0.0, 0.0)
 
 
 def test_rules_are_used() -> None:
@@ -121,7 +135,7 @@ BORN = 1_700_000_000.0
 
 
 def stored(fresh: float = 10.0, swr: float = 2.0, sie: float = 30.0) -> Stored:
-    return Stored("/a/seg.ts", 200, (("etag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), Kind.MEDIA)
+    return Stored("/a/seg.ts", 200, (("ETag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), Kind.MEDIA)
 
 
 @pytest.mark.parametrize(("now", "age"), [
@@ -160,13 +174,16 @@ def test_keep_until(lt: tuple[float, float, float], until: float) -> None:
 def test_size_and_headers() -> None:
     obj = stored()
     assert obj.size == 3 and obj.etag == '"x"' and obj.last_modified is None
+    assert obj.header("ETag") == '"x"' and obj.header("etag") is None  # names are canonically spelled
     assert Stored("/a", 200, (), b"", BORN, Lifetime(1, 1, 1), Kind.MEDIA, size=99).size == 99
 
 
 def test_revalidated_keeps_body_and_updates_validators() -> None:
     obj = stored()
+    # upstream names arrive lower-cased; the stored ones are canonically spelled
     new = obj.revalidated({"etag": '"y"', "cache-control": "max-age=5", "connection": "close"},
                           BORN + 100, Lifetime(5.0, 2.0, 30.0))
     assert new.body is obj.body and new.born == BORN + 100 and new.lifetime.fresh == 5.0
-    assert dict(new.headers) == {"etag": '"y"', "cache-control": "max-age=5"}
+    assert new.headers == (("ETag", '"y"'), ("Cache-Control", "max-age=5"))
+    assert new.etag == '"y"'
     assert obj.etag == '"x"' and obj.born == BORN

@@ -1,7 +1,7 @@
 """Real players against a live stream: ffmpeg's HLS demuxer, and hls.js in headless Chromium.
 
-The stream URL comes from ONE fixture, `play_url`. Today it is the built-in origin in
-ffmpeg mode, started below; switching to the whole CDN is the one commented line there.
+The stream URL comes from ONE fixture, `play_url`: the play URL `livecdn demo` prints,
+so every byte the players get went origin → shield → edge.
 
 These tests never skip: a missing ffmpeg, Chromium or npm package fails them with the
 command to run (`make test` installs all of them).
@@ -9,20 +9,19 @@ command to run (`make test` installs all of them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
-import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from livecdn.config import Address, OriginConfig
-from livecdn.origin import OriginNode
+from tests.cdn import run_cdn, topology_toml
 
 PLAYERS_DIR = Path(__file__).parent / "players"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -53,47 +52,24 @@ def require_browser_harness() -> str:
     return node
 
 
-class _OriginThread:
-    """An OriginNode on its own event loop in a thread, so sync tests and any
-    asyncio_mode can share one for the whole module."""
-
-    def __init__(self, config: OriginConfig) -> None:
-        self.node = OriginNode(config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="origin", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.node.start(), self._loop).result(timeout=60)
-
-    def stop(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.node.stop(), self._loop).result(timeout=30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-
 @pytest.fixture(scope="module")
-def player_origin() -> Iterator[str]:
-    """The built-in origin encoding a real H.264/AAC stream; yields its play URL."""
+def video_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The whole CDN (`livecdn demo`): the built-in origin encoding real H.264/AAC, one shield,
+    two edges on their own loopback addresses."""
     require_ffmpeg()
-    origin = _OriginThread(OriginConfig(name="origin-players", listen=Address("127.0.0.1", 0),
-                                        mode="ffmpeg", target_duration=2.0, window=6))
-    origin.start()
-    try:
-        yield f"{origin.node.url}/live/master.m3u8"
-    finally:
-        origin.stop()
+    config = tmp_path_factory.mktemp("players") / "cdn.toml"
+    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
+    with run_cdn(config) as info:
+        yield info
 
 
 @pytest.fixture
-def play_url(request: pytest.FixtureRequest) -> str:
-    """The URL every player test plays."""
-    # To play through the whole CDN instead of the origin directly, replace the line below with:
-    #     return request.getfixturevalue("cdn")["play"]
-    return request.getfixturevalue("player_origin")
+def play_url(video_cdn: dict[str, Any]) -> str:
+    """The URL every player test plays: the demo's play URL, through an edge."""
+    url = video_cdn["play"]
+    assert urllib.parse.urlsplit(url).port in {urllib.parse.urlsplit(n["url"]).port
+                                               for n in video_cdn["nodes"] if n["role"] == "edge"}
+    return str(url)
 
 
 def test_ffmpeg_reads_the_live_stream_without_error(play_url: str) -> None:
