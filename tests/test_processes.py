@@ -1,0 +1,195 @@
+"""The `livecdn` command as users run it: the demo, single nodes, workers, bad configs."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
+
+SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 200_000}
+
+
+def segments(playlist_url: str) -> list[str]:
+    """The segment names of a live media playlist, once the origin has published some."""
+    names: list[str] = []
+
+    def published() -> bool:
+        names[:] = [ln for ln in fetch(playlist_url)[2].decode().splitlines() if ln.endswith(".ts")]
+        return bool(names)
+    assert wait_until(published, 15), f"no segments in {playlist_url}"
+    return names
+
+
+def fetch(url: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def metric(admin: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample over the label values given."""
+    text = fetch(admin + "/metrics")[2].decode()
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def livecdn(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "livecdn", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    config = tmp_path_factory.mktemp("demo") / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC))
+    with run_cdn(config) as info:
+        yield info
+
+
+def test_demo_prints_every_node_and_a_play_url_that_plays(demo: dict[str, Any]) -> None:
+    roles = [n["role"] for n in demo["nodes"]]
+    assert roles == ["origin", "shield", "edge", "edge"]
+    hosts = {n["url"].split("//")[1].split(":")[0] for n in demo["nodes"] if n["role"] == "edge"}
+    assert hosts == {"127.0.1.1", "127.0.2.1"}  # one loopback address per edge
+    for n in demo["nodes"]:
+        assert fetch(n["admin"] + "/healthz")[0] == 200
+    status, headers, master = fetch(demo["play"])
+    assert status == 200 and headers["Content-Type"] == "application/vnd.apple.mpegurl"
+    rendition = [ln for ln in master.decode().splitlines() if ln and not ln.startswith("#")][0]
+    base = demo["play"].rsplit("/", 1)[0]
+    segment = segments(f"{base}/{rendition}")[-1]
+    seg_url = f"{base}/{rendition.rsplit('/', 1)[0]}/{segment}"
+    status, _, data = fetch(seg_url)
+    assert status == 200 and len(data) == 200_000
+
+
+def test_one_origin_fetch_per_segment_across_both_edges(demo: dict[str, Any]) -> None:
+    edges = [n for n in demo["nodes"] if n["role"] == "edge"]
+    shield = next(n for n in demo["nodes"] if n["role"] == "shield")
+    path = "/live/360p/index.m3u8"
+    newest = segments(edges[0]["url"] + path)[-1]
+    before = metric(shield["admin"], "livecdn_upstream_requests_total")
+    urls = [e["url"] + f"/live/360p/{newest}" for e in edges for _ in range(40)]
+    with ThreadPoolExecutor(80) as pool:
+        results = list(pool.map(fetch, urls))
+    assert {r[0] for r in results} == {200}
+    assert len({r[2] for r in results}) == 1
+    assert metric(shield["admin"], "livecdn_upstream_requests_total") - before == 1
+    for e in edges:
+        assert metric(e["admin"], "livecdn_upstream_requests_total") >= 1
+        assert metric(e["admin"], "livecdn_requests_total", cache="coalesced") \
+            + metric(e["admin"], "livecdn_requests_total", cache="hit") >= 39
+
+
+def test_sigterm_stops_every_process(tmp_path: Path) -> None:
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC))
+    with run_cdn(config) as info:
+        proc = info["process"]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+
+
+def test_a_node_runs_on_its_own_from_the_topology_file(tmp_path: Path) -> None:
+    """An operator's view: one node per command, the same file everywhere."""
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC, edges=1))
+    text = config.read_text()
+    procs = [subprocess.Popen([sys.executable, "-m", "livecdn", role, "--config", str(config), "--node", name,
+                               "--log-level", "warning"], cwd=ROOT)
+             for role, name in (("origin", "origin"), ("shield", "shield-1"), ("edge", "edge-1"))]
+    try:
+        edge = "http://" + re.search(r'\[edges\.edge-1\][^\[]*listen = "([^"]+)"', text).group(1)  # type: ignore[union-attr]
+        assert wait_until(lambda: status_of(edge + "/live/master.m3u8") == 200, 30)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(20) for p in procs] == [0, 0, 0]
+
+
+def status_of(url: str) -> int:
+    """The status, or 0 while nothing listens."""
+    try:
+        return fetch(url, 2)[0]
+    except OSError:
+        return 0
+
+
+def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC, edges=1, workers=2))
+    with run_cdn(config) as info:
+        edge = next(n for n in info["nodes"] if n["role"] == "edge")
+        pids = set()
+        for _ in range(60):
+            pids.add(json.loads(fetch(edge["admin"] + "/healthz")[2])["pid"])
+        assert len(pids) == 2  # SO_REUSEPORT spread the connections over both workers
+        before = metric(edge["admin"], "livecdn_requests_total")
+        for _ in range(50):
+            assert fetch(edge["url"] + "/live/master.m3u8")[0] == 200
+        # Whichever worker answers /metrics, it reports the whole node.
+        readings = {metric(edge["admin"], "livecdn_requests_total") - before for _ in range(10)}
+        assert readings == {50.0}
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ('region = "eu"', 'region = "nowhere"', "edges.edge-1.region"),
+    ("[cache]\n", '[cache]\nmemory_bytes = "lots"\n', "cache.memory_bytes"),
+    ("[cdn]\n", '[cdn]\nnmae = "typo"\n', "cdn.nmae"),
+    ('[shields.shield-1]\nlisten = "127.0.0.1:', '[shields.shield-1]\nlisten = "127.0.0.1:9', "shields.shield-1.listen"),
+    ("[cdn]", "this is not toml", "(syntax)"),
+])
+def test_bad_config_is_one_clear_line_and_status_2(tmp_path: Path, old: str, new: str, key: str) -> None:
+    good = topology_toml(origin="http://127.0.0.1:9")
+    assert old in good
+    config = tmp_path / "bad.toml"
+    config.write_text(good.replace(old, new, 1))
+    result = livecdn("edge", "--config", str(config), "--node", "edge-1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and key in lines[0], result.stderr
+
+
+def test_wrong_node_name_and_role(tmp_path: Path) -> None:
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC))
+    result = livecdn("edge", "--config", str(config), "--node", "nope")
+    assert result.returncode == 2 and "no node named 'nope'" in result.stderr
+    result = livecdn("edge", "--config", str(config), "--node", "shield-1")
+    assert result.returncode == 2 and "is a shield node" in result.stderr
+
+
+def test_demo_in_front_of_an_existing_origin(tmp_path: Path, demo: dict[str, Any]) -> None:
+    """`--origin URL`: the same CDN in front of someone else's origin (here: the first demo's)."""
+    origin = next(n for n in demo["nodes"] if n["role"] == "origin")["url"]
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=SYNTHETIC))
+    with run_cdn(config, "--origin", origin) as info:
+        assert [n["role"] for n in info["nodes"]] == ["shield", "edge", "edge"]
+        status, headers, _ = fetch(info["play"])
+        assert status == 200 and headers["X-Cache"] in ("MISS", "HIT")
+    started = time.monotonic()
+    assert livecdn("demo", "--config", str(config), "--origin", "ftp://x", timeout=10).returncode == 2
+    assert time.monotonic() - started < 10
