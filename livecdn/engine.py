@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import itertools
 import logging
+import sqlite3
 import time
 from typing import AsyncIterator, BinaryIO, Callable
 
@@ -173,7 +174,11 @@ class Engine:
         obj = self.memory.get(k) or self._writing.get(k)
         file = None
         if obj is None and self.disk is not None:
-            hit = await self.disk.get(k)
+            try:
+                hit = await self.disk.get(k)
+            except (OSError, sqlite3.Error, ValueError) as e:
+                log.error("disk read of %s failed, treating it as a miss: %s", k, e)
+                hit = None
             if hit is not None:
                 obj, file = hit.obj, hit.file
                 if file is None and obj.fresh(now):
@@ -313,7 +318,7 @@ class Engine:
         assert self.disk is not None
         try:
             await self.disk.put(obj)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             log.error("disk write of %s failed: %s", obj.key, e)
         finally:
             if self._writing.get(obj.key) is obj:

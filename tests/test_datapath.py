@@ -351,3 +351,33 @@ async def test_disk_tier_serves_what_memory_evicted(origin: FakeOrigin, tmp_path
         assert all(origin.hits[p] == 1 for p in bodies)
     finally:
         await stack.stop()
+
+
+# --- lifecycle ----------------------------------------------------------------
+
+async def test_stop_drains_a_response_in_flight(origin: FakeOrigin, stack: Stack) -> None:
+    origin.routes["/l/seg1.ts"] = dribble(SEG, pieces=10, pause=0.1)
+    url = stack.edge + "/l/seg1.ts"
+    download = asyncio.ensure_future(get(url))
+    await asyncio.sleep(0.3)
+    await stack.edges[0].stop(5.0)  # stop listening, let the download finish
+    status_, _, data = await download
+    assert (status_, data) == (200, SEG)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get(url)
+
+
+async def test_reload_switches_the_upstream_list(origin: FakeOrigin) -> None:
+    import dataclasses
+    stack = await Stack(origin.url, shields=2).start()
+    try:
+        edge = stack.edges[0]
+        only_second = {n: s for n, s in edge.topology.shields.items() if n == "shield-2"}
+        edge.reload(dataclasses.replace(edge.topology, shields=only_second))
+        await stack.shields[0].stop()
+        origin.routes.update({f"/re/seg{i}.ts": body(b"%d" % i) for i in range(10)})
+        results = await asyncio.gather(*(get(stack.edge + f"/re/seg{i}.ts") for i in range(10)))
+        assert [s for s, _, _ in results] == [200] * 10
+        assert all(r.headers["User-Agent"] == "livecdn/shield shield-2" for r in origin.requests)
+    finally:
+        await stack.stop()
