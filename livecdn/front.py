@@ -19,8 +19,9 @@ from aiohttp import web
 from . import metrics
 from .engine import Answer, Engine, UpstreamBroken
 from .keys import BadRequest, CacheKey, cache_key
+from .validators import etag_matches, parse_range
 
-__all__ = ["Guard", "PlayerFront", "parse_range"]
+__all__ = ["Guard", "PlayerFront"]
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS = (
@@ -41,47 +42,10 @@ class Guard(Protocol):
         """Raise `BadRequest` (with the status to answer) to refuse the request."""
 
 
-def parse_range(value: str | None, size: int) -> tuple[int, int] | None | bool:
-    """A single `bytes=` range against a body of `size` bytes.
-
-    Returns:
-        (start, stop) for a satisfiable range, None when the header is absent,
-        invalid or asks for several ranges (the whole body is sent, as RFC 9110
-        allows), False when unsatisfiable (416).
-    """
-    if not value or not value.startswith("bytes=") or "," in value:
-        return None
-    first, dash, last = value[6:].strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                return False if n == 0 else None
-            return (max(0, size - n), size) if size else False
-        start = int(first)
-        stop = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start < 0 or (last and stop <= start):
-        return None
-    if start >= size:
-        return False
-    return start, min(stop, size)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    bare = etag.removeprefix("W/")
-    return any(t.strip().removeprefix("W/") == bare for t in header.split(","))
-
-
 def _not_modified(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
     inm = request.headers.get("If-None-Match")
     if inm is not None:
-        return etag is not None and _etag_matches(inm, etag)
+        return etag is not None and etag_matches(inm, etag)
     ims = request.headers.get("If-Modified-Since")
     if ims and last_modified:
         try:

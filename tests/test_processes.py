@@ -193,3 +193,10 @@ def test_demo_in_front_of_an_existing_origin(tmp_path: Path, demo: dict[str, Any
     started = time.monotonic()
     assert livecdn("demo", "--config", str(config), "--origin", "ftp://x", timeout=10).returncode == 2
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "multi-region.toml"])
+def test_shipped_topologies_load(name: str) -> None:
+    from livecdn.config import load
+    topo = load(ROOT / "configs" / name)
+    assert topo.edges and (topo.shields or all(e.origin_fallback for e in topo.edges.values()))

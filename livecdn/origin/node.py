@@ -17,6 +17,7 @@ from email.utils import formatdate
 from aiohttp import hdrs, web
 
 from livecdn.config import OriginConfig, Rendition
+from livecdn.validators import etag_matches
 from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
 from livecdn.origin.timeline import parse_segment_uri
 
@@ -29,16 +30,6 @@ _ALLOWED = "GET, HEAD"
 
 def _http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    # If-None-Match uses the weak comparison (RFC 9110 13.1.2).
-    bare = etag.removeprefix("W/")
-    for candidate in header.split(","):
-        c = candidate.strip()
-        if c == "*" or c.removeprefix("W/") == bare:
-            return True
-    return False
 
 
 def _not_found(reason: str) -> web.Response:
@@ -196,7 +187,7 @@ class OriginNode:
         }
         inm = request.headers.get(hdrs.IF_NONE_MATCH)
         if inm is not None:
-            if _etag_matches(inm, body.etag):
+            if etag_matches(inm, body.etag):
                 return web.Response(status=304, headers=headers)
         elif body.content_type == SEGMENT:
             # Dates have one-second resolution and a live playlist can change twice within

@@ -1,10 +1,10 @@
-"""Byte-range parsing, as players send it."""
+"""Validators and byte ranges, as players send them."""
 
 from __future__ import annotations
 
 import pytest
 
-from livecdn.front import parse_range
+from livecdn.validators import etag_matches, parse_range
 
 
 @pytest.mark.parametrize(("header", "size", "expected"), [
@@ -26,3 +26,15 @@ from livecdn.front import parse_range
 ])
 def test_parse_range(header: str | None, size: int, expected: object) -> None:
     assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize(("header", "etag", "expected"), [
+    ('"a"', '"a"', True),
+    ('W/"a"', '"a"', True),  # weak comparison
+    ('"b", "a"', 'W/"a"', True),
+    ("*", '"a"', True),
+    ('"b"', '"a"', False),
+    ('"a', '"a"', False),
+])
+def test_etag_matches(header: str, etag: str, expected: bool) -> None:
+    assert etag_matches(header, etag) is expected
