@@ -11,6 +11,10 @@ APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.bench: $(STAMP)
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	touch $@
 
@@ -30,6 +34,11 @@ demo: $(STAMP) deps-video
 
 test: $(STAMP) deps-test
 	$(PY) -m pytest
+
+# Figures for the data path (coalescing, viewers, memory), side by side with nginx.
+bench: $(VENV)/.bench deps-video
+	@command -v nginx >/dev/null || { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx; }
+	$(PY) benchmarks/datapath.py
 
 clean:
 	rm -rf $(VENV) tests/players/node_modules build *.egg-info
