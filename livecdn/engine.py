@@ -289,8 +289,12 @@ class Engine:
 
         try:
             async with self._session.get(url, headers=headers, timeout=timeout,
-                                         allow_redirects=False, auto_decompress=False) as resp:
+                                         allow_redirects=False, auto_decompress=True) as resp:
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
+                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    # Asked for identity, got an encoding anyway: aiohttp decodes it, so the
+                    # stored body is plain and the declared length no longer applies.
+                    head = tuple((k, v) for k, v in head if k not in ("content-encoding", "content-length"))
                 self._feed(fill, UpstreamResponded(resp.status, head, time.time()))
                 if not current():
                     return

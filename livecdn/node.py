@@ -114,7 +114,6 @@ class CacheNode:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
-            auto_decompress=False,
         )
         self.engine.start(self._session)
         self.front = PlayerFront(self.engine, self.config.name, self.guard())

@@ -381,3 +381,12 @@ async def test_reload_switches_the_upstream_list(origin: FakeOrigin) -> None:
         assert all(r.headers["User-Agent"] == "livecdn/shield shield-2" for r in origin.requests)
     finally:
         await stack.stop()
+
+
+async def test_an_origin_that_compresses_anyway_is_stored_plain(origin: FakeOrigin, stack: Stack) -> None:
+    async def gzipping(request: object) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=gzip.compress(LIVE), headers={
+            "Content-Encoding": "gzip", "Content-Type": M3U8})
+    origin.routes["/g/index.m3u8"] = gzipping
+    s, h, data = await get(stack.edge + "/g/index.m3u8")
+    assert (s, data) == (200, LIVE) and "Content-Encoding" not in h
