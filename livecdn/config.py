@@ -21,6 +21,8 @@ __all__ = [
     "CacheSettings",
     "ConfigError",
     "EdgeConfig",
+    "GuardSettings",
+    "LimitSettings",
     "OriginConfig",
     "Region",
     "Rendition",
@@ -97,6 +99,51 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """The edge's knowledge of its streams: Bloom-filter guard and prefetch."""
+
+    false_positive_rate: float = 0.0001  # per filter generation; two generations are checked
+    names_per_generation: int = 4096  # a stream's filter rotates after this many names
+    refresh_interval: float = 1.0  # at most one guard-triggered playlist refresh per stream this often
+    unknown_rate: float = 10.0  # upstream tries per second for names of streams never seen
+    unknown_burst: int = 20
+    max_streams: int = 10_000  # streams remembered (least recently used are forgotten)
+    prefetch: bool = True
+    prefetch_concurrency: int = 4
+    viewer_idle: float = 30.0  # a stream nobody asked for in this long gets no prefetch
+
+    def __post_init__(self) -> None:
+        if not 0 < self.false_positive_rate < 0.5:
+            raise ValueError(f"false_positive_rate must be in (0, 0.5), got {self.false_positive_rate}")
+        if self.names_per_generation < 16:
+            raise ValueError("names_per_generation must be at least 16")
+        if self.max_streams < 1 or self.prefetch_concurrency < 1:
+            raise ValueError("max_streams and prefetch_concurrency must be at least 1")
+        if min(self.refresh_interval, self.unknown_rate, self.viewer_idle) < 0:
+            raise ValueError("intervals and rates must not be negative")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Per-client limits at an edge; a rate of 0 means unlimited."""
+
+    miss_rate: float = 50.0  # requests per second per client address that miss the memory tier
+    miss_burst: int = 200
+    request_rate: float = 0.0  # every request, hits included (off by default: hits are cheap)
+    request_burst: int = 0
+    connections_per_client: int = 512  # open connections per client address (0: unlimited)
+    max_clients: int = 100_000  # client addresses tracked (least recently seen are forgotten)
+
+    def __post_init__(self) -> None:
+        if self.miss_rate < 0 or self.request_rate < 0:
+            raise ValueError("rates must not be negative")
+        if (self.miss_rate and self.miss_burst < 1) or (self.request_rate and self.request_burst < 1):
+            raise ValueError("a limited rate needs a burst of at least 1")
+        if self.max_clients < 1:
+            raise ValueError("max_clients must be at least 1")
+
+
+@dataclass(frozen=True)
 class Rendition:
     """One variant of the built-in origin's stream."""
 
@@ -150,6 +197,8 @@ class EdgeConfig:
     workers: int = 1
     origin_fallback: bool = False  # go to the origin directly when every shield fails
     cache: CacheSettings = field(default_factory=CacheSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
 
 @dataclass(frozen=True)
@@ -267,24 +316,39 @@ class _Table:
             raise ConfigError(self.path, self._name(next(iter(self.data))), "unknown key")
 
 
-def _cache(t: _Table, base: CacheSettings, node: str) -> CacheSettings:
-    values = {}
-    for f in dataclasses.fields(CacheSettings):
+S = TypeVar("S", CacheSettings, GuardSettings, LimitSettings)
+
+
+def _settings(t: _Table, base: S, node: str) -> S:
+    """`base` with the values this table overrides, each read by its field's type."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(base):
         if f.name not in t.data:
             continue
         if f.name.endswith("_bytes"):
             values[f.name] = t.get(f.name, parse_size)
-        elif f.name == "disk_path":
-            values[f.name] = t.get(f.name, _string).replace("{node}", node)
+        elif f.type in ("str", str):
+            values[f.name] = t.get(f.name, _string)
+        elif f.type in ("bool", bool):
+            values[f.name] = t.get(f.name, _bool)
+        elif f.type in ("int", int):
+            values[f.name] = t.get(f.name, _count)
         else:
             values[f.name] = t.get(f.name, _number)
+    t.done()
     try:
         result = dataclasses.replace(base, **values)
     except ValueError as e:
         raise ConfigError(t.path, t.key, str(e)) from None
-    if result.disk_path and not values.get("disk_path"):
+    if isinstance(result, CacheSettings) and "{node}" in result.disk_path:
         result = dataclasses.replace(result, disk_path=result.disk_path.replace("{node}", node))
     return result
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
 
 
 def _rendition(t: _Table) -> Rendition:
@@ -351,7 +415,9 @@ def load(path: str | Path) -> Topology:
         raise ConfigError(path, "cdn.play_path", f"must start with '/', got {play_path!r}")
     cdn.done()
 
-    cache_defaults = _cache(top.table("cache"), CacheSettings(), "{node}")
+    cache_defaults = _settings(top.table("cache"), CacheSettings(), "{node}")
+    guard_defaults = _settings(top.table("guard"), GuardSettings(), "")
+    limit_defaults = _settings(top.table("limits"), LimitSettings(), "")
 
     origin_t = top.table("origin")
     builtin = None
@@ -372,7 +438,7 @@ def load(path: str | Path) -> Topology:
             listen=t.get("listen", Address.parse),
             admin=t.get("admin", Address.parse),
             workers=t.get("workers", _positive_int, 1),
-            cache=_cache(t.table("cache"), cache_defaults, sname),
+            cache=_settings(t.table("cache"), cache_defaults, sname),
         )
         t.done()
 
@@ -391,7 +457,9 @@ def load(path: str | Path) -> Topology:
             capacity=t.get("capacity", _positive_int, 10_000),
             workers=t.get("workers", _positive_int, 1),
             origin_fallback=t.get("origin_fallback", _bool, False),
-            cache=_cache(t.table("cache"), cache_defaults, ename),
+            cache=_settings(t.table("cache"), cache_defaults, ename),
+            guard=_settings(t.table("guard"), guard_defaults, ename),
+            limits=_settings(t.table("limits"), limit_defaults, ename),
         )
         t.done()
     top.done()

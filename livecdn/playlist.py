@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 import m3u8
 
+from .keys import BadRequest, cache_key
 from .media import Kind
 
-__all__ = ["MalformedPlaylist", "PlaylistInfo", "analyze"]
+__all__ = ["Announced", "MalformedPlaylist", "PlaylistInfo", "analyze", "announced"]
 
 # Playlists are small text files; a "playlist" larger than this is not one,
 # and parsing it would cost the event loop real time.
@@ -76,3 +78,54 @@ def _analyze_mpd(text: str) -> PlaylistInfo:
         return PlaylistInfo(Kind.ENDED)
     update = _MPD_UPDATE.search(text)
     return PlaylistInfo(Kind.LIVE, float(update.group(1)) if update else 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """The names an HLS playlist says exist, as normalized absolute paths."""
+
+    names: tuple[str, ...]  # every name: segments, parts, init sections, hints, child playlists, keys
+    segments: tuple[str, ...]  # full segments in playlist order (what prefetch follows)
+    hints: tuple[str, ...]  # preload hints: objects about to exist
+    live: bool  # a media playlist without ENDLIST
+
+
+def announced(path: str, body: bytes) -> Announced:
+    """What a playlist at `path` announces (names on other hosts are left out).
+
+    Raises:
+        MalformedPlaylist: the body is not an HLS playlist.
+    """
+    try:
+        parsed = m3u8.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise MalformedPlaylist(f"unparsable playlist: {e}") from None
+    base = "http://playlist.invalid" + path
+
+    def resolve(uris: list[str | None]) -> list[str]:
+        out = []
+        for uri in uris:
+            if not uri:
+                continue
+            target = urlsplit(urljoin(base, uri))
+            if target.netloc != "playlist.invalid":
+                continue
+            try:
+                out.append(cache_key(target.path).path)
+            except BadRequest:
+                continue
+        return out
+
+    segments = resolve([seg.uri for seg in parsed.segments])
+    hints = resolve([parsed.preload_hint.uri] if parsed.preload_hint else [])
+    others = resolve(
+        [part.uri for seg in parsed.segments for part in seg.parts]
+        + [m.uri for m in parsed.segment_map]
+        + [k.uri for k in parsed.keys if k is not None]
+        + [r.uri for r in parsed.rendition_reports]
+        + [p.uri for p in parsed.playlists]
+        + [m.uri for m in parsed.media]
+        + [p.uri for p in parsed.iframe_playlists]
+    )
+    live = not parsed.is_variant and not parsed.is_endlist
+    return Announced(tuple(dict.fromkeys(segments + hints + others)), tuple(segments), tuple(hints), live)
