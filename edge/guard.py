@@ -1,23 +1,208 @@
-"""The edge's first line: refuse names that cannot be media objects.
+"""The edge's guard: refuse names that cannot exist before they cost an upstream fetch.
 
-Checked before the engine, so a request for such a name never costs a lookup
-or an upstream fetch. Path syntax (traversal, encoding) is already refused by
-the cache key; here the name itself must look like something a packager
-writes. The Bloom filter of announced names builds on this guard.
+Every playlist the edge stores tells it which names exist right now: its
+segments, parts, init sections, preload hints, keys, child playlists. The
+guard keeps them per stream (the directory they live in) in Bloom filters
+(`pybloom-live`). A media name that no playlist announced costs at most one
+coalesced, rate-limited refresh of its stream's playlists, then a 404 with no
+upstream fetch. Names of streams never seen get a bounded number of upstream
+tries. Filters rotate by generation, so an endless live stream keeps memory
+bounded, while the window's names, re-announced by every refresh, are never
+refused.
 """
 
 from __future__ import annotations
 
-from livecdn.keys import BadRequest, CacheKey
-from livecdn.media import CONTENT_TYPES
+import asyncio
+import time
+from collections import OrderedDict
 
-__all__ = ["NameGuard"]
+from pybloom_live import BloomFilter
+
+from livecdn import metrics
+from livecdn.config import GuardSettings
+from livecdn.engine import Engine
+from livecdn.keys import BadRequest, CacheKey, cache_key
+from livecdn.media import CONTENT_TYPES, PLAYLIST_EXTENSIONS
+from livecdn.playlist import Announced, MalformedPlaylist, announced
+from livecdn.stored import Stored
+
+from .limits import TokenBucket
+
+__all__ = ["Generations", "StreamGuard", "directory"]
+
+# Playlists remembered per stream as the ones to refresh when a name is unknown:
+# a rendition directory is announced into by one media playlist, rarely more.
+PLAYLISTS_PER_STREAM = 4
 
 
-class NameGuard:
-    """Refuses extensions no HLS/DASH packager produces."""
+def directory(path: str) -> str:
+    return path[:path.rfind("/") + 1]
+
+
+class Generations:
+    """Two Bloom filters: names go into the current one; both are checked.
+
+    When the current filter holds `capacity` names it becomes the previous one
+    and a new current filter starts, so memory is two filters however long
+    the stream runs. A name re-announced since the rotation is in the current
+    filter; one announced just before it is still in the previous one.
+    """
+
+    __slots__ = ("capacity", "error_rate", "current", "previous")
+
+    def __init__(self, capacity: int, error_rate: float) -> None:
+        self.capacity = capacity
+        self.error_rate = error_rate
+        self.current = BloomFilter(capacity, error_rate)
+        self.previous: BloomFilter | None = None
+
+    def add(self, name: str) -> None:
+        if self.current.count >= self.capacity:
+            self.previous, self.current = self.current, BloomFilter(self.capacity, self.error_rate)
+        self.current.add(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.current or (self.previous is not None and name in self.previous)
+
+    @property
+    def nbytes(self) -> int:
+        per_filter = (self.current.num_bits + 7) // 8
+        return per_filter * (2 if self.previous is not None else 1)
+
+
+class _Stream:
+    """What the guard knows of one directory of names."""
+
+    __slots__ = ("names", "playlists", "refreshing", "last_refresh")
+
+    def __init__(self, settings: GuardSettings) -> None:
+        self.names = Generations(settings.names_per_generation, settings.false_positive_rate)
+        self.playlists: OrderedDict[str, None] = OrderedDict()  # paths to refresh for unknown names
+        self.refreshing: asyncio.Future[None] | None = None
+        self.last_refresh = float("-inf")
+
+
+def _remember(stream: _Stream, playlist: str) -> None:
+    stream.playlists[playlist] = None
+    stream.playlists.move_to_end(playlist)
+    if len(stream.playlists) > PLAYLISTS_PER_STREAM:
+        stream.playlists.popitem(last=False)
+
+
+class StreamGuard:
+    """Screens every request that misses the memory tier.
+
+    Args:
+        settings: the edge's guard settings.
+        engine: used to refresh a stream's playlists (coalesced with any fetch in flight).
+        node: the node's name (metrics).
+    """
+
+    def __init__(self, settings: GuardSettings, engine: Engine, node: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._unknown = TokenBucket(settings.unknown_burst, time.monotonic())
+        self._rejected = {r: metrics.GUARD_REJECTIONS.labels(node, r)
+                          for r in ("bad_name", "not_announced", "unknown_stream")}
+        self._refreshes = metrics.GUARD_REFRESHES.labels(node)
+        self._streams_gauge = metrics.GUARD_STREAMS.labels(node)
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.names.nbytes for s in self._streams.values())
+
+    # --- learning ---
+
+    def learn(self, obj: Stored) -> Announced | None:
+        """Take in what a stored playlist announces; returns it (None for DASH or junk)."""
+        path = obj.key.partition("?")[0]
+        if not path.endswith((".m3u8", ".m3u")):
+            return None
+        try:
+            said = announced(path, obj.body)
+        except MalformedPlaylist:
+            return None
+        self._stream(directory(path)).names.add(path)  # a playlist that answered exists
+        segments = frozenset(said.segments)
+        for name in said.names:
+            stream = self._stream(directory(name))
+            stream.names.add(name)
+            # Who can tell about more names here later: a live playlist for its
+            # segments' directory, a child playlist for its own.
+            if said.live and name in segments:
+                _remember(stream, path)
+            elif name.endswith((".m3u8", ".m3u")):
+                _remember(stream, name)
+        self._streams_gauge.set(len(self._streams))
+        return said
+
+    def _stream(self, d: str) -> _Stream:
+        stream = self._streams.get(d)
+        if stream is None:
+            stream = self._streams[d] = _Stream(self.settings)
+            if len(self._streams) > self.settings.max_streams:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(d)
+        return stream
+
+    # --- screening ---
 
     async def check(self, key: CacheKey) -> None:
+        """Let the request through, or raise BadRequest with the answer to give.
+
+        Raises:
+            BadRequest: 404 for a name that cannot be a media object or that no
+                playlist announced; 503 with Retry-After when names of unknown
+                streams have used up their upstream tries.
+        """
         ext = key.extension
         if ext not in CONTENT_TYPES:
+            self._rejected["bad_name"].inc()
             raise BadRequest(f"{ext or 'a name without extension'} is not a media object type", 404)
+        path = key.path
+        stream = self._streams.get(directory(path))
+        if stream is not None:
+            if path in stream.names:
+                return
+            if ext not in PLAYLIST_EXTENSIONS:
+                if await self._refresh(stream) and path in stream.names:
+                    return
+                self._rejected["not_announced"].inc()
+                raise BadRequest("not announced by the stream's playlists", 404)
+        # A stream never seen, or a playlist nobody announces (an entry point):
+        # worth an upstream try, but only so many of them. Joining a fetch
+        # already in flight is no new try.
+        if self.engine.fetching(key):
+            return
+        s = self.settings
+        wait = self._unknown.take(s.unknown_rate, s.unknown_burst, time.monotonic()) if s.unknown_rate else 1.0
+        if wait:
+            self._rejected["unknown_stream"].inc()
+            raise BadRequest("unknown stream: upstream tries for unknown names are used up", 503,
+                             (("Retry-After", str(max(1, round(wait)))),))
+
+    async def _refresh(self, stream: _Stream) -> bool:
+        """One coalesced refresh of the stream's playlists; False when rate-limited."""
+        if stream.refreshing is not None:
+            await asyncio.shield(stream.refreshing)
+            return True
+        now = time.monotonic()
+        if not stream.playlists or now - stream.last_refresh < self.settings.refresh_interval:
+            return False
+        stream.last_refresh = now
+        done = stream.refreshing = asyncio.get_running_loop().create_future()
+        self._refreshes.inc()
+        try:
+            await asyncio.gather(*(self.engine.refresh(cache_key(p)) for p in stream.playlists),
+                                 return_exceptions=True)
+        finally:
+            stream.refreshing = None
+            done.set_result(None)
+        return True

@@ -2,18 +2,24 @@
 
 Each key goes to the shield its consistent hash picks, then the next one when
 that shield fails, and to the origin itself only where the topology allows
-it. A guard screens every name before the engine sees it. The edge reports
-its load against its capacity in /healthz so the router can send players
-elsewhere.
+it. Its policy (edge/policy.py) meters clients, screens names against what
+the stream's playlists announced, and prefetches what they announce next. The
+edge reports its load against its capacity in /healthz so the router can send
+players elsewhere.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from livecdn import metrics
 from livecdn.config import EdgeConfig, Topology
+from livecdn.connlimit import ConnectionLimit
+from livecdn.engine import Engine
 from livecdn.node import CacheNode
 from livecdn.upstream import Upstreams
 
-from .guard import NameGuard
+from .policy import EdgePolicy
 
 __all__ = ["EdgeNode"]
 
@@ -21,18 +27,41 @@ __all__ = ["EdgeNode"]
 class EdgeNode(CacheNode):
     role = "edge"
     config: EdgeConfig
+    policy: EdgePolicy | None
 
     def upstreams(self, topology: Topology) -> Upstreams:
         shields = [s.listen.url for s in topology.shields.values()]
         return Upstreams(shields, topology.origin_url, self.config.origin_fallback)
 
-    def guard(self) -> NameGuard:
-        return NameGuard()
+    def make_policy(self, engine: Engine) -> EdgePolicy:
+        return EdgePolicy(self.config, engine)
+
+    def wrap_listener(self, factory: Any) -> Any:
+        limit = self.config.limits.connections_per_client
+        if not limit or self.policy is None:
+            return factory
+        return ConnectionLimit(factory, limit, self.policy.connection_refused)
+
+    async def start(self) -> None:
+        await super().start()
+        if self.policy is not None and self.policy.prefetcher is not None:
+            self.policy.prefetcher.start()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.policy is not None and self.policy.prefetcher is not None:
+            await self.policy.prefetcher.stop()
+        await super().stop(timeout)
+
+    def gauges(self) -> None:
+        super().gauges()
+        if self.policy is not None:
+            metrics.GUARD_FILTER_BYTES.labels(self.config.name).set(self.policy.guard.nbytes)
 
     def health(self) -> dict[str, object]:
         out = super().health()
-        assert self.front is not None
+        assert self.front is not None and self.policy is not None
         out.update(region=self.config.region, capacity=self.config.capacity,
                    load=round(self.front.inflight / self.config.capacity, 4),
-                   overloaded=self.front.inflight >= self.config.capacity)
+                   overloaded=self.front.inflight >= self.config.capacity,
+                   streams=self.policy.guard.streams)
         return out

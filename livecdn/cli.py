@@ -10,24 +10,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError, EdgeConfig, OriginConfig, ShieldConfig, Topology, load
+from .config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
 
 __all__ = ["main"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
-ROLES = ("origin", "shield", "edge")
+ROLES = ("origin", "shield", "edge", "geo")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="livecdn", description="Live video CDN: origin, shield and edge nodes.")
+    p = argparse.ArgumentParser(prog="livecdn",
+                                description="Live video CDN: origin, shield and edge nodes, and the geo router.")
     sub = p.add_subparsers(dest="command", required=True)
     for role in ROLES:
         s = sub.add_parser(role, help=f"run one {role} node from the topology file")
         s.add_argument("--config", required=True, help="topology file (TOML)")
         s.add_argument("--node", required=True, help="this node's name in the topology file")
         _common(s)
-        if role != "origin":
+        if role in ("shield", "edge"):
             s.add_argument("--workers", type=int, help="worker processes sharing the port (overrides the file)")
+        if role != "origin":
             s.add_argument("--no-access-log", action="store_true", help="do not log each request")
     d = sub.add_parser("demo", help="start a whole CDN on loopback and print the URL a player opens")
     d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: configs/demo.toml)")
@@ -54,7 +56,7 @@ def _topology(args: argparse.Namespace) -> Topology:
     return topo
 
 
-def _node_config(topo: Topology, role: str, name: str) -> OriginConfig | ShieldConfig | EdgeConfig:
+def _node_config(topo: Topology, role: str, name: str) -> OriginConfig | ShieldConfig | EdgeConfig | RouterConfig:
     actual, cfg = topo.node(name)
     if actual != role:
         raise ConfigError(topo.path, "--node", f"node {name!r} is a {actual} node, not {role}")
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(cfg.name, level)
     if isinstance(cfg, OriginConfig):
         return _run_origin(cfg)
+    if isinstance(cfg, RouterConfig):
+        return _run_geo(args, topo, cfg)
     return _run_cache_node(args, topo, cfg)
 
 
@@ -92,6 +96,28 @@ def _run_origin(cfg: OriginConfig) -> int:
         run(lambda: serve(OriginNode(cfg)))
     except RuntimeError as e:
         print(f"livecdn: origin {cfg.name}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_geo(args: argparse.Namespace, topo: Topology, cfg: RouterConfig) -> int:
+    from geo import GeoNode
+    from .runner import run, serve
+
+    node = GeoNode(topo, cfg, access_log=not args.no_access_log)
+    try:
+        node.open_database(topo).close()  # a bad database is a config error: say so before binding
+    except (OSError, ValueError) as e:
+        print(f"livecdn: {ConfigError(topo.path, 'router.database', f'{cfg.database}: {e}')}", file=sys.stderr)
+        return 2
+
+    def reload() -> Topology:
+        return _topology(args)
+
+    try:
+        run(lambda: serve(node, reload))
+    except OSError as e:
+        print(f"livecdn: {cfg.name}: cannot listen: {e}", file=sys.stderr)
         return 1
     return 0
 

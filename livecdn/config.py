@@ -9,6 +9,7 @@ and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -22,16 +23,18 @@ __all__ = [
     "ConfigError",
     "EdgeConfig",
     "GuardSettings",
+    "HealthSettings",
     "LimitSettings",
     "OriginConfig",
     "Region",
     "Rendition",
+    "RouterConfig",
     "ShieldConfig",
     "Topology",
     "load",
 ]
 
-Role = Literal["origin", "shield", "edge"]
+Role = Literal["origin", "shield", "edge", "geo"]
 T = TypeVar("T")
 
 
@@ -202,6 +205,40 @@ class EdgeConfig:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """How the router checks edges: an edge that fails leaves its answers within
+    about `interval * (failures - 1) + timeout` seconds."""
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    failures: int = 3  # failed checks in a row that take an edge out
+    rise: int = 2  # good checks in a row that bring it back
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        if self.failures < 1 or self.rise < 1:
+            raise ValueError("failures and rise must be at least 1")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The geo router: DNS and HTTP answers naming the nearest healthy edge."""
+
+    name: str
+    dns: Address  # UDP and TCP
+    http: Address  # 302 to the chosen edge; /route
+    admin: Address  # /healthz, /metrics, /route
+    database: str  # City-type MaxMind DB (absolute path)
+    default_region: str  # where addresses the database does not know are placed
+    zone: str  # the DNS zone answered; [cdn] hostname lies inside it
+    ttl: int = 20  # seconds: short, so players follow health changes
+    nameservers: tuple[str, ...] = ()  # NS names of the zone
+    addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # edge → addresses players reach it at
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+
+@dataclass(frozen=True)
 class Topology:
     path: str
     name: str
@@ -212,8 +249,9 @@ class Topology:
     shields: dict[str, ShieldConfig]
     edges: dict[str, EdgeConfig]
     play_path: str = "/live/master.m3u8"
+    router: RouterConfig | None = None
 
-    def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig]:
+    def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""
         if self.origin is not None and self.origin.name == name:
             return "origin", self.origin
@@ -221,7 +259,10 @@ class Topology:
             return "shield", self.shields[name]
         if name in self.edges:
             return "edge", self.edges[name]
-        known = sorted([*self.shields, *self.edges] + ([self.origin.name] if self.origin else []))
+        if self.router is not None and self.router.name == name:
+            return "geo", self.router
+        known = sorted([*self.shields, *self.edges] + ([self.origin.name] if self.origin else [])
+                       + ([self.router.name] if self.router else []))
         raise ConfigError(self.path, "--node", f"no node named {name!r} (known: {', '.join(known)})")
 
     def with_origin(self, url: str) -> Topology:
@@ -462,17 +503,18 @@ def load(path: str | Path) -> Topology:
             limits=_settings(t.table("limits"), limit_defaults, ename),
         )
         t.done()
+    router = _router(top.table("router"), hostname, regions, edges) if "router" in top.data else None
     top.done()
 
     if not edges:
         raise ConfigError(path, "edges", "at least one edge is required")
     if not shields and not all(e.origin_fallback for e in edges.values()):
         raise ConfigError(path, "shields", "no shields: every edge then needs origin_fallback = true")
-    names = [*shields, *edges] + ([builtin.name] if builtin else [])
+    names = [*shields, *edges] + ([builtin.name] if builtin else []) + ([router.name] if router else [])
     if len(set(names)) != len(names):
-        raise ConfigError(path, "(nodes)", "node names must be unique across origin, shields and edges")
-    _check_unique_listeners(path, builtin, shields, edges)
-    return Topology(path, name, hostname, origin_url, builtin, regions, shields, edges, play_path)
+        raise ConfigError(path, "(nodes)", "node names must be unique across origin, shields, edges and router")
+    _check_unique_listeners(path, builtin, shields, edges, router)
+    return Topology(path, name, hostname, origin_url, builtin, regions, shields, edges, play_path, router)
 
 
 def _bool(value: Any) -> bool:
@@ -482,11 +524,14 @@ def _bool(value: Any) -> bool:
 
 
 def _check_unique_listeners(path: str, origin: OriginConfig | None,
-                            shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> None:
+                            shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig],
+                            router: RouterConfig | None = None) -> None:
     seen: dict[Address, str] = {}
     pairs: list[tuple[str, Address]] = []
     if origin:
         pairs.append(("origin.builtin.listen", origin.listen))
+    if router:
+        pairs += [("router.dns", router.dns), ("router.http", router.http), ("router.admin", router.admin)]
     for kind, nodes in (("shields", shields), ("edges", edges)):
         for n in nodes.values():
             pairs += [(f"{kind}.{n.name}.listen", n.listen), (f"{kind}.{n.name}.admin", n.admin)]
@@ -496,3 +541,83 @@ def _check_unique_listeners(path: str, origin: OriginConfig | None,
         if addr in seen:
             raise ConfigError(path, key, f"{addr} is already used by {seen[addr]}")
         seen[addr] = key
+
+
+# --- the router ---------------------------------------------------------------
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _dns_name(value: Any) -> str:
+    name = _string(value).rstrip(".").lower()
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"not a DNS name: {value!r}")
+    return name
+
+
+def _ip(value: Any) -> str:
+    return str(ipaddress.ip_address(_string(value)))
+
+
+def _router(t: _Table, hostname: str, regions: dict[str, Region], edges: dict[str, EdgeConfig]) -> RouterConfig:
+    """The [router] table; every edge must end up with an address players can reach."""
+    try:
+        host = _dns_name(hostname)
+    except ValueError as e:
+        raise ConfigError(t.path, "cdn.hostname", str(e)) from None
+    zone = t.get("zone", _dns_name, host.split(".", 1)[1] if "." in host else host)
+    if host != zone and not host.endswith("." + zone):
+        raise ConfigError(t.path, "router.zone", f"the CDN host name {host!r} is not inside zone {zone!r}")
+    default_region = t.get("default_region", _string)
+    if default_region not in regions:
+        raise ConfigError(t.path, "router.default_region",
+                          f"no region {default_region!r} in [regions] (known: {', '.join(sorted(regions))})")
+    database = t.get("database", _string)
+    if not Path(database).is_absolute():
+        database = str(Path(t.path).resolve().parent / database)
+    ttl = t.get("ttl", _positive_int, 20)
+    if ttl > 3600:
+        raise ConfigError(t.path, "router.ttl", f"answers must be short-lived: at most 3600 s, got {ttl}")
+    nameservers = t.get("nameservers", lambda v: tuple(_dns_name(n) for n in v), (f"ns1.{zone}",))
+    if not nameservers:
+        raise ConfigError(t.path, "router.nameservers", "needs at least one name")
+    given = {}
+    for ename, at in t.table("addresses").data.items():
+        key = f"router.addresses.{ename}"
+        if ename not in edges:
+            raise ConfigError(t.path, key, f"no edge named {ename!r}")
+        if not isinstance(at, list) or not at:
+            raise ConfigError(t.path, key, f"expected a non-empty array of IP addresses, got {at!r}")
+        try:
+            given[ename] = tuple(_ip(a) for a in at)
+        except ValueError as e:
+            raise ConfigError(t.path, key, str(e)) from None
+    addresses = {}
+    for e in edges.values():
+        if e.name in given:
+            addresses[e.name] = given[e.name]
+            continue
+        try:
+            ip = ipaddress.ip_address(e.listen.host)
+        except ValueError:
+            ip = None
+        if ip is None or ip.is_unspecified:
+            raise ConfigError(t.path, f"router.addresses.{e.name}",
+                              f"edge listens on {e.listen.host!r}: give the addresses players reach it at")
+        addresses[e.name] = (str(ip),)
+    router = RouterConfig(
+        name=t.get("name", _string, "router"),
+        dns=t.get("dns", Address.parse),
+        http=t.get("http", Address.parse),
+        admin=t.get("admin", Address.parse),
+        database=database,
+        default_region=default_region,
+        zone=zone,
+        ttl=ttl,
+        nameservers=nameservers,
+        addresses=addresses,
+        health=_settings(t.table("health"), HealthSettings(), ""),
+    )
+    t.done()
+    return router

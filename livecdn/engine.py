@@ -156,6 +156,8 @@ class Engine:
         self._writing: dict[str, Stored] = {}  # objects on their way to disk only
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
+        self._playlist_observers: list[Callable[[Stored], None]] = []
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
 
     def start(self, session: aiohttp.ClientSession) -> None:
@@ -166,6 +168,50 @@ class Engine:
     @property
     def inflight_fetches(self) -> int:
         return len(self._fills)
+
+    def hit(self, key: CacheKey, now: float) -> Stored | None:
+        """A fresh answer from the memory tier, or None: the whole cost of a hit."""
+        obj = self.memory.get(key.key)
+        return obj if obj is not None and obj.fresh(now) else None
+
+    def fetching(self, key: CacheKey) -> bool:
+        """Is an upstream fetch for `key` in flight (so one more request costs none)?"""
+        return key.key in self._fills
+
+    def on_playlist(self, observer: Callable[[Stored], None]) -> None:
+        """Call `observer` with every playlist stored from upstream (status 200)."""
+        self._playlist_observers.append(observer)
+
+    def prefetch(self, key: CacheKey) -> asyncio.Future[None] | None:
+        """Start fetching `key` unless it is cached or on its way.
+
+        Returns:
+            A future done when the fetch ends, or None when none was started.
+        """
+        k = key.key
+        if k in self._fills or k in self._writing or self.memory.get(k) is not None:
+            return None
+        fill = self._new_fill(key, None)
+        done = self._finished[fill] = asyncio.get_running_loop().create_future()
+        self._feed(fill, RefreshRequested())
+        return done
+
+    async def refresh(self, key: CacheKey) -> None:
+        """Fetch `key` again now, fresh or not, and return once it is stored.
+
+        Joins a fetch already in flight for the key instead of starting another.
+        """
+        fill = self._fills.get(key.key)
+        start = fill is None
+        if fill is None:
+            current = self.memory.get(key.key)
+            fill = self._new_fill(key, current if current is not None and current.body else None)
+        done = self._finished.get(fill)
+        if done is None:
+            done = self._finished[fill] = asyncio.get_running_loop().create_future()
+        if start:
+            self._feed(fill, RefreshRequested())
+        await asyncio.shield(done)  # a waiter that gives up must not cancel it for the others
 
     async def get(self, key: CacheKey) -> Answer:
         """Answer a request for `key`; the caller must `close()` the answer."""
@@ -235,8 +281,12 @@ class Engine:
         # No `await` beyond this point: commands are carried out against the
         # state the fill just reached.
         self._dispatch(fill, commands)
-        if fill.finished and self._fills.get(fill.key.key) is fill:
-            del self._fills[fill.key.key]
+        if fill.finished:
+            if self._fills.get(fill.key.key) is fill:
+                del self._fills[fill.key.key]
+            done = self._finished.pop(fill, None)
+            if done is not None and not done.done():
+                done.set_result(None)
 
     def _dispatch(self, fill: Fill, commands: list[Command]) -> None:
         for cmd in commands:
@@ -313,6 +363,9 @@ class Engine:
         if obj.kind in PLAYLIST_KINDS and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
+        if obj.kind in PLAYLIST_KINDS and obj.status == 200:
+            for observer in self._playlist_observers:
+                observer(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj

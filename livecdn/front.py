@@ -21,7 +21,7 @@ from .engine import Answer, Engine, UpstreamBroken
 from .keys import BadRequest, CacheKey, cache_key
 from .validators import etag_matches, parse_range
 
-__all__ = ["Guard", "PlayerFront"]
+__all__ = ["Policy", "PlayerFront"]
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS = (
@@ -35,11 +35,17 @@ PREFLIGHT = CORS + (
 )
 
 
-class Guard(Protocol):
-    """Decides, before any upstream fetch, whether a name can exist."""
+class Policy(Protocol):
+    """A node's say over requests, consulted by the front (the edge has one)."""
 
-    async def check(self, key: CacheKey) -> None:
-        """Raise `BadRequest` (with the status to answer) to refuse the request."""
+    def screen(self, client: str) -> None:
+        """Every request, before anything else; raise `BadRequest` to refuse."""
+
+    async def admit(self, key: CacheKey, client: str) -> None:
+        """A request the memory tier cannot answer; raise `BadRequest` to refuse."""
+
+    def seen(self, key: CacheKey, cache: str) -> None:
+        """A request was answered with this cache result."""
 
 
 def _not_modified(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
@@ -58,10 +64,10 @@ def _not_modified(request: web.Request, etag: str | None, last_modified: str | N
 class PlayerFront:
     """The aiohttp handler of a node's player listener."""
 
-    def __init__(self, engine: Engine, node: str, guard: Guard | None = None) -> None:
+    def __init__(self, engine: Engine, node: str, policy: Policy | None = None) -> None:
         self.engine = engine
         self.node = node
-        self.guard = guard
+        self.policy = policy
         self.inflight = 0
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
@@ -83,16 +89,25 @@ class PlayerFront:
         if method not in ("GET", "HEAD"):
             self._counters["rejected"].inc()
             return self._plain(405, f"method {method} not allowed", (("Allow", ALLOWED_METHODS),))
+        policy, client = self.policy, request.remote or ""
         try:
             key = cache_key(request.raw_path)
-            if self.guard is not None:
-                await self.guard.check(key)
+            if policy is not None:
+                policy.screen(client)
+            obj = self.engine.hit(key, time.time())
+            if obj is not None:
+                answer = Answer("hit", obj)
+            else:
+                if policy is not None:
+                    await policy.admit(key, client)
+                answer = await self.engine.get(key)
         except BadRequest as e:
             self._counters["rejected"].inc()
-            return self._plain(e.status, e.reason)
-        answer = await self.engine.get(key)
+            return self._plain(e.status, e.reason, e.headers)
         try:
             self._counters[answer.cache].inc()
+            if policy is not None:
+                policy.seen(key, answer.cache)
             if answer.obj is not None:
                 return await self._send_stored(request, answer)
             return await self._send_stream(request, answer)

@@ -21,12 +21,13 @@ MAX_PATH_BYTES = 2048
 
 
 class BadRequest(Exception):
-    """A request that cannot name a cacheable object; carries the status to answer with."""
+    """A request refused before any upstream fetch; carries the status (and headers) to answer with."""
 
-    def __init__(self, reason: str, status: int = 400) -> None:
+    def __init__(self, reason: str, status: int = 400, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@
 shaped like aiohttp's runner/site pair: `start()` opens the stores, the
 upstream session and the two listeners (players, admin); `stop(timeout)`
 releases them one by one in reverse, draining in-flight responses first.
-A subclass says where its upstreams are and whether a guard screens names.
+A subclass says where its upstreams are and what policy screens requests.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +23,7 @@ from .config import Address, CacheSettings, EdgeConfig, ShieldConfig, Topology
 from .disk import DiskStore
 from .engine import Engine
 from .freshness import Rules
-from .front import Guard, PlayerFront
+from .front import PlayerFront, Policy
 from .logs import JsonAccessLogger
 from .memory import MemoryStore
 from .upstream import Upstreams
@@ -58,6 +59,7 @@ class CacheNode:
         self.reuse_port = reuse_port
         self.engine: Engine | None = None
         self.front: PlayerFront | None = None
+        self.policy: Policy | None = None
         self._disk: DiskStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
@@ -69,8 +71,17 @@ class CacheNode:
     def upstreams(self, topology: Topology) -> Upstreams:
         raise NotImplementedError
 
-    def guard(self) -> Guard | None:
+    def make_policy(self, engine: Engine) -> Policy | None:
         return None
+
+    def wrap_listener(self, factory: Any) -> Any:
+        """The player listener's protocol factory, possibly wrapped (connection limits)."""
+        return factory
+
+    def gauges(self) -> None:
+        """Bring gauges up to date before they are read."""
+        if self.engine is not None:
+            metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
 
     def health(self) -> dict[str, object]:
         front, engine = self.front, self.engine
@@ -116,7 +127,8 @@ class CacheNode:
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
         )
         self.engine.start(self._session)
-        self.front = PlayerFront(self.engine, self.config.name, self.guard())
+        self.policy = self.make_policy(self.engine)
+        self.front = PlayerFront(self.engine, self.config.name, self.policy)
 
         player = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
         player[ENGINE_KEY] = self.engine
@@ -125,17 +137,18 @@ class CacheNode:
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
-        await self._listen(player, self.config.listen, access=self.access_log)
+        await self._listen(player, self.config.listen, access=self.access_log, wrap=self.wrap_listener)
         await self._listen(admin, self.config.admin, access=False)
         self._state = "running"
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
                  self.config.listen, self.config.admin)
 
-    async def _listen(self, app: web.Application, addr: Address, *, access: bool) -> None:
+    async def _listen(self, app: web.Application, addr: Address, *, access: bool,
+                      wrap: Callable[[Any], Any] | None = None) -> None:
         kwargs: dict[str, object] = {"access_log": None}
         if access:
             kwargs = {"access_log_class": JsonAccessLogger, "access_log": logging.getLogger("livecdn.access")}
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, **kwargs)  # type: ignore[arg-type]
+        runner = _Runner(app, wrap, handle_signals=False, shutdown_timeout=5.0, **kwargs)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port, backlog=1024)
@@ -176,12 +189,22 @@ class CacheNode:
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        if self.engine is not None:
-            metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        self.gauges()
         return web.json_response(self.health(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        if self.engine is not None:
-            metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        self.gauges()
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose protocol factory a node may wrap (e.g. to count connections)."""
+
+    def __init__(self, app: web.Application, wrap: Callable[[Any], Any] | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._wrap = wrap
+
+    async def _make_server(self) -> Any:
+        server = await super()._make_server()
+        return self._wrap(server) if self._wrap is not None else server

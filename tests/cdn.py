@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edge import EdgeNode
-from livecdn.config import Address, CacheSettings, EdgeConfig, Region, ShieldConfig, Topology
+from livecdn.config import (
+    Address, CacheSettings, EdgeConfig, GuardSettings, LimitSettings, Region, ShieldConfig, Topology,
+)
 from shield import ShieldNode
 
 __all__ = ["Stack", "free_port", "run_cdn", "topology_toml", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# Data-path tests exercise the engine: names of streams never seen pass the
+# guard freely and clients are not metered (the guard has its own tests).
+OPEN_GUARD = GuardSettings(unknown_rate=1e9, unknown_burst=10**9, prefetch=False)
+NO_LIMITS = LimitSettings(miss_rate=0, connections_per_client=0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,9 +50,11 @@ class Stack:
     """
 
     def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
-                 cache: CacheSettings | None = None, origin_fallback: bool = False) -> None:
+                 cache: CacheSettings | None = None, origin_fallback: bool = False,
+                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS) -> None:
         self.origin_url = origin_url
         self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
+        self.guard, self.limits = guard, limits
         self.n_shields, self.n_edges = shields, edges
         self.origin_fallback = origin_fallback
         self.shields: list[ShieldNode] = []
@@ -67,7 +75,8 @@ class Stack:
                    for s in self.shields}
         for i in range(self.n_edges):
             cfg = EdgeConfig(f"edge-{i + 1}", "eu", local, local, (50.0, 8.0),
-                             origin_fallback=self.origin_fallback, cache=self._cache(f"edge-{i + 1}"))
+                             origin_fallback=self.origin_fallback, cache=self._cache(f"edge-{i + 1}"),
+                             guard=self.guard, limits=self.limits)
             node = EdgeNode(self._topology(shields, {cfg.name: cfg}), cfg, access_log=False)
             await node.start()
             self.edges.append(node)

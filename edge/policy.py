@@ -1,0 +1,62 @@
+"""What an edge decides about a request, in the order it decides it.
+
+Every request: the optional all-requests rate. A request the memory tier
+cannot answer: the per-client miss bucket (429 with Retry-After), then the
+guard (names that cannot exist get a 404 with no upstream fetch). Every
+answered request: the stream is being watched (prefetch follows it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from livecdn import metrics
+from livecdn.config import EdgeConfig
+from livecdn.engine import Engine
+from livecdn.keys import BadRequest, CacheKey
+from livecdn.stored import Stored
+
+from .guard import StreamGuard
+from .limits import ClientLimits
+from .prefetch import Prefetcher
+
+__all__ = ["EdgePolicy"]
+
+
+class EdgePolicy:
+    """The edge's policy hooks for the HTTP front (`livecdn.front.Policy`)."""
+
+    def __init__(self, config: EdgeConfig, engine: Engine) -> None:
+        self.guard = StreamGuard(config.guard, engine, config.name)
+        self.limits = ClientLimits(config.limits)
+        self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
+        self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
+        engine.on_playlist(self._learn)
+
+    def _learn(self, obj: Stored) -> None:
+        said = self.guard.learn(obj)
+        if said is not None and self.prefetcher is not None:
+            self.prefetcher.learned(obj.key.partition("?")[0], said)
+
+    def screen(self, client: str) -> None:
+        wait = self.limits.request(client, time.monotonic())
+        if wait:
+            self._refuse("request", wait)
+
+    async def admit(self, key: CacheKey, client: str) -> None:
+        wait = self.limits.miss(client, time.monotonic())
+        if wait:
+            self._refuse("miss", wait)
+        await self.guard.check(key)
+
+    def seen(self, key: CacheKey, cache: str) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.seen(key.path, key.key, cache)
+
+    def connection_refused(self) -> None:
+        self._limited["connections"].inc()
+
+    def _refuse(self, limit: str, wait: float) -> None:
+        self._limited[limit].inc()
+        raise BadRequest(f"too many requests ({limit} limit)", 429, (("Retry-After", str(math.ceil(wait))),))
