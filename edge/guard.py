@@ -177,10 +177,7 @@ class StreamGuard:
                 self._rejected["not_announced"].inc()
                 raise BadRequest("not announced by the stream's playlists", 404)
         # A stream never seen, or a playlist nobody announces (an entry point):
-        # worth an upstream try, but only so many of them. Joining a fetch
-        # already in flight is no new try.
-        if self.engine.fetching(key):
-            return
+        # worth an upstream try, but only so many of them.
         s = self.settings
         wait = self._unknown.take(s.unknown_rate, s.unknown_burst, time.monotonic()) if s.unknown_rate else 1.0
         if wait:

@@ -1,8 +1,9 @@
 """What an edge decides about a request, in the order it decides it.
 
-Every request: the optional all-requests rate. A request the memory tier
-cannot answer: the per-client miss bucket (429 with Retry-After), then the
-guard (names that cannot exist get a 404 with no upstream fetch). Every
+Every request: the optional all-requests rate. A request that would cost a
+new upstream fetch (nothing in memory, no fetch in flight to join): the
+per-client miss bucket (429 with Retry-After), then the guard (names that
+cannot exist get a 404 with no upstream fetch). Every
 answered request: the stream is being watched (prefetch follows it).
 """
 
@@ -28,6 +29,7 @@ class EdgePolicy:
     """The edge's policy hooks for the HTTP front (`livecdn.front.Policy`)."""
 
     def __init__(self, config: EdgeConfig, engine: Engine) -> None:
+        self.engine = engine
         self.guard = StreamGuard(config.guard, engine, config.name)
         self.limits = ClientLimits(config.limits)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
@@ -45,6 +47,8 @@ class EdgePolicy:
             self._refuse("request", wait)
 
     async def admit(self, key: CacheKey, client: str) -> None:
+        if self.engine.holds(key):
+            return  # a stored copy or a fetch in flight: no new upstream work, a name that exists
         wait = self.limits.miss(client, time.monotonic())
         if wait:
             self._refuse("miss", wait)

@@ -174,9 +174,14 @@ class Engine:
         obj = self.memory.get(key.key)
         return obj if obj is not None and obj.fresh(now) else None
 
-    def fetching(self, key: CacheKey) -> bool:
-        """Is an upstream fetch for `key` in flight (so one more request costs none)?"""
-        return key.key in self._fills
+    def holds(self, key: CacheKey) -> bool:
+        """Is there a copy in memory (fresh or not) or a fetch in flight for `key`?
+
+        Such a request costs at most the one fetch the key gets anyway, and its
+        name is known to exist.
+        """
+        k = key.key
+        return k in self._fills or k in self._writing or self.memory.get(k) is not None
 
     def on_playlist(self, observer: Callable[[Stored], None]) -> None:
         """Call `observer` with every playlist stored from upstream (status 200)."""
@@ -188,8 +193,7 @@ class Engine:
         Returns:
             A future done when the fetch ends, or None when none was started.
         """
-        k = key.key
-        if k in self._fills or k in self._writing or self.memory.get(k) is not None:
+        if self.holds(key):
             return None
         fill = self._new_fill(key, None)
         done = self._finished[fill] = asyncio.get_running_loop().create_future()

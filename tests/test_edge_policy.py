@@ -276,3 +276,24 @@ def _random() -> str:
 def _key(path: str) -> object:
     from livecdn.keys import cache_key
     return cache_key(path)
+
+
+async def test_viewers_behind_one_address_joining_a_fetch_are_not_metered(
+        live: LiveOrigin, origin: FakeOrigin) -> None:
+    """A NAT full of players asking for the new segment costs one fetch, not one token each."""
+    limits = LimitSettings(miss_rate=1, miss_burst=6, connections_per_client=0)
+    stack = await Stack(origin.url, guard=GUARD, limits=limits).start()
+    try:
+        await play(stack)
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(0.3)
+            return web.Response(body=b"segment 9", content_type="video/mp2t")
+        origin.routes["/live/720p/seg9.ts"] = slow
+        live.newest = 9
+        await stack.edges[0].engine.refresh(_key("/live/720p/index.m3u8"))  # type: ignore[union-attr]
+        results = await asyncio.gather(*(get(stack.edge + "/live/720p/seg9.ts") for _ in range(30)))
+        assert [s for s, _, _ in results] == [200] * 30
+        assert origin.hits["/live/720p/seg9.ts"] == 1
+    finally:
+        await stack.stop()
