@@ -1,9 +1,9 @@
 """What an edge decides about a request, in the order it decides it.
 
 Every request: the optional all-requests rate. A request that would cost a
-new upstream fetch (nothing in memory, no fetch in flight to join): the
-per-client miss bucket (429 with Retry-After), then the guard (names that
-cannot exist get a 404 with no upstream fetch). Every
+new upstream fetch (nothing in memory, no fetch in flight to join): first the
+guard (names that cannot exist get a 404 with no upstream fetch), then the
+per-client miss bucket (429 with Retry-After) for what is left: real fetches. Every
 answered request: the stream is being watched (prefetch follows it).
 """
 
@@ -49,10 +49,12 @@ class EdgePolicy:
     async def admit(self, key: CacheKey, client: str) -> None:
         if self.engine.holds(key):
             return  # a stored copy or a fetch in flight: no new upstream work, a name that exists
+        await self.guard.check(key)
+        if self.engine.holds(key):
+            return  # a request that waited on the same guard refresh started the fetch
         wait = self.limits.miss(client, time.monotonic())
         if wait:
             self._refuse("miss", wait)
-        await self.guard.check(key)
 
     def seen(self, key: CacheKey, cache: str) -> None:
         if self.prefetcher is not None:
