@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -27,13 +28,23 @@ from livecdn.config import (
 )
 from shield import ShieldNode
 
-__all__ = ["Stack", "free_port", "run_cdn", "topology_toml", "ROOT"]
+__all__ = ["Stack", "free_port", "run_cdn", "sample", "topology_toml", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Data-path tests exercise the engine: names of streams never seen pass the
 # guard freely and clients are not metered (the guard has its own tests).
 OPEN_GUARD = GuardSettings(unknown_rate=1e9, unknown_burst=10**9, prefetch=False)
 NO_LIMITS = LimitSettings(miss_rate=0, connections_per_client=0)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum of the Prometheus samples named `name` whose labels include these values."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import re
 import string
 
 import aiohttp
@@ -19,7 +18,7 @@ from aiohttp import web
 from edge.guard import Generations
 from edge.limits import ClientLimits, TokenBucket
 from livecdn.config import GuardSettings, LimitSettings
-from tests.cdn import NO_LIMITS, Stack
+from tests.cdn import NO_LIMITS, Stack, sample
 from tests.fakeorigin import FakeOrigin, body
 
 GUARD = GuardSettings(refresh_interval=0.5, unknown_rate=1.0, unknown_burst=3, viewer_idle=30.0)
@@ -110,13 +109,7 @@ async def get(url: str, client: str = "127.0.0.1") -> tuple[int, dict[str, str],
 
 async def metric(stack: Stack, name: str, **labels: str) -> float:
     """A counter's value (counters live in the test process and add up across tests: compare deltas)."""
-    text = (await get(stack.edge_admin() + "/metrics"))[2].decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+    return sample((await get(stack.edge_admin() + "/metrics"))[2].decode(), name, **labels)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
+from tests.cdn import ROOT, run_cdn, sample, topology_toml, wait_until
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 200_000}
 
@@ -41,14 +41,7 @@ def fetch(url: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
 
 
 def metric(admin: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample over the label values given."""
-    text = fetch(admin + "/metrics")[2].decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+    return sample(fetch(admin + "/metrics")[2].decode(), name, **labels)
 
 
 def livecdn(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
