@@ -536,8 +536,8 @@ def _check_unique_listeners(path: str, origin: OriginConfig | None,
         for n in nodes.values():
             pairs += [(f"{kind}.{n.name}.listen", n.listen), (f"{kind}.{n.name}.admin", n.admin)]
     for key, addr in pairs:
-        if addr.port == 0:
-            continue
+        if addr.port == 0 or addr.host in ("0.0.0.0", "::"):
+            continue  # any free port, or every address of a node's own machine
         if addr in seen:
             raise ConfigError(path, key, f"{addr} is already used by {seen[addr]}")
         seen[addr] = key

@@ -1,0 +1,80 @@
+"""Lint for what operators install with: it parses, it loads, what it names exists."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from livecdn.cli import ROLES
+from livecdn.config import load
+from tests.cdn import ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_every_manifest_has_kind_name_and_namespace() -> None:
+    docs = manifests()
+    assert {d["kind"] for d in docs} >= {"Namespace", "ConfigMap", "StatefulSet", "Service", "DaemonSet"}
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"]
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "livecdn", d["metadata"]["name"]
+
+
+def test_the_configmap_topology_loads_and_names_every_pod_node(tmp_path: Path) -> None:
+    docs = manifests()
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["cdn.toml"]
+    path = tmp_path / "cdn.toml"
+    path.write_text(config)
+    topo = load(path)
+    for d in docs:
+        if d["kind"] in ("StatefulSet", "DaemonSet"):
+            args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            role, node = args[0], args[args.index("--node") + 1]
+            assert topo.node(node)[0] == role
+            probe_port = d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"]
+            ports = {p["name"]: p["containerPort"] for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]}
+            assert ports[probe_port] == topo.node(node)[1].admin.port  # type: ignore[union-attr]
+
+
+def test_systemd_unit() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(DEPLOY / "systemd" / "livecdn@.service")
+    start = unit["Service"]["ExecStart"]
+    assert re.search(r"livecdn \$\{ROLE\} --config \S+ --node %i$", start)
+    assert unit["Service"]["KillSignal"] == "SIGTERM"
+    assert "HUP" in unit["Service"]["ExecReload"]
+    assert set(ROLES) >= {"edge", "shield"}
+
+
+def test_containerfile_copies_what_exists() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+
+
+def test_dashboard_queries_only_metrics_livecdn_exports() -> None:
+    import livecdn.metrics as m
+    from prometheus_client.metrics import MetricWrapperBase
+    exported = set()
+    for obj in vars(m).values():
+        if isinstance(obj, MetricWrapperBase):
+            family = obj.describe()[0]
+            exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    dash = json.loads((DEPLOY / "grafana" / "livecdn.json").read_text())
+    used = {name for p in dash["panels"] for t in p["targets"] for name in re.findall(r"livecdn_\w+", t["expr"])}
+    assert used and used <= exported, used - exported
