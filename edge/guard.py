@@ -27,13 +27,15 @@ from livecdn.media import CONTENT_TYPES, PLAYLIST_EXTENSIONS
 from livecdn.playlist import Announced, MalformedPlaylist, announced
 from livecdn.stored import Stored
 
-from .limits import TokenBucket
+from .limits import Buckets, TokenBucket
 
 __all__ = ["Generations", "StreamGuard", "directory"]
 
 # Playlists remembered per stream as the ones to refresh when a name is unknown:
 # a rendition directory is announced into by one media playlist, rarely more.
 PLAYLISTS_PER_STREAM = 4
+# Client addresses whose share of unknown-name tries is remembered.
+CLIENTS_TRACKED = 100_000
 
 
 def directory(path: str) -> str:
@@ -104,6 +106,8 @@ class StreamGuard:
         self.engine = engine
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._unknown = TokenBucket(settings.unknown_burst, time.monotonic())
+        # One client must not spend every try the edge allows for unknown names.
+        self._per_client = Buckets(settings.unknown_client_rate, settings.unknown_client_burst, CLIENTS_TRACKED)
         self._rejected = {r: metrics.GUARD_REJECTIONS.labels(node, r)
                           for r in ("bad_name", "not_announced", "unknown_stream")}
         self._refreshes = metrics.GUARD_REFRESHES.labels(node)
@@ -154,13 +158,14 @@ class StreamGuard:
 
     # --- screening ---
 
-    async def check(self, key: CacheKey) -> None:
+    async def check(self, key: CacheKey, client: str) -> None:
         """Let the request through, or raise BadRequest with the answer to give.
 
         Raises:
             BadRequest: 404 for a name that cannot be a media object or that no
                 playlist announced; 503 with Retry-After when names of unknown
-                streams have used up their upstream tries.
+                streams have used up their upstream tries (this client's share,
+                or the edge's).
         """
         ext = key.extension
         if ext not in CONTENT_TYPES:
@@ -179,7 +184,9 @@ class StreamGuard:
         # A stream never seen, or a playlist nobody announces (an entry point):
         # worth an upstream try, but only so many of them.
         s = self.settings
-        wait = self._unknown.take(s.unknown_rate, s.unknown_burst, time.monotonic()) if s.unknown_rate else 1.0
+        now = time.monotonic()
+        wait = self._per_client.take(client, now) or (
+            self._unknown.take(s.unknown_rate, s.unknown_burst, now) if s.unknown_rate else 1.0)
         if wait:
             self._rejected["unknown_stream"].inc()
             raise BadRequest("unknown stream: upstream tries for unknown names are used up", 503,

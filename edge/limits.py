@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 from livecdn.config import LimitSettings
 
-__all__ = ["TokenBucket", "ClientLimits"]
+__all__ = ["Buckets", "ClientLimits", "TokenBucket"]
 
 
 class TokenBucket:
@@ -32,37 +32,37 @@ class TokenBucket:
         return (1 - self.tokens) / rate
 
 
-class ClientLimits:
-    """The buckets of every client address seen lately.
+class Buckets:
+    """One token bucket per client address, for the `max_clients` seen most recently.
 
-    At most `max_clients` addresses are tracked; the least recently seen is
-    forgotten first, and comes back with a full bucket (a bound on memory, at
-    the price of leniency towards a client idle long enough to be forgotten).
+    The least recently seen address is forgotten first and comes back with a
+    full bucket: a bound on memory, at the price of leniency towards a client
+    idle long enough to be forgotten. A rate of 0 means unlimited.
     """
 
+    __slots__ = ("rate", "burst", "max_clients", "_buckets")
+
+    def __init__(self, rate: float, burst: int, max_clients: int) -> None:
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, client: str, now: float) -> float:
+        """Seconds to wait, or 0 when allowed."""
+        if not self.rate:
+            return 0.0
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(self.burst, now)
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(client)
+        return bucket.take(self.rate, self.burst, now)
+
+
+class ClientLimits:
+    """The edge's per-client limits: misses, and optionally every request."""
+
     def __init__(self, settings: LimitSettings) -> None:
-        self.settings = settings
-        self._miss: OrderedDict[str, TokenBucket] = OrderedDict()
-        self._all: OrderedDict[str, TokenBucket] = OrderedDict()
-
-    def miss(self, client: str, now: float) -> float:
-        """A request that misses the memory tier; seconds to wait, or 0."""
-        s = self.settings
-        return _take(self._miss, client, s.miss_rate, s.miss_burst, s.max_clients, now) if s.miss_rate else 0.0
-
-    def request(self, client: str, now: float) -> float:
-        """Any request; seconds to wait, or 0."""
-        s = self.settings
-        return _take(self._all, client, s.request_rate, s.request_burst, s.max_clients, now) if s.request_rate else 0.0
-
-
-def _take(buckets: OrderedDict[str, TokenBucket], client: str, rate: float, burst: int,
-          max_clients: int, now: float) -> float:
-    bucket = buckets.get(client)
-    if bucket is None:
-        bucket = buckets[client] = TokenBucket(burst, now)
-        if len(buckets) > max_clients:
-            buckets.popitem(last=False)
-    else:
-        buckets.move_to_end(client)
-    return bucket.take(rate, burst, now)
+        self.miss = Buckets(settings.miss_rate, settings.miss_burst, settings.max_clients).take
+        self.request = Buckets(settings.request_rate, settings.request_burst, settings.max_clients).take

@@ -10,8 +10,6 @@ players elsewhere.
 
 from __future__ import annotations
 
-from typing import Any
-
 from livecdn import metrics
 from livecdn.config import EdgeConfig, Topology
 from livecdn.connlimit import ConnectionLimit
@@ -36,11 +34,11 @@ class EdgeNode(CacheNode):
     def make_policy(self, engine: Engine) -> EdgePolicy:
         return EdgePolicy(self.config, engine)
 
-    def wrap_listener(self, factory: Any) -> Any:
+    def connection_limit(self) -> ConnectionLimit | None:
         limit = self.config.limits.connections_per_client
         if not limit or self.policy is None:
-            return factory
-        return ConnectionLimit(factory, limit, self.policy.connection_refused)
+            return None
+        return ConnectionLimit(limit, self.policy.connection_refused)
 
     async def start(self) -> None:
         await super().start()

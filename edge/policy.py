@@ -49,7 +49,7 @@ class EdgePolicy:
     async def admit(self, key: CacheKey, client: str) -> None:
         if self.engine.holds(key):
             return  # a stored copy or a fetch in flight: no new upstream work, a name that exists
-        await self.guard.check(key)
+        await self.guard.check(key, client)
         if self.engine.holds(key):
             return  # a request that waited on the same guard refresh started the fetch
         wait = self.limits.miss(client, time.monotonic())

@@ -110,6 +110,8 @@ class GuardSettings:
     refresh_interval: float = 1.0  # at most one guard-triggered playlist refresh per stream this often
     unknown_rate: float = 10.0  # upstream tries per second for names of streams never seen
     unknown_burst: int = 20
+    unknown_client_rate: float = 2.0  # the share of those tries one client address may take
+    unknown_client_burst: int = 5
     max_streams: int = 10_000  # streams remembered (least recently used are forgotten)
     prefetch: bool = True
     prefetch_concurrency: int = 4
@@ -122,7 +124,7 @@ class GuardSettings:
             raise ValueError("names_per_generation must be at least 16")
         if self.max_streams < 1 or self.prefetch_concurrency < 1:
             raise ValueError("max_streams and prefetch_concurrency must be at least 1")
-        if min(self.refresh_interval, self.unknown_rate, self.viewer_idle) < 0:
+        if min(self.refresh_interval, self.unknown_rate, self.unknown_client_rate, self.viewer_idle) < 0:
             raise ValueError("intervals and rates must not be negative")
 
 

@@ -294,3 +294,15 @@ async def test_viewers_behind_one_address_joining_a_fetch_are_not_metered(
         assert origin.hits["/live/720p/seg9.ts"] == 1
     finally:
         await stack.stop()
+
+
+async def test_one_client_cannot_spend_the_tries_everyone_shares(origin: FakeOrigin) -> None:
+    guard = GuardSettings(unknown_rate=100, unknown_burst=100, unknown_client_rate=0.1, unknown_client_burst=2)
+    stack = await Stack(origin.url, guard=guard, limits=NO_LIMITS).start()
+    try:
+        greedy = [(await get(stack.edge + f"/{_random()}/a.ts", client="127.0.0.5"))[0] for _ in range(10)]
+        assert greedy == [404, 404] + [503] * 8  # two tries reached the origin, then its share was spent
+        assert (await get(stack.edge + f"/{_random()}/a.ts", client="127.0.0.6"))[0] == 404  # tried
+        assert len(origin.requests) == 3
+    finally:
+        await stack.stop()

@@ -1,0 +1,131 @@
+"""A counting origin for the data-path benchmarks, run as its own process.
+
+Two modes, one per listener:
+
+- synthetic (no `--upstream`): `GET /d{MS}/{dir}/n{N}.m3u8` answers at once
+  a VOD media playlist announcing `seg0.ts` .. `seg{N-1}.ts` of that directory
+  (an edge's guard serves only announced names); any other `GET /d{MS}/...`
+  waits MS milliseconds, then answers `--object-bytes` bytes derived from the
+  path (so every client of one URL must get the same bytes, and two URLs differ);
+- pass-through (`--upstream URL`): forwards every GET (with its conditional
+  headers) to URL and relays the answer, so a real origin can be counted.
+
+Either way it counts requests per path; `GET /_counts` answers them as JSON
+(`/_counts` itself is not counted) and `GET /_ready` answers 200 once up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import re
+from collections import Counter
+
+import aiohttp
+from aiohttp import web
+
+COUNTS = web.AppKey("counts", Counter)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+DELAYED = re.compile(r"/d(\d+)/")
+PLAYLIST = re.compile(r"/n(\d+)\.m3u8$")
+TARGET_DURATION = 2
+FORWARDED_REQUEST = ("If-None-Match", "If-Modified-Since", "Range", "Accept-Encoding")
+RELAYED_RESPONSE = ("Content-Type", "Cache-Control", "ETag", "Last-Modified", "Age",
+                    "Content-Encoding", "Content-Range", "Expires")
+
+
+def object_body(path: str, size: int) -> bytes:
+    """The deterministic body of a synthetic object: its path's hash, repeated."""
+    seed = hashlib.sha256(path.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def counts(request: web.Request) -> web.Response:
+    return web.json_response(dict(request.app[COUNTS]))
+
+
+async def ready(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def announcing_playlist(count: int) -> str:
+    """A VOD media playlist of `count` segments named seg0.ts, seg1.ts, ..."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{TARGET_DURATION}",
+             "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-PLAYLIST-TYPE:VOD"]
+    for i in range(count):
+        lines += [f"#EXTINF:{TARGET_DURATION:.3f},", f"seg{i}.ts"]
+    return "\n".join(lines + ["#EXT-X-ENDLIST", ""])
+
+
+def synthetic_handler(size: int):  # noqa: ANN201 - an aiohttp handler
+    """`/d{MS}/.../n{N}.m3u8`: a playlist at once; `/d{MS}/...`: sleep MS ms, then the path's body."""
+
+    async def handle(request: web.Request) -> web.Response:
+        path = request.path
+        request.app[COUNTS][path] += 1
+        m = DELAYED.match(path)
+        if m is None:
+            return web.Response(status=404, text="404 expected /d{MS}/...\n")
+        if listed := PLAYLIST.search(path):
+            return web.Response(text=announcing_playlist(int(listed.group(1))),
+                                content_type="application/vnd.apple.mpegurl")
+        await asyncio.sleep(int(m.group(1)) / 1000)
+        headers = {"Content-Type": "video/mp2t", "Cache-Control": "public, max-age=86400"}
+        return web.Response(body=object_body(path, size), headers=headers)
+
+    return handle
+
+
+def forwarding_handler(upstream: str):  # noqa: ANN201 - an aiohttp handler
+    """Relay the request to `upstream` and its answer back, counting the path."""
+
+    async def handle(request: web.Request) -> web.Response:
+        request.app[COUNTS][request.path] += 1
+        headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
+        async with request.app[SESSION].get(upstream + request.path_qs, headers=headers,
+                                            allow_redirects=False) as resp:
+            body = await resp.read()
+            out = {h: resp.headers[h] for h in RELAYED_RESPONSE if h in resp.headers}
+            return web.Response(status=resp.status, body=body, headers=out)
+
+    return handle
+
+
+async def serve(host: str, port: int, upstream: str | None, size: int) -> None:
+    """Run until cancelled."""
+    app = web.Application()
+    app[COUNTS] = Counter()
+    app.router.add_get("/_counts", counts)
+    app.router.add_get("/_ready", ready)
+    if upstream:
+        app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
+        app.router.add_route("*", "/{tail:.*}", forwarding_handler(upstream.rstrip("/")))
+    else:
+        app.router.add_route("*", "/{tail:.*}", synthetic_handler(size))
+    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if upstream:
+            await app[SESSION].close()
+        await runner.cleanup()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--upstream", help="pass-through mode: forward to this origin")
+    p.add_argument("--object-bytes", type=int, default=1 << 20, help="synthetic body size")
+    args = p.parse_args()
+    try:
+        asyncio.run(serve(args.host, args.port, args.upstream, args.object_bytes))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
