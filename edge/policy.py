@@ -39,7 +39,8 @@ class EdgePolicy:
     def _learn(self, obj: Stored) -> None:
         said = self.guard.learn(obj)
         if said is not None and self.prefetcher is not None:
-            self.prefetcher.learned(obj.key.partition("?")[0], said)
+            expires_in = obj.born + obj.lifetime.fresh - time.time()
+            self.prefetcher.learned(obj.key.partition("?")[0], said, expires_in)
 
     def screen(self, client: str) -> None:
         wait = self.limits.request(client, time.monotonic())

@@ -1,8 +1,11 @@
 """Prefetch: pull a stream's new segments into the cache before the first viewer asks.
 
-When a refreshed media playlist announces segments (or preload hints) the edge
-has not seen in that playlist before, and somebody watched that stream lately,
-they are fetched through the engine's normal coalesced path. A bounded queue
+A watched live playlist is refreshed as soon as it expires, on a timer rather
+than on the next viewer's reload, so the edge learns of a new segment within
+half a target duration of its tier above. When a refreshed media playlist
+announces segments (or preload hints) the edge has not seen in that playlist
+before, and somebody watched that stream lately, they are fetched through the
+engine's normal coalesced path. A bounded queue
 and a fixed number of workers keep it from ever becoming a load of its own.
 """
 
@@ -31,6 +34,8 @@ log = logging.getLogger("livecdn.prefetch")
 QUEUE_BOUND = 256
 # Keys remembered as prefetched, to count whether their first request hit.
 TRACKED_BOUND = 4096
+# Never poll a playlist more often than this, whatever its lifetime says.
+MIN_POLL = 0.25
 
 
 class Prefetcher:
@@ -38,10 +43,13 @@ class Prefetcher:
         self.settings = settings
         self.engine = engine
         self._queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_BOUND)
-        self._last: OrderedDict[str, frozenset[str]] = OrderedDict()  # playlist → names it announced
+        # playlist → (names it announced, when the stored copy expires; None unless live)
+        self._last: OrderedDict[str, tuple[frozenset[str], float | None]] = OrderedDict()
         self._viewed: OrderedDict[str, float] = OrderedDict()  # stream directory → last request
         self._prefetched: OrderedDict[str, None] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
+        self._polls: dict[str, asyncio.TimerHandle] = {}  # watched live playlist → its next refresh
+        self._refreshes: set[asyncio.Future[None]] = set()
         self._started = metrics.PREFETCHES.labels(node)
         self._hits = metrics.PREFETCH_HITS.labels(node)
         self._dropped = metrics.PREFETCH_DROPPED.labels(node)
@@ -52,9 +60,13 @@ class Prefetcher:
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.settings.prefetch_concurrency)]
 
     async def stop(self) -> None:
-        for task in self._workers:
+        for handle in self._polls.values():
+            handle.cancel()
+        self._polls.clear()
+        tasks = [*self._workers, *self._refreshes]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
 
     def seen(self, path: str, key: str, cache: str) -> None:
@@ -64,31 +76,58 @@ class Prefetcher:
         self._viewed.move_to_end(d)
         if len(self._viewed) > self.settings.max_streams:
             self._viewed.popitem(last=False)
+        if path.endswith((".m3u8", ".m3u")):
+            self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key in self._prefetched:
             del self._prefetched[key]
             if cache == "hit":
                 self._hits.inc()
 
-    def learned(self, playlist: str, said: Announced) -> None:
-        """A playlist was stored: queue what it announces for the first time."""
+    def learned(self, playlist: str, said: Announced, expires_in: float) -> None:
+        """A playlist was stored: queue what it announces for the first time.
+
+        Args:
+            playlist: its path.
+            said: what it announces.
+            expires_in: seconds until the stored copy expires (its next refresh).
+        """
         fresh = said.segments + said.hints
         before = self._last.get(playlist)
-        self._last[playlist] = frozenset(fresh)
+        expires_at = time.monotonic() + expires_in
+        self._last[playlist] = (frozenset(fresh), expires_at if said.live else None)
         self._last.move_to_end(playlist)
+        self._schedule(playlist)
         if len(self._last) > self.settings.max_streams:
             self._last.popitem(last=False)
         if before is None or not said.live:
             return  # first sighting: its whole window is history, not news
-        now = time.monotonic()
         for name in fresh:
-            if name in before:
-                continue
-            if now - self._viewed.get(directory(name), float("-inf")) > self.settings.viewer_idle:
+            if name in before[0] or not self._watched(directory(name)):
                 continue
             try:
                 self._queue.put_nowait(name)
             except asyncio.QueueFull:
                 self._dropped.inc()
+
+    def _schedule(self, playlist: str) -> None:
+        """Poll a watched live playlist when its stored copy expires (one timer per playlist)."""
+        last = self._last.get(playlist)
+        if last is None or last[1] is None or playlist in self._polls or not self._watched(directory(playlist)):
+            return
+        delay = max(MIN_POLL, last[1] - time.monotonic())
+        self._polls[playlist] = asyncio.get_running_loop().call_later(delay, self._poll, playlist)
+
+    def _watched(self, d: str) -> bool:
+        return time.monotonic() - self._viewed.get(d, float("-inf")) <= self.settings.viewer_idle
+
+    def _poll(self, playlist: str) -> None:
+        """Refresh a watched live playlist now; storing it schedules the next poll."""
+        del self._polls[playlist]
+        if not self._watched(directory(playlist)):
+            return  # nobody watches any more: the chain ends until a viewer comes back
+        task = asyncio.ensure_future(self.engine.refresh(cache_key(playlist)))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
     async def _work(self) -> None:
         while True:

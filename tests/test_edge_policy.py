@@ -306,3 +306,28 @@ async def test_one_client_cannot_spend_the_tries_everyone_shares(origin: FakeOri
         assert len(origin.requests) == 3
     finally:
         await stack.stop()
+
+
+async def test_a_watched_live_playlist_is_polled_and_its_news_prefetched(
+        live: LiveOrigin, origin: FakeOrigin) -> None:
+    """No viewer reload needed: the edge refreshes a watched playlist when it expires."""
+    stack = await Stack(origin.url, shields=0, guard=GuardSettings(), limits=NO_LIMITS).start()
+    try:
+        await play(stack)
+        live.advance()
+        await asyncio.sleep(2.5)  # the playlist's lifetime is 2 s (target 4 s)
+        assert origin.hits["/live/720p/seg3.ts"] == 1  # found and fetched with no player asking
+        status, headers, data = await get(stack.edge + "/live/720p/seg3.ts")
+        assert (status, headers["X-Cache"], data) == (200, "HIT", b"segment 3")
+    finally:
+        await stack.stop()
+
+
+async def test_polling_stops_when_nobody_watches(live: LiveOrigin, origin: FakeOrigin) -> None:
+    stack = await Stack(origin.url, shields=0, guard=GuardSettings(viewer_idle=3.0), limits=NO_LIMITS).start()
+    try:
+        await play(stack)
+        await asyncio.sleep(4.5)  # a poll at 2 s (watched 2 s ago), none at 4 s (nobody for 4 s)
+        assert origin.hits["/live/720p/index.m3u8"] == 2
+    finally:
+        await stack.stop()
