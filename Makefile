@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test bench deps-video deps-test clean
+.PHONY: demo test bench bench-dns speed geodb deps-video deps-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,8 +24,8 @@ deps-video:
 
 # Real clients for the tests: ffmpeg, headless Chromium with hls.js, dig, curl.
 deps-test: deps-video
-	@command -v chromium >/dev/null && command -v curl >/dev/null || { $(APT) update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl; }
+	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v dig >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl bind9-dnsutils; }
 	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/playwright-core ] || \
 	  (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
 
@@ -39,6 +39,22 @@ test: $(STAMP) deps-test
 bench: $(VENV)/.bench deps-video
 	@command -v nginx >/dev/null || { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx; }
 	$(PY) benchmarks/datapath.py
+
+# The router's figures: dnsperf against the router and gdnsd 3 (geoip plugin), and failover time.
+bench-dns: $(VENV)/.bench
+	@command -v dnsperf >/dev/null && command -v gdnsd >/dev/null && command -v dig >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq dnsperf gdnsd bind9-dnsutils; }
+	$(PY) benchmarks/dns_bench.py
+
+# Hits per second beside nginx proxy_cache and Varnish (installs nginx, varnish, wrk): benchmarks/RESULTS.md.
+speed: $(VENV)/.bench
+	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx varnish wrk; }
+	$(PY) benchmarks/speed.py
+
+# The demo's geo database is generated from its readable source; rebuild after editing the JSON.
+geodb: $(STAMP)
+	$(PY) -m geo.builddb configs/demo-geo.json configs/demo-geo.mmdb
 
 clean:
 	rm -rf $(VENV) tests/players/node_modules build *.egg-info

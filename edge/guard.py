@@ -186,7 +186,7 @@ class StreamGuard:
         s = self.settings
         now = time.monotonic()
         wait = self._per_client.take(client, now) or (
-            self._unknown.take(s.unknown_rate, s.unknown_burst, now) if s.unknown_rate else 1.0)
+            self._unknown.take(s.unknown_rate, s.unknown_burst, now) if s.unknown_rate else 0.0)
         if wait:
             self._rejected["unknown_stream"].inc()
             raise BadRequest("unknown stream: upstream tries for unknown names are used up", 503,

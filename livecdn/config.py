@@ -103,7 +103,7 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class GuardSettings:
-    """The edge's knowledge of its streams: Bloom-filter guard and prefetch."""
+    """The edge's knowledge of its streams: Bloom-filter guard and prefetch (a rate of 0: unlimited)."""
 
     false_positive_rate: float = 0.0001  # per filter generation; two generations are checked
     names_per_generation: int = 4096  # a stream's filter rotates after this many names

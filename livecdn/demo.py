@@ -2,8 +2,10 @@
 
 Each node runs exactly as an operator would run it (`livecdn ROLE --config
 FILE --node NAME`), so the demo exercises the real thing. Once every node
-answers its health check and the play URL answers through an edge, one line
-per node and the play URL are printed. SIGINT or SIGTERM stops every child
+answers its health check (the router's once it sees every edge up) and the
+play URL answers (through the router's 302 when the topology has a router,
+else at the first edge), one line per node and the play URL are printed.
+SIGINT or SIGTERM stops every child
 gracefully; children also die with the demo if it is killed outright.
 """
 
@@ -23,7 +25,7 @@ from typing import Callable
 
 from .config import Topology
 
-__all__ = ["run_demo", "DemoNode", "plan"]
+__all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 
 # The built-in ffmpeg origin needs its first segments encoded before the
 # stream plays; everything else is up in about a second.
@@ -48,7 +50,17 @@ def plan(topo: Topology) -> list[DemoNode]:
         nodes.append(DemoNode("origin", topo.origin.name, url, url))
     nodes += [DemoNode("shield", s.name, s.listen.url, s.admin.url) for s in topo.shields.values()]
     nodes += [DemoNode("edge", e.name, e.listen.url, e.admin.url) for e in topo.edges.values()]
+    if topo.router is not None:
+        # Last: it checks the edges' health, so it starts once they are on their way.
+        nodes.append(DemoNode("geo", topo.router.name, topo.router.http.url, topo.router.admin.url))
     return nodes
+
+
+def play_url(topo: Topology) -> str:
+    """Where a player starts: the router (it redirects to the nearest edge), else the first edge."""
+    if topo.router is not None:
+        return topo.router.http.url + topo.play_path
+    return next(iter(topo.edges.values())).listen.url + topo.play_path
 
 
 def _die_with_parent() -> None:
@@ -66,11 +78,20 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _sees_every_edge(url: str) -> bool:
+    """The router's /healthz says every edge passed its checks (before that, players would spill)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return isinstance(body, dict) and body.get("edges_up") == len(body.get("edges", ()))
+
+
 def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
     nodes = plan(topo)
-    edges = [n for n in nodes if n.role == "edge"]
-    play = edges[0].url + topo.play_path
+    play = play_url(topo)
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -91,11 +112,18 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
         status = _wait_ready(nodes, children, play, lambda: stop_requested)
         if status is not None:
             return status
+        router = topo.router
         if args.json:
-            print(json.dumps({"play": play, "nodes": [n.__dict__ for n in nodes]}), flush=True)
+            info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes]}
+            if router is not None:
+                info.update(dns=str(router.dns), hostname=topo.hostname)
+            print(json.dumps(info), flush=True)
         else:
             for n in nodes:
                 print(f"{n.role:<7} {n.name:<12} {n.url:<28} admin {n.admin}", flush=True)
+            if router is not None:
+                print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
+                      f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
             print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
         while not stop_requested:
             for name, child in children.items():
@@ -114,6 +142,7 @@ def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[byte
                 stopping: Callable[[], bool]) -> int | None:
     deadline = time.monotonic() + READY_TIMEOUT
     pending = {n.name: n.admin + "/healthz" for n in nodes}
+    ready = {n.name: _sees_every_edge if n.role == "geo" else _answers for n in nodes}
     while time.monotonic() < deadline:
         if stopping():
             return 0
@@ -123,7 +152,7 @@ def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[byte
                       file=sys.stderr)
                 return 1
         for name, url in list(pending.items()):
-            if _answers(url):
+            if ready[name](url):
                 del pending[name]
         if not pending and _answers(play):
             return None

@@ -28,12 +28,13 @@ from livecdn.config import (
 )
 from shield import ShieldNode
 
-__all__ = ["Stack", "free_port", "run_cdn", "sample", "topology_toml", "ROOT"]
+__all__ = ["Stack", "free_dns_port", "free_port", "free_port_on", "run_cdn", "sample", "topology_toml",
+           "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Data-path tests exercise the engine: names of streams never seen pass the
 # guard freely and clients are not metered (the guard has its own tests).
-OPEN_GUARD = GuardSettings(unknown_rate=1e9, unknown_burst=10**9, prefetch=False)
+OPEN_GUARD = GuardSettings(unknown_rate=0, unknown_client_rate=0, prefetch=False)
 NO_LIMITS = LimitSettings(miss_rate=0, connections_per_client=0)
 
 
@@ -109,9 +110,43 @@ class Stack:
             await node.stop(1.0)
 
 
+def free_port_on(hosts: list[str]) -> int:
+    """A port free on every one of `hosts` (edges share one port, each on its own address)."""
+    for _ in range(100):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP, as a DNS listener needs."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = int(u.getsockname()[1])
+            try:
+                with socket.socket() as t:
+                    t.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free for UDP and TCP on {host}")
+
+
 def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int = 2,
-                  workers: int = 1, cache: dict[str, Any] | None = None) -> str:
-    """A topology file with free loopback ports; edges on 127.0.N.1 like the demo."""
+                  workers: int = 1, cache: dict[str, Any] | None = None, router: bool = True) -> str:
+    """A topology file with free loopback ports; edges on 127.0.N.1 like the demo.
+
+    As in the demo, every edge listens on the same port of its own address (so
+    a DNS answer, an address, is all a player needs), and the router places
+    127.0.1.0/24 in eu and 127.0.2.0/24 in us (configs/demo-geo.mmdb).
+    """
     lines = ['[cdn]', 'name = "test"', 'play_path = "/live/master.m3u8"', "", "[cache]"]
     for k, v in {"disk_path": "", "upstream_timeout": 5, **(cache or {})}.items():
         lines.append(f"{k} = {json.dumps(v)}")
@@ -125,11 +160,17 @@ def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int 
     for i in range(1, shields + 1):
         lines += [f"[shields.shield-{i}]", f'listen = "127.0.0.1:{free_port()}"',
                   f'admin = "127.0.0.1:{free_port()}"']
-    for i in range(1, edges + 1):
-        host = f"127.0.{i}.1"
+    hosts = [f"127.0.{i}.1" for i in range(1, edges + 1)]
+    port = free_port_on(hosts)
+    for i, host in enumerate(hosts, 1):
         region = "eu" if i % 2 else "us"
-        lines += [f"[edges.edge-{i}]", f'region = "{region}"', f'listen = "{host}:{free_port(host)}"',
+        lines += [f"[edges.edge-{i}]", f'region = "{region}"', f'listen = "{host}:{port}"',
                   f'admin = "{host}:{free_port(host)}"', f"workers = {workers}"]
+    if router:
+        lines += ["", "[router]", 'name = "router"', f'dns = "127.0.0.1:{free_dns_port()}"',
+                  f'http = "127.0.0.1:{free_port()}"', f'admin = "127.0.0.1:{free_port()}"',
+                  f'database = "{ROOT / "configs" / "demo-geo.mmdb"}"', 'default_region = "eu"', "ttl = 5",
+                  "[router.health]", "interval = 0.5", "timeout = 1", "failures = 3", "rise = 2"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """Real players against a live stream: ffmpeg's HLS demuxer, and hls.js in headless Chromium.
 
-The stream URL comes from ONE fixture, `play_url`: the play URL `livecdn demo` prints,
-so every byte the players get went origin → shield → edge.
+The stream URL comes from ONE fixture, `play_url`: the play URL `livecdn demo` prints.
+It points at the geo router, which redirects the player to the nearest edge, so
+every byte the players get went origin → shield → edge.
 
 These tests never skip: a missing ffmpeg, Chromium or npm package fails them with the
 command to run (`make test` installs all of them).
@@ -15,13 +16,14 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cdn import run_cdn, topology_toml
+from tests.cdn import run_cdn, sample, topology_toml
 
 PLAYERS_DIR = Path(__file__).parent / "players"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -65,15 +67,28 @@ def video_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
 @pytest.fixture
 def play_url(video_cdn: dict[str, Any]) -> str:
-    """The URL every player test plays: the demo's play URL, through an edge."""
+    """The URL every player test plays: the demo's play URL, at the router (which redirects to an edge)."""
     url = video_cdn["play"]
-    assert urllib.parse.urlsplit(url).port in {urllib.parse.urlsplit(n["url"]).port
-                                               for n in video_cdn["nodes"] if n["role"] == "edge"}
+    router = next(n for n in video_cdn["nodes"] if n["role"] == "geo")
+    assert urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(router["url"]).netloc
     return str(url)
 
 
-def test_ffmpeg_reads_the_live_stream_without_error(play_url: str) -> None:
+def counts(cdn: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Redirects the router sent to each edge, and player requests each edge answered."""
+    def metrics(node: dict[str, Any]) -> str:
+        with urllib.request.urlopen(node["admin"] + "/metrics", timeout=10) as r:
+            return str(r.read().decode())
+    router = metrics(next(n for n in cdn["nodes"] if n["role"] == "geo"))
+    edges = {n["name"]: n for n in cdn["nodes"] if n["role"] == "edge"}
+    return ({e: sample(router, "livecdn_redirects_total", edge=e) for e in edges},
+            {e: sample(metrics(n), "livecdn_requests_total") for e, n in edges.items()})
+
+
+def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: dict[str, Any]) -> None:
+    """ffmpeg starts at the router, is redirected once, then reads everything from that edge."""
     ffmpeg = require_ffmpeg()
+    redirects_before, served_before = counts(video_cdn)
     started = time.monotonic()
     proc = subprocess.run(
         [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-i", play_url, "-t", str(SECONDS),
@@ -87,12 +102,40 @@ def test_ffmpeg_reads_the_live_stream_without_error(play_url: str) -> None:
     assert proc.stderr.strip() == "", report
     assert progress.get("progress") == "end", report
     assert out_seconds >= SECONDS - 0.5, report
+    redirects_after, served_after = counts(video_cdn)
+    redirected = {e: redirects_after[e] - redirects_before[e] for e in redirects_after}
+    served = {e: served_after[e] - served_before[e] for e in served_after}
+    edge = max(redirected, key=lambda e: redirected[e])
+    # One redirect for the master playlist (a few at most, should ffmpeg reopen it);
+    # the media playlists and their segments come from the edge directly, resolved
+    # against the redirected URL: 20 s of 2 s segments is 10 segments at least.
+    assert 1 <= sum(redirected.values()) <= 3, (redirected, served)
+    assert served[edge] >= SECONDS / 2, (redirected, served)
 
 
-def test_hlsjs_in_chromium_plays_without_stalling(play_url: str) -> None:
+def edges_as_public(cdn: dict[str, Any], tmp_path: Path) -> str:
+    """A Chromium launcher that treats the edges' endpoints as public addresses, as they are in production.
+
+    The harness page is served by interception, so Chromium cannot place it in
+    an address space; when the router redirects hls.js to an edge on 127.0.N.1,
+    Local Network Access then denies the request into the loopback space
+    without a prompt. Real edges have public addresses, where that check does
+    not apply; `--ip-address-space-overrides` says so for these endpoints only.
+    """
+    endpoints = ",".join(f"{urllib.parse.urlsplit(n['url']).netloc}=public"
+                         for n in cdn["nodes"] if n["role"] == "edge")
+    launcher = tmp_path / "chromium"
+    launcher.write_text(f'#!/bin/sh\nexec {CHROMIUM} "$@" --ip-address-space-overrides={endpoints}\n')
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def test_hlsjs_in_chromium_plays_without_stalling(play_url: str, video_cdn: dict[str, Any],
+                                                  tmp_path: Path) -> None:
     node = require_browser_harness()
+    env = {**os.environ, "CHROMIUM": edges_as_public(video_cdn, tmp_path)}
     proc = subprocess.run([node, str(PLAYERS_DIR / "play.mjs"), play_url, str(SECONDS)],
-                          cwd=PLAYERS_DIR, capture_output=True, text=True, timeout=SECONDS + 120)
+                          cwd=PLAYERS_DIR, capture_output=True, text=True, timeout=SECONDS + 120, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"play.mjs printed no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     r = json.loads(lines[-1])

@@ -59,15 +59,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_demo_prints_every_node_and_a_play_url_that_plays(demo: dict[str, Any]) -> None:
     roles = [n["role"] for n in demo["nodes"]]
-    assert roles == ["origin", "shield", "edge", "edge"]
-    hosts = {n["url"].split("//")[1].split(":")[0] for n in demo["nodes"] if n["role"] == "edge"}
-    assert hosts == {"127.0.1.1", "127.0.2.1"}  # one loopback address per edge
+    assert roles == ["origin", "shield", "edge", "edge", "geo"]
+    edge_urls = [n["url"] for n in demo["nodes"] if n["role"] == "edge"]
+    hosts = {u.split("//")[1].split(":")[0] for u in edge_urls}
+    assert hosts == {"127.0.1.1", "127.0.2.1"}  # one loopback address per edge...
+    assert len({u.rsplit(":", 1)[1] for u in edge_urls}) == 1  # ...on one port: a DNS answer is enough
     for n in demo["nodes"]:
         assert fetch(n["admin"] + "/healthz")[0] == 200
-    status, headers, master = fetch(demo["play"])
+    router = next(n for n in demo["nodes"] if n["role"] == "geo")
+    assert demo["play"].startswith(router["url"] + "/")  # players start at the router...
+    with urllib.request.urlopen(demo["play"], timeout=10) as r:
+        status, headers, master, final = r.status, r.headers, r.read(), r.geturl()
+    assert any(final.startswith(u + "/") for u in edge_urls), final  # ...which sends them to an edge
     assert status == 200 and headers["Content-Type"] == "application/vnd.apple.mpegurl"
     rendition = [ln for ln in master.decode().splitlines() if ln and not ln.startswith("#")][0]
-    base = demo["play"].rsplit("/", 1)[0]
+    base = final.rsplit("/", 1)[0]
     segment = segments(f"{base}/{rendition}")[-1]
     seg_url = f"{base}/{rendition.rsplit('/', 1)[0]}/{segment}"
     status, _, data = fetch(seg_url)
@@ -98,7 +104,7 @@ def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     with run_cdn(config) as info:
         proc = info["process"]
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) == 4
+        assert len(children) == 5  # origin, shield, two edges, router
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     gone, alive = psutil.wait_procs(children, timeout=10)
@@ -180,7 +186,7 @@ def test_demo_in_front_of_an_existing_origin(tmp_path: Path, demo: dict[str, Any
     config = tmp_path / "cdn.toml"
     config.write_text(topology_toml(origin=SYNTHETIC))
     with run_cdn(config, "--origin", origin) as info:
-        assert [n["role"] for n in info["nodes"]] == ["shield", "edge", "edge"]
+        assert [n["role"] for n in info["nodes"]] == ["shield", "edge", "edge", "geo"]
         status, headers, _ = fetch(info["play"])
         assert status == 200 and headers["X-Cache"] in ("MISS", "HIT")
     started = time.monotonic()

@@ -1,0 +1,337 @@
+"""The router's figures: DNS queries per second beside gdnsd, and failover time.
+
+    .venv/bin/python benchmarks/dns_bench.py [--quick]      # `make bench-dns` installs dnsperf, gdnsd, dig
+
+A small CDN runs on loopback as operators run it (`livecdn ROLE --config FILE
+--node NAME`): the built-in origin, one shield, edge-eu on 127.0.1.1 and
+edge-us on 127.0.2.1 (same ports), and the router with configs/demo-geo.mmdb.
+gdnsd 3 answers the same zone from the same database and edges with its
+geoip plugin in city-auto-mode (nearest datacenter by coordinates) and HTTP
+checks of each edge's /healthz (benchmarks/gdnsd/).
+
+1. queries per second: dnsperf pinned to core 1, the server (router or
+   gdnsd, one thread) pinned to core 0; one A question for the CDN host
+   name, plain (placed by source address) and with ECS 127.0.2.0/24; runs
+   interleaved, medians reported.
+2. failover: an edge is killed (connections refused), then restarted; later
+   hung (SIGSTOP: checks time out), then resumed. Seconds from the failure to
+   the first answer without it, and from the restart to the first answer with
+   it again, for the router (checks every 1 s, 3 failures) and gdnsd (every
+   2 s, its minimum, 3 failures), polled every 50 ms from 127.0.2.5.
+
+Prints two tables and one JSON line; the report with every run goes to
+benchmarks/results/dns-<date>[-quick].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import dns.message
+import dns.query
+
+from datapath import Processes, _signal_group
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+HOST = "live.demo.livecdn.test"
+DATABASE = ROOT / "configs" / "demo-geo.mmdb"
+EU, US = "127.0.1.1", "127.0.2.1"
+US_CLIENT = "127.0.2.5"
+ECS_US = "8:00011800" + "7f0002"  # family 1, source /24, scope 0, 127.0.2
+SERVER_CORE, CLIENT_CORE = "0", "1"
+POLL = 0.05
+READY_TIMEOUT = 60.0
+FAILOVER_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1", udp: bool = False) -> int:
+    """A port free on `host` (for TCP, and for UDP too when asked)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if not udp:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+            return port
+        except OSError:
+            continue
+
+
+def shared_port(hosts: list[str]) -> int:
+    """A port free on every host: the edges listen on one port, each on its own address."""
+    while True:
+        port = free_port(hosts[0])
+        try:
+            for h in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
+
+
+def write_topology(path: Path, ports: dict[str, int]) -> None:
+    path.write_text(f"""\
+[cdn]
+name = "bench"
+hostname = "{HOST}"
+
+[cache]
+disk_path = ""
+
+[origin.builtin]
+listen = "127.0.0.1:{ports['origin']}"
+mode = "synthetic"
+target_duration = 2
+
+[regions.eu]
+location = [50.11, 8.68]
+[regions.us]
+location = [39.04, -77.49]
+
+[shields.shield-1]
+listen = "127.0.0.1:{ports['shield']}"
+admin = "127.0.0.1:{ports['shield_admin']}"
+
+[edges.edge-eu]
+region = "eu"
+listen = "{EU}:{ports['edge']}"
+admin = "{EU}:{ports['edge_admin']}"
+[edges.edge-us]
+region = "us"
+listen = "{US}:{ports['edge']}"
+admin = "{US}:{ports['edge_admin']}"
+
+[router]
+name = "router"
+dns = "127.0.0.1:{ports['dns']}"
+http = "127.0.0.1:{ports['http']}"
+admin = "127.0.0.1:{ports['router_admin']}"
+database = "{DATABASE}"
+default_region = "eu"
+ttl = 20
+[router.health]
+interval = 1
+timeout = 1
+failures = 3
+rise = 2
+""")
+
+
+def render_gdnsd(workdir: Path, dns_port: int, admin_port: int) -> Path:
+    conf = workdir / "gdnsd"
+    (conf / "zones").mkdir(parents=True)
+    template = string.Template((HERE / "gdnsd" / "config.template").read_text())
+    (conf / "config").write_text(template.substitute(dns_port=dns_port, admin_port=admin_port,
+                                                     database=DATABASE))
+    shutil.copy(HERE / "gdnsd" / "zone.template", conf / "zones" / "demo.livecdn.test")
+    return conf
+
+
+def ask(port: int, source: str = "127.0.0.1", timeout: float = 0.5) -> list[str]:
+    """The A records answered for the CDN host name, or [] on no answer."""
+    q = dns.message.make_query(HOST, "A")
+    try:
+        r = dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
+    except (dns.exception.Timeout, OSError):
+        return []
+    return sorted(rr.address for rrset in r.answer for rr in rrset)
+
+
+def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(POLL)
+    return time.monotonic() - started
+
+
+class Bench:
+    """The CDN, the router and gdnsd, all started as children of this script."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.procs = Processes(workdir)
+        self.config = workdir / "cdn.toml"
+        self.ports = {k: free_port() for k in ("origin", "shield", "shield_admin", "http", "router_admin")}
+        self.ports.update(dns=free_port(udp=True), gdnsd=free_port(udp=True), edge=shared_port([EU, US]),
+                          edge_admin=shared_port([EU, US]))
+        write_topology(self.config, self.ports)
+        self.gdnsd_conf = render_gdnsd(workdir, self.ports["gdnsd"], self.ports["edge_admin"])
+
+    def node(self, role: str, name: str, pin: str | None = None) -> None:
+        cmd = [PY, "-m", "livecdn", role, "--config", str(self.config), "--node", name, "--log-level", "warning"]
+        if role != "origin":
+            cmd.append("--no-access-log")
+        self.procs.start(name, ["taskset", "-c", pin, *cmd] if pin else cmd)
+
+    def start(self) -> None:
+        for role, name in (("origin", "origin"), ("shield", "shield-1"), ("edge", "edge-eu"), ("edge", "edge-us")):
+            self.node(role, name)
+        self.node("geo", "router", pin=SERVER_CORE)
+        self.procs.start("gdnsd", ["taskset", "-c", SERVER_CORE, "gdnsd", "-c", str(self.gdnsd_conf), "start"])
+        for name in ("router", "gdnsd"):
+            port = self.ports["dns" if name == "router" else "gdnsd"]
+            wait(lambda: self._alive(name) and ask(port, US_CLIENT) == [US], READY_TIMEOUT, f"{name} to answer")
+        for name, port in (("router", self.ports["dns"]), ("gdnsd", self.ports["gdnsd"])):
+            assert ask(port) == [EU], f"{name}: 127.0.0.1 should get the default region, eu"
+
+    def _alive(self, name: str) -> bool:
+        self.procs.check(name)
+        return True
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+
+
+# --- 1. queries per second ------------------------------------------------------
+
+def dnsperf(port: int, seconds: float, qfile: Path, ecs: bool) -> dict[str, float]:
+    cmd = ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+           "-l", str(seconds), "-c", "4", "-q", "256"]
+    if ecs:
+        cmd += ["-E", ECS_US]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    qps = re.search(r"Queries per second:\s+([\d.]+)", out)
+    lost = re.search(r"Queries lost:\s+\d+ \(([\d.]+)%\)", out)
+    if not qps or not lost:
+        raise RuntimeError(f"dnsperf said:\n{out}")
+    return {"qps": float(qps.group(1)), "lost_pct": float(lost.group(1))}
+
+
+def throughput(bench: Bench, runs: int, seconds: float) -> dict[str, Any]:
+    qfile = bench.procs.workdir / "queries.txt"
+    qfile.write_text(f"{HOST} A\n")
+    servers = {"router": bench.ports["dns"], "gdnsd": bench.ports["gdnsd"]}
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {s: {"plain": [], "ecs": []} for s in servers}
+    for _ in range(runs):
+        for mode in ("plain", "ecs"):
+            for server, port in servers.items():  # interleaved: both see the same machine noise
+                raw[server][mode].append(dnsperf(port, seconds, qfile, mode == "ecs"))
+    medians = {s: {m: statistics.median(r["qps"] for r in raw[s][m]) for m in ("plain", "ecs")} for s in servers}
+    ratio = {m: medians["router"][m] / medians["gdnsd"][m] for m in ("plain", "ecs")}
+    return {"runs": runs, "seconds": seconds, "median_qps": medians, "router_to_gdnsd": ratio, "raw": raw}
+
+
+def print_throughput(fig: dict[str, Any]) -> None:
+    m, r = fig["median_qps"], fig["router_to_gdnsd"]
+    print(f"\nDNS queries per second: dnsperf on core {CLIENT_CORE}, server on core {SERVER_CORE}; "
+          f"median of {fig['runs']} runs of {fig['seconds']:g} s")
+    print(f"{'':<18}{'plain':>12}{'ECS /24':>12}")
+    print(f"{'livecdn router':<18}{m['router']['plain']:>12,.0f}{m['router']['ecs']:>12,.0f}")
+    print(f"{'gdnsd 3.8':<18}{m['gdnsd']['plain']:>12,.0f}{m['gdnsd']['ecs']:>12,.0f}")
+    print(f"{'router / gdnsd':<18}{r['plain']:>12.2f}{r['ecs']:>12.2f}   (goal: >= 0.50)")
+
+
+# --- 2. failover -------------------------------------------------------------------
+
+def failover(bench: Bench, runs: int) -> dict[str, Any]:
+    servers = {"router": bench.ports["dns"], "gdnsd": bench.ports["gdnsd"]}
+    raw: dict[str, dict[str, list[float]]] = {s: {"killed": [], "killed_back": [], "hung": [], "hung_back": []}
+                                             for s in servers}
+    for _ in range(runs):
+        for how in ("killed", "hung"):
+            proc = bench.procs.running["edge-us"]
+            _signal_group(proc, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            raw_out = _race(servers, lambda p: ask(p, US_CLIENT) == [EU], "edge-us to leave the answers")
+            if how == "killed":
+                proc.wait()
+                bench.node("edge", "edge-us")
+            else:
+                _signal_group(proc, signal.SIGCONT)
+            raw_back = _race(servers, lambda p: ask(p, US_CLIENT) == [US], "edge-us to come back")
+            for s in servers:
+                raw[s][how].append(raw_out[s])
+                raw[s][f"{how}_back"].append(raw_back[s])
+            time.sleep(3)  # every checker sees a steady state before the next failure
+    summary = {s: {k: {"median": statistics.median(v), "max": max(v)} for k, v in per.items()}
+               for s, per in raw.items()}
+    return {"runs": runs, "summary": summary, "raw": raw}
+
+
+def _race(servers: dict[str, int], done: Callable[[int], bool], what: str) -> dict[str, float]:
+    """Seconds until each server's answers satisfy `done`, all watched together from now."""
+    started = time.monotonic()
+    times: dict[str, float] = {}
+    while len(times) < len(servers):
+        for name, port in servers.items():
+            if name not in times and done(port):
+                times[name] = time.monotonic() - started
+        if time.monotonic() - started > FAILOVER_TIMEOUT:
+            raise RuntimeError(f"{', '.join(set(servers) - set(times))}: timed out waiting for {what}")
+        time.sleep(POLL)
+    return times
+
+
+def print_failover(fig: dict[str, Any]) -> None:
+    print(f"\nFailover of edge-us, seconds (median / max of {fig['runs']} runs), asked from {US_CLIENT}")
+    print(f"{'':<18}{'killed: out':>14}{'restarted: in':>16}{'hung: out':>12}{'resumed: in':>14}")
+    for s, per in fig["summary"].items():
+        cells = [f"{per[k]['median']:.1f} / {per[k]['max']:.1f}" for k in ("killed", "killed_back", "hung", "hung_back")]
+        print(f"{'livecdn router' if s == 'router' else 'gdnsd 3.8':<18}{cells[0]:>14}{cells[1]:>16}"
+              f"{cells[2]:>12}{cells[3]:>14}")
+    print("(restarted: in includes the edge process starting again)")
+
+
+# --- main --------------------------------------------------------------------------
+
+def _terminate(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="livecdn router figures: DNS queries per second beside gdnsd, failover.")
+    p.add_argument("--quick", action="store_true", help="3 runs of 3 s and 2 failover rounds (about 1.5 min)")
+    args = p.parse_args()
+    missing = [t for t in ("dnsperf", "gdnsd", "taskset") if shutil.which(t) is None]
+    if missing:
+        print(f"missing {', '.join(missing)}: `make bench-dns` installs them", file=sys.stderr)
+        return 2
+    runs, seconds, rounds = (3, 3.0, 2) if args.quick else (5, 5.0, 3)
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="livecdn-dns-"))
+    bench = Bench(workdir)
+    try:
+        bench.start()
+        report = {"throughput": throughput(bench, runs, seconds), "failover": failover(bench, rounds)}
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process started", file=sys.stderr)
+        return 130
+    finally:
+        bench.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_throughput(report["throughput"])
+    print_failover(report["failover"])
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    path = results / f"dns-{stamp}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwritten to {path.relative_to(ROOT)}")
+    compact = {"qps": report["throughput"]["median_qps"], "router_to_gdnsd": report["throughput"]["router_to_gdnsd"],
+               "failover": report["failover"]["summary"]}
+    print(json.dumps(compact), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
