@@ -11,6 +11,7 @@ turns an `Answer` into bytes on the wire.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import itertools
 import logging
@@ -30,7 +31,7 @@ from .fill import (
 from .freshness import Rules
 from .keys import CacheKey
 from .media import Kind, kind_of
-from .memory import MemoryStore
+from .memory import ENTRY_OVERHEAD, MemoryStore
 from .stored import Stored
 
 __all__ = ["Answer", "Attachment", "Engine", "UpstreamBroken"]
@@ -231,6 +232,17 @@ class Engine:
                 hit = None
             if hit is not None:
                 obj, file = hit.obj, hit.file
+                if file is not None and obj.fresh(now) and obj.size + ENTRY_OVERHEAD <= self.memory.max_entry:
+                    # Another worker stored it: read it once (off the loop) so this
+                    # worker's next hits are memory hits, not file copies.
+                    try:
+                        body = await asyncio.get_running_loop().run_in_executor(None, file.read)
+                    except OSError as e:
+                        log.error("disk read of %s failed, serving it from the file: %s", k, e)
+                    else:
+                        if len(body) == obj.size:
+                            file.close()
+                            file, obj = None, dataclasses.replace(obj, body=body)
                 if file is None and obj.fresh(now):
                     self.memory.put(obj)
         if obj is not None:

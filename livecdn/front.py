@@ -1,27 +1,44 @@
-"""The player-facing HTTP front: parse, ask the engine, stream the answer.
+"""The player-facing HTTP front: parse, ask the engine, send the answer.
 
 It holds no cache policy. What it owns is HTTP toward players: methods, CORS,
 conditional requests (304), byte ranges (206/416), HEAD, gzip for playlists,
 Age, and sendfile for bodies the disk tier keeps as files. Edge and shield
-both serve through it; the edge adds a guard that may refuse a name before
-the engine sees it.
+both serve through it; the edge adds a policy that may refuse a request
+before the engine sees it.
+
+Requests arrive from the player listener (`livecdn/listener.py`) already
+parsed (`livecdn/http1.py`). `answer_now()` answers everything that needs no
+waiting, right there in the listener's callback: a memory hit costs the
+engine's dictionary lookup and one `writelines` of a head built once per
+stored object (only Age, Date and the connection line are spliced in, and
+those once per second) and the body, which is never copied. What needs
+waiting (disk, a fetch, a guard refresh) goes to `answer_later()`, awaited by
+the connection's task, which keeps answers in request order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from email.utils import parsedate_to_datetime
-from typing import Protocol
-
-from aiohttp import web
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from . import metrics
 from .engine import Answer, Engine, UpstreamBroken
+from .http1 import (
+    LAST_CHUNK, ProtocolError, Request, chunk, connection_line, date_line, header_lines, response_head,
+    status_line,
+)
 from .keys import BadRequest, CacheKey, cache_key
+from .stored import Stored
 from .validators import etag_matches, parse_range
 
-__all__ = ["Policy", "PlayerFront"]
+if TYPE_CHECKING:
+    from .listener import PlayerConnection
+    from .logs import AccessLog
+
+__all__ = ["ALLOWED_METHODS", "CORS", "PREFLIGHT", "Policy", "PlayerFront"]
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 CORS = (
@@ -33,6 +50,15 @@ PREFLIGHT = CORS + (
     ("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
     ("Access-Control-Max-Age", "86400"),
 )
+# Request targets remembered with their cache key, so a hit skips normalizing
+# its path again. Bounded: a flood of distinct targets (tokens, busters)
+# empties it rather than growing it.
+KEY_MEMO_BOUND = 4096
+# Bytes read from a disk-tier file per step where the loop has no sendfile
+# (uvloop): one step is written and drained before the next is read.
+FILE_CHUNK = 256 << 10
+# Stored objects whose serialized head is kept (see `_Prebuilt`); bounded likewise.
+PREBUILT_BOUND = 4096
 
 
 class Policy(Protocol):
@@ -48,11 +74,30 @@ class Policy(Protocol):
         """A request was answered with this cache result."""
 
 
-def _not_modified(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
-    inm = request.headers.get("If-None-Match")
+class _Prebuilt:
+    """The constant part of one stored object's 200 head, and the whole head for this second.
+
+    `prefix` runs from the status line through Content-Length; what varies per
+    answer is Age, Date and the connection line. The complete head for the
+    common case (HTTP/1.1, kept alive) is cached per (age, second).
+    """
+
+    __slots__ = ("obj", "prefix", "prefix_gzip", "stamp", "head", "head_gzip")
+
+    def __init__(self, obj: Stored, prefix: bytes, prefix_gzip: bytes | None) -> None:
+        self.obj = obj
+        self.prefix = prefix
+        self.prefix_gzip = prefix_gzip
+        self.stamp = -1
+        self.head = b""
+        self.head_gzip = b""
+
+
+def _not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
+    inm = request.header(b"if-none-match")
     if inm is not None:
         return etag is not None and etag_matches(inm, etag)
-    ims = request.headers.get("If-Modified-Since")
+    ims = request.header(b"if-modified-since")
     if ims and last_modified:
         try:
             return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
@@ -61,154 +106,341 @@ def _not_modified(request: web.Request, etag: str | None, last_modified: str | N
     return False
 
 
-class PlayerFront:
-    """The aiohttp handler of a node's player listener."""
+def _range(request: Request, etag: str | None, size: int) -> tuple[int, int] | None | bool:
+    if_range = request.header(b"if-range")
+    if if_range is not None and (etag is None or if_range.strip() != etag):
+        return None  # the client's copy is different: send the whole object
+    return parse_range(request.header(b"range"), size)
 
-    def __init__(self, engine: Engine, node: str, policy: Policy | None = None) -> None:
+
+async def _copy_file(conn: PlayerConnection, file: BinaryIO, start: int, stop: int) -> None:
+    """Send bytes [start, stop) of `file`: blocking reads on a thread, writes drained per chunk."""
+    loop = asyncio.get_running_loop()
+    fd = file.fileno()
+    pos = start
+    while pos < stop:
+        data = await loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
+        if not data:
+            raise OSError(f"disk file ended at byte {pos} of {stop}")
+        conn.write(data)
+        pos += len(data)
+        await conn.drain()
+
+
+class PlayerFront:
+    """HTTP semantics toward players, for one node process.
+
+    Args:
+        engine: the node's cache engine.
+        node: the node's name (Via, metrics).
+        policy: the node's policy hooks, or None.
+        access_log: where access records go, or None (then nothing on the hot path logs).
+    """
+
+    def __init__(self, engine: Engine, node: str, policy: Policy | None = None,
+                 access_log: AccessLog | None = None) -> None:
         self.engine = engine
         self.node = node
         self.policy = policy
+        self.access = access_log
         self.inflight = 0
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
+        self._hit_counter = self._counters["hit"]
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
+        self._keys: dict[str, CacheKey] = {}
+        self._prebuilt: dict[str, _Prebuilt] = {}
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    # --- the listener's entry points ---
+
+    def answer_now(self, request: Request, conn: PlayerConnection) -> CacheKey | None:
+        """Answer `request` without waiting if that is possible.
+
+        Returns:
+            None when the answer has been written; otherwise the request's key,
+            to be passed to `answer_later()` (memory could not answer it; the
+            policy's `screen` has already been consulted).
+        """
+        if self.access is not None:
+            request.received = time.perf_counter()
+        method = request.method
+        if method != "GET" and method != "HEAD":
+            if method == "OPTIONS":
+                self._write(conn, request, 204, PREFLIGHT, b"", "")
+            else:
+                self._counters["rejected"].inc()
+                self._plain(conn, request, 405, f"method {method} not allowed", (("Allow", ALLOWED_METHODS),))
+            return None
+        policy = self.policy
+        try:
+            key = self._keys.get(request.target)
+            if key is None:
+                key = cache_key(request.target)
+                if len(self._keys) >= KEY_MEMO_BOUND:
+                    self._keys.clear()
+                self._keys[request.target] = key
+            if policy is not None:
+                policy.screen(conn.peer)
+            now = time.time()
+            obj = self.engine.hit(key, now)
+        except BadRequest as e:
+            self._counters["rejected"].inc()
+            self._plain(conn, request, e.status, e.reason, e.headers)
+            return None
+        if obj is None:
+            return key
+        self._hit_counter.inc()
+        if policy is not None:
+            policy.seen(key, "hit")
+        self._send_stored(conn, request, obj, "hit", now)
+        return None
+
+    async def answer_later(self, request: Request, key: CacheKey, conn: PlayerConnection) -> None:
+        """Answer a request memory could not: the policy's admission, then the engine."""
         self.inflight += 1
         self._inflight_gauge.inc()
         try:
-            return await self._handle(request)
+            policy = self.policy
+            try:
+                if policy is not None:
+                    await policy.admit(key, conn.peer)
+                answer = await self.engine.get(key)
+            except BadRequest as e:
+                self._counters["rejected"].inc()
+                self._plain(conn, request, e.status, e.reason, e.headers)
+                return
+            try:
+                self._counters[answer.cache].inc()
+                if policy is not None:
+                    policy.seen(key, answer.cache)
+                if answer.obj is not None:
+                    if answer.file is None:
+                        self._send_stored(conn, request, answer.obj, answer.cache, time.time())
+                    else:
+                        await self._send_file(conn, request, answer)
+                else:
+                    await self._send_stream(conn, request, answer)
+            finally:
+                answer.close()
         finally:
             self.inflight -= 1
             self._inflight_gauge.dec()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        method = request.method
-        if method == "OPTIONS":
-            return web.Response(status=204, headers=PREFLIGHT)
-        if method not in ("GET", "HEAD"):
-            self._counters["rejected"].inc()
-            return self._plain(405, f"method {method} not allowed", (("Allow", ALLOWED_METHODS),))
-        policy, client = self.policy, request.remote or ""
-        try:
-            key = cache_key(request.raw_path)
-            if policy is not None:
-                policy.screen(client)
-            obj = self.engine.hit(key, time.time())
-            if obj is not None:
-                answer = Answer("hit", obj)
-            else:
-                if policy is not None:
-                    await policy.admit(key, client)
-                answer = await self.engine.get(key)
-        except BadRequest as e:
-            self._counters["rejected"].inc()
-            return self._plain(e.status, e.reason, e.headers)
-        try:
-            self._counters[answer.cache].inc()
-            if policy is not None:
-                policy.seen(key, answer.cache)
-            if answer.obj is not None:
-                return await self._send_stored(request, answer)
-            return await self._send_stream(request, answer)
-        finally:
-            answer.close()
+    def refuse(self, error: ProtocolError, conn: PlayerConnection) -> None:
+        """Answer bytes that are not a request we serve; the connection closes after it."""
+        self._counters["rejected"].inc()
+        conn.must_close = True
+        body = f"{error.status} {error.reason}\n".encode()
+        headers = (("Via", self._via), ("X-Cache", "REJECTED"), *CORS, *error.headers,
+                   ("Content-Type", "text/plain; charset=utf-8"))
+        conn.writelines((response_head(error.status, headers, length=len(body), keep_alive=False,
+                                       version="1.1", date=date_line(time.time())), body))
 
-    def _plain(self, status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> web.Response:
-        headers = {"Via": self._via, "X-Cache": "REJECTED", **dict(CORS), **dict(extra)}
-        return web.Response(status=status, text=f"{status} {reason}\n", headers=headers)
+    # --- writing answers ---
 
-    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: str, born: float) -> dict[str, str]:
+    def _write(self, conn: PlayerConnection, request: Request, status: int,
+               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes | memoryview,
+               cache: str, length: int | None = None) -> None:
+        """One whole answer whose body is in hand."""
+        keep = conn.keep_alive(request)
+        head = response_head(status, headers, length=len(body) if length is None else length,
+                             keep_alive=keep, version=request.version, date=date_line(time.time()))
+        if request.method == "HEAD" or not body:
+            conn.write(head)
+            sent = 0
+        else:
+            conn.writelines((head, body))
+            sent = len(body)
+        if self.access is not None:
+            self.access.log(conn.peer, request, status, sent, cache)
+
+    def _plain(self, conn: PlayerConnection, request: Request, status: int, reason: str,
+               extra: tuple[tuple[str, str], ...] = ()) -> None:
+        headers = (("Via", self._via), ("X-Cache", "REJECTED"), *CORS, *extra,
+                   ("Content-Type", "text/plain; charset=utf-8"))
+        self._write(conn, request, status, headers, f"{status} {reason}\n".encode(), "rejected")
+
+    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: str, born: float,
+                 now: float) -> dict[str, str]:
         headers = dict(pairs)
         headers.update(CORS)
-        headers["Age"] = str(max(0, int(time.time() - born))) if born else "0"
+        headers["Age"] = str(max(0, int(now - born))) if born else "0"
         headers["Via"] = self._via
         headers["X-Cache"] = cache.upper()
         return headers
 
-    async def _send_stored(self, request: web.Request, answer: Answer) -> web.StreamResponse:
-        obj = answer.obj
-        assert obj is not None
-        headers = self._headers(obj.headers, answer.cache, obj.born)
+    def _send_stored(self, conn: PlayerConnection, request: Request, obj: Stored, cache: str,
+                     now: float) -> None:
+        """A stored answer whose body is in memory."""
+        h = request.headers
+        if (obj.status == 200 and cache == "hit" and b"range" not in h and b"if-none-match" not in h
+                and b"if-modified-since" not in h):
+            self._send_prebuilt(conn, request, obj, now)
+            return
+        headers = self._headers(obj.headers, cache, obj.born, now)
         if obj.status != 200:
-            return web.Response(status=obj.status, body=obj.body, headers=headers)
+            self._write(conn, request, obj.status, list(headers.items()), obj.body, cache)
+            return
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
         if _not_modified(request, obj.etag, obj.last_modified):
             headers.pop("Content-Type", None)
-            return web.Response(status=304, headers=headers)
+            self._write(conn, request, 304, list(headers.items()), b"", cache)
+            return
         headers["Accept-Ranges"] = "bytes"
-        rng = self._range(request, obj.etag, obj.size)
+        rng = _range(request, obj.etag, obj.size)
         if rng is False:
             headers["Content-Range"] = f"bytes */{obj.size}"
-            return web.Response(status=416, headers=headers)
+            self._write(conn, request, 416, list(headers.items()), b"", cache)
+            return
+        if rng:
+            start, stop = rng
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{obj.size}"
+            self._write(conn, request, 206, list(headers.items()), memoryview(obj.body)[start:stop], cache)
+            return
+        if obj.gzipped is not None and b"gzip" in h.get(b"accept-encoding", b""):
+            headers["Content-Encoding"] = "gzip"
+            self._write(conn, request, 200, list(headers.items()), obj.gzipped, cache)
+            return
+        self._write(conn, request, 200, list(headers.items()), obj.body, cache)
+
+    def _send_prebuilt(self, conn: PlayerConnection, request: Request, obj: Stored, now: float) -> None:
+        """The hit fast path: a whole 200 of a memory object, its head built once."""
+        pre = self._prebuilt.get(obj.key)
+        if pre is None or pre.obj is not obj:
+            pre = self._prebuild(obj)
+        gz = pre.prefix_gzip is not None and b"gzip" in request.headers.get(b"accept-encoding", b"")
+        keep = conn.keep_alive(request)
+        age = int(now - obj.born) if now > obj.born else 0
+        if keep and request.version == "1.1":
+            stamp = (age << 40) | int(now)
+            if pre.stamp != stamp:
+                pre.stamp = stamp
+                tail = b"Age: %d\r\n%s\r\n" % (age, date_line(now))
+                pre.head = pre.prefix + tail
+                pre.head_gzip = pre.prefix_gzip + tail if pre.prefix_gzip is not None else b""
+            head = pre.head_gzip if gz else pre.head
+        else:
+            head = b"".join(((pre.prefix_gzip if gz else pre.prefix), b"Age: %d\r\n" % age, date_line(now),
+                             connection_line(keep, request.version), b"\r\n"))
+        body = obj.gzipped if gz else obj.body
+        if request.method == "HEAD":
+            conn.write(head)
+            sent = 0
+        else:
+            conn.writelines((head, body))  # type: ignore[arg-type]
+            sent = len(body)  # type: ignore[arg-type]
+        if self.access is not None:
+            self.access.log(conn.peer, request, 200, sent, "hit")
+
+    def _prebuild(self, obj: Stored) -> _Prebuilt:
+        headers = dict(obj.headers)
+        headers.update(CORS)
+        headers["Via"] = self._via
+        headers["X-Cache"] = "HIT"
+        if obj.gzipped is not None:
+            headers["Vary"] = "Accept-Encoding"
+        headers["Accept-Ranges"] = "bytes"
+        fields = header_lines(headers.items())
+        prefix = b"%s%sContent-Length: %d\r\n" % (status_line(200), fields, obj.size)
+        prefix_gzip = None
+        if obj.gzipped is not None:
+            prefix_gzip = b"%s%sContent-Encoding: gzip\r\nContent-Length: %d\r\n" % (
+                status_line(200), fields, len(obj.gzipped))
+        pre = _Prebuilt(obj, prefix, prefix_gzip)
+        if len(self._prebuilt) >= PREBUILT_BOUND:
+            self._prebuilt.clear()
+        self._prebuilt[obj.key] = pre
+        return pre
+
+    async def _send_file(self, conn: PlayerConnection, request: Request, answer: Answer) -> None:
+        """A stored answer whose body is a disk-tier file: the head, then sendfile."""
+        obj, file = answer.obj, answer.file
+        assert obj is not None and file is not None
+        now = time.time()
+        headers = self._headers(obj.headers, answer.cache, obj.born, now)
+        if obj.status != 200:  # never happens today: errors are small, kept in SQLite
+            self._write(conn, request, obj.status, list(headers.items()), file.read(), answer.cache)
+            return
+        if _not_modified(request, obj.etag, obj.last_modified):
+            headers.pop("Content-Type", None)
+            self._write(conn, request, 304, list(headers.items()), b"", answer.cache)
+            return
+        headers["Accept-Ranges"] = "bytes"
+        rng = _range(request, obj.etag, obj.size)
+        if rng is False:
+            headers["Content-Range"] = f"bytes */{obj.size}"
+            self._write(conn, request, 416, list(headers.items()), b"", answer.cache)
+            return
         start, stop = rng if rng else (0, obj.size)
         status = 206 if rng else 200
         if rng:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{obj.size}"
-        if answer.file is not None:
-            return await self._sendfile(request, answer, headers, status, start, stop)
-        if not rng and obj.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return web.Response(status=200, body=obj.gzipped, headers=headers)
-        body = obj.body if not rng else memoryview(obj.body)[start:stop]
-        return web.Response(status=status, body=body, headers=headers)
+        keep = conn.keep_alive(request)
+        conn.write(response_head(status, list(headers.items()), length=stop - start, keep_alive=keep,
+                                 version=request.version, date=date_line(now)))
+        sent = 0
+        if request.method != "HEAD":
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("player went away")
+            try:
+                await asyncio.get_running_loop().sendfile(transport, file, start, stop - start, fallback=False)
+            except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
+                # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
+                await _copy_file(conn, file, start, stop)
+            sent = stop - start
+        if self.access is not None:
+            self.access.log(conn.peer, request, status, sent, answer.cache)
 
-    def _range(self, request: web.Request, etag: str | None, size: int) -> tuple[int, int] | None | bool:
-        if_range = request.headers.get("If-Range")
-        if if_range is not None and (etag is None or if_range.strip() != etag):
-            return None  # the client's copy is different: send the whole object
-        return parse_range(request.headers.get("Range"), size)
-
-    async def _sendfile(self, request: web.Request, answer: Answer, headers: dict[str, str],
-                        status: int, start: int, stop: int) -> web.StreamResponse:
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = stop - start
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        await asyncio.get_running_loop().sendfile(transport, answer.file, start, stop - start)  # type: ignore[arg-type]
-        await resp.write_eof()
-        return resp
-
-    async def _send_stream(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+    async def _send_stream(self, conn: PlayerConnection, request: Request, answer: Answer) -> None:
+        """An answer arriving from upstream: written chunk by chunk at the player's pace."""
         head, stream = answer.head, answer.stream
         assert head is not None and stream is not None
-        headers = self._headers(head.headers, answer.cache, head.born)
+        headers = self._headers(head.headers, answer.cache, head.born, time.time())
         if head.body:
-            return web.Response(status=head.status, body=head.body, headers=headers)
+            self._write(conn, request, head.status, list(headers.items()), head.body, answer.cache)
+            return
         start, stop, status = 0, head.length, head.status
         if head.status == 200:
             etag = headers.get("ETag")
             if _not_modified(request, etag, headers.get("Last-Modified")):
                 headers.pop("Content-Type", None)
-                return web.Response(status=304, headers=headers)
+                self._write(conn, request, 304, list(headers.items()), b"", answer.cache)
+                return
             if head.length is not None:
                 headers["Accept-Ranges"] = "bytes"
-                rng = self._range(request, etag, head.length)
+                rng = _range(request, etag, head.length)
                 if rng is False:
                     headers["Content-Range"] = f"bytes */{head.length}"
-                    return web.Response(status=416, headers=headers)
+                    self._write(conn, request, 416, list(headers.items()), b"", answer.cache)
+                    return
                 if rng:
                     start, stop = rng
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{stop - 1}/{head.length}"
-        resp = web.StreamResponse(status=status, headers=headers)
-        if stop is not None:
-            resp.content_length = stop - start
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
-        try:
-            async for chunk in stream.chunks(start, stop):
-                await resp.write(chunk)
-        except UpstreamBroken:
-            # Never let a truncated body pass for a whole one: cut the connection.
-            if request.transport is not None:
-                request.transport.abort()
-            return resp
-        await resp.write_eof()
-        return resp
+        keep = conn.keep_alive(request)
+        chunked = stop is None and request.version == "1.1"
+        if stop is None and not chunked:
+            keep = False  # an HTTP/1.0 body of unknown length ends with the connection
+            conn.must_close = True
+        conn.write(response_head(status, list(headers.items()), length=None if stop is None else stop - start,
+                                 keep_alive=keep, version=request.version, date=date_line(time.time())))
+        sent = 0
+        if request.method != "HEAD" and status not in (204, 304):
+            try:
+                async for piece in stream.chunks(start, stop):
+                    if chunked:
+                        conn.writelines(chunk(piece))
+                    else:
+                        conn.write(piece)
+                    sent += len(piece)
+                    await conn.drain()
+            except UpstreamBroken:
+                # Never let a truncated body pass for a whole one: cut the connection.
+                conn.cut()
+                return
+            if chunked:
+                conn.write(LAST_CHUNK)
+        if self.access is not None:
+            self.access.log(conn.peer, request, status, sent, answer.cache)

@@ -2,9 +2,11 @@
 
 `CacheNode` is the lifecycle object shared by `EdgeNode` and `ShieldNode`,
 shaped like aiohttp's runner/site pair: `start()` opens the stores, the
-upstream session and the two listeners (players, admin); `stop(timeout)`
-releases them one by one in reverse, draining in-flight responses first.
-A subclass says where its upstreams are and what policy screens requests.
+upstream session and the two listeners (players: livecdn's own HTTP/1.1
+server, `livecdn/listener.py`; admin: aiohttp); `stop(timeout)` releases them
+one by one in reverse, draining in-flight responses first. A subclass says
+where its upstreams are, what policy screens requests and how many
+connections one client may hold.
 """
 
 from __future__ import annotations
@@ -13,27 +15,25 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
 from . import metrics
 from .config import Address, CacheSettings, EdgeConfig, ShieldConfig, Topology
+from .connlimit import ConnectionLimit
 from .disk import DiskStore
 from .engine import Engine
 from .freshness import Rules
 from .front import PlayerFront, Policy
-from .logs import JsonAccessLogger
+from .listener import PlayerServer
+from .logs import AccessLog
 from .memory import MemoryStore
 from .upstream import Upstreams
 
-__all__ = ["CacheNode", "ENGINE_KEY", "FRONT_KEY"]
+__all__ = ["CacheNode"]
 
 log = logging.getLogger("livecdn.node")
-
-ENGINE_KEY = web.AppKey("engine", Engine)
-FRONT_KEY = web.AppKey("front", PlayerFront)
 # Upstream connections one process keeps open at most: enough for a burst of
 # distinct misses, bounded so a cache-busting flood cannot exhaust sockets.
 UPSTREAM_CONNECTIONS = 512
@@ -62,6 +62,7 @@ class CacheNode:
         self.policy: Policy | None = None
         self._disk: DiskStore | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._players: PlayerServer | None = None
         self._runners: list[web.AppRunner] = []
         self._sites: list[web.TCPSite] = []
         self._state = "new"
@@ -74,9 +75,9 @@ class CacheNode:
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
 
-    def wrap_listener(self, factory: Any) -> Any:
-        """The player listener's protocol factory, possibly wrapped (connection limits)."""
-        return factory
+    def connection_limit(self) -> ConnectionLimit | None:
+        """Open player connections allowed per client address (None: unlimited)."""
+        return None
 
     def gauges(self) -> None:
         """Bring gauges up to date before they are read."""
@@ -95,11 +96,13 @@ class CacheNode:
     @property
     def port(self) -> int:
         """The player port actually bound (so a config with port 0 works)."""
-        return self._bound(0)
+        if self._state != "running" or self._players is None:
+            raise RuntimeError(f"{self.config.name} is not running")
+        return self._players.port
 
     @property
     def admin_port(self) -> int:
-        return self._bound(1)
+        return self._bound(0)
 
     def _bound(self, index: int) -> int:
         if self._state != "running":
@@ -128,27 +131,22 @@ class CacheNode:
         )
         self.engine.start(self._session)
         self.policy = self.make_policy(self.engine)
-        self.front = PlayerFront(self.engine, self.config.name, self.policy)
-
-        player = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
-        player[ENGINE_KEY] = self.engine
-        player[FRONT_KEY] = self.front
-        player.router.add_route("*", "/{tail:.*}", self.front.handle)
+        self.front = PlayerFront(self.engine, self.config.name, self.policy,
+                                 AccessLog() if self.access_log else None)
+        players = PlayerServer(self.front, connection_limit=self.connection_limit())
+        listen = self.config.listen
+        await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
+        self._players = players
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
-        await self._listen(player, self.config.listen, access=self.access_log, wrap=self.wrap_listener)
-        await self._listen(admin, self.config.admin, access=False)
+        await self._listen(admin, self.config.admin)
         self._state = "running"
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
                  self.config.listen, self.config.admin)
 
-    async def _listen(self, app: web.Application, addr: Address, *, access: bool,
-                      wrap: Callable[[Any], Any] | None = None) -> None:
-        kwargs: dict[str, object] = {"access_log": None}
-        if access:
-            kwargs = {"access_log_class": JsonAccessLogger, "access_log": logging.getLogger("livecdn.access")}
-        runner = _Runner(app, wrap, handle_signals=False, shutdown_timeout=5.0, **kwargs)
+    async def _listen(self, app: web.Application, addr: Address) -> None:
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port, backlog=1024)
@@ -164,13 +162,16 @@ class CacheNode:
             self._state = "stopped"
             return
         self._state = "stopping"
-        # One runner at a time: cleanup() closes the listener, ends idle keep-alive
-        # connections and waits for handlers in flight (its shutdown_timeout).
+        # One listener at a time, admin first: each closes its socket, ends idle
+        # keep-alive connections and waits for answers in flight under `timeout`.
         for runner in reversed(self._runners):
             runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
             await runner.cleanup()
         self._runners.clear()
         self._sites.clear()
+        if self._players is not None:
+            await self._players.shutdown(timeout)
+            self._players = None
         if self.engine is not None:
             await self.engine.close(timeout)
         if self._session is not None:
@@ -197,14 +198,3 @@ class CacheNode:
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
-
-class _Runner(web.AppRunner):
-    """An AppRunner whose protocol factory a node may wrap (e.g. to count connections)."""
-
-    def __init__(self, app: web.Application, wrap: Callable[[Any], Any] | None, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._wrap = wrap
-
-    async def _make_server(self) -> Any:
-        server = await super()._make_server()
-        return self._wrap(server) if self._wrap is not None else server

@@ -1,0 +1,501 @@
+"""Speed: livecdn's edge beside nginx proxy_cache and Varnish, serving hits, on this machine.
+
+    .venv/bin/python benchmarks/speed.py            # full: ~15 min
+    .venv/bin/python benchmarks/speed.py --quick    # ~5 min (5 s runs, 2 of each)
+
+All three caches sit in front of the same origin (`benchmarks/speed/origin.py`)
+as HLS edges: live playlists fresh 1 s (half the target duration) and
+refreshed in the background, segments kept a year; nginx with `proxy_cache`
+and `proxy_cache_lock`, Varnish with malloc storage (configs in
+`benchmarks/speed/`), livecdn's edge as shipped (its policy on, the disk tier
+on, `--no-access-log`). Each server is pinned to core 0 (`taskset -c 0`), wrk to
+core 1; caches are warmed; then, interleaved run by run so that ratios come
+from the same minute of this shared machine:
+
+  (a) a 1 KiB live playlist          wrk -t1 -c64
+  (b) a 1 MiB segment                wrk -t2 -c64
+  (c) a viewer mix                   wrk -t1 -c64 -s speed/viewers.lua (512 KiB segments)
+
+then the same with two worker processes per server and nothing pinned (and
+livecdn with one worker, unpinned, for its scaling figure). Steal time is read
+from /proc/stat around every run; a run with more than HIGH_STEAL is run again.
+Writes benchmarks/RESULTS.md and benchmarks/speed.png, and the raw figures to
+benchmarks/results/speed-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+SPEED = HERE / "speed"
+# A run whose CPU time was more than this share stolen by the hypervisor is repeated.
+HIGH_STEAL = 0.05
+MAX_RETRIES = 2
+SERVERS = ("livecdn", "nginx", "varnish")
+SCENARIOS = {
+    "playlist": {"path": "/static/live.m3u8", "threads": 1, "script": None,
+                 "label": "(a) 1 KiB live playlist"},
+    "segment": {"path": "/static/seg.ts", "threads": 2, "script": None, "label": "(b) 1 MiB segment"},
+    "mix": {"path": "/live/master.m3u8", "threads": 1, "script": SPEED / "viewers.lua",
+            "label": "(c) viewer mix"},
+}
+CONNECTIONS = 64
+OTHERS = re.compile(r"benchmarks/|wrk|dnsperf")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- the machine -------------------------------------------------------------------
+
+def ensure_tools() -> None:
+    """nginx, varnishd and wrk from Debian, installed when missing."""
+    missing = [pkg for tool, pkg in (("nginx", "nginx"), ("varnishd", "varnish"), ("wrk", "wrk"))
+               if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if not missing:
+        return
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    log(f"installing {' '.join(missing)}")
+    subprocess.run([*apt, "update", "-qq"], check=True)
+    subprocess.run([*apt, "install", "-y", "-qq", *missing], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} × {model or platform.processor()}, {mem:.0f} GiB RAM, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def versions() -> dict[str, str]:
+    def first(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "?"
+        return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
+    return {"nginx": first(["nginx", "-v"]), "varnish": first(["varnishd", "-V"]), "wrk": first(["wrk", "-v"])}
+
+
+def cpu_times() -> list[int]:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return [int(f) for f in fields]
+
+
+def steal_between(before: list[int], after: list[int]) -> float:
+    delta = [a - b for a, b in zip(after, before)]
+    total = sum(delta[:8])
+    return delta[7] / total if total else 0.0
+
+
+def others_running() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", OTHERS.pattern], capture_output=True, text=True).stdout
+    mine = {str(os.getpid()), str(os.getppid())}
+    return [ln for ln in out.splitlines()
+            if ln.split()[0] not in mine and "pgrep" not in ln and "benchmarks/speed" not in ln]
+
+
+def wait_for_quiet(limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while (busy := others_running()) and time.monotonic() < deadline:
+        log(f"waiting for other benchmarks to finish: {busy[0][:100]}")
+        time.sleep(15)
+    if busy:
+        log(f"still running after {limit:.0f} s, measuring anyway: {busy}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- processes -----------------------------------------------------------------------
+
+class Procs:
+    """Every child in its own process group; all stopped on the way out."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], log_path: Path, cpus: str | None) -> subprocess.Popen[bytes]:
+        if cpus is not None:
+            cmd = ["taskset", "-c", cpus, *cmd]
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class Servers:
+    """The origin and the three caches in front of it, started in a temp dir."""
+
+    def __init__(self, procs: Procs, tmp: Path) -> None:
+        self.procs, self.tmp = procs, tmp
+        self.origin_port = free_port()
+        self.ports: dict[str, int] = {}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_origin(self) -> None:
+        self.procs.start([PY, str(SPEED / "origin.py"), "--port", str(self.origin_port)],
+                         self.tmp / "origin.log", "1")
+        wait_http(f"http://127.0.0.1:{self.origin_port}/static/live.m3u8")
+
+    def start(self, name: str, workers: int, cpus: str | None) -> None:
+        port = self.ports[name] = free_port()
+        run = self.tmp / f"{name}-{workers}w"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(mode=0o755)
+        if name == "livecdn":
+            config = run / "cdn.toml"
+            config.write_text(
+                '[cdn]\nname = "speed"\nplay_path = "/live/master.m3u8"\n\n'
+                f'[cache]\nmemory_bytes = "512MiB"\ndisk_bytes = "1GiB"\ndisk_path = "{run}/disk-{{node}}"\n\n'
+                f'[origin]\nurl = "http://127.0.0.1:{self.origin_port}"\n\n'
+                '[regions.eu]\nlocation = [50.1, 8.7]\n\n'
+                f'[edges.edge-1]\nregion = "eu"\nlisten = "127.0.0.1:{port}"\n'
+                f'admin = "127.0.0.1:{free_port()}"\norigin_fallback = true\nworkers = {workers}\n')
+            cmd = [PY, "-m", "livecdn", "edge", "--config", str(config), "--node", "edge-1",
+                   "--no-access-log", "--log-level", "warning"]
+        elif name == "nginx":
+            conf = run / "nginx.conf"
+            conf.write_text((SPEED / "nginx.conf.template").read_text().format(
+                workers=workers, tmp=run, port=port, origin_port=self.origin_port))
+            cmd = ["nginx", "-c", str(conf), "-p", str(run), "-e", str(run / "nginx-error.log")]
+        elif name == "varnish":
+            vcl = run / "edge.vcl"
+            vcl.write_text((SPEED / "varnish.vcl.template").read_text().format(origin_port=self.origin_port))
+            vcl.chmod(0o644)
+            # One thread pool per worker; Varnish is threaded, so "workers" means pools.
+            cmd = ["varnishd", "-F", "-a", f"127.0.0.1:{port}", "-f", str(vcl), "-s", "malloc,1G",
+                   "-n", str(run / "varnish"), "-p", f"thread_pools={workers}", "-p", "thread_pool_min=50"]
+        else:
+            raise ValueError(name)
+        self.running[name] = self.procs.start(cmd, run / "server.log", cpus)
+        wait_http(self.url(name, "/static/live.m3u8"))
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name, None)
+        if proc is not None:
+            self.procs.stop(proc)
+
+    def url(self, name: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+
+# --- measuring -------------------------------------------------------------------------
+
+_UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", out)
+    bps = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    lat = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return {"rps": rps, "bytes_per_s": bps, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": sum(int(x) for x in errors.groups()) if errors else 0,
+            "latency_ms": float(lat.group(1)) * scale[lat.group(2)] if lat else 0.0}
+
+
+def wrk(url_base: str, scenario: dict[str, Any], duration: float, cpus: str | None,
+        threads: int | None = None) -> dict[str, float]:
+    cmd = ["wrk", f"-t{threads or scenario['threads']}", f"-c{CONNECTIONS}", f"-d{duration:g}s", "--latency"]
+    if scenario["script"] is not None:
+        cmd += ["-s", str(scenario["script"])]
+    cmd.append(url_base + scenario["path"])
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    before = cpu_times()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    result = parse_wrk(out)
+    result["steal"] = steal_between(before, cpu_times())
+    return result
+
+
+def measure(servers: Servers, name: str, scenario: dict[str, Any], duration: float, cpus: str | None,
+            threads: int | None = None) -> dict[str, float]:
+    """One wrk run; repeated (up to MAX_RETRIES times) while steal is high."""
+    for attempt in range(MAX_RETRIES + 1):
+        r = wrk(servers.url(name, ""), scenario, duration, cpus, threads)
+        r["retries"] = attempt
+        if r["steal"] <= HIGH_STEAL:
+            break
+        log(f"    {name}: steal {r['steal']:.1%} > {HIGH_STEAL:.0%}, running again")
+    return r
+
+
+def warm(servers: Servers, name: str, duration: float, cpus: str | None) -> None:
+    for scenario in SCENARIOS.values():
+        for _ in range(3):
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(servers.url(name, scenario["path"]), timeout=10) as r:
+                    r.read()
+        wrk(servers.url(name, ""), scenario, min(duration, 3), cpus)
+
+
+def block(servers: Servers, names: list[tuple[str, str, int]], runs: int, duration: float,
+          server_cpus: str | None, client_cpus: str | None, client_threads: int | None) -> dict[str, Any]:
+    """Start each (label, server, workers), warm it, then interleave runs scenario by scenario."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {s: {label: [] for label, _, _ in names}
+                                                            for s in SCENARIOS}
+    for label, name, workers in names:
+        if name in servers.running:
+            servers.stop(name)
+    started: dict[str, tuple[str, int]] = {}
+    try:
+        for sname, scenario in SCENARIOS.items():
+            for i in range(runs):
+                for label, name, workers in names:
+                    if started.get(name) != (label, workers):
+                        servers.stop(name)
+                        servers.start(name, workers, server_cpus)
+                        warm(servers, name, duration, client_cpus)
+                        started[name] = (label, workers)
+                    r = measure(servers, name, scenario, duration, client_cpus, client_threads)
+                    results[sname][label].append(r)
+                    log(f"  {scenario['label']:<26} run {i + 1}  {label:<22} {r['rps']:>10,.0f} req/s "
+                        f"{r['bytes_per_s'] / 1e9:6.2f} GB/s  steal {r['steal']:.1%}"
+                        + (f"  non-2xx {r['non2xx']:.0f}" if r["non2xx"] else "")
+                        + (f"  errors {r['errors']:.0f}" if r["errors"] else ""))
+    finally:
+        for name in list(servers.running):
+            servers.stop(name)
+    return results
+
+
+def summarize(results: dict[str, Any], base: str, others: list[str]) -> dict[str, Any]:
+    """Medians per server and scenario; ratios base ÷ other, per run (same minute), then their median."""
+    out: dict[str, Any] = {}
+    for sname, per_server in results.items():
+        metric = "bytes_per_s" if sname == "segment" else "rps"
+        row: dict[str, Any] = {"metric": metric}
+        for label, runs in per_server.items():
+            row[label] = {"median": statistics.median(r[metric] for r in runs) if runs else 0.0,
+                          "rps": statistics.median(r["rps"] for r in runs) if runs else 0.0,
+                          "bytes_per_s": statistics.median(r["bytes_per_s"] for r in runs) if runs else 0.0,
+                          "runs": [r[metric] for r in runs], "steal": [round(r["steal"], 4) for r in runs],
+                          "non2xx": sum(r["non2xx"] for r in runs), "errors": sum(r["errors"] for r in runs)}
+        for other in others:
+            ratios = [a[metric] / b[metric] for a, b in zip(per_server[base], per_server[other]) if b[metric]]
+            row[f"ratio_{other}"] = statistics.median(ratios) if ratios else 0.0
+            row[f"ratios_{other}"] = [round(x, 3) for x in ratios]
+        out[sname] = row
+    return out
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+def fmt(value: float, metric: str) -> str:
+    return f"{value / 1e9:.2f} GB/s" if metric == "bytes_per_s" else f"{value / 1e3:.1f}k req/s"
+
+
+def chart(pinned: dict[str, Any], two: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    colors = {"livecdn": "#d62728", "nginx": "#2ca02c", "varnish": "#1f77b4"}
+    for row, (title, summary, labels) in enumerate((
+            ("one worker, server on core 0, wrk on core 1", pinned, list(SERVERS)),
+            ("two workers, nothing pinned", two, ["livecdn 1 worker", *[f"{s} 2 workers" for s in SERVERS]]))):
+        for col, sname in enumerate(SCENARIOS):
+            ax = axes[row][col]
+            r = summary[sname]
+            metric = r["metric"]
+            scale = 1e9 if metric == "bytes_per_s" else 1e3
+            values = [r[label]["median"] / scale for label in labels]
+            bars = ax.bar(range(len(labels)), values, color=[colors[label.split()[0]] for label in labels])
+            for i, label in enumerate(labels):
+                if "1 worker" in label:
+                    bars[i].set_alpha(0.45)
+                for x in r[label]["runs"]:
+                    ax.plot(i, x / scale, "k.", markersize=4)
+            ax.set_xticks(range(len(labels)), [label.replace(" ", "\n", 1) for label in labels], fontsize=8)
+            ax.set_ylabel("GB/s" if metric == "bytes_per_s" else "thousand req/s")
+            ax.set_title(f"{SCENARIOS[sname]['label']}\n{title}", fontsize=9)
+            for i, v in enumerate(values):
+                ax.text(i, v, f"{v:.2f}" if metric == "bytes_per_s" else f"{v:.1f}", ha="center",
+                        va="bottom", fontsize=8)
+    fig.suptitle("Cached hits served per second: livecdn edge, nginx proxy_cache, Varnish (medians; dots = runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(data: dict[str, Any], path: Path) -> None:
+    pinned, two = data["pinned"], data["two_workers"]
+    lines = [
+        "# Speed: livecdn edge beside nginx and Varnish, serving hits",
+        "",
+        f"Measured {data['date']} by `benchmarks/speed.py{' --quick' if data['quick'] else ''}` "
+        f"({data['runs']} runs of {data['duration']:g} s per server and scenario, interleaved).",
+        "",
+        f"Machine: {data['machine']}. {data['versions']['nginx']}; {data['versions']['varnish']}; "
+        f"{data['versions']['wrk']}.",
+        "",
+        "Every server is an HLS edge in front of the same origin (`benchmarks/speed/origin.py`): live "
+        "playlists fresh 1 s and refreshed in the background, segments kept long; nginx `proxy_cache` with "
+        "`proxy_cache_lock` (files, sendfile), Varnish malloc storage, livecdn's edge as shipped "
+        "(policy on, disk tier on, `--no-access-log`). wrk: 64 connections; one thread for (a) and (c), "
+        "two for (b). (c) is `benchmarks/speed/viewers.lua`: sessions of master playlist, media playlist, "
+        "the three newest 512 KiB segments, three more playlist reloads each followed by any new segment.",
+        "",
+        "## One worker, server pinned to core 0, wrk to core 1",
+        "",
+        "| scenario | livecdn | nginx | Varnish | livecdn ÷ nginx | livecdn ÷ Varnish |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for sname, r in pinned.items():
+        m = r["metric"]
+        lines.append(f"| {SCENARIOS[sname]['label']} | {fmt(r['livecdn']['median'], m)} | "
+                     f"{fmt(r['nginx']['median'], m)} | {fmt(r['varnish']['median'], m)} | "
+                     f"**{r['ratio_nginx']:.2f}** | **{r['ratio_varnish']:.2f}** |")
+    lines += ["", "Ratios are medians of per-run ratios (each run of livecdn against the nginx and Varnish "
+              "runs next to it). Per run: " + "; ".join(
+                  f"{sname} ÷ nginx {r['ratios_nginx']}, ÷ Varnish {r['ratios_varnish']}"
+                  for sname, r in pinned.items()) + ".", ""]
+    lines += ["## Two workers, nothing pinned (wrk, two threads, shares the two cores)", "",
+              "| scenario | livecdn 1 worker | livecdn 2 workers | nginx 2 workers | Varnish 2 pools | "
+              "livecdn 2w ÷ 1w | livecdn ÷ nginx | livecdn ÷ Varnish |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for sname, r in two.items():
+        m = r["metric"]
+        one = r["livecdn 1 worker"]["median"]
+        lines.append(f"| {SCENARIOS[sname]['label']} | {fmt(one, m)} | {fmt(r['livecdn 2 workers']['median'], m)} | "
+                     f"{fmt(r['nginx 2 workers']['median'], m)} | {fmt(r['varnish 2 workers']['median'], m)} | "
+                     f"{r['livecdn 2 workers']['median'] / one if one else 0:.2f} | "
+                     f"{r['ratio_nginx 2 workers']:.2f} | {r['ratio_varnish 2 workers']:.2f} |")
+    steals = [s for block_ in (pinned, two) for r in block_.values() for k, v in r.items()
+              if isinstance(v, dict) for s in v["steal"]]
+    bad = [k for block_ in (pinned, two) for r in block_.values() for k, v in r.items()
+           if isinstance(v, dict) and (v["non2xx"] or v["errors"])]
+    lines += ["", f"Steal: median {statistics.median(steals):.1%}, worst {max(steals):.1%} of CPU time over the "
+              f"kept runs (a run above {HIGH_STEAL:.0%} is run again, up to {MAX_RETRIES} times). "
+              + (f"Runs with non-2xx answers or socket errors: {sorted(set(bad))}." if bad else
+                 "No run had non-2xx answers or socket errors."),
+              "", "![chart](speed.png)", "",
+              f"Raw figures: `{data['json']}`.", ""]
+    if data.get("notes"):
+        lines += ["## Notes", "", *data["notes"], ""]
+    path.write_text("\n".join(lines))
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="5 s runs, 2 of each")
+    p.add_argument("--runs", type=int)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--wait", type=float, default=600, help="seconds to wait for other benchmarks to finish")
+    args = p.parse_args()
+    runs = args.runs or (2 if args.quick else 3)
+    duration = args.duration or (5.0 if args.quick else 10.0)
+    if (os.cpu_count() or 1) < 2:
+        log("speed.py needs two cores: one for the server, one for wrk")
+        return 2
+    ensure_tools()
+    wait_for_quiet(args.wait)
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="livecdn-speed-"))
+    tmp.chmod(0o755)  # varnishd's unprivileged users read the VCL and workdir under it
+
+    def on_term(sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        servers = Servers(procs, tmp)
+        servers.start_origin()
+        log("one worker each, servers on core 0, wrk on core 1")
+        pinned_raw = block(servers, [(s, s, 1) for s in SERVERS], runs, duration, "0", "1", None)
+        log("two workers each, nothing pinned")
+        two_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2),
+                                  ("nginx 2 workers", "nginx", 2), ("varnish 2 workers", "varnish", 2)],
+                        runs, duration, None, None, 2)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    now = dt.datetime.now().astimezone()
+    stamp = now.strftime("%Y-%m-%dT%H%M%S")
+    json_path = HERE / "results" / f"speed-{stamp}{'-quick' if args.quick else ''}.json"
+    data = {
+        "date": now.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick, "runs": runs, "duration": duration,
+        "machine": machine(), "versions": versions(), "json": str(json_path.relative_to(ROOT)),
+        "pinned": summarize(pinned_raw, "livecdn", ["nginx", "varnish"]),
+        "two_workers": summarize(two_raw, "livecdn 2 workers", ["nginx 2 workers", "varnish 2 workers"]),
+        "raw": {"pinned": pinned_raw, "two_workers": two_raw},
+    }
+    json_path.parent.mkdir(exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=1))
+    report(data, HERE / "RESULTS.md")
+    chart(data["pinned"], data["two_workers"], HERE / "speed.png")
+    print(json.dumps({k: {s: {kk: vv for kk, vv in r.items() if kk.startswith("ratio_") or kk == "metric"}
+                          for s, r in data[k].items()} for k in ("pinned", "two_workers")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
