@@ -24,7 +24,7 @@ from aiohttp import web
 
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
-from livecdn.logs import JsonAccessLogger
+from livecdn.sites import Sites
 
 from .choose import EdgeState, Site, distance_km
 from .dns import Answerer, Zone
@@ -82,8 +82,7 @@ class GeoNode:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._tcp_connections: set[_DnsTcp] = set()
-        self._runners: list[web.AppRunner] = []
-        self._sites: list[web.TCPSite] = []
+        self._sites = Sites()
         self._state = "new"
 
     # --- bound addresses ---
@@ -105,9 +104,7 @@ class GeoNode:
 
     def _bound(self, index: int) -> int:
         self._running()
-        server = self._sites[index]._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return self._sites.port(index)
 
     def _running(self) -> None:
         if self._state != "running":
@@ -142,8 +139,8 @@ class GeoNode:
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self._route)
-        await self._listen(player, cfg.http, access=self.access_log)
-        await self._listen(admin, cfg.admin, access=False)
+        await self._sites.open(player, cfg.http, access_log=self.access_log)
+        await self._sites.open(admin, cfg.admin)
         self._state = "running"
         log.info("router %s answering DNS for %s on %s (UDP+TCP), HTTP on %s, admin on %s", cfg.name,
                  self.topology.hostname, Address(cfg.dns.host, port), cfg.http, cfg.admin)
@@ -187,28 +184,13 @@ class GeoNode:
         if self.router is not None and edge in self.router.states:
             self.router.update(edge, state)
 
-    async def _listen(self, app: web.Application, addr: Address, *, access: bool) -> None:
-        kwargs: dict[str, object] = {"access_log": None}
-        if access:
-            kwargs = {"access_log_class": JsonAccessLogger, "access_log": logging.getLogger("livecdn.access")}
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **kwargs)  # type: ignore[arg-type]
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, addr.host, addr.port, backlog=1024)
-        await site.start()
-        self._sites.append(site)
-
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop answering and release everything; safe to call twice, and before `start()`."""
         if self._state in ("new", "stopped"):
             self._state = "stopped"
             return
         self._state = "stopping"
-        for runner in reversed(self._runners):
-            runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
-            await runner.cleanup()
-        self._runners.clear()
-        self._sites.clear()
+        await self._sites.close(timeout)
         if self._tcp is not None:
             self._tcp.close()
             for conn in list(self._tcp_connections):

@@ -113,6 +113,31 @@ def _range(request: Request, etag: str | None, size: int) -> tuple[int, int] | N
     return parse_range(request.header(b"range"), size)
 
 
+def _negotiate(request: Request, headers: dict[str, str], size: int | None) -> tuple[int, int, int | None]:
+    """Conditional request and byte range against a 200 of `size` bytes (None: not known yet).
+
+    Returns:
+        (status, start, stop): 304 or 416 (no body), 206 with the range, or 200.
+        `headers` gains Accept-Ranges / Content-Range, or loses Content-Type for a 304.
+    """
+    etag = headers.get("ETag")
+    if _not_modified(request, etag, headers.get("Last-Modified")):
+        headers.pop("Content-Type", None)
+        return 304, 0, 0
+    if size is None:
+        return 200, 0, None  # streamed with its length unknown: no ranges
+    headers["Accept-Ranges"] = "bytes"
+    rng = _range(request, etag, size)
+    if rng is False:
+        headers["Content-Range"] = f"bytes */{size}"
+        return 416, 0, 0
+    if rng:
+        start, stop = rng
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        return 206, start, stop
+    return 200, 0, size
+
+
 async def _copy_file(conn: PlayerConnection, file: BinaryIO, start: int, stop: int) -> None:
     """Send bytes [start, stop) of `file`: blocking reads on a thread, writes drained per chunk."""
     loop = asyncio.get_running_loop()
@@ -283,26 +308,15 @@ class PlayerFront:
             return
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
-        if _not_modified(request, obj.etag, obj.last_modified):
-            headers.pop("Content-Type", None)
-            self._write(conn, request, 304, list(headers.items()), b"", cache)
-            return
-        headers["Accept-Ranges"] = "bytes"
-        rng = _range(request, obj.etag, obj.size)
-        if rng is False:
-            headers["Content-Range"] = f"bytes */{obj.size}"
-            self._write(conn, request, 416, list(headers.items()), b"", cache)
-            return
-        if rng:
-            start, stop = rng
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{obj.size}"
-            self._write(conn, request, 206, list(headers.items()), memoryview(obj.body)[start:stop], cache)
-            return
-        if obj.gzipped is not None and b"gzip" in h.get(b"accept-encoding", b""):
+        status, start, stop = _negotiate(request, headers, obj.size)
+        if status == 200 and obj.gzipped is not None and b"gzip" in h.get(b"accept-encoding", b""):
             headers["Content-Encoding"] = "gzip"
-            self._write(conn, request, 200, list(headers.items()), obj.gzipped, cache)
-            return
-        self._write(conn, request, 200, list(headers.items()), obj.body, cache)
+            body: bytes | memoryview = obj.gzipped
+        elif status == 200:
+            body = obj.body
+        else:
+            body = memoryview(obj.body)[start:stop]
+        self._write(conn, request, status, list(headers.items()), body, cache)
 
     def _send_prebuilt(self, conn: PlayerConnection, request: Request, obj: Stored, now: float) -> None:
         """The hit fast path: a whole 200 of a memory object, its head built once."""
@@ -362,20 +376,11 @@ class PlayerFront:
         if obj.status != 200:  # never happens today: errors are small, kept in SQLite
             self._write(conn, request, obj.status, list(headers.items()), file.read(), answer.cache)
             return
-        if _not_modified(request, obj.etag, obj.last_modified):
-            headers.pop("Content-Type", None)
-            self._write(conn, request, 304, list(headers.items()), b"", answer.cache)
+        status, start, stop = _negotiate(request, headers, obj.size)
+        assert stop is not None
+        if status in (304, 416):
+            self._write(conn, request, status, list(headers.items()), b"", answer.cache)
             return
-        headers["Accept-Ranges"] = "bytes"
-        rng = _range(request, obj.etag, obj.size)
-        if rng is False:
-            headers["Content-Range"] = f"bytes */{obj.size}"
-            self._write(conn, request, 416, list(headers.items()), b"", answer.cache)
-            return
-        start, stop = rng if rng else (0, obj.size)
-        status = 206 if rng else 200
-        if rng:
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{obj.size}"
         keep = conn.keep_alive(request)
         conn.write(response_head(status, list(headers.items()), length=stop - start, keep_alive=keep,
                                  version=request.version, date=date_line(now)))
@@ -403,22 +408,10 @@ class PlayerFront:
             return
         start, stop, status = 0, head.length, head.status
         if head.status == 200:
-            etag = headers.get("ETag")
-            if _not_modified(request, etag, headers.get("Last-Modified")):
-                headers.pop("Content-Type", None)
-                self._write(conn, request, 304, list(headers.items()), b"", answer.cache)
+            status, start, stop = _negotiate(request, headers, head.length)
+            if status in (304, 416):
+                self._write(conn, request, status, list(headers.items()), b"", answer.cache)
                 return
-            if head.length is not None:
-                headers["Accept-Ranges"] = "bytes"
-                rng = _range(request, etag, head.length)
-                if rng is False:
-                    headers["Content-Range"] = f"bytes */{head.length}"
-                    self._write(conn, request, 416, list(headers.items()), b"", answer.cache)
-                    return
-                if rng:
-                    start, stop = rng
-                    status = 206
-                    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{head.length}"
         keep = conn.keep_alive(request)
         chunked = stop is None and request.version == "1.1"
         if stop is None and not chunked:

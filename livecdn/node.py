@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from . import metrics
-from .config import Address, CacheSettings, EdgeConfig, ShieldConfig, Topology
+from .config import CacheSettings, EdgeConfig, ShieldConfig, Topology
 from .connlimit import ConnectionLimit
 from .disk import DiskStore
 from .engine import Engine
@@ -29,6 +29,7 @@ from .front import PlayerFront, Policy
 from .listener import PlayerServer
 from .logs import AccessLog
 from .memory import MemoryStore
+from .sites import Sites
 from .upstream import Upstreams
 
 __all__ = ["CacheNode"]
@@ -63,8 +64,7 @@ class CacheNode:
         self._disk: DiskStore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._players: PlayerServer | None = None
-        self._runners: list[web.AppRunner] = []
-        self._sites: list[web.TCPSite] = []
+        self._sites = Sites()
         self._state = "new"
 
     # --- what a node kind decides ---
@@ -102,14 +102,9 @@ class CacheNode:
 
     @property
     def admin_port(self) -> int:
-        return self._bound(0)
-
-    def _bound(self, index: int) -> int:
         if self._state != "running":
             raise RuntimeError(f"{self.config.name} is not running")
-        server = self._sites[index]._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return self._sites.port(0)
 
     async def start(self) -> None:
         if self._state != "new":
@@ -140,18 +135,10 @@ class CacheNode:
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
-        await self._listen(admin, self.config.admin)
+        await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
         self._state = "running"
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
                  self.config.listen, self.config.admin)
-
-    async def _listen(self, app: web.Application, addr: Address) -> None:
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port, backlog=1024)
-        await site.start()
-        self._sites.append(site)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop listening, drain in-flight responses for up to `timeout`, release everything.
@@ -162,13 +149,9 @@ class CacheNode:
             self._state = "stopped"
             return
         self._state = "stopping"
-        # One listener at a time, admin first: each closes its socket, ends idle
-        # keep-alive connections and waits for answers in flight under `timeout`.
-        for runner in reversed(self._runners):
-            runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
-            await runner.cleanup()
-        self._runners.clear()
-        self._sites.clear()
+        # Admin first, then players: each closes its socket, ends idle keep-alive
+        # connections and waits for answers in flight under `timeout`.
+        await self._sites.close(timeout)
         if self._players is not None:
             await self._players.shutdown(timeout)
             self._players = None
