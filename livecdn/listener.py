@@ -287,8 +287,14 @@ class PlayerConnection(asyncio.Protocol):
                 self._start_task((event, pending))
                 return
             if self.must_close:
-                self._close_after_answer()
-                return
+                break
+        self._answered()
+
+    def _answered(self) -> None:
+        """Every queued request is answered: close if that was asked, else read and idle."""
+        if self.must_close:
+            self._close_after_answer()
+            return
         self._maybe_resume_reading()
         self._went_idle()
 
@@ -318,13 +324,8 @@ class PlayerConnection(asyncio.Protocol):
             self.must_close = True
         finally:
             self.task = None
-        if self._lost:
-            return
-        if self.must_close:
-            self._close_after_answer()
-            return
-        self._maybe_resume_reading()
-        self._went_idle()
+        if not self._lost:
+            self._answered()
 
     def _close_after_answer(self) -> None:
         self.queue.clear()
