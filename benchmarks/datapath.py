@@ -47,6 +47,7 @@ import aiohttp
 import psutil
 
 from benchorigin import object_body
+from report import save
 from viewers import LIVE_SYNC_SEGMENTS, client_address, parse_master, parse_media, percentile
 
 HERE = Path(__file__).resolve().parent
@@ -710,12 +711,7 @@ def main() -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    path = results / f"datapath-{stamp}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwritten to {path.relative_to(HERE.parent)}")
+    save("datapath", report, '-quick' if args.quick else '')
     print(json.dumps(_compact(report)), flush=True)
     return 0
 

@@ -26,7 +26,6 @@ benchmarks/results/dns-<date>[-quick].json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import re
 import shutil
@@ -45,6 +44,7 @@ import dns.message
 import dns.query
 
 from datapath import Processes, _signal_group
+from report import save
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -321,12 +321,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print_throughput(report["throughput"])
     print_failover(report["failover"])
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    path = results / f"dns-{stamp}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwritten to {path.relative_to(ROOT)}")
+    save("dns", report, '-quick' if args.quick else '')
     compact = {"qps": report["throughput"]["median_qps"], "router_to_gdnsd": report["throughput"]["router_to_gdnsd"],
                "failover": report["failover"]["summary"]}
     print(json.dumps(compact), flush=True)

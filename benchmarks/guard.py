@@ -57,6 +57,7 @@ from datapath import (
     LIVECDN, PY, Node, Processes, _die_with_parent, free_port, origin_counts, start_bench_origin, start_nodes, url, wait_live,
     wait_ready, write_topology,
 )
+from report import save
 from viewers import percentile
 
 HERE = Path(__file__).resolve().parent
@@ -968,13 +969,7 @@ def main() -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    suffix = ("-quick" if args.quick else "") + ("" if only == {"attack", "filter", "prefetch"} else "-partial")
-    path = results / f"guard-{stamp}{suffix}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwritten to {path.relative_to(ROOT)}")
+    save("guard", report, ("-quick" if args.quick else "") + ("" if only == {"attack", "filter", "prefetch"} else "-partial"))
     print(json.dumps(_compact(report)), flush=True)
     return 0
 

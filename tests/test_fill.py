@@ -14,7 +14,7 @@ from livecdn.fill import (
     UpstreamFailed, UpstreamResponded,
 )
 from livecdn.stored import Stored
-from tests.playbook import Placeholder, Playbook, take_unfinished, unfinished_playbooks  # noqa: F401
+from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
 RULES = Rules()
