@@ -95,15 +95,16 @@ def _die_with_parent() -> None:
 class Processes:
     """Every child this benchmark starts, each in its own process group, logs in `workdir`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cwd: Path = HERE.parent) -> None:
         self.workdir = workdir
+        self.cwd = cwd  # `python -m livecdn` runs the source tree found here
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         out = open(self.workdir / f"{name}.out", "wb")
         err = open(self.workdir / f"{name}.err", "wb")
         with out, err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=HERE.parent,
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.cwd,
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.running[name] = proc
         return proc

@@ -54,7 +54,7 @@ from aiohttp import web
 import viewers
 from benchorigin import COUNTS, SESSION, counts, forwarding_handler, ready
 from datapath import (
-    LIVECDN, PY, Node, Processes, _die_with_parent, free_port, origin_counts, start_bench_origin, start_nodes, url, wait_live,
+    LIVECDN, PY, Node, Processes, free_port, origin_counts, start_bench_origin, start_nodes, url, wait_live,
     wait_ready, write_topology,
 )
 from report import save
@@ -436,23 +436,6 @@ def proxy_main(argv: list[str]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_proxy(a.port, a.upstream, a.delay_ms))
     return 0
-
-
-class TreeProcesses(Processes):
-    """datapath.Processes, with children started in `tree` (so `python -m livecdn` runs that source tree)."""
-
-    def __init__(self, workdir: Path, tree: Path) -> None:
-        super().__init__(workdir)
-        self.tree = tree
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:  # datapath's, but for cwd
-        out = open(self.workdir / f"{name}.out", "wb")
-        err = open(self.workdir / f"{name}.err", "wb")
-        with out, err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.tree,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
-        self.running[name] = proc
-        return proc
 
 
 # --- topology -----------------------------------------------------------------------
@@ -960,7 +943,7 @@ def main() -> int:
         TREE.mkdir()
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
-    procs = TreeProcesses(workdir, TREE)
+    procs = Processes(workdir, cwd=TREE)
     try:
         report = asyncio.run(run_all(procs, plan, args.quick, only))
     except KeyboardInterrupt:
