@@ -46,12 +46,9 @@ class JsonAccessLogger(AbstractAccessLogger):
     """aiohttp access logger writing one JSON record per response."""
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
-        self.logger.info("access", {
-            "remote": request.remote, "method": request.method, "path": request.raw_path,
-            "status": response.status, "bytes": response.body_length,
-            "ms": round(duration * 1000, 2), "cache": response.headers.get("X-Cache", ""),
-            "ua": request.headers.get("User-Agent", ""), "at": round(time.time(), 3),
-        })
+        self.logger.info("access", _record(
+            request.remote or "", request.method, request.raw_path, response.status, response.body_length,
+            duration, response.headers.get("X-Cache", ""), request.headers.get("User-Agent", "")))
 
 
 class AccessLog:
@@ -67,10 +64,13 @@ class AccessLog:
         self.logger = logger or logging.getLogger("livecdn.access")
 
     def log(self, remote: str, request: Request, status: int, sent: int, cache: str) -> None:
-        now = time.perf_counter()
-        self.logger.info("access", {
-            "remote": remote, "method": request.method, "path": request.target,
-            "status": status, "bytes": sent,
-            "ms": round((now - request.received) * 1000, 2) if request.received else 0.0,
-            "cache": cache.upper(), "ua": request.header(b"user-agent") or "", "at": round(time.time(), 3),
-        })
+        took = time.perf_counter() - request.received if request.received else 0.0
+        self.logger.info("access", _record(remote, request.method, request.target, status, sent, took,
+                                           cache.upper(), request.header(b"user-agent") or ""))
+
+
+def _record(remote: str, method: str, path: str, status: int, sent: int, seconds: float,
+            cache: str, ua: str) -> dict[str, object]:
+    """One access line's fields, the same for every listener."""
+    return {"remote": remote, "method": method, "path": path, "status": status, "bytes": sent,
+            "ms": round(seconds * 1000, 2), "cache": cache, "ua": ua, "at": round(time.time(), 3)}

@@ -216,8 +216,9 @@ async def test_consistent_hashing_sends_each_key_through_one_shield(origin: Fake
         for e in stack.edges:
             await asyncio.gather(*(get(f"http://127.0.0.1:{e.port}/h/seg{i}.ts") for i in range(30)))
         assert all(origin.hits[f"/h/seg{i}.ts"] == 1 for i in range(30))
-        used = [s.engine.inflight_fetches == 0 and s.front.inflight == 0 for s in stack.shields]  # type: ignore[union-attr]
-        assert all(used)
+        # ...and the key space is split between the shields, not sent to one of them.
+        assert {r.headers["User-Agent"] for r in origin.requests} == {
+            "livecdn/shield shield-1", "livecdn/shield shield-2"}
     finally:
         await stack.stop()
 
@@ -390,3 +391,20 @@ async def test_an_origin_that_compresses_anyway_is_stored_plain(origin: FakeOrig
     origin.routes["/g/index.m3u8"] = gzipping
     s, h, data = await get(stack.edge + "/g/index.m3u8")
     assert (s, data) == (200, LIVE) and "Content-Encoding" not in h
+
+
+async def test_access_log_has_one_record_per_answer(origin: FakeOrigin, stack: Stack,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from livecdn.logs import AccessLog
+    stack.edges[0].front.access = AccessLog()  # type: ignore[union-attr]
+    origin.routes["/al/seg1.ts"] = body(b"x" * 10)
+    with caplog.at_level("INFO", logger="livecdn.access"):
+        await get(stack.edge + "/al/seg1.ts", headers={"User-Agent": "player/1"})
+        await get(stack.edge + "/al/seg1.ts")
+        await get(stack.edge + "/al/nope.php")
+    records = [r.args for r in caplog.records if r.name == "livecdn.access"]
+    assert [(r["path"], r["status"], r["cache"]) for r in records] == [  # type: ignore[index]
+        ("/al/seg1.ts", 200, "MISS"), ("/al/seg1.ts", 200, "HIT"), ("/al/nope.php", 404, "REJECTED")]
+    first = records[0]
+    assert first["bytes"] == 10 and first["ua"] == "player/1" and first["ms"] >= 0  # type: ignore[index]
+    assert first["remote"] == "127.0.0.1"  # type: ignore[index]

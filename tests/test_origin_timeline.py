@@ -68,12 +68,6 @@ def test_segments_stay_fetchable_for_retain_more_then_vanish():
     assert not t.is_available(5, t.published_at(10))
 
 
-def test_next_change_is_the_next_publication():
-    t = tl()
-    assert t.next_change(T0) == T0 + 2
-    assert t.next_change(T0 + 5) == T0 + 6
-
-
 @pytest.mark.parametrize("kwargs", [{"target_duration": 0}, {"target_duration": -1},
                                     {"window": 0}, {"retain": -1}])
 def test_bad_timeline_values_are_rejected(kwargs):

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from aiohttp import hdrs, web
 
 from livecdn.config import OriginConfig, Rendition
+from livecdn.sites import Sites
 from livecdn.validators import etag_matches
 from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
 from livecdn.origin.timeline import parse_segment_uri
@@ -42,8 +43,7 @@ class OriginNode:
     Start once; `stop()` is idempotent and harmless before `start()`.
     """
 
-    __slots__ = ("config", "_source", "_runner", "_site", "_port", "_state", "_streams",
-                 "_renditions")
+    __slots__ = ("config", "_source", "_sites", "_port", "_state", "_streams", "_renditions")
 
     def __init__(self, config: OriginConfig) -> None:
         if not config.streams:
@@ -55,8 +55,7 @@ class OriginNode:
                                 else SyntheticSource(config))
         self._streams = frozenset(config.streams)
         self._renditions = frozenset(r.name for r in self._source.renditions)
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._sites = Sites()
         self._port: int | None = None
         self._state = "new"  # new -> starting -> running -> stopped
 
@@ -78,15 +77,9 @@ class OriginNode:
         self._state = "starting"
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._handle)
-        # In-flight answers are small (a playlist, one segment): a short drain is enough.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        self._runner = runner
         try:
-            await runner.setup()
-            site = web.TCPSite(runner, self.config.listen.host, self.config.listen.port)
-            await site.start()
-            self._site = site
-            self._port = self._bound_port(runner)
+            await self._sites.open(app, self.config.listen)
+            self._port = self._sites.port(0)
             await self._source.start()
         except BaseException:
             await self._cleanup(timeout=2.0)
@@ -105,18 +98,10 @@ class OriginNode:
 
     async def _cleanup(self, timeout: float) -> None:
         try:
-            if self._runner is not None:
-                runner, self._runner, self._site = self._runner, None, None
-                await runner.cleanup()
+            # In-flight answers are small (a playlist, one segment): a short drain is enough.
+            await self._sites.close(min(timeout, 1.0))
         finally:
             await self._source.stop(timeout)
-
-    @staticmethod
-    def _bound_port(runner: web.AppRunner) -> int:
-        for addr in runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                return int(addr[1])
-        raise RuntimeError("origin listener has no bound TCP address")
 
     @property
     def port(self) -> int:

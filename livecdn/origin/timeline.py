@@ -96,10 +96,6 @@ class Timeline:
     def is_available(self, seq: int, now: float) -> bool:
         return seq in self.available(now)
 
-    def next_change(self, now: float) -> float:
-        """When the playlist changes next (the next publication)."""
-        return self.published_at(self.produced(now))
-
 
 def _target_duration_tag(target_duration: float) -> int:
     # EXT-X-TARGETDURATION is an integer that no EXTINF may exceed once rounded (RFC 8216 4.3.3.1).
