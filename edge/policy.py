@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 from livecdn import metrics
 from livecdn.config import EdgeConfig
@@ -34,6 +35,10 @@ class EdgePolicy:
         self.limits = ClientLimits(config.limits)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
+        # The per-request hooks are bound once: a hit calls them directly, or not at all.
+        self.screen: Callable[[str], None] | None = self._screen if config.limits.request_rate else None
+        self.seen: Callable[[CacheKey, str], None] = (
+            self.prefetcher.seen if self.prefetcher is not None else self._seen_nothing)
         engine.on_playlist(self._learn)
 
     def _learn(self, obj: Stored) -> None:
@@ -42,10 +47,13 @@ class EdgePolicy:
             expires_in = obj.born + obj.lifetime.fresh - time.time()
             self.prefetcher.learned(obj.key.partition("?")[0], said, expires_in)
 
-    def screen(self, client: str) -> None:
+    def _screen(self, client: str) -> None:
         wait = self.limits.request(client, time.monotonic())
         if wait:
             self._refuse("request", wait)
+
+    def _seen_nothing(self, key: CacheKey, cache: str) -> None:
+        """No prefetcher: nothing follows what players ask for."""
 
     async def admit(self, key: CacheKey, client: str) -> None:
         if self.engine.holds(key):
@@ -57,9 +65,6 @@ class EdgePolicy:
         if wait:
             self._refuse("miss", wait)
 
-    def seen(self, key: CacheKey, cache: str) -> None:
-        if self.prefetcher is not None:
-            self.prefetcher.seen(key.path, key.key, cache)
 
     def connection_refused(self) -> None:
         self._limited["connections"].inc()

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 
 from livecdn import metrics
 from livecdn.config import GuardSettings
 from livecdn.engine import Engine
-from livecdn.keys import cache_key
+from livecdn.keys import CacheKey, cache_key
 from livecdn.playlist import Announced
 
 from .guard import directory
@@ -36,6 +37,9 @@ QUEUE_BOUND = 256
 TRACKED_BOUND = 4096
 # Never poll a playlist more often than this, whatever its lifetime says.
 MIN_POLL = 0.25
+# How stale a stream's last-request time may be (viewer_idle is counted in seconds).
+VIEW_RESOLUTION = 0.1
+PLAYLIST_SUFFIXES = (".m3u8", ".m3u")
 
 
 class Prefetcher:
@@ -69,17 +73,24 @@ class Prefetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
 
-    def seen(self, path: str, key: str, cache: str) -> None:
-        """A player asked for `key`: the stream is watched; a prefetched key may have paid off."""
-        d = directory(path)
-        self._viewed[d] = time.monotonic()
-        self._viewed.move_to_end(d)
-        if len(self._viewed) > self.settings.max_streams:
-            self._viewed.popitem(last=False)
-        if path.endswith((".m3u8", ".m3u")):
+    def seen(self, key: CacheKey, cache: str) -> None:
+        """A player asked for `key`: the stream is watched; a prefetched key may have paid off.
+
+        Called for every request, hits included, so it does the least it can:
+        the stream's last-request time moves at most every VIEW_RESOLUTION.
+        """
+        now = time.monotonic()
+        viewed, d = self._viewed, key.directory
+        if now - viewed.get(d, -math.inf) >= VIEW_RESOLUTION:
+            viewed[d] = now
+            viewed.move_to_end(d)
+            if len(viewed) > self.settings.max_streams:
+                viewed.popitem(last=False)
+        path = key.path
+        if path not in self._polls and path.endswith(PLAYLIST_SUFFIXES):
             self._schedule(path)  # a viewer is back: poll again
-        if self._prefetched and key in self._prefetched:
-            del self._prefetched[key]
+        if self._prefetched and key.key in self._prefetched:
+            del self._prefetched[key.key]
             if cache == "hit":
                 self._hits.inc()
 

@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
 
 from . import metrics
 from .engine import Answer, Engine, UpstreamBroken
@@ -59,19 +59,25 @@ KEY_MEMO_BOUND = 4096
 FILE_CHUNK = 256 << 10
 # Stored objects whose serialized head is kept (see `_Prebuilt`); bounded likewise.
 PREBUILT_BOUND = 4096
+# Request fields that make a hit more than the stored 200 (see `_send_stored`).
+NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
 
 
 class Policy(Protocol):
-    """A node's say over requests, consulted by the front (the edge has one)."""
+    """A node's say over requests, consulted by the front (the edge has one).
 
-    def screen(self, client: str) -> None:
-        """Every request, before anything else; raise `BadRequest` to refuse."""
+    The two per-request hooks are attributes, bound once, so that a hit calls
+    them directly, or not at all when a policy has nothing to screen.
+    """
+
+    screen: Callable[[str], None] | None
+    """Every request, before anything else, with the client address; raises `BadRequest` to refuse."""
+
+    seen: Callable[[CacheKey, str], None]
+    """A request was answered with this cache result."""
 
     async def admit(self, key: CacheKey, client: str) -> None:
         """A request the memory tier cannot answer; raise `BadRequest` to refuse."""
-
-    def seen(self, key: CacheKey, cache: str) -> None:
-        """A request was answered with this cache result."""
 
 
 class _Prebuilt:
@@ -171,8 +177,10 @@ class PlayerFront:
         self.inflight = 0
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
-        self._hit_counter = self._counters["hit"]
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
+        self._screen = policy.screen if policy is not None else None
+        self._seen = policy.seen if policy is not None else None
+        self.hits = 0  # memory hits not yet added to the request counter (see `count()`)
         self._keys: dict[str, CacheKey] = {}
         self._prebuilt: dict[str, _Prebuilt] = {}
 
@@ -196,7 +204,6 @@ class PlayerFront:
                 self._counters["rejected"].inc()
                 self._plain(conn, request, 405, f"method {method} not allowed", (("Allow", ALLOWED_METHODS),))
             return None
-        policy = self.policy
         try:
             key = self._keys.get(request.target)
             if key is None:
@@ -204,8 +211,8 @@ class PlayerFront:
                 if len(self._keys) >= KEY_MEMO_BOUND:
                     self._keys.clear()
                 self._keys[request.target] = key
-            if policy is not None:
-                policy.screen(conn.peer)
+            if self._screen is not None:
+                self._screen(conn.peer)
             now = time.time()
             obj = self.engine.hit(key, now)
         except BadRequest as e:
@@ -214,11 +221,24 @@ class PlayerFront:
             return None
         if obj is None:
             return key
-        self._hit_counter.inc()
-        if policy is not None:
-            policy.seen(key, "hit")
-        self._send_stored(conn, request, obj, "hit", now)
+        self.hits += 1
+        if self._seen is not None:
+            self._seen(key, "hit")
+        if obj.status == 200 and request.headers.keys().isdisjoint(NEGOTIATING):
+            self._send_prebuilt(conn, request, obj, now)
+        else:
+            self._send_stored(conn, request, obj, "hit", now)
         return None
+
+    def count(self) -> None:
+        """Add the memory hits counted since the last call to the request counter.
+
+        A hit only bumps an integer; the node calls this every second and
+        before metrics are read, so Prometheus costs nothing per hit.
+        """
+        if self.hits:
+            self._counters["hit"].inc(self.hits)
+            self.hits = 0
 
     async def answer_later(self, request: Request, key: CacheKey, conn: PlayerConnection) -> None:
         """Answer a request memory could not: the policy's admission, then the engine."""
@@ -236,8 +256,8 @@ class PlayerFront:
                 return
             try:
                 self._counters[answer.cache].inc()
-                if policy is not None:
-                    policy.seen(key, answer.cache)
+                if self._seen is not None:
+                    self._seen(key, answer.cache)
                 if answer.obj is not None:
                     if answer.file is None:
                         self._send_stored(conn, request, answer.obj, answer.cache, time.time())
@@ -298,8 +318,7 @@ class PlayerFront:
                      now: float) -> None:
         """A stored answer whose body is in memory."""
         h = request.headers
-        if (obj.status == 200 and cache == "hit" and b"range" not in h and b"if-none-match" not in h
-                and b"if-modified-since" not in h):
+        if obj.status == 200 and cache == "hit" and h.keys().isdisjoint(NEGOTIATING):
             self._send_prebuilt(conn, request, obj, now)
             return
         headers = self._headers(obj.headers, cache, obj.born, now)

@@ -37,6 +37,8 @@ MAX_HEADERS = 100
 # max_incomplete_event_size).
 MAX_HEAD_BYTES = 16 << 10
 ALLOW = "GET, HEAD, OPTIONS"
+# Methods as llhttp reports them, decoded once.
+_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")}
 
 
 class _NeedData:
@@ -106,6 +108,7 @@ class RequestParser:
         max_field: longest header field (name and value); longer is a 431.
         max_headers: most header fields; more is a 431.
         max_head: most bytes buffered for one incomplete request head; more is a 431.
+        events: the deque events are appended to (default: the parser's own).
 
     Raises:
         ValueError: a limit is not positive (the message names it).
@@ -115,7 +118,8 @@ class RequestParser:
                  "_headers", "_head_size", "_in_head", "_tail", "_partial", "_error")
 
     def __init__(self, *, max_target: int = MAX_TARGET_BYTES, max_field: int = MAX_FIELD_BYTES,
-                 max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_BYTES) -> None:
+                 max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_BYTES,
+                 events: collections.deque[Request | ProtocolError] | None = None) -> None:
         for name, value in (("max_target", max_target), ("max_field", max_field),
                             ("max_headers", max_headers), ("max_head", max_head)):
             if value < 1:
@@ -123,7 +127,9 @@ class RequestParser:
         self.max_target, self.max_field = max_target, max_field
         self.max_headers, self.max_head = max_headers, max_head
         self._parser = httptools.HttpRequestParser(self)
-        self._events: collections.deque[Request | ProtocolError] = collections.deque()
+        # Where complete events queue up; an I/O shell may pass its own queue
+        # and take them from there rather than through `next_event()`.
+        self._events: collections.deque[Request | ProtocolError] = collections.deque() if events is None else events
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._head_size = 0  # bytes of the current head's complete fields
@@ -176,7 +182,7 @@ class RequestParser:
             if self._partial > self.max_head:
                 self._fail(ProtocolError(431, f"request head larger than {self.max_head} bytes"))
                 return
-        self._tail = data[-3:]
+            self._tail = data[-3:]
 
     def next_event(self) -> Request | ProtocolError | _NeedData:
         """The next complete request, or the error that ends the connection, or `NEED_DATA`.
@@ -200,16 +206,15 @@ class RequestParser:
 
     # --- httptools callbacks (called from inside feed_data) ---
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = b""
-        self._headers = {}
-        self._head_size = 0
+    # A request's state is reset when its head completes (not in an
+    # on_message_begin callback: one Python call fewer per request).
 
     def on_url(self, url: bytes) -> None:
-        self._url += url  # llhttp may hand the target over in pieces
-        if len(self._url) > self.max_target:
+        self._in_head = True  # the request line has started
+        url = self._url + url if self._url else url  # llhttp may hand the target over in pieces
+        if len(url) > self.max_target:
             raise ProtocolError(414, f"request target longer than {self.max_target} bytes")
+        self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
@@ -221,13 +226,19 @@ class RequestParser:
         if len(headers) >= self.max_headers or self._head_size > self.max_head:
             raise ProtocolError(431, f"more than {self.max_headers} header fields or {self.max_head} bytes")
         key = name.lower()
-        old = headers.get(key)
-        headers[key] = value if old is None else old + b", " + value
+        if key in headers:
+            headers[key] += b", " + value
+        else:
+            headers[key] = value
 
     def on_headers_complete(self) -> None:
+        parser, headers, url = self._parser, self._headers, self._url
         self._in_head = False
         self._partial = 0
-        parser, headers = self._parser, self._headers
+        self._url = b""
+        self._headers = {}
+        self._head_size = 0
+        self._tail = b""
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise ProtocolError(505, f"HTTP/{version} is not supported, use HTTP/1.1")
@@ -237,7 +248,7 @@ class RequestParser:
         if expect is not None and expect.lower() != b"100-continue":
             raise ProtocolError(417, "only Expect: 100-continue is understood")
         try:
-            target = self._url.decode("utf-8")
+            target = url.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(400, "request target is not valid UTF-8") from None
         # A body is never read (GET/HEAD/OPTIONS need none; other methods get a 405):
@@ -245,7 +256,8 @@ class RequestParser:
         has_body = b"content-length" in headers and headers[b"content-length"] != b"0" \
             or b"transfer-encoding" in headers
         keep = parser.should_keep_alive() and not has_body
-        self._events.append(Request(parser.get_method().decode("ascii"), target, version, headers, keep))
+        method = parser.get_method()
+        self._events.append(Request(_METHODS.get(method) or method.decode("ascii"), target, version, headers, keep))
 
 
 # --- responses ----------------------------------------------------------------

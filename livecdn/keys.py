@@ -9,7 +9,7 @@ split the cache nor reach the origin. Pure functions, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 __all__ = ["BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY"]
@@ -32,14 +32,19 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CacheKey:
-    """The identity of a cached object and the path+query to ask upstream for it."""
+    """The identity of a cached object and the path+query to ask upstream for it.
+
+    `key` and `directory` are derived once here: every hit reads them.
+    """
 
     path: str  # normalized, percent-encoded
     query: str  # kept parameters only, sorted, encoded ("" when none)
+    key: str = field(init=False, compare=False)  # path?query, the storage key
+    directory: str = field(init=False, compare=False, repr=False)  # the path up to its last "/"
 
-    @property
-    def key(self) -> str:
-        return f"{self.path}?{self.query}" if self.query else self.path
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.path}?{self.query}" if self.query else self.path)
+        object.__setattr__(self, "directory", self.path[:self.path.rfind("/") + 1])
 
     @property
     def extension(self) -> str:

@@ -29,7 +29,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .connlimit import REFUSAL, ConnectionLimit
-from .http1 import NEED_DATA, ProtocolError, Request, RequestParser
+from .http1 import ProtocolError, Request, RequestParser
 
 if TYPE_CHECKING:
     from .front import PlayerFront
@@ -133,8 +133,8 @@ class PlayerConnection(asyncio.Protocol):
         self.front = server.front
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.parser = RequestParser()
         self.queue: collections.deque[Request | ProtocolError] = collections.deque()
+        self.parser = RequestParser(events=self.queue)  # complete requests land in the queue
         self.task: asyncio.Task[None] | None = None
         self.must_close = False  # the answer being written ends the connection
         self._loop = asyncio.get_running_loop()
@@ -190,14 +190,8 @@ class PlayerConnection(asyncio.Protocol):
         self.server.closed(self)
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        parser.receive_data(data)
+        self.parser.receive_data(data)
         queue = self.queue
-        while True:
-            event = parser.next_event()
-            if event is NEED_DATA:
-                break
-            queue.append(event)  # type: ignore[arg-type]
         if self.task is None and queue:
             self._answer_ready()
         if len(queue) > MAX_PIPELINED and not self._reading_paused and self.transport is not None:
@@ -295,7 +289,8 @@ class PlayerConnection(asyncio.Protocol):
         if self.must_close:
             self._close_after_answer()
             return
-        self._maybe_resume_reading()
+        if self._reading_paused:
+            self._maybe_resume_reading()
         self._went_idle()
 
     def _start_task(self, first: tuple[Request, Any] | None) -> None:

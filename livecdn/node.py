@@ -11,6 +11,7 @@ connections one client may hold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -38,6 +39,8 @@ log = logging.getLogger("livecdn.node")
 # Upstream connections one process keeps open at most: enough for a burst of
 # distinct misses, bounded so a cache-busting flood cannot exhaust sockets.
 UPSTREAM_CONNECTIONS = 512
+# How often the memory hits the front counts reach the request counter.
+COUNT_INTERVAL = 1.0
 
 
 class CacheNode:
@@ -65,6 +68,7 @@ class CacheNode:
         self._session: aiohttp.ClientSession | None = None
         self._players: PlayerServer | None = None
         self._sites = Sites()
+        self._count_timer: asyncio.TimerHandle | None = None
         self._state = "new"
 
     # --- what a node kind decides ---
@@ -80,7 +84,9 @@ class CacheNode:
         return None
 
     def gauges(self) -> None:
-        """Bring gauges up to date before they are read."""
+        """Bring gauges (and the hit counter) up to date before they are read."""
+        if self.front is not None:
+            self.front.count()
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
 
@@ -132,6 +138,7 @@ class CacheNode:
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
+        self._count_timer = asyncio.get_running_loop().call_later(COUNT_INTERVAL, self._count)
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
@@ -155,6 +162,11 @@ class CacheNode:
         if self._players is not None:
             await self._players.shutdown(timeout)
             self._players = None
+        if self._count_timer is not None:
+            self._count_timer.cancel()
+            self._count_timer = None
+        if self.front is not None:
+            self.front.count()
         if self.engine is not None:
             await self.engine.close(timeout)
         if self._session is not None:
@@ -171,6 +183,11 @@ class CacheNode:
         self.topology = topology
         self.engine.upstreams = self.upstreams(topology).order
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
+
+    def _count(self) -> None:
+        assert self.front is not None
+        self.front.count()
+        self._count_timer = asyncio.get_running_loop().call_later(COUNT_INTERVAL, self._count)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.gauges()

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from livecdn.node import COUNT_INTERVAL
 from tests.cdn import ROOT, run_cdn, sample, topology_toml, wait_until
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 200_000}
@@ -148,7 +149,9 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
         before = metric(edge["admin"], "livecdn_requests_total")
         for _ in range(50):
             assert fetch(edge["url"] + "/live/master.m3u8")[0] == 200
-        # Whichever worker answers /metrics, it reports the whole node.
+        # Whichever worker answers /metrics, it reports the whole node, once
+        # each worker has added its memory hits (every COUNT_INTERVAL).
+        time.sleep(COUNT_INTERVAL + 0.5)
         readings = {metric(edge["admin"], "livecdn_requests_total") - before for _ in range(10)}
         assert readings == {50.0}
 
