@@ -57,8 +57,6 @@ KEY_MEMO_BOUND = 4096
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
-# Stored objects whose serialized head is kept (see `_Prebuilt`); bounded likewise.
-PREBUILT_BOUND = 4096
 # Request fields that make a hit more than the stored 200 (see `_send_stored`).
 NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
 
@@ -88,10 +86,9 @@ class _Prebuilt:
     common case (HTTP/1.1, kept alive) is cached per (age, second).
     """
 
-    __slots__ = ("obj", "prefix", "prefix_gzip", "stamp", "head", "head_gzip")
+    __slots__ = ("prefix", "prefix_gzip", "stamp", "head", "head_gzip")
 
-    def __init__(self, obj: Stored, prefix: bytes, prefix_gzip: bytes | None) -> None:
-        self.obj = obj
+    def __init__(self, prefix: bytes, prefix_gzip: bytes | None) -> None:
         self.prefix = prefix
         self.prefix_gzip = prefix_gzip
         self.stamp = -1
@@ -182,7 +179,6 @@ class PlayerFront:
         self._seen = policy.seen if policy is not None else None
         self.hits = 0  # memory hits not yet added to the request counter (see `count()`)
         self._keys: dict[str, CacheKey] = {}
-        self._prebuilt: dict[str, _Prebuilt] = {}
 
     # --- the listener's entry points ---
 
@@ -339,9 +335,9 @@ class PlayerFront:
 
     def _send_prebuilt(self, conn: PlayerConnection, request: Request, obj: Stored, now: float) -> None:
         """The hit fast path: a whole 200 of a memory object, its head built once."""
-        pre = self._prebuilt.get(obj.key)
-        if pre is None or pre.obj is not obj:
-            pre = self._prebuild(obj)
+        pre: _Prebuilt | None = obj.head
+        if pre is None:
+            pre = obj.head = self._prebuild(obj)
         gz = pre.prefix_gzip is not None and b"gzip" in request.headers.get(b"accept-encoding", b"")
         keep = conn.keep_alive(request)
         age = int(now - obj.born) if now > obj.born else 0
@@ -380,11 +376,7 @@ class PlayerFront:
         if obj.gzipped is not None:
             prefix_gzip = b"%s%sContent-Encoding: gzip\r\nContent-Length: %d\r\n" % (
                 status_line(200), fields, len(obj.gzipped))
-        pre = _Prebuilt(obj, prefix, prefix_gzip)
-        if len(self._prebuilt) >= PREBUILT_BOUND:
-            self._prebuilt.clear()
-        self._prebuilt[obj.key] = pre
-        return pre
+        return _Prebuilt(prefix, prefix_gzip)
 
     async def _send_file(self, conn: PlayerConnection, request: Request, answer: Answer) -> None:
         """A stored answer whose body is a disk-tier file: the head, then sendfile."""

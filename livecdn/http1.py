@@ -37,6 +37,8 @@ MAX_HEADERS = 100
 # max_incomplete_event_size).
 MAX_HEAD_BYTES = 16 << 10
 ALLOW = "GET, HEAD, OPTIONS"
+# Request fields that need a closer look (most requests carry none of them).
+_BODY_OR_EXPECT = frozenset({b"expect", b"content-length", b"transfer-encoding"})
 # Methods as llhttp reports them, decoded once.
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")}
 
@@ -240,22 +242,24 @@ class RequestParser:
         self._head_size = 0
         self._tail = b""
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise ProtocolError(505, f"HTTP/{version} is not supported, use HTTP/1.1")
-        if version == "1.1" and b"host" not in headers:
+        if version != "1.1":
+            if version != "1.0":
+                raise ProtocolError(505, f"HTTP/{version} is not supported, use HTTP/1.1")
+        elif b"host" not in headers:
             raise ProtocolError(400, "HTTP/1.1 request without Host")  # RFC 9112 §3.2
-        expect = headers.get(b"expect")
-        if expect is not None and expect.lower() != b"100-continue":
-            raise ProtocolError(417, "only Expect: 100-continue is understood")
         try:
             target = url.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(400, "request target is not valid UTF-8") from None
-        # A body is never read (GET/HEAD/OPTIONS need none; other methods get a 405):
-        # such a request ends the connection, so no `100 Continue` is ever owed.
-        has_body = b"content-length" in headers and headers[b"content-length"] != b"0" \
-            or b"transfer-encoding" in headers
-        keep = parser.should_keep_alive() and not has_body
+        keep = parser.should_keep_alive()
+        if not headers.keys().isdisjoint(_BODY_OR_EXPECT):
+            expect = headers.get(b"expect")
+            if expect is not None and expect.lower() != b"100-continue":
+                raise ProtocolError(417, "only Expect: 100-continue is understood")
+            # A body is never read (GET/HEAD/OPTIONS need none; other methods get a 405):
+            # such a request ends the connection, so no `100 Continue` is ever owed.
+            if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+                keep = False
         method = parser.get_method()
         self._events.append(Request(_METHODS.get(method) or method.decode("ascii"), target, version, headers, keep))
 

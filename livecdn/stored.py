@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from .freshness import Lifetime
 from .media import Kind
@@ -39,6 +40,10 @@ class Stored:
     kind: Kind
     size: int = -1  # body length; set from body when -1 (disk hits carry no body)
     gzipped: bytes | None = field(default=None, repr=False)  # compressed copy, made on first ask
+    # The player front's serialized head for this object, built on its first
+    # hit (`livecdn.front`). Not an init field: `dataclasses.replace()` (a
+    # revalidated or re-read copy) starts without it.
+    head: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.size < 0:
