@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,7 +60,12 @@ SCENARIOS = {
     "mix": {"path": "/live/master.m3u8", "threads": 1, "script": SPEED / "viewers.lua",
             "label": "(c) viewer mix"},
 }
+# The scaling run: livecdn with one worker and with two, nothing pinned, under
+# a pipelined client that costs little per request (see speed/pipelined.lua).
+SCALING = {"pipelined": {"path": "/static/live.m3u8", "threads": 1, "script": SPEED / "pipelined.lua",
+                         "label": "1 KiB playlist, pipelined ×16"}}
 CONNECTIONS = 64
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHERS = re.compile(r"benchmarks/|wrk|dnsperf")
 
 
@@ -113,6 +119,26 @@ def steal_between(before: list[int], after: list[int]) -> float:
     delta = [a - b for a, b in zip(after, before)]
     total = sum(delta[:8])
     return delta[7] / total if total else 0.0
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds used so far by every process of a process group (a server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])  # utime + stime, threads included
+    return total / CLK_TCK
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this script's finished children (wrk, once waited for)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def others_running() -> list[str]:
@@ -258,17 +284,24 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def wrk(url_base: str, scenario: dict[str, Any], duration: float, cpus: str | None,
-        threads: int | None = None) -> dict[str, float]:
+        threads: int | None = None, server: int | None = None) -> dict[str, float]:
+    """One wrk run; with `server` (a process group), also the cores it and wrk kept busy."""
     cmd = ["wrk", f"-t{threads or scenario['threads']}", f"-c{CONNECTIONS}", f"-d{duration:g}s", "--latency"]
     if scenario["script"] is not None:
         cmd += ["-s", str(scenario["script"])]
     cmd.append(url_base + scenario["path"])
     if cpus is not None:
         cmd = ["taskset", "-c", cpus, *cmd]
-    before = cpu_times()
+    before, client_before = cpu_times(), children_cpu()
+    server_before = group_cpu(server) if server is not None else 0.0
+    started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    elapsed = time.monotonic() - started
     result = parse_wrk(out)
     result["steal"] = steal_between(before, cpu_times())
+    result["client_cores"] = (children_cpu() - client_before) / elapsed
+    if server is not None:
+        result["server_cores"] = (group_cpu(server) - server_before) / elapsed
     return result
 
 
@@ -276,7 +309,7 @@ def measure(servers: Servers, name: str, scenario: dict[str, Any], duration: flo
             threads: int | None = None) -> dict[str, float]:
     """One wrk run; repeated (up to MAX_RETRIES times) while steal is high."""
     for attempt in range(MAX_RETRIES + 1):
-        r = wrk(servers.url(name, ""), scenario, duration, cpus, threads)
+        r = wrk(servers.url(name, ""), scenario, duration, cpus, threads, servers.running[name].pid)
         r["retries"] = attempt
         if r["steal"] <= HIGH_STEAL:
             break
@@ -294,16 +327,17 @@ def warm(servers: Servers, name: str, duration: float, cpus: str | None) -> None
 
 
 def block(servers: Servers, names: list[tuple[str, str, int]], runs: int, duration: float,
-          server_cpus: str | None, client_cpus: str | None, client_threads: int | None) -> dict[str, Any]:
+          server_cpus: str | None, client_cpus: str | None, client_threads: int | None,
+          scenarios: dict[str, dict[str, Any]] = SCENARIOS) -> dict[str, Any]:
     """Start each (label, server, workers), warm it, then interleave runs scenario by scenario."""
     results: dict[str, dict[str, list[dict[str, float]]]] = {s: {label: [] for label, _, _ in names}
-                                                            for s in SCENARIOS}
+                                                            for s in scenarios}
     for label, name, workers in names:
         if name in servers.running:
             servers.stop(name)
     started: dict[str, tuple[str, int]] = {}
     try:
-        for sname, scenario in SCENARIOS.items():
+        for sname, scenario in scenarios.items():
             for i in range(runs):
                 for label, name, workers in names:
                     if started.get(name) != (label, workers):
@@ -334,6 +368,10 @@ def summarize(results: dict[str, Any], base: str, others: list[str]) -> dict[str
                           "rps": statistics.median(r["rps"] for r in runs) if runs else 0.0,
                           "bytes_per_s": statistics.median(r["bytes_per_s"] for r in runs) if runs else 0.0,
                           "runs": [r[metric] for r in runs], "steal": [round(r["steal"], 4) for r in runs],
+                          "server_cores": statistics.median(r["server_cores"] for r in runs) if runs else 0.0,
+                          "client_cores": statistics.median(r["client_cores"] for r in runs) if runs else 0.0,
+                          "per_server_core": statistics.median(r["rps"] / r["server_cores"] for r in runs
+                                                               if r["server_cores"]) if runs else 0.0,
                           "non2xx": sum(r["non2xx"] for r in runs), "errors": sum(r["errors"] for r in runs)}
         for other in others:
             ratios = [a[metric] / b[metric] for a, b in zip(per_server[base], per_server[other]) if b[metric]]
@@ -349,12 +387,13 @@ def fmt(value: float, metric: str) -> str:
     return f"{value / 1e9:.2f} GB/s" if metric == "bytes_per_s" else f"{value / 1e3:.1f}k req/s"
 
 
-def chart(pinned: dict[str, Any], two: dict[str, Any], path: Path) -> None:
+def chart(data: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    pinned, two = data["pinned"], data["two_workers"]
+    fig, axes = plt.subplots(3, 3, figsize=(13, 11))
     colors = {"livecdn": "#d62728", "nginx": "#2ca02c", "varnish": "#1f77b4"}
     for row, (title, summary, labels) in enumerate((
             ("one worker, server on core 0, wrk on core 1", pinned, list(SERVERS)),
@@ -377,6 +416,20 @@ def chart(pinned: dict[str, Any], two: dict[str, Any], path: Path) -> None:
             for i, v in enumerate(values):
                 ax.text(i, v, f"{v:.2f}" if metric == "bytes_per_s" else f"{v:.1f}", ha="center",
                         va="bottom", fontsize=8)
+    scaling = data["scaling"]["pipelined"]
+    labels = ["livecdn 1 worker", "livecdn 2 workers"]
+    for ax, field, unit, title in (
+            (axes[2][0], "rps", "thousand req/s", "livecdn, 1 KiB playlist, pipelined client:\nthroughput"),
+            (axes[2][1], "per_server_core", "thousand req/s per busy server core",
+             "the same runs: throughput per core\nthe server kept busy")):
+        values = [scaling[label][field] / 1e3 for label in labels]
+        ax.bar(range(2), values, color=["#f4a3a3", "#d62728"])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(2), [label.replace(" ", "\n", 1) for label in labels], fontsize=8)
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=9)
+    axes[2][2].axis("off")
     fig.suptitle("Cached hits served per second: livecdn edge, nginx proxy_cache, Varnish (medians; dots = runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -425,9 +478,24 @@ def report(data: dict[str, Any], path: Path) -> None:
                      f"{fmt(r['nginx 2 workers']['median'], m)} | {fmt(r['varnish 2 workers']['median'], m)} | "
                      f"{r['livecdn 2 workers']['median'] / one if one else 0:.2f} | "
                      f"{r['ratio_nginx 2 workers']:.2f} | {r['ratio_varnish 2 workers']:.2f} |")
-    steals = [s for block_ in (pinned, two) for r in block_.values() for k, v in r.items()
+    sc = data["scaling"]["pipelined"]
+    one, both = sc["livecdn 1 worker"], sc["livecdn 2 workers"]
+    lines += ["", "## Scaling: livecdn with two workers against one (pipelined client, nothing pinned)", "",
+              "wrk, one thread, sends 16 pipelined requests per write (`benchmarks/speed/pipelined.lua`), "
+              "so it needs much less CPU per request than the server. Cores busy are CPU seconds over "
+              "wall seconds, read from /proc for the server's process group and from wrk's rusage.", "",
+              "| | 1 worker | 2 workers | 2w ÷ 1w |", "|---|---:|---:|---:|",
+              f"| 1 KiB playlist, req/s | {one['rps'] / 1e3:.1f}k | {both['rps'] / 1e3:.1f}k | "
+              f"**{both['rps'] / one['rps'] if one['rps'] else 0:.2f}** (per run "
+              f"{sc['ratios_livecdn 1 worker']}) |",
+              f"| server cores busy | {one['server_cores']:.2f} | {both['server_cores']:.2f} | |",
+              f"| wrk cores busy | {one['client_cores']:.2f} | {both['client_cores']:.2f} | |",
+              f"| req/s per busy server core | {one['per_server_core'] / 1e3:.1f}k | "
+              f"{both['per_server_core'] / 1e3:.1f}k | {both['per_server_core'] / one['per_server_core'] if one['per_server_core'] else 0:.2f} |"]
+    blocks = (pinned, two, data["scaling"])
+    steals = [s for block_ in blocks for r in block_.values() for k, v in r.items()
               if isinstance(v, dict) for s in v["steal"]]
-    bad = [k for block_ in (pinned, two) for r in block_.values() for k, v in r.items()
+    bad = [k for block_ in blocks for r in block_.values() for k, v in r.items()
            if isinstance(v, dict) and (v["non2xx"] or v["errors"])]
     lines += ["", f"Steal: median {statistics.median(steals):.1%}, worst {max(steals):.1%} of CPU time over the "
               f"kept runs (a run above {HIGH_STEAL:.0%} is run again, up to {MAX_RETRIES} times). "
@@ -472,6 +540,9 @@ def main() -> int:
         two_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2),
                                   ("nginx 2 workers", "nginx", 2), ("varnish 2 workers", "varnish", 2)],
                         runs, duration, None, None, 2)
+        log("livecdn, one worker against two, nothing pinned, pipelined client")
+        scaling_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2)],
+                            runs, duration, None, None, 1, SCALING)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -486,14 +557,15 @@ def main() -> int:
         "machine": machine(), "versions": versions(), "json": str(json_path.relative_to(ROOT)),
         "pinned": summarize(pinned_raw, "livecdn", ["nginx", "varnish"]),
         "two_workers": summarize(two_raw, "livecdn 2 workers", ["nginx 2 workers", "varnish 2 workers"]),
-        "raw": {"pinned": pinned_raw, "two_workers": two_raw},
+        "scaling": summarize(scaling_raw, "livecdn 2 workers", ["livecdn 1 worker"]),
+        "raw": {"pinned": pinned_raw, "two_workers": two_raw, "scaling": scaling_raw},
     }
     json_path.parent.mkdir(exist_ok=True)
     json_path.write_text(json.dumps(data, indent=1))
     report(data, HERE / "RESULTS.md")
-    chart(data["pinned"], data["two_workers"], HERE / "speed.png")
+    chart(data, HERE / "speed.png")
     print(json.dumps({k: {s: {kk: vv for kk, vv in r.items() if kk.startswith("ratio_") or kk == "metric"}
-                          for s, r in data[k].items()} for k in ("pinned", "two_workers")}))
+                          for s, r in data[k].items()} for k in ("pinned", "two_workers", "scaling")}))
     return 0
 
 

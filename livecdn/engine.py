@@ -11,6 +11,7 @@ turns an `Answer` into bytes on the wire.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import gzip
 import itertools
@@ -155,6 +156,7 @@ class Engine:
         self._fills: dict[str, Fill] = {}
         self._clients: dict[int, Attachment] = {}
         self._writing: dict[str, Stored] = {}  # objects on their way to disk only
+        self._looking: collections.Counter[str] = collections.Counter()  # keys being looked up on disk
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
@@ -176,13 +178,12 @@ class Engine:
         return obj if obj is not None and obj.fresh(now) else None
 
     def holds(self, key: CacheKey) -> bool:
-        """Is there a copy in memory (fresh or not) or a fetch in flight for `key`?
+        """Is there a copy in memory (fresh or not), a disk lookup or a fetch in flight for `key`?
 
-        Such a request costs at most the one fetch the key gets anyway, and its
-        name is known to exist.
+        Such a request costs at most the one fetch the key gets anyway.
         """
         k = key.key
-        return k in self._fills or k in self._writing or self.memory.get(k) is not None
+        return k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
 
     def on_playlist(self, observer: Callable[[Stored], None]) -> None:
         """Call `observer` with every playlist stored from upstream (status 200)."""
@@ -225,26 +226,17 @@ class Engine:
         obj = self.memory.get(k) or self._writing.get(k)
         file = None
         if obj is None and self.disk is not None:
+            # While the disk is asked, the key counts as held (`holds()`): requests
+            # arriving meanwhile will join whatever this one starts.
+            self._looking[k] += 1
             try:
-                hit = await self.disk.get(k)
-            except (OSError, sqlite3.Error, ValueError) as e:
-                log.error("disk read of %s failed, treating it as a miss: %s", k, e)
-                hit = None
-            if hit is not None:
-                obj, file = hit.obj, hit.file
-                if file is not None and obj.fresh(now) and obj.size + ENTRY_OVERHEAD <= self.memory.max_entry:
-                    # Another worker stored it: read it once (off the loop) so this
-                    # worker's next hits are memory hits, not file copies.
-                    try:
-                        body = await asyncio.get_running_loop().run_in_executor(None, file.read)
-                    except OSError as e:
-                        log.error("disk read of %s failed, serving it from the file: %s", k, e)
-                    else:
-                        if len(body) == obj.size:
-                            file.close()
-                            file, obj = None, dataclasses.replace(obj, body=body)
-                if file is None and obj.fresh(now):
-                    self.memory.put(obj)
+                obj, file = await self._from_disk(k, now)
+            finally:
+                self._looking[k] -= 1
+                if not self._looking[k]:
+                    del self._looking[k]
+            if obj is None:  # a request that came first may have stored it meanwhile
+                obj = self.memory.get(k) or self._writing.get(k)
         if obj is not None:
             if obj.fresh(now):
                 return Answer("hit", obj, file)
@@ -257,6 +249,32 @@ class Engine:
                 file.close()
                 obj = None
         return await self._attach(key, obj)
+
+    async def _from_disk(self, k: str, now: float) -> tuple[Stored | None, BinaryIO | None]:
+        """The disk tier's copy of `k`, as a memory object when it fits, else as an open file."""
+        assert self.disk is not None
+        try:
+            hit = await self.disk.get(k)
+        except (OSError, sqlite3.Error, ValueError) as e:
+            log.error("disk read of %s failed, treating it as a miss: %s", k, e)
+            return None, None
+        if hit is None:
+            return None, None
+        obj, file = hit.obj, hit.file
+        if file is not None and obj.fresh(now) and obj.size + ENTRY_OVERHEAD <= self.memory.max_entry:
+            # Another worker stored it: read it once (off the loop) so this
+            # worker's next hits are memory hits, not file copies.
+            try:
+                body = await asyncio.get_running_loop().run_in_executor(None, file.read)
+            except OSError as e:
+                log.error("disk read of %s failed, serving it from the file: %s", k, e)
+            else:
+                if len(body) == obj.size:
+                    file.close()
+                    file, obj = None, dataclasses.replace(obj, body=body)
+        if file is None and obj.fresh(now):
+            self.memory.put(obj)
+        return obj, file
 
     def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
         fill = Fill(key, kind_of(key.extension), self.upstreams(key.key), self.rules,

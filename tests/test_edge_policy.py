@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import random
 import string
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from edge.guard import Generations
 from edge.limits import ClientLimits, TokenBucket
-from livecdn.config import GuardSettings, LimitSettings
+from livecdn.config import CacheSettings, GuardSettings, LimitSettings
 from tests.cdn import NO_LIMITS, Stack, sample
 from tests.fakeorigin import FakeOrigin, body
 
@@ -329,5 +330,21 @@ async def test_polling_stops_when_nobody_watches(live: LiveOrigin, origin: FakeO
         await play(stack)
         await asyncio.sleep(4.5)  # a poll at 2 s (watched 2 s ago), none at 4 s (nobody for 4 s)
         assert origin.hits["/live/720p/index.m3u8"] == 2
+    finally:
+        await stack.stop()
+
+
+async def test_concurrent_first_requests_share_one_try_while_the_disk_is_asked(
+        live: LiveOrigin, origin: FakeOrigin, tmp_path: Path) -> None:
+    # 64 players open the stream at once: the entry point is unknown, and the
+    # edge looks for it on disk before fetching. Those that arrive during the
+    # lookup join its fetch; they are not each a new try at an unknown name.
+    guard = GuardSettings(unknown_rate=100, unknown_burst=100, unknown_client_rate=0.1, unknown_client_burst=2)
+    cache = CacheSettings(disk_path=str(tmp_path / "disk-{node}"), upstream_timeout=3.0)
+    stack = await Stack(origin.url, shields=0, guard=guard, limits=NO_LIMITS, cache=cache).start()
+    try:
+        results = await asyncio.gather(*(get(stack.edge + "/live/master.m3u8") for _ in range(64)))
+        assert [s for s, _, _ in results] == [200] * 64
+        assert origin.hits["/live/master.m3u8"] == 1
     finally:
         await stack.stop()
