@@ -17,8 +17,12 @@ from the same minute of this shared machine:
   (c) a viewer mix                   wrk -t1 -c64 -s speed/viewers.lua (512 KiB segments)
 
 then the same with two worker processes per server and nothing pinned (and
-livecdn with one worker, unpinned, for its scaling figure). Steal time is read
-from /proc/stat around every run; a run with more than HIGH_STEAL is run again.
+livecdn with one worker, unpinned); then livecdn's scaling run: one worker
+against two, nothing pinned, (a) with a pipelined client (speed/pipelined.lua)
+that needs far less CPU per request than wrk's plain mode. Every run also
+records the cores the server's processes and wrk kept busy (CPU seconds from
+/proc and rusage over wall seconds). Steal time is read from /proc/stat
+around every run; a run with more than HIGH_STEAL is run again.
 Writes benchmarks/RESULTS.md and benchmarks/speed.png, and the raw figures to
 benchmarks/results/speed-<date>.json.
 """
@@ -480,6 +484,7 @@ def report(data: dict[str, Any], path: Path) -> None:
                      f"{r['ratio_nginx 2 workers']:.2f} | {r['ratio_varnish 2 workers']:.2f} |")
     sc = data["scaling"]["pipelined"]
     one, both = sc["livecdn 1 worker"], sc["livecdn 2 workers"]
+    efficiency = both["per_server_core"] / one["per_server_core"] if one["per_server_core"] else 0.0
     lines += ["", "## Scaling: livecdn with two workers against one (pipelined client, nothing pinned)", "",
               "wrk, one thread, sends 16 pipelined requests per write (`benchmarks/speed/pipelined.lua`), "
               "so it needs much less CPU per request than the server. Cores busy are CPU seconds over "
@@ -491,7 +496,14 @@ def report(data: dict[str, Any], path: Path) -> None:
               f"| server cores busy | {one['server_cores']:.2f} | {both['server_cores']:.2f} | |",
               f"| wrk cores busy | {one['client_cores']:.2f} | {both['client_cores']:.2f} | |",
               f"| req/s per busy server core | {one['per_server_core'] / 1e3:.1f}k | "
-              f"{both['per_server_core'] / 1e3:.1f}k | {both['per_server_core'] / one['per_server_core'] if one['per_server_core'] else 0:.2f} |"]
+              f"{both['per_server_core'] / 1e3:.1f}k | {efficiency:.2f} |",
+              "", f"With two workers the server and wrk together kept {both['server_cores'] + both['client_cores']:.2f} "
+              f"of this machine's {os.cpu_count()} cores busy, and the two workers had {both['server_cores']:.2f} cores "
+              "between them: the throughput ratio is bounded by the cores the workers got. "
+              + (f"Per busy server core two workers serve {efficiency:.2f}× what one does: they share nothing "
+                 "that slows them down." if efficiency >= 0.9 else
+                 f"Per busy server core two workers serve only {efficiency:.2f}× what one does: they get in "
+                 "each other's way.")]
     blocks = (pinned, two, data["scaling"])
     steals = [s for block_ in blocks for r in block_.values() for k, v in r.items()
               if isinstance(v, dict) for s in v["steal"]]
