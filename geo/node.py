@@ -24,6 +24,7 @@ from aiohttp import web
 
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
+from livecdn.logs import AccessLog
 from livecdn.sites import Sites
 
 from .choose import EdgeState, Site, distance_km
@@ -78,6 +79,7 @@ class GeoNode:
         self.redirects: Counter[str] = Counter()
         self._locator: Locator | None = None
         self._health: HealthChecker | None = None
+        self._access: AccessLog | None = None
         self._session: aiohttp.ClientSession | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
@@ -139,7 +141,8 @@ class GeoNode:
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self._route)
-        await self._sites.open(player, cfg.http, access_log=self.access_log)
+        self._access = AccessLog(cfg.name) if self.access_log else None
+        await self._sites.open(player, cfg.http, access_log=self._access)
         await self._sites.open(admin, cfg.admin)
         self._state = "running"
         log.info("router %s answering DNS for %s on %s (UDP+TCP), HTTP on %s, admin on %s", cfg.name,
@@ -191,6 +194,8 @@ class GeoNode:
             return
         self._state = "stopping"
         await self._sites.close(timeout)
+        if self._access is not None:
+            self._access.flush()
         if self._tcp is not None:
             self._tcp.close()
             for conn in list(self._tcp_connections):

@@ -133,7 +133,7 @@ class CacheNode:
         self.engine.start(self._session)
         self.policy = self.make_policy(self.engine)
         self.front = PlayerFront(self.engine, self.config.name, self.policy,
-                                 AccessLog() if self.access_log else None)
+                                 AccessLog(self.config.name) if self.access_log else None)
         players = PlayerServer(self.front, connection_limit=self.connection_limit())
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
@@ -167,6 +167,8 @@ class CacheNode:
             self._count_timer = None
         if self.front is not None:
             self.front.count()
+            if self.front.access is not None:
+                self.front.access.flush()
         if self.engine is not None:
             await self.engine.close(timeout)
         if self._session is not None:

@@ -7,12 +7,10 @@ unknown state after an error.
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
 from .config import Address
-from .logs import JsonAccessLogger
+from .logs import AccessLog, JsonAccessLogger
 
 __all__ = ["Sites"]
 
@@ -23,12 +21,12 @@ class Sites:
     def __init__(self) -> None:
         self._pairs: list[tuple[web.AppRunner, web.TCPSite]] = []
 
-    async def open(self, app: web.Application, addr: Address, *, access_log: bool = False,
+    async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
                    reuse_port: bool = False) -> None:
-        """Serve `app` on `addr` (port 0: any free port, see `port()`)."""
+        """Serve `app` on `addr` (port 0: any free port, see `port()`), logging answers to `access_log`."""
         kwargs: dict[str, object] = {"access_log": None}
-        if access_log:
-            kwargs = {"access_log_class": JsonAccessLogger, "access_log": logging.getLogger("livecdn.access")}
+        if access_log is not None:
+            kwargs = {"access_log_class": JsonAccessLogger, "access_log": access_log}
         runner = web.AppRunner(app, handle_signals=False, **kwargs)  # type: ignore[arg-type]
         await runner.setup()
         site = web.TCPSite(runner, addr.host, addr.port, reuse_port=reuse_port, backlog=1024)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -393,18 +395,35 @@ async def test_an_origin_that_compresses_anyway_is_stored_plain(origin: FakeOrig
     assert (s, data) == (200, LIVE) and "Content-Encoding" not in h
 
 
-async def test_access_log_has_one_record_per_answer(origin: FakeOrigin, stack: Stack,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_access_log_has_one_line_per_answer(origin: FakeOrigin, stack: Stack, tmp_path: Path) -> None:
     from livecdn.logs import AccessLog
-    stack.edges[0].front.access = AccessLog()  # type: ignore[union-attr]
-    origin.routes["/al/seg1.ts"] = body(b"x" * 10)
-    with caplog.at_level("INFO", logger="livecdn.access"):
-        await get(stack.edge + "/al/seg1.ts", headers={"User-Agent": "player/1"})
+    path = tmp_path / "access.log"
+    with open(path, "wb") as out:
+        access = stack.edges[0].front.access = AccessLog("edge-x", out.fileno())  # type: ignore[union-attr]
+        origin.routes["/al/seg1.ts"] = body(b"x" * 10)
+        await get(stack.edge + "/al/seg1.ts", headers={"User-Agent": 'player/1 "quoted"'})
         await get(stack.edge + "/al/seg1.ts")
         await get(stack.edge + "/al/nope.php")
-    records = [r.args for r in caplog.records if r.name == "livecdn.access"]
-    assert [(r["path"], r["status"], r["cache"]) for r in records] == [  # type: ignore[index]
+        assert path.read_bytes() == b""  # held until a second has passed or the node stops
+        access.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["path"], r["status"], r["cache"]) for r in records] == [
         ("/al/seg1.ts", 200, "MISS"), ("/al/seg1.ts", 200, "HIT"), ("/al/nope.php", 404, "REJECTED")]
     first = records[0]
-    assert first["bytes"] == 10 and first["ua"] == "player/1" and first["ms"] >= 0  # type: ignore[index]
-    assert first["remote"] == "127.0.0.1"  # type: ignore[index]
+    assert first["bytes"] == 10 and first["ua"] == 'player/1 "quoted"' and first["ms"] >= 0
+    assert first["remote"] == "127.0.0.1" and first["node"] == "edge-x" and first["method"] == "GET"
+    assert abs(first["time"] - time.time()) < 60
+
+
+async def test_access_lines_are_written_within_a_second_without_a_flush(
+        origin: FakeOrigin, stack: Stack, tmp_path: Path) -> None:
+    from livecdn.logs import FLUSH_INTERVAL, AccessLog
+    path = tmp_path / "access.log"
+    with open(path, "wb") as out:
+        stack.edges[0].front.access = AccessLog("edge-x", out.fileno())  # type: ignore[union-attr]
+        origin.routes["/al/seg2.ts"] = body(b"y" * 3)
+        await get(stack.edge + "/al/seg2.ts")
+        await asyncio.sleep(FLUSH_INTERVAL + 0.3)
+        lines = path.read_text().splitlines()
+        stack.edges[0].front.access = None  # type: ignore[union-attr]
+    assert [json.loads(line)["path"] for line in lines] == ["/al/seg2.ts"]
