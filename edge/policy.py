@@ -37,8 +37,8 @@ class EdgePolicy:
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
         # The per-request hooks are bound once: a hit calls them directly, or not at all.
         self.screen: Callable[[str], None] | None = self._screen if config.limits.request_rate else None
-        self.seen: Callable[[CacheKey, str], None] = (
-            self.prefetcher.seen if self.prefetcher is not None else self._seen_nothing)
+        self.seen: Callable[[CacheKey, str], None] | None = (
+            self.prefetcher.seen if self.prefetcher is not None else None)
         engine.on_playlist(self._learn)
 
     def _learn(self, obj: Stored) -> None:
@@ -52,12 +52,9 @@ class EdgePolicy:
         if wait:
             self._refuse("request", wait)
 
-    def _seen_nothing(self, key: CacheKey, cache: str) -> None:
-        """No prefetcher: nothing follows what players ask for."""
-
     async def admit(self, key: CacheKey, client: str) -> None:
         if self.engine.holds(key):
-            return  # a stored copy or a fetch in flight: no new upstream work, a name that exists
+            return  # a stored copy, a disk lookup or a fetch in flight: no new upstream work
         await self.guard.check(key, client)
         if self.engine.holds(key):
             return  # a request that waited on the same guard refresh started the fetch

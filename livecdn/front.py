@@ -65,13 +65,13 @@ class Policy(Protocol):
     """A node's say over requests, consulted by the front (the edge has one).
 
     The two per-request hooks are attributes, bound once, so that a hit calls
-    them directly, or not at all when a policy has nothing to screen.
+    them directly, or not at all when the policy has nothing to do there (None).
     """
 
     screen: Callable[[str], None] | None
     """Every request, before anything else, with the client address; raises `BadRequest` to refuse."""
 
-    seen: Callable[[CacheKey, str], None]
+    seen: Callable[[CacheKey, str], None] | None
     """A request was answered with this cache result."""
 
     async def admit(self, key: CacheKey, client: str) -> None:
