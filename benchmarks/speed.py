@@ -1,7 +1,7 @@
 """Speed: livecdn's edge beside nginx proxy_cache and Varnish, serving hits, on this machine.
 
-    .venv/bin/python benchmarks/speed.py            # full: ~15 min
-    .venv/bin/python benchmarks/speed.py --quick    # ~5 min (5 s runs, 2 of each)
+    .venv/bin/python benchmarks/speed.py            # full: ~17 min
+    .venv/bin/python benchmarks/speed.py --quick    # ~6 min (5 s runs, 2 of each)
 
 All three caches sit in front of the same origin (`benchmarks/speed/origin.py`)
 as HLS edges: live playlists fresh 1 s (half the target duration) and
