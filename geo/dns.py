@@ -10,9 +10,9 @@ Two paths give the same answers:
   has, one A or AAAA question for the CDN host name, with or without EDNS and
   an ECS option, and joins pre-built byte strings for the reply;
 - everything else goes through `dnslib`, which knows the whole wire format:
-  SOA and NS for the zone, NXDOMAIN for unknown names in it, REFUSED outside
-  it, FORMERR for malformed messages, NOTIMP for other opcodes, BADVERS for
-  EDNS versions above 0.
+  SOA and NS for the zone (with glue for its in-zone name servers), NXDOMAIN
+  for unknown names in it, REFUSED outside it, FORMERR for malformed
+  messages, NOTIMP for other opcodes, BADVERS for EDNS versions above 0.
 
 Replies over UDP that would not fit the client's limit (512 bytes, or its
 EDNS payload size up to `MAX_UDP_PAYLOAD`) are truncated with TC set, so the
@@ -121,6 +121,11 @@ class Answerer:
         self._host_wire = _wire(zone.hostname)
         self._qend = 12 + len(self._host_wire)  # offset of QTYPE after a hostname question
         self._ns_labels = {_labels(n): n for n in zone.nameservers}
+        # With the NS records, the addresses of those name servers that lie
+        # inside the zone (glue; RFC 9471: a resolver cannot find them otherwise).
+        self._glue = [rr for labels, name in self._ns_labels.items()
+                      if labels[-len(self._zone_labels):] == self._zone_labels
+                      for rr in self._address_rrs(DNSLabel(name), zone.ns_addresses, QTYPE.ANY)]
         self._soa_rr = self._soa_wire()
         self._tails: dict[str, dict[bytes, Tail]] = {}
         # (message after its ID, client, udp) → (reply after its ID, route key, stat),
@@ -298,6 +303,7 @@ class Answerer:
         if qtype in (QTYPE.AXFR, QTYPE.IXFR):
             return self._reply(msg, 5, edns, udp, aa=False)
         answers: list[RR] = []
+        glue: list[RR] = []
         rcode, scope = 0, 0
         if labels == self._host_labels and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
             try:
@@ -311,6 +317,7 @@ class Answerer:
             if qtype != QTYPE.SOA:
                 answers += [RR(question.qname, QTYPE.NS, rdata=NS(n), ttl=self.zone.ttl)
                             for n in self.zone.nameservers]
+                glue = self._glue
         elif labels in self._ns_labels and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
             answers = self._address_rrs(question.qname, self.zone.ns_addresses, qtype)
         elif not self._exists(labels):
@@ -318,7 +325,7 @@ class Answerer:
         ecs_reply = None
         if ecs is not None:
             ecs_reply = ecs_option(ecs[0] << 8 | ecs[1], ecs[2], scope, ecs[4:])
-        return self._reply(msg, rcode, edns, udp, answers=answers, ecs=ecs_reply)
+        return self._reply(msg, rcode, edns, udp, answers=answers, additional=glue, ecs=ecs_reply)
 
     def _route(self, ecs: bytes | None, client: str) -> tuple[Route, int]:
         if ecs is None or ecs[2] == 0:
@@ -350,7 +357,8 @@ class Answerer:
                   rdata=SOA(z.nameservers[0] + ".", z.rname + ".", (z.serial, *SOA_TIMERS, z.ttl)))
 
     def _reply(self, msg: DNSRecord, rcode: int, edns: RR | None, udp: bool, *, aa: bool = True,
-               answers: list[RR] | None = None, ecs: bytes | None = None) -> bytes:
+               answers: list[RR] | None = None, additional: list[RR] | None = None,
+               ecs: bytes | None = None) -> bytes:
         h = msg.header
         header = DNSHeader(id=h.id, qr=1, aa=int(aa), rd=h.rd, cd=h.cd, opcode=h.opcode, rcode=rcode & 0xF)
         reply = DNSRecord(header, questions=msg.questions if len(msg.questions) == 1 else [])
@@ -359,6 +367,8 @@ class Answerer:
             reply.add_answer(rr)
         if rcode == 3 or (rcode == 0 and not answers):
             reply.add_auth(self._soa_rr_obj())
+        for rr in additional or ():
+            reply.add_ar(rr)
         if edns is not None:
             opts = [EDNSOption(ECS, ecs)] if ecs is not None else []
             reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=rcode >> 4, opts=opts))

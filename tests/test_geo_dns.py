@@ -128,7 +128,9 @@ def test_answer_shape(answerer: Answerer) -> None:
 def test_zone_records_and_errors(answerer: Answerer) -> None:
     m = ask(answerer, query("cdn.test", "SOA"))
     assert str(m.answer[0][0]) == "ns1.cdn.test. hostmaster.cdn.test. 7 3600 600 86400 5"
-    assert str(ask(answerer, query("cdn.test", "NS")).answer[0][0]) == "ns1.cdn.test."
+    m = ask(answerer, query("cdn.test", "NS"))
+    assert str(m.answer[0][0]) == "ns1.cdn.test."
+    assert [rr.to_text() for rr in m.additional] == ["ns1.cdn.test. 5 IN A 127.0.0.1"]  # glue
     assert addresses(ask(answerer, query("ns1.cdn.test"))) == ["127.0.0.1"]
     m = ask(answerer, query("nope.cdn.test"))
     assert m.rcode() == dns.rcode.NXDOMAIN and m.flags & dns.flags.AA
@@ -214,3 +216,12 @@ def test_fuzz_random_and_mutated_packets(answerer: Answerer) -> None:
                 assert len(reply) <= 1232
     assert addresses(ask(answerer, query(ecs=("81.2.69.142", 32)))) == ["127.0.1.1"]
     assert answerer.counts["other", "FORMERR"] > 0 and answerer.dropped > 0
+
+
+def test_glue_only_for_name_servers_inside_the_zone() -> None:
+    router = Router(Locator(CITY, (50.11, 8.68), "eu"), sites())
+    zone = Zone("cdn.test", HOST, 5, ("ns1.cdn.test", "ns.example.net"), ("127.0.0.1", "::1"))
+    m = ask(Answerer(zone, router), query("cdn.test", "NS", edns=True))
+    assert sorted(str(r) for rrset in m.answer for r in rrset) == ["ns.example.net.", "ns1.cdn.test."]
+    assert sorted(rr.to_text() for rr in m.additional) == ["ns1.cdn.test. 5 IN A 127.0.0.1",
+                                                           "ns1.cdn.test. 5 IN AAAA ::1"]

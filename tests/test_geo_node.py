@@ -152,6 +152,8 @@ async def test_dig_other_names(router: GeoNode) -> None:
     assert status(out) == "NXDOMAIN" and "cdn.test.\t\t5\tIN\tSOA\tns1.cdn.test. hostmaster.cdn.test." in out
     assert status(await dig(router, "www.example.org")) == "REFUSED"
     assert (await dig(router, "+short", "cdn.test", "NS")).split() == ["ns1.cdn.test."]
+    out = await dig(router, "cdn.test", "NS")
+    assert ";; ADDITIONAL SECTION:\nns1.cdn.test.\t\t5\tIN\tA\t127.0.0.1" in out  # glue
     assert (await dig(router, "+short", "cdn.test", "SOA")).split()[:2] == ["ns1.cdn.test.", "hostmaster.cdn.test."]
 
 
