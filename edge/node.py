@@ -10,6 +10,9 @@ players elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from livecdn import metrics
 from livecdn.config import EdgeConfig, Topology
 from livecdn.connlimit import ConnectionLimit
@@ -20,6 +23,8 @@ from livecdn.upstream import Upstreams
 from .policy import EdgePolicy
 
 __all__ = ["EdgeNode"]
+
+log = logging.getLogger("livecdn.edge")
 
 
 class EdgeNode(CacheNode):
@@ -35,10 +40,23 @@ class EdgeNode(CacheNode):
         return EdgePolicy(self.config, engine)
 
     def connection_limit(self) -> ConnectionLimit | None:
-        limit = self.config.limits.connections_per_client
-        if not limit or self.policy is None:
+        if self.policy is None:
             return None
-        return ConnectionLimit(limit, self.policy.connection_refused)
+        return ConnectionLimit(self.config.limits.connections_per_client, self.policy.connection_refused)
+
+    def reload(self, topology: Topology) -> None:
+        """The upstream list, and this edge's per-client limits (buckets start full again)."""
+        super().reload(topology)
+        new = topology.edges.get(self.config.name)
+        if new is None or new.limits == self.config.limits:
+            return
+        assert self.policy is not None and self.front is not None and self._players is not None
+        self.config = dataclasses.replace(self.config, limits=new.limits)
+        self.policy.apply(new.limits)
+        self.front.rebind()
+        if self._players.connection_limit is not None:
+            self._players.connection_limit.limit = new.limits.connections_per_client
+        log.info("edge %s applied new client limits: %s", self.config.name, new.limits)
 
     async def start(self) -> None:
         await super().start()

@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from livecdn import metrics
-from livecdn.config import EdgeConfig
+from livecdn.config import EdgeConfig, LimitSettings
 from livecdn.engine import Engine
 from livecdn.keys import BadRequest, CacheKey
 from livecdn.stored import Stored
@@ -32,14 +32,18 @@ class EdgePolicy:
     def __init__(self, config: EdgeConfig, engine: Engine) -> None:
         self.engine = engine
         self.guard = StreamGuard(config.guard, engine, config.name)
-        self.limits = ClientLimits(config.limits)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
         # The per-request hooks are bound once: a hit calls them directly, or not at all.
-        self.screen: Callable[[str], None] | None = self._screen if config.limits.request_rate else None
         self.seen: Callable[[CacheKey, str], None] | None = (
             self.prefetcher.seen if self.prefetcher is not None else None)
+        self.apply(config.limits)
         engine.on_playlist(self._learn)
+
+    def apply(self, limits: LimitSettings) -> None:
+        """Use these per-client rate limits from now on (every client's buckets start full)."""
+        self.limits = ClientLimits(limits)
+        self.screen: Callable[[str], None] | None = self._screen if limits.request_rate else None
 
     def _learn(self, obj: Stored) -> None:
         said = self.guard.learn(obj)

@@ -21,25 +21,27 @@ class ConnectionLimit:
     """Open connections per peer address.
 
     Args:
-        limit: open connections allowed per peer address.
+        limit: open connections allowed per peer address; 0 means unlimited.
+            Connections are counted either way, so the limit can be changed
+            while the node runs (`limit` is a plain attribute).
         on_refused: called once per refused connection (metrics).
 
     Raises:
-        ValueError: the limit is not positive.
+        ValueError: the limit is negative.
     """
 
     __slots__ = ("limit", "open", "_on_refused")
 
     def __init__(self, limit: int, on_refused: Callable[[], None]) -> None:
-        if limit < 1:
-            raise ValueError(f"connection limit must be positive, got {limit!r}")
+        if limit < 0:
+            raise ValueError(f"connection limit must not be negative, got {limit!r}")
         self.limit = limit
         self.open: Counter[str] = Counter()
         self._on_refused = on_refused
 
     def opened(self, peer: str) -> bool:
         """Count a new connection from `peer`; False (and counted as refused) past the limit."""
-        if self.open[peer] >= self.limit:
+        if self.limit and self.open[peer] >= self.limit:
             self._on_refused()
             return False
         self.open[peer] += 1

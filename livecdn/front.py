@@ -175,8 +175,9 @@ class PlayerFront:
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
-        self._screen = policy.screen if policy is not None else None
-        self._seen = policy.seen if policy is not None else None
+        self._screen: Callable[[str], None] | None = None
+        self._seen: Callable[[CacheKey, str], None] | None = None
+        self.rebind()
         self.hits = 0  # memory hits not yet added to the request counter (see `count()`)
         self._keys: dict[str, CacheKey] = {}
 
@@ -225,6 +226,12 @@ class PlayerFront:
         else:
             self._send_stored(conn, request, obj, "hit", now)
         return None
+
+    def rebind(self) -> None:
+        """Take the policy's per-request hooks again (after the policy changed them)."""
+        policy = self.policy
+        self._screen = policy.screen if policy is not None else None
+        self._seen = policy.seen if policy is not None else None
 
     def count(self) -> None:
         """Add the memory hits counted since the last call to the request counter.

@@ -179,7 +179,7 @@ class CacheNode:
         log.info("%s %s stopped", self.role, self.config.name)
 
     def reload(self, topology: Topology) -> None:
-        """Apply what can change without a restart: the upstream list."""
+        """Apply what can change without a restart: the upstream list (an edge adds its limits)."""
         if self.engine is None:
             raise RuntimeError(f"{self.config.name} is not running")
         self.topology = topology

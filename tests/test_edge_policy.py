@@ -348,3 +348,29 @@ async def test_concurrent_first_requests_share_one_try_while_the_disk_is_asked(
         assert origin.hits["/live/master.m3u8"] == 1
     finally:
         await stack.stop()
+
+
+async def test_reload_applies_new_client_limits(live: LiveOrigin, origin: FakeOrigin) -> None:
+    # Under attack an operator tightens the limits and sends SIGHUP: no restart, no dropped viewers.
+    stack = await Stack(origin.url, shields=0, guard=GUARD, limits=NO_LIMITS).start()
+    try:
+        edge = stack.edges[0]
+        port = edge.port
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # counted, not limited
+        assert [(await get(stack.edge + "/live/master.m3u8"))[0] for _ in range(5)] == [200] * 5
+        tight = LimitSettings(request_rate=1, request_burst=2, connections_per_client=3)
+        cfg = dataclasses.replace(edge.config, limits=tight)
+        edge.reload(dataclasses.replace(edge.topology, edges={cfg.name: cfg}))
+        statuses = [(await get(stack.edge + "/live/master.m3u8"))[0] for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]  # every request now takes a token
+        held.append(await asyncio.open_connection("127.0.0.1", port))  # the 3rd one open: the limit
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 429")
+        writer.close()
+        assert (await get(stack.edge + "/live/master.m3u8", client="127.0.0.8"))[0] == 200  # others unaffected
+        edge.reload(dataclasses.replace(edge.topology, edges={cfg.name: dataclasses.replace(cfg, limits=NO_LIMITS)}))
+        assert [(await get(stack.edge + "/live/master.m3u8"))[0] for _ in range(5)] == [200] * 5  # 4 open
+        for _, w in held:
+            w.close()
+    finally:
+        await stack.stop()
