@@ -172,7 +172,7 @@ class StreamGuard:
             self._rejected["bad_name"].inc()
             raise BadRequest(f"{ext or 'a name without extension'} is not a media object type", 404)
         path = key.path
-        stream = self._streams.get(directory(path))
+        stream = self._streams.get(key.directory)
         if stream is not None:
             if path in stream.names:
                 return

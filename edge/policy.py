@@ -66,7 +66,6 @@ class EdgePolicy:
         if wait:
             self._refuse("miss", wait)
 
-
     def connection_refused(self) -> None:
         self._limited["connections"].inc()
 

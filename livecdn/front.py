@@ -221,10 +221,7 @@ class PlayerFront:
         self.hits += 1
         if self._seen is not None:
             self._seen(key, "hit")
-        if obj.status == 200 and request.headers.keys().isdisjoint(NEGOTIATING):
-            self._send_prebuilt(conn, request, obj, now)
-        else:
-            self._send_stored(conn, request, obj, "hit", now)
+        self._send_stored(conn, request, obj, "hit", now)
         return None
 
     def rebind(self) -> None:

@@ -18,6 +18,7 @@ async def test_a_full_batch_is_written_at_once_in_whole_lines_and_in_order(tmp_p
         access = AccessLog("edge-1", out.fileno())
         n = 0
         while not path.stat().st_size:  # nothing is written until a batch is full
+            assert n < FLUSH_BYTES, "a full batch was never written"
             access.write("192.0.2.7", "GET", f"/s/seg{n}.ts", 200, n, 0.001, "HIT", "ua\u00e9\n")
             n += 1
         written = path.read_text().splitlines()
