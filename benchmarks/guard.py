@@ -687,10 +687,10 @@ def filter_figure(plan: Plan) -> dict[str, Any]:
     sys.path.insert(0, str(TREE))
     from edge.guard import Generations, StreamGuard
     from livecdn.config import GuardSettings, Rendition
-    from livecdn.freshness import Lifetime
-    from livecdn.media import Kind
+    from livecdn.cache.freshness import Lifetime
+    from livecdn.media.kinds import Kind
     from livecdn.origin.timeline import Timeline, master_playlist, media_playlist
-    from livecdn.stored import Stored
+    from livecdn.cache.stored import Stored
 
     s = GuardSettings()
     rng = random.Random(4)

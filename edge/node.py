@@ -15,10 +15,10 @@ import logging
 
 from livecdn import metrics
 from livecdn.config import EdgeConfig, Topology
-from livecdn.connlimit import ConnectionLimit
-from livecdn.engine import Engine
-from livecdn.node import CacheNode
-from livecdn.upstream import Upstreams
+from livecdn.front.connlimit import ConnectionLimit
+from livecdn.cache.engine import Engine
+from livecdn.node.cache import CacheNode
+from livecdn.cache.upstreams import Upstreams
 
 from .policy import EdgePolicy
 

@@ -15,9 +15,9 @@ from typing import Callable
 
 from livecdn import metrics
 from livecdn.config import EdgeConfig, LimitSettings
-from livecdn.engine import Engine
-from livecdn.keys import BadRequest, CacheKey
-from livecdn.stored import Stored
+from livecdn.cache.engine import Engine
+from livecdn.cache.keys import BadRequest, CacheKey
+from livecdn.cache.stored import Stored
 
 from .guard import StreamGuard
 from .limits import ClientLimits

@@ -19,9 +19,9 @@ from collections import OrderedDict
 
 from livecdn import metrics
 from livecdn.config import GuardSettings
-from livecdn.engine import Engine
-from livecdn.keys import CacheKey, cache_key
-from livecdn.playlist import Announced
+from livecdn.cache.engine import Engine
+from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.media.playlist import Announced
 
 from .guard import directory
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
 from livecdn.logs import AccessLog
-from livecdn.sites import Sites
+from livecdn.node.sites import Sites
 
 from .choose import EdgeState, Site, distance_km
 from .dns import Answerer, Zone

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
+from livecdn.config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
 
 __all__ = ["main"]
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topo = _topology(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from livecdn.demo import run_demo
             return run_demo(args, topo)
         cfg = _node_config(topo, args.command, args.node)
         if isinstance(cfg, (ShieldConfig, EdgeConfig)) and args.workers is not None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"livecdn: {e}", file=sys.stderr)
         return 2
     level = getattr(logging, args.log_level.upper())
-    from . import logs
+    from livecdn import logs
     logs.setup(cfg.name, level)
     if isinstance(cfg, OriginConfig):
         return _run_origin(cfg)
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_origin(cfg: OriginConfig) -> int:
-    from .origin import OriginNode
-    from .runner import run, serve
+    from livecdn.origin import OriginNode
+    from livecdn.node.serve import run, serve
 
     try:
         run(lambda: serve(OriginNode(cfg)))
@@ -102,7 +102,7 @@ def _run_origin(cfg: OriginConfig) -> int:
 
 def _run_geo(args: argparse.Namespace, topo: Topology, cfg: RouterConfig) -> int:
     from geo import GeoNode
-    from .runner import run, serve
+    from livecdn.node.serve import run, serve
 
     node = GeoNode(topo, cfg, access_log=not args.no_access_log)
     try:
@@ -132,7 +132,7 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
     def child() -> None:
         from edge import EdgeNode
         from shield import ShieldNode
-        from .runner import run, serve
+        from livecdn.node.serve import run, serve
 
         kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
         node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1)
@@ -149,7 +149,7 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
             print(f"livecdn: {cfg.name}: cannot listen: {e}", file=sys.stderr)
             return 1
         return 0
-    from .workers import supervise
+    from livecdn.node.workers import supervise
     return supervise(workers, child)
 
 

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import Topology
+from livecdn.config import Topology
 
 __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 

@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 if TYPE_CHECKING:
-    from .http1 import Request
+    from livecdn.front.http1 import Request
 
 __all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "setup"]
 
@@ -137,7 +137,7 @@ class JsonAccessLogger(AbstractAccessLogger):
     """aiohttp's access-logger hook, writing through an `AccessLog`.
 
     aiohttp builds it from the `access_log` given to the runner, which
-    `livecdn.sites` sets to the node's `AccessLog`.
+    `livecdn.node.sites` sets to the node's `AccessLog`.
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:

@@ -9,8 +9,8 @@ origin stumbles.
 from __future__ import annotations
 
 from livecdn.config import Topology
-from livecdn.node import CacheNode
-from livecdn.upstream import Upstreams
+from livecdn.node.cache import CacheNode
+from livecdn.cache.upstreams import Upstreams
 
 __all__ = ["ShieldNode"]
 

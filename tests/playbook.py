@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from livecdn.fill import Command, Event, Fill, Log
+from livecdn.cache.fill import Command, Event, Fill, Log
 
 __all__ = ["Placeholder", "Playbook", "take_unfinished", "unfinished_playbooks"]
 

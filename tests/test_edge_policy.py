@@ -272,7 +272,7 @@ def _random() -> str:
 
 
 def _key(path: str) -> object:
-    from livecdn.keys import cache_key
+    from livecdn.cache.keys import cache_key
     return cache_key(path)
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-import livecdn.fill
-from livecdn.freshness import Lifetime, Rules
-from livecdn.keys import CacheKey, cache_key
-from livecdn.media import Kind, kind_of
-from livecdn.fill import (
+import livecdn.cache.fill
+from livecdn.cache.freshness import Lifetime, Rules
+from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.media.kinds import Kind, kind_of
+from livecdn.cache.fill import (
     AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
     Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
     UpstreamFailed, UpstreamResponded,
 )
-from livecdn.stored import Stored
+from livecdn.cache.stored import Stored
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
@@ -672,7 +672,7 @@ def test_refresh_revalidates_and_a_client_may_join() -> None:
 
 
 def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(livecdn.fill, "MAX_CLIENTS_PER_FILL", 2)
+    monkeypatch.setattr(livecdn.cache.fill, "MAX_CLIENTS_PER_FILL", 2)
     fill = make_fill()
     h = Placeholder(Head)
     assert (

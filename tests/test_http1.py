@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livecdn.http1 import (
+from livecdn.front.http1 import (
     LAST_CHUNK, NEED_DATA, ProtocolError, Request, RequestParser, chunk, date_line, header_lines, http_date,
     response_head,
 )

@@ -13,7 +13,7 @@ import time
 import pytest
 from aiohttp import web
 
-from livecdn.listener import MAX_PIPELINED
+from livecdn.front.listener import MAX_PIPELINED
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, body, slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livecdn.keys import MAX_PATH_BYTES, BadRequest, CacheKey, cache_key
+from livecdn.cache.keys import MAX_PATH_BYTES, BadRequest, CacheKey, cache_key
 
 
 @pytest.mark.parametrize(("raw", "key"), [

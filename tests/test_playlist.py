@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from livecdn.media import Kind
-from livecdn.playlist import MAX_PLAYLIST_BYTES, MalformedPlaylist, PlaylistInfo, analyze
+from livecdn.media.kinds import Kind
+from livecdn.media.playlist import MAX_PLAYLIST_BYTES, MalformedPlaylist, PlaylistInfo, analyze
 
 MEDIA = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{td}\n#EXT-X-MEDIA-SEQUENCE:7\n" \
         "#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n"

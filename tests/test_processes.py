@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from livecdn.node import COUNT_INTERVAL
+from livecdn.node.cache import COUNT_INTERVAL
 from tests.cdn import ROOT, run_cdn, sample, topology_toml, wait_until
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 200_000}

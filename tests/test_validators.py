@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livecdn.validators import etag_matches, parse_range
+from livecdn.front.negotiate import etag_matches, parse_range
 
 
 @pytest.mark.parametrize(("header", "size", "expected"), [

@@ -24,19 +24,19 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
 
-from . import metrics
-from .engine import Answer, Engine, UpstreamBroken
-from .http1 import (
+from livecdn import metrics
+from livecdn.cache.engine import Answer, Engine, UpstreamBroken
+from livecdn.front.http1 import (
     LAST_CHUNK, ProtocolError, Request, chunk, connection_line, date_line, header_lines, response_head,
     status_line,
 )
-from .keys import BadRequest, CacheKey, cache_key
-from .stored import Stored
-from .validators import etag_matches, parse_range
+from livecdn.cache.keys import BadRequest, CacheKey, cache_key
+from livecdn.cache.stored import Stored
+from livecdn.front.negotiate import etag_matches, parse_range
 
 if TYPE_CHECKING:
-    from .listener import PlayerConnection
-    from .logs import AccessLog
+    from livecdn.front.listener import PlayerConnection
+    from livecdn.logs import AccessLog
 
 __all__ = ["ALLOWED_METHODS", "CORS", "PREFLIGHT", "Policy", "PlayerFront"]
 

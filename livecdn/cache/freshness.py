@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .media import Kind
-from .playlist import PlaylistInfo
+from livecdn.media.kinds import Kind
+from livecdn.media.playlist import PlaylistInfo
 
 __all__ = ["Lifetime", "Rules", "parse_cache_control", "lifetime"]
 

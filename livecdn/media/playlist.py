@@ -14,8 +14,8 @@ from urllib.parse import urljoin, urlsplit
 
 import m3u8
 
-from .keys import BadRequest, cache_key
-from .media import Kind
+from livecdn.cache.keys import BadRequest, cache_key
+from livecdn.media.kinds import Kind
 
 __all__ = ["Announced", "MalformedPlaylist", "PlaylistInfo", "analyze", "announced"]
 

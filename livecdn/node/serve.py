@@ -13,11 +13,11 @@ import logging
 import signal
 from typing import Callable, Protocol
 
-from .config import ConfigError, Topology
+from livecdn.config import ConfigError, Topology
 
 __all__ = ["Node", "run", "serve"]
 
-log = logging.getLogger("livecdn.runner")
+log = logging.getLogger("livecdn.node.serve")
 
 # How long in-flight responses may take to finish once a stop is asked for.
 DRAIN_TIMEOUT = 10.0

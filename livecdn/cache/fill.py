@@ -17,11 +17,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .freshness import Lifetime, Rules, lifetime
-from .keys import CacheKey
-from .media import CONTENT_TYPES, Kind
-from .playlist import MalformedPlaylist, analyze
-from .stored import KEPT_HEADERS, Stored
+from livecdn.cache.freshness import Lifetime, Rules, lifetime
+from livecdn.cache.keys import CacheKey
+from livecdn.media.kinds import CONTENT_TYPES, Kind
+from livecdn.media.playlist import MalformedPlaylist, analyze
+from livecdn.cache.stored import KEPT_HEADERS, Stored
 
 __all__ = [
     "AbortResponse", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",

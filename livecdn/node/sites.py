@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import Address
-from .logs import AccessLog, JsonAccessLogger
+from livecdn.config import Address
+from livecdn.logs import AccessLog, JsonAccessLogger
 
 __all__ = ["Sites"]
 

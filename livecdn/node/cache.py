@@ -20,22 +20,22 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import metrics
-from .config import CacheSettings, EdgeConfig, ShieldConfig, Topology
-from .connlimit import ConnectionLimit
-from .disk import DiskStore
-from .engine import Engine
-from .freshness import Rules
-from .front import PlayerFront, Policy
-from .listener import PlayerServer
-from .logs import AccessLog
-from .memory import MemoryStore
-from .sites import Sites
-from .upstream import Upstreams
+from livecdn import metrics
+from livecdn.config import CacheSettings, EdgeConfig, ShieldConfig, Topology
+from livecdn.front.connlimit import ConnectionLimit
+from livecdn.cache.disk import DiskStore
+from livecdn.cache.engine import Engine
+from livecdn.cache.freshness import Rules
+from livecdn.front.answers import PlayerFront, Policy
+from livecdn.front.listener import PlayerServer
+from livecdn.logs import AccessLog
+from livecdn.cache.memory import MemoryStore
+from livecdn.node.sites import Sites
+from livecdn.cache.upstreams import Upstreams
 
 __all__ = ["CacheNode"]
 
-log = logging.getLogger("livecdn.node")
+log = logging.getLogger("livecdn.node.cache")
 # Upstream connections one process keeps open at most: enough for a burst of
 # distinct misses, bounded so a cache-busting flood cannot exhaust sockets.
 UPSTREAM_CONNECTIONS = 512

@@ -22,22 +22,22 @@ from typing import AsyncIterator, BinaryIO, Callable
 
 import aiohttp
 
-from . import metrics
-from .disk import DiskStore
-from .fill import (
+from livecdn import metrics
+from livecdn.cache.disk import DiskStore
+from livecdn.cache.fill import (
     AbortResponse, ClientGone, ClientRequested, Command, EndResponse, Event, Fill, Head, Log,
     RefreshRequested, Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk,
     UpstreamDone, UpstreamFailed, UpstreamResponded,
 )
-from .freshness import Rules
-from .keys import CacheKey
-from .media import Kind, kind_of
-from .memory import ENTRY_OVERHEAD, MemoryStore
-from .stored import Stored
+from livecdn.cache.freshness import Rules
+from livecdn.cache.keys import CacheKey
+from livecdn.media.kinds import Kind, kind_of
+from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
+from livecdn.cache.stored import Stored
 
 __all__ = ["Answer", "Attachment", "Engine", "UpstreamBroken"]
 
-log = logging.getLogger("livecdn.engine")
+log = logging.getLogger("livecdn.cache.engine")
 
 # Objects that go stale this fast are not worth a disk write: by the time
 # another worker could read them back they are expired.

@@ -16,7 +16,7 @@ from typing import Callable
 
 __all__ = ["supervise"]
 
-log = logging.getLogger("livecdn.workers")
+log = logging.getLogger("livecdn.node.workers")
 
 # A worker that dies sooner than this after its start is not restarted in a
 # loop: something is wrong with the node, not with one process.

@@ -28,15 +28,15 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .connlimit import REFUSAL, ConnectionLimit
-from .http1 import ProtocolError, Request, RequestParser
+from livecdn.front.connlimit import REFUSAL, ConnectionLimit
+from livecdn.front.http1 import ProtocolError, Request, RequestParser
 
 if TYPE_CHECKING:
-    from .front import PlayerFront
+    from livecdn.front.answers import PlayerFront
 
 __all__ = ["HIGH_WATER", "KEEPALIVE_TIMEOUT", "MAX_PIPELINED", "PlayerConnection", "PlayerServer"]
 
-log = logging.getLogger("livecdn.listener")
+log = logging.getLogger("livecdn.front.listener")
 
 # Requests parsed ahead of the one being answered (HTTP pipelining). Past this
 # the connection stops reading: a client cannot make us queue more work than

@@ -17,9 +17,9 @@ from typing import BinaryIO
 
 import diskcache
 
-from .freshness import Lifetime
-from .media import Kind
-from .stored import Stored
+from livecdn.cache.freshness import Lifetime
+from livecdn.media.kinds import Kind
+from livecdn.cache.stored import Stored
 
 __all__ = ["DiskStore", "DiskHit"]
 

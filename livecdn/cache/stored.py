@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .freshness import Lifetime
-from .media import Kind
+from livecdn.cache.freshness import Lifetime
+from livecdn.media.kinds import Kind
 
 __all__ = ["Stored", "KEPT_HEADERS"]
 
@@ -41,7 +41,7 @@ class Stored:
     size: int = -1  # body length; set from body when -1 (disk hits carry no body)
     gzipped: bytes | None = field(default=None, repr=False)  # compressed copy, made on first ask
     # The player front's serialized head for this object, built on its first
-    # hit (`livecdn.front`). Not an init field: `dataclasses.replace()` (a
+    # hit (`livecdn.front.answers`). Not an init field: `dataclasses.replace()` (a
     # revalidated or re-read copy) starts without it.
     head: Any = field(default=None, init=False, repr=False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .stored import Stored
+from livecdn.cache.stored import Stored
 
 __all__ = ["MemoryStore", "ENTRY_OVERHEAD"]
 
