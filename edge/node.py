@@ -40,9 +40,7 @@ class EdgeNode(CacheNode):
         return EdgePolicy(self.config, engine)
 
     def connection_limit(self) -> ConnectionLimit | None:
-        if self.policy is None:
-            return None
-        return ConnectionLimit(self.config.limits.connections_per_client, self.policy.connection_refused)
+        return None if self.policy is None else self.policy.connections
 
     def reload(self, topology: Topology) -> None:
         """The upstream list, and this edge's per-client limits (buckets start full again)."""
@@ -50,12 +48,9 @@ class EdgeNode(CacheNode):
         new = topology.edges.get(self.config.name)
         if new is None or new.limits == self.config.limits:
             return
-        assert self.policy is not None and self.front is not None and self._players is not None
+        assert self.policy is not None
         self.config = dataclasses.replace(self.config, limits=new.limits)
         self.policy.apply(new.limits)
-        self.front.rebind()
-        if self._players.connection_limit is not None:
-            self._players.connection_limit.limit = new.limits.connections_per_client
         log.info("edge %s applied new client limits: %s", self.config.name, new.limits)
 
     async def start(self) -> None:

@@ -1,10 +1,13 @@
 """What an edge decides about a request, in the order it decides it.
 
-Every request: the optional all-requests rate. A request that would cost a
-new upstream fetch (nothing in memory, no fetch in flight to join): first the
-guard (names that cannot exist get a 404 with no upstream fetch), then the
-per-client miss bucket (429 with Retry-After) for what is left: real fetches. Every
-answered request: the stream is being watched (prefetch follows it).
+Every request: the optional all-requests rate (`screen`). A request that would
+cost a new upstream fetch (nothing in memory or on disk, no fetch in flight to
+join; the engine asks, `livecdn.cache.engine.Admission`): first the guard
+(`check`: names that cannot exist get a 404 with no upstream fetch), then the
+per-client miss bucket (`charge`: 429 with Retry-After) for what is left: real
+fetches. Every answered request: the stream is being watched (`seen`:
+prefetch follows it). Connections per client are counted by the listener
+against this policy's `connections`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import time
 from typing import Callable
 
 from livecdn import metrics
-from livecdn.config import EdgeConfig, LimitSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import BadRequest, CacheKey
 from livecdn.cache.stored import Stored
+from livecdn.config import EdgeConfig, LimitSettings
+from livecdn.front.connlimit import ConnectionLimit
 
 from .guard import StreamGuard
 from .limits import ClientLimits
@@ -27,23 +31,27 @@ __all__ = ["EdgePolicy"]
 
 
 class EdgePolicy:
-    """The edge's policy hooks for the HTTP front (`livecdn.front.Policy`)."""
+    """The edge's policy for the HTTP front (`livecdn.front.answers.Policy`) and the engine (`Admission`)."""
 
     def __init__(self, config: EdgeConfig, engine: Engine) -> None:
-        self.engine = engine
         self.guard = StreamGuard(config.guard, engine, config.name)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
-        # The per-request hooks are bound once: a hit calls them directly, or not at all.
+        self.connections = ConnectionLimit(config.limits.connections_per_client, self._limited["connections"].inc)
+        # The per-request hooks are attributes the front reads per request: a
+        # hit calls them directly, or not at all when they are None.
         self.seen: Callable[[CacheKey, str], None] | None = (
             self.prefetcher.seen if self.prefetcher is not None else None)
+        self.screen: Callable[[str], None] | None = None
+        self.limits: ClientLimits
         self.apply(config.limits)
         engine.on_playlist(self._learn)
 
     def apply(self, limits: LimitSettings) -> None:
-        """Use these per-client rate limits from now on (every client's buckets start full)."""
+        """Use these per-client limits from now on (every client's buckets start full)."""
         self.limits = ClientLimits(limits)
-        self.screen: Callable[[str], None] | None = self._screen if limits.request_rate else None
+        self.screen = self._screen if limits.request_rate else None
+        self.connections.limit = limits.connections_per_client
 
     def _learn(self, obj: Stored) -> None:
         said = self.guard.learn(obj)
@@ -56,18 +64,13 @@ class EdgePolicy:
         if wait:
             self._refuse("request", wait)
 
-    async def admit(self, key: CacheKey, client: str) -> None:
-        if self.engine.holds(key):
-            return  # a stored copy, a disk lookup or a fetch in flight: no new upstream work
+    async def check(self, key: CacheKey, client: str) -> None:
         await self.guard.check(key, client)
-        if self.engine.holds(key):
-            return  # a request that waited on the same guard refresh started the fetch
+
+    def charge(self, key: CacheKey, client: str) -> None:
         wait = self.limits.miss(client, time.monotonic())
         if wait:
             self._refuse("miss", wait)
-
-    def connection_refused(self) -> None:
-        self._limited["connections"].inc()
 
     def _refuse(self, limit: str, wait: float) -> None:
         self._limited[limit].inc()

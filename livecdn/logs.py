@@ -17,13 +17,10 @@ import select
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-if TYPE_CHECKING:
-    from livecdn.front.http1 import Request
 
 __all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "setup"]
 
@@ -91,12 +88,6 @@ class AccessLog:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
-
-    def log(self, remote: str, request: Request, status: int, sent: int, cache: str) -> None:
-        """The player listener's entry: a parsed request and what was sent for it."""
-        took = time.perf_counter() - request.received if request.received else 0.0
-        self.write(remote, request.method, request.target, status, sent, took, cache.upper(),
-                   request.header(b"user-agent") or "")
 
     def flush(self) -> None:
         """Write out every waiting line now.

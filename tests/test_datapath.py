@@ -399,7 +399,7 @@ async def test_access_log_has_one_line_per_answer(origin: FakeOrigin, stack: Sta
     from livecdn.logs import AccessLog
     path = tmp_path / "access.log"
     with open(path, "wb") as out:
-        access = stack.edges[0].front.access = AccessLog("edge-x", out.fileno())  # type: ignore[union-attr]
+        access = stack.edges[0].players.access = AccessLog("edge-x", out.fileno())
         origin.routes["/al/seg1.ts"] = body(b"x" * 10)
         await get(stack.edge + "/al/seg1.ts", headers={"User-Agent": 'player/1 "quoted"'})
         await get(stack.edge + "/al/seg1.ts")
@@ -420,10 +420,10 @@ async def test_access_lines_are_written_within_a_second_without_a_flush(
     from livecdn.logs import FLUSH_INTERVAL, AccessLog
     path = tmp_path / "access.log"
     with open(path, "wb") as out:
-        stack.edges[0].front.access = AccessLog("edge-x", out.fileno())  # type: ignore[union-attr]
+        stack.edges[0].players.access = AccessLog("edge-x", out.fileno())
         origin.routes["/al/seg2.ts"] = body(b"y" * 3)
         await get(stack.edge + "/al/seg2.ts")
         await asyncio.sleep(FLUSH_INTERVAL + 0.3)
         lines = path.read_text().splitlines()
-        stack.edges[0].front.access = None  # type: ignore[union-attr]
+        stack.edges[0].players.access = None
     assert [json.loads(line)["path"] for line in lines] == ["/al/seg2.ts"]

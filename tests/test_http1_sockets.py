@@ -93,7 +93,7 @@ async def test_pipelining_is_bounded_and_every_request_is_answered(origin: FakeO
 
 async def test_keep_alive_then_idle_close(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/k/a.ts"] = body(b"a")
-    stack.edges[0]._players.keepalive_timeout = 0.4  # type: ignore[union-attr]
+    stack.edges[0].players.keepalive_timeout = 0.4
     reader, writer = await connect(stack)
     for _ in range(3):  # one connection, several requests
         writer.write(get("/k/a.ts"))
@@ -222,7 +222,7 @@ async def test_a_slow_reader_does_not_hold_back_others(origin: FakeOrigin, stack
         writer.close()
     assert time.monotonic() - started < 2.0
     edge = stack.edges[0]
-    (slow_conn,) = [c for c in edge._players.connections if c.queue]  # type: ignore[union-attr]
+    (slow_conn,) = [c for c in edge.players.connections if c.h1.pending]
     # Its answers wait in its own queue: the transport holds about one body, not 32.
     assert slow_conn.transport.get_write_buffer_size() <= 2 * len(SEG)
     sock.close()

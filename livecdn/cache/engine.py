@@ -5,7 +5,12 @@ request to the key's one upstream fetch (`Fill`). Every command a fill emits
 is carried out in `_dispatch`, without an `await` between feeding an event and
 dispatching what it produced, so the fill's view of the world is never stale.
 The engine knows nothing of aiohttp requests or responses: the HTTP front
-turns an `Answer` into bytes on the wire.
+turns an `Answer` into a response plan.
+
+Code the engine calls but does not own (a node's admission policy, playlist
+observers) cannot break it: an exception there fails only the request that
+ran it, or is logged and forgotten, and the key stays usable. A fill whose own
+code raises is abandoned (its clients get an error) rather than left registered.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from typing import AsyncIterator, BinaryIO, Callable
+from typing import AsyncIterator, BinaryIO, Callable, Coroutine, Protocol
 
 import aiohttp
 
@@ -35,7 +40,7 @@ from livecdn.media.kinds import Kind, kind_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 
-__all__ = ["Answer", "Attachment", "Engine", "UpstreamBroken"]
+__all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
 log = logging.getLogger("livecdn.cache.engine")
 
@@ -49,6 +54,26 @@ PLAYLIST_KINDS = frozenset({Kind.MASTER, Kind.LIVE, Kind.ENDED})
 
 class UpstreamBroken(Exception):
     """The shared upstream body broke after headers were sent."""
+
+
+class EngineError(Exception):
+    """The engine could not answer a request because of a bug of its own (logged with its traceback)."""
+
+
+class Admission(Protocol):
+    """A node's say over a request that would start a new upstream fetch (the edge's guard and limits).
+
+    The engine asks only when the key has no copy in memory, none on disk and
+    no fetch in flight to join: `check` first (it may wait, e.g. for a playlist
+    refresh; the engine looks again afterwards), then `charge`, right before
+    the fetch starts, with no `await` in between. Either raises to refuse.
+    """
+
+    async def check(self, key: CacheKey, client: str) -> None:
+        """May this name cost an upstream fetch at all?"""
+
+    def charge(self, key: CacheKey, client: str) -> None:
+        """Count the fetch against the client (raises when it is over its share)."""
 
 
 class Attachment:
@@ -161,6 +186,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
         self._playlist_observers: list[Callable[[Stored], None]] = []
+        self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
 
     def start(self, session: aiohttp.ClientSession) -> None:
@@ -177,16 +203,16 @@ class Engine:
         obj = self.memory.get(key.key)
         return obj if obj is not None and obj.fresh(now) else None
 
-    def holds(self, key: CacheKey) -> bool:
-        """Is there a copy in memory (fresh or not), a disk lookup or a fetch in flight for `key`?
-
-        Such a request costs at most the one fetch the key gets anyway.
-        """
-        k = key.key
+    def _held(self, k: str) -> bool:
+        """A copy in memory (fresh or not), a disk lookup or a fetch in flight: no new fetch is needed."""
         return k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
 
     def on_playlist(self, observer: Callable[[Stored], None]) -> None:
-        """Call `observer` with every playlist stored from upstream (status 200)."""
+        """Call `observer` with every playlist stored from upstream (status 200).
+
+        Observers run after the fill's commands are carried out; one that
+        raises is logged and the others still run.
+        """
         self._playlist_observers.append(observer)
 
     def prefetch(self, key: CacheKey) -> asyncio.Future[None] | None:
@@ -195,12 +221,9 @@ class Engine:
         Returns:
             A future done when the fetch ends, or None when none was started.
         """
-        if self.holds(key):
+        if self._held(key.key):
             return None
-        fill = self._new_fill(key, None)
-        done = self._finished[fill] = asyncio.get_running_loop().create_future()
-        self._feed(fill, RefreshRequested())
-        return done
+        return self._background(key, None)
 
     async def refresh(self, key: CacheKey) -> None:
         """Fetch `key` again now, fresh or not, and return once it is stored.
@@ -208,26 +231,40 @@ class Engine:
         Joins a fetch already in flight for the key instead of starting another.
         """
         fill = self._fills.get(key.key)
-        start = fill is None
         if fill is None:
             current = self.memory.get(key.key)
-            fill = self._new_fill(key, current if current is not None and current.body else None)
-        done = self._finished.get(fill)
-        if done is None:
-            done = self._finished[fill] = asyncio.get_running_loop().create_future()
-        if start:
-            self._feed(fill, RefreshRequested())
+            done = self._background(key, current if current is not None and current.body else None)
+        else:
+            done = self._finished.get(fill) or self._finished.setdefault(
+                fill, asyncio.get_running_loop().create_future())
         await asyncio.shield(done)  # a waiter that gives up must not cancel it for the others
 
-    async def get(self, key: CacheKey) -> Answer:
-        """Answer a request for `key`; the caller must `close()` the answer."""
+    def _background(self, key: CacheKey, stale: Stored | None) -> asyncio.Future[None]:
+        """The one way a fetch starts with no client attached (prefetch, refresh, stale-while-revalidate)."""
+        fill = self._new_fill(key, stale)
+        done = self._finished[fill] = asyncio.get_running_loop().create_future()
+        self._feed(fill, RefreshRequested())
+        return done
+
+    async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None) -> Answer:
+        """Answer a request for `key`; the caller must `close()` the answer.
+
+        Args:
+            key: the object.
+            client: who asks (the admission's per-client shares).
+            admission: asked when answering would start a new upstream fetch (see `Admission`).
+
+        Raises:
+            BadRequest: the admission refused the request (its status says why).
+            EngineError: a bug failed this request; the key stays usable.
+        """
         now = time.time()
         k = key.key
         obj = self.memory.get(k) or self._writing.get(k)
         file = None
         if obj is None and self.disk is not None:
-            # While the disk is asked, the key counts as held (`holds()`): requests
-            # arriving meanwhile will join whatever this one starts.
+            # While the disk is asked, the key counts as held (`_held()`): a
+            # prefetch meanwhile does not start a fetch this request may start.
             self._looking[k] += 1
             try:
                 obj, file = await self._from_disk(k, now)
@@ -248,6 +285,15 @@ class Engine:
                 # A file-backed copy cannot be revalidated in place: fetch it whole.
                 file.close()
                 obj = None
+        if obj is None and admission is not None and k not in self._fills:
+            await admission.check(key, client)
+            # The check may have waited: what it waited for (a playlist refresh,
+            # another request) may have stored the object or started its fetch.
+            late = self.memory.get(k) or self._writing.get(k)
+            if late is not None and late.fresh(time.time()):
+                return Answer("hit", late)
+            if k not in self._fills:
+                admission.charge(key, client)  # no `await` from here to the fill's creation
         return await self._attach(key, obj)
 
     async def _from_disk(self, k: str, now: float) -> tuple[Stored | None, BinaryIO | None]:
@@ -284,8 +330,7 @@ class Engine:
 
     def _refresh(self, key: CacheKey, stale: Stored | None) -> None:
         if key.key not in self._fills:
-            fill = self._new_fill(key, stale)
-            self._feed(fill, RefreshRequested())
+            self._background(key, stale)
 
     async def _attach(self, key: CacheKey, stale: Stored | None) -> Answer:
         fill = self._fills.get(key.key) or self._new_fill(key, stale)
@@ -311,16 +356,42 @@ class Engine:
     # --- the shell: events in, commands out ---
 
     def _feed(self, fill: Fill, event: Event) -> None:
-        commands = fill.handle(event)
-        # No `await` beyond this point: commands are carried out against the
-        # state the fill just reached.
-        self._dispatch(fill, commands)
-        if fill.finished:
-            if self._fills.get(fill.key.key) is fill:
-                del self._fills[fill.key.key]
-            done = self._finished.pop(fill, None)
-            if done is not None and not done.done():
-                done.set_result(None)
+        failed = False
+        try:
+            commands = fill.handle(event)
+            # No `await` beyond this point: commands are carried out against the
+            # state the fill just reached.
+            self._dispatch(fill, commands)
+        except Exception as e:  # noqa: BLE001 - a bug fails this fill's clients, never the key
+            log.exception("%s: %r could not be handled; abandoning the fetch", fill.key, event)
+            failed = True
+            self._abandon(fill, f"internal error: {_describe(e)}")
+        finally:
+            if failed or fill.finished:
+                if self._fills.get(fill.key.key) is fill:
+                    del self._fills[fill.key.key]
+                done = self._finished.pop(fill, None)
+                if done is not None and not done.done():
+                    done.set_result(None)
+        self._tell_observers()
+
+    def _abandon(self, fill: Fill, reason: str) -> None:
+        """Fail every client of a fill whose handling raised: an error head, or a cut if streaming."""
+        for att in [a for a in self._clients.values() if a.fill is fill]:
+            if not att.ready.done():
+                att.ready.set_exception(EngineError(reason))
+            else:
+                att.error = reason
+                att.wake()
+
+    def _tell_observers(self) -> None:
+        while self._observed:
+            obj = self._observed.pop(0)
+            for observer in self._playlist_observers:
+                try:
+                    observer(obj)
+                except Exception:  # noqa: BLE001 - an observer's bug must not reach the fill or its clients
+                    log.exception("playlist observer %r failed on %s", observer, obj.key)
 
     def _dispatch(self, fill: Fill, commands: list[Command]) -> None:
         for cmd in commands:
@@ -354,10 +425,18 @@ class Engine:
         if not att.ready.done():
             att.ready.set_result(result)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        # Safe inside `_dispatch` only because no spawned coroutine feeds a fill
+        # before its first `await`: with an eager task factory it would run now,
+        # re-entering the dispatch under way (mitmproxy's issue 7027).
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task %s died", task.get_coro(), exc_info=task.exception())
 
     async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
         if self._session is None:
@@ -368,8 +447,8 @@ class Engine:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         self._upstream_counter.inc()
 
-        def current() -> bool:
-            return fill.attempt == cmd.attempt and not fill.finished
+        def current() -> bool:  # a fetch that failed over, finished or was abandoned feeds nothing more
+            return fill.attempt == cmd.attempt and not fill.finished and self._fills.get(key.key) is fill
 
         try:
             async with self._session.get(url, headers=headers, timeout=timeout,
@@ -397,9 +476,8 @@ class Engine:
         if obj.kind in PLAYLIST_KINDS and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
-        if obj.kind in PLAYLIST_KINDS and obj.status == 200:
-            for observer in self._playlist_observers:
-                observer(obj)
+        if obj.kind in PLAYLIST_KINDS and obj.status == 200 and self._playlist_observers:
+            self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from livecdn.cache.freshness import Lifetime
 from livecdn.media.kinds import Kind
@@ -22,13 +21,14 @@ KEPT_HEADERS = {
 }
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Stored:
     """One complete upstream answer, ready to replay.
 
     `born` is the wall-clock time the answer was generated upstream (the time it
     arrived minus the Age the upstream declared), so `age()` is correct across
-    tiers and processes.
+    tiers and processes. Weakly referable: the player front keeps what it
+    derives from an object (its hit plans) only as long as the object lives.
     """
 
     key: str
@@ -40,10 +40,6 @@ class Stored:
     kind: Kind
     size: int = -1  # body length; set from body when -1 (disk hits carry no body)
     gzipped: bytes | None = field(default=None, repr=False)  # compressed copy, made on first ask
-    # The player front's serialized head for this object, built on its first
-    # hit (`livecdn.front.answers`). Not an init field: `dataclasses.replace()` (a
-    # revalidated or re-read copy) starts without it.
-    head: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.size < 0:

@@ -1,52 +1,48 @@
-"""The player-facing HTTP front: parse, ask the engine, send the answer.
+"""The player-facing front: (request, engine answer) → a response plan.
 
-It holds no cache policy. What it owns is HTTP toward players: methods, CORS,
-conditional requests (304), byte ranges (206/416), HEAD, gzip for playlists,
-Age, and sendfile for bodies the disk tier keeps as files. Edge and shield
-both serve through it; the edge adds a policy that may refuse a request
-before the engine sees it.
+It holds no cache policy and writes nothing. What it owns is HTTP semantics
+toward players: methods, CORS, conditional requests (304) and byte ranges
+(206/416) through `negotiate`, HEAD, gzip for playlists, Via and X-Cache.
+Edge and shield both serve through it; the edge adds a policy that may refuse
+a request before the engine sees it, and that the engine asks before a
+request costs a new upstream fetch.
 
-Requests arrive from the player listener (`livecdn/listener.py`) already
-parsed (`livecdn/http1.py`). `answer_now()` answers everything that needs no
-waiting, right there in the listener's callback: a memory hit costs the
-engine's dictionary lookup and one `writelines` of a head built once per
-stored object (only Age, Date and the connection line are spliced in, and
-those once per second) and the body, which is never copied. What needs
-waiting (disk, a fetch, a guard refresh) goes to `answer_later()`, awaited by
-the connection's task, which keeps answers in request order.
+`answer_now()` answers everything that needs no waiting: a memory hit costs
+the key memo, the engine's dictionary lookup and the lookup of the plan built
+once per stored object (its fields are serialized once by the protocol shell
+too). What needs waiting (disk, admission, a fetch) is returned as `Later`,
+and `answer_later()` gives its plan. The listener (`listener.py`) writes
+plans; this module does not know HTTP/1.1.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
+import logging
 import time
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
+import weakref
+from typing import BinaryIO, Callable, Protocol
 
 from livecdn import metrics
-from livecdn.cache.engine import Answer, Engine, UpstreamBroken
-from livecdn.front.http1 import (
-    LAST_CHUNK, ProtocolError, Request, chunk, connection_line, date_line, header_lines, response_head,
-    status_line,
-)
+from livecdn.cache.engine import Admission, Answer, Attachment, Engine
+from livecdn.cache.fill import Head
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
-from livecdn.front.negotiate import etag_matches, parse_range
 
-if TYPE_CHECKING:
-    from livecdn.front.listener import PlayerConnection
-    from livecdn.logs import AccessLog
+from .http1 import ALLOW
+from .negotiate import negotiate
+from .plan import Fields, FileRange, Later, Plan, Stream
+from .request import Request
 
-__all__ = ["ALLOWED_METHODS", "CORS", "PREFLIGHT", "Policy", "PlayerFront"]
+__all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront"]
 
-ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+log = logging.getLogger("livecdn.front")
+
 CORS = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Expose-Headers", "Age, Content-Length, Content-Range, Date, ETag, X-Cache"),
 )
 PREFLIGHT = CORS + (
-    ("Access-Control-Allow-Methods", ALLOWED_METHODS),
+    ("Access-Control-Allow-Methods", ALLOW),
     ("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
     ("Access-Control-Max-Age", "86400"),
 )
@@ -54,18 +50,16 @@ PREFLIGHT = CORS + (
 # its path again. Bounded: a flood of distinct targets (tokens, busters)
 # empties it rather than growing it.
 KEY_MEMO_BOUND = 4096
-# Bytes read from a disk-tier file per step where the loop has no sendfile
-# (uvloop): one step is written and drained before the next is read.
-FILE_CHUNK = 256 << 10
-# Request fields that make a hit more than the stored 200 (see `_send_stored`).
+# Request fields that make a hit more than the stored 200 (see `_stored`).
 NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
+_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
 
 
-class Policy(Protocol):
-    """A node's say over requests, consulted by the front (the edge has one).
+class Policy(Admission, Protocol):
+    """A node's say over requests (the edge has one): the engine's `Admission`, plus two per-request hooks.
 
-    The two per-request hooks are attributes, bound once, so that a hit calls
-    them directly, or not at all when the policy has nothing to do there (None).
+    The hooks are attributes the front reads per request, so a hit calls them
+    directly, or not at all when the policy has nothing to do there (None).
     """
 
     screen: Callable[[str], None] | None
@@ -74,133 +68,45 @@ class Policy(Protocol):
     seen: Callable[[CacheKey, str], None] | None
     """A request was answered with this cache result."""
 
-    async def admit(self, key: CacheKey, client: str) -> None:
-        """A request the memory tier cannot answer; raise `BadRequest` to refuse."""
 
-
-class _Prebuilt:
-    """The constant part of one stored object's 200 head, and the whole head for this second.
-
-    `prefix` runs from the status line through Content-Length; what varies per
-    answer is Age, Date and the connection line. The complete head for the
-    common case (HTTP/1.1, kept alive) is cached per (age, second).
-    """
-
-    __slots__ = ("prefix", "prefix_gzip", "stamp", "head", "head_gzip")
-
-    def __init__(self, prefix: bytes, prefix_gzip: bytes | None) -> None:
-        self.prefix = prefix
-        self.prefix_gzip = prefix_gzip
-        self.stamp = -1
-        self.head = b""
-        self.head_gzip = b""
-
-
-def _not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
-    inm = request.header(b"if-none-match")
-    if inm is not None:
-        return etag is not None and etag_matches(inm, etag)
-    ims = request.header(b"if-modified-since")
-    if ims and last_modified:
-        try:
-            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
-            return False
-    return False
-
-
-def _range(request: Request, etag: str | None, size: int) -> tuple[int, int] | None | bool:
-    if_range = request.header(b"if-range")
-    if if_range is not None and (etag is None or if_range.strip() != etag):
-        return None  # the client's copy is different: send the whole object
-    return parse_range(request.header(b"range"), size)
-
-
-def _negotiate(request: Request, headers: dict[str, str], size: int | None) -> tuple[int, int, int | None]:
-    """Conditional request and byte range against a 200 of `size` bytes (None: not known yet).
-
-    Returns:
-        (status, start, stop): 304 or 416 (no body), 206 with the range, or 200.
-        `headers` gains Accept-Ranges / Content-Range, or loses Content-Type for a 304.
-    """
-    etag = headers.get("ETag")
-    if _not_modified(request, etag, headers.get("Last-Modified")):
-        headers.pop("Content-Type", None)
-        return 304, 0, 0
-    if size is None:
-        return 200, 0, None  # streamed with its length unknown: no ranges
-    headers["Accept-Ranges"] = "bytes"
-    rng = _range(request, etag, size)
-    if rng is False:
-        headers["Content-Range"] = f"bytes */{size}"
-        return 416, 0, 0
-    if rng:
-        start, stop = rng
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        return 206, start, stop
-    return 200, 0, size
-
-
-async def _copy_file(conn: PlayerConnection, file: BinaryIO, start: int, stop: int) -> None:
-    """Send bytes [start, stop) of `file`: blocking reads on a thread, writes drained per chunk."""
-    loop = asyncio.get_running_loop()
-    fd = file.fileno()
-    pos = start
-    while pos < stop:
-        data = await loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
-        if not data:
-            raise OSError(f"disk file ended at byte {pos} of {stop}")
-        conn.write(data)
-        pos += len(data)
-        await conn.drain()
+def _wants_gzip(request: Request) -> bool:
+    return b"gzip" in request.headers.get(b"accept-encoding", b"")
 
 
 class PlayerFront:
-    """HTTP semantics toward players, for one node process.
+    """HTTP semantics toward players, for one node process (the listener's `Handler`).
 
     Args:
         engine: the node's cache engine.
         node: the node's name (Via, metrics).
-        policy: the node's policy hooks, or None.
-        access_log: where access records go, or None (then nothing on the hot path logs).
+        policy: the node's policy, or None.
     """
 
-    def __init__(self, engine: Engine, node: str, policy: Policy | None = None,
-                 access_log: AccessLog | None = None) -> None:
+    def __init__(self, engine: Engine, node: str, policy: Policy | None = None) -> None:
         self.engine = engine
         self.node = node
         self.policy = policy
-        self.access = access_log
-        self.inflight = 0
+        self.inflight = 0  # requests between answer_later() and the end of their answer
+        self.hits = 0  # memory hits not yet added to the request counter (see `flush_hits()`)
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
-        self._screen: Callable[[str], None] | None = None
-        self._seen: Callable[[CacheKey, str], None] | None = None
-        self.rebind()
-        self.hits = 0  # memory hits not yet added to the request counter (see `count()`)
         self._keys: dict[str, CacheKey] = {}
+        # The plans of a stored 200 as a hit (identity, gzip), built on its first
+        # hit; an entry goes when its object does (evicted, or replaced by a
+        # revalidated copy), so a plan never outlives the bytes it describes.
+        self._hit_plans: weakref.WeakKeyDictionary[Stored, tuple[Plan, Plan | None]] = weakref.WeakKeyDictionary()
+        self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, "")
 
     # --- the listener's entry points ---
 
-    def answer_now(self, request: Request, conn: PlayerConnection) -> CacheKey | None:
-        """Answer `request` without waiting if that is possible.
-
-        Returns:
-            None when the answer has been written; otherwise the request's key,
-            to be passed to `answer_later()` (memory could not answer it; the
-            policy's `screen` has already been consulted).
-        """
-        if self.access is not None:
-            request.received = time.perf_counter()
+    def answer_now(self, request: Request, peer: str) -> Plan | Later:
+        """The plan for `request` if it needs no waiting, else `Later` (the policy's `screen` already ran)."""
         method = request.method
         if method != "GET" and method != "HEAD":
             if method == "OPTIONS":
-                self._write(conn, request, 204, PREFLIGHT, b"", "")
-            else:
-                self._counters["rejected"].inc()
-                self._plain(conn, request, 405, f"method {method} not allowed", (("Allow", ALLOWED_METHODS),))
-            return None
+                return self._preflight
+            return self.refuse(405, f"method {method} not allowed", (("Allow", ALLOW),))
         try:
             key = self._keys.get(request.target)
             if key is None:
@@ -208,29 +114,50 @@ class PlayerFront:
                 if len(self._keys) >= KEY_MEMO_BOUND:
                     self._keys.clear()
                 self._keys[request.target] = key
-            if self._screen is not None:
-                self._screen(conn.peer)
-            now = time.time()
-            obj = self.engine.hit(key, now)
+            policy = self.policy
+            if policy is not None and policy.screen is not None:
+                policy.screen(peer)
+            obj = self.engine.hit(key, time.time())
+            if obj is None:
+                return Later(request, peer, key)
+            self.hits += 1
+            if policy is not None and policy.seen is not None:
+                policy.seen(key, "hit")
+            return self._stored(request, obj, "hit")
         except BadRequest as e:
-            self._counters["rejected"].inc()
-            self._plain(conn, request, e.status, e.reason, e.headers)
-            return None
-        if obj is None:
-            return key
-        self.hits += 1
-        if self._seen is not None:
-            self._seen(key, "hit")
-        self._send_stored(conn, request, obj, "hit", now)
-        return None
+            return self.refuse(e.status, e.reason, e.headers)
+        except Exception as e:  # noqa: BLE001 - policy or front bug: this request fails, with a reason
+            return self._failed(request, e)
 
-    def rebind(self) -> None:
-        """Take the policy's per-request hooks again (after the policy changed them)."""
-        policy = self.policy
-        self._screen = policy.screen if policy is not None else None
-        self._seen = policy.seen if policy is not None else None
+    async def answer_later(self, later: Later) -> Plan:
+        """The plan for a request memory could not answer: the engine (and its admission), then HTTP."""
+        request, key = later.request, later.key
+        self.inflight += 1
+        self._inflight_gauge.inc()
+        answer: Answer | None = None
+        try:
+            answer = await self.engine.get(key, later.peer, self.policy)
+            self._counters[answer.cache].inc()
+            policy = self.policy
+            if policy is not None and policy.seen is not None:
+                policy.seen(key, answer.cache)
+            plan = self._answer(request, answer)
+        except BadRequest as e:
+            plan = self.refuse(e.status, e.reason, e.headers)
+        except Exception as e:  # noqa: BLE001 - policy, engine or front bug: this request fails, with a reason
+            plan = self._failed(request, e)
+        except BaseException:  # cancelled: the player went away
+            self._finished(answer)
+            raise
+        # A plan of its own (never a shared hit plan): it carries this answer's release.
+        return Plan(plan.fields, plan.body, plan.length, plan.born, plan.cache, lambda: self._finished(answer))
 
-    def count(self) -> None:
+    def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Plan:
+        """A plain-text refusal (a 4xx for a request we do not serve; the listener's for bad bytes)."""
+        self._counters["rejected"].inc()
+        return self._plain(status, reason, headers, "rejected")
+
+    def flush_hits(self) -> None:
         """Add the memory hits counted since the last call to the request counter.
 
         A hit only bumps an integer; the node calls this every second and
@@ -240,215 +167,98 @@ class PlayerFront:
             self._counters["hit"].inc(self.hits)
             self.hits = 0
 
-    async def answer_later(self, request: Request, key: CacheKey, conn: PlayerConnection) -> None:
-        """Answer a request memory could not: the policy's admission, then the engine."""
-        self.inflight += 1
-        self._inflight_gauge.inc()
-        try:
-            policy = self.policy
-            try:
-                if policy is not None:
-                    await policy.admit(key, conn.peer)
-                answer = await self.engine.get(key)
-            except BadRequest as e:
-                self._counters["rejected"].inc()
-                self._plain(conn, request, e.status, e.reason, e.headers)
-                return
-            try:
-                self._counters[answer.cache].inc()
-                if self._seen is not None:
-                    self._seen(key, answer.cache)
-                if answer.obj is not None:
-                    if answer.file is None:
-                        self._send_stored(conn, request, answer.obj, answer.cache, time.time())
-                    else:
-                        await self._send_file(conn, request, answer)
-                else:
-                    await self._send_stream(conn, request, answer)
-            finally:
-                answer.close()
-        finally:
-            self.inflight -= 1
-            self._inflight_gauge.dec()
+    # --- plans ---
 
-    def refuse(self, error: ProtocolError, conn: PlayerConnection) -> None:
-        """Answer bytes that are not a request we serve; the connection closes after it."""
-        self._counters["rejected"].inc()
-        conn.must_close = True
-        body = f"{error.status} {error.reason}\n".encode()
-        headers = (("Via", self._via), ("X-Cache", "REJECTED"), *CORS, *error.headers,
-                   ("Content-Type", "text/plain; charset=utf-8"))
-        conn.writelines((response_head(error.status, headers, length=len(body), keep_alive=False,
-                                       version="1.1", date=date_line(time.time())), body))
+    def _finished(self, answer: Answer | None) -> None:
+        if answer is not None:
+            answer.close()
+        self.inflight -= 1
+        self._inflight_gauge.dec()
 
-    # --- writing answers ---
+    def _failed(self, request: Request, e: Exception) -> Plan:
+        log.exception("answering %s %s failed", request.method, request.target[:200])
+        self._counters["error"].inc()
+        return self._plain(500, f"internal error: {type(e).__name__}", (), "error")
 
-    def _write(self, conn: PlayerConnection, request: Request, status: int,
-               headers: tuple[tuple[str, str], ...] | list[tuple[str, str]], body: bytes | memoryview,
-               cache: str, length: int | None = None) -> None:
-        """One whole answer whose body is in hand."""
-        keep = conn.keep_alive(request)
-        head = response_head(status, headers, length=len(body) if length is None else length,
-                             keep_alive=keep, version=request.version, date=date_line(time.time()))
-        if request.method == "HEAD" or not body:
-            conn.write(head)
-            sent = 0
-        else:
-            conn.writelines((head, body))
-            sent = len(body)
-        if self.access is not None:
-            self.access.log(conn.peer, request, status, sent, cache)
+    def _plain(self, status: int, reason: str, extra: tuple[tuple[str, str], ...], cache: str) -> Plan:
+        body = f"{status} {reason}\n".encode()
+        fields = Fields(status, (("Via", self._via), ("X-Cache", cache.upper()), *CORS, *extra, _PLAIN))
+        return Plan(fields, body, len(body), None, cache)
 
-    def _plain(self, conn: PlayerConnection, request: Request, status: int, reason: str,
-               extra: tuple[tuple[str, str], ...] = ()) -> None:
-        headers = (("Via", self._via), ("X-Cache", "REJECTED"), *CORS, *extra,
-                   ("Content-Type", "text/plain; charset=utf-8"))
-        self._write(conn, request, status, headers, f"{status} {reason}\n".encode(), "rejected")
-
-    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: str, born: float,
-                 now: float) -> dict[str, str]:
+    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: str) -> dict[str, str]:
         headers = dict(pairs)
         headers.update(CORS)
-        headers["Age"] = str(max(0, int(now - born))) if born else "0"
         headers["Via"] = self._via
         headers["X-Cache"] = cache.upper()
         return headers
 
-    def _send_stored(self, conn: PlayerConnection, request: Request, obj: Stored, cache: str,
-                     now: float) -> None:
+    def _answer(self, request: Request, answer: Answer) -> Plan:
+        if answer.obj is None:
+            assert answer.head is not None and answer.stream is not None
+            return self._stream(request, answer.head, answer.stream, answer.cache)
+        if answer.file is None:
+            return self._stored(request, answer.obj, answer.cache)
+        return self._file(request, answer.obj, answer.file, answer.cache)
+
+    def _stored(self, request: Request, obj: Stored, cache: str) -> Plan:
         """A stored answer whose body is in memory."""
-        h = request.headers
-        if obj.status == 200 and cache == "hit" and h.keys().isdisjoint(NEGOTIATING):
-            self._send_prebuilt(conn, request, obj, now)
-            return
-        headers = self._headers(obj.headers, cache, obj.born, now)
+        if obj.status == 200 and cache == "hit" and request.headers.keys().isdisjoint(NEGOTIATING):
+            plans = self._hit_plans.get(obj)
+            if plans is None:
+                plans = self._hit_plans[obj] = self._hit(obj)
+            if plans[1] is not None and _wants_gzip(request):
+                return plans[1]
+            return plans[0]
+        headers = self._headers(obj.headers, cache)
         if obj.status != 200:
-            self._write(conn, request, obj.status, list(headers.items()), obj.body, cache)
-            return
+            return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
-        status, start, stop = _negotiate(request, headers, obj.size)
-        if status == 200 and obj.gzipped is not None and b"gzip" in h.get(b"accept-encoding", b""):
+        status, start, stop = negotiate(request, headers, obj.size)
+        body: bytes | memoryview
+        if status == 200 and obj.gzipped is not None and _wants_gzip(request):
             headers["Content-Encoding"] = "gzip"
-            body: bytes | memoryview = obj.gzipped
+            body = obj.gzipped
         elif status == 200:
             body = obj.body
         else:
             body = memoryview(obj.body)[start:stop]
-        self._write(conn, request, status, list(headers.items()), body, cache)
+        return Plan(Fields(status, tuple(headers.items())), body, len(body), obj.born, cache)
 
-    def _send_prebuilt(self, conn: PlayerConnection, request: Request, obj: Stored, now: float) -> None:
-        """The hit fast path: a whole 200 of a memory object, its head built once."""
-        pre: _Prebuilt | None = obj.head
-        if pre is None:
-            pre = obj.head = self._prebuild(obj)
-        gz = pre.prefix_gzip is not None and b"gzip" in request.headers.get(b"accept-encoding", b"")
-        keep = conn.keep_alive(request)
-        age = int(now - obj.born) if now > obj.born else 0
-        if keep and request.version == "1.1":
-            stamp = (age << 40) | int(now)
-            if pre.stamp != stamp:
-                pre.stamp = stamp
-                tail = b"Age: %d\r\n%s\r\n" % (age, date_line(now))
-                pre.head = pre.prefix + tail
-                pre.head_gzip = pre.prefix_gzip + tail if pre.prefix_gzip is not None else b""
-            head = pre.head_gzip if gz else pre.head
-        else:
-            head = b"".join(((pre.prefix_gzip if gz else pre.prefix), b"Age: %d\r\n" % age, date_line(now),
-                             connection_line(keep, request.version), b"\r\n"))
-        body = obj.gzipped if gz else obj.body
-        if request.method == "HEAD":
-            conn.write(head)
-            sent = 0
-        else:
-            conn.writelines((head, body))  # type: ignore[arg-type]
-            sent = len(body)  # type: ignore[arg-type]
-        if self.access is not None:
-            self.access.log(conn.peer, request, 200, sent, "hit")
-
-    def _prebuild(self, obj: Stored) -> _Prebuilt:
-        headers = dict(obj.headers)
-        headers.update(CORS)
-        headers["Via"] = self._via
-        headers["X-Cache"] = "HIT"
+    def _hit(self, obj: Stored) -> tuple[Plan, Plan | None]:
+        """The shared plans of a whole 200 hit: identity, and gzip when the object has a compressed copy."""
+        headers = self._headers(obj.headers, "hit")
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
         headers["Accept-Ranges"] = "bytes"
-        fields = header_lines(headers.items())
-        prefix = b"%s%sContent-Length: %d\r\n" % (status_line(200), fields, obj.size)
-        prefix_gzip = None
-        if obj.gzipped is not None:
-            prefix_gzip = b"%s%sContent-Encoding: gzip\r\nContent-Length: %d\r\n" % (
-                status_line(200), fields, len(obj.gzipped))
-        return _Prebuilt(prefix, prefix_gzip)
+        plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, "hit")
+        if obj.gzipped is None:
+            return plain, None
+        headers["Content-Encoding"] = "gzip"
+        return plain, Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, "hit")
 
-    async def _send_file(self, conn: PlayerConnection, request: Request, answer: Answer) -> None:
-        """A stored answer whose body is a disk-tier file: the head, then sendfile."""
-        obj, file = answer.obj, answer.file
-        assert obj is not None and file is not None
-        now = time.time()
-        headers = self._headers(obj.headers, answer.cache, obj.born, now)
-        if obj.status != 200:  # never happens today: errors are small, kept in SQLite
-            self._write(conn, request, obj.status, list(headers.items()), file.read(), answer.cache)
-            return
-        status, start, stop = _negotiate(request, headers, obj.size)
-        assert stop is not None
-        if status in (304, 416):
-            self._write(conn, request, status, list(headers.items()), b"", answer.cache)
-            return
-        keep = conn.keep_alive(request)
-        conn.write(response_head(status, list(headers.items()), length=stop - start, keep_alive=keep,
-                                 version=request.version, date=date_line(now)))
-        sent = 0
-        if request.method != "HEAD":
-            transport = conn.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("player went away")
-            try:
-                await asyncio.get_running_loop().sendfile(transport, file, start, stop - start, fallback=False)
-            except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
-                # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
-                await _copy_file(conn, file, start, stop)
-            sent = stop - start
-        if self.access is not None:
-            self.access.log(conn.peer, request, status, sent, answer.cache)
+    def _file(self, request: Request, obj: Stored, file: BinaryIO, cache: str) -> Plan:
+        """A stored answer whose body is a disk-tier file."""
+        headers = self._headers(obj.headers, cache)
+        if obj.status != 200:
+            return Plan(Fields(obj.status, tuple(headers.items())), FileRange(file, 0, obj.size), obj.size,
+                        obj.born, cache)
+        status, start, stop = negotiate(request, headers, obj.size)
+        fields = Fields(status, tuple(headers.items()))
+        if status in (304, 416) or stop is None:
+            return Plan(fields, b"", 0, obj.born, cache)
+        return Plan(fields, FileRange(file, start, stop), stop - start, obj.born, cache)
 
-    async def _send_stream(self, conn: PlayerConnection, request: Request, answer: Answer) -> None:
-        """An answer arriving from upstream: written chunk by chunk at the player's pace."""
-        head, stream = answer.head, answer.stream
-        assert head is not None and stream is not None
-        headers = self._headers(head.headers, answer.cache, head.born, time.time())
+    def _stream(self, request: Request, head: Head, stream: Attachment, cache: str) -> Plan:
+        """An answer arriving from upstream."""
+        headers = self._headers(head.headers, cache)
+        born = head.born or time.time()  # a generated error is born now: Age 0
         if head.body:
-            self._write(conn, request, head.status, list(headers.items()), head.body, answer.cache)
-            return
+            return Plan(Fields(head.status, tuple(headers.items())), head.body, len(head.body), born, cache)
         start, stop, status = 0, head.length, head.status
-        if head.status == 200:
-            status, start, stop = _negotiate(request, headers, head.length)
+        if status == 200:
+            status, start, stop = negotiate(request, headers, head.length)
             if status in (304, 416):
-                self._write(conn, request, status, list(headers.items()), b"", answer.cache)
-                return
-        keep = conn.keep_alive(request)
-        chunked = stop is None and request.version == "1.1"
-        if stop is None and not chunked:
-            keep = False  # an HTTP/1.0 body of unknown length ends with the connection
-            conn.must_close = True
-        conn.write(response_head(status, list(headers.items()), length=None if stop is None else stop - start,
-                                 keep_alive=keep, version=request.version, date=date_line(time.time())))
-        sent = 0
-        if request.method != "HEAD" and status not in (204, 304):
-            try:
-                async for piece in stream.chunks(start, stop):
-                    if chunked:
-                        conn.writelines(chunk(piece))
-                    else:
-                        conn.write(piece)
-                    sent += len(piece)
-                    await conn.drain()
-            except UpstreamBroken:
-                # Never let a truncated body pass for a whole one: cut the connection.
-                conn.cut()
-                return
-            if chunked:
-                conn.write(LAST_CHUNK)
-        if self.access is not None:
-            self.access.log(conn.peer, request, status, sent, answer.cache)
+                return Plan(Fields(status, tuple(headers.items())), b"", 0, born, cache)
+        return Plan(Fields(status, tuple(headers.items())), Stream(stream, start, stop),
+                    None if stop is None else stop - start, born, cache)

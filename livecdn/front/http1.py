@@ -1,29 +1,36 @@
-"""HTTP/1.1 toward players, sans-io: request framing in, response heads out.
+"""HTTP/1.1 toward players, sans-io: one server connection, both directions.
 
-`RequestParser` is one connection's request side, shaped like h11's
-`Connection`: `receive_data(bytes)` feeds it, `next_event()` returns the next
-`Request`, a `ProtocolError` (carrying the status to answer with), or
-`NEED_DATA`. It wraps `httptools` (llhttp) for the grammar and adds what
-llhttp leaves to its user: bounded buffering (header and request-line sizes),
-the HTTP version rule, `Expect`, and whether the connection may be kept open.
-Response heads are built by pure functions (`response_head`, `http_date`).
-Nothing here knows about sockets, the event loop or the clock:
-`livecdn/listener.py` is the I/O shell around it.
+`ServerConnection` is shaped like h11's `Connection`: `receive_data(bytes)`
+feeds it, `next_event()` returns the next `Request`, a `ProtocolError`
+(carrying the status to answer with) or `NEED_DATA`; `respond()` (a whole
+answer whose body is in hand) or `send_head()`/`send_data()`/`send_end()` (a
+streamed one) return the bytes to write. It owns everything HTTP/1.1 decides
+about a connection: framing (Content-Length, chunked, or the connection's end
+for an HTTP/1.0 body of unknown length), HEAD and 304 without a body,
+keep-alive (the client's wish, an error, a shutdown, a broken body), and one
+answer at a time in request order. `RequestParser` is its request half:
+`httptools` (llhttp) for the grammar, plus what llhttp leaves to its user:
+bounded buffering, the version rule, `Expect`. Nothing here knows about
+sockets, the event loop or the clock: `livecdn/front/listener.py` is the I/O
+shell around it.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import httptools
 
+from .request import Request
+
 __all__ = [
-    "MAX_FIELD_BYTES", "MAX_HEAD_BYTES", "MAX_HEADERS", "MAX_TARGET_BYTES", "NEED_DATA",
-    "LAST_CHUNK", "ProtocolError", "Request", "RequestParser", "chunk", "connection_line", "date_line",
-    "header_lines", "http_date", "reason_phrase", "response_head", "status_line",
+    "ALLOW", "MAX_FIELD_BYTES", "MAX_HEAD_BYTES", "MAX_HEADERS", "MAX_TARGET_BYTES", "NEED_DATA",
+    "ProtocolError", "Request", "RequestParser", "ServerConnection", "date_line", "header_lines",
+    "http_date", "status_line",
 ]
 
 # aiohttp's limits before this server (max_line_size / max_field_size 8190):
@@ -54,35 +61,6 @@ NEED_DATA = _NeedData()
 """`next_event()` has nothing complete to return: feed more bytes."""
 
 
-class Request:
-    """A request head, complete; the connection's next request to answer.
-
-    `headers` maps lower-cased names to values (bytes); repeated fields are
-    joined with ", ". `keep_alive` says whether the client lets the connection
-    stay open after the answer (HTTP/1.0 needs `Connection: keep-alive`; a
-    request that carries a body is never kept: its body is not read).
-    """
-
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "received")
-
-    def __init__(self, method: str, target: str, version: str, headers: dict[bytes, bytes],
-                 keep_alive: bool) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.received = 0.0  # set by the I/O shell when it times requests (access log)
-
-    def header(self, name: bytes) -> str | None:
-        """A header's value as text, by lower-cased name."""
-        v = self.headers.get(name)
-        return None if v is None else v.decode("latin-1")
-
-    def __repr__(self) -> str:
-        return f"Request({self.method} {self.target} HTTP/{self.version}, keep_alive={self.keep_alive})"
-
-
 class ProtocolError(Exception):
     """The bytes received are not a request we answer; the connection ends after the answer.
 
@@ -103,14 +81,14 @@ class ProtocolError(Exception):
 
 
 class RequestParser:
-    """The request side of one HTTP/1.x server connection (no sockets, no clock).
+    """The request half of one HTTP/1.x server connection: bytes in, events appended to `events`.
 
     Args:
         max_target: longest request target; longer is a 414.
         max_field: longest header field (name and value); longer is a 431.
         max_headers: most header fields; more is a 431.
         max_head: most bytes buffered for one incomplete request head; more is a 431.
-        events: the deque events are appended to (default: the parser's own).
+        events: the deque complete events are appended to (the connection's queue).
 
     Raises:
         ValueError: a limit is not positive (the message names it).
@@ -121,7 +99,7 @@ class RequestParser:
 
     def __init__(self, *, max_target: int = MAX_TARGET_BYTES, max_field: int = MAX_FIELD_BYTES,
                  max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_BYTES,
-                 events: collections.deque[Request | ProtocolError] | None = None) -> None:
+                 events: collections.deque[Request | ProtocolError]) -> None:
         for name, value in (("max_target", max_target), ("max_field", max_field),
                             ("max_headers", max_headers), ("max_head", max_head)):
             if value < 1:
@@ -129,9 +107,7 @@ class RequestParser:
         self.max_target, self.max_field = max_target, max_field
         self.max_headers, self.max_head = max_headers, max_head
         self._parser = httptools.HttpRequestParser(self)
-        # Where complete events queue up; an I/O shell may pass its own queue
-        # and take them from there rather than through `next_event()`.
-        self._events: collections.deque[Request | ProtocolError] = collections.deque() if events is None else events
+        self._events = events
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._head_size = 0  # bytes of the current head's complete fields
@@ -143,7 +119,7 @@ class RequestParser:
     # --- the public side ---
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes received on the connection; complete requests queue up for `next_event()`.
+        """Feed bytes received on the connection; complete requests are appended to `events`.
 
         Args:
             data: the bytes, in order. After a `ProtocolError` has been queued
@@ -185,22 +161,6 @@ class RequestParser:
                 self._fail(ProtocolError(431, f"request head larger than {self.max_head} bytes"))
                 return
             self._tail = data[-3:]
-
-    def next_event(self) -> Request | ProtocolError | _NeedData:
-        """The next complete request, or the error that ends the connection, or `NEED_DATA`.
-
-        Returns:
-            A `Request` (in the order received), a `ProtocolError` (always the
-            last event of a connection), or `NEED_DATA` when nothing is complete.
-        """
-        if self._events:
-            return self._events.popleft()
-        return NEED_DATA
-
-    @property
-    def pending(self) -> int:
-        """Events parsed and not yet taken."""
-        return len(self._events)
 
     def _fail(self, error: ProtocolError) -> None:
         self._events.append(error)
@@ -269,17 +229,14 @@ class RequestParser:
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
 _NO_BODY = frozenset({204, 304})
-
-
-def reason_phrase(status: int) -> str:
-    return _REASONS.get(status, "Unknown")
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 def status_line(status: int) -> bytes:
     """`HTTP/1.1 200 OK\\r\\n` (we answer HTTP/1.0 clients with 1.1, as RFC 9110 §6.2 allows)."""
     line = _STATUS_LINES.get(status)
     if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode("latin-1")
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
     return line
 
 
@@ -297,46 +254,195 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(out)
 
 
-def connection_line(keep_alive: bool, version: str) -> bytes:
-    """What the head says about the connection: nothing for a kept HTTP/1.1 one."""
-    if not keep_alive:
-        return b"Connection: close\r\n"
-    return b"" if version == "1.1" else b"Connection: keep-alive\r\n"
+class Fields(Protocol):
+    """What a response's status and header fields must offer (`livecdn.front.plan.Fields`)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    wire: object  # this module keeps the serialized fields here
 
 
-def response_head(status: int, headers: Iterable[tuple[str, str]], *, length: int | None,
-                  keep_alive: bool, version: str, date: bytes) -> bytes:
-    """A complete response head.
+class _Wire:
+    """One `Fields`' serialized head, kept on it: built once, the per-second tail spliced in."""
+
+    __slots__ = ("prefix", "second", "age", "length", "head")
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix  # status line and header fields
+        self.second = -1  # the whole head below is for this second, age and length
+        self.age = -1
+        self.length = -1
+        self.head = b""
+
+
+class _Framing(enum.Enum):
+    NONE = "none"  # HEAD, 204, 304: a head alone
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    CLOSE = "close"  # HTTP/1.0 and a length not known: the connection's end delimits the body
+
+
+class ServerConnection:
+    """Both directions of one HTTP/1.x server connection (no sockets, no clock).
+
+    Requests come out of `next_event()` in the order received; each is answered
+    in that order, by `respond()` or by `send_head()`, `send_data()`...,
+    `send_end()`. After each answer `must_close` says whether the connection
+    ends: the client asked for it, the request was an error, a shutdown
+    started (`start_closing()`), or a body broke (`send_failed()`).
 
     Args:
-        status: the status code.
-        headers: end-to-end fields (no Content-Length, Date or Connection).
-        length: the body's length; None for a body of unknown length, sent
-            chunked to HTTP/1.1 clients (the caller must not keep an HTTP/1.0
-            connection open then: its end delimits the body). 204 and 304 carry
-            no length.
-        keep_alive: whether the connection stays open after this answer.
-        version: the request's HTTP version ("1.1" or "1.0").
-        date: the Date line (`date_line()`).
+        limits: `RequestParser`'s (max_target, max_field, max_headers, max_head).
+
+    Raises:
+        ValueError: a limit is not positive (the message names it).
     """
-    if status in _NO_BODY:
-        framing = b""
-    elif length is not None:
-        framing = b"Content-Length: %d\r\n" % length
-    elif version == "1.1":
-        framing = b"Transfer-Encoding: chunked\r\n"
-    else:
-        framing = b""
-    return b"".join((status_line(status), header_lines(headers), framing, date,
-                     connection_line(keep_alive, version), b"\r\n"))
 
+    __slots__ = ("events", "must_close", "_parser", "_closing", "_framing", "_answering")
 
-def chunk(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
-    """One piece of a chunked body, as three buffers to write without copying `data`."""
-    return b"%x\r\n" % len(data), data, b"\r\n"
+    def __init__(self, **limits: int) -> None:
+        self.events: collections.deque[Request | ProtocolError] = collections.deque()
+        self._parser = RequestParser(events=self.events, **limits)
+        self.must_close = False  # the connection ends after the answer being sent
+        self._closing = False
+        self._framing = _Framing.NONE
+        self._answering = False
 
+    # --- requests in ---
 
-LAST_CHUNK = b"0\r\n\r\n"
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received; complete requests queue up for `next_event()` (see `RequestParser`)."""
+        self._parser.receive_data(data)
+
+    def next_event(self) -> Request | ProtocolError | _NeedData:
+        """The next complete request, or the error that ends the connection, or `NEED_DATA`.
+
+        Returns:
+            A `Request` (in the order received), a `ProtocolError` (always the
+            last event of a connection: its answer closes it), or `NEED_DATA`.
+        """
+        if self.events:
+            event = self.events.popleft()
+            if type(event) is ProtocolError:
+                self.must_close = True
+                self.events.clear()
+            return event
+        return NEED_DATA
+
+    @property
+    def pending(self) -> int:
+        """Requests parsed and not yet taken (the pipeline a client has queued)."""
+        return len(self.events)
+
+    def start_closing(self) -> None:
+        """A graceful shutdown began: the answer being sent, or the next, is the last."""
+        self._closing = True
+        if not self._answering:
+            self.must_close = True
+
+    # --- answers out ---
+
+    def respond(self, request: Request | None, fields: Fields, body: bytes | memoryview, born: float | None,
+                now: float) -> tuple[bytes | memoryview, ...]:
+        """A whole answer whose body is in hand: the buffers to write, in order.
+
+        Args:
+            request: the request answered (None: the bytes were no request, see `next_event()`).
+            fields: status and header fields.
+            body: the body (sent unless the request is HEAD or the status is 204/304).
+            born: when the answer was generated upstream, for Age (None: no Age field).
+            now: the wall-clock time, for Age and Date.
+        """
+        self._start(request, fields.status, len(body))
+        head = self._head(request, fields, len(body), born, now)
+        self._answering = False
+        if self._framing is _Framing.NONE or not body:
+            return (head,)
+        return (head, body)
+
+    def send_head(self, request: Request, fields: Fields, length: int | None, born: float | None,
+                  now: float) -> bytes:
+        """The head of an answer whose body follows in `send_data()` calls (length None: not known)."""
+        self._start(request, fields.status, length)
+        return self._head(request, fields, length, born, now)
+
+    def send_data(self, data: bytes | memoryview) -> tuple[bytes | memoryview, ...]:
+        """One piece of the body, framed."""
+        if not self._answering:
+            raise RuntimeError("send_data() without send_head()")
+        framing = self._framing
+        if framing is _Framing.CHUNKED:
+            return (b"%x\r\n" % len(data), data, b"\r\n")
+        if framing is _Framing.NONE:
+            return ()
+        return (data,)
+
+    def send_end(self) -> bytes:
+        """The body is complete: what ends it on the wire (the last chunk, or nothing)."""
+        if not self._answering:
+            raise RuntimeError("send_end() without send_head()")
+        self._answering = False
+        if self._closing:
+            self.must_close = True  # a shutdown began while this body was sent
+        return LAST_CHUNK if self._framing is _Framing.CHUNKED else b""
+
+    def send_failed(self) -> None:
+        """The body broke after the head went out: the connection must end, never the body."""
+        self._answering = False
+        self.must_close = True
+
+    @property
+    def sends_body(self) -> bool:
+        """Whether the answer begun carries body bytes (not HEAD, 204 or 304)."""
+        return self._framing is not _Framing.NONE
+
+    def _start(self, request: Request | None, status: int, length: int | None) -> None:
+        if self._answering:
+            raise RuntimeError("an answer is already being sent on this connection")
+        self._answering = True
+        if request is None or not request.keep_alive or self._closing:
+            self.must_close = True
+        if status in _NO_BODY or (request is not None and request.method == "HEAD"):
+            self._framing = _Framing.NONE
+        elif length is not None:
+            self._framing = _Framing.LENGTH
+        elif request is None or request.version == "1.1":
+            self._framing = _Framing.CHUNKED
+        else:
+            self._framing = _Framing.CLOSE
+            self.must_close = True
+
+    def _head(self, request: Request | None, fields: Fields, length: int | None, born: float | None,
+              now: float) -> bytes:
+        wire = fields.wire
+        if wire is None:
+            wire = fields.wire = _Wire(status_line(fields.status) + header_lines(fields.headers))
+        assert isinstance(wire, _Wire)
+        age = -1 if born is None else (int(now - born) if now > born else 0)
+        version = "1.1" if request is None else request.version
+        framing = self._framing
+        if not self.must_close and version == "1.1" and length is not None and fields.status not in _NO_BODY:
+            # The common answer: cached whole per (second, age, length), so a hit splices nothing.
+            second = int(now)
+            if wire.second != second or wire.age != age or wire.length != length:
+                wire.second, wire.age, wire.length = second, age, length
+                wire.head = b"".join((wire.prefix, b"Content-Length: %d\r\n" % length,
+                                      b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now), b"\r\n"))
+            return wire.head
+        if fields.status in _NO_BODY:
+            size = b""
+        elif length is not None:
+            size = b"Content-Length: %d\r\n" % length
+        elif framing is _Framing.CHUNKED or (framing is _Framing.NONE and version == "1.1"):
+            size = b"Transfer-Encoding: chunked\r\n"
+        else:
+            size = b""
+        if self.must_close:
+            connection = b"Connection: close\r\n"
+        else:
+            connection = b"" if version == "1.1" else b"Connection: keep-alive\r\n"
+        return b"".join((wire.prefix, size, b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now),
+                         connection, b"\r\n"))
 
 
 def http_date(ts: float) -> str:

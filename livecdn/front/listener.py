@@ -1,40 +1,50 @@
-"""The player listener: the one I/O shell around `http1.RequestParser` and the front.
+"""The player listener: the one I/O shell around `http1.ServerConnection` and the front.
 
 `PlayerServer` owns the listening socket(s), every open connection and the one
 shutdown path (stop accepting, close idle keep-alive connections, let answers
 in flight finish under one timeout, then close the rest). `PlayerConnection`
-is an `asyncio.Protocol` per connection:
+is an `asyncio.Protocol` per connection, and the only code that writes to a
+player:
 
-- bytes go to its parser; complete requests queue up, in order. Past
-  `MAX_PIPELINED` queued requests it stops reading until the queue drains.
-- the front answers a request synchronously when it can (a memory hit is one
-  `writelines` of a pre-built head and the body); otherwise one task per
-  connection answers it and every request queued behind it, so answers leave
-  in the order the requests came.
+- bytes go to its `ServerConnection`; complete requests queue up, in order.
+  Past `MAX_PIPELINED` queued requests it stops reading until the queue drains.
+- the `Handler` (the front) turns each request into a `Plan`; when it can do
+  that without waiting (a memory hit), the answer is written right there in
+  `data_received`, one `writelines` of a head built once per stored object and
+  the body. Otherwise one task per connection answers it and every request
+  queued behind it, so answers leave in the order the requests came.
+- after each answer the connection asks its `ServerConnection` whether it must
+  close; an idle one waits for the next request under one `loop.call_at`
+  handle, rescheduled rather than re-created per request.
 - writing is flow-controlled as in aiohttp's `BaseProtocol`: the transport's
   `pause_writing()` / `resume_writing()` flip a flag, and `drain()` awaits one
   shared waiter, so a slow player holds back only its own coroutine.
-- keep-alive idleness is watched by one `loop.call_at` handle per
-  connection, rescheduled rather than re-created per request.
 - connections per client address are counted here (`ConnectionLimit`): past
   the limit a connection gets a ready-made 429 before a byte is parsed.
+
+The listener defines the interface it calls (`Handler`) and imports nothing
+of the front that implements it: HTTP/2 will be a second shell over the same
+handler and plans.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import os
 import socket
-from typing import TYPE_CHECKING, Any
+import time
+from typing import BinaryIO, Protocol
 
-from livecdn.front.connlimit import REFUSAL, ConnectionLimit
-from livecdn.front.http1 import ProtocolError, Request, RequestParser
+from livecdn.logs import AccessLog
 
-if TYPE_CHECKING:
-    from livecdn.front.answers import PlayerFront
+from .connlimit import REFUSAL, ConnectionLimit
+from .http1 import NEED_DATA, ProtocolError, ServerConnection
+from .plan import BodyBroken, FileRange, Later, Plan, Stream
+from .request import Request
 
-__all__ = ["HIGH_WATER", "KEEPALIVE_TIMEOUT", "MAX_PIPELINED", "PlayerConnection", "PlayerServer"]
+__all__ = ["FILE_CHUNK", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "MAX_PIPELINED", "PlayerConnection",
+           "PlayerServer"]
 
 log = logging.getLogger("livecdn.front.listener")
 
@@ -51,31 +61,48 @@ RESUME_PIPELINED = 4
 HIGH_WATER = 64 << 10
 # How long a kept-alive connection may sit without a request (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
+# Bytes read from a disk-tier file per step where the loop has no sendfile
+# (uvloop): one step is written and drained before the next is read.
+FILE_CHUNK = 256 << 10
+
+
+class Handler(Protocol):
+    """What answers requests for the listener (`livecdn.front.answers.PlayerFront`)."""
+
+    def answer_now(self, request: Request, peer: str) -> Plan | Later:
+        """A plan whose body is in hand, or `Later` when answering needs waiting."""
+
+    async def answer_later(self, later: Later) -> Plan:
+        """The plan for a request `answer_now` could not answer at once."""
+
+    def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Plan:
+        """A plain error answer (bytes that were no request, or a handler that failed)."""
 
 
 class PlayerServer:
     """The player listener of one node process; the protocol factory of its sockets.
 
     Args:
-        front: answers requests (`livecdn.front.PlayerFront`).
+        handler: answers requests (the front).
         keepalive_timeout: seconds an idle kept-alive connection stays open.
         connection_limit: open connections per client address, or None.
+        access_log: where one line per answer goes, or None.
     """
 
-    __slots__ = ("front", "keepalive_timeout", "connection_limit", "connections", "_server", "_all_closed",
-                 "_closing")
+    __slots__ = ("handler", "keepalive_timeout", "connection_limit", "access", "connections", "_server",
+                 "_all_closed")
 
-    def __init__(self, front: PlayerFront, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 connection_limit: ConnectionLimit | None = None) -> None:
+    def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
         if keepalive_timeout <= 0:
             raise ValueError(f"keepalive_timeout must be positive, got {keepalive_timeout!r}")
-        self.front = front
+        self.handler = handler
         self.keepalive_timeout = keepalive_timeout
         self.connection_limit = connection_limit
+        self.access = access_log
         self.connections: set[PlayerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._all_closed: asyncio.Future[None] | None = None
-        self._closing = False
 
     def __call__(self) -> PlayerConnection:
         return PlayerConnection(self)
@@ -106,7 +133,6 @@ class PlayerServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-        self._closing = True
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -122,21 +148,19 @@ class PlayerServer:
 
 
 class PlayerConnection(asyncio.Protocol):
-    """One player connection: parser in, answers out, in order, at the player's pace."""
+    """One player connection: requests in, answers out, in order, at the player's pace."""
 
-    __slots__ = ("server", "front", "transport", "peer", "parser", "queue", "task", "must_close",
-                 "_loop", "_counted", "_reading_paused", "_writing_paused", "_drain_waiter", "_lost",
-                 "_idle_since", "_timer", "_closing", "_eof")
+    __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
+                 "_reading_paused", "_writing_paused", "_drain_waiter", "_lost", "_idle_since", "_timer", "_eof")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
-        self.front = server.front
+        self.handler = server.handler
+        self.access = server.access
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.queue: collections.deque[Request | ProtocolError] = collections.deque()
-        self.parser = RequestParser(events=self.queue)  # complete requests land in the queue
+        self.h1 = ServerConnection()
         self.task: asyncio.Task[None] | None = None
-        self.must_close = False  # the answer being written ends the connection
         self._loop = asyncio.get_running_loop()
         self._counted = False
         self._reading_paused = False
@@ -145,7 +169,6 @@ class PlayerConnection(asyncio.Protocol):
         self._lost = False
         self._idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._closing = False  # shutdown asked: no keep-alive past the answer in flight
         self._eof = False  # the player half-closed: close once its requests are answered
 
     # --- asyncio.Protocol ---
@@ -178,7 +201,7 @@ class PlayerConnection(asyncio.Protocol):
             assert self.server.connection_limit is not None
             self.server.connection_limit.closed(self.peer)
         self._lost = True
-        self.queue.clear()
+        self.h1.events.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -190,18 +213,18 @@ class PlayerConnection(asyncio.Protocol):
         self.server.closed(self)
 
     def data_received(self, data: bytes) -> None:
-        self.parser.receive_data(data)
-        queue = self.queue
-        if self.task is None and queue:
+        h1 = self.h1
+        h1.receive_data(data)
+        if self.task is None and h1.events:
             self._answer_ready()
-        if len(queue) > MAX_PIPELINED and not self._reading_paused and self.transport is not None:
+        if len(h1.events) > MAX_PIPELINED and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         # The player half-closed: answer what it asked for, then close (return
         # False). With nothing pending, close now.
-        if self.task is None and not self.queue:
+        if self.task is None and not self.h1.events:
             return False
         self._eof = True
         return True
@@ -217,21 +240,160 @@ class PlayerConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    # --- what the front uses to answer ---
+    # --- answering, in order ---
 
-    def keep_alive(self, request: Request) -> bool:
-        """Whether the answer to `request` leaves the connection open; records the decision."""
-        keep = request.keep_alive and not self._closing and not self.must_close
-        if not keep:
-            self.must_close = True
-        return keep
+    def _answer_ready(self) -> None:
+        """Answer queued requests synchronously while the handler can; hand the rest to a task."""
+        h1, handler = self.h1, self.handler
+        while not h1.must_close:
+            if self._writing_paused or self._lost:
+                self._start_task(None)
+                return
+            event = h1.next_event()
+            if event is NEED_DATA:
+                break
+            if type(event) is ProtocolError:
+                self._send(None, handler.refuse(event.status, event.reason, event.headers))
+                break
+            plan = self._plan(event)  # type: ignore[arg-type]
+            if type(plan) is Later:
+                self._start_task(plan)
+                return
+            self._send(event, plan)  # type: ignore[arg-type]
+        self._answered()
 
-    def write(self, data: bytes | memoryview) -> None:
+    def _plan(self, request: Request) -> Plan | Later:
+        if self.access is not None:
+            request.received = time.perf_counter()
+        try:
+            return self.handler.answer_now(request, self.peer)
+        except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
+            log.exception("answering %s %s for %s failed", request.method, request.target[:200], self.peer)
+            return self.handler.refuse(500, "internal error")
+
+    def _send(self, request: Request | None, plan: Plan) -> None:
+        """Write an answer whose body is in hand: the hit path, one `writelines`."""
+        buffers = self.h1.respond(request, plan.fields, plan.body, plan.born, time.time())  # type: ignore[arg-type]
+        self.transport.writelines(buffers)  # type: ignore[union-attr]
+        if self.access is not None and request is not None:
+            self._log(request, plan, len(buffers[1]) if len(buffers) > 1 else 0)
+        plan.close()
+
+    def _start_task(self, first: Later | None) -> None:
+        self.task = self._loop.create_task(self._answer_in_order(first))
+
+    async def _answer_in_order(self, first: Later | None) -> None:
+        h1 = self.h1
+        try:
+            if first is not None:
+                await self._answer_later(first)
+            while not h1.must_close and not self._lost:
+                self._maybe_resume_reading()
+                await self.drain()
+                event = h1.next_event()
+                if event is NEED_DATA:
+                    break
+                if type(event) is ProtocolError:
+                    self._send(None, self.handler.refuse(event.status, event.reason, event.headers))
+                    break
+                plan = self._plan(event)  # type: ignore[arg-type]
+                if type(plan) is Later:
+                    await self._answer_later(plan)
+                else:
+                    self._send(event, plan)  # type: ignore[arg-type]
+        except (ConnectionError, asyncio.CancelledError):
+            self._cut()
+        except Exception:  # noqa: BLE001 - one connection's bug must not take the listener down
+            log.exception("answering %s failed", self.peer)
+            self._cut()
+        finally:
+            self.task = None
+        if not self._lost:
+            self._answered()
+
+    async def _answer_later(self, later: Later) -> None:
+        try:
+            plan = await self.handler.answer_later(later)
+        except Exception:  # noqa: BLE001 - the handler's bug fails this request only
+            log.exception("answering %s %s for %s failed", later.request.method, later.request.target[:200],
+                          later.peer)
+            plan = self.handler.refuse(500, "internal error")
+        try:
+            body = plan.body
+            if type(body) is Stream:
+                await self._send_stream(later.request, plan, body)
+            elif type(body) is FileRange:
+                await self._send_file(later.request, plan, body)
+            else:
+                if self._lost:
+                    raise ConnectionResetError("player went away")
+                self._send(later.request, plan)
+        finally:
+            plan.close()
+
+    async def _send_stream(self, request: Request, plan: Plan, body: Stream) -> None:
+        """An answer arriving from upstream: written piece by piece at the player's pace."""
+        h1 = self.h1
+        self._write(h1.send_head(request, plan.fields, plan.length, plan.born, time.time()))
+        sent = 0
+        if h1.sends_body:
+            try:
+                async for piece in body.chunks():
+                    self._write_all(h1.send_data(piece))
+                    sent += len(piece)
+                    await self.drain()
+            except BodyBroken:
+                # Never let a truncated body pass for a whole one: cut the connection.
+                h1.send_failed()
+                self._cut()
+                self._log(request, plan, sent)
+                return
+        end = h1.send_end()
+        if end:
+            self._write(end)
+        self._log(request, plan, sent)
+
+    async def _send_file(self, request: Request, plan: Plan, body: FileRange) -> None:
+        """A body the disk tier keeps as a file: the head, then sendfile (or reads off the loop)."""
+        h1 = self.h1
+        count = body.stop - body.start
+        self._write(h1.send_head(request, plan.fields, count, plan.born, time.time()))
+        if h1.sends_body and count:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("player went away")
+            try:
+                await self._loop.sendfile(transport, body.file, body.start, count, fallback=False)
+            except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
+                # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
+                await self._copy_file(body.file, body.start, body.stop)
+        h1.send_end()
+        self._log(request, plan, count if h1.sends_body else 0)
+
+    async def _copy_file(self, file: BinaryIO, start: int, stop: int) -> None:
+        fd = file.fileno()
+        pos = start
+        while pos < stop:
+            data = await self._loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
+            if not data:
+                raise OSError(f"disk file ended at byte {pos} of {stop}")
+            self._write(data)
+            pos += len(data)
+            await self.drain()
+
+    def _log(self, request: Request, plan: Plan, sent: int) -> None:
+        """The answer's one access line (when the node keeps them)."""
+        if self.access is not None:
+            took = time.perf_counter() - request.received if request.received else 0.0
+            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
+                              plan.cache.upper(), request.header(b"user-agent") or "")
+
+    def _write(self, data: bytes | memoryview) -> None:
         if self._lost:
             raise ConnectionResetError("player went away")
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def writelines(self, data: list[bytes | memoryview] | tuple[bytes | memoryview, ...]) -> None:
+    def _write_all(self, data: tuple[bytes | memoryview, ...]) -> None:
         if self._lost:
             raise ConnectionResetError("player went away")
         self.transport.writelines(data)  # type: ignore[union-attr]
@@ -251,104 +413,47 @@ class PlayerConnection(asyncio.Protocol):
             waiter = self._drain_waiter = self._loop.create_future()
         await asyncio.shield(waiter)  # several awaiting it must not cancel it for each other
 
-    def cut(self) -> None:
-        """End the connection at once (a body that broke must not pass for a whole one)."""
-        self.must_close = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    # --- answering, in order ---
-
-    def _answer_ready(self) -> None:
-        """Answer queued requests synchronously while the front can; hand the rest to a task."""
-        queue, front = self.queue, self.front
-        while queue:
-            if self._writing_paused or self._lost:
-                self._start_task(None)
-                return
-            event = queue.popleft()
-            if isinstance(event, ProtocolError):
-                front.refuse(event, self)
-                self._close_after_answer()
-                return
-            try:
-                pending = front.answer_now(event, self)
-            except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
-                log.exception("answering %s failed", self.peer)
-                self.must_close = True
-                pending = None
-            if pending is not None:
-                self._start_task((event, pending))
-                return
-            if self.must_close:
-                break
-        self._answered()
+    # --- what follows the last answer: the one place that decides ---
 
     def _answered(self) -> None:
-        """Every queued request is answered: close if that was asked, else read and idle."""
-        if self.must_close:
-            self._close_after_answer()
+        """Every queued request is answered: close if the connection must end, else read and idle."""
+        if self.h1.must_close or self._eof:
+            self._close()
             return
         if self._reading_paused:
             self._maybe_resume_reading()
         self._went_idle()
 
-    def _start_task(self, first: tuple[Request, Any] | None) -> None:
-        self.task = self._loop.create_task(self._answer_in_order(first))
-
-    async def _answer_in_order(self, first: tuple[Request, Any] | None) -> None:
-        queue, front = self.queue, self.front
-        try:
-            if first is not None:
-                await front.answer_later(first[0], first[1], self)
-            while queue and not self.must_close and not self._lost:
-                self._maybe_resume_reading()
-                await self.drain()
-                event = queue.popleft()
-                if isinstance(event, ProtocolError):
-                    front.refuse(event, self)
-                    self.must_close = True
-                    break
-                pending = front.answer_now(event, self)
-                if pending is not None:
-                    await front.answer_later(event, pending, self)
-        except (ConnectionError, asyncio.CancelledError):
-            self.must_close = True
-        except Exception:  # noqa: BLE001 - one connection's bug must not take the listener down
-            log.exception("answering %s failed", self.peer)
-            self.must_close = True
-        finally:
-            self.task = None
-        if not self._lost:
-            self._answered()
-
-    def _close_after_answer(self) -> None:
-        self.queue.clear()
+    def _close(self) -> None:
+        self.h1.events.clear()
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered first
 
+    def _cut(self) -> None:
+        """End the connection at once (a body that broke must not pass for a whole one)."""
+        self.h1.send_failed()
+        if self.transport is not None:
+            self.transport.abort()
+
     def _maybe_resume_reading(self) -> None:
-        if self._reading_paused and len(self.queue) <= RESUME_PIPELINED and self.transport is not None:
+        if self._reading_paused and len(self.h1.events) <= RESUME_PIPELINED and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
 
     # --- keep-alive: one timer handle, rescheduled ---
 
     def _went_idle(self) -> None:
-        if self._closing or self._eof:
-            self._close_after_answer()
-            return
         self._idle_since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(self._idle_since + self.server.keepalive_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         self._timer = None
-        if self._lost or self.task is not None or self.queue:
+        if self._lost or self.task is not None or self.h1.events:
             return  # busy: the next `_went_idle()` arms the timer again
         deadline = self._idle_since + self.server.keepalive_timeout
         if self._loop.time() >= deadline:
-            self._close_after_answer()
+            self._close()
         else:
             self._timer = self._loop.call_at(deadline, self._idle_check)
 
@@ -356,9 +461,9 @@ class PlayerConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful: an idle connection closes now, a busy one after the answer in flight."""
-        self._closing = True
-        if self.task is None and not self.queue:
-            self._close_after_answer()
+        self.h1.start_closing()
+        if self.task is None and not self.h1.events:
+            self._close()
 
     def abort(self) -> asyncio.Task[None] | None:
         """Forceful: cancel the answer in flight, drop the connection; returns the task to await."""

@@ -1,8 +1,57 @@
-"""HTTP validators and ranges (RFC 9110 §13, §14): pure functions over header values."""
+"""Conditional requests and byte ranges (RFC 9110 §13, §14), negotiated in one place.
+
+Pure functions over header values: every answer with a body of known size
+(memory, disk file, stream) goes through `negotiate()`.
+"""
 
 from __future__ import annotations
 
-__all__ = ["etag_matches", "parse_range"]
+from email.utils import parsedate_to_datetime
+
+from .request import Request
+
+__all__ = ["etag_matches", "negotiate", "parse_range"]
+
+
+def negotiate(request: Request, headers: dict[str, str], size: int | None) -> tuple[int, int, int | None]:
+    """Conditional request and byte range against a 200 of `size` bytes (None: not known yet).
+
+    Returns:
+        (status, start, stop): 304 or 416 (no body), 206 with the range, or 200 with [0, size).
+        `headers` gains Accept-Ranges / Content-Range, or loses Content-Type for a 304.
+    """
+    etag = headers.get("ETag")
+    if _not_modified(request, etag, headers.get("Last-Modified")):
+        headers.pop("Content-Type", None)
+        return 304, 0, 0
+    if size is None:
+        return 200, 0, None  # streamed with its length unknown: no ranges
+    headers["Accept-Ranges"] = "bytes"
+    if_range = request.header(b"if-range")
+    if if_range is not None and (etag is None or if_range.strip() != etag):
+        return 200, 0, size  # the client's copy is different: send the whole object
+    rng = parse_range(request.header(b"range"), size)
+    if rng is False:
+        headers["Content-Range"] = f"bytes */{size}"
+        return 416, 0, 0
+    if rng:
+        start, stop = rng
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        return 206, start, stop
+    return 200, 0, size
+
+
+def _not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
+    inm = request.header(b"if-none-match")
+    if inm is not None:
+        return etag is not None and etag_matches(inm, etag)
+    ims = request.header(b"if-modified-since")
+    if ims and last_modified:
+        try:
+            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+    return False
 
 
 def etag_matches(header: str, etag: str) -> bool:

@@ -86,7 +86,7 @@ class CacheNode:
     def gauges(self) -> None:
         """Bring gauges (and the hit counter) up to date before they are read."""
         if self.front is not None:
-            self.front.count()
+            self.front.flush_hits()
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
 
@@ -105,6 +105,13 @@ class CacheNode:
         if self._state != "running" or self._players is None:
             raise RuntimeError(f"{self.config.name} is not running")
         return self._players.port
+
+    @property
+    def players(self) -> PlayerServer:
+        """The player listener (its connections, keep-alive timeout and access log)."""
+        if self._players is None:
+            raise RuntimeError(f"{self.config.name} is not running")
+        return self._players
 
     @property
     def admin_port(self) -> int:
@@ -132,9 +139,9 @@ class CacheNode:
         )
         self.engine.start(self._session)
         self.policy = self.make_policy(self.engine)
-        self.front = PlayerFront(self.engine, self.config.name, self.policy,
-                                 AccessLog(self.config.name) if self.access_log else None)
-        players = PlayerServer(self.front, connection_limit=self.connection_limit())
+        self.front = PlayerFront(self.engine, self.config.name, self.policy)
+        players = PlayerServer(self.front, connection_limit=self.connection_limit(),
+                               access_log=AccessLog(self.config.name) if self.access_log else None)
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
@@ -161,14 +168,14 @@ class CacheNode:
         await self._sites.close(timeout)
         if self._players is not None:
             await self._players.shutdown(timeout)
+            if self._players.access is not None:
+                self._players.access.flush()
             self._players = None
         if self._count_timer is not None:
             self._count_timer.cancel()
             self._count_timer = None
         if self.front is not None:
-            self.front.count()
-            if self.front.access is not None:
-                self.front.access.flush()
+            self.front.flush_hits()
         if self.engine is not None:
             await self.engine.close(timeout)
         if self._session is not None:
@@ -188,7 +195,7 @@ class CacheNode:
 
     def _count(self) -> None:
         assert self.front is not None
-        self.front.count()
+        self.front.flush_hits()
         self._count_timer = asyncio.get_running_loop().call_later(COUNT_INTERVAL, self._count)
 
     async def _healthz(self, request: web.Request) -> web.Response:
