@@ -1,24 +1,25 @@
-"""The player HTTP/1.1 protocol without sockets: request framing and limits, response heads."""
+"""The player HTTP/1.1 connection without sockets: request framing and limits, answers and keep-alive."""
 
 from __future__ import annotations
 
 import pytest
 
 from livecdn.front.http1 import (
-    LAST_CHUNK, NEED_DATA, ProtocolError, Request, RequestParser, chunk, date_line, header_lines, http_date,
-    response_head,
+    NEED_DATA, ProtocolError, Request, ServerConnection, date_line, header_lines, http_date,
 )
+from livecdn.front.plan import Fields
 
-DATE = date_line(0)  # "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+NOW = 0.0  # Date: Thu, 01 Jan 1970 00:00:00 GMT
+DATE = date_line(NOW)
 
 
 def events(*pieces: bytes, **limits: int) -> list[Request | ProtocolError]:
     """Feed the pieces in order; every event that comes out."""
-    parser = RequestParser(**limits)
+    conn = ServerConnection(**limits)
     out: list[Request | ProtocolError] = []
     for piece in pieces:
-        parser.receive_data(piece)
-        while (event := parser.next_event()) is not NEED_DATA:
+        conn.receive_data(piece)
+        while (event := conn.next_event()) is not NEED_DATA:
             out.append(event)  # type: ignore[arg-type]
     return out
 
@@ -27,6 +28,13 @@ def error(*pieces: bytes, **limits: int) -> tuple[int, str]:
     evs = events(*pieces, **limits)
     assert evs and isinstance(evs[-1], ProtocolError), evs
     return evs[-1].status, evs[-1].reason
+
+
+def request(conn: ServerConnection, head: bytes) -> Request:
+    conn.receive_data(head)
+    req = conn.next_event()
+    assert isinstance(req, Request), req
+    return req
 
 
 # --- requests ------------------------------------------------------------------
@@ -45,10 +53,10 @@ def test_header_names_are_case_insensitive_and_repeats_join() -> None:
 
 
 def test_nothing_complete_is_need_data() -> None:
-    parser = RequestParser()
-    assert parser.next_event() is NEED_DATA
-    parser.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n")
-    assert parser.next_event() is NEED_DATA
+    conn = ServerConnection()
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    assert conn.next_event() is NEED_DATA and conn.pending == 0
 
 
 def test_pipelined_requests_come_out_in_order_however_the_bytes_are_cut() -> None:
@@ -137,50 +145,141 @@ def test_too_many_header_fields_is_431() -> None:
     assert error(head, max_headers=10)[0] == 431
 
 
-def test_after_an_error_nothing_more_is_parsed() -> None:
-    parser = RequestParser()
-    parser.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBREW / HTTP/1.1\r\n\r\n")
-    parser.receive_data(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-    evs = [parser.next_event() for _ in range(3)]
-    assert isinstance(evs[0], Request) and isinstance(evs[1], ProtocolError) and evs[2] is NEED_DATA
+def test_after_an_error_nothing_more_is_parsed_and_the_connection_must_close() -> None:
+    conn = ServerConnection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBREW / HTTP/1.1\r\n\r\n")
+    conn.receive_data(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = conn.next_event()
+    assert isinstance(first, Request) and not conn.must_close
+    assert isinstance(conn.next_event(), ProtocolError) and conn.must_close
+    assert conn.next_event() is NEED_DATA
 
 
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_head must be positive, got 0"):
-        RequestParser(max_head=0)
+        ServerConnection(max_head=0)
 
 
-# --- responses -----------------------------------------------------------------
+# --- answers -------------------------------------------------------------------
 
-def test_a_kept_http11_head() -> None:
-    head = response_head(200, [("Content-Type", "video/mp2t"), ("X-Cache", "HIT")], length=3,
-                         keep_alive=True, version="1.1", date=DATE)
-    assert head == (b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nX-Cache: HIT\r\nContent-Length: 3\r\n"
-                    b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n")
+TS = Fields(200, (("Content-Type", "video/mp2t"), ("X-Cache", "HIT")))
+GET11 = b"GET /a.ts HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
-@pytest.mark.parametrize(("keep", "version", "line"), [
-    (False, "1.1", b"Connection: close\r\n"),
-    (True, "1.0", b"Connection: keep-alive\r\n"),
-    (False, "1.0", b"Connection: close\r\n"),
+def test_a_kept_http11_answer_is_head_then_body() -> None:
+    conn = ServerConnection()
+    out = conn.respond(request(conn, GET11), TS, b"abc", 0.0, NOW)
+    assert out == (b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nX-Cache: HIT\r\nContent-Length: 3\r\n"
+                   b"Age: 0\r\n" + DATE + b"\r\n", b"abc")
+    assert not conn.must_close
+
+
+def test_age_is_the_answers_and_absent_without_a_birth_time() -> None:
+    conn = ServerConnection()
+    head = conn.respond(request(conn, GET11), TS, b"abc", -42.5, NOW)[0]
+    assert b"Age: 42\r\n" in head
+    head = conn.respond(request(conn, GET11), Fields(404, ()), b"x", None, NOW)[0]
+    assert b"Age" not in head
+    head = conn.respond(request(conn, GET11), TS, b"x", 10.0, NOW)[0]  # born "later" than now: clocks differ
+    assert b"Age: 0\r\n" in head
+
+
+def test_a_shared_fields_head_is_built_once_per_second_age_and_length() -> None:
+    fields = Fields(200, (("Content-Type", "video/mp2t"),))
+    a, b = ServerConnection(), ServerConnection()
+    first = a.respond(request(a, GET11), fields, b"abc", 0.0, NOW)[0]
+    assert b.respond(request(b, GET11), fields, b"abc", 0.0, NOW + 0.5)[0] is first
+    assert b.respond(request(b, GET11), fields, b"abcd", 0.0, NOW + 0.5)[0] != first
+
+
+@pytest.mark.parametrize(("head", "line"), [
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"Connection: close\r\n"),
+    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"Connection: keep-alive\r\n"),
+    (b"GET / HTTP/1.0\r\n\r\n", b"Connection: close\r\n"),
 ])
-def test_connection_line(keep: bool, version: str, line: bytes) -> None:
-    head = response_head(200, [], length=0, keep_alive=keep, version=version, date=DATE)
-    assert head.endswith(line + b"\r\n")
+def test_the_connection_line_follows_the_clients_wish(head: bytes, line: bytes) -> None:
+    conn = ServerConnection()
+    req = request(conn, head)
+    out = conn.respond(req, TS, b"", None, NOW)[0]
+    assert out.endswith(line + b"\r\n")
+    assert conn.must_close is (not req.keep_alive)
 
 
-def test_unknown_length_is_chunked_for_http11_and_unframed_for_http10() -> None:
-    h11 = response_head(200, [], length=None, keep_alive=True, version="1.1", date=DATE)
-    h10 = response_head(200, [], length=None, keep_alive=False, version="1.0", date=DATE)
-    assert b"Transfer-Encoding: chunked\r\n" in h11
-    assert b"Transfer-Encoding" not in h10 and b"Content-Length" not in h10
-    assert b"".join(chunk(memoryview(b"hello"))) + LAST_CHUNK == b"5\r\nhello\r\n0\r\n\r\n"
+def test_head_sends_the_length_and_no_body() -> None:
+    conn = ServerConnection()
+    out = conn.respond(request(conn, b"HEAD /a.ts HTTP/1.1\r\nHost: a\r\n\r\n"), TS, b"abc", None, NOW)
+    assert len(out) == 1 and b"Content-Length: 3\r\n" in out[0]
 
 
 @pytest.mark.parametrize("status", [204, 304])
-def test_no_length_on_answers_without_a_body(status: int) -> None:
-    head = response_head(status, [("ETag", '"a"')], length=0, keep_alive=True, version="1.1", date=DATE)
-    assert b"Content-Length" not in head and head.startswith(b"HTTP/1.1 %d " % status)
+def test_no_length_and_no_body_on_answers_without_a_body(status: int) -> None:
+    conn = ServerConnection()
+    out = conn.respond(request(conn, GET11), Fields(status, (("ETag", '"a"'),)), b"", None, NOW)
+    assert len(out) == 1 and b"Content-Length" not in out[0] and out[0].startswith(b"HTTP/1.1 %d " % status)
+
+
+def test_an_unknown_length_is_chunked_for_http11() -> None:
+    conn = ServerConnection()
+    head = conn.send_head(request(conn, GET11), TS, None, None, NOW)
+    assert b"Transfer-Encoding: chunked\r\n" in head and conn.sends_body
+    body = b"".join(conn.send_data(memoryview(b"hello"))) + conn.send_end()
+    assert body == b"5\r\nhello\r\n0\r\n\r\n" and not conn.must_close
+
+
+def test_an_unknown_length_ends_an_http10_connection() -> None:
+    conn = ServerConnection()
+    head = conn.send_head(request(conn, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), TS, None,
+                          None, NOW)
+    assert b"Transfer-Encoding" not in head and b"Content-Length" not in head
+    assert b"Connection: close\r\n" in head and conn.must_close
+    assert conn.send_data(b"hello") == (b"hello",) and conn.send_end() == b""
+
+
+def test_a_broken_body_ends_the_connection() -> None:
+    conn = ServerConnection()
+    conn.send_head(request(conn, GET11), TS, 10, None, NOW)
+    conn.send_data(b"12345")
+    conn.send_failed()
+    assert conn.must_close
+
+
+def test_one_answer_at_a_time() -> None:
+    conn = ServerConnection()
+    conn.receive_data(GET11 * 2)
+    first = conn.next_event()
+    assert isinstance(first, Request) and conn.pending == 1
+    conn.send_head(first, TS, 3, None, NOW)
+    with pytest.raises(RuntimeError, match="already being sent"):
+        conn.respond(first, TS, b"abc", None, NOW)
+    conn.send_data(b"abc")
+    conn.send_end()
+    with pytest.raises(RuntimeError, match="without send_head"):
+        conn.send_data(b"x")
+
+
+def test_a_shutdown_makes_the_answer_in_flight_the_last() -> None:
+    conn = ServerConnection()
+    req = request(conn, GET11)
+    head = conn.send_head(req, TS, 3, None, NOW)  # sent as kept alive
+    assert b"Connection" not in head
+    conn.start_closing()
+    conn.send_data(b"abc")
+    conn.send_end()
+    assert conn.must_close
+
+
+def test_a_shutdown_between_answers_closes_the_next_one() -> None:
+    conn = ServerConnection()
+    conn.start_closing()
+    assert conn.must_close
+
+
+def test_the_answer_to_bytes_that_were_no_request_closes() -> None:
+    conn = ServerConnection()
+    conn.receive_data(b"BREW / HTTP/1.1\r\n\r\n")
+    assert isinstance(conn.next_event(), ProtocolError)
+    out = conn.respond(None, Fields(405, ()), b"no\n", None, NOW)
+    assert b"Connection: close\r\n" in out[0] and out[1] == b"no\n"
 
 
 def test_header_values_cannot_split_the_head() -> None:
