@@ -368,12 +368,16 @@ class Engine:
             self._abandon(fill, f"internal error: {_describe(e)}")
         finally:
             if failed or fill.finished:
-                if self._fills.get(fill.key.key) is fill:
-                    del self._fills[fill.key.key]
-                done = self._finished.pop(fill, None)
-                if done is not None and not done.done():
-                    done.set_result(None)
+                self._forget(fill)
         self._tell_observers()
+
+    def _forget(self, fill: Fill) -> None:
+        """The fill is over (or abandoned): later requests start afresh; whoever waits for it is told."""
+        if self._fills.get(fill.key.key) is fill:
+            del self._fills[fill.key.key]
+        done = self._finished.pop(fill, None)
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _abandon(self, fill: Fill, reason: str) -> None:
         """Fail every client of a fill whose handling raised: an error head, or a cut if streaming."""
@@ -439,8 +443,6 @@ class Engine:
             log.error("engine task %s died", task.get_coro(), exc_info=task.exception())
 
     async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
-        if self._session is None:
-            raise RuntimeError("engine.start(session) was not called")
         key = fill.key
         url = cmd.upstream + key.path + (f"?{key.query}" if key.query else "")
         headers = {"Accept-Encoding": "identity", **dict(cmd.headers)}
@@ -451,6 +453,8 @@ class Engine:
             return fill.attempt == cmd.attempt and not fill.finished and self._fills.get(key.key) is fill
 
         try:
+            if self._session is None:
+                raise RuntimeError("engine.start(session) was not called")
             async with self._session.get(url, headers=headers, timeout=timeout,
                                          allow_redirects=False, auto_decompress=True) as resp:
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
@@ -471,6 +475,11 @@ class Engine:
                 timed_out = isinstance(e, asyncio.TimeoutError)
                 reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
                 self._feed(fill, UpstreamFailed(reason, time.time(), timed_out))
+        except Exception as e:  # noqa: BLE001 - a bug here must not strand the fill's clients
+            if current():
+                log.exception("%s: the fetch from %s failed", key, cmd.upstream)
+                self._abandon(fill, f"internal error: {_describe(e)}")
+                self._forget(fill)
 
     def _store(self, obj: Stored) -> None:
         if obj.kind in PLAYLIST_KINDS and obj.size >= GZIP_MIN_BYTES:
