@@ -150,9 +150,12 @@ def test_after_an_error_nothing_more_is_parsed_and_the_connection_must_close() -
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBREW / HTTP/1.1\r\n\r\n")
     conn.receive_data(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
     first = conn.next_event()
-    assert isinstance(first, Request) and not conn.must_close
-    assert isinstance(conn.next_event(), ProtocolError) and conn.must_close
+    assert isinstance(first, Request)
+    assert conn.respond(first, Fields(200, ()), b"a", None, NOW)[1] == b"a" and not conn.must_close
+    assert isinstance(conn.next_event(), ProtocolError)
     assert conn.next_event() is NEED_DATA
+    conn.respond(None, Fields(405, ()), b"no", None, NOW)
+    assert conn.must_close
 
 
 def test_limits_must_be_positive() -> None:

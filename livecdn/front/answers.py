@@ -92,16 +92,21 @@ class PlayerFront:
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
         self._keys: dict[str, CacheKey] = {}
-        # The plans of a stored 200 as a hit (identity, gzip), built on its first
-        # hit; an entry goes when its object does (evicted, or replaced by a
-        # revalidated copy), so a plan never outlives the bytes it describes.
-        self._hit_plans: weakref.WeakKeyDictionary[Stored, tuple[Plan, Plan | None]] = weakref.WeakKeyDictionary()
+        # The plans of a stored 200 as a hit, by key: (a weak reference to the
+        # object, identity plan, gzip plan), built on its first hit and used
+        # only while that very object is the one hit. An entry goes when its
+        # object does (evicted, or replaced by a revalidated copy), so a plan
+        # never outlives the bytes it describes.
+        self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
         self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, "")
 
     # --- the listener's entry points ---
 
-    def answer_now(self, request: Request, peer: str) -> Plan | Later:
-        """The plan for `request` if it needs no waiting, else `Later` (the policy's `screen` already ran)."""
+    def answer_now(self, request: Request, peer: str, now: float) -> Plan | Later:
+        """The plan for `request` if it needs no waiting, else `Later` (the policy's `screen` already ran).
+
+        `now` is the shell's wall clock (freshness is judged against it).
+        """
         method = request.method
         if method != "GET" and method != "HEAD":
             if method == "OPTIONS":
@@ -117,7 +122,7 @@ class PlayerFront:
             policy = self.policy
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
-            obj = self.engine.hit(key, time.time())
+            obj = self.engine.hit(key, now)
             if obj is None:
                 return Later(request, peer, key)
             self.hits += 1
@@ -203,12 +208,12 @@ class PlayerFront:
     def _stored(self, request: Request, obj: Stored, cache: str) -> Plan:
         """A stored answer whose body is in memory."""
         if obj.status == 200 and cache == "hit" and request.headers.keys().isdisjoint(NEGOTIATING):
-            plans = self._hit_plans.get(obj)
-            if plans is None:
-                plans = self._hit_plans[obj] = self._hit(obj)
-            if plans[1] is not None and _wants_gzip(request):
-                return plans[1]
-            return plans[0]
+            plans = self._hit_plans.get(obj.key)
+            if plans is None or plans[0]() is not obj:
+                plans = self._hit(obj)
+            if plans[2] is not None and b"gzip" in request.headers.get(b"accept-encoding", b""):
+                return plans[2]
+            return plans[1]
         headers = self._headers(obj.headers, cache)
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
@@ -225,17 +230,25 @@ class PlayerFront:
             body = memoryview(obj.body)[start:stop]
         return Plan(Fields(status, tuple(headers.items())), body, len(body), obj.born, cache)
 
-    def _hit(self, obj: Stored) -> tuple[Plan, Plan | None]:
-        """The shared plans of a whole 200 hit: identity, and gzip when the object has a compressed copy."""
+    def _hit(self, obj: Stored) -> tuple[weakref.ref[Stored], Plan, Plan | None]:
+        """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
         headers = self._headers(obj.headers, "hit")
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
         headers["Accept-Ranges"] = "bytes"
         plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, "hit")
-        if obj.gzipped is None:
-            return plain, None
-        headers["Content-Encoding"] = "gzip"
-        return plain, Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, "hit")
+        gzip = None
+        if obj.gzipped is not None:
+            headers["Content-Encoding"] = "gzip"
+            gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, "hit")
+        key, plans = obj.key, self._hit_plans
+
+        def gone(ref: weakref.ref[Stored]) -> None:
+            if plans.get(key, (None,))[0] is ref:  # a newer copy's entry stays
+                del plans[key]
+
+        entry = plans[key] = (weakref.ref(obj, gone), plain, gzip)
+        return entry
 
     def _file(self, request: Request, obj: Stored, file: BinaryIO, cache: str) -> Plan:
         """A stored answer whose body is a disk-tier file."""

@@ -149,7 +149,7 @@ class RequestParser:
             if isinstance(last, Request) and not last.keep_alive:
                 self._error = True  # bytes after a request that closes the connection: never read
             else:
-                self._fail(ProtocolError(400, f"bad request: {_describe(e)}"))
+                self._fail(ProtocolError(400, f"bad request: {str(e)[:120] or type(e).__name__}"))
             return
         if self._in_head:
             # llhttp buffers nothing itself, but httptools holds a header field
@@ -298,11 +298,13 @@ class ServerConnection:
         ValueError: a limit is not positive (the message names it).
     """
 
-    __slots__ = ("events", "must_close", "_parser", "_closing", "_framing", "_answering")
+    __slots__ = ("events", "must_close", "receive_data", "_closing", "_framing", "_answering")
 
     def __init__(self, **limits: int) -> None:
         self.events: collections.deque[Request | ProtocolError] = collections.deque()
-        self._parser = RequestParser(events=self.events, **limits)
+        # Bytes in go straight to the request half (bound once: one call fewer per read).
+        self.receive_data = RequestParser(events=self.events, **limits).receive_data
+        """Feed bytes received; complete requests queue up for `next_event()` (see `RequestParser`)."""
         self.must_close = False  # the connection ends after the answer being sent
         self._closing = False
         self._framing = _Framing.NONE
@@ -310,24 +312,15 @@ class ServerConnection:
 
     # --- requests in ---
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes received; complete requests queue up for `next_event()` (see `RequestParser`)."""
-        self._parser.receive_data(data)
-
     def next_event(self) -> Request | ProtocolError | _NeedData:
         """The next complete request, or the error that ends the connection, or `NEED_DATA`.
 
         Returns:
             A `Request` (in the order received), a `ProtocolError` (always the
-            last event of a connection: its answer closes it), or `NEED_DATA`.
+            last event of a connection: its answer, `respond(None, ...)`,
+            closes it), or `NEED_DATA`.
         """
-        if self.events:
-            event = self.events.popleft()
-            if type(event) is ProtocolError:
-                self.must_close = True
-                self.events.clear()
-            return event
-        return NEED_DATA
+        return self.events.popleft() if self.events else NEED_DATA
 
     @property
     def pending(self) -> int:
@@ -353,10 +346,27 @@ class ServerConnection:
             born: when the answer was generated upstream, for Age (None: no Age field).
             now: the wall-clock time, for Age and Date.
         """
-        self._start(request, fields.status, len(body))
-        head = self._head(request, fields, len(body), born, now)
+        length = len(body)
+        wire = fields.wire
+        if wire is None:
+            wire = fields.wire = _Wire(status_line(fields.status) + header_lines(fields.headers))
+        if (request is not None and request.keep_alive and not self._closing
+                and not self._answering and request.version == "1.1" and fields.status not in _NO_BODY):
+            # The common answer (a hit on a kept HTTP/1.1 connection): its head is
+            # cached whole per (second, age, length), so nothing is spliced.
+            age = -1 if born is None else (int(now - born) if now > born else 0)
+            second = int(now)
+            if wire.second != second or wire.age != age or wire.length != length:  # type: ignore[union-attr]
+                wire.second, wire.age, wire.length = second, age, length
+                wire.head = b"".join((wire.prefix, b"Content-Length: %d\r\n" % length,
+                                      b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now), b"\r\n"))
+            if request.method == "HEAD" or not length:
+                return (wire.head,)
+            return (wire.head, body)
+        self._start(request, fields.status, length)
+        head = self._head(request, fields, length, born, now)
         self._answering = False
-        if self._framing is _Framing.NONE or not body:
+        if self._framing is _Framing.NONE or not length:
             return (head,)
         return (head, body)
 
@@ -415,34 +425,23 @@ class ServerConnection:
     def _head(self, request: Request | None, fields: Fields, length: int | None, born: float | None,
               now: float) -> bytes:
         wire = fields.wire
-        if wire is None:
+        if type(wire) is not _Wire:
             wire = fields.wire = _Wire(status_line(fields.status) + header_lines(fields.headers))
-        assert isinstance(wire, _Wire)
-        age = -1 if born is None else (int(now - born) if now > born else 0)
         version = "1.1" if request is None else request.version
-        framing = self._framing
-        if not self.must_close and version == "1.1" and length is not None and fields.status not in _NO_BODY:
-            # The common answer: cached whole per (second, age, length), so a hit splices nothing.
-            second = int(now)
-            if wire.second != second or wire.age != age or wire.length != length:
-                wire.second, wire.age, wire.length = second, age, length
-                wire.head = b"".join((wire.prefix, b"Content-Length: %d\r\n" % length,
-                                      b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now), b"\r\n"))
-            return wire.head
         if fields.status in _NO_BODY:
             size = b""
         elif length is not None:
             size = b"Content-Length: %d\r\n" % length
-        elif framing is _Framing.CHUNKED or (framing is _Framing.NONE and version == "1.1"):
-            size = b"Transfer-Encoding: chunked\r\n"
+        elif version == "1.1" and self._framing is not _Framing.CLOSE:
+            size = b"Transfer-Encoding: chunked\r\n"  # also on a HEAD: what a GET would get
         else:
             size = b""
         if self.must_close:
             connection = b"Connection: close\r\n"
         else:
             connection = b"" if version == "1.1" else b"Connection: keep-alive\r\n"
-        return b"".join((wire.prefix, size, b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now),
-                         connection, b"\r\n"))
+        age = b"" if born is None else b"Age: %d\r\n" % (int(now - born) if now > born else 0)
+        return b"".join((wire.prefix, size, age, date_line(now), connection, b"\r\n"))
 
 
 def http_date(ts: float) -> str:
@@ -460,8 +459,3 @@ def date_line(now: float) -> bytes:
         _date_cache[0] = second
         _date_cache[1] = f"Date: {http_date(second)}\r\n".encode("ascii")
     return _date_cache[1]  # type: ignore[return-value]
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0][:120]

@@ -69,8 +69,8 @@ FILE_CHUNK = 256 << 10
 class Handler(Protocol):
     """What answers requests for the listener (`livecdn.front.answers.PlayerFront`)."""
 
-    def answer_now(self, request: Request, peer: str) -> Plan | Later:
-        """A plan whose body is in hand, or `Later` when answering needs waiting."""
+    def answer_now(self, request: Request, peer: str, now: float) -> Plan | Later:
+        """A plan whose body is in hand, or `Later` when answering needs waiting (`now`: the wall clock)."""
 
     async def answer_later(self, later: Later) -> Plan:
         """The plan for a request `answer_now` could not answer at once."""
@@ -243,36 +243,52 @@ class PlayerConnection(asyncio.Protocol):
     # --- answering, in order ---
 
     def _answer_ready(self) -> None:
-        """Answer queued requests synchronously while the handler can; hand the rest to a task."""
-        h1, handler = self.h1, self.handler
-        while not h1.must_close:
+        """Answer queued requests synchronously while the handler can; hand the rest to a task.
+
+        This is the hit path: one request, one plan, one `writelines`.
+        """
+        h1, handler, transport, access = self.h1, self.handler, self.transport, self.access
+        events = h1.events
+        while events and not h1.must_close:
             if self._writing_paused or self._lost:
                 self._start_task(None)
                 return
             event = h1.next_event()
-            if event is NEED_DATA:
-                break
             if type(event) is ProtocolError:
                 self._send(None, handler.refuse(event.status, event.reason, event.headers))
                 break
-            plan = self._plan(event)  # type: ignore[arg-type]
+            if access is not None:
+                event.received = time.perf_counter()  # type: ignore[union-attr]
+            now = time.time()
+            try:
+                plan = handler.answer_now(event, self.peer, now)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
+                plan = self._failed(event)  # type: ignore[arg-type]
             if type(plan) is Later:
                 self._start_task(plan)
                 return
-            self._send(event, plan)  # type: ignore[arg-type]
+            buffers = h1.respond(event, plan.fields, plan.body, plan.born, now)  # type: ignore
+            transport.writelines(buffers)  # type: ignore[union-attr]
+            if access is not None:
+                self._log(event, plan, len(buffers[1]) if len(buffers) > 1 else 0)  # type: ignore
+            if plan.release is not None:  # type: ignore[union-attr]
+                plan.close()  # type: ignore[union-attr]
         self._answered()
+
+    def _failed(self, request: Request) -> Plan:
+        log.exception("answering %s %s for %s failed", request.method, request.target[:200], self.peer)
+        return self.handler.refuse(500, "internal error")
 
     def _plan(self, request: Request) -> Plan | Later:
         if self.access is not None:
             request.received = time.perf_counter()
         try:
-            return self.handler.answer_now(request, self.peer)
+            return self.handler.answer_now(request, self.peer, time.time())
         except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
-            log.exception("answering %s %s for %s failed", request.method, request.target[:200], self.peer)
-            return self.handler.refuse(500, "internal error")
+            return self._failed(request)
 
     def _send(self, request: Request | None, plan: Plan) -> None:
-        """Write an answer whose body is in hand: the hit path, one `writelines`."""
+        """Write an answer whose body is in hand."""
         buffers = self.h1.respond(request, plan.fields, plan.body, plan.born, time.time())  # type: ignore[arg-type]
         self.transport.writelines(buffers)  # type: ignore[union-attr]
         if self.access is not None and request is not None:
@@ -315,9 +331,7 @@ class PlayerConnection(asyncio.Protocol):
         try:
             plan = await self.handler.answer_later(later)
         except Exception:  # noqa: BLE001 - the handler's bug fails this request only
-            log.exception("answering %s %s for %s failed", later.request.method, later.request.target[:200],
-                          later.peer)
-            plan = self.handler.refuse(500, "internal error")
+            plan = self._failed(later.request)
         try:
             body = plan.body
             if type(body) is Stream:
