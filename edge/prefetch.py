@@ -21,9 +21,9 @@ from livecdn import metrics
 from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.media.kinds import is_hls_playlist
+from livecdn.media.names import directory
 from livecdn.media.playlist import Announced
-
-from .guard import directory
 
 __all__ = ["Prefetcher"]
 
@@ -39,7 +39,6 @@ TRACKED_BOUND = 4096
 MIN_POLL = 0.25
 # How stale a stream's last-request time may be (viewer_idle is counted in seconds).
 VIEW_RESOLUTION = 0.1
-PLAYLIST_SUFFIXES = (".m3u8", ".m3u")
 
 
 class Prefetcher:
@@ -87,7 +86,7 @@ class Prefetcher:
             if len(viewed) > self.settings.max_streams:
                 viewed.popitem(last=False)
         path = key.path
-        if path not in self._polls and path.endswith(PLAYLIST_SUFFIXES):
+        if path not in self._polls and is_hls_playlist(key.extension):
             self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key.key in self._prefetched:
             del self._prefetched[key.key]

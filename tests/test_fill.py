@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import m3u8
 import pytest
 
 import livecdn.cache.fill
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
-from livecdn.media.kinds import Kind, kind_of
+from livecdn.media.kinds import ManifestKind, NameKind, kind_of
 from livecdn.cache.fill import (
     AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
     Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
     UpstreamFailed, UpstreamResponded,
 )
 from livecdn.cache.stored import Stored
+from livecdn.media.playlist import Manifest, read
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
@@ -28,6 +30,20 @@ TS_KEPT = ("Content-Type", "video/mp2t")
 M3U8_KEPT = ("Content-Type", "application/vnd.apple.mpegurl")
 LIVE_BODY = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n"
              b"#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n")
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every playlist text `m3u8` parses from now on, in order."""
+    seen: list[str] = []
+    real = m3u8.loads
+
+    def counting(content: str, *args: object, **kwargs: object) -> m3u8.M3U8:
+        seen.append(content)
+        return real(content, *args, **kwargs)
+
+    monkeypatch.setattr(m3u8, "loads", counting)
+    return seen
 
 
 def make_fill(key: CacheKey = SEG, *, upstreams: tuple[str, ...] = UPSTREAMS,
@@ -50,8 +66,8 @@ def head(cache: str, length: int | None, *, hdrs: tuple[tuple[str, str], ...] = 
 def stale_copy(key: CacheKey = SEG, *, born: float = T0, fresh: float = 10.0, sie: float = 30.0,
                headers: tuple[tuple[str, str], ...] = (TS_KEPT, ("ETag", '"v1"'),
                                                        ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
-               body: bytes = b"old body", kind: Kind = Kind.MEDIA, status: int = 200) -> Stored:
-    return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind)
+               body: bytes = b"old body", status: int = 200, manifest: Manifest | None = None) -> Stored:
+    return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind_of(key.extension), manifest)
 
 
 # --- the harness itself -------------------------------------------------------
@@ -109,9 +125,10 @@ def test_n_requests_make_one_fetch(n: int) -> None:
     for c in range(1, n + 1):
         pb << EndResponse(c)
     assert pb
-    assert fill.finished and fill.clients == n
+    assert fill.finished
     assert stored().key == SEG.key and stored().body == b"x" * 12 and stored().status == 200
-    assert stored().kind is Kind.MEDIA and stored().lifetime.fresh == RULES.media_ttl
+    assert stored().kind is NameKind.MEDIA and stored().manifest is None
+    assert stored().lifetime.fresh == RULES.media_ttl
     assert stored().headers == (TS_KEPT,)  # content-length is rebuilt by the front, not kept
 
 
@@ -452,8 +469,15 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
     assert fill.finished
 
 
-def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
-    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=LIVE_BODY, kind=Kind.LIVE)
+@pytest.mark.parametrize(("kept", "parses"), [
+    (True, 0),  # stored by a fill: its manifest is reused
+    (False, 1),  # read back from disk, which keeps no manifest: read once, and kept from now on
+], ids=["manifest kept", "from disk"])
+def test_304_for_a_live_playlist_gets_the_playlist_lifetime(kept: bool, parses: int, loads: list[str]) -> None:
+    manifest = read(PLAYLIST.path, LIVE_BODY)
+    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=LIVE_BODY,
+                     manifest=manifest if kept else None)
+    loads.clear()
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(PLAYLIST, stale=old))
@@ -461,7 +485,22 @@ def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
         >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, "miss")
     )
-    assert fresh().lifetime.fresh == 2.0 and fresh().kind is Kind.LIVE  # half of TARGETDURATION 4
+    assert fresh().lifetime.fresh == 2.0  # half of TARGETDURATION 4
+    assert fresh().manifest == manifest and fresh().manifest.info.kind is ManifestKind.LIVE
+    assert len(loads) == parses
+
+
+def test_304_for_a_damaged_disk_playlist_keeps_no_manifest(loads: list[str]) -> None:
+    # It was read whole before it was stored; only a damaged disk copy fails to read.
+    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=b"#EXTM3U\n#EXT-X-TARGETDURATION:x\n")
+    fresh = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(PLAYLIST, stale=old))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"p1"'),))
+        >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
+        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+    )
+    assert fresh().manifest is None and fresh().lifetime.fresh == RULES.other_ttl
 
 
 def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
@@ -505,7 +544,7 @@ def test_304_with_no_store_serves_without_storing() -> None:
 
 # --- playlists ----------------------------------------------------------------
 
-def test_playlist_is_held_until_complete() -> None:
+def test_playlist_is_held_until_complete(loads: list[str]) -> None:
     fill = make_fill(PLAYLIST)
     stored = Placeholder(Stored)
     n = len(LIVE_BODY)
@@ -522,7 +561,9 @@ def test_playlist_is_held_until_complete() -> None:
         << Respond(1, Head(200, kept, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
         << Respond(2, Head(200, kept, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
     )
-    assert stored().kind is Kind.LIVE and stored().body == LIVE_BODY
+    assert stored().kind is NameKind.PLAYLIST and stored().body == LIVE_BODY
+    assert loads == [LIVE_BODY.decode()]  # read once, when whole
+    assert stored().manifest == read(PLAYLIST.path, LIVE_BODY)
     assert stored().lifetime.fresh == 2.0  # half of 4 s, stricter than max-age=60
 
 
@@ -653,7 +694,7 @@ def test_refresh_with_no_clients_stores_the_object() -> None:
         >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
     )
-    assert stored().body == LIVE_BODY and fill.finished and fill.clients == 0
+    assert stored().body == LIVE_BODY and fill.finished
 
 
 def test_refresh_revalidates_and_a_client_may_join() -> None:
@@ -674,7 +715,7 @@ def test_refresh_revalidates_and_a_client_may_join() -> None:
 def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(livecdn.cache.fill, "MAX_CLIENTS_PER_FILL", 2)
     fill = make_fill()
-    h = Placeholder(Head)
+    h, full = Placeholder(Head), Placeholder(Head)
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
@@ -683,8 +724,9 @@ def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> No
         >> ok(1) << Respond(1, head("miss", 1)) << Respond(2, head("coalesced", 1))  # not 3
         >> ClientGone(2)
         >> ClientRequested(4) << Respond(4, head("coalesced", 1))  # room again
+        >> ClientRequested(5) << Respond(5, full) << EndResponse(5)  # 1 and 4: full again
     )
-    assert h().status == 503 and h().cache == "error" and fill.clients == 2
+    assert h().status == 503 and h().cache == "error" and full().status == 503
 
 
 # --- shell bugs are loud --------------------------------------------------------
