@@ -348,7 +348,7 @@ class Fill:
         self.size += len(data)
         if self.size > self.max_bytes:
             reason = f"body exceeds max_object_bytes ({self.max_bytes})"
-            # A held playlist has sent no head yet: its clients get an error head, not a cut.
+            # A playlist checked whole has sent no head yet: its clients get an error head, not a cut.
             return self._fail_all(502, reason) if self._checked_whole else self._broken(reason)
         if self._length is not None and self.size > self._length and not self._checked_whole:
             # Never let a client send past the Content-Length it was given.
@@ -392,7 +392,7 @@ class Fill:
             try:
                 manifest = read(self.key.path, stale.body)
             except MalformedPlaylist:
-                manifest = None
+                pass  # the lifetime of a name's kind alone, as for any object without a manifest
         lt = lifetime(self.rules, stale.kind, stale.status, {**{k.lower(): v for k, v in stale.headers}, **hdrs},
                       manifest.info if manifest else None)
         return stale.revalidated(hdrs, born, lt, manifest)
