@@ -13,7 +13,6 @@ import string
 from pathlib import Path
 
 import aiohttp
-import m3u8
 import pytest
 from aiohttp import web
 
@@ -25,6 +24,7 @@ from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.config import CacheSettings, GuardSettings, LimitSettings
 from livecdn.media.kinds import kind_of
 from tests.cdn import NO_LIMITS, Stack, sample
+from tests.parses import count_loads
 from tests.fakeorigin import FakeOrigin, body
 
 GUARD = GuardSettings(refresh_interval=0.5, unknown_rate=1.0, unknown_burst=3, viewer_idle=30.0)
@@ -85,14 +85,7 @@ class NothingNew:
 
 
 async def test_a_playlist_filled_and_learned_by_the_guard_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed: list[str] = []
-    real = m3u8.loads
-
-    def counting(content: str, *args: object, **kwargs: object) -> m3u8.M3U8:
-        parsed.append(content)
-        return real(content, *args, **kwargs)
-
-    monkeypatch.setattr(m3u8, "loads", counting)
+    parsed = count_loads(monkeypatch)
     key = cache_key("/live/cam/index.m3u8")
     body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n"
     fill = Fill(key, kind_of(key.extension), ("http://shield",), Rules(), 1 << 20)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import m3u8
 import pytest
 
 import livecdn.cache.fill
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
-from livecdn.media.kinds import ManifestKind, NameKind, kind_of
+from livecdn.media.kinds import NameKind, kind_of
 from livecdn.cache.fill import (
     AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
     Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
@@ -16,6 +15,7 @@ from livecdn.cache.fill import (
 )
 from livecdn.cache.stored import Stored
 from livecdn.media.playlist import Manifest, read
+from tests.parses import count_loads
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
@@ -35,15 +35,7 @@ LIVE_BODY = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every playlist text `m3u8` parses from now on, in order."""
-    seen: list[str] = []
-    real = m3u8.loads
-
-    def counting(content: str, *args: object, **kwargs: object) -> m3u8.M3U8:
-        seen.append(content)
-        return real(content, *args, **kwargs)
-
-    monkeypatch.setattr(m3u8, "loads", counting)
-    return seen
+    return count_loads(monkeypatch)
 
 
 def make_fill(key: CacheKey = SEG, *, upstreams: tuple[str, ...] = UPSTREAMS,
@@ -469,14 +461,18 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
     assert fill.finished
 
 
-@pytest.mark.parametrize(("kept", "parses"), [
-    (True, 0),  # stored by a fill: its manifest is reused
-    (False, 1),  # read back from disk, which keeps no manifest: read once, and kept from now on
-], ids=["manifest kept", "from disk"])
-def test_304_for_a_live_playlist_gets_the_playlist_lifetime(kept: bool, parses: int, loads: list[str]) -> None:
-    manifest = read(PLAYLIST.path, LIVE_BODY)
-    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=LIVE_BODY,
-                     manifest=manifest if kept else None)
+DAMAGED = b"#EXTM3U\n#EXT-X-TARGETDURATION:x\n"  # read whole before it was stored, then damaged on disk
+
+
+@pytest.mark.parametrize(("body", "kept", "parses", "lifetime"), [
+    (LIVE_BODY, True, 0, 2.0),  # stored by a fill: its manifest is reused; half of TARGETDURATION 4
+    (LIVE_BODY, False, 1, 2.0),  # read back from disk, which keeps no manifest: read once, kept from now on
+    (DAMAGED, False, 1, RULES.other_ttl),  # no manifest to be had: the lifetime of its name alone
+], ids=["manifest kept", "from disk", "damaged on disk"])
+def test_304_for_a_live_playlist_gets_its_manifests_lifetime(body: bytes, kept: bool, parses: int,
+                                                             lifetime: float, loads: list[str]) -> None:
+    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=body,
+                     manifest=read(PLAYLIST.path, body) if kept else None)
     loads.clear()
     fresh = Placeholder(Stored)
     assert (
@@ -485,22 +481,8 @@ def test_304_for_a_live_playlist_gets_the_playlist_lifetime(kept: bool, parses: 
         >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, "miss")
     )
-    assert fresh().lifetime.fresh == 2.0  # half of TARGETDURATION 4
-    assert fresh().manifest == manifest and fresh().manifest.info.kind is ManifestKind.LIVE
-    assert len(loads) == parses
-
-
-def test_304_for_a_damaged_disk_playlist_keeps_no_manifest(loads: list[str]) -> None:
-    # It was read whole before it was stored; only a damaged disk copy fails to read.
-    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=b"#EXTM3U\n#EXT-X-TARGETDURATION:x\n")
-    fresh = Placeholder(Stored)
-    assert (
-        Playbook(make_fill(PLAYLIST, stale=old))
-        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"p1"'),))
-        >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
-        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
-    )
-    assert fresh().manifest is None and fresh().lifetime.fresh == RULES.other_ttl
+    assert len(loads) == parses and fresh().lifetime.fresh == lifetime
+    assert fresh().manifest == (read(PLAYLIST.path, body) if body is LIVE_BODY else None)
 
 
 def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import m3u8
-
 from livecdn.media.kinds import ManifestKind
 from livecdn.media.playlist import MAX_PLAYLIST_BYTES, Announced, MalformedPlaylist, PlaylistInfo, read
+from tests.parses import count_loads
 
 MEDIA = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{td}\n#EXT-X-MEDIA-SEQUENCE:7\n" \
         "#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n"
@@ -109,14 +108,7 @@ def test_dash_names_are_not_read() -> None:
 
 
 def test_one_read_is_one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = m3u8.loads
-
-    def counting(*args: object, **kwargs: object) -> m3u8.M3U8:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(m3u8, "loads", counting)
+    calls = count_loads(monkeypatch)
     manifest = read("/live/cam/index.m3u8", LLHLS.encode())
     assert manifest.info == PlaylistInfo(ManifestKind.LIVE, 4.0, 1.002)
     assert manifest.announced is not None and manifest.announced.hints == ("/live/cam/seg8.1.m4s",)
