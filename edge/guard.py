@@ -122,23 +122,23 @@ class StreamGuard:
 
     def learn(self, obj: Stored) -> Announced | None:
         """Take in what a stored playlist announces, as its fill read it; returns it (None for DASH)."""
-        said = obj.manifest.announced if obj.manifest is not None else None
-        if said is None:
+        announced = obj.manifest.announced if obj.manifest is not None else None
+        if announced is None:
             return None
         path = obj.key.partition("?")[0]
         self._stream(directory(path)).names.add(path)  # a playlist that answered exists
-        segments = frozenset(said.segments)
-        for name in said.names:
+        segments = frozenset(announced.segments)
+        for name in announced.names:
             stream = self._stream(directory(name))
             stream.names.add(name)
             # Who can tell about more names here later: a live playlist for its
             # segments' directory, a child playlist for its own.
-            if said.live and name in segments:
+            if announced.live and name in segments:
                 _remember(stream, path)
             elif is_hls_playlist(extension(name)):
                 _remember(stream, name)
         self._streams_gauge.set(len(self._streams))
-        return said
+        return announced
 
     def _stream(self, d: str) -> _Stream:
         stream = self._streams.get(d)

@@ -93,23 +93,23 @@ class Prefetcher:
             if cache == "hit":
                 self._hits.inc()
 
-    def learned(self, playlist: str, said: Announced, expires_in: float) -> None:
+    def learned(self, playlist: str, announced: Announced, expires_in: float) -> None:
         """A playlist was stored: queue what it announces for the first time.
 
         Args:
             playlist: its path.
-            said: what it announces.
+            announced: what it announces.
             expires_in: seconds until the stored copy expires (its next refresh).
         """
-        fresh = said.segments + said.hints
+        fresh = announced.segments + announced.hints
         before = self._last.get(playlist)
         expires_at = time.monotonic() + expires_in
-        self._last[playlist] = (frozenset(fresh), expires_at if said.live else None)
+        self._last[playlist] = (frozenset(fresh), expires_at if announced.live else None)
         self._last.move_to_end(playlist)
         self._schedule(playlist)
         if len(self._last) > self.settings.max_streams:
             self._last.popitem(last=False)
-        if before is None or not said.live:
+        if before is None or not announced.live:
             return  # first sighting: its whole window is history, not news
         for name in fresh:
             if name in before[0] or not self._watched(directory(name)):
