@@ -27,7 +27,7 @@ __all__ = ["Announced", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "
 MAX_PLAYLIST_BYTES = 4 << 20
 # Any host will do: relative URIs are resolved against it, and a URI that
 # comes back on another host names an object of another origin (left out).
-_BASE = "http://playlist.invalid"
+_HOST = "playlist.invalid"
 
 
 class MalformedPlaylist(ValueError):
@@ -119,8 +119,7 @@ def _mpd_info(text: str) -> PlaylistInfo:
 
 def _announced(path: str, parsed: m3u8.M3U8) -> Announced:
     """What a playlist at `path` announces (names on other hosts, and names no request could use, are left out)."""
-    base = _BASE + path
-    host = urlsplit(_BASE).netloc
+    base = f"http://{_HOST}{path}"
 
     def resolve(uris: list[str | None]) -> list[str]:
         out = []
@@ -128,7 +127,7 @@ def _announced(path: str, parsed: m3u8.M3U8) -> Announced:
             if not uri:
                 continue
             target = urlsplit(urljoin(base, uri))
-            if target.netloc != host:
+            if target.netloc != _HOST:
                 continue
             try:
                 out.append(normalize(target.path))
