@@ -36,7 +36,8 @@ MPD_DYNAMIC = ('<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011
     (".mpd", MPD_DYNAMIC.replace('  minimumUpdatePeriod="PT4S"', ""), PlaylistInfo(ManifestKind.LIVE, 2.0)),
     (".mpd", MPD_DYNAMIC.replace("dynamic", "static"), PlaylistInfo(ManifestKind.ENDED)),
     (".mpd", "<MPD type='dynamic' minimumUpdatePeriod='PT3S'/>", PlaylistInfo(ManifestKind.LIVE, 3.0)),
-    (".mpd", '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011"></MPD>', PlaylistInfo(ManifestKind.ENDED)),  # static by default
+    # static by default
+    (".mpd", '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011"></MPD>', PlaylistInfo(ManifestKind.ENDED)),
 ])
 def test_classify(extension: str, body: str, info: PlaylistInfo) -> None:
     assert read("/live/cam/index" + extension, body.encode()).info == info
