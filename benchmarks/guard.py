@@ -688,7 +688,8 @@ def filter_figure(plan: Plan) -> dict[str, Any]:
     from edge.guard import Generations, StreamGuard
     from livecdn.config import GuardSettings, Rendition
     from livecdn.cache.freshness import Lifetime
-    from livecdn.media.kinds import Kind
+    from livecdn.media.kinds import NameKind
+    from livecdn.media.playlist import read
     from livecdn.origin.timeline import Timeline, master_playlist, media_playlist
     from livecdn.cache.stored import Stored
 
@@ -719,11 +720,13 @@ def filter_figure(plan: Plan) -> dict[str, Any]:
     for seq in range(segments + 1):
         now = timeline.published_at(seq) + 0.01
         if seq * TARGET_DURATION % 30 == 0:
-            guard.learn(Stored("/live/master.m3u8", 200, (), master, now, Lifetime(30, 2, 30), Kind.MASTER))
+            guard.learn(Stored("/live/master.m3u8", 200, (), master, now, Lifetime(30, 2, 30), NameKind.PLAYLIST,
+                               read("/live/master.m3u8", master)))
         for r in renditions:
             body = media_playlist(timeline, now)
             assert body is not None
-            guard.learn(Stored(f"/live/{r.name}/index.m3u8", 200, (), body.encode(), now, live, Kind.LIVE))
+            path, data = f"/live/{r.name}/index.m3u8", body.encode()
+            guard.learn(Stored(path, 200, (), data, now, live, NameKind.PLAYLIST, read(path, data)))
             learned += 1
         hour = seq * TARGET_DURATION / 3600
         if hour in marks:

@@ -23,23 +23,20 @@ from livecdn import metrics
 from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
-from livecdn.media.kinds import CONTENT_TYPES, PLAYLIST_EXTENSIONS
-from livecdn.media.playlist import Announced, MalformedPlaylist, announced
 from livecdn.cache.stored import Stored
+from livecdn.media.kinds import CONTENT_TYPES, is_hls_playlist, is_playlist
+from livecdn.media.names import directory, extension
+from livecdn.media.playlist import Announced
 
 from .limits import Buckets, TokenBucket
 
-__all__ = ["Generations", "StreamGuard", "directory"]
+__all__ = ["Generations", "StreamGuard"]
 
 # Playlists remembered per stream as the ones to refresh when a name is unknown:
 # a rendition directory is announced into by one media playlist, rarely more.
 PLAYLISTS_PER_STREAM = 4
 # Client addresses whose share of unknown-name tries is remembered.
 CLIENTS_TRACKED = 100_000
-
-
-def directory(path: str) -> str:
-    return path[:path.rfind("/") + 1]
 
 
 class Generations:
@@ -124,27 +121,24 @@ class StreamGuard:
     # --- learning ---
 
     def learn(self, obj: Stored) -> Announced | None:
-        """Take in what a stored playlist announces; returns it (None for DASH or junk)."""
+        """Take in what a stored playlist announces, as its fill read it; returns it (None for DASH)."""
+        announced = obj.manifest.announced if obj.manifest is not None else None
+        if announced is None:
+            return None
         path = obj.key.partition("?")[0]
-        if not path.endswith((".m3u8", ".m3u")):
-            return None
-        try:
-            said = announced(path, obj.body)
-        except MalformedPlaylist:
-            return None
         self._stream(directory(path)).names.add(path)  # a playlist that answered exists
-        segments = frozenset(said.segments)
-        for name in said.names:
+        segments = frozenset(announced.segments)
+        for name in announced.names:
             stream = self._stream(directory(name))
             stream.names.add(name)
             # Who can tell about more names here later: a live playlist for its
             # segments' directory, a child playlist for its own.
-            if said.live and name in segments:
+            if announced.live and name in segments:
                 _remember(stream, path)
-            elif name.endswith((".m3u8", ".m3u")):
+            elif is_hls_playlist(extension(name)):
                 _remember(stream, name)
         self._streams_gauge.set(len(self._streams))
-        return said
+        return announced
 
     def _stream(self, d: str) -> _Stream:
         stream = self._streams.get(d)
@@ -176,7 +170,7 @@ class StreamGuard:
         if stream is not None:
             if path in stream.names:
                 return
-            if ext not in PLAYLIST_EXTENSIONS:
+            if not is_playlist(ext):
                 if await self._refresh(stream) and path in stream.names:
                     return
                 self._rejected["not_announced"].inc()

@@ -54,10 +54,10 @@ class EdgePolicy:
         self.connections.limit = limits.connections_per_client
 
     def _learn(self, obj: Stored) -> None:
-        said = self.guard.learn(obj)
-        if said is not None and self.prefetcher is not None:
+        announced = self.guard.learn(obj)
+        if announced is not None and self.prefetcher is not None:
             expires_in = obj.born + obj.lifetime.fresh - time.time()
-            self.prefetcher.learned(obj.key.partition("?")[0], said, expires_in)
+            self.prefetcher.learned(obj.key.partition("?")[0], announced, expires_in)
 
     def _screen(self, client: str) -> None:
         wait = self.limits.request(client, time.monotonic())

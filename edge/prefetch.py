@@ -21,9 +21,9 @@ from livecdn import metrics
 from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.media.kinds import is_hls_playlist
+from livecdn.media.names import directory
 from livecdn.media.playlist import Announced
-
-from .guard import directory
 
 __all__ = ["Prefetcher"]
 
@@ -39,7 +39,6 @@ TRACKED_BOUND = 4096
 MIN_POLL = 0.25
 # How stale a stream's last-request time may be (viewer_idle is counted in seconds).
 VIEW_RESOLUTION = 0.1
-PLAYLIST_SUFFIXES = (".m3u8", ".m3u")
 
 
 class Prefetcher:
@@ -87,30 +86,30 @@ class Prefetcher:
             if len(viewed) > self.settings.max_streams:
                 viewed.popitem(last=False)
         path = key.path
-        if path not in self._polls and path.endswith(PLAYLIST_SUFFIXES):
+        if path not in self._polls and is_hls_playlist(key.extension):
             self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key.key in self._prefetched:
             del self._prefetched[key.key]
             if cache == "hit":
                 self._hits.inc()
 
-    def learned(self, playlist: str, said: Announced, expires_in: float) -> None:
+    def learned(self, playlist: str, announced: Announced, expires_in: float) -> None:
         """A playlist was stored: queue what it announces for the first time.
 
         Args:
             playlist: its path.
-            said: what it announces.
+            announced: what it announces.
             expires_in: seconds until the stored copy expires (its next refresh).
         """
-        fresh = said.segments + said.hints
+        fresh = announced.segments + announced.hints
         before = self._last.get(playlist)
         expires_at = time.monotonic() + expires_in
-        self._last[playlist] = (frozenset(fresh), expires_at if said.live else None)
+        self._last[playlist] = (frozenset(fresh), expires_at if announced.live else None)
         self._last.move_to_end(playlist)
         self._schedule(playlist)
         if len(self._last) > self.settings.max_streams:
             self._last.popitem(last=False)
-        if before is None or not said.live:
+        if before is None or not announced.live:
             return  # first sighting: its whole window is history, not news
         for name in fresh:
             if name in before[0] or not self._watched(directory(name)):

@@ -16,10 +16,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.guard import Generations
+from edge.guard import Generations, StreamGuard
 from edge.limits import ClientLimits, TokenBucket
+from livecdn.cache.fill import ClientRequested, Fill, StoreObject, UpstreamChunk, UpstreamDone, UpstreamResponded
+from livecdn.cache.freshness import Rules
+from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.config import CacheSettings, GuardSettings, LimitSettings
+from livecdn.media.kinds import kind_of
 from tests.cdn import NO_LIMITS, Stack, sample
+from tests.parses import count_loads
 from tests.fakeorigin import FakeOrigin, body
 
 GUARD = GuardSettings(refresh_interval=0.5, unknown_rate=1.0, unknown_burst=3, viewer_idle=30.0)
@@ -67,6 +72,36 @@ def test_client_limits_are_per_client_and_bounded() -> None:
     limits.miss("c", 0)  # forgets a, the least recently seen
     assert limits.miss("a", 0) == 0
     assert ClientLimits(LimitSettings(miss_rate=0)).miss("x", 0) == 0  # 0 means unlimited
+
+
+class NothingNew:
+    """The engine as the guard sees it: a playlist refresh that announces nothing new."""
+
+    def __init__(self) -> None:
+        self.refreshed: list[str] = []
+
+    async def refresh(self, key: CacheKey) -> None:
+        self.refreshed.append(key.key)
+
+
+async def test_a_playlist_filled_and_learned_by_the_guard_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = count_loads(monkeypatch)
+    key = cache_key("/live/cam/index.m3u8")
+    body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n"
+    fill = Fill(key, kind_of(key.extension), ("http://shield",), Rules(), 1 << 20)
+    commands = [*fill.handle(ClientRequested(1)),
+                *fill.handle(UpstreamResponded(200, (("content-type", "application/vnd.apple.mpegurl"),), 0.0)),
+                *fill.handle(UpstreamChunk(body)), *fill.handle(UpstreamDone(0.0))]
+    [stored] = [c.obj for c in commands if isinstance(c, StoreObject)]
+    engine = NothingNew()
+    guard = StreamGuard(GUARD, engine, "parsed-once")  # type: ignore[arg-type]  # only refresh() is used
+    said = guard.learn(stored)
+    assert said is not None and said.segments == ("/live/cam/seg7.ts", "/live/cam/seg8.ts")
+    await guard.check(cache_key("/live/cam/seg8.ts"), "10.0.0.1")  # announced: let through
+    with pytest.raises(BadRequest) as refused:
+        await guard.check(cache_key("/live/cam/seg99.ts"), "10.0.0.1")
+    assert refused.value.status == 404 and engine.refreshed == [key.key]  # one refresh, then refused
+    assert parsed == [body.decode()]
 
 
 # --- a real edge in front of a live stream ---------------------------------------------

@@ -7,13 +7,15 @@ import pytest
 import livecdn.cache.fill
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
-from livecdn.media.kinds import Kind, kind_of
+from livecdn.media.kinds import NameKind, kind_of
 from livecdn.cache.fill import (
     AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
     Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
     UpstreamFailed, UpstreamResponded,
 )
 from livecdn.cache.stored import Stored
+from livecdn.media.playlist import Manifest, read
+from tests.parses import count_loads
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
@@ -28,6 +30,12 @@ TS_KEPT = ("Content-Type", "video/mp2t")
 M3U8_KEPT = ("Content-Type", "application/vnd.apple.mpegurl")
 LIVE_BODY = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n"
              b"#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n")
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every playlist text `m3u8` parses from now on, in order."""
+    return count_loads(monkeypatch)
 
 
 def make_fill(key: CacheKey = SEG, *, upstreams: tuple[str, ...] = UPSTREAMS,
@@ -50,8 +58,8 @@ def head(cache: str, length: int | None, *, hdrs: tuple[tuple[str, str], ...] = 
 def stale_copy(key: CacheKey = SEG, *, born: float = T0, fresh: float = 10.0, sie: float = 30.0,
                headers: tuple[tuple[str, str], ...] = (TS_KEPT, ("ETag", '"v1"'),
                                                        ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT")),
-               body: bytes = b"old body", kind: Kind = Kind.MEDIA, status: int = 200) -> Stored:
-    return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind)
+               body: bytes = b"old body", status: int = 200, manifest: Manifest | None = None) -> Stored:
+    return Stored(key.key, status, headers, body, born, Lifetime(fresh, 2.0, sie), kind_of(key.extension), manifest)
 
 
 # --- the harness itself -------------------------------------------------------
@@ -109,9 +117,10 @@ def test_n_requests_make_one_fetch(n: int) -> None:
     for c in range(1, n + 1):
         pb << EndResponse(c)
     assert pb
-    assert fill.finished and fill.clients == n
+    assert fill.finished
     assert stored().key == SEG.key and stored().body == b"x" * 12 and stored().status == 200
-    assert stored().kind is Kind.MEDIA and stored().lifetime.fresh == RULES.media_ttl
+    assert stored().kind is NameKind.MEDIA and stored().manifest is None
+    assert stored().lifetime.fresh == RULES.media_ttl
     assert stored().headers == (TS_KEPT,)  # content-length is rebuilt by the front, not kept
 
 
@@ -452,8 +461,19 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
     assert fill.finished
 
 
-def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
-    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=LIVE_BODY, kind=Kind.LIVE)
+DAMAGED = b"#EXTM3U\n#EXT-X-TARGETDURATION:x\n"  # read whole before it was stored, then damaged on disk
+
+
+@pytest.mark.parametrize(("body", "kept", "parses", "lifetime"), [
+    (LIVE_BODY, True, 0, 2.0),  # stored by a fill: its manifest is reused; half of TARGETDURATION 4
+    (LIVE_BODY, False, 1, 2.0),  # read back from disk, which keeps no manifest: read once, kept from now on
+    (DAMAGED, False, 1, RULES.other_ttl),  # no manifest to be had: the lifetime of its name alone
+], ids=["manifest kept", "from disk", "damaged on disk"])
+def test_304_for_a_live_playlist_gets_its_manifests_lifetime(body: bytes, kept: bool, parses: int,
+                                                             lifetime: float, loads: list[str]) -> None:
+    old = stale_copy(PLAYLIST, headers=(M3U8_KEPT, ("ETag", '"p1"')), body=body,
+                     manifest=read(PLAYLIST.path, body) if kept else None)
+    loads.clear()
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(PLAYLIST, stale=old))
@@ -461,7 +481,8 @@ def test_304_for_a_live_playlist_gets_the_playlist_lifetime() -> None:
         >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, "miss")
     )
-    assert fresh().lifetime.fresh == 2.0 and fresh().kind is Kind.LIVE  # half of TARGETDURATION 4
+    assert len(loads) == parses and fresh().lifetime.fresh == lifetime
+    assert fresh().manifest == (read(PLAYLIST.path, body) if body is LIVE_BODY else None)
 
 
 def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
@@ -505,7 +526,7 @@ def test_304_with_no_store_serves_without_storing() -> None:
 
 # --- playlists ----------------------------------------------------------------
 
-def test_playlist_is_held_until_complete() -> None:
+def test_playlist_is_held_until_complete(loads: list[str]) -> None:
     fill = make_fill(PLAYLIST)
     stored = Placeholder(Stored)
     n = len(LIVE_BODY)
@@ -522,7 +543,9 @@ def test_playlist_is_held_until_complete() -> None:
         << Respond(1, Head(200, kept, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
         << Respond(2, Head(200, kept, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
     )
-    assert stored().kind is Kind.LIVE and stored().body == LIVE_BODY
+    assert stored().kind is NameKind.PLAYLIST and stored().body == LIVE_BODY
+    assert loads == [LIVE_BODY.decode()]  # read once, when whole
+    assert stored().manifest == read(PLAYLIST.path, LIVE_BODY)
     assert stored().lifetime.fresh == 2.0  # half of 4 s, stricter than max-age=60
 
 
@@ -653,7 +676,7 @@ def test_refresh_with_no_clients_stores_the_object() -> None:
         >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
     )
-    assert stored().body == LIVE_BODY and fill.finished and fill.clients == 0
+    assert stored().body == LIVE_BODY and fill.finished
 
 
 def test_refresh_revalidates_and_a_client_may_join() -> None:
@@ -674,7 +697,7 @@ def test_refresh_revalidates_and_a_client_may_join() -> None:
 def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(livecdn.cache.fill, "MAX_CLIENTS_PER_FILL", 2)
     fill = make_fill()
-    h = Placeholder(Head)
+    h, full = Placeholder(Head), Placeholder(Head)
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
@@ -683,8 +706,9 @@ def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> No
         >> ok(1) << Respond(1, head("miss", 1)) << Respond(2, head("coalesced", 1))  # not 3
         >> ClientGone(2)
         >> ClientRequested(4) << Respond(4, head("coalesced", 1))  # room again
+        >> ClientRequested(5) << Respond(5, full) << EndResponse(5)  # 1 and 4: full again
     )
-    assert h().status == 503 and h().cache == "error" and fill.clients == 2
+    assert h().status == 503 and h().cache == "error" and full().status == 503
 
 
 # --- shell bugs are loud --------------------------------------------------------

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from livecdn.cache.freshness import YEAR, Lifetime, Rules, lifetime, parse_cache_control
-from livecdn.media.kinds import Kind, kind_of
+from livecdn.media.kinds import ManifestKind, NameKind, is_hls_playlist, is_playlist, kind_of
 from livecdn.media.playlist import PlaylistInfo
 from livecdn.cache.stored import Stored
 
 RULES = Rules()
-LIVE4 = PlaylistInfo(Kind.LIVE, 4.0)
-LIVE6 = PlaylistInfo(Kind.LIVE, 6.0)
-LLHLS = PlaylistInfo(Kind.LIVE, 4.0, 1.0)
-MASTER = PlaylistInfo(Kind.MASTER)
-ENDED = PlaylistInfo(Kind.ENDED, 6.0)
+LIVE4 = PlaylistInfo(ManifestKind.LIVE, 4.0)
+LIVE6 = PlaylistInfo(ManifestKind.LIVE, 6.0)
+LLHLS = PlaylistInfo(ManifestKind.LIVE, 4.0, 1.0)
+MASTER = PlaylistInfo(ManifestKind.MASTER)
+ENDED = PlaylistInfo(ManifestKind.ENDED, 6.0)
 
 
 @pytest.mark.parametrize(("value", "parsed"), [
@@ -31,33 +31,33 @@ def test_parse_cache_control(value: str | None, parsed: dict[str, str | None]) -
 
 @pytest.mark.parametrize(("kind", "status", "cc", "playlist", "fresh"), [
     # by kind, no origin cache-control
-    (Kind.PLAYLIST, 200, None, LIVE4, 2.0),  # live: half the target duration
-    (Kind.PLAYLIST, 200, None, LIVE6, 3.0),
-    (Kind.PLAYLIST, 200, None, LLHLS, 0.5),  # LL-HLS: half the part target
-    (Kind.PLAYLIST, 200, None, PlaylistInfo(Kind.LIVE, 1.0, 0.2), 0.2),  # never under 0.2 s
-    (Kind.PLAYLIST, 200, None, PlaylistInfo(Kind.LIVE), 1.0),  # DASH default update period 2 s
-    (Kind.PLAYLIST, 200, None, MASTER, RULES.master_ttl),
-    (Kind.PLAYLIST, 200, None, ENDED, RULES.ended_ttl),
-    (Kind.MEDIA, 200, None, None, YEAR),  # segments are immutable
-    (Kind.OTHER, 200, None, None, RULES.other_ttl),
-    (Kind.MEDIA, 404, None, None, RULES.negative_ttl),
-    (Kind.PLAYLIST, 410, None, None, RULES.negative_ttl),
+    (NameKind.PLAYLIST, 200, None, LIVE4, 2.0),  # live: half the target duration
+    (NameKind.PLAYLIST, 200, None, LIVE6, 3.0),
+    (NameKind.PLAYLIST, 200, None, LLHLS, 0.5),  # LL-HLS: half the part target
+    (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE, 1.0, 0.2), 0.2),  # never under 0.2 s
+    (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE), 1.0),  # DASH default update period 2 s
+    (NameKind.PLAYLIST, 200, None, MASTER, RULES.master_ttl),
+    (NameKind.PLAYLIST, 200, None, ENDED, RULES.ended_ttl),
+    (NameKind.MEDIA, 200, None, None, YEAR),  # segments are immutable
+    (NameKind.OTHER, 200, None, None, RULES.other_ttl),
+    (NameKind.MEDIA, 404, None, None, RULES.negative_ttl),
+    (NameKind.PLAYLIST, 410, None, None, RULES.negative_ttl),
     # a stricter origin wins, a laxer one does not
-    (Kind.MEDIA, 200, "max-age=10", None, 10.0),
-    (Kind.PLAYLIST, 200, "max-age=1", LIVE4, 1.0),
-    (Kind.PLAYLIST, 200, "max-age=60", LIVE4, 2.0),
-    (Kind.PLAYLIST, 200, "max-age=86400", MASTER, RULES.master_ttl),
-    (Kind.MEDIA, 404, "max-age=600", None, RULES.negative_ttl),
-    (Kind.MEDIA, 200, "max-age=-5", None, 0.0),
-    (Kind.MEDIA, 200, "max-age=abc", None, YEAR),  # unparsable: ignored
+    (NameKind.MEDIA, 200, "max-age=10", None, 10.0),
+    (NameKind.PLAYLIST, 200, "max-age=1", LIVE4, 1.0),
+    (NameKind.PLAYLIST, 200, "max-age=60", LIVE4, 2.0),
+    (NameKind.PLAYLIST, 200, "max-age=86400", MASTER, RULES.master_ttl),
+    (NameKind.MEDIA, 404, "max-age=600", None, RULES.negative_ttl),
+    (NameKind.MEDIA, 200, "max-age=-5", None, 0.0),
+    (NameKind.MEDIA, 200, "max-age=abc", None, YEAR),  # unparsable: ignored
     # s-maxage is for shared caches, so it takes precedence over max-age
-    (Kind.MEDIA, 200, "max-age=0, s-maxage=30", None, 30.0),
-    (Kind.MEDIA, 200, "s-maxage=5, max-age=300", None, 5.0),
+    (NameKind.MEDIA, 200, "max-age=0, s-maxage=30", None, 30.0),
+    (NameKind.MEDIA, 200, "s-maxage=5, max-age=300", None, 5.0),
     # no-cache: store, but revalidate every time
-    (Kind.MEDIA, 200, "no-cache", None, 0.0),
-    (Kind.PLAYLIST, 200, "no-cache, max-age=60", LIVE4, 0.0),
+    (NameKind.MEDIA, 200, "no-cache", None, 0.0),
+    (NameKind.PLAYLIST, 200, "no-cache, max-age=60", LIVE4, 0.0),
 ])
-def test_fresh_lifetime(kind: Kind, status: int, cc: str | None, playlist: PlaylistInfo | None,
+def test_fresh_lifetime(kind: NameKind, status: int, cc: str | None, playlist: PlaylistInfo | None,
                         fresh: float) -> None:
     headers = {"cache-control": cc} if cc is not None else {}
     lt = lifetime(RULES, kind, status, headers, playlist)
@@ -80,7 +80,7 @@ def test_fresh_lifetime(kind: Kind, status: int, cc: str | None, playlist: Playl
 ])
 def test_not_stored(status: int, cc: str | None) -> None:
     headers = {"cache-control": cc} if cc is not None else {}
-    assert lifetime(RULES, Kind.MEDIA, status, headers) == Lifetime(0.0, 0.0, 0.0, store=False)
+    assert lifetime(RULES, NameKind.MEDIA, status, headers) == Lifetime(0.0, 0.0, 0.0, store=False)
 
 
 @pytest.mark.parametrize(("cc", "swr", "sie"), [
@@ -90,7 +90,7 @@ def test_not_stored(status: int, cc: str | None) -> None:
 ])
 def test_stale_windows_are_capped_by_rules(cc: str | None, swr: float, sie: float) -> None:
     headers = {"cache-control": cc} if cc is not None else {}
-    lt = lifetime(RULES, Kind.MEDIA, 200, headers)
+    lt = lifetime(RULES, NameKind.MEDIA, 200, headers)
     assert (lt.stale_while_revalidate, lt.stale_if_error) == (swr, sie)
 
 
@@ -99,7 +99,7 @@ def test_stale_windows_are_capped_by_rules(cc: str | None, swr: float, sie: floa
 def test_an_error_answer_has_no_stale_windows(status: int, cc: str | None) -> None:
     # A stale 404 would hide a segment that has just been published.
     headers = {"cache-control": cc} if cc is not None else {}
-    assert lifetime(RULES, Kind.MEDIA, status, headers) == Lifetime(RULES.negative_ttl, 0.0, 0.0)
+    assert lifetime(RULES, NameKind.MEDIA, status, headers) == Lifetime(RULES.negative_ttl, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(("cc", "fresh"), [
@@ -109,41 +109,41 @@ def test_an_error_answer_has_no_stale_windows(status: int, cc: str | None) -> No
     ("Must-Revalidate, stale-while-revalidate=2, stale-if-error=30", YEAR),
 ])
 def test_must_revalidate_allows_no_stale_serving(cc: str, fresh: float) -> None:
-    assert lifetime(RULES, Kind.MEDIA, 200, {"cache-control": cc}) == Lifetime(fresh, 0.0, 0.0)
+    assert lifetime(RULES, NameKind.MEDIA, 200, {"cache-control": cc}) == Lifetime(fresh, 0.0, 0.0)
 
 
 def test_rules_are_used() -> None:
     rules = Rules(master_ttl=5.0, ended_ttl=7.0, media_ttl=9.0, other_ttl=3.0, negative_ttl=0.5)
-    assert lifetime(rules, Kind.PLAYLIST, 200, {}, MASTER).fresh == 5.0
-    assert lifetime(rules, Kind.PLAYLIST, 200, {}, ENDED).fresh == 7.0
-    assert lifetime(rules, Kind.MEDIA, 200, {}).fresh == 9.0
-    assert lifetime(rules, Kind.OTHER, 200, {}).fresh == 3.0
-    assert lifetime(rules, Kind.MEDIA, 404, {}).fresh == 0.5
+    assert lifetime(rules, NameKind.PLAYLIST, 200, {}, MASTER).fresh == 5.0
+    assert lifetime(rules, NameKind.PLAYLIST, 200, {}, ENDED).fresh == 7.0
+    assert lifetime(rules, NameKind.MEDIA, 200, {}).fresh == 9.0
+    assert lifetime(rules, NameKind.OTHER, 200, {}).fresh == 3.0
+    assert lifetime(rules, NameKind.MEDIA, 404, {}).fresh == 0.5
 
 
 @pytest.mark.parametrize(("extension", "kind"), [
-    (".m3u8", Kind.PLAYLIST), (".mpd", Kind.PLAYLIST), (".ts", Kind.MEDIA), (".m4s", Kind.MEDIA),
-    (".key", Kind.MEDIA), (".html", Kind.OTHER), ("", Kind.OTHER),
+    (".m3u8", NameKind.PLAYLIST), (".mpd", NameKind.PLAYLIST), (".ts", NameKind.MEDIA), (".m4s", NameKind.MEDIA),
+    (".key", NameKind.MEDIA), (".html", NameKind.OTHER), ("", NameKind.OTHER),
 ])
-def test_kind_of(extension: str, kind: Kind) -> None:
+def test_kind_of(extension: str, kind: NameKind) -> None:
     assert kind_of(extension) is kind
+    assert is_playlist(extension) == (kind is NameKind.PLAYLIST)
 
 
-# --- Stored: Age and the fresh / stale windows --------------------------------
+@pytest.mark.parametrize(("extension", "hls"), [
+    (".m3u8", True), (".m3u", True), (".mpd", False), (".ts", False), ("", False),
+])
+def test_is_hls_playlist(extension: str, hls: bool) -> None:
+    assert is_hls_playlist(extension) is hls
+
+
+# --- Stored: the fresh / stale windows --------------------------------
 
 BORN = 1_700_000_000.0
 
 
 def stored(fresh: float = 10.0, swr: float = 2.0, sie: float = 30.0) -> Stored:
-    return Stored("/a/seg.ts", 200, (("ETag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), Kind.MEDIA)
-
-
-@pytest.mark.parametrize(("now", "age"), [
-    (BORN - 5, 0),  # a clock behind the upstream's never gives a negative Age
-    (BORN, 0), (BORN + 0.99, 0), (BORN + 1, 1), (BORN + 59.5, 59),
-])
-def test_age(now: float, age: int) -> None:
-    assert stored().age(now) == age
+    return Stored("/a/seg.ts", 200, (("ETag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), NameKind.MEDIA)
 
 
 @pytest.mark.parametrize(("after", "fresh", "while_revalidating", "on_error"), [
@@ -175,15 +175,16 @@ def test_size_and_headers() -> None:
     obj = stored()
     assert obj.size == 3 and obj.etag == '"x"' and obj.last_modified is None
     assert obj.header("ETag") == '"x"' and obj.header("etag") is None  # names are canonically spelled
-    assert Stored("/a", 200, (), b"", BORN, Lifetime(1, 1, 1), Kind.MEDIA, size=99).size == 99
+    assert Stored("/a", 200, (), b"", BORN, Lifetime(1, 1, 1), NameKind.MEDIA, size=99).size == 99
 
 
 def test_revalidated_keeps_body_and_updates_validators() -> None:
     obj = stored()
     # upstream names arrive lower-cased; the stored ones are canonically spelled
     new = obj.revalidated({"etag": '"y"', "cache-control": "max-age=5", "connection": "close"},
-                          BORN + 100, Lifetime(5.0, 2.0, 30.0))
+                          BORN + 100, Lifetime(5.0, 2.0, 30.0), None)
     assert new.body is obj.body and new.born == BORN + 100 and new.lifetime.fresh == 5.0
+    assert new.kind is NameKind.MEDIA and new.manifest is None
     assert new.headers == (("ETag", '"y"'), ("Cache-Control", "max-age=5"))
     assert new.etag == '"y"'
     assert obj.etag == '"x"' and obj.born == BORN

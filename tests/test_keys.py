@@ -1,10 +1,11 @@
-"""Cache-key normalization: which request targets are one object, which are refused."""
+"""Cache-key normalization: which request targets are one object, which are refused (and the names under it)."""
 
 from __future__ import annotations
 
 import pytest
 
 from livecdn.cache.keys import MAX_PATH_BYTES, BadRequest, CacheKey, cache_key
+from livecdn.media.names import BadName, directory, normalize
 
 
 @pytest.mark.parametrize(("raw", "key"), [
@@ -111,6 +112,10 @@ def test_key_and_str() -> None:
     # LL-HLS directives select playlist versions only; on a segment they are noise
     ("/live/cam/seg7.ts?_HLS_msn=10", "/live/cam/seg7.ts"),
     ("/live/cam/index.m3u8?_HLS_skip=v2&_HLS_msn=3", "/live/cam/index.m3u8?_HLS_msn=3&_HLS_skip=v2"),
+    # every HLS playlist name, as the engine and the guard tell them (kinds.is_hls_playlist)
+    ("/live/cam/index.m3u?_HLS_msn=3", "/live/cam/index.m3u?_HLS_msn=3"),
+    ("/live/cam/INDEX.M3U8?_HLS_msn=3", "/live/cam/INDEX.M3U8?_HLS_msn=3"),
+    ("/live/cam/manifest.mpd?_HLS_msn=3", "/live/cam/manifest.mpd"),  # DASH has no such directives
 ])
 def test_directives_only_on_playlists(raw: str, key: str) -> None:
     assert cache_key(raw).key == key
@@ -129,3 +134,31 @@ def test_directives_that_would_split_the_cache_are_refused(raw: str, reason: str
     with pytest.raises(BadRequest) as info:
         cache_key(raw)
     assert info.value.status == 400 and reason in info.value.reason
+
+
+@pytest.mark.parametrize(("path", "normalized"), [
+    ("/live//cam/./%61.ts", "/live/cam/a.ts"),
+    ("/live/caf%c3%a9/", "/live/caf%C3%A9"),
+])
+def test_names_normalize_paths_alone(path: str, normalized: str) -> None:
+    # A playlist's URIs go through the same normalization as request targets, without a query.
+    assert normalize(path) == normalized == cache_key(path).path
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/live/../x.ts", 400), ("relative.ts", 400), ("/", 404), ("/" + "a" * MAX_PATH_BYTES, 414),
+])
+def test_bad_names_carry_the_status_a_request_gets(path: str, status: int) -> None:
+    with pytest.raises(BadName) as bad:
+        normalize(path)
+    with pytest.raises(BadRequest) as refused:
+        cache_key(path)
+    assert bad.value.status == refused.value.status == status
+    assert bad.value.reason == refused.value.reason
+
+
+@pytest.mark.parametrize(("path", "d"), [
+    ("/live/cam/seg7.ts", "/live/cam/"), ("/seg7.ts", "/"), ("/live/cam.v1/init", "/live/cam.v1/"),
+])
+def test_directory(path: str, d: str) -> None:
+    assert directory(path) == cache_key(path).directory == d

@@ -1,11 +1,12 @@
-"""Playlist classification (HLS with m3u8, a little DASH) and refusal of what is not a playlist."""
+"""Reading playlists (HLS with m3u8, a little DASH): freshness facts, announced names, refusal of junk."""
 
 from __future__ import annotations
 
 import pytest
 
-from livecdn.media.kinds import Kind
-from livecdn.media.playlist import MAX_PLAYLIST_BYTES, MalformedPlaylist, PlaylistInfo, analyze
+from livecdn.media.kinds import ManifestKind
+from livecdn.media.playlist import MAX_PLAYLIST_BYTES, Announced, MalformedPlaylist, PlaylistInfo, read
+from tests.parses import count_loads
 
 MEDIA = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{td}\n#EXT-X-MEDIA-SEQUENCE:7\n" \
         "#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n"
@@ -21,24 +22,25 @@ MPD_DYNAMIC = ('<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011
 
 
 @pytest.mark.parametrize(("extension", "body", "info"), [
-    (".m3u8", MEDIA.format(td=4), PlaylistInfo(Kind.LIVE, 4.0)),
-    (".m3u8", MEDIA.format(td=6) + "#EXT-X-ENDLIST\n", PlaylistInfo(Kind.ENDED, 6.0)),
-    (".m3u8", LLHLS, PlaylistInfo(Kind.LIVE, 4.0, 1.002)),
-    (".m3u8", MASTER, PlaylistInfo(Kind.MASTER)),
-    (".m3u", MEDIA.format(td=2), PlaylistInfo(Kind.LIVE, 2.0)),
-    (".m3u8", "\ufeff" + MEDIA.format(td=4), PlaylistInfo(Kind.LIVE, 4.0)),  # BOM
-    (".m3u8", "\r\n  " + MEDIA.format(td=4).replace("\n", "\r\n"), PlaylistInfo(Kind.LIVE, 4.0)),
-    (".m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:4\n", PlaylistInfo(Kind.LIVE, 4.0)),  # no segment yet
-    (".mpd", MPD_DYNAMIC, PlaylistInfo(Kind.LIVE, 4.0)),
+    (".m3u8", MEDIA.format(td=4), PlaylistInfo(ManifestKind.LIVE, 4.0)),
+    (".m3u8", MEDIA.format(td=6) + "#EXT-X-ENDLIST\n", PlaylistInfo(ManifestKind.ENDED, 6.0)),
+    (".m3u8", LLHLS, PlaylistInfo(ManifestKind.LIVE, 4.0, 1.002)),
+    (".m3u8", MASTER, PlaylistInfo(ManifestKind.MASTER)),
+    (".m3u", MEDIA.format(td=2), PlaylistInfo(ManifestKind.LIVE, 2.0)),
+    (".m3u8", "\ufeff" + MEDIA.format(td=4), PlaylistInfo(ManifestKind.LIVE, 4.0)),  # BOM
+    (".m3u8", "\r\n  " + MEDIA.format(td=4).replace("\n", "\r\n"), PlaylistInfo(ManifestKind.LIVE, 4.0)),
+    (".m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:4\n", PlaylistInfo(ManifestKind.LIVE, 4.0)),  # no segment yet
+    (".mpd", MPD_DYNAMIC, PlaylistInfo(ManifestKind.LIVE, 4.0)),
     (".mpd", MPD_DYNAMIC.replace('minimumUpdatePeriod="PT4S"', 'minimumUpdatePeriod="PT0.5S"'),
-     PlaylistInfo(Kind.LIVE, 0.5)),
-    (".mpd", MPD_DYNAMIC.replace('  minimumUpdatePeriod="PT4S"', ""), PlaylistInfo(Kind.LIVE, 2.0)),
-    (".mpd", MPD_DYNAMIC.replace("dynamic", "static"), PlaylistInfo(Kind.ENDED)),
-    (".mpd", "<MPD type='dynamic' minimumUpdatePeriod='PT3S'/>", PlaylistInfo(Kind.LIVE, 3.0)),
-    (".mpd", '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011"></MPD>', PlaylistInfo(Kind.ENDED)),  # static by default
+     PlaylistInfo(ManifestKind.LIVE, 0.5)),
+    (".mpd", MPD_DYNAMIC.replace('  minimumUpdatePeriod="PT4S"', ""), PlaylistInfo(ManifestKind.LIVE, 2.0)),
+    (".mpd", MPD_DYNAMIC.replace("dynamic", "static"), PlaylistInfo(ManifestKind.ENDED)),
+    (".mpd", "<MPD type='dynamic' minimumUpdatePeriod='PT3S'/>", PlaylistInfo(ManifestKind.LIVE, 3.0)),
+    # static by default
+    (".mpd", '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011"></MPD>', PlaylistInfo(ManifestKind.ENDED)),
 ])
 def test_classify(extension: str, body: str, info: PlaylistInfo) -> None:
-    assert analyze(extension, body.encode()) == info
+    assert read("/live/cam/index" + extension, body.encode()).info == info
 
 
 @pytest.mark.parametrize(("extension", "body", "reason"), [
@@ -64,9 +66,51 @@ def test_classify(extension: str, body: str, info: PlaylistInfo) -> None:
 ])
 def test_malformed(extension: str, body: bytes, reason: str) -> None:
     with pytest.raises(MalformedPlaylist, match=reason):
-        analyze(extension, body)
+        read("/live/cam/index" + extension, body)
 
 
 def test_malformed_is_a_value_error() -> None:
     # Callers that only know ValueError still catch it.
     assert issubclass(MalformedPlaylist, ValueError)
+
+
+def test_hls_announces_every_name_it_lists_as_normalized_paths() -> None:
+    body = ("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:4\n#EXT-X-PART-INF:PART-TARGET=1.0\n"
+            '#EXT-X-MAP:URI="init.mp4"\n#EXT-X-KEY:METHOD=AES-128,URI="/keys/k1.key"\n'
+            "#EXTINF:4.0,\nseg7.m4s\n#EXTINF:4.0,\n..//cam/./seg8.m4s\n"
+            '#EXT-X-PART:DURATION=1.0,URI="seg9.0.m4s"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI="seg9.1.m4s"\n'
+            "#EXTINF:4.0,\nhttp://elsewhere.example/live/cam/seg9.m4s\n"  # another host: not ours
+            "#EXTINF:4.0,\nseg%2f10.m4s\n")  # no request could name it: left out
+    said = read("/live/cam/index.m3u8", body.encode()).announced
+    assert said == Announced(
+        names=("/live/cam/seg7.m4s", "/live/cam/seg8.m4s", "/live/cam/seg9.1.m4s", "/live/cam/seg9.0.m4s",
+               "/live/cam/init.mp4", "/keys/k1.key"),
+        segments=("/live/cam/seg7.m4s", "/live/cam/seg8.m4s"),
+        hints=("/live/cam/seg9.1.m4s",),
+        live=True,
+    )
+
+
+def test_master_announces_its_children_and_is_not_live() -> None:
+    said = read("/live/master.m3u8", MASTER.encode()).announced
+    assert said is not None and said.names == ("/live/low/index.m3u8", "/live/high/index.m3u8")
+    assert said.segments == () and not said.live
+
+
+def test_ended_playlist_is_not_live() -> None:
+    said = read("/vod/index.m3u8", (MEDIA.format(td=4) + "#EXT-X-ENDLIST\n").encode()).announced
+    assert said is not None and said.segments == ("/vod/seg7.ts", "/vod/seg8.ts") and not said.live
+
+
+def test_dash_names_are_not_read() -> None:
+    # None, not an empty list: "announces nothing yet" would make the guard refuse every DASH segment.
+    assert read("/live/cam/manifest.mpd", MPD_DYNAMIC.encode()).announced is None
+    assert read("/live/cam/index.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n").announced == Announced((), (), (), True)
+
+
+def test_one_read_is_one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_loads(monkeypatch)
+    manifest = read("/live/cam/index.m3u8", LLHLS.encode())
+    assert manifest.info == PlaylistInfo(ManifestKind.LIVE, 4.0, 1.002)
+    assert manifest.announced is not None and manifest.announced.hints == ("/live/cam/seg8.1.m4s",)
+    assert len(calls) == 1

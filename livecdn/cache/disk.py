@@ -5,6 +5,9 @@ One diskcache row per object: the body is the value (diskcache keeps bodies of
 metadata rides in the row's tag, so body and metadata are written and evicted
 together. Every call blocks, so each runs on the store's own thread pool,
 never on the event loop.
+
+The metadata keeps an object's kind by name; a playlist's manifest is not kept
+(the fill that revalidates a copy read back from here reads it again, once).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import BinaryIO
 import diskcache
 
 from livecdn.cache.freshness import Lifetime
-from livecdn.media.kinds import Kind
 from livecdn.cache.stored import Stored
+from livecdn.media.kinds import ManifestKind, NameKind
 
 __all__ = ["DiskStore", "DiskHit"]
 
@@ -29,6 +32,9 @@ FILE_THRESHOLD = 32 << 10
 # Threads doing disk work: enough to overlap a few slow reads with writes,
 # few enough that a burst of misses cannot starve the machine.
 DISK_THREADS = 4
+# Records written before kinds by name and by body were told apart give a
+# playlist's body kind (master, live, ended): still a playlist, still readable.
+_BODY_KINDS = frozenset(k.value for k in ManifestKind)
 
 
 class DiskHit:
@@ -40,10 +46,6 @@ class DiskHit:
         self.obj = obj
         self.file = file
 
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
 
 class DiskStore:
     """Async facade over one diskcache directory."""
@@ -53,7 +55,6 @@ class DiskStore:
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
                                       disk_min_file_size=FILE_THRESHOLD)
-        self.directory = directory
 
     async def get(self, key: str) -> DiskHit | None:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._get, key)
@@ -61,17 +62,9 @@ class DiskStore:
     async def put(self, obj: Stored) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._put, obj)
 
-    async def remove(self, key: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._cache.delete, key)
-
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._cache.close()
-
-    @property
-    def volume(self) -> int:
-        """Bytes on disk (an estimate kept by diskcache)."""
-        return int(self._cache.volume())
 
     def _get(self, key: str) -> DiskHit | None:
         value, tag = self._cache.get(key, read=True, tag=True)
@@ -94,4 +87,9 @@ class DiskStore:
 
 def _stored(key: str, meta: dict, body: bytes, lt: Lifetime) -> Stored:
     return Stored(key, meta["status"], tuple(tuple(h) for h in meta["headers"]), body,
-                  meta["born"], lt, Kind(meta["kind"]), size=meta["size"])
+                  meta["born"], lt, _name_kind(meta["kind"]), size=meta["size"])
+
+
+def _name_kind(value: str) -> NameKind:
+    """The kind a record gives; an unknown one raises ValueError (the engine treats it as a miss)."""
+    return NameKind.PLAYLIST if value in _BODY_KINDS else NameKind(value)

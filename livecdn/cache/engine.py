@@ -36,7 +36,7 @@ from livecdn.cache.fill import (
 )
 from livecdn.cache.freshness import Rules
 from livecdn.cache.keys import CacheKey
-from livecdn.media.kinds import Kind, kind_of
+from livecdn.media.kinds import kind_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 
@@ -49,7 +49,6 @@ log = logging.getLogger("livecdn.cache.engine")
 DISK_MIN_LIFETIME = 10.0
 # Playlists at least this large are stored with a gzip copy for players that ask.
 GZIP_MIN_BYTES = 256
-PLAYLIST_KINDS = frozenset({Kind.MASTER, Kind.LIVE, Kind.ENDED})
 
 
 class UpstreamBroken(Exception):
@@ -482,10 +481,10 @@ class Engine:
                 self._forget(fill)
 
     def _store(self, obj: Stored) -> None:
-        if obj.kind in PLAYLIST_KINDS and obj.size >= GZIP_MIN_BYTES:
+        if obj.manifest is not None and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
-        if obj.kind in PLAYLIST_KINDS and obj.status == 200 and self._playlist_observers:
+        if obj.manifest is not None and obj.status == 200 and self._playlist_observers:
             self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:

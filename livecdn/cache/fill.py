@@ -17,11 +17,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from livecdn.cache.freshness import Lifetime, Rules, lifetime
+from livecdn.cache.freshness import Rules, lifetime
 from livecdn.cache.keys import CacheKey
-from livecdn.media.kinds import CONTENT_TYPES, Kind
-from livecdn.media.playlist import MalformedPlaylist, analyze
 from livecdn.cache.stored import KEPT_HEADERS, Stored
+from livecdn.media.kinds import CONTENT_TYPES, NameKind
+from livecdn.media.playlist import MalformedPlaylist, read
 
 __all__ = [
     "AbortResponse", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
@@ -68,7 +68,7 @@ class ClientRequested(Event):
 
 @dataclass(frozen=True, slots=True)
 class RefreshRequested(Event):
-    """A stale object is being served; refresh it in the background."""
+    """Fetch the key with no client waiting (stale-while-revalidate, prefetch, a guard or poll refresh)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +185,8 @@ class Fill:
 
     Args:
         key: the object's key.
-        kind: its kind by name; playlists are held until complete and checked
-            before any client sees them.
+        kind: its kind by name; a playlist's 200 is checked whole (read once,
+            `livecdn.media.playlist.read`) before any client sees a byte of it.
         upstreams: where to fetch from, in order of preference.
         rules: freshness settings.
         max_bytes: the largest body this fill will hold.
@@ -194,20 +194,22 @@ class Fill:
     """
 
     key: CacheKey
-    kind: Kind
+    kind: NameKind
     upstreams: tuple[str, ...]
     rules: Rules
     max_bytes: int
     stale: Stored | None = None
-    body: list[bytes] = field(default_factory=list)
-    size: int = 0
-    attempt: int = 0
-    _clients: dict[int, str] = field(default_factory=dict)  # client → miss | coalesced
-    _state: _State = _State.IDLE
-    _status: int = 0
-    _headers: tuple[tuple[str, str], ...] = ()
-    _length: int | None = None
-    _born: float = 0.0
+    # What the fill has received so far, read by the shell's attachments.
+    body: list[bytes] = field(default_factory=list, init=False)
+    size: int = field(default=0, init=False)
+    attempt: int = field(default=0, init=False)  # index into upstreams of the fetch in flight
+    # The state of the fetch: set by events only.
+    _clients: dict[int, str] = field(default_factory=dict, init=False)  # client → miss | coalesced
+    _state: _State = field(default=_State.IDLE, init=False)
+    _status: int = field(default=0, init=False)
+    _headers: tuple[tuple[str, str], ...] = field(default=(), init=False)
+    _length: int | None = field(default=None, init=False)
+    _born: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -219,13 +221,14 @@ class Fill:
         return self._state in (_State.DONE, _State.FAILED)
 
     @property
-    def clients(self) -> int:
-        return len(self._clients)
+    def _checked_whole(self) -> bool:
+        """Is the body withheld until it has arrived whole and been read?
 
-    @property
-    def _held(self) -> bool:
-        # Playlists are checked whole before anyone sees them; segments stream.
-        return self.kind is Kind.PLAYLIST and self._status == 200
+        A playlist's 200 is: a truncated or junk playlist must never reach a
+        player, and nobody has seen a byte, so another upstream can still be
+        tried. Segments and errors stream as they arrive.
+        """
+        return self.kind is NameKind.PLAYLIST and self._status == 200
 
     def handle(self, event: Event) -> list[Command]:
         """Feed one event.
@@ -259,7 +262,7 @@ class Fill:
             case UpstreamFailed(reason, at, timeout):
                 if self._state not in (_State.WAITING, _State.BODY):
                     raise RuntimeError(f"{event!r} in state {self._state.value}")
-                if self._state is _State.BODY and not self._held:
+                if self._state is _State.BODY and not self._checked_whole:
                     return self._broken(reason)
                 return self._failover(reason, at, timeout)
         raise RuntimeError(f"unknown event {event!r}")
@@ -279,7 +282,7 @@ class Fill:
         self._clients[client] = "miss" if first else "coalesced"
         if first:
             return self._start(0)
-        if self._state is _State.BODY and not self._held:
+        if self._state is _State.BODY and not self._checked_whole:
             cmds: list[Command] = [Respond(client, self._head(client))]
             if self.size:
                 cmds.append(SendBytes(client, 0, self.size))
@@ -315,7 +318,7 @@ class Fill:
         upstream_age = _int(hdrs.get("age")) or 0
         born = at - upstream_age
         if status == 304 and self.stale is not None:
-            obj = self.stale.revalidated(hdrs, born, self._lifetime(self.stale.status, hdrs, self.stale))
+            obj = self._revalidated(self.stale, hdrs, born)
             self._state = _State.DONE
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
             return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
@@ -336,7 +339,7 @@ class Fill:
             kept.insert(0, ("Content-Type", ctype))
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
-        if self._held:
+        if self._checked_whole:
             return []
         return [Respond(c, self._head(c)) for c in self._clients]
 
@@ -345,13 +348,13 @@ class Fill:
         self.size += len(data)
         if self.size > self.max_bytes:
             reason = f"body exceeds max_object_bytes ({self.max_bytes})"
-            # A held playlist has sent no head yet: its clients get an error head, not a cut.
-            return self._fail_all(502, reason) if self._held else self._broken(reason)
-        if self._length is not None and self.size > self._length and not self._held:
+            # A playlist checked whole has sent no head yet: its clients get an error head, not a cut.
+            return self._fail_all(502, reason) if self._checked_whole else self._broken(reason)
+        if self._length is not None and self.size > self._length and not self._checked_whole:
             # Never let a client send past the Content-Length it was given.
             return self._broken(f"body longer than its content-length ({self._length})")
         self.body.append(data)
-        if self._held:
+        if self._checked_whole:
             return []
         return [SendBytes(c, start, self.size) for c in self._clients]
 
@@ -359,33 +362,40 @@ class Fill:
         if self._length is not None and self.size != self._length:
             # The transport should have said so; never store a short body as whole.
             reason = f"body ended at {self.size} of {self._length} bytes"
-            return self._failover(reason, at, False) if self._held else self._broken(reason)
+            return self._failover(reason, at, False) if self._checked_whole else self._broken(reason)
         data = b"".join(self.body)
         self.body = [data]
         hdrs = {k.lower(): v for k, v in self._headers}
-        info = None
-        if self._held:
+        manifest = None
+        if self._checked_whole:
             try:
-                info = analyze(self.key.extension, data)
+                manifest = read(self.key.path, data)  # the one parse of this body
             except MalformedPlaylist as e:
                 return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, info)
-        kind = info.kind if info else self.kind
-        obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, kind)
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None)
+        obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
         self._state = _State.DONE
         cmds: list[Command] = [StoreObject(obj)] if lt.store else []
         for c in self._clients:
-            if self._held:
+            if self._checked_whole:
                 cmds += [Respond(c, self._head(c, self.size)), SendBytes(c, 0, self.size)]
             cmds.append(EndResponse(c))
         return cmds
 
-    def _lifetime(self, status: int, hdrs: dict[str, str], like: Stored) -> Lifetime:
-        info = None
-        if like.kind in (Kind.MASTER, Kind.LIVE, Kind.ENDED):
-            info = analyze(self.key.extension, like.body) if like.body else None
-        return lifetime(self.rules, like.kind if info is None else Kind.PLAYLIST, status,
-                        {**{k.lower(): v for k, v in like.headers}, **hdrs}, info)
+    def _revalidated(self, stale: Stored, hdrs: dict[str, str], born: float) -> Stored:
+        """The stale copy confirmed by a 304, its lifetime from its stored manifest."""
+        manifest = stale.manifest
+        if manifest is None and stale.kind is NameKind.PLAYLIST and stale.status == 200 and stale.body:
+            # Read back from disk, where manifests are not kept: read it now, once,
+            # and the revalidated copy keeps it. It was read whole before it was
+            # stored, so only a damaged disk copy fails; that one gets no manifest.
+            try:
+                manifest = read(self.key.path, stale.body)
+            except MalformedPlaylist:
+                pass  # the lifetime of a name's kind alone, as for any object without a manifest
+        lt = lifetime(self.rules, stale.kind, stale.status, {**{k.lower(): v for k, v in stale.headers}, **hdrs},
+                      manifest.info if manifest else None)
+        return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:
         if self.attempt + 1 < len(self.upstreams):

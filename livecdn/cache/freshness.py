@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from livecdn.media.kinds import Kind
+from livecdn.media.kinds import ManifestKind, NameKind
 from livecdn.media.playlist import PlaylistInfo
 
 __all__ = ["Lifetime", "Rules", "parse_cache_control", "lifetime"]
@@ -61,13 +61,13 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
-def lifetime(rules: Rules, kind: Kind, status: int, headers: Mapping[str, str],
+def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, str],
              playlist: PlaylistInfo | None = None) -> Lifetime:
     """The lifetime of an upstream answer.
 
     Args:
         rules: the node's settings.
-        kind: the object's kind by name (`Kind.PLAYLIST` is refined by `playlist`).
+        kind: the object's kind by name (a playlist's is refined by `playlist`).
         status: the upstream status.
         headers: upstream headers, names lower-cased.
         playlist: what the body said, for playlists.
@@ -80,15 +80,15 @@ def lifetime(rules: Rules, kind: Kind, status: int, headers: Mapping[str, str],
     elif status != 200:
         return Lifetime(0.0, 0.0, 0.0, store=False)
     elif playlist is not None:
-        if playlist.kind is Kind.MASTER:
+        if playlist.kind is ManifestKind.MASTER:
             ours = rules.master_ttl
-        elif playlist.kind is Kind.ENDED:
+        elif playlist.kind is ManifestKind.ENDED:
             ours = rules.ended_ttl
         else:
             # Half the target (or part target for LL-HLS): a player reloads about once a
             # target duration, so a viewer never sees a playlist older than half of one.
             ours = max(0.2, (playlist.part_target or playlist.target_duration or 2.0) / 2)
-    elif kind is Kind.MEDIA:
+    elif kind is NameKind.MEDIA:
         ours = rules.media_ttl
     else:
         ours = rules.other_ttl

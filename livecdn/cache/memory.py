@@ -12,6 +12,10 @@ __all__ = ["MemoryStore", "ENTRY_OVERHEAD"]
 # the key and the OrderedDict slot. Counting it keeps a cache of many tiny
 # objects (404s, playlists) inside the budget too.
 ENTRY_OVERHEAD = 1024
+# What one name a stored playlist announces costs besides its characters: the
+# str object and its slots in the manifest's tuples. Counting it keeps a cache
+# of long playlists inside the budget.
+NAME_OVERHEAD = 64
 
 
 class MemoryStore:
@@ -62,4 +66,8 @@ class MemoryStore:
 
 
 def _cost(obj: Stored) -> int:
-    return len(obj.body) + len(obj.gzipped or b"") + len(obj.key) + ENTRY_OVERHEAD
+    cost = len(obj.body) + len(obj.gzipped or b"") + len(obj.key) + ENTRY_OVERHEAD
+    said = obj.manifest.announced if obj.manifest is not None else None
+    if said is not None:
+        cost += sum(len(name) + NAME_OVERHEAD for name in said.names)
+    return cost

@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from livecdn.cache.freshness import Lifetime
-from livecdn.media.kinds import Kind
+from livecdn.media.kinds import NameKind
+from livecdn.media.playlist import Manifest
 
 __all__ = ["Stored", "KEPT_HEADERS"]
 
@@ -26,9 +27,13 @@ class Stored:
     """One complete upstream answer, ready to replay.
 
     `born` is the wall-clock time the answer was generated upstream (the time it
-    arrived minus the Age the upstream declared), so `age()` is correct across
-    tiers and processes. Weakly referable: the player front keeps what it
-    derives from an object (its hit plans) only as long as the object lives.
+    arrived minus the Age the upstream declared), so the Age players see is correct across
+    tiers and processes. A playlist's `manifest` is what its fill read from the
+    body; it rides along (revalidated copies keep it) so no one parses the body
+    again. It is None for other objects, for playlist errors, and for a
+    playlist read back from disk, whose manifest is not kept there. Weakly
+    referable: the player front keeps what it derives from an object (its hit
+    plans) only as long as the object lives.
     """
 
     key: str
@@ -37,7 +42,8 @@ class Stored:
     body: bytes = field(repr=False)
     born: float
     lifetime: Lifetime
-    kind: Kind
+    kind: NameKind
+    manifest: Manifest | None = field(default=None, repr=False)
     size: int = -1  # body length; set from body when -1 (disk hits carry no body)
     gzipped: bytes | None = field(default=None, repr=False)  # compressed copy, made on first ask
 
@@ -59,9 +65,6 @@ class Stored:
     def last_modified(self) -> str | None:
         return self.header("Last-Modified")
 
-    def age(self, now: float) -> int:
-        return max(0, int(now - self.born))
-
     def fresh(self, now: float) -> bool:
         return now < self.born + self.lifetime.fresh
 
@@ -76,9 +79,10 @@ class Stored:
         lt = self.lifetime
         return self.born + lt.fresh + max(lt.stale_while_revalidate, lt.stale_if_error, 60.0)
 
-    def revalidated(self, headers: dict[str, str], born: float, lifetime: Lifetime) -> Stored:
-        """The same body, confirmed by a 304: new clock, updated validators."""
+    def revalidated(self, headers: dict[str, str], born: float, lifetime: Lifetime,
+                    manifest: Manifest | None) -> Stored:
+        """The same body, confirmed by a 304: new clock, updated validators, the body's manifest."""
         merged = dict(self.headers)
         merged.update((KEPT_HEADERS[k], v) for k, v in headers.items() if k in KEPT_HEADERS)
         return dataclasses.replace(self, headers=tuple(merged.items()), born=born,
-                                   lifetime=lifetime)
+                                   lifetime=lifetime, manifest=manifest)

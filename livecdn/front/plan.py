@@ -18,7 +18,7 @@ from livecdn.cache.keys import CacheKey
 
 from .request import Request
 
-__all__ = ["Body", "BodyBroken", "Fields", "FileRange", "Later", "Plan", "Stream", "age"]
+__all__ = ["Body", "BodyBroken", "Fields", "FileRange", "Later", "Plan", "Stream"]
 
 BodyBroken = UpstreamBroken
 """Raised by a `Stream` whose upstream body broke: the shell must cut the response, never end it cleanly."""
@@ -75,7 +75,8 @@ class Plan:
         fields: status and header fields.
         body: the body source (b"" for none; HEAD and 304 answers send no body whatever it is).
         length: the body's length, None when a stream's end is not known yet.
-        born: wall-clock time the answer was generated upstream, for Age; None: no Age field.
+        born: wall-clock time the answer was generated upstream; the protocol shell sends
+            Age from it (the one place Age is computed); None: no Age field.
         cache: the cache result, for the access log.
         release: called once the answer is sent or abandoned (closes a file, leaves a fill).
     """
@@ -108,8 +109,3 @@ class Later:
 
     def __init__(self, request: Request, peer: str, key: CacheKey) -> None:
         self.request, self.peer, self.key = request, peer, key
-
-
-def age(born: float, now: float) -> int:
-    """The Age of an answer born at `born` (RFC 9111 §5.1), never negative."""
-    return int(now - born) if now > born else 0

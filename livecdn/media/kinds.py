@@ -1,10 +1,17 @@
-"""What kind of object a name is, and the Content-Type players expect for it."""
+"""What kind of object a name is, what kind of playlist a body is, and the Content-Type players expect.
+
+Two questions, two enums. `NameKind` is known from the name alone, before any
+byte arrives: it decides whether a fill holds the body to check it whole
+(playlists) or streams it (everything else). `ManifestKind` is known only once
+a playlist's body has been read (`livecdn.media.playlist.read`): it decides how
+long that playlist stays fresh.
+"""
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["Kind", "CONTENT_TYPES", "kind_of", "PLAYLIST_EXTENSIONS"]
+__all__ = ["CONTENT_TYPES", "ManifestKind", "NameKind", "is_hls_playlist", "is_playlist", "kind_of"]
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -23,23 +30,39 @@ CONTENT_TYPES = {
     ".cmfv": "video/mp4",
     ".cmfa": "audio/mp4",
 }
-PLAYLIST_EXTENSIONS = frozenset({".m3u8", ".m3u", ".mpd"})
+_HLS_PLAYLISTS = frozenset({".m3u8", ".m3u"})
+_PLAYLISTS = _HLS_PLAYLISTS | {".mpd"}
 
 
-class Kind(enum.Enum):
-    """Freshness classes: how long an object of this kind stays the same."""
+class NameKind(enum.Enum):
+    """What a name says an object is."""
 
-    PLAYLIST = "playlist"  # refined to master/live/ended once the body is read
-    MASTER = "master"
-    LIVE = "live"
-    ENDED = "ended"
-    MEDIA = "media"  # segments, parts, init sections: immutable once written
+    PLAYLIST = "playlist"  # HLS or DASH: checked whole, fresh for as long as its body says
+    MEDIA = "media"  # segments, parts, init sections, keys: immutable once written
     OTHER = "other"
 
 
-def kind_of(extension: str) -> Kind:
-    if extension in PLAYLIST_EXTENSIONS:
-        return Kind.PLAYLIST
+class ManifestKind(enum.Enum):
+    """What a playlist's body says it is: how long it stays the same."""
+
+    MASTER = "master"  # a variant list: changes rarely
+    LIVE = "live"  # a media playlist still growing
+    ENDED = "ended"  # ENDLIST (or a static MPD): never changes again
+
+
+def is_playlist(extension: str) -> bool:
+    """Does a name with this (lower-cased) extension hold a playlist, HLS or DASH?"""
+    return extension in _PLAYLISTS
+
+
+def is_hls_playlist(extension: str) -> bool:
+    """An HLS playlist: the one kind whose names are read and whose LL-HLS directives count."""
+    return extension in _HLS_PLAYLISTS
+
+
+def kind_of(extension: str) -> NameKind:
+    if extension in _PLAYLISTS:
+        return NameKind.PLAYLIST
     if extension in CONTENT_TYPES:
-        return Kind.MEDIA
-    return Kind.OTHER
+        return NameKind.MEDIA
+    return NameKind.OTHER

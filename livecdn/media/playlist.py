@@ -1,9 +1,12 @@
-"""What a playlist body says about its own freshness (HLS, with a little DASH).
+"""What a playlist body says: its own freshness and, for HLS, the names it announces.
 
-Pure functions over bytes: the engine calls them once per playlist fill, never
-on a hit. A body that is not a playlist raises `MalformedPlaylist`, so a broken
-packager answer is treated as an upstream failure instead of being cached and
-handed to players.
+`read` is the one parse of a playlist body (HLS with `m3u8`, a little DASH):
+the cache's fill calls it once, when the body has arrived whole, and the
+resulting `Manifest` travels with the stored object to whoever needs it
+(freshness, revalidation, the edge's guard and prefetch), so no one parses
+the same bytes again. A body that is not a playlist raises
+`MalformedPlaylist`, so a broken packager answer is treated as an upstream
+failure instead of being cached and handed to players.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from urllib.parse import urljoin, urlsplit
 
 import m3u8
 
-from livecdn.cache.keys import BadRequest, cache_key
-from livecdn.media.kinds import Kind
+from livecdn.media.kinds import ManifestKind
+from livecdn.media.names import BadName, extension, normalize
 
-__all__ = ["Announced", "MalformedPlaylist", "PlaylistInfo", "analyze", "announced"]
+__all__ = ["Announced", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "PlaylistInfo", "read"]
 
 # Playlists are small text files; a "playlist" larger than this is not one,
 # and parsing it would cost the event loop real time.
 MAX_PLAYLIST_BYTES = 4 << 20
+# Any host will do: relative URIs are resolved against it, and a URI that
+# comes back on another host names an object of another origin (left out).
+_HOST = "playlist.invalid"
 
 
 class MalformedPlaylist(ValueError):
@@ -30,54 +36,11 @@ class MalformedPlaylist(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PlaylistInfo:
-    kind: Kind  # MASTER, LIVE or ENDED
+    """What a playlist says about its own freshness."""
+
+    kind: ManifestKind
     target_duration: float | None = None  # seconds; media playlists only
     part_target: float | None = None  # LL-HLS part target, when announced
-
-
-def analyze(extension: str, body: bytes) -> PlaylistInfo:
-    """Classify a playlist body.
-
-    Raises:
-        MalformedPlaylist: with the reason, for anything a player could not use.
-    """
-    if len(body) > MAX_PLAYLIST_BYTES:
-        raise MalformedPlaylist(f"playlist larger than {MAX_PLAYLIST_BYTES} bytes")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise MalformedPlaylist("playlist is not UTF-8 text") from None
-    if extension == ".mpd":
-        return _analyze_mpd(text)
-    if not text.lstrip().startswith("#EXTM3U"):
-        raise MalformedPlaylist("playlist does not start with #EXTM3U")
-    try:
-        parsed = m3u8.loads(text)
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise MalformedPlaylist(f"unparsable playlist: {e}") from None
-    if parsed.is_variant:
-        return PlaylistInfo(Kind.MASTER)
-    if parsed.target_duration is None:
-        raise MalformedPlaylist("media playlist without #EXT-X-TARGETDURATION")
-    target = float(parsed.target_duration)
-    if target <= 0:
-        raise MalformedPlaylist(f"target duration {target} is not positive")
-    part = float(parsed.part_inf.part_target) if parsed.part_inf and parsed.part_inf.part_target else None
-    return PlaylistInfo(Kind.ENDED if parsed.is_endlist else Kind.LIVE, target, part)
-
-
-_MPD_TYPE = re.compile(r"<MPD\b[^>]*\btype\s*=\s*[\"'](static|dynamic)[\"']", re.S)
-_MPD_UPDATE = re.compile(r"\bminimumUpdatePeriod\s*=\s*[\"']PT(\d+(?:\.\d+)?)S[\"']")
-
-
-def _analyze_mpd(text: str) -> PlaylistInfo:
-    if "<MPD" not in text:
-        raise MalformedPlaylist("manifest has no <MPD> element")
-    m = _MPD_TYPE.search(text)
-    if m is None or m.group(1) == "static":
-        return PlaylistInfo(Kind.ENDED)
-    update = _MPD_UPDATE.search(text)
-    return PlaylistInfo(Kind.LIVE, float(update.group(1)) if update else 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,17 +53,73 @@ class Announced:
     live: bool  # a media playlist without ENDLIST
 
 
-def announced(path: str, body: bytes) -> Announced:
-    """What a playlist at `path` announces (names on other hosts are left out).
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One read of a playlist body."""
+
+    info: PlaylistInfo
+    # None for DASH: its names are not read (yet), which is not the same as an
+    # HLS playlist that announces nothing so far.
+    announced: Announced | None
+
+
+def read(path: str, body: bytes) -> Manifest:
+    """Read a playlist body once: its freshness and what it announces.
+
+    Args:
+        path: the playlist's normalized path; its extension says HLS or DASH,
+            and its relative URIs resolve against it.
+        body: the whole body.
 
     Raises:
-        MalformedPlaylist: the body is not an HLS playlist.
+        MalformedPlaylist: with the reason, for anything a player could not use.
     """
+    if len(body) > MAX_PLAYLIST_BYTES:
+        raise MalformedPlaylist(f"playlist larger than {MAX_PLAYLIST_BYTES} bytes")
     try:
-        parsed = m3u8.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise MalformedPlaylist("playlist is not UTF-8 text") from None
+    if extension(path) == ".mpd":
+        return Manifest(_mpd_info(text), None)
+    if not text.lstrip().startswith("#EXTM3U"):
+        raise MalformedPlaylist("playlist does not start with #EXTM3U")
+    try:
+        parsed = m3u8.loads(text)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise MalformedPlaylist(f"unparsable playlist: {e}") from None
-    base = "http://playlist.invalid" + path
+    return Manifest(_hls_info(parsed), _announced(path, parsed))
+
+
+def _hls_info(parsed: m3u8.M3U8) -> PlaylistInfo:
+    if parsed.is_variant:
+        return PlaylistInfo(ManifestKind.MASTER)
+    if parsed.target_duration is None:
+        raise MalformedPlaylist("media playlist without #EXT-X-TARGETDURATION")
+    target = float(parsed.target_duration)
+    if target <= 0:
+        raise MalformedPlaylist(f"target duration {target} is not positive")
+    part = float(parsed.part_inf.part_target) if parsed.part_inf and parsed.part_inf.part_target else None
+    return PlaylistInfo(ManifestKind.ENDED if parsed.is_endlist else ManifestKind.LIVE, target, part)
+
+
+_MPD_TYPE = re.compile(r"<MPD\b[^>]*\btype\s*=\s*[\"'](static|dynamic)[\"']", re.S)
+_MPD_UPDATE = re.compile(r"\bminimumUpdatePeriod\s*=\s*[\"']PT(\d+(?:\.\d+)?)S[\"']")
+
+
+def _mpd_info(text: str) -> PlaylistInfo:
+    if "<MPD" not in text:
+        raise MalformedPlaylist("manifest has no <MPD> element")
+    m = _MPD_TYPE.search(text)
+    if m is None or m.group(1) == "static":
+        return PlaylistInfo(ManifestKind.ENDED)
+    update = _MPD_UPDATE.search(text)
+    return PlaylistInfo(ManifestKind.LIVE, float(update.group(1)) if update else 2.0)
+
+
+def _announced(path: str, parsed: m3u8.M3U8) -> Announced:
+    """What a playlist at `path` announces (names on other hosts, and names no request could use, are left out)."""
+    base = f"http://{_HOST}{path}"
 
     def resolve(uris: list[str | None]) -> list[str]:
         out = []
@@ -108,11 +127,11 @@ def announced(path: str, body: bytes) -> Announced:
             if not uri:
                 continue
             target = urlsplit(urljoin(base, uri))
-            if target.netloc != "playlist.invalid":
+            if target.netloc != _HOST:
                 continue
             try:
-                out.append(cache_key(target.path).path)
-            except BadRequest:
+                out.append(normalize(target.path))
+            except BadName:
                 continue
         return out
 
@@ -129,3 +148,4 @@ def announced(path: str, body: bytes) -> Announced:
     )
     live = not parsed.is_variant and not parsed.is_endlist
     return Announced(tuple(dict.fromkeys(segments + hints + others)), tuple(segments), tuple(hints), live)
+

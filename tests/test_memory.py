@@ -1,0 +1,35 @@
+"""The memory tier's budget: what an entry costs, so the tier stays inside its bytes."""
+
+from __future__ import annotations
+
+from livecdn.cache.freshness import Lifetime
+from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
+from livecdn.cache.stored import Stored
+from livecdn.media.kinds import NameKind
+from livecdn.media.playlist import read
+
+KEY = "/live/cam/index.m3u8"
+BODY = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n" + b"".join(b"#EXTINF:4.0,\nseg%d.ts\n" % n for n in range(50))
+LIFETIME = Lifetime(2.0, 2.0, 30.0)
+
+
+def playlist(with_manifest: bool) -> Stored:
+    return Stored(KEY, 200, (), BODY, 0.0, LIFETIME, NameKind.PLAYLIST, read(KEY, BODY) if with_manifest else None)
+
+
+def test_a_playlists_announced_names_count_against_the_budget() -> None:
+    budget = len(BODY) + len(KEY) + ENTRY_OVERHEAD  # exactly one playlist's body and entry, nothing more
+    memory = MemoryStore(budget, max_entry=budget * 10)
+    assert memory.put(playlist(with_manifest=False)) and memory.get(KEY) is not None
+    memory.put(playlist(with_manifest=True))  # admitted, then evicted: its 50 names do not fit
+    assert memory.get(KEY) is None and memory.used == 0 and len(memory) == 0
+
+
+def test_what_an_entry_cost_is_given_back_when_it_goes() -> None:
+    memory = MemoryStore(1 << 20)
+    memory.put(playlist(with_manifest=True))
+    assert memory.used > len(BODY) + ENTRY_OVERHEAD
+    memory.put(playlist(with_manifest=False))  # replaces it under the same key
+    assert memory.used == len(BODY) + len(KEY) + ENTRY_OVERHEAD
+    memory.remove(KEY)
+    assert memory.used == 0
