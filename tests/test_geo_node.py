@@ -336,5 +336,33 @@ async def test_dns_tcp_connections_past_the_limit_are_closed_and_leave_their_pla
         await echo.close()
 
 
+async def test_dns_tcp_client_that_does_not_read_stops_being_read() -> None:
+    """Back-pressure through FlowControl: answers pile up, reading pauses, and resumes once the client reads."""
+    echo = DnsListener(lambda message, client, udp: message)
+    port = await echo.open("127.0.0.1", 0)
+    sock = socket.socket()
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # small client buffers: the server backs up sooner
+        sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    message = (60_000).to_bytes(2, "big") + bytes(60_000)
+    bound = 32 << 20  # far more than every buffer on the way holds (about 4 MB here)
+    sent = 0
+    try:
+        while sent < bound:
+            writer.write(message)
+            sent += len(message)
+            await asyncio.wait_for(writer.drain(), 0.5)
+    except asyncio.TimeoutError:
+        pass  # the server stopped reading us
+    try:
+        assert sent < bound, "the server kept reading a client that never read its answers"
+        assert len(await asyncio.wait_for(reader.readexactly(sent), 30)) == sent  # every message answered
+    finally:
+        writer.close()
+        await echo.close()
+
+
 async def _now(value: bool) -> bool:
     return value

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from livecdn.config import Address, CacheSettings, Region, ShieldConfig, Topology
+from livecdn.config import Address, CacheSettings, ConfigError, Region, ShieldConfig, Topology
 from livecdn.node import serve as serve_module
 from livecdn.node.flow import FlowControl
 from livecdn.node.lifecycle import Lifecycle, State
@@ -231,6 +231,25 @@ async def test_serve_drains_on_sigterm_and_restores_the_handlers(sentinels: dict
     assert node.calls == ["start", f"stop {serve_module.DRAIN_TIMEOUT}", "stopped"]
     for sig in SIGNALS:
         assert signal.getsignal(sig) is sentinels[sig], sig
+
+
+async def test_a_bad_file_on_sighup_keeps_the_running_config(sentinels: dict[signal.Signals, Any],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    node = Served()
+    loop = asyncio.get_running_loop()
+
+    def bad() -> Topology:
+        raise ConfigError("cdn.toml", "edges.eu.capacity", "must be at least 1")
+
+    def ready() -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+
+    with caplog.at_level(logging.ERROR, logger="livecdn.node.serve"):
+        await asyncio.wait_for(serve(node, reload=bad, on_ready=ready), 10)
+    assert node.reloads == []
+    assert "keeping the running config: cdn.toml: edges.eu.capacity: must be at least 1" in caplog.text
+    assert node.calls == ["start", f"stop {serve_module.DRAIN_TIMEOUT}", "stopped"]
 
 
 async def test_a_second_sigint_forces_the_stop(sentinels: dict[signal.Signals, Any]) -> None:

@@ -149,9 +149,9 @@ class CacheNode(Lifecycle):
         # Admin first, then players: each closes its socket, ends idle keep-alive
         # connections and waits for answers in flight (players: under `timeout`).
         await self._sites.close()
-        players, self._players = self._players, None
-        if players is not None:
-            await players.shutdown(timeout)
+        if self._players is not None:
+            await self._players.shutdown(timeout)
+            self._players = None
         if self.front is not None:
             self.front.count()
             if self.front.access is not None:

@@ -71,8 +71,9 @@ class Lifecycle:
         """Release what `_start()` opened, in reverse, draining for up to `timeout` seconds.
 
         It may run on a node that started only part-way, and again after a
-        stop that was interrupted: release each resource once (take it, clear
-        the attribute, then close it).
+        stop that was cancelled part-way (a forced stop runs it again with
+        `timeout=0`): forget each resource once it is released, so that the
+        second run releases what the first did not finish, and nothing twice.
         """
         raise NotImplementedError
 

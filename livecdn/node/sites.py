@@ -63,4 +63,7 @@ class Sites:
     async def close(self) -> None:
         """Stop listening, end idle keep-alives, wait up to `shutdown_timeout` for answers in flight."""
         while self._runners:
-            await self._runners.pop().cleanup()
+            # Forgotten only once cleaned up: a close cancelled part-way (a forced
+            # stop) leaves the runner here for the next close to finish.
+            await self._runners[-1].cleanup()
+            self._runners.pop()
