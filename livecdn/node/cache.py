@@ -156,7 +156,7 @@ class CacheNode(Lifecycle):
             self.front.count()
             if self.front.access is not None:
                 self.front.access.flush()
-        if self.engine is not None:  # kept after stop (idempotent close): tests read its memory tier
+        if self.engine is not None:  # kept: readable after stop (memory tier, counters); closing twice is harmless
             await self.engine.close(timeout)
         session, self._session = self._session, None
         if session is not None:
