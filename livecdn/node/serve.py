@@ -77,8 +77,11 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
         except ConfigError as e:
             log.error("SIGHUP: keeping the running config: %s", e)
 
-    handlers = {signal.SIGTERM: functools.partial(on_stop, signal.SIGTERM),
-                signal.SIGINT: functools.partial(on_stop, signal.SIGINT), signal.SIGHUP: on_hup}
+    handlers: dict[signal.Signals, Callable[[], None]] = {
+        signal.SIGTERM: functools.partial(on_stop, signal.SIGTERM),
+        signal.SIGINT: functools.partial(on_stop, signal.SIGINT),
+        signal.SIGHUP: on_hup,
+    }
     with captured_signals(handlers):
         try:
             await node.start()
