@@ -11,6 +11,7 @@ on misuse, so no node hand-writes its own state machine:
                         +----------------------------------------------+
 
 `stop()` is safe to call twice, before `start()` and after a failed start.
+`livecdn/node/serve.py` is what serves one between the two, until a signal.
 Background work goes through `spawn()`: every task is tracked (a done-callback
 discards it, as uvicorn's `ServerState.tasks`), a task that dies is logged
 with its traceback instead of "Task exception was never retrieved", and
@@ -26,13 +27,16 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["FAILED_START_TIMEOUT", "Lifecycle", "State"]
+__all__ = ["FAILED_START_TIMEOUT", "STOP_TIMEOUT", "Lifecycle", "State"]
 
 log = logging.getLogger("livecdn.node.lifecycle")
 
 # A start that failed has no answers worth draining, but a child process it
 # launched (the origin's ffmpeg) gets this long to exit before it is killed.
 FAILED_START_TIMEOUT = 2.0
+# How long `stop()` lets answers in flight finish when the caller names no
+# bound: a segment to a slow player, not a whole stream.
+STOP_TIMEOUT = 10.0
 
 
 class State(enum.Enum):
@@ -109,7 +113,7 @@ class Lifecycle:
             raise
         self._state = State.RUNNING
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Cancel background tasks, then release everything, draining answers for up to `timeout`.
 
         Harmless twice, before `start()` and after a failed start. A stop that
