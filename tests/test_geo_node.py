@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from geo import GeoNode
+from geo.dnsio import DnsListener, TcpConnections
 from livecdn.config import Address, EdgeConfig, HealthSettings, Region, RouterConfig, Topology
 from tests.cdn import ROOT, sample
 
@@ -52,7 +53,7 @@ class FakeEdgeAdmin:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(self.health)
@@ -310,3 +311,58 @@ async def test_reload_applies_a_new_edge_list(router: GeoNode, edges: dict[str, 
     router.reload(without_london)
     assert answer(await query(router, ecs=(LONDON, 32))) == ["127.0.2.1"]
     assert router.router is not None and set(router.router.states) == {"edge-sea", "edge-tyo"}
+
+
+async def test_dns_tcp_connections_past_the_limit_are_closed_and_leave_their_place() -> None:
+    """Each TCP connection asks the listener's registry for a place, and gives it back when it goes."""
+    echo = DnsListener(lambda message, client, udp: message, TcpConnections(limit=1))
+    port = await echo.open("127.0.0.1", 0)
+    try:
+        first_r, first_w = await asyncio.open_connection("127.0.0.1", port)
+        first_w.write(b"\x00\x02hi")
+        assert await first_r.readexactly(4) == b"\x00\x02hi"
+        assert len(echo.connections) == 1
+        second_r, second_w = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(second_r.read(), 5) == b""  # full: closed before a byte is read
+        second_w.close()
+        first_w.close()
+        await first_w.wait_closed()
+        assert await wait_for(lambda: _now(len(echo.connections) == 0), 5) < 5
+        third_r, third_w = await asyncio.open_connection("127.0.0.1", port)
+        third_w.write(b"\x00\x02ok")
+        assert await third_r.readexactly(4) == b"\x00\x02ok"  # the place was given back
+        third_w.close()
+    finally:
+        await echo.close()
+
+
+async def test_dns_tcp_client_that_does_not_read_stops_being_read() -> None:
+    """Back-pressure through FlowControl: answers pile up, reading pauses, and resumes once the client reads."""
+    echo = DnsListener(lambda message, client, udp: message)
+    port = await echo.open("127.0.0.1", 0)
+    sock = socket.socket()
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # small client buffers: the server backs up sooner
+        sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    message = (60_000).to_bytes(2, "big") + bytes(60_000)
+    bound = 32 << 20  # far more than every buffer on the way holds (about 4 MB here)
+    sent = 0
+    try:
+        while sent < bound:
+            writer.write(message)
+            sent += len(message)
+            await asyncio.wait_for(writer.drain(), 0.5)
+    except TimeoutError:
+        pass  # the server stopped reading us
+    try:
+        assert sent < bound, "the server kept reading a client that never read its answers"
+        assert len(await asyncio.wait_for(reader.readexactly(sent), 30)) == sent  # every message answered
+    finally:
+        writer.close()
+        await echo.close()
+
+
+async def _now(value: bool) -> bool:
+    return value

@@ -1,12 +1,12 @@
 """What every cache node process owns, and the order it is started and stopped in.
 
-`CacheNode` is the lifecycle object shared by `EdgeNode` and `ShieldNode`,
-shaped like aiohttp's runner/site pair: `start()` opens the stores, the
+`CacheNode` is the node shared by `EdgeNode` and `ShieldNode`, on the common
+`Lifecycle` (livecdn/node/lifecycle.py): `_start()` opens the stores, the
 upstream session and the two listeners (players: livecdn's own HTTP/1.1
-server, `livecdn/listener.py`; admin: aiohttp); `stop(timeout)` releases them
-one by one in reverse, draining in-flight responses first. A subclass says
-where its upstreams are, what policy screens requests and how many
-connections one client may hold.
+server, `livecdn/front/listener.py`; admin: aiohttp); `_stop(timeout)`
+releases them one by one in reverse, draining in-flight responses first. A
+subclass says where its upstreams are, what policy screens requests and how
+many connections one client may hold.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.listener import PlayerServer
 from livecdn.logs import AccessLog
 from livecdn.cache.memory import MemoryStore
+from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites
 from livecdn.cache.upstreams import Upstreams
 
@@ -43,7 +44,7 @@ UPSTREAM_CONNECTIONS = 512
 COUNT_INTERVAL = 1.0
 
 
-class CacheNode:
+class CacheNode(Lifecycle):
     """One edge or shield process.
 
     Args:
@@ -57,6 +58,7 @@ class CacheNode:
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
                  access_log: bool = True, reuse_port: bool = False) -> None:
+        super().__init__(config.name)
         self.topology = topology
         self.config = config
         self.access_log = access_log
@@ -68,8 +70,7 @@ class CacheNode:
         self._session: aiohttp.ClientSession | None = None
         self._players: PlayerServer | None = None
         self._sites = Sites()
-        self._count_timer: asyncio.TimerHandle | None = None
-        self._state = "new"
+        self._admin_port = 0
 
     # --- what a node kind decides ---
 
@@ -102,27 +103,24 @@ class CacheNode:
     @property
     def port(self) -> int:
         """The player port actually bound (so a config with port 0 works)."""
-        if self._state != "running" or self._players is None:
-            raise RuntimeError(f"{self.config.name} is not running")
+        self.require_running()
+        assert self._players is not None
         return self._players.port
 
     @property
     def players(self) -> PlayerServer:
         """The player listener (its connections, keep-alive timeout and access log)."""
-        if self._players is None:
-            raise RuntimeError(f"{self.config.name} is not running")
+        self.require_running()
+        assert self._players is not None
         return self._players
 
     @property
     def admin_port(self) -> int:
-        if self._state != "running":
-            raise RuntimeError(f"{self.config.name} is not running")
-        return self._sites.port(0)
+        """The admin port actually bound."""
+        self.require_running()
+        return self._admin_port
 
-    async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"{self.config.name}: start() called twice")
-        self._state = "starting"
+    async def _start(self) -> None:
         cache: CacheSettings = self.config.cache
         memory = MemoryStore(cache.memory_bytes)
         if cache.disk_path and cache.disk_bytes:
@@ -145,58 +143,49 @@ class CacheNode:
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
-        self._count_timer = asyncio.get_running_loop().call_later(COUNT_INTERVAL, self._count)
+        self.spawn(self._count(), "count hits")
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
-        await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
-        self._state = "running"
+        self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
                  self.config.listen, self.config.admin)
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop listening, drain in-flight responses for up to `timeout`, release everything.
-
-        Safe to call twice, and before `start()`.
-        """
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
-            return
-        self._state = "stopping"
+    async def _stop(self, timeout: float) -> None:
+        """Stop listening, drain in-flight responses for up to `timeout`, release everything."""
         # Admin first, then players: each closes its socket, ends idle keep-alive
-        # connections and waits for answers in flight under `timeout`.
-        await self._sites.close(timeout)
+        # connections and waits for answers in flight (players: under `timeout`).
+        await self._sites.close()
         if self._players is not None:
             await self._players.shutdown(timeout)
             if self._players.access is not None:
                 self._players.access.flush()
             self._players = None
-        if self._count_timer is not None:
-            self._count_timer.cancel()
-            self._count_timer = None
         if self.front is not None:
             self.front.flush_hits()
-        if self.engine is not None:
+        if self.engine is not None:  # kept: readable after stop (memory tier, counters); closing twice is harmless
             await self.engine.close(timeout)
-        if self._session is not None:
-            await self._session.close()
-        if self._disk is not None:
-            self._disk.close()
-        self._state = "stopped"
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
         log.info("%s %s stopped", self.role, self.config.name)
 
     def reload(self, topology: Topology) -> None:
         """Apply what can change without a restart: the upstream list (an edge adds its limits)."""
-        if self.engine is None:
-            raise RuntimeError(f"{self.config.name} is not running")
+        self.require_running()
+        assert self.engine is not None
         self.topology = topology
         self.engine.upstreams = self.upstreams(topology).order
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
 
-    def _count(self) -> None:
+    async def _count(self) -> None:
         assert self.front is not None
-        self.front.flush_hits()
-        self._count_timer = asyncio.get_running_loop().call_later(COUNT_INTERVAL, self._count)
+        while True:
+            await asyncio.sleep(COUNT_INTERVAL)  # a housekeeping tick, not a data-path wait
+            self.front.flush_hits()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.gauges()

@@ -3,19 +3,23 @@
 Signal handlers only set state. SIGTERM or SIGINT starts a graceful stop
 (stop listening, drain in-flight responses, close the stores); a second
 SIGINT forces it; SIGHUP re-reads the topology file and applies it. The
-original handlers are restored on the way out.
+original handlers are restored on the way out (`captured_signals`, as
+uvicorn's `capture_signals`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
-from typing import Callable, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from livecdn.config import ConfigError, Topology
 
-__all__ = ["Node", "run", "serve"]
+__all__ = ["Node", "captured_signals", "run", "serve"]
 
 log = logging.getLogger("livecdn.node.serve")
 
@@ -28,10 +32,34 @@ class Node(Protocol):
     async def stop(self, timeout: float = ...) -> None: ...
 
 
+@contextlib.contextmanager
+def captured_signals(handlers: Mapping[signal.Signals, Callable[[], None]]) -> Iterator[None]:
+    """Route `handlers`' signals to the running loop while inside; put the previous handlers back after.
+
+    `loop.add_signal_handler` is what wakes the loop on a signal, but its
+    `remove_signal_handler` resets a signal to the default rather than to what
+    was there before; so the previous Python-level handlers are read first and
+    put back with `signal.signal`. Unlike uvicorn, a captured signal is not
+    raised again on the way out: it has been handled (the node stopped), and
+    a SIGTERM raised again under the default handler would turn a clean exit
+    into death by signal.
+    """
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in handlers}
+    try:
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+        yield
+    finally:
+        for sig, before in previous.items():
+            loop.remove_signal_handler(sig)
+            if before is not None:  # None: installed outside Python, which remove_signal_handler cannot undo either
+                signal.signal(sig, before)
+
+
 async def serve(node: Node, reload: Callable[[], Topology] | None = None,
                 on_ready: Callable[[], None] | None = None) -> None:
     """Start `node`, wait for a stop signal, stop it gracefully."""
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     forced = asyncio.Event()
 
@@ -49,27 +77,28 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
         except ConfigError as e:
             log.error("SIGHUP: keeping the running config: %s", e)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    try:
-        await node.start()
-        if on_ready is not None:
-            on_ready()
-        await stopping.wait()
-        stop = asyncio.ensure_future(node.stop(DRAIN_TIMEOUT))
-        force = asyncio.ensure_future(forced.wait())
-        await asyncio.wait([stop, force], return_when=asyncio.FIRST_COMPLETED)
-        if not stop.done():
-            log.warning("second SIGINT: stopping without draining")
-            stop.cancel()
-            await asyncio.gather(stop, return_exceptions=True)
+    handlers: dict[signal.Signals, Callable[[], None]] = {
+        signal.SIGTERM: functools.partial(on_stop, signal.SIGTERM),
+        signal.SIGINT: functools.partial(on_stop, signal.SIGINT),
+        signal.SIGHUP: on_hup,
+    }
+    with captured_signals(handlers):
+        try:
+            await node.start()
+            if on_ready is not None:
+                on_ready()
+            await stopping.wait()
+            stop = asyncio.ensure_future(node.stop(DRAIN_TIMEOUT))
+            force = asyncio.ensure_future(forced.wait())
+            await asyncio.wait([stop, force], return_when=asyncio.FIRST_COMPLETED)
+            if not stop.done():
+                log.warning("second SIGINT: stopping without draining")
+                stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
+                await node.stop(0)
+            force.cancel()
+        finally:
             await node.stop(0)
-        force.cancel()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await node.stop(0)
 
 
 def run(main: Callable[[], object]) -> None:

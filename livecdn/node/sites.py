@@ -1,8 +1,10 @@
-"""A node's aiohttp listeners (admin, router HTTP): opened in order, closed in reverse.
+"""A node's aiohttp listeners (admin, router HTTP, origin): opened in order, closed in reverse.
 
-Each listener is an aiohttp runner/site pair. Closing goes one at a time,
-like aiohttp's own `cleanup()`: gathering them would leave the list in an
-unknown state after an error.
+Each listener is an aiohttp runner/site pair, driven through aiohttp's public
+API only: the drain bound is the runner's `shutdown_timeout`, the bound port
+comes from `runner.addresses`. Closing goes one at a time, like aiohttp's own
+`cleanup()`: gathering them would leave the list in an unknown state after an
+error.
 """
 
 from __future__ import annotations
@@ -12,22 +14,42 @@ from aiohttp import web
 from livecdn.config import Address
 from livecdn.logs import AccessLog, JsonAccessLogger
 
-__all__ = ["Sites"]
+__all__ = ["SITE_DRAIN", "Sites"]
+
+# How long a closing listener waits for the answers in flight on it. What
+# these listeners answer (/healthz, /metrics, a 302, one origin segment) is
+# ready at once, so a second is plenty; the player listener, whose answers are
+# streams, drains under the node's own stop timeout instead.
+SITE_DRAIN = 1.0
 
 
 class Sites:
-    __slots__ = ("_pairs",)
+    """The aiohttp listeners of one node.
 
-    def __init__(self) -> None:
-        self._pairs: list[tuple[web.AppRunner, web.TCPSite]] = []
+    Args:
+        shutdown_timeout: seconds each listener waits for its answers in flight when closed.
+    """
+
+    __slots__ = ("shutdown_timeout", "_runners")
+
+    def __init__(self, shutdown_timeout: float = SITE_DRAIN) -> None:
+        if shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must not be negative, got {shutdown_timeout!r}")
+        self.shutdown_timeout = shutdown_timeout
+        self._runners: list[web.AppRunner] = []
 
     async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
-                   reuse_port: bool = False) -> None:
-        """Serve `app` on `addr` (port 0: any free port, see `port()`), logging answers to `access_log`."""
+                   reuse_port: bool = False) -> int:
+        """Serve `app` on `addr`, logging answers to `access_log`.
+
+        Returns:
+            The port actually bound, so an address with port 0 works.
+        """
         kwargs: dict[str, object] = {"access_log": None}
         if access_log is not None:
             kwargs = {"access_log_class": JsonAccessLogger, "access_log": access_log}
-        runner = web.AppRunner(app, handle_signals=False, **kwargs)  # type: ignore[arg-type]
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=self.shutdown_timeout,
+                               **kwargs)  # type: ignore[arg-type]
         await runner.setup()
         site = web.TCPSite(runner, addr.host, addr.port, reuse_port=reuse_port, backlog=1024)
         try:
@@ -35,17 +57,13 @@ class Sites:
         except BaseException:
             await runner.cleanup()
             raise
-        self._pairs.append((runner, site))
+        self._runners.append(runner)
+        return int(runner.addresses[0][1])
 
-    def port(self, index: int) -> int:
-        """The port listener `index` (in opening order) actually bound."""
-        server = self._pairs[index][1]._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    async def close(self, timeout: float) -> None:
-        """Stop listening, end idle keep-alives, wait up to `timeout` for answers in flight."""
-        while self._pairs:
-            runner, _ = self._pairs.pop()
-            runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
-            await runner.cleanup()
+    async def close(self) -> None:
+        """Stop listening, end idle keep-alives, wait up to `shutdown_timeout` for answers in flight."""
+        while self._runners:
+            # Forgotten only once cleaned up: a close cancelled part-way (a forced
+            # stop) leaves the runner here for the next close to finish.
+            await self._runners[-1].cleanup()
+            self._runners.pop()

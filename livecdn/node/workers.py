@@ -4,77 +4,125 @@ The parent forks the workers before any event loop exists, forwards signals to
 them, restarts one that dies unexpectedly, and waits for all on the way out.
 Each worker has its own memory tier; the disk tier and the metrics directory
 are shared, so /metrics on any worker reports the whole node.
+
+The parent's loop is three steps: reap one exit (`Supervisor.run`), decide
+what it means (`decide`, a pure function), act on it (`Supervisor.act`).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["supervise"]
+__all__ = ["Exit", "Supervisor", "decide", "supervise"]
 
 log = logging.getLogger("livecdn.node.workers")
 
 # A worker that dies sooner than this after its start is not restarted in a
 # loop: something is wrong with the node, not with one process.
 MIN_UPTIME = 2.0
+# What the parent forwards to every worker; SIGTERM and SIGINT also mean "stopping".
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def supervise(workers: int, child: Callable[[], None]) -> int:
-    """Fork `workers` processes running `child()`; return the exit status for the node."""
-    from prometheus_client import multiprocess
+class Exit(enum.Enum):
+    """What one worker's exit asks of the parent."""
 
-    stopping = False
-    started: dict[int, float] = {}
+    EXPECTED = "expected"  # the node is stopping, or the pid is not a worker: nothing to do
+    RESTART = "restart"  # it died after running a while: start another in its place
+    GIVE_UP = "give up"  # it died right after its start: stop the whole node, exit 1
 
-    def spawn() -> None:
+
+def decide(stopping: bool, uptime: float | None) -> Exit:
+    """What the exit of a worker that ran `uptime` seconds (None: not ours) means."""
+    if stopping or uptime is None:
+        return Exit.EXPECTED
+    return Exit.GIVE_UP if uptime < MIN_UPTIME else Exit.RESTART
+
+
+class Supervisor:
+    """The parent process of a node's workers.
+
+    Args:
+        workers: how many processes to keep running.
+        child: what each worker runs (it never returns into the parent's code).
+    """
+
+    __slots__ = ("workers", "child", "stopping", "status", "_started")
+
+    def __init__(self, workers: int, child: Callable[[], None]) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        self.workers = workers
+        self.child = child
+        self.stopping = False
+        self.status = 0  # the node's exit status
+        self._started: dict[int, float] = {}  # pid -> monotonic start time
+
+    def run(self) -> int:
+        """Fork the workers, supervise them until all have exited; returns the node's exit status."""
+        from prometheus_client import multiprocess
+
+        previous = {sig: signal.signal(sig, self.forward) for sig in FORWARDED}
+        try:
+            for _ in range(self.workers):
+                self.spawn()
+            while self._started:
+                try:
+                    pid, code = os.wait()
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+                born = self._started.pop(pid, None)
+                multiprocess.mark_process_dead(pid)
+                self.act(pid, code, decide(self.stopping, None if born is None else time.monotonic() - born))
+        finally:
+            for sig, before in previous.items():
+                signal.signal(sig, before)
+        return self.status
+
+    def act(self, pid: int, code: int, outcome: Exit) -> None:
+        """Carry out what one worker's exit asks for."""
+        if outcome is Exit.EXPECTED:
+            return
+        log.error("worker %d exited with status %d", pid, os.waitstatus_to_exitcode(code))
+        if outcome is Exit.RESTART:
+            self.spawn()
+        else:
+            self.status = 1
+            self.forward(signal.SIGTERM, None)
+
+    def spawn(self) -> None:
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
             status = 0
             try:
-                child()
+                self.child()
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker failed")
                 status = 1
             finally:
                 os._exit(status)
-        started[pid] = time.monotonic()
+        self._started[pid] = time.monotonic()
 
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
+    def forward(self, sig: int, _frame: object) -> None:
+        """The parent's signal handler: pass `sig` on to every worker."""
         if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(started):
+            self.stopping = True
+        for pid in list(self._started):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for _ in range(workers):
-        spawn()
-    status = 0
-    while started:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        born = started.pop(pid, None)
-        multiprocess.mark_process_dead(pid)
-        if stopping or born is None:
-            continue
-        log.error("worker %d exited with status %d", pid, os.waitstatus_to_exitcode(code))
-        if time.monotonic() - born < MIN_UPTIME:
-            status = 1
-            forward(signal.SIGTERM, None)
-        else:
-            spawn()
-    return status
+
+def supervise(workers: int, child: Callable[[], None]) -> int:
+    """Fork `workers` processes running `child()`; return the exit status for the node."""
+    return Supervisor(workers, child).run()

@@ -12,13 +12,14 @@ URL layout: `/{stream}/master.m3u8`, `/{stream}/{rendition}/index.m3u8`,
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
 
 from aiohttp import hdrs, web
 
 from livecdn.config import OriginConfig, Rendition
-from livecdn.node.sites import Sites
+from livecdn.front.http1 import http_date
 from livecdn.front.negotiate import etag_matches
+from livecdn.node.lifecycle import Lifecycle, State
+from livecdn.node.sites import Sites
 from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
 from livecdn.origin.timeline import parse_segment_uri
 
@@ -29,90 +30,72 @@ log = logging.getLogger("livecdn.origin")
 _ALLOWED = "GET, HEAD"
 
 
-def _http_date(ts: float) -> str:
-    return formatdate(ts, usegmt=True)
-
-
 def _not_found(reason: str) -> web.Response:
     return web.Response(status=404, text=f"404 not found: {reason}\n")
 
 
-class OriginNode:
+class OriginNode(Lifecycle):
     """A running built-in origin: `await start()`, serve, `await stop()`.
 
     Start once; `stop()` is idempotent and harmless before `start()`.
     """
 
-    __slots__ = ("config", "_source", "_sites", "_port", "_state", "_streams", "_renditions")
+    __slots__ = ("config", "_source", "_sites", "_port", "_streams", "_renditions")
 
     def __init__(self, config: OriginConfig) -> None:
         if not config.streams:
             raise ValueError("origin config has no streams")
         if not config.renditions:
             raise ValueError("origin config has no renditions")
+        super().__init__(f"origin {config.name!r}")
         self.config = config
         self._source: Source = (FfmpegSource(config) if config.mode == "ffmpeg"
                                 else SyntheticSource(config))
         self._streams = frozenset(config.streams)
         self._renditions = frozenset(r.name for r in self._source.renditions)
         self._sites = Sites()
-        self._port: int | None = None
-        self._state = "new"  # new -> starting -> running -> stopped
+        self._port = 0
 
     # --- lifecycle ----------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Bind the listener, start the source, and return once segments are served.
 
         In ffmpeg mode this waits for the first segment of every rendition (about one
         target duration).
 
         Raises:
-            RuntimeError: called twice, or the source cannot start (ffmpeg missing or
-                failing: the message says what to do).
+            RuntimeError: the source cannot start (ffmpeg missing or failing: the
+                message says what to do).
             OSError: the listen address cannot be bound.
         """
-        if self._state != "new":
-            raise RuntimeError(f"origin {self.config.name!r} start() called when {self._state}")
-        self._state = "starting"
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._handle)
-        try:
-            await self._sites.open(app, self.config.listen)
-            self._port = self._sites.port(0)
-            await self._source.start()
-        except BaseException:
-            await self._cleanup(timeout=2.0)
-            self._state = "stopped"
-            raise
-        self._state = "running"
-        log.info("origin %s serving %s mode on %s", self.config.name, self.config.mode, self.url)
+        self._port = await self._sites.open(app, self.config.listen)
+        await self._source.start()
+        log.info("origin %s serving %s mode on %s", self.config.name, self.config.mode, self._base_url())
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def _stop(self, timeout: float) -> None:
         """Stop listening, then stop the source (ffmpeg: terminate, kill after `timeout`)."""
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
-            return
-        self._state = "stopped"
-        await self._cleanup(timeout)
-
-    async def _cleanup(self, timeout: float) -> None:
         try:
-            # In-flight answers are small (a playlist, one segment): a short drain is enough.
-            await self._sites.close(min(timeout, 1.0))
+            # In-flight answers are small (a playlist, one segment): the listeners' short drain is enough.
+            await self._sites.close()
         finally:
             await self._source.stop(timeout)
 
     @property
     def port(self) -> int:
-        """The port actually bound (so `listen` port 0 works); only after start()."""
-        if self._port is None:
-            raise RuntimeError("origin port is known only after start()")
+        """The port actually bound (so `listen` port 0 works); only while running."""
+        self.require_running()
         return self._port
 
     @property
     def url(self) -> str:
-        """Base URL of the listener, e.g. `http://127.0.0.1:8400`; only after start()."""
+        """Base URL of the listener, e.g. `http://127.0.0.1:8400`; only while running."""
+        self.require_running()
+        return self._base_url()
+
+    def _base_url(self) -> str:
         host = self.config.listen.host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
@@ -120,7 +103,7 @@ class OriginNode:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self._port}"
 
     @property
     def renditions(self) -> tuple[Rendition, ...]:
@@ -135,10 +118,10 @@ class OriginNode:
                                 headers={hdrs.ALLOW: _ALLOWED})
         parts = request.path.split("/")[1:]
         if parts == ["healthz"]:
-            if self._state == "running" and self._source.healthy():
+            if self.state is State.RUNNING and self._source.healthy():
                 return web.json_response({"status": "ok", "role": "origin"})
             return web.json_response({"status": "failing", "role": "origin"}, status=503)
-        if self._state != "running":
+        if self.state is not State.RUNNING:
             return web.Response(status=503, text="503 origin is not running\n")
         if not parts or parts[0] not in self._streams:
             return _not_found("no such stream")
@@ -167,7 +150,7 @@ class OriginNode:
         headers = {
             hdrs.CACHE_CONTROL: f"max-age={body.max_age}",
             hdrs.ETAG: body.etag,
-            hdrs.LAST_MODIFIED: _http_date(body.last_modified),
+            hdrs.LAST_MODIFIED: http_date(body.last_modified),
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
         }
         inm = request.headers.get(hdrs.IF_NONE_MATCH)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from typing import Protocol
 
 from livecdn.config import OriginConfig, Rendition
 from livecdn.origin import encoder as enc
-from livecdn.origin.synthetic import SegmentCache
+from livecdn.origin.synthetic import SegmentCache, etag_of
 from livecdn.origin.timeline import H264_AAC_CODECS, Timeline, master_playlist, media_playlist
 
 __all__ = ["Body", "Source", "SyntheticSource", "FfmpegSource", "RETAIN", "PLAYLIST", "SEGMENT"]
@@ -40,10 +39,6 @@ class Body:
     max_age: int
     etag: str
     last_modified: float  # seconds since the epoch
-
-
-def _etag(data: bytes) -> str:
-    return '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
 
 
 class Source(Protocol):
@@ -102,7 +97,7 @@ class SyntheticSource:
 
     def master(self, stream: str) -> Body:
         data = self._masters[stream]
-        return Body(data, PLAYLIST, _master_max_age(self.config.target_duration), _etag(data),
+        return Body(data, PLAYLIST, _master_max_age(self.config.target_duration), etag_of(data),
                     self.timeline.start)
 
     async def media(self, stream: str, rendition: str) -> Body | None:
@@ -118,7 +113,7 @@ class SyntheticSource:
         if text is None:
             return None
         data = text.encode()
-        body = Body(data, PLAYLIST, _playlist_max_age(tl.target_duration), _etag(data),
+        body = Body(data, PLAYLIST, _playlist_max_age(tl.target_duration), etag_of(data),
                     tl.published_at(produced - 1))
         self._media = (produced, body)
         return body
@@ -190,7 +185,7 @@ class FfmpegSource:
 
     def master(self, stream: str) -> Body:
         data = self._masters[stream]
-        return Body(data, PLAYLIST, _master_max_age(self.config.target_duration), _etag(data),
+        return Body(data, PLAYLIST, _master_max_age(self.config.target_duration), etag_of(data),
                     self._started_at)
 
     async def _file(self, path: Path) -> tuple[bytes, os.stat_result] | None:
@@ -207,7 +202,7 @@ class FfmpegSource:
         if got is None:
             return None
         data, st = got
-        return Body(data, PLAYLIST, _playlist_max_age(self.config.target_duration), _etag(data),
+        return Body(data, PLAYLIST, _playlist_max_age(self.config.target_duration), etag_of(data),
                     st.st_mtime)
 
     async def segment(self, stream: str, rendition: str, seq: int) -> Body | None:

@@ -16,12 +16,17 @@ import hashlib
 import re
 from collections import OrderedDict
 
-__all__ = ["PACKET_SIZE", "segment_body", "segment_identity", "SegmentCache"]
+__all__ = ["PACKET_SIZE", "etag_of", "segment_body", "segment_identity", "SegmentCache"]
 
 PACKET_SIZE = 188
 _PID = 0x0100
 _PAYLOAD = PACKET_SIZE - 4
 _LABEL = re.compile(rb"LIVECDN ([A-Za-z0-9_-]+)/([^ ]+) seq=(\d+) pkt=0;")
+
+
+def etag_of(data: bytes) -> str:
+    """A strong ETag made from the bytes themselves: every origin process gives the same bytes the same tag."""
+    return '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
 
 
 def segment_body(stream: str, rendition: str, seq: int, size: int) -> bytes:
@@ -76,7 +81,7 @@ class SegmentCache:
             self._entries.move_to_end(key)
             return hit
         body = segment_body(stream, rendition, seq, self._size)
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        etag = etag_of(body)
         self._entries[key] = (body, etag)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)

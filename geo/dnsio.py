@@ -1,0 +1,220 @@
+"""The I/O shell around the sans-io `geo/dns.py`: DNS over UDP and TCP on one port.
+
+The transports are thin: they hand each message to an `answer(message, client,
+over_udp)` callable (`Answerer.answer`) and send back what it returns; nothing
+here decides what to answer. `DnsListener` binds the UDP endpoint and its TCP
+twin, and owns the open TCP connections through a `TcpConnections` registry
+that each connection asks to join and leave, so no connection reaches into
+its listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from livecdn.node.flow import FlowControl
+
+__all__ = ["DNS_BIND_ATTEMPTS", "MAX_TCP_CONNECTIONS", "TCP_IDLE_TIMEOUT", "Answer", "DnsListener", "DnsTcp",
+           "DnsUdp", "TcpConnections"]
+
+log = logging.getLogger("livecdn.geo")
+
+# RFC 7766 asks servers to close idle DNS-over-TCP connections after seconds,
+# not minutes; the cap bounds what a flood of idle connections can hold.
+TCP_IDLE_TIMEOUT = 10.0
+MAX_TCP_CONNECTIONS = 1024
+# With port 0 the kernel picks the UDP port, and its TCP twin may be taken:
+# pick again this many times before giving up.
+DNS_BIND_ATTEMPTS = 20
+
+# (wire message, client address, over UDP) -> wire reply, or None for no reply.
+Answer = Callable[[bytes, str, bool], bytes | None]
+
+
+class TcpConnections:
+    """The open DNS-over-TCP connections of one listener, at most `limit` of them."""
+
+    __slots__ = ("limit", "_open")
+
+    def __init__(self, limit: int = MAX_TCP_CONNECTIONS) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        self.limit = limit
+        self._open: set[DnsTcp] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def join(self, conn: DnsTcp) -> bool:
+        """Count `conn` in; False when the listener is full (the connection then closes)."""
+        if len(self._open) >= self.limit:
+            return False
+        self._open.add(conn)
+        return True
+
+    def leave(self, conn: DnsTcp) -> None:
+        self._open.discard(conn)
+
+    def close_all(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+
+
+class DnsUdp(asyncio.DatagramProtocol):
+    """One datagram in, at most one out. An answerer bug drops that message, never the endpoint."""
+
+    __slots__ = ("answer", "transport")
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            reply = self.answer(data, addr[0], True)
+        except Exception:
+            log.exception("DNS answer failed for a %d-byte message from %s", len(data), addr[0])
+            return
+        if reply is not None:
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (client gone): nothing to do, keep serving.
+        pass
+
+
+class DnsTcp(asyncio.Protocol):
+    """DNS over TCP (RFC 7766): length-prefixed messages, pipelined, idle connections closed.
+
+    A client that does not read its answers stops being read: while the
+    transport's write buffer is over its high-water mark, reading is paused.
+    """
+
+    __slots__ = ("connections", "answer", "transport", "flow", "peer", "buffer", "idle")
+
+    def __init__(self, connections: TcpConnections, answer: Answer) -> None:
+        self.connections = connections
+        self.answer = answer
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.peer = ""
+        self.buffer = bytearray()
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.connections.join(self):
+            transport.close()
+            return
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+        self.peer = transport.get_extra_info("peername")[0]
+        self._touch()
+
+    def _touch(self) -> None:
+        # One rescheduled timer per connection, not one per message.
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        # At most one partial message stays buffered: its 2-byte length caps it at 64 KiB.
+        while len(buf) >= 2:
+            size = buf[0] << 8 | buf[1]
+            if len(buf) < 2 + size:
+                break
+            message = bytes(buf[2:2 + size])
+            del buf[:2 + size]
+            try:
+                reply = self.answer(message, self.peer, False)
+            except Exception:
+                log.exception("DNS answer failed for a %d-byte TCP message from %s", size, self.peer)
+                reply = None
+            if reply is None:
+                # A message we cannot answer ends the conversation (RFC 7766 §7).
+                self.close()
+                return
+            assert self.transport is not None
+            self.transport.write(len(reply).to_bytes(2, "big") + reply)
+        self._touch()
+
+    def pause_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_writing()
+            self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
+            self.flow.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.flow is not None:
+            self.flow.connection_lost()
+        self.connections.leave(self)
+
+
+class DnsListener:
+    """DNS on one port, UDP and TCP: bound by `open()`, released by `close()`.
+
+    Args:
+        answer: what turns a query into a reply (`Answerer.answer`).
+    """
+
+    __slots__ = ("answer", "connections", "_udp", "_tcp")
+
+    def __init__(self, answer: Answer, connections: TcpConnections | None = None) -> None:
+        self.answer = answer
+        self.connections = connections if connections is not None else TcpConnections()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+
+    async def open(self, host: str, port: int) -> int:
+        """Bind UDP, then TCP on the same port.
+
+        Returns:
+            The port bound (the kernel's pick when `port` is 0).
+
+        Raises:
+            OSError: the port cannot be bound (with port 0: not within `DNS_BIND_ATTEMPTS` picks).
+        """
+        loop = asyncio.get_running_loop()
+        attempts = 0
+        while True:
+            attempts += 1
+            udp, _ = await loop.create_datagram_endpoint(lambda: DnsUdp(self.answer), local_addr=(host, port))
+            bound = int(udp.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await loop.create_server(lambda: DnsTcp(self.connections, self.answer), host, bound,
+                                                     reuse_address=True, backlog=1024)
+            except OSError:
+                udp.close()
+                if port or attempts >= DNS_BIND_ATTEMPTS:
+                    raise
+                continue
+            self._udp = udp
+            return bound
+
+    async def close(self) -> None:
+        """Stop accepting, close every open TCP connection, then the UDP endpoint."""
+        tcp, self._tcp = self._tcp, None
+        if tcp is not None:
+            tcp.close()
+            self.connections.close_all()
+            await tcp.wait_closed()
+        udp, self._udp = self._udp, None
+        if udp is not None:
+            udp.close()
