@@ -46,10 +46,6 @@ class OriginNode:
     __slots__ = ("config", "_source", "_sites", "_port", "_state", "_streams", "_renditions")
 
     def __init__(self, config: OriginConfig) -> None:
-        if not config.streams:
-            raise ValueError("origin config has no streams")
-        if not config.renditions:
-            raise ValueError("origin config has no renditions")
         self.config = config
         self._source: Source = (FfmpegSource(config) if config.mode == "ffmpeg"
                                 else SyntheticSource(config))
