@@ -1,13 +1,10 @@
 """Reading the topology file: TOML → the schema's values, then the topology's own meaning.
 
-One reader, driven by the declared types (as mitmproxy's `check_option_type`):
-each table becomes its dataclass field by field, the converter chosen by the
-field's type and unit, unknown keys rejected. The schema's constructors apply
-the bounds. Then what only the whole file can say: `[cache]`, `[guard]` and
-`[limits]` cascade under every node, `{node}` in a disk path is the node's
-name, an edge lies in its region unless it says otherwise, a relative
-database path is relative to the file, and one `_check` pass follows every
-cross-reference. Every error is a `ConfigError`: file, key, problem.
+One reader, driven by the declared types as mitmproxy's `check_option_type` is,
+turns each table into its dataclass (unknown keys rejected; the constructors
+apply the bounds). Then what only the whole file says: `[cache]`, `[guard]`,
+`[limits]` cascade under every node, `{node}` in a disk path, an edge's region
+lends its location, and one `_check` follows every cross-reference.
 """
 
 from __future__ import annotations
@@ -171,7 +168,10 @@ def load(path: str | Path) -> Topology:
         place = next((r.location for r in regions.values() if r.name == t.get("region")), None)
         edges[n] = _node(path, f"edges.{n}", EdgeConfig, t, n, {"location": place, **under})
     router = _router(path, top["router"], cdn.hostname, edges) if "router" in top else None
-    topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router)
+    try:
+        topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router)
+    except FieldError as e:  # origin_url is the one rule of its own
+        raise ConfigError(path, "origin.url", e.problem) from None
     _check(topology)
     return topology
 
@@ -216,12 +216,12 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def _check(t: Topology) -> None:
     """Every cross-reference of the file, after every value has been read."""
     for e in t.edges.values():
-        _known(t.path, f"edges.{e.name}.region", e.region, t.regions, "region", "[regions]")
+        _known(t.path, f"edges.{e.name}.region", e.region, t.regions, "region")
     if not t.edges:
         raise ConfigError(t.path, "edges", "at least one edge is required")
     if not t.shields and not all(e.origin_fallback for e in t.edges.values()):
         raise ConfigError(t.path, "shields", "no shields: every edge then needs origin_fallback = true")
-    names = [*t.shields, *t.edges] + ([t.origin.name] if t.origin else []) + ([t.router.name] if t.router else [])
+    names = [node.name for _, node in _nodes(t)]
     if len(set(names)) != len(names):
         raise ConfigError(t.path, "(nodes)", "node names must be unique across origin, shields, edges and router")
     _check_unique_listeners(t)
@@ -229,31 +229,33 @@ def _check(t: Topology) -> None:
         host = dns_name(t.hostname)  # `_router` has said if it is none
         if host != r.zone and not host.endswith("." + r.zone):
             raise ConfigError(t.path, "router.zone", f"the CDN host name {host!r} is not inside zone {r.zone!r}")
-        _known(t.path, "router.default_region", r.default_region, t.regions, "region", "[regions]")
+        _known(t.path, "router.default_region", r.default_region, t.regions, "region")
         for name in r.addresses:
-            _known(t.path, f"router.addresses.{name}", name, t.edges, "edge", "[edges]")
+            _known(t.path, f"router.addresses.{name}", name, t.edges, "edge")
         for e in t.edges.values():
             if e.name not in r.addresses:
                 raise ConfigError(t.path, f"router.addresses.{e.name}",
                                   f"edge listens on {e.listen.host!r}: give the addresses players reach it at")
 
 
-def _known(path: str, key: str, name: str, table: Mapping[str, Any], what: str, where: str) -> None:
+def _known(path: str, key: str, name: str, table: Mapping[str, Any], what: str) -> None:
     if name not in table:
-        raise ConfigError(path, key, f"no {what} {name!r} in {where} (known: {', '.join(sorted(table))})")
+        raise ConfigError(path, key, f"no {what} {name!r} in [{what}s] (known: {', '.join(sorted(table))})")
+
+
+def _nodes(t: Topology) -> list[tuple[str, Any]]:
+    """Every node's config with the table it came from."""
+    return ([("origin.builtin", t.origin)] if t.origin else []) + ([("router", t.router)] if t.router else []) \
+        + [(f"shields.{n}", s) for n, s in t.shields.items()] + [(f"edges.{n}", e) for n, e in t.edges.items()]
 
 
 def _check_unique_listeners(t: Topology) -> None:
-    pairs: list[tuple[str, Address]] = [("origin.builtin.listen", t.origin.listen)] if t.origin else []
-    if t.router:
-        pairs += [("router.dns", t.router.dns), ("router.http", t.router.http), ("router.admin", t.router.admin)]
-    for kind, nodes in (("shields", t.shields), ("edges", t.edges)):
-        for n in nodes.values():
-            pairs += [(f"{kind}.{n.name}.listen", n.listen), (f"{kind}.{n.name}.admin", n.admin)]
     seen: dict[Address, str] = {}
-    for key, addr in pairs:
-        if addr.port == 0 or addr.host in ("0.0.0.0", "::"):
-            continue  # any free port, or every address of a node's own machine
-        if addr in seen:
-            raise ConfigError(t.path, key, f"{addr} is already used by {seen[addr]}")
-        seen[addr] = key
+    for table, node in _nodes(t):
+        for f in dataclasses.fields(node):  # every Address of a node is one of its listeners
+            if not isinstance(addr := getattr(node, f.name), Address) or addr.port == 0 or \
+                    addr.host in ("0.0.0.0", "::"):
+                continue  # any free port, or every address of a node's own machine
+            if addr in seen:
+                raise ConfigError(t.path, f"{table}.{f.name}", f"{addr} is already used by {seen[addr]}")
+            seen[addr] = f"{table}.{f.name}"

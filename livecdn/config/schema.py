@@ -13,18 +13,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 __all__ = [
-    "Above", "Address", "Below", "Bytes", "CacheSettings", "CdnSettings", "Checked", "ConfigError", "Degrees",
-    "EdgeConfig", "FieldError", "Form", "GuardSettings", "HealthSettings", "LimitSettings", "Match", "Max", "Min",
-    "NonEmpty", "OriginConfig", "PerSecond", "Region", "Rendition", "RouterConfig", "Rule", "Seconds",
-    "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "dns_name", "hints", "split",
+    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
+    "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max", "Min",
+    "NonEmpty", "OriginConfig", "PerSecond", "Region", "Rendition", "RouterConfig", "Seconds", "ShieldConfig",
+    "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -56,79 +57,49 @@ class Unit:
     symbol: str
 
 
-Bytes = Unit(" B")  # the file may also write a size: "64MiB"
-Seconds = Unit(" s")
-PerSecond = Unit("/s")
-Degrees = Unit("°")
-
-
-class Rule:
-    """One check of a value; `apply` returns the value (perhaps canonical) or raises ValueError."""
-
-    def apply(self, value: Any, unit: Unit | None) -> Any:
-        raise NotImplementedError
+Bytes, Seconds, PerSecond, Degrees = Unit(" B"), Unit(" s"), Unit("/s"), Unit("°")  # bytes may be "64MiB"
+_HOLDS = {"at least": operator.ge, "at most": operator.le, "above": operator.gt, "below": operator.lt}
 
 
 @dataclass(frozen=True)
-class _Bound(Rule):
+class Bound:
+    """A number's limit: broken, it is named in words and in the field's unit."""
+
+    words: str  # a key of _HOLDS
     limit: float
-    words: ClassVar[str]
-    holds: ClassVar[Callable[[Any, float], bool]]
 
     def apply(self, value: Any, unit: Unit | None) -> Any:
-        if not type(self).holds(value, self.limit):
+        if not _HOLDS[self.words](value, self.limit):
             raise ValueError(f"must be {self.words} {self.limit}{unit.symbol if unit else ''}, got {value!r}")
         return value
 
 
-class Min(_Bound):
-    words, holds = "at least", staticmethod(lambda v, n: v >= n)
-
-
-class Max(_Bound):
-    words, holds = "at most", staticmethod(lambda v, n: v <= n)
-
-
-class Above(_Bound):
-    words, holds = "above", staticmethod(lambda v, n: v > n)
-
-
-class Below(_Bound):
-    words, holds = "below", staticmethod(lambda v, n: v < n)
+Min, Max, Above, Below = (functools.partial(Bound, words) for words in _HOLDS)
 
 
 @dataclass(frozen=True)
-class Match(Rule):
+class Check:
+    """Any other rule: `test` returns the value (perhaps canonical) or raises ValueError saying why not."""
+
+    test: Callable[[Any], Any]
+
+    def apply(self, value: Any, unit: Unit | None) -> Any:
+        return self.test(value)
+
+
+def match(pattern: str, what: str) -> Check:
     """A string that matches `pattern` whole; `what` says so in words."""
-
-    pattern: str
-    what: str
-
-    def apply(self, value: Any, unit: Unit | None) -> Any:
-        if not re.fullmatch(self.pattern, value):
-            raise ValueError(f"must be {self.what}, got {value!r}")
+    def test(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"must be {what}, got {value!r}")
         return value
+    return Check(test)
 
 
-@dataclass(frozen=True)
-class _NonEmpty(Rule):
-    def apply(self, value: Any, unit: Unit | None) -> Any:
-        if not value:
-            raise ValueError("must not be empty")
-        return value
-
-
-NonEmpty = _NonEmpty()
-
-
-@dataclass(frozen=True)
-class Form(Rule):
-    """A string written loosely and held canonically: `parse` raises ValueError or returns the canonical text."""
-
-    parse: Callable[[str], str]
-
-    def apply(self, value: Any, unit: Unit | None) -> Any:
-        return self.parse(value)
+def _non_empty(value: Any) -> Any:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
 
 
 _DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
@@ -150,9 +121,10 @@ def _http_url(text: str) -> str:
     return text.rstrip("/")
 
 
-DnsName = Annotated[str, Form(dns_name)]
-IpAddress = Annotated[str, Form(lambda text: str(ipaddress.ip_address(text)))]
-HttpUrl = Annotated[str, Form(_http_url)]
+NonEmpty = Check(_non_empty)
+DnsName = Annotated[str, Check(dns_name)]
+IpAddress = Annotated[str, Check(lambda text: str(ipaddress.ip_address(text)))]
+HttpUrl = Annotated[str, Check(_http_url)]
 Location = tuple[Annotated[float, Degrees, Min(-90), Max(90)], Annotated[float, Degrees, Min(-180), Max(180)]]
 TargetDuration = Annotated[float, Seconds, Above(0)]  # the origin's and its timeline's
 Window = Annotated[int, Min(1)]  # segments in a live media playlist
@@ -185,7 +157,7 @@ def _apply(hint: Any, value: Any, at: str) -> Any:
         value = MappingProxyType({k: _apply(args[1], v, f"{at}.{k}") for k, v in value.items()})
     unit = next((m for m in meta if isinstance(m, Unit)), None)
     for rule in meta:
-        if isinstance(rule, Rule):
+        if isinstance(rule, (Bound, Check)):
             try:
                 value = rule.apply(value, unit)
             except ValueError as e:
@@ -316,7 +288,7 @@ class OriginConfig(Checked):
     name: str
     listen: Address
     mode: Literal["synthetic", "ffmpeg"] = "synthetic"
-    streams: Annotated[tuple[Annotated[str, Match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")], ...],
+    streams: Annotated[tuple[Annotated[str, match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")], ...],
                        NonEmpty] = ("live",)
     target_duration: TargetDuration = 2.0
     window: Window = 6
@@ -382,7 +354,7 @@ class CdnSettings(Checked):
 
     name: str = "livecdn"
     hostname: str = "cdn.livecdn.test"  # the name players resolve (the router answers for it)
-    play_path: Annotated[str, Match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
+    play_path: Annotated[str, match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
 
 
 @dataclass(frozen=True)
@@ -414,4 +386,7 @@ class Topology(Checked):
 
     def with_origin(self, url: str) -> Topology:
         """The same CDN in front of an existing origin instead of the built-in one; ValueError for a bad URL."""
-        return dataclasses.replace(self, origin_url=url, origin=None)
+        try:
+            return dataclasses.replace(self, origin_url=url, origin=None)
+        except FieldError as e:
+            raise ValueError(e.problem) from None
