@@ -9,6 +9,7 @@ lends its location, and one `_check` follows every cross-reference.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import re
@@ -81,7 +82,7 @@ def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
     kind, meta = split(hint)
     args = get_args(kind)
     if dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address is written as text
-        return _read(path, key, kind, raw, defaults=_own(base) if base is not None else {})
+        return _read(path, key, kind, raw, defaults=vars(base) if base is not None else {})
     if get_origin(kind) is Mapping:
         return MappingProxyType({k: _value(path, _join(key, k), args[1], v)
                                  for k, v in _table(path, key, raw).items()})
@@ -95,11 +96,6 @@ def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
         return _scalar(kind, meta, raw)
     except ValueError as e:
         raise ConfigError(path, key, str(e)) from None
-
-
-def _own(value: Any) -> dict[str, Any]:
-    """A dataclass value's fields, as the defaults of a table that overrides some."""
-    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
 def _read(path: str, key: str, cls: type[T], raw: Any, fixed: Mapping[str, Any] = MappingProxyType({}),
@@ -201,16 +197,10 @@ def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) 
     database = str(Path(path).resolve().parent / router.database)  # an absolute one stays as it is
     addresses = dict(router.addresses)
     for e in edges.values():
-        if e.name not in addresses and (ip := _ip(e.listen.host)) is not None and not ip.is_unspecified:
-            addresses[e.name] = (str(ip),)
+        with contextlib.suppress(ValueError):  # a host name: players may not reach it by that; `_check` says so
+            if e.name not in addresses and not (ip := ipaddress.ip_address(e.listen.host)).is_unspecified:
+                addresses[e.name] = (str(ip),)
     return dataclasses.replace(router, database=database, addresses=addresses)
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
 
 
 def _check(t: Topology) -> None:
