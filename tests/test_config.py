@@ -115,9 +115,9 @@ prefetch = false
     ('[router.health]\nintervl = 1', "router.health.intervl: unknown key"),
     ('[cdn]\nplay_path = "live.m3u8"', "cdn.play_path: must be a path starting with '/', got 'live.m3u8'"),
     ("[limits]\nmiss_burst = 0",
-     "limits.miss_burst: miss_rate = 50/s is a limit, so it needs a burst of at least 1, got 0"),
+     "limits.miss_burst: a limited rate (miss_rate = 50/s) needs a burst of at least 1, got 0"),
     ("[edges.e.limits]\nrequest_rate = 5",
-     "edges.e.limits.request_burst: request_rate = 5/s is a limit, so it needs a burst of at least 1, got 0"),
+     "edges.e.limits.request_burst: a limited rate (request_rate = 5/s) needs a burst of at least 1, got 0"),
     ('[router.addresses]\nnope = ["10.0.0.1"]', "router.addresses.nope: no edge 'nope' in [edges] (known: e)"),
     ('[router.addresses]\ne = ["10.0.0.300"]',
      "router.addresses.e[0]: '10.0.0.300' does not appear to be an IPv4 or IPv6 address"),
@@ -163,7 +163,7 @@ def test_the_builtin_origin_is_read_by_the_same_reader(tmp_path: Path) -> None:
 
 
 def test_values_built_by_hand_break_the_same_rules() -> None:
-    with pytest.raises(FieldError, match="^miss_burst: miss_rate = 1/s is a limit") as info:
+    with pytest.raises(FieldError, match=r"^miss_burst: a limited rate \(miss_rate = 1/s\)") as info:
         LimitSettings(miss_rate=1, miss_burst=0)
     assert info.value.field == "miss_burst"
     with pytest.raises(ValueError, match=r"^max_object_bytes: must be at least 1 B, got 0$"):

@@ -256,7 +256,7 @@ class LimitSettings(Checked):
         super().__post_init__()
         for rate, burst in (("miss_rate", "miss_burst"), ("request_rate", "request_burst")):
             if getattr(self, rate) and getattr(self, burst) < 1:
-                raise FieldError(burst, f"{rate} = {getattr(self, rate):g}/s is a limit, so it needs a burst "
+                raise FieldError(burst, f"a limited rate ({rate} = {getattr(self, rate):g}/s) needs a burst "
                                         f"of at least 1, got {getattr(self, burst)}")
 
 
