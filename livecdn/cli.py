@@ -14,7 +14,7 @@ from livecdn.config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, 
 
 __all__ = ["main"]
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.toml"  # package data; configs/demo.toml links to it
 ROLES = ("origin", "shield", "edge", "geo")
 
 
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         if role != "origin":
             s.add_argument("--no-access-log", action="store_true", help="do not log each request")
     d = sub.add_parser("demo", help="start a whole CDN on loopback and print the URL a player opens")
-    d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: configs/demo.toml)")
+    d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: the demo's, configs/demo.toml)")
     d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
     _common(d)
     return p

@@ -11,25 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from livecdn.config.schema import YEAR, CacheSettings
 from livecdn.media.kinds import ManifestKind, NameKind
 from livecdn.media.playlist import PlaylistInfo
 
-__all__ = ["Lifetime", "Rules", "parse_cache_control", "lifetime"]
-
-YEAR = 365 * 86400.0
+__all__ = ["YEAR", "Lifetime", "Rules", "parse_cache_control", "lifetime"]
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Per-node freshness settings (from the topology's cache table)."""
+    """A node's freshness settings: the lifetimes of its `[cache]` table, whose defaults these are."""
 
-    master_ttl: float = 30.0
-    ended_ttl: float = 86400.0
-    media_ttl: float = YEAR
-    other_ttl: float = 60.0
-    negative_ttl: float = 1.0  # 404/410 answers: long enough to absorb a burst, short for a live edge
-    stale_while_revalidate: float = 2.0
-    stale_if_error: float = 30.0
+    master_ttl: float = CacheSettings.master_ttl
+    ended_ttl: float = CacheSettings.ended_ttl
+    media_ttl: float = CacheSettings.media_ttl
+    other_ttl: float = CacheSettings.other_ttl
+    negative_ttl: float = CacheSettings.negative_ttl
+    stale_while_revalidate: float = CacheSettings.stale_while_revalidate
+    stale_if_error: float = CacheSettings.stale_if_error
+
+    @classmethod
+    def of(cls, cache: CacheSettings) -> Rules:
+        """The rules a node's cache settings give, every field by its name."""
+        return cls(**{name: getattr(cache, name) for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,8 +126,7 @@ class CacheNode(Lifecycle):
         if cache.disk_path and cache.disk_bytes:
             Path(cache.disk_path).mkdir(parents=True, exist_ok=True)
             self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
-        rules = Rules(negative_ttl=cache.negative_ttl, stale_while_revalidate=cache.stale_while_revalidate,
-                      stale_if_error=cache.stale_if_error)
+        rules = Rules.of(cache)
         ups = self.upstreams(self.topology)
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
                              cache.max_object_bytes, cache.upstream_timeout)

@@ -43,10 +43,6 @@ class OriginNode(Lifecycle):
     __slots__ = ("config", "_source", "_sites", "_port", "_streams", "_renditions")
 
     def __init__(self, config: OriginConfig) -> None:
-        if not config.streams:
-            raise ValueError("origin config has no streams")
-        if not config.renditions:
-            raise ValueError("origin config has no renditions")
         super().__init__(f"origin {config.name!r}")
         self.config = config
         self._source: Source = (FfmpegSource(config) if config.mode == "ffmpeg"

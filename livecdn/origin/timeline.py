@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Annotated
 
-from livecdn.config import Rendition
+from livecdn.config.schema import Checked, Min, Rendition, TargetDuration, Window
 
 __all__ = [
     "Timeline",
@@ -55,21 +56,17 @@ def parse_segment_uri(name: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class Timeline:
-    """The segment schedule of one live stream (all renditions share it)."""
+class Timeline(Checked):
+    """The segment schedule of one live stream (all renditions share it).
+
+    Its bounds are the origin config's own declarations (`TargetDuration`,
+    `Window`), checked by the schema's one checker when a timeline is built.
+    """
 
     start: float
-    target_duration: float
-    window: int
-    retain: int = 2
-
-    def __post_init__(self) -> None:
-        if not self.target_duration > 0:
-            raise ValueError(f"target_duration must be positive, got {self.target_duration!r}")
-        if self.window < 1:
-            raise ValueError(f"window must be at least 1, got {self.window!r}")
-        if self.retain < 0:
-            raise ValueError(f"retain must not be negative, got {self.retain!r}")
+    target_duration: TargetDuration
+    window: Window
+    retain: Annotated[int, Min(0)] = 2
 
     def produced(self, now: float) -> int:
         """How many segments have been published by `now` (segments 0 .. produced-1)."""

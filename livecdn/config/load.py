@@ -1,0 +1,251 @@
+"""Reading the topology file: TOML → the schema's values, then the topology's own meaning.
+
+One reader, driven by the declared types as mitmproxy's `check_option_type` is,
+turns each table into its dataclass (unknown keys rejected; the constructors
+apply the bounds). Then what only the whole file says: `[cache]`, `[guard]`,
+`[limits]` cascade under every node, `{node}` in a disk path, an edge's region
+lends its location, and one `_check` follows every cross-reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from livecdn.config.schema import (
+    Address, Bytes, CacheSettings, CdnSettings, ConfigError, EdgeConfig, FieldError, GuardSettings,
+    LimitSettings, OriginConfig, Region, RouterConfig, ShieldConfig, Topology, dns_name, hints, split,
+)
+
+__all__ = ["load", "parse_size"]
+
+T = TypeVar("T")
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_TOP = ("cdn", "cache", "guard", "limits", "origin", "regions", "shields", "edges", "router")
+
+
+def parse_size(value: Any) -> int:
+    """`1048576`, `"1MiB"`, `"64 KiB"` → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        return int(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"expected a size such as 64MiB, got {value!r}")
+
+
+# --- the reader: a value by its declared type ------------------------------------------
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _table(path: str, key: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, key, f"expected a table, got {raw!r}")
+    return raw
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+_ACCEPTS = {bool: bool, int: int, float: (int, float), str: str}  # TOML's own types for each
+
+
+def _scalar(base: Any, meta: tuple[Any, ...], raw: Any) -> Any:
+    """A TOML scalar as the declared type `base`; ValueError says what was expected."""
+    if Bytes in meta:
+        return parse_size(raw)
+    if get_origin(base) is Literal:
+        if raw in get_args(base):
+            return raw
+        raise ValueError(f"expected one of {', '.join(map(repr, get_args(base)))}, got {raw!r}")
+    if base in _EXPECTED:  # a bool is an int to Python, never to the file
+        if isinstance(raw, _ACCEPTS[base]) and isinstance(raw, bool) == (base is bool):
+            return base(raw)
+        raise ValueError(f"expected {_EXPECTED[base]}, got {raw!r}")
+    if isinstance(raw, str):
+        return base.parse(raw)  # a value type the file writes as text (Address)
+    raise ValueError(f"expected a string, got {raw!r}")
+
+
+def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
+    """`raw` from the file read as the declared type `hint`; `base`: what a nested table overrides."""
+    kind, meta = split(hint)
+    args = get_args(kind)
+    if dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address is written as text
+        return _read(path, key, kind, raw, defaults=vars(base) if base is not None else {})
+    if get_origin(kind) is Mapping:
+        return MappingProxyType({k: _value(path, _join(key, k), args[1], v)
+                                 for k, v in _table(path, key, raw).items()})
+    if get_origin(kind) is tuple:
+        if not isinstance(raw, list) or (args[-1] is not Ellipsis and len(raw) != len(args)):
+            size = "an array" if args[-1] is Ellipsis else f"an array of {len(args)}"
+            raise ConfigError(path, key, f"expected {size}, got {raw!r}")
+        each = (args[0],) * len(raw) if args[-1] is Ellipsis else args
+        return tuple(_value(path, f"{key}[{i}]", h, v) for i, (h, v) in enumerate(zip(each, raw)))
+    try:
+        return _scalar(kind, meta, raw)
+    except ValueError as e:
+        raise ConfigError(path, key, str(e)) from None
+
+
+def _read(path: str, key: str, cls: type[T], raw: Any, fixed: Mapping[str, Any] = MappingProxyType({}),
+          defaults: Mapping[str, Any] = MappingProxyType({})) -> T:
+    """Table `raw` as dataclass `cls`: every key one of its fields, read by that field's declared type.
+
+    Args:
+        fixed: fields the file does not write (a node's name is its table's key).
+        defaults: fields the file may write, with the topology's defaults rather than the dataclass's.
+    """
+    table, types = _table(path, key, raw), hints(cls)
+    for name in table:
+        if name not in types or name in fixed:
+            raise ConfigError(path, _join(key, name), "unknown key")
+    given = {n: _value(path, _join(key, n), types[n], v, defaults.get(n)) for n, v in table.items()}
+    values = {**fixed, **defaults, **given}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in values and f.default is f.default_factory is dataclasses.MISSING:
+            raise ConfigError(path, _join(key, f.name), "is required")
+    try:
+        return cls(**values)
+    except FieldError as e:
+        raise ConfigError(path, _join(key, e.field), e.problem) from None
+
+
+# --- the topology's own meaning ---------------------------------------------------------
+
+
+def load(path: str | Path) -> Topology:
+    """Read and check a topology file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has a bad value.
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            top = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "(file)", e.strerror or str(e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "(syntax)", str(e)) from None
+    if unknown := next((k for k in top if k not in _TOP), None):
+        raise ConfigError(path, unknown, "unknown key")
+    cdn = _read(path, "cdn", CdnSettings, top.get("cdn", {}))
+    cache = _read(path, "cache", CacheSettings, top.get("cache", {}))
+    under = {"cache": cache, "guard": _read(path, "guard", GuardSettings, top.get("guard", {})),
+             "limits": _read(path, "limits", LimitSettings, top.get("limits", {}))}
+
+    origin = _table(path, "origin", top.get("origin", {}))
+    if unknown := next((k for k in origin if k not in ("url", "builtin")), None):
+        raise ConfigError(path, f"origin.{unknown}", "unknown key")
+    builtin = (_read(path, "origin.builtin", OriginConfig, origin["builtin"], fixed={"name": "origin"})
+               if "builtin" in origin else None)
+    if "url" not in origin and builtin is None:
+        raise ConfigError(path, "origin.url", "is required")
+    url = (_value(path, "origin.url", hints(Topology)["origin_url"], origin["url"]) if "url" in origin
+           else builtin.listen.url)  # type: ignore[union-attr]
+
+    regions = {n: _read(path, f"regions.{n}", Region, t, fixed={"name": n}) for n, t in _tables(path, top, "regions")}
+    shields = {n: _node(path, f"shields.{n}", ShieldConfig, t, n, {"cache": cache})
+               for n, t in _tables(path, top, "shields")}
+    edges = {}
+    for n, t in _tables(path, top, "edges"):
+        # An unknown region lends no location; `_check` then names the region as the fault.
+        place = next((r.location for r in regions.values() if r.name == t.get("region")), None)
+        edges[n] = _node(path, f"edges.{n}", EdgeConfig, t, n, {"location": place, **under})
+    router = _router(path, top["router"], cdn.hostname, edges) if "router" in top else None
+    try:
+        topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router)
+    except FieldError as e:  # origin_url is the one rule of its own
+        raise ConfigError(path, "origin.url", e.problem) from None
+    _check(topology)
+    return topology
+
+
+def _tables(path: str, top: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+    """The named tables under `[key]` (`[edges.NAME]`), each checked to be a table."""
+    return [(n, _table(path, f"{key}.{n}", t)) for n, t in _table(path, key, top.get(key, {})).items()]
+
+
+def _node(path: str, key: str, cls: type[T], table: dict[str, Any], name: str, defaults: dict[str, Any]) -> T:
+    """A shield or edge: named by its table, under the top-level tables, `{node}` in its disk path."""
+    node = _read(path, key, cls, table, fixed={"name": name}, defaults=defaults)
+    cache: CacheSettings = node.cache  # type: ignore[attr-defined]
+    return dataclasses.replace(node, cache=dataclasses.replace(  # type: ignore[type-var]
+        cache, disk_path=cache.disk_path.replace("{node}", name)))
+
+
+def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) -> RouterConfig:
+    """`[router]`: its zone, name servers and edge addresses default from the rest of the file."""
+    table = _table(path, "router", table)
+    try:
+        parent = dns_name(hostname).split(".", 1)[-1]
+    except ValueError as e:
+        raise ConfigError(path, "cdn.hostname", str(e)) from None
+    zone = table.get("zone", parent)  # read (and so checked) with the rest of the table
+    router = _read(path, "router", RouterConfig, table, defaults={"zone": parent, "nameservers": (f"ns1.{zone}",)})
+    database = str(Path(path).resolve().parent / router.database)  # an absolute one stays as it is
+    addresses = dict(router.addresses)
+    for e in edges.values():
+        with contextlib.suppress(ValueError):  # a host name: players may not reach it by that; `_check` says so
+            if e.name not in addresses and not (ip := ipaddress.ip_address(e.listen.host)).is_unspecified:
+                addresses[e.name] = (str(ip),)
+    return dataclasses.replace(router, database=database, addresses=addresses)
+
+
+def _check(t: Topology) -> None:
+    """Every cross-reference of the file, after every value has been read."""
+    for e in t.edges.values():
+        _known(t.path, f"edges.{e.name}.region", e.region, t.regions, "region")
+    if not t.edges:
+        raise ConfigError(t.path, "edges", "at least one edge is required")
+    if not t.shields and not all(e.origin_fallback for e in t.edges.values()):
+        raise ConfigError(t.path, "shields", "no shields: every edge then needs origin_fallback = true")
+    names = [node.name for _, node in _nodes(t)]
+    if len(set(names)) != len(names):
+        raise ConfigError(t.path, "(nodes)", "node names must be unique across origin, shields, edges and router")
+    _check_unique_listeners(t)
+    if (r := t.router) is not None:
+        host = dns_name(t.hostname)  # `_router` has said if it is none
+        if host != r.zone and not host.endswith("." + r.zone):
+            raise ConfigError(t.path, "router.zone", f"the CDN host name {host!r} is not inside zone {r.zone!r}")
+        _known(t.path, "router.default_region", r.default_region, t.regions, "region")
+        for name in r.addresses:
+            _known(t.path, f"router.addresses.{name}", name, t.edges, "edge")
+        for e in t.edges.values():
+            if e.name not in r.addresses:
+                raise ConfigError(t.path, f"router.addresses.{e.name}",
+                                  f"edge listens on {e.listen.host!r}: give the addresses players reach it at")
+
+
+def _known(path: str, key: str, name: str, table: Mapping[str, Any], what: str) -> None:
+    if name not in table:
+        raise ConfigError(path, key, f"no {what} {name!r} in [{what}s] (known: {', '.join(sorted(table))})")
+
+
+def _nodes(t: Topology) -> list[tuple[str, Any]]:
+    """Every node's config with the table it came from."""
+    return ([("origin.builtin", t.origin)] if t.origin else []) + ([("router", t.router)] if t.router else []) \
+        + [(f"shields.{n}", s) for n, s in t.shields.items()] + [(f"edges.{n}", e) for n, e in t.edges.items()]
+
+
+def _check_unique_listeners(t: Topology) -> None:
+    seen: dict[Address, str] = {}
+    for table, node in _nodes(t):
+        for f in dataclasses.fields(node):  # every Address of a node is one of its listeners
+            if not isinstance(addr := getattr(node, f.name), Address) or addr.port == 0 or \
+                    addr.host in ("0.0.0.0", "::"):
+                continue  # any free port, or every address of a node's own machine
+            if addr in seen:
+                raise ConfigError(t.path, f"{table}.{f.name}", f"{addr} is already used by {seen[addr]}")
+            seen[addr] = f"{table}.{f.name}"

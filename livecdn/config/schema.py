@@ -1,0 +1,392 @@
+"""The topology's values: frozen dataclasses, each field's unit, bounds and default declared beside it.
+
+Every room imports these; reading them from a file is `livecdn.config.load`. A
+field's rules live in its `Annotated` metadata (`Annotated[int, Bytes, Min(1)]`)
+and are applied by one function, `Checked.__post_init__`, whenever a value is
+built, from the file or by hand. A broken rule raises `FieldError` naming the
+field, which the loader turns into "file: key: problem". Mappings are stored as
+read-only views, so a frozen value is frozen all the way down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+__all__ = [
+    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
+    "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max", "Min",
+    "NonEmpty", "OriginConfig", "PerSecond", "Region", "Rendition", "RouterConfig", "Seconds", "ShieldConfig",
+    "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "split",
+]
+
+Role = Literal["origin", "shield", "edge", "geo"]
+
+
+class ConfigError(Exception):
+    """A topology file value that cannot be used; names the file and key."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path, self.key, self.problem = str(path), key, problem
+
+
+class FieldError(ValueError):
+    """A value that breaks its field's rule; `field` is the field's name, with `.key` or `[i]` inside it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+# --- units and rules: the metadata of a field --------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a number counts; `symbol` follows it in errors."""
+
+    symbol: str
+
+
+Bytes, Seconds, PerSecond, Degrees = Unit(" B"), Unit(" s"), Unit("/s"), Unit("°")  # bytes may be "64MiB"
+_HOLDS = {"at least": operator.ge, "at most": operator.le, "above": operator.gt, "below": operator.lt}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number's limit: broken, it is named in words and in the field's unit."""
+
+    words: str  # a key of _HOLDS
+    limit: float
+
+    def apply(self, value: Any, unit: Unit | None) -> Any:
+        if not _HOLDS[self.words](value, self.limit):
+            raise ValueError(f"must be {self.words} {self.limit}{unit.symbol if unit else ''}, got {value!r}")
+        return value
+
+
+Min, Max, Above, Below = (functools.partial(Bound, words) for words in _HOLDS)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Any other rule: `test` returns the value (perhaps canonical) or raises ValueError saying why not."""
+
+    test: Callable[[Any], Any]
+
+    def apply(self, value: Any, unit: Unit | None) -> Any:
+        return self.test(value)
+
+
+def match(pattern: str, what: str) -> Check:
+    """A string that matches `pattern` whole; `what` says so in words."""
+    def test(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"must be {what}, got {value!r}")
+        return value
+    return Check(test)
+
+
+def _non_empty(value: Any) -> Any:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def dns_name(text: str) -> str:
+    """`"Demo.Test."` → `"demo.test"`; ValueError for what is no DNS name."""
+    name = text.rstrip(".").lower()
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"not a DNS name: {text!r}")
+    return name
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+NonEmpty = Check(_non_empty)
+DnsName = Annotated[str, Check(dns_name)]
+IpAddress = Annotated[str, Check(lambda text: str(ipaddress.ip_address(text)))]
+HttpUrl = Annotated[str, Check(_http_url)]
+Location = tuple[Annotated[float, Degrees, Min(-90), Max(90)], Annotated[float, Degrees, Min(-180), Max(180)]]
+TargetDuration = Annotated[float, Seconds, Above(0)]  # the origin's and its timeline's
+Window = Annotated[int, Min(1)]  # segments in a live media playlist
+MAX_TTL = 3600  # seconds: DNS answers must stay short-lived, so players follow health changes
+YEAR = 365 * 86400.0
+
+
+def split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """`Annotated[int, Bytes, Min(1)]` → (int, (Bytes, Min(1))); a plain type → (type, ())."""
+    if get_origin(hint) is Annotated:
+        return hint.__origin__, hint.__metadata__
+    return hint, ()
+
+
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    """The declared type of each field of dataclass `cls`, metadata included."""
+    every = get_type_hints(cls, include_extras=True)
+    return {f.name: every[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(hint: Any, value: Any, at: str) -> Any:
+    """`value` through the rules of `hint` and of its items (tuples, mappings); FieldError names where."""
+    base, meta = split(hint)
+    kind, args = get_origin(base), get_args(base)
+    if kind is tuple and isinstance(value, tuple):
+        each = (args[0],) * len(value) if args[-1] is Ellipsis else args
+        value = tuple(_apply(h, v, f"{at}[{i}]") for i, (h, v) in enumerate(zip(each, value)))
+    elif kind is Mapping and isinstance(value, Mapping):
+        value = MappingProxyType({k: _apply(args[1], v, f"{at}.{k}") for k, v in value.items()})
+    unit = next((m for m in meta if isinstance(m, Unit)), None)
+    for rule in meta:
+        if isinstance(rule, (Bound, Check)):
+            try:
+                value = rule.apply(value, unit)
+            except ValueError as e:
+                raise FieldError(at, str(e)) from None
+    return value
+
+
+class Checked:
+    """Base of the schema's dataclasses: every field through its declared rules when the value is built."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        for name, hint in hints(type(self)).items():
+            value = getattr(self, name)
+            if (ruled := _apply(hint, value, name)) is not value:
+                object.__setattr__(self, name, ruled)
+
+
+# --- the values ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """A listening address, `HOST:PORT` or `[V6]:PORT` in the file."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+        if not m:
+            raise ValueError(f"expected HOST:PORT or [IPV6]:PORT, got {text!r}")
+        port = int(m.group(2) or m.group(4))
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0..65535")
+        return cls(m.group(1) or m.group(3), port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+@dataclass(frozen=True)
+class CacheSettings(Checked):
+    """Bounds and lifetimes of one node's cache engine (the lifetimes are `freshness.Rules`)."""
+
+    memory_bytes: Annotated[int, Bytes, Min(0)] = 256 << 20
+    disk_bytes: Annotated[int, Bytes, Min(0)] = 2 << 30
+    disk_path: str = ""  # empty: no disk tier; "{node}" is the node's name
+    max_object_bytes: Annotated[int, Bytes, Min(1)] = 64 << 20
+    stale_while_revalidate: Annotated[float, Seconds, Min(0)] = 2.0
+    stale_if_error: Annotated[float, Seconds, Min(0)] = 30.0
+    negative_ttl: Annotated[float, Seconds, Min(0)] = 1.0  # 404/410: absorbs a burst, short for a live edge
+    upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
+    master_ttl: Annotated[float, Seconds, Min(0)] = 30.0  # master playlists change only with the ladder
+    ended_ttl: Annotated[float, Seconds, Min(0)] = 86400.0  # ENDLIST playlists: the stream is over
+    media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
+    other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
+
+
+@dataclass(frozen=True)
+class GuardSettings(Checked):
+    """The edge's knowledge of its streams: Bloom-filter guard and prefetch (a rate of 0: unlimited)."""
+
+    false_positive_rate: Annotated[float, Above(0), Below(0.5)] = 0.0001  # per generation; two are checked
+    names_per_generation: Annotated[int, Min(16)] = 4096  # a stream's filter rotates after this many names
+    refresh_interval: Annotated[float, Seconds, Min(0)] = 1.0  # one guard-triggered refresh per stream this often
+    unknown_rate: Annotated[float, PerSecond, Min(0)] = 10.0  # upstream tries for names of streams never seen
+    unknown_burst: Annotated[int, Min(0)] = 20
+    unknown_client_rate: Annotated[float, PerSecond, Min(0)] = 2.0  # the share of those one client may take
+    unknown_client_burst: Annotated[int, Min(0)] = 5
+    max_streams: Annotated[int, Min(1)] = 10_000  # streams remembered (least recently used are forgotten)
+    prefetch: bool = True
+    prefetch_concurrency: Annotated[int, Min(1)] = 4
+    viewer_idle: Annotated[float, Seconds, Min(0)] = 30.0  # a stream nobody asked for this long: no prefetch
+
+
+@dataclass(frozen=True)
+class LimitSettings(Checked):
+    """Per-client limits at an edge; a rate of 0 means unlimited."""
+
+    miss_rate: Annotated[float, PerSecond, Min(0)] = 50.0  # requests per client address that miss memory
+    miss_burst: Annotated[int, Min(0)] = 200
+    request_rate: Annotated[float, PerSecond, Min(0)] = 0.0  # every request, hits included (off: hits are cheap)
+    request_burst: Annotated[int, Min(0)] = 0
+    connections_per_client: Annotated[int, Min(0)] = 512  # open connections per client address (0: unlimited)
+    max_clients: Annotated[int, Min(1)] = 100_000  # client addresses tracked (least recently seen are forgotten)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for rate, burst in (("miss_rate", "miss_burst"), ("request_rate", "request_burst")):
+            if getattr(self, rate) and getattr(self, burst) < 1:
+                raise FieldError(burst, f"a limited rate ({rate} = {getattr(self, rate):g}/s) needs a burst "
+                                        f"of at least 1, got {getattr(self, burst)}")
+
+
+@dataclass(frozen=True)
+class HealthSettings(Checked):
+    """How the router checks edges: an edge that fails leaves its answers within
+    about `interval * (failures - 1) + timeout` seconds."""
+
+    interval: Annotated[float, Seconds, Above(0)] = 1.0
+    timeout: Annotated[float, Seconds, Above(0)] = 1.0
+    failures: Annotated[int, Min(1)] = 3  # failed checks in a row that take an edge out
+    rise: Annotated[int, Min(1)] = 2  # good checks in a row that bring it back
+
+
+@dataclass(frozen=True)
+class Rendition(Checked):
+    """One variant of the built-in origin's stream."""
+
+    name: str
+    bandwidth: Annotated[int, Min(1)]
+    width: Annotated[int, Min(1)]
+    height: Annotated[int, Min(1)]
+
+
+@dataclass(frozen=True)
+class OriginConfig(Checked):
+    """The built-in live origin (demo and tests)."""
+
+    name: str
+    listen: Address
+    mode: Literal["synthetic", "ffmpeg"] = "synthetic"
+    streams: Annotated[tuple[Annotated[str, match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")], ...],
+                       NonEmpty] = ("live",)
+    target_duration: TargetDuration = 2.0
+    window: Window = 6
+    segment_bytes: Annotated[int, Bytes, Min(1)] = 64 << 10  # synthetic mode: bytes per segment
+    renditions: Annotated[tuple[Rendition, ...], NonEmpty] = (
+        Rendition("720p", 2_000_000, 1280, 720),
+        Rendition("360p", 600_000, 640, 360),
+    )
+    work_dir: str = ""  # ffmpeg mode: where segments are written; empty: a temp dir
+
+
+@dataclass(frozen=True)
+class Region(Checked):
+    name: str
+    location: Location
+
+
+@dataclass(frozen=True)
+class ShieldConfig(Checked):
+    name: str
+    listen: Address
+    admin: Address
+    workers: Annotated[int, Min(1)] = 1
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+@dataclass(frozen=True)
+class EdgeConfig(Checked):
+    name: str
+    region: str
+    listen: Address
+    admin: Address
+    location: Location  # in the file, its region's by default
+    capacity: Annotated[int, Min(1)] = 10_000  # concurrent player requests before the node reports overload
+    workers: Annotated[int, Min(1)] = 1
+    origin_fallback: bool = False  # go to the origin directly when every shield fails
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig(Checked):
+    """The geo router: DNS and HTTP answers naming the nearest healthy edge."""
+
+    name: str = "router"
+    dns: Address  # UDP and TCP
+    http: Address  # 302 to the chosen edge; /route
+    admin: Address  # /healthz, /metrics, /route
+    database: str  # City-type MaxMind DB; in the file, relative to the file
+    default_region: str  # where addresses the database does not know are placed
+    zone: DnsName  # the DNS zone answered; in the file, the parent of [cdn] hostname by default
+    ttl: Annotated[int, Seconds, Min(1), Max(MAX_TTL)] = 20  # short, so players follow health changes
+    nameservers: Annotated[tuple[DnsName, ...], NonEmpty]  # NS names of the zone; in the file, ns1.ZONE
+    # edge → the addresses players reach it at; in the file, its listen address by default
+    addresses: Mapping[str, Annotated[tuple[IpAddress, ...], NonEmpty]] = field(default_factory=dict)
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+
+@dataclass(frozen=True)
+class CdnSettings(Checked):
+    """The `[cdn]` table: what the whole deployment is called and where players start."""
+
+    name: str = "livecdn"
+    hostname: str = "cdn.livecdn.test"  # the name players resolve (the router answers for it)
+    play_path: Annotated[str, match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
+
+
+@dataclass(frozen=True)
+class Topology(Checked):
+    path: str
+    name: str
+    hostname: str
+    origin_url: HttpUrl
+    origin: OriginConfig | None
+    regions: Mapping[str, Region]
+    shields: Mapping[str, ShieldConfig]
+    edges: Mapping[str, EdgeConfig]
+    play_path: str = CdnSettings.play_path
+    router: RouterConfig | None = None
+
+    def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
+        """Find a node by name; raises ConfigError when the file has no such node."""
+        if self.origin is not None and self.origin.name == name:
+            return "origin", self.origin
+        if name in self.shields:
+            return "shield", self.shields[name]
+        if name in self.edges:
+            return "edge", self.edges[name]
+        if self.router is not None and self.router.name == name:
+            return "geo", self.router
+        known = sorted([*self.shields, *self.edges] + ([self.origin.name] if self.origin else [])
+                       + ([self.router.name] if self.router else []))
+        raise ConfigError(self.path, "--node", f"no node named {name!r} (known: {', '.join(known)})")
+
+    def with_origin(self, url: str) -> Topology:
+        """The same CDN in front of an existing origin instead of the built-in one; ValueError for a bad URL."""
+        try:
+            return dataclasses.replace(self, origin_url=url, origin=None)
+        except FieldError as e:
+            raise ValueError(e.problem) from None
