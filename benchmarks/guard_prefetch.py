@@ -21,10 +21,10 @@ import aiohttp
 
 from lib.figures import Figure, main
 from lib.guardcdn import CDN_PROCESSES, counters_window, snapshot, start_cdn, write_config
-from lib.ports import free_port, url
-from lib.procs import Processes, wait_ready
+from lib.ports import url
+from lib.procs import Processes
 from lib.recording import Recorder, playing, viewer_window
-from lib.topology import Node
+from lib.topology import Node, start_counting
 from viewers import percentile
 
 __all__ = ["FIGURE"]
@@ -59,11 +59,8 @@ def first_requests(rec: Recorder, since: float) -> list[tuple[str, str, float]]:
 async def prefetch_run(procs: Processes, session: aiohttp.ClientSession, plan: Plan, prefetch: bool,
                        run: int) -> dict[str, Any]:
     async def delaying_proxy(upstream: str) -> int:
-        port = free_port()
-        procs.start_tool("proxy", "delayproxy", ["--port", str(port), "--upstream", upstream,
-                                                 "--delay-ms", str(PREFETCH_DELAY_MS)])
-        await wait_ready(procs, "proxy", url(port) + "/_ready", session)
-        return port
+        return await start_counting(procs, session, "proxy", "delayproxy",
+                                    ["--upstream", upstream, "--delay-ms", str(PREFETCH_DELAY_MS)])
 
     def config(origin_port: int, proxy: int, shield: Node, edge: Node) -> Path:
         path = procs.workdir / f"prefetch-{prefetch}-{run}.toml"

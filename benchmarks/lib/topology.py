@@ -19,7 +19,8 @@ from lib.ports import free_port, url
 from lib.procs import LIVECDN, READY_TIMEOUT, Processes, wait_ready
 from viewers import LIVE_SYNC_SEGMENTS, parse_master, parse_media
 
-__all__ = ["Node", "origin_counts", "start_bench_origin", "start_builtin_origin", "start_nodes", "wait_live",
+__all__ = ["Node", "origin_counts", "start_bench_origin", "start_builtin_origin", "start_counting", "start_nodes",
+           "wait_live",
            "write_topology"]
 
 
@@ -92,9 +93,15 @@ async def start_builtin_origin(procs: Processes, session: aiohttp.ClientSession,
 async def start_bench_origin(procs: Processes, session: aiohttp.ClientSession, name: str,
                              object_bytes: int | None = None, upstream: str | None = None) -> int:
     """Start tools/benchorigin.py (synthetic objects of `object_bytes`, or a counting pass-through to `upstream`)."""
+    args = (["--object-bytes", str(object_bytes)] if object_bytes else []) + (["--upstream", upstream] if upstream else [])
+    return await start_counting(procs, session, name, "benchorigin", args)
+
+
+async def start_counting(procs: Processes, session: aiohttp.ClientSession, name: str, tool: str,
+                         args: list[str]) -> int:
+    """Start a counting server of tools/ (benchorigin, delayproxy) on a free port, ready; its port."""
     port = free_port()
-    args = ["--port", str(port)] + (["--object-bytes", str(object_bytes)] if object_bytes else [])
-    procs.start_tool(name, "benchorigin", args + (["--upstream", upstream] if upstream else []))
+    procs.start_tool(name, tool, ["--port", str(port), *args])
     await wait_ready(procs, name, url(port) + "/_ready", session)
     return port
 
