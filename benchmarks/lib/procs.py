@@ -143,7 +143,7 @@ def workspace(prefix: str, tree: Path = ROOT) -> Iterator[Processes]:
 
     SIGTERM becomes KeyboardInterrupt, so a benchmark that is killed stops its children too.
     """
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     workdir = Path(tempfile.mkdtemp(prefix=f"livecdn-{prefix}-"))
     workdir.chmod(0o755)  # nginx workers and varnishd run as unprivileged users and read configs here
     procs = Processes(workdir, tree)
@@ -152,3 +152,4 @@ def workspace(prefix: str, tree: Path = ROOT) -> Iterator[Processes]:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
