@@ -44,8 +44,8 @@ LIVE_SYNC_SEGMENTS = 3  # hls.js liveSyncDurationCount: start this many segments
 REQUEST_TIMEOUT = 10.0
 LAG_TICK = 0.05
 
-__all__ = ["Buffer", "Request", "client_address", "parse_master", "parse_media", "percentile", "simulate",
-           "watch_loop_lag"]
+__all__ = ["LIVE_SYNC_SEGMENTS", "Buffer", "FetchFailed", "Request", "Stats", "Viewer", "client_address",
+           "parse_master", "parse_media", "percentile", "simulate", "watch_loop_lag"]
 
 
 class Request(NamedTuple):
