@@ -1,6 +1,6 @@
 """The data-path figures: coalescing under a slow origin, live viewers, edge memory.
 
-    .venv/bin/python benchmarks/datapath.py [--quick]
+    .venv/bin/python benchmarks/datapath.py [--quick] [--also-tree PATH]
 
 Every node runs as an operator runs it (`livecdn ROLE --config FILE --node
 NAME`) on loopback, from topology files written to a temp dir. Three figures:
@@ -16,6 +16,10 @@ NAME`) on loopback, from topology files written to a temp dir. Three figures:
 3. memory: one edge with a 128 MiB memory tier, written with twice that in
    distinct 1 MiB objects; its RSS against budget + 100 MiB.
 
+With `--also-tree PATH`, the nodes of a second source tree ("livecdn@<dir>")
+are measured too: a system of their own in figure 1 (interleaved), figures 2
+and 3 run again with them ("viewers@<dir>", "memory@<dir>").
+
 Prints a table per figure and one final JSON line, also written to
 benchmarks/results/datapath-<date>.json. Every process started is stopped
 (process groups, SIGTERM then SIGKILL) on exit, error, Ctrl-C or SIGTERM.
@@ -25,34 +29,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import datetime
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import aiohttp
+import httptools
 import psutil
 
-from benchorigin import object_body
-from report import save
-from viewers import LIVE_SYNC_SEGMENTS, client_address, parse_master, parse_media, percentile
+from lib.ports import free_port, url
+from lib.procs import BENCH, PY, Processes, wait_ready, workspace
+from lib.prom import scrape
+from lib.rawhttp import Connection, ConnectionClosed, Response
+from lib.report import header, save, without
+from lib.topology import (
+    Node, origin_counts, start_bench_origin, start_builtin_origin, start_nodes, wait_live, write_topology,
+)
+from lib.trees import add_also_tree, label
+from tools.benchorigin import object_body
+from viewers import client_address, percentile
 
-HERE = Path(__file__).resolve().parent
-PY = sys.executable
-LIVECDN = [PY, "-m", "livecdn"]
 MIB = 1 << 20
 OBJECT_BYTES = MIB
 CLIENTS = 200
@@ -69,9 +73,7 @@ BURST_SOURCE = "127.100"
 VIEWER_SOURCES = ("127.101", "127.102")
 MEMORY_SOURCE = "127.103"
 NO_PREFETCH = {"prefetch": False}  # figures 1 and 3 time and count exactly the requests they make
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-PR_SET_PDEATHSIG = 1
+VIEWERS_GRACE = 60.0  # seconds a viewers.py process may take beyond its duration to start and report
 
 
 @dataclass(frozen=True)
@@ -84,176 +86,6 @@ class Plan:
 
 FULL = Plan(runs=5, viewer_seconds=60.0)
 QUICK = Plan(runs=3, viewer_seconds=20.0)
-
-
-# --- processes ----------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class Processes:
-    """Every child this benchmark starts, each in its own process group, logs in `workdir`."""
-
-    def __init__(self, workdir: Path, cwd: Path = HERE.parent) -> None:
-        self.workdir = workdir
-        self.cwd = cwd  # `python -m livecdn` runs the source tree found here
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        out = open(self.workdir / f"{name}.out", "wb")
-        err = open(self.workdir / f"{name}.err", "wb")
-        with out, err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.cwd,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
-        self.running[name] = proc
-        return proc
-
-    def output(self, name: str) -> str:
-        return (self.workdir / f"{name}.out").read_text()
-
-    def log_tail(self, name: str, lines: int = 5) -> str:
-        return "\n".join((self.workdir / f"{name}.err").read_text(errors="replace").splitlines()[-lines:])
-
-    def check(self, name: str) -> None:
-        """Raise if the child has exited."""
-        proc = self.running[name]
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{self.log_tail(name)}")
-
-    def stop(self, names: Iterable[str]) -> None:
-        """SIGTERM each child's process group, then SIGKILL what is left after STOP_TIMEOUT."""
-        procs = [self.running.pop(n) for n in list(names) if n in self.running]
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)  # before the leader is reaped: its group still exists
-                proc.wait()
-
-    def stop_all(self) -> None:
-        self.stop(reversed(list(self.running)))
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(procs: Processes, name: str, probe: str, session: aiohttp.ClientSession) -> None:
-    """Wait until `probe` answers 200 while child `name` is alive."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        procs.check(name)
-        try:
-            async with session.get(probe, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if r.status == 200:
-                    return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT:.0f}s ({probe}):\n{procs.log_tail(name)}")
-
-
-# --- topology files -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Node:
-    """A shield or edge of a benchmark topology, on its own free ports."""
-
-    kind: str  # shields | edges
-    name: str
-    port: int
-    admin: int
-
-    @classmethod
-    def new(cls, kind: str, name: str) -> Node:
-        return cls(kind, name, free_port(), free_port())
-
-    @property
-    def role(self) -> str:
-        return self.kind.rstrip("s")
-
-
-def _toml(value: Any) -> str:
-    return json.dumps(value)  # strings, numbers, booleans and arrays of them read the same in TOML
-
-
-def _table(name: str, values: dict[str, Any]) -> str:
-    return "\n".join([f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""])
-
-
-def write_topology(path: Path, origin_url: str, nodes: list[Node], cache: dict[str, Any],
-                   guard: dict[str, Any] | None = None, builtin: dict[str, Any] | None = None) -> None:
-    """A topology file: one region, these nodes, edges straight to the origin when there is no shield."""
-    fallback = not any(n.kind == "shields" for n in nodes)
-    parts = [_table("origin", {"url": origin_url}), _table("cache", cache), _table("guard", guard or {}),
-             _table("regions.local", {"location": [50.11, 8.68]})]
-    if builtin:
-        parts.append(_table("origin.builtin", builtin))
-    for n in nodes:
-        values: dict[str, Any] = {"listen": f"127.0.0.1:{n.port}", "admin": f"127.0.0.1:{n.admin}"}
-        if n.kind == "edges":
-            values.update(region="local", origin_fallback=fallback)
-        parts.append(_table(f"{n.kind}.{n.name}", values))
-    path.write_text("\n".join(parts))
-
-
-async def start_nodes(procs: Processes, session: aiohttp.ClientSession, config: Path, nodes: list[Node]) -> None:
-    """Start shields then edges from `config`, each ready before the next tier."""
-    for n in sorted(nodes, key=lambda n: n.kind != "shields"):
-        procs.start(n.name, LIVECDN + [n.role, "--config", str(config), "--node", n.name,
-                                       "--no-access-log", "--log-level", "warning"])
-        await wait_ready(procs, n.name, url(n.admin) + "/healthz", session)
-
-
-async def start_bench_origin(procs: Processes, session: aiohttp.ClientSession, name: str,
-                             upstream: str | None = None) -> int:
-    """Start benchorigin.py (synthetic, or counting pass-through to `upstream`); its port."""
-    port = free_port()
-    cmd = [PY, str(HERE / "benchorigin.py"), "--port", str(port), "--object-bytes", str(OBJECT_BYTES)]
-    procs.start(name, cmd + (["--upstream", upstream] if upstream else []))
-    await wait_ready(procs, name, url(port) + "/_ready", session)
-    return port
-
-
-async def origin_counts(session: aiohttp.ClientSession, port: int) -> dict[str, int]:
-    async with session.get(url(port) + "/_counts") as r:
-        return await r.json()
-
-
-async def metric(session: aiohttp.ClientSession, admin: int, name: str) -> float:
-    """Sum of every sample of one Prometheus metric of a node."""
-    async with session.get(url(admin) + "/metrics") as r:
-        text = await r.text()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
-async def cache_results(session: aiohttp.ClientSession, admins: list[int]) -> dict[str, float]:
-    """`livecdn_requests_total` of these nodes, summed by cache result (hit, miss, coalesced, ...)."""
-    out: dict[str, float] = {}
-    for admin in admins:
-        async with session.get(url(admin) + "/metrics") as r:
-            text = await r.text()
-        for m in re.finditer(r'^livecdn_requests_total\{[^}]*cache="(\w+)"[^}]*\} (\S+)$', text, re.M):
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-    return out
 
 
 # --- figure 1: coalescing -----------------------------------------------------
@@ -270,84 +102,21 @@ class Burst:
     hit_slowest_s: float  # the same burst once the object is cached: the client + transfer floor
 
 
-class OneGet(asyncio.Protocol):
-    """One HTTP/1.1 GET on its own connection, the body kept as received.
-
-    A bare protocol rather than aiohttp's client: receiving 200 × 1 MiB at
-    once, aiohttp alone costs about 0.2 s more than this on this machine
-    (measured against cached objects), which would hide the figure.
-    """
-
-    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
-        self.request = request
-        self.done = done
-        self.transport: asyncio.Transport | None = None
-        self.head = b""
-        self.status = 0
-        self.length: int | None = None  # None: until the connection closes
-        self.chunks: list[bytes] = []
-        self.received = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.request)  # type: ignore[union-attr]
-
-    def data_received(self, data: bytes) -> None:
-        if not self.status:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self._parse_head(self.head[:end].decode("latin-1"))
-            data = self.head[end + 4:]
-        self.chunks.append(data)
-        self.received += len(data)
-        if self.length is not None and self.received >= self.length:
-            self.finish()
-
-    def _parse_head(self, head: str) -> None:
-        lines = head.split("\r\n")
-        self.status = int(lines[0].split(" ", 2)[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                self.length = int(value)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-        if self.transport is not None:
-            self.transport.close()
-
-    def intact(self, digest: bytes) -> bool:
-        """A 200 with the whole body announced, and that body has this sha256."""
-        if self.status != 200 or self.received != self.length:
-            return False
-        sha = hashlib.sha256()
-        for chunk in self.chunks:
-            sha.update(chunk)
-        return sha.digest() == digest
-
-
-async def one_get(port: int, path: str, timeout: float, source: str) -> tuple[float, OneGet]:
+async def one_get(port: int, path: str, timeout: float, source: str) -> tuple[float, Response]:
     """Seconds to the last body byte (or to the failure) of one GET on a new connection from `source`."""
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    answer = OneGet(request, loop.create_future())
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: answer, "127.0.0.1", port,
-                                                      local_addr=(source, 0)), timeout)
-        await asyncio.wait_for(answer.done, timeout)
-    except (OSError, asyncio.TimeoutError):
-        answer.finish()
+        conn = await asyncio.wait_for(Connection.open("127.0.0.1", port, source, keep_body=True), timeout)
+        try:
+            answer = await asyncio.wait_for(conn.get(path, close=True), timeout)
+        finally:
+            conn.close()
+    except (OSError, asyncio.TimeoutError, ConnectionClosed, httptools.HttpParserError):
+        answer = Response()  # nothing complete: not intact
     return time.monotonic() - started, answer
 
 
-async def gets(port: int, path: str, timeout: float) -> tuple[list[float], list[OneGet]]:
+async def gets(port: int, path: str, timeout: float) -> tuple[list[float], list[Response]]:
     """`CLIENTS` concurrent GETs of one path, one connection (and address) each: times and answers."""
     results = await asyncio.gather(*(one_get(port, path, timeout, client_address(BURST_SOURCE, i))
                                      for i in range(CLIENTS)))
@@ -393,7 +162,7 @@ def render_nginx(workdir: Path, listen: int, origin_port: int) -> Path:
     """benchmarks/nginx/cache.conf.template rendered into `workdir/nginx`; the config path."""
     prefix = workdir / "nginx"
     prefix.mkdir()
-    text = (HERE / "nginx" / "cache.conf.template").read_text()
+    text = (BENCH / "nginx" / "cache.conf.template").read_text()
     for name, value in {"PREFIX": str(prefix), "LISTEN": f"127.0.0.1:{listen}",
                         "ORIGIN": f"127.0.0.1:{origin_port}"}.items():
         text = text.replace(f"@{name}@", value)
@@ -414,18 +183,33 @@ async def start_nginx(procs: Processes, session: aiohttp.ClientSession, origin_p
     return port
 
 
-async def coalescing(procs: Processes, session: aiohttp.ClientSession, plan: Plan) -> dict[str, Any]:
-    """Figure 1: bursts of `CLIENTS` GETs of new objects from a slow origin, livecdn and nginx."""
-    nodes = [Node.new("shields", "shield-1"), Node.new("edges", "edge-1")]
+async def start_livecdn(procs: Processes, session: aiohttp.ClientSession, origin: int, tree: Path | None,
+                        n: int) -> tuple[int, list[str]]:
+    """Shield-N and edge-N from `tree` in front of the bench origin, with a topology of their own; edge port, names."""
+    nodes = [Node.new("shields", f"shield-{n}"), Node.new("edges", f"edge-{n}")]
+    config = procs.workdir / f"coalescing-{n}.toml"
+    write_topology(config, url(origin), nodes, {"memory_bytes": "256MiB", "disk_path": ""}, guard=NO_PREFETCH)
+    await start_nodes(procs, session, config, nodes, tree)
+    return nodes[1].port, [nodes[1].name, nodes[0].name]
+
+
+async def coalescing(procs: Processes, session: aiohttp.ClientSession, plan: Plan,
+                     also: Path | None) -> dict[str, Any]:
+    """Figure 1: bursts of `CLIENTS` GETs of new objects from a slow origin: livecdn (each tree) and nginx."""
     stamp = int(time.time())
+    started = ["slow-origin"]
     try:
-        origin = await start_bench_origin(procs, session, "slow-origin")
-        config = procs.workdir / "coalescing.toml"
-        write_topology(config, url(origin), nodes, {"memory_bytes": "256MiB", "disk_path": ""}, NO_PREFETCH)
-        await start_nodes(procs, session, config, nodes)
-        systems = {"livecdn": nodes[1].port}
+        origin = await start_bench_origin(procs, session, "slow-origin", OBJECT_BYTES)
+        port, names = await start_livecdn(procs, session, origin, None, 1)
+        started += names
+        systems = {"livecdn": port}
+        if also is not None:
+            port, names = await start_livecdn(procs, session, origin, also, 2)
+            started += names
+            systems[label(also)] = port
         nginx = await start_nginx(procs, session, origin)
         if nginx is not None:
+            started.append("nginx")
             systems["nginx"] = nginx
         for name, port in systems.items():  # first connections, first imports: not measured
             await burst(session, port, f"/d0/{name}-{stamp}-warmup", origin, 0)
@@ -433,27 +217,29 @@ async def coalescing(procs: Processes, session: aiohttp.ClientSession, plan: Pla
         for delay in DELAYS:
             bursts: dict[str, list[Burst]] = {name: [] for name in systems}
             for run in range(plan.runs):
-                for name, port in systems.items():  # interleaved, so machine noise hits both alike
-                    directory = f"/d{round(delay * 1000)}/{name}-{stamp}-run{run}"
+                for name, port in systems.items():  # interleaved, so machine noise hits every system alike
+                    directory = f"/d{round(delay * 1000)}/{name.replace('@', '-')}-{stamp}-run{run}"
                     bursts[name].append(await burst(session, port, directory, origin, delay))
             for name in systems:
                 results[name][f"{delay:g}s"] = summarize_bursts(bursts[name])
     finally:
-        procs.stop(["nginx", "edge-1", "shield-1", "slow-origin"])
+        procs.stop(reversed(started))
     return {"clients": CLIENTS, "object_bytes": OBJECT_BYTES,
-            "nginx": "measured" if nginx else "not installed (apt-get install -y nginx)", "systems": results}
+            "nginx": "measured" if nginx is not None else "not installed (apt-get install -y nginx)",
+            "systems": results}
 
 
 def print_coalescing(fig: dict[str, Any]) -> None:
     print(f"\n1. coalescing: {fig['clients']} concurrent GETs of one new {fig['object_bytes'] // MIB} MiB "
           f"segment, median of {fig['systems']['livecdn']['0.3s']['runs']} runs (nginx: {fig['nginx']})")
-    print(f"  {'system':<8} {'delay':>5} {'origin req':>10} {'(max)':>5} {'identical':>11} "
+    width = max(8, *(len(name) for name in fig["systems"]))
+    print(f"  {'system':<{width}} {'delay':>5} {'origin req':>10} {'(max)':>5} {'identical':>11} "
           f"{'slowest s':>9} {'(worst)':>7} {'median s':>8} {'cached s':>8}")
     for name, by_delay in fig["systems"].items():
         for delay, s in by_delay.items():
             ident = f"{'yes' if s['identical_all_runs'] else 'NO'} {s['complete_min']}/{fig['clients']}"
-            print(f"  {name:<8} {delay:>5} {s['origin_requests']:>10g} {s['origin_requests_max']:>5} {ident:>11} "
-                  f"{s['slowest_s']:>9.3f} {s['slowest_s_worst']:>7.3f} {s['median_s']:>8.3f} "
+            print(f"  {name:<{width}} {delay:>5} {s['origin_requests']:>10g} {s['origin_requests_max']:>5} "
+                  f"{ident:>11} {s['slowest_s']:>9.3f} {s['slowest_s_worst']:>7.3f} {s['median_s']:>8.3f} "
                   f"{s['hit_slowest_s']:>8.3f}")
     print("  goal: 1 origin request, all identical, slowest <= delay + 0.1 s; "
           "cached s = slowest client of the same burst once cached (client and transfer floor)")
@@ -466,14 +252,14 @@ async def run_viewers(procs: Processes, edges: list[Node], seconds: float) -> li
     names = []
     for i, edge in enumerate(edges):
         name = f"viewers-{edge.name}"
-        procs.start(name, [PY, str(HERE / "viewers.py"), url(edge.port) + "/live/master.m3u8",
+        procs.start(name, [PY, str(BENCH / "viewers.py"), url(edge.port) + "/live/master.m3u8",
                            "--viewers", str(VIEWERS_PER_EDGE), "--duration", str(seconds), "--seed", str(i + 1),
                            "--source", VIEWER_SOURCES[i]])
         names.append(name)
-    deadline = time.monotonic() + seconds + 60
+    deadline = time.monotonic() + seconds + VIEWERS_GRACE
     while any(procs.running[n].poll() is None for n in names):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"viewer processes still running {seconds + 60:.0f}s after start")
+            raise RuntimeError(f"viewer processes still running {seconds + VIEWERS_GRACE:.0f}s after start")
         await asyncio.sleep(0.2)
     for n in names:
         if procs.running[n].returncode != 0:
@@ -500,25 +286,17 @@ def origin_figures(before: dict[str, int], after: dict[str, int], seconds: float
     }
 
 
-async def wait_live(session: aiohttp.ClientSession, origin: str) -> None:
-    """Wait (at the origin itself, uncounted) until every rendition lists the segments a joining player starts from."""
-    master = origin + "/live/master.m3u8"
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with session.get(master) as r:
-        variants = parse_master(await r.text(), master)
-    while time.monotonic() < deadline:
-        listed = []
-        for media in variants:
-            async with session.get(media) as r:
-                listed.append(len(parse_media(await r.text(), media).segments) if r.status == 200 else 0)
-        if min(listed) >= LIVE_SYNC_SEGMENTS:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"the origin's stream did not reach {LIVE_SYNC_SEGMENTS} segments in {READY_TIMEOUT:.0f}s")
+async def cache_results(session: aiohttp.ClientSession, admins: list[int]) -> dict[str, float]:
+    """`livecdn_requests_total` of these nodes, summed by cache result (hit, miss, coalesced, ...)."""
+    out: dict[str, float] = {}
+    for admin in admins:
+        for result, n in (await scrape(session, admin)).by_label("livecdn_requests_total", "cache").items():
+            out[result] = out.get(result, 0.0) + n
+    return out
 
 
-async def viewers(procs: Processes, session: aiohttp.ClientSession, plan: Plan) -> dict[str, Any]:
-    """Figure 2: 2 edges × `VIEWERS_PER_EDGE` players on the built-in synthetic live origin."""
+async def viewers(procs: Processes, session: aiohttp.ClientSession, plan: Plan, tree: Path | None) -> dict[str, Any]:
+    """Figure 2: 2 edges (from `tree`) × `VIEWERS_PER_EDGE` players on the built-in synthetic live origin."""
     origin_port = free_port()
     shield = Node.new("shields", "shield-1")
     edges = [Node.new("edges", "edge-1"), Node.new("edges", "edge-2")]
@@ -526,20 +304,18 @@ async def viewers(procs: Processes, session: aiohttp.ClientSession, plan: Plan) 
     builtin = {"listen": f"127.0.0.1:{origin_port}", "mode": "synthetic", "streams": ["live"],
                "target_duration": TARGET_DURATION, "window": WINDOW}
     try:
-        proxy = await start_bench_origin(procs, session, "counting-proxy", url(origin_port))
+        proxy = await start_bench_origin(procs, session, "counting-proxy", upstream=url(origin_port))
         write_topology(config, url(proxy), [shield, *edges], {"memory_bytes": "256MiB", "disk_path": ""},
                        builtin=builtin)
-        procs.start("origin", LIVECDN + ["origin", "--config", str(config), "--node", "origin",
-                                         "--log-level", "warning"])
-        await wait_ready(procs, "origin", url(origin_port) + "/healthz", session)
-        await start_nodes(procs, session, config, [shield, *edges])
+        await start_builtin_origin(procs, session, config, origin_port)
+        await start_nodes(procs, session, config, [shield, *edges], tree)
         await wait_live(session, url(origin_port))
         before = await origin_counts(session, proxy)
-        upstream_before = await metric(session, shield.admin, "livecdn_upstream_requests_total")
+        upstream_before = (await scrape(session, shield.admin)).total("livecdn_upstream_requests_total")
         edge_before = await cache_results(session, [e.admin for e in edges])
         results = await run_viewers(procs, edges, plan.viewer_seconds)
         after = await origin_counts(session, proxy)
-        upstream = await metric(session, shield.admin, "livecdn_upstream_requests_total") - upstream_before
+        upstream = (await scrape(session, shield.admin)).total("livecdn_upstream_requests_total") - upstream_before
         edge_after = await cache_results(session, [e.admin for e in edges])
     finally:
         procs.stop(["edge-2", "edge-1", "shield-1", "origin", "counting-proxy"])
@@ -563,9 +339,9 @@ async def viewers(procs: Processes, session: aiohttp.ClientSession, plan: Plan) 
     }
 
 
-def print_viewers(fig: dict[str, Any]) -> None:
+def print_viewers(fig: dict[str, Any], system: str) -> None:
     o = fig["origin"]
-    print(f"\n2. viewers: {fig['edges']} edges x {VIEWERS_PER_EDGE} viewers, {fig['seconds']:g}s, "
+    print(f"\n2. viewers ({system}): {fig['edges']} edges x {VIEWERS_PER_EDGE} viewers, {fig['seconds']:g}s, "
           f"synthetic live (target {TARGET_DURATION}s, window {WINDOW})")
     rows = [
         ("origin requests per segment", f"{o['per_segment']} (max {o['per_segment_max']}, "
@@ -583,8 +359,8 @@ def print_viewers(fig: dict[str, Any]) -> None:
         ("client event-loop lag p99/max ms",
          ", ".join(f"{lag['p99']}/{lag['max']}" for lag in fig["client_loop_lag_ms"]), ""),
     ]
-    for label, value, goal in rows:
-        print(f"  {label:<46} {value}" + (f"   goal {goal}" if goal else ""))
+    for row, value, goal in rows:
+        print(f"  {row:<46} {value}" + (f"   goal {goal}" if goal else ""))
 
 
 # --- figure 3: memory ---------------------------------------------------------
@@ -631,14 +407,15 @@ async def fill_edge(base: str, directory: str, count: int) -> int:
     return received
 
 
-async def memory(procs: Processes, session: aiohttp.ClientSession) -> dict[str, Any]:
-    """Figure 3: an edge's RSS after twice its memory budget went through it."""
+async def memory(procs: Processes, session: aiohttp.ClientSession, tree: Path | None) -> dict[str, Any]:
+    """Figure 3: an edge's (from `tree`) RSS after twice its memory budget went through it."""
     edge = Node.new("edges", "edge-1")
     config = procs.workdir / "memory.toml"
     try:
-        origin = await start_bench_origin(procs, session, "object-origin")
-        write_topology(config, url(origin), [edge], {"memory_bytes": MEMORY_BUDGET, "disk_path": ""}, NO_PREFETCH)
-        await start_nodes(procs, session, config, [edge])
+        origin = await start_bench_origin(procs, session, "object-origin", OBJECT_BYTES)
+        write_topology(config, url(origin), [edge], {"memory_bytes": MEMORY_BUDGET, "disk_path": ""},
+                       guard=NO_PREFETCH)
+        await start_nodes(procs, session, config, [edge], tree)
         pid = procs.running[edge.name].pid
         rss_start, _ = rss_and_peak(pid)
         written = await fill_edge(url(edge.port), f"/d0/mem-{int(time.time())}", 2 * MEMORY_BUDGET // OBJECT_BYTES)
@@ -654,11 +431,11 @@ async def memory(procs: Processes, session: aiohttp.ClientSession) -> dict[str, 
             "limit_bytes": limit, "under_limit": rss_after <= limit}
 
 
-def print_memory(fig: dict[str, Any]) -> None:
+def print_memory(fig: dict[str, Any], system: str) -> None:
     def mib(n: int) -> str:
         return f"{n / MIB:.1f} MiB"
 
-    print(f"\n3. memory: one edge, memory tier {mib(fig['budget_bytes'])}, disk off, "
+    print(f"\n3. memory ({system}): one edge, memory tier {mib(fig['budget_bytes'])}, disk off, "
           f"{mib(fig['written_bytes'])} of distinct 1 MiB objects written through it")
     print(f"  RSS after start     {mib(fig['rss_start_bytes'])}")
     print(f"  RSS after writing   {mib(fig['rss_after_bytes'])}   (peak {mib(fig['rss_peak_bytes'])}, "
@@ -669,51 +446,38 @@ def print_memory(fig: dict[str, Any]) -> None:
 
 # --- main ---------------------------------------------------------------------
 
-def _compact(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without per-burst details, for the final line."""
-    out = json.loads(json.dumps(report))
-    for by_delay in out["coalescing"]["systems"].values():
-        for s in by_delay.values():
-            s.pop("bursts")
-    return out
-
-
-async def run_all(procs: Processes, plan: Plan, quick: bool) -> dict[str, Any]:
+async def run_all(procs: Processes, plan: Plan, quick: bool, also: Path | None) -> dict[str, Any]:
+    trees: list[tuple[str, Path | None]] = [("", None)] + ([("@" + also.name, also)] if also else [])
     async with aiohttp.ClientSession() as session:
-        report: dict[str, Any] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                                  "quick": quick, "cpus": os.cpu_count()}
-        report["coalescing"] = await coalescing(procs, session, plan)
+        report = header(quick)
+        report["coalescing"] = await coalescing(procs, session, plan, also)
         print_coalescing(report["coalescing"])
-        report["viewers"] = await viewers(procs, session, plan)
-        print_viewers(report["viewers"])
-        report["memory"] = await memory(procs, session)
-        print_memory(report["memory"])
+        for tag, tree in trees:
+            report[f"viewers{tag}"] = await viewers(procs, session, plan, tree)
+            print_viewers(report[f"viewers{tag}"], label(tree) if tree else "livecdn")
+        for tag, tree in trees:
+            report[f"memory{tag}"] = await memory(procs, session, tree)
+            print_memory(report[f"memory{tag}"], label(tree) if tree else "livecdn")
     return report
-
-
-def _terminate(_sig: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description="livecdn data-path figures: coalescing, viewers, memory.")
     p.add_argument("--quick", action="store_true", help="fewer runs and a 20 s viewer test (under ~2 min)")
+    p.add_argument("--runs", type=int, help="coalescing bursts per system and delay (instead of the plan's)")
+    p.add_argument("--viewer-seconds", type=float, help="length of the viewer test (instead of the plan's)")
+    add_also_tree(p)
     args = p.parse_args()
     plan = QUICK if args.quick else FULL
-    signal.signal(signal.SIGTERM, _terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="livecdn-datapath-"))
-    workdir.chmod(0o755)  # nginx workers run as an unprivileged user
-    procs = Processes(workdir)
+    plan = replace(plan, runs=args.runs or plan.runs, viewer_seconds=args.viewer_seconds or plan.viewer_seconds)
     try:
-        report = asyncio.run(run_all(procs, plan, args.quick))
+        with workspace("datapath") as procs:
+            report = asyncio.run(run_all(procs, plan, args.quick, args.also_tree))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process started", file=sys.stderr)
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     save("datapath", report, '-quick' if args.quick else '')
-    print(json.dumps(_compact(report)), flush=True)
+    print(json.dumps(without(report, [("coalescing", "systems", "*", "*", "bursts")])), flush=True)
     return 0
 
 

@@ -30,12 +30,10 @@ import json
 import re
 import shutil
 import signal
-import socket
 import statistics
 import string
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,12 +41,10 @@ from typing import Any, Callable
 import dns.message
 import dns.query
 
-from datapath import Processes, _signal_group
-from report import save
+from lib.ports import free_port, shared_port
+from lib.procs import BENCH, LIVECDN, ROOT, Processes, signal_group, workspace
+from lib.report import save
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PY = sys.executable
 HOST = "live.demo.livecdn.test"
 DATABASE = ROOT / "configs" / "demo-geo.mmdb"
 EU, US = "127.0.1.1", "127.0.2.1"
@@ -58,35 +54,6 @@ SERVER_CORE, CLIENT_CORE = "0", "1"
 POLL = 0.05
 READY_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 30.0
-
-
-def free_port(host: str = "127.0.0.1", udp: bool = False) -> int:
-    """A port free on `host` (for TCP, and for UDP too when asked)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if not udp:
-            return port
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-            return port
-        except OSError:
-            continue
-
-
-def shared_port(hosts: list[str]) -> int:
-    """A port free on every host: the edges listen on one port, each on its own address."""
-    while True:
-        port = free_port(hosts[0])
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
 
 
 def write_topology(path: Path, ports: dict[str, int]) -> None:
@@ -140,10 +107,10 @@ rise = 2
 def render_gdnsd(workdir: Path, dns_port: int, admin_port: int) -> Path:
     conf = workdir / "gdnsd"
     (conf / "zones").mkdir(parents=True)
-    template = string.Template((HERE / "gdnsd" / "config.template").read_text())
+    template = string.Template((BENCH / "gdnsd" / "config.template").read_text())
     (conf / "config").write_text(template.substitute(dns_port=dns_port, admin_port=admin_port,
                                                      database=DATABASE))
-    shutil.copy(HERE / "gdnsd" / "zone.template", conf / "zones" / "demo.livecdn.test")
+    shutil.copy(BENCH / "gdnsd" / "zone.template", conf / "zones" / "demo.livecdn.test")
     return conf
 
 
@@ -169,8 +136,9 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 class Bench:
     """The CDN, the router and gdnsd, all started as children of this script."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.procs = Processes(workdir)
+    def __init__(self, procs: Processes) -> None:
+        workdir = procs.workdir
+        self.procs = procs
         self.config = workdir / "cdn.toml"
         self.ports = {k: free_port() for k in ("origin", "shield", "shield_admin", "http", "router_admin")}
         self.ports.update(dns=free_port(udp=True), gdnsd=free_port(udp=True), edge=shared_port([EU, US]),
@@ -179,16 +147,16 @@ class Bench:
         self.gdnsd_conf = render_gdnsd(workdir, self.ports["gdnsd"], self.ports["edge_admin"])
 
     def node(self, role: str, name: str, pin: str | None = None) -> None:
-        cmd = [PY, "-m", "livecdn", role, "--config", str(self.config), "--node", name, "--log-level", "warning"]
+        cmd = LIVECDN + [role, "--config", str(self.config), "--node", name, "--log-level", "warning"]
         if role != "origin":
             cmd.append("--no-access-log")
-        self.procs.start(name, ["taskset", "-c", pin, *cmd] if pin else cmd)
+        self.procs.start(name, cmd, cpus=pin)
 
     def start(self) -> None:
         for role, name in (("origin", "origin"), ("shield", "shield-1"), ("edge", "edge-eu"), ("edge", "edge-us")):
             self.node(role, name)
         self.node("geo", "router", pin=SERVER_CORE)
-        self.procs.start("gdnsd", ["taskset", "-c", SERVER_CORE, "gdnsd", "-c", str(self.gdnsd_conf), "start"])
+        self.procs.start("gdnsd", ["gdnsd", "-c", str(self.gdnsd_conf), "start"], cpus=SERVER_CORE)
         for name in ("router", "gdnsd"):
             port = self.ports["dns" if name == "router" else "gdnsd"]
             wait(lambda: self._alive(name) and ask(port, US_CLIENT) == [US], READY_TIMEOUT, f"{name} to answer")
@@ -199,8 +167,6 @@ class Bench:
         self.procs.check(name)
         return True
 
-    def stop(self) -> None:
-        self.procs.stop_all()
 
 
 # --- 1. queries per second ------------------------------------------------------
@@ -251,13 +217,13 @@ def failover(bench: Bench, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         for how in ("killed", "hung"):
             proc = bench.procs.running["edge-us"]
-            _signal_group(proc, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            signal_group(proc, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
             raw_out = _race(servers, lambda p: ask(p, US_CLIENT) == [EU], "edge-us to leave the answers")
             if how == "killed":
                 proc.wait()
                 bench.node("edge", "edge-us")
             else:
-                _signal_group(proc, signal.SIGCONT)
+                signal_group(proc, signal.SIGCONT)
             raw_back = _race(servers, lambda p: ask(p, US_CLIENT) == [US], "edge-us to come back")
             for s in servers:
                 raw[s][how].append(raw_out[s])
@@ -294,10 +260,6 @@ def print_failover(fig: dict[str, Any]) -> None:
 
 # --- main --------------------------------------------------------------------------
 
-def _terminate(_sig: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description="livecdn router figures: DNS queries per second beside gdnsd, failover.")
     p.add_argument("--quick", action="store_true", help="3 runs of 3 s and 2 failover rounds (about 1.5 min)")
@@ -307,18 +269,14 @@ def main() -> int:
         print(f"missing {', '.join(missing)}: `make bench-dns` installs them", file=sys.stderr)
         return 2
     runs, seconds, rounds = (3, 3.0, 2) if args.quick else (5, 5.0, 3)
-    signal.signal(signal.SIGTERM, _terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="livecdn-dns-"))
-    bench = Bench(workdir)
     try:
-        bench.start()
-        report = {"throughput": throughput(bench, runs, seconds), "failover": failover(bench, rounds)}
+        with workspace("dns") as procs:
+            bench = Bench(procs)
+            bench.start()
+            report = {"throughput": throughput(bench, runs, seconds), "failover": failover(bench, rounds)}
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process started", file=sys.stderr)
         return 130
-    finally:
-        bench.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     print_throughput(report["throughput"])
     print_failover(report["failover"])
     save("dns", report, '-quick' if args.quick else '')

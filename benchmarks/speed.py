@@ -25,6 +25,10 @@ records the cores the server's processes and wrk kept busy (CPU seconds from
 around every run; a run with more than HIGH_STEAL is run again.
 Writes benchmarks/RESULTS.md and benchmarks/speed.png, and the raw figures to
 benchmarks/results/speed-<date>.json.
+
+With `--also-tree PATH`, a second livecdn ("livecdn@<dir name>", started from
+that source tree) runs in the first two blocks beside this checkout's, same
+core, same load, in turn: a refactor's before and after side by side.
 """
 
 from __future__ import annotations
@@ -38,25 +42,25 @@ import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PY = sys.executable
+from lib.ports import free_port
+from lib.procs import BENCH, LIVECDN, PY, ROOT, Processes, wait_http, workspace
+from lib.report import result_path, save
+from lib.trees import add_also_tree, label as tree_label
+
+HERE = BENCH
 SPEED = HERE / "speed"
 # A run whose CPU time was more than this share stolen by the hypervisor is repeated.
 HIGH_STEAL = 0.05
 MAX_RETRIES = 2
-SERVERS = ("livecdn", "nginx", "varnish")
+SERVERS = ("livecdn", "nginx", "varnish")  # an --also-tree livecdn goes after this checkout's
 SCENARIOS = {
     "playlist": {"path": "/static/live.m3u8", "threads": 1, "script": None,
                  "label": "(a) 1 KiB live playlist"},
@@ -161,78 +165,29 @@ def wait_for_quiet(limit: float) -> None:
         log(f"still running after {limit:.0f} s, measuring anyway: {busy}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- processes -----------------------------------------------------------------------
-
-class Procs:
-    """Every child in its own process group; all stopped on the way out."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, cmd: list[str], log_path: Path, cpus: str | None) -> subprocess.Popen[bytes]:
-        if cpus is not None:
-            cmd = ["taskset", "-c", cpus, *cmd]
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            self.stop(proc)
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                r.read()
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
+# --- the servers ---------------------------------------------------------------------
 
 class Servers:
-    """The origin and the three caches in front of it, started in a temp dir."""
+    """The origin and the caches in front of it (livecdn from each tree, nginx, Varnish), in a temp dir."""
 
-    def __init__(self, procs: Procs, tmp: Path) -> None:
-        self.procs, self.tmp = procs, tmp
+    def __init__(self, procs: Processes, trees: dict[str, Path]) -> None:
+        self.procs, self.tmp = procs, procs.workdir
+        self.trees = trees  # livecdn server name -> the source tree it runs from
         self.origin_port = free_port()
         self.ports: dict[str, int] = {}
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_origin(self) -> None:
-        self.procs.start([PY, str(SPEED / "origin.py"), "--port", str(self.origin_port)],
-                         self.tmp / "origin.log", "1")
-        wait_http(f"http://127.0.0.1:{self.origin_port}/static/live.m3u8")
+        self.procs.start("origin", [PY, str(SPEED / "origin.py"), "--port", str(self.origin_port)], cpus="1")
+        wait_http(self.procs, "origin", f"http://127.0.0.1:{self.origin_port}/static/live.m3u8")
 
     def start(self, name: str, workers: int, cpus: str | None) -> None:
         port = self.ports[name] = free_port()
         run = self.tmp / f"{name}-{workers}w"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(mode=0o755)
-        if name == "livecdn":
+        tree = self.trees.get(name)
+        if tree is not None:
             config = run / "cdn.toml"
             config.write_text(
                 '[cdn]\nname = "speed"\nplay_path = "/live/master.m3u8"\n\n'
@@ -241,8 +196,8 @@ class Servers:
                 '[regions.eu]\nlocation = [50.1, 8.7]\n\n'
                 f'[edges.edge-1]\nregion = "eu"\nlisten = "127.0.0.1:{port}"\n'
                 f'admin = "127.0.0.1:{free_port()}"\norigin_fallback = true\nworkers = {workers}\n')
-            cmd = [PY, "-m", "livecdn", "edge", "--config", str(config), "--node", "edge-1",
-                   "--no-access-log", "--log-level", "warning"]
+            cmd = LIVECDN + ["edge", "--config", str(config), "--node", "edge-1",
+                             "--no-access-log", "--log-level", "warning"]
         elif name == "nginx":
             conf = run / "nginx.conf"
             conf.write_text((SPEED / "nginx.conf.template").read_text().format(
@@ -257,13 +212,12 @@ class Servers:
                    "-n", str(run / "varnish"), "-p", f"thread_pools={workers}", "-p", "thread_pool_min=50"]
         else:
             raise ValueError(name)
-        self.running[name] = self.procs.start(cmd, run / "server.log", cpus)
-        wait_http(self.url(name, "/static/live.m3u8"))
+        self.running[name] = self.procs.start(name, cmd, tree=tree, cpus=cpus)
+        wait_http(self.procs, name, self.url(name, "/static/live.m3u8"))
 
     def stop(self, name: str) -> None:
-        proc = self.running.pop(name, None)
-        if proc is not None:
-            self.procs.stop(proc)
+        if self.running.pop(name, None) is not None:
+            self.procs.stop([name])
 
     def url(self, name: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -396,19 +350,21 @@ def chart(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pinned, two = data["pinned"], data["two_workers"]
+    pinned, two, servers = data["pinned"], data["two_workers"], data["servers"]
     fig, axes = plt.subplots(3, 3, figsize=(13, 11))
     colors = {"livecdn": "#d62728", "nginx": "#2ca02c", "varnish": "#1f77b4"}
+    also_color = "#9467bd"  # livecdn from another tree
     for row, (title, summary, labels) in enumerate((
-            ("one worker, server on core 0, wrk on core 1", pinned, list(SERVERS)),
-            ("two workers, nothing pinned", two, ["livecdn 1 worker", *[f"{s} 2 workers" for s in SERVERS]]))):
+            ("one worker, server on core 0, wrk on core 1", pinned, servers),
+            ("two workers, nothing pinned", two, ["livecdn 1 worker", *[f"{s} 2 workers" for s in servers]]))):
         for col, sname in enumerate(SCENARIOS):
             ax = axes[row][col]
             r = summary[sname]
             metric = r["metric"]
             scale = 1e9 if metric == "bytes_per_s" else 1e3
             values = [r[label]["median"] / scale for label in labels]
-            bars = ax.bar(range(len(labels)), values, color=[colors[label.split()[0]] for label in labels])
+            bars = ax.bar(range(len(labels)), values, color=[colors.get(label.split()[0], also_color)
+                                                               for label in labels])
             for i, label in enumerate(labels):
                 if "1 worker" in label:
                     bars[i].set_alpha(0.45)
@@ -504,6 +460,18 @@ def report(data: dict[str, Any], path: Path) -> None:
                  "that slows them down." if efficiency >= 0.9 else
                  f"Per busy server core two workers serve only {efficiency:.2f}× what one does: they get in "
                  "each other's way.")]
+    for other in data["also"]:
+        lines += ["", f"## This checkout against {other} (another source tree, same runs)", "",
+                  f"`--also-tree`: {other} ran from `{data['trees'][other]}`, in turn with this checkout's "
+                  "livecdn, on the same core and under the same load.", "",
+                  f"| scenario | livecdn, 1 worker pinned | {other} | ÷ | livecdn 2 workers | {other} 2 workers | ÷ |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for sname, r in pinned.items():
+            m, t = r["metric"], two[sname]
+            lines.append(f"| {SCENARIOS[sname]['label']} | {fmt(r['livecdn']['median'], m)} | "
+                         f"{fmt(r[other]['median'], m)} | **{r[f'ratio_{other}']:.2f}** | "
+                         f"{fmt(t['livecdn 2 workers']['median'], m)} | {fmt(t[f'{other} 2 workers']['median'], m)} | "
+                         f"**{t[f'ratio_{other} 2 workers']:.2f}** |")
     blocks = (pinned, two, data["scaling"])
     steals = [s for block_ in blocks for r in block_.values() for k, v in r.items()
               if isinstance(v, dict) for s in v["steal"]]
@@ -528,6 +496,7 @@ def main() -> int:
     p.add_argument("--runs", type=int)
     p.add_argument("--duration", type=float)
     p.add_argument("--wait", type=float, default=600, help="seconds to wait for other benchmarks to finish")
+    add_also_tree(p)
     args = p.parse_args()
     runs = args.runs or (2 if args.quick else 3)
     duration = args.duration or (5.0 if args.quick else 10.0)
@@ -536,44 +505,38 @@ def main() -> int:
         return 2
     ensure_tools()
     wait_for_quiet(args.wait)
-    procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="livecdn-speed-"))
-    tmp.chmod(0o755)  # varnishd's unprivileged users read the VCL and workdir under it
-
-    def on_term(sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    trees = {"livecdn": ROOT} | ({tree_label(args.also_tree): args.also_tree} if args.also_tree else {})
+    also = list(trees)[1:]
+    names = [SERVERS[0], *also, *SERVERS[1:]]
     try:
-        servers = Servers(procs, tmp)
-        servers.start_origin()
-        log("one worker each, servers on core 0, wrk on core 1")
-        pinned_raw = block(servers, [(s, s, 1) for s in SERVERS], runs, duration, "0", "1", None)
-        log("two workers each, nothing pinned")
-        two_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2),
-                                  ("nginx 2 workers", "nginx", 2), ("varnish 2 workers", "varnish", 2)],
-                        runs, duration, None, None, 2)
-        log("livecdn, one worker against two, nothing pinned, pipelined client")
-        scaling_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2)],
-                            runs, duration, None, None, 1, SCALING)
+        with workspace("speed") as procs:
+            servers = Servers(procs, trees)
+            servers.start_origin()
+            log("one worker each, servers on core 0, wrk on core 1")
+            pinned_raw = block(servers, [(s, s, 1) for s in names], runs, duration, "0", "1", None)
+            log("two workers each, nothing pinned")
+            two_raw = block(servers, [("livecdn 1 worker", "livecdn", 1),
+                                      *[(f"{s} 2 workers", s, 2) for s in names]],
+                            runs, duration, None, None, 2)
+            log("livecdn, one worker against two, nothing pinned, pipelined client")
+            scaling_raw = block(servers, [("livecdn 1 worker", "livecdn", 1), ("livecdn 2 workers", "livecdn", 2)],
+                                runs, duration, None, None, 1, SCALING)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     now = dt.datetime.now().astimezone()
-    stamp = now.strftime("%Y-%m-%dT%H%M%S")
-    json_path = HERE / "results" / f"speed-{stamp}{'-quick' if args.quick else ''}.json"
+    json_path = result_path("speed", "-quick" if args.quick else "")
     data = {
         "date": now.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick, "runs": runs, "duration": duration,
         "machine": machine(), "versions": versions(), "json": str(json_path.relative_to(ROOT)),
-        "pinned": summarize(pinned_raw, "livecdn", ["nginx", "varnish"]),
-        "two_workers": summarize(two_raw, "livecdn 2 workers", ["nginx 2 workers", "varnish 2 workers"]),
+        "servers": names, "also": also, "trees": {name: str(tree) for name, tree in trees.items()},
+        "pinned": summarize(pinned_raw, "livecdn", ["nginx", "varnish", *also]),
+        "two_workers": summarize(two_raw, "livecdn 2 workers",
+                                 ["nginx 2 workers", "varnish 2 workers", *[f"{s} 2 workers" for s in also]]),
         "scaling": summarize(scaling_raw, "livecdn 2 workers", ["livecdn 1 worker"]),
         "raw": {"pinned": pinned_raw, "two_workers": two_raw, "scaling": scaling_raw},
     }
-    json_path.parent.mkdir(exist_ok=True)
-    json_path.write_text(json.dumps(data, indent=1))
+    save("speed", data, path=json_path)
     report(data, HERE / "RESULTS.md")
     chart(data, HERE / "speed.png")
     print(json.dumps({k: {s: {kk: vv for kk, vv in r.items() if kk.startswith("ratio_") or kk == "metric"}

@@ -14,6 +14,11 @@ Each viewer connects from its own loopback address (`--source 127.101` gives
 127.101.0.1, 127.101.0.2, ...), as distinct players would, so an edge's
 per-client limits see 200 clients rather than one.
 
+A driver running viewers in its own process can watch every request
+(`simulate(..., on_request=)`: URL, start, end, status, X-Cache) and every
+stall (`on_stall=`: which viewer, dry since, refilled at), and end the run
+early (`stop=`).
+
 Run standalone, it prints one JSON line of results:
 
     viewers.py http://127.0.0.1:8080/live/master.m3u8 --viewers 200 --duration 60
@@ -28,6 +33,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 from urllib.parse import urljoin
 
 import aiohttp
@@ -37,6 +43,23 @@ START_SEGMENTS = 2  # segments buffered before playback starts
 LIVE_SYNC_SEGMENTS = 3  # hls.js liveSyncDurationCount: start this many segments behind the edge
 REQUEST_TIMEOUT = 10.0
 LAG_TICK = 0.05
+
+__all__ = ["LIVE_SYNC_SEGMENTS", "Buffer", "FetchFailed", "Request", "Stats", "Viewer", "client_address",
+           "parse_master", "parse_media", "percentile", "simulate", "watch_loop_lag"]
+
+
+class Request(NamedTuple):
+    """One viewer request as it went: what, when (monotonic), and the answer's status (0: failed) and X-Cache."""
+
+    url: str
+    start: float
+    end: float
+    status: int
+    x_cache: str
+
+
+OnRequest = Callable[[Request], None]
+OnStall = Callable[[int, float, float], None]  # viewer, dry since, refilled at (monotonic)
 
 
 def client_address(prefix: str, i: int) -> str:
@@ -57,6 +80,7 @@ class Buffer:
     anchor: float | None = None  # wall-clock time of media position 0, shifted by stalls
     stalls: int = 0
     stall_seconds: float = 0.0
+    on_stall: Callable[[float, float], None] | None = None  # told each stall: dry since, refilled at
 
     def _settle(self, now: float) -> None:
         """Account a stall if the playhead reached the end of the buffer before `now`."""
@@ -67,6 +91,8 @@ class Buffer:
             self.stalls += 1
             self.stall_seconds += now - dry
             self.anchor += now - dry
+            if self.on_stall is not None:
+                self.on_stall(dry, now)
 
     def add(self, duration: float, now: float) -> None:
         """A segment of `duration` seconds arrived at `now`."""
@@ -131,20 +157,27 @@ class Stats:
 class Viewer:
     """One simulated player."""
 
-    def __init__(self, session: aiohttp.ClientSession, master: str, choice: int, stats: Stats) -> None:
+    def __init__(self, session: aiohttp.ClientSession, master: str, choice: int, stats: Stats,
+                 on_request: OnRequest | None = None, on_stall: OnStall | None = None) -> None:
         self.session = session
         self.master = master
         self.choice = choice
         self.stats = stats
-        self.buffer = Buffer()
+        self.on_request = on_request
+        self.buffer = Buffer(on_stall=None if on_stall is None else lambda dry, now: on_stall(choice, dry, now))
         self.queue: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
     async def _get(self, url: str) -> bytes:
+        started = time.monotonic()
         try:
             async with self.session.get(url) as resp:
                 body = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            if self.on_request is not None:
+                self.on_request(Request(url, started, time.monotonic(), 0, ""))
             raise FetchFailed(f"{url}: {e!r}") from e
+        if self.on_request is not None:
+            self.on_request(Request(url, started, time.monotonic(), resp.status, resp.headers.get("X-Cache", "")))
         if resp.status != 200:
             raise FetchFailed(f"{url}: status {resp.status}")
         return body
@@ -197,12 +230,13 @@ class Viewer:
             self.buffer.add(duration, now)
 
 
-async def watch_loop_lag(samples: list[float]) -> None:
-    """Record how late the event loop wakes up from a short sleep (ms), until cancelled."""
+async def watch_loop_lag(record: Callable[[float, float], None]) -> None:
+    """Tell `record` (when, ms late) how late the event loop wakes up from a short sleep, until cancelled."""
     while True:
         t = time.monotonic()
         await asyncio.sleep(LAG_TICK)
-        samples.append((time.monotonic() - t - LAG_TICK) * 1000)
+        now = time.monotonic()
+        record(now, (now - t - LAG_TICK) * 1000)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -213,31 +247,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-async def simulate(master: str, viewers: int, duration: float, ramp: float, seed: int,
-                   source: str) -> dict[str, object]:
-    """Run `viewers` players for `duration` seconds (joining over `ramp` seconds); the results."""
+async def simulate(master: str, viewers: int, duration: float, ramp: float, seed: int, source: str, *,
+                   on_request: OnRequest | None = None, on_stall: OnStall | None = None,
+                   stop: asyncio.Event | None = None) -> dict[str, object]:
+    """Run `viewers` players for `duration` seconds, or until `stop` is set (joining over `ramp` seconds)."""
     rng = random.Random(seed)
     stats = Stats()
     lag: list[float] = []
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(client_address(source, i), 0)),
                                       timeout=timeout) for i in range(viewers)]
-    players = [Viewer(session, master, i, stats) for i, session in enumerate(sessions)]
+    players = [Viewer(session, master, i, stats, on_request, on_stall) for i, session in enumerate(sessions)]
 
     async def join(v: Viewer, delay: float) -> None:
         await asyncio.sleep(delay)
         await v.run()
 
-    lag_task = asyncio.create_task(watch_loop_lag(lag))
+    lag_task = asyncio.create_task(watch_loop_lag(lambda _when, ms: lag.append(ms)))
     tasks = [asyncio.create_task(join(v, rng.uniform(0, ramp))) for v in players]
+    # The run ends when every viewer has ended (only one that cannot start does), at `duration`, or at `stop`.
+    ends = [asyncio.create_task(asyncio.wait(tasks)), *([asyncio.create_task(stop.wait())] if stop else [])]
     try:
-        done, _ = await asyncio.wait(tasks, timeout=duration)
+        await asyncio.wait(ends, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
         end = time.monotonic()
+        done = [t for t in tasks if t.done()]
     finally:
-        for t in tasks:
+        for t in [*tasks, *ends, lag_task]:
             t.cancel()
-        lag_task.cancel()
-        await asyncio.gather(*tasks, lag_task, return_exceptions=True)
+        await asyncio.gather(*tasks, *ends, lag_task, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in sessions))
     for t in done:  # a viewer ends early only if it could not even start
         if not t.cancelled() and t.exception() is not None:

@@ -1,5 +1,7 @@
 """A counting origin for the data-path benchmarks, run as its own process.
 
+    cd benchmarks && python -m tools.benchorigin --port P [--upstream URL] [--object-bytes N]
+
 Two modes, one per listener:
 
 - synthetic (no `--upstream`): `GET /d{MS}/{dir}/n{N}.m3u8` answers at once
@@ -18,13 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import re
 from collections import Counter
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+__all__ = ["Handler", "application", "forwarding_handler", "object_body", "run", "synthetic_handler"]
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 COUNTS = web.AppKey("counts", Counter)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DELAYED = re.compile(r"/d(\d+)/")
@@ -58,7 +65,7 @@ def announcing_playlist(count: int) -> str:
     return "\n".join(lines + ["#EXT-X-ENDLIST", ""])
 
 
-def synthetic_handler(size: int):  # noqa: ANN201 - an aiohttp handler
+def synthetic_handler(size: int) -> Handler:
     """`/d{MS}/.../n{N}.m3u8`: a playlist at once; `/d{MS}/...`: sleep MS ms, then the path's body."""
 
     async def handle(request: web.Request) -> web.Response:
@@ -77,7 +84,7 @@ def synthetic_handler(size: int):  # noqa: ANN201 - an aiohttp handler
     return handle
 
 
-def forwarding_handler(upstream: str):  # noqa: ANN201 - an aiohttp handler
+def forwarding_handler(upstream: str) -> Handler:
     """Relay the request to `upstream` and its answer back, counting the path."""
 
     async def handle(request: web.Request) -> web.Response:
@@ -92,26 +99,40 @@ def forwarding_handler(upstream: str):  # noqa: ANN201 - an aiohttp handler
     return handle
 
 
-async def serve(host: str, port: int, upstream: str | None, size: int) -> None:
-    """Run until cancelled."""
+def application(handler: Handler, upstream: bool) -> web.Application:
+    """`/_counts`, `/_ready`, and `handler` for everything else (with a client session when it forwards)."""
     app = web.Application()
     app[COUNTS] = Counter()
+    if upstream:
+        app.cleanup_ctx.append(_session)
     app.router.add_get("/_counts", counts)
     app.router.add_get("/_ready", ready)
-    if upstream:
-        app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
-        app.router.add_route("*", "/{tail:.*}", forwarding_handler(upstream.rstrip("/")))
-    else:
-        app.router.add_route("*", "/{tail:.*}", synthetic_handler(size))
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    """The forwarding client, opened and closed with the app (it needs the running loop)."""
+    app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
+    yield
+    await app[SESSION].close()
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Run `app` until cancelled."""
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     try:
         await asyncio.Event().wait()
     finally:
-        if upstream:
-            await app[SESSION].close()
         await runner.cleanup()
+
+
+def run(app: web.Application, host: str, port: int) -> None:
+    """serve() until SIGTERM or Ctrl-C (aiohttp turns SIGTERM into a clean stop)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(app, host, port))
 
 
 def main() -> None:
@@ -121,10 +142,10 @@ def main() -> None:
     p.add_argument("--upstream", help="pass-through mode: forward to this origin")
     p.add_argument("--object-bytes", type=int, default=1 << 20, help="synthetic body size")
     args = p.parse_args()
-    try:
-        asyncio.run(serve(args.host, args.port, args.upstream, args.object_bytes))
-    except KeyboardInterrupt:
-        pass
+    if args.upstream:
+        run(application(forwarding_handler(args.upstream.rstrip("/")), upstream=True), args.host, args.port)
+    else:
+        run(application(synthetic_handler(args.object_bytes), upstream=False), args.host, args.port)
 
 
 if __name__ == "__main__":
