@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from livecdn.node.flow import FlowControl
+from livecdn.front.flow import FlowControl
 
 __all__ = ["DNS_BIND_ATTEMPTS", "MAX_TCP_CONNECTIONS", "TCP_IDLE_TIMEOUT", "Answer", "DnsListener", "DnsTcp",
            "DnsUdp", "TcpConnections"]

@@ -13,7 +13,7 @@ import pytest
 
 from livecdn.config import Address, CacheSettings, ConfigError, Region, ShieldConfig, Topology
 from livecdn.node import serve as serve_module
-from livecdn.node.flow import FlowControl
+from livecdn.front.flow import FlowControl
 from livecdn.node.lifecycle import Lifecycle, State
 from livecdn.node.serve import captured_signals, serve
 from livecdn.node.workers import MIN_UPTIME, Exit, decide

@@ -16,9 +16,10 @@ player:
 - after each answer the connection asks its `ServerConnection` whether it must
   close; an idle one waits for the next request under one `loop.call_at`
   handle, rescheduled rather than re-created per request.
-- writing is flow-controlled as in aiohttp's `BaseProtocol`: the transport's
-  `pause_writing()` / `resume_writing()` flip a flag, and `drain()` awaits one
-  shared waiter, so a slow player holds back only its own coroutine.
+- writing is flow-controlled by one `FlowControl` per connection (uvicorn's
+  shape, shared with DNS over TCP): the transport's `pause_writing()` /
+  `resume_writing()` flip it, and writers await its `drain()`, so a slow
+  player holds back only its own coroutine.
 - connections per client address are counted here (`ConnectionLimit`): past
   the limit a connection gets a ready-made 429 before a byte is parsed.
 
@@ -39,6 +40,7 @@ from typing import BinaryIO, Protocol
 from livecdn.logs import AccessLog
 
 from .connlimit import REFUSAL, ConnectionLimit
+from .flow import FlowControl
 from .http1 import NEED_DATA, ProtocolError, ServerConnection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
@@ -151,7 +153,7 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "_reading_paused", "_writing_paused", "_drain_waiter", "_lost", "_idle_since", "_timer", "_eof")
+                 "flow", "_idle_since", "_timer", "_eof")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
@@ -163,10 +165,7 @@ class PlayerConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counted = False
-        self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._lost = False
+        self.flow: FlowControl  # made with the transport, in connection_made
         self._idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
@@ -175,6 +174,7 @@ class PlayerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
         limit = self.server.connection_limit
@@ -182,7 +182,7 @@ class PlayerConnection(asyncio.Protocol):
             if not limit.opened(self.peer):
                 transport.write(REFUSAL)  # type: ignore[attr-defined]
                 transport.close()
-                self._lost = True
+                self.flow.connection_lost()
                 return
             self._counted = True
         sock = transport.get_extra_info("socket")
@@ -200,14 +200,11 @@ class PlayerConnection(asyncio.Protocol):
             self._counted = False
             assert self.server.connection_limit is not None
             self.server.connection_limit.closed(self.peer)
-        self._lost = True
+        self.flow.connection_lost()  # writers waiting in drain() wake and raise
         self.h1.events.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("player went away"))
         if self.task is not None:
             self.task.cancel()  # the answer has nobody to go to; shared fetches go on without it
         self.server.closed(self)
@@ -217,9 +214,8 @@ class PlayerConnection(asyncio.Protocol):
         h1.receive_data(data)
         if self.task is None and h1.events:
             self._answer_ready()
-        if len(h1.events) > MAX_PIPELINED and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        if len(h1.events) > MAX_PIPELINED:
+            self.flow.pause_reading()
 
     def eof_received(self) -> bool | None:
         # The player half-closed: answer what it asked for, then close (return
@@ -230,15 +226,10 @@ class PlayerConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.flow.resume_writing()
 
     # --- answering, in order ---
 
@@ -247,10 +238,10 @@ class PlayerConnection(asyncio.Protocol):
 
         This is the hit path: one request, one plan, one `writelines`.
         """
-        h1, handler, transport, access = self.h1, self.handler, self.transport, self.access
+        h1, handler, transport, access, flow = self.h1, self.handler, self.transport, self.access, self.flow
         events = h1.events
         while events and not h1.must_close:
-            if self._writing_paused or self._lost:
+            if flow.writing_paused or flow.lost:
                 self._start_task(None)
                 return
             event = h1.next_event()
@@ -303,9 +294,9 @@ class PlayerConnection(asyncio.Protocol):
         try:
             if first is not None:
                 await self._answer_later(first)
-            while not h1.must_close and not self._lost:
+            while not h1.must_close and not self.flow.lost:
                 self._maybe_resume_reading()
-                await self.drain()
+                await self.flow.drain()
                 event = h1.next_event()
                 if event is NEED_DATA:
                     break
@@ -324,7 +315,7 @@ class PlayerConnection(asyncio.Protocol):
             self._cut()
         finally:
             self.task = None
-        if not self._lost:
+        if not self.flow.lost:
             self._answered()
 
     async def _answer_later(self, later: Later) -> None:
@@ -339,7 +330,7 @@ class PlayerConnection(asyncio.Protocol):
             elif type(body) is FileRange:
                 await self._send_file(later.request, plan, body)
             else:
-                if self._lost:
+                if self.flow.lost:
                     raise ConnectionResetError("player went away")
                 self._send(later.request, plan)
         finally:
@@ -355,7 +346,7 @@ class PlayerConnection(asyncio.Protocol):
                 async for piece in body.chunks():
                     self._write_all(h1.send_data(piece))
                     sent += len(piece)
-                    await self.drain()
+                    await self.flow.drain()
             except BodyBroken:
                 # Never let a truncated body pass for a whole one: cut the connection.
                 h1.send_failed()
@@ -393,7 +384,7 @@ class PlayerConnection(asyncio.Protocol):
                 raise OSError(f"disk file ended at byte {pos} of {stop}")
             self._write(data)
             pos += len(data)
-            await self.drain()
+            await self.flow.drain()
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer's one access line (when the node keeps them)."""
@@ -403,29 +394,14 @@ class PlayerConnection(asyncio.Protocol):
                               plan.cache.upper(), request.header(b"user-agent") or "")
 
     def _write(self, data: bytes | memoryview) -> None:
-        if self._lost:
+        if self.flow.lost:
             raise ConnectionResetError("player went away")
         self.transport.write(data)  # type: ignore[union-attr]
 
     def _write_all(self, data: tuple[bytes | memoryview, ...]) -> None:
-        if self._lost:
+        if self.flow.lost:
             raise ConnectionResetError("player went away")
         self.transport.writelines(data)  # type: ignore[union-attr]
-
-    async def drain(self) -> None:
-        """Wait while the transport holds more than `HIGH_WATER` bytes for this player.
-
-        Raises:
-            ConnectionResetError: the player went away.
-        """
-        if self._lost:
-            raise ConnectionResetError("player went away")
-        if not self._writing_paused:
-            return
-        waiter = self._drain_waiter
-        if waiter is None:
-            waiter = self._drain_waiter = self._loop.create_future()
-        await asyncio.shield(waiter)  # several awaiting it must not cancel it for each other
 
     # --- what follows the last answer: the one place that decides ---
 
@@ -434,8 +410,7 @@ class PlayerConnection(asyncio.Protocol):
         if self.h1.must_close or self._eof:
             self._close()
             return
-        if self._reading_paused:
-            self._maybe_resume_reading()
+        self._maybe_resume_reading()
         self._went_idle()
 
     def _close(self) -> None:
@@ -450,9 +425,8 @@ class PlayerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _maybe_resume_reading(self) -> None:
-        if self._reading_paused and len(self.h1.events) <= RESUME_PIPELINED and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        if self.flow.reading_paused and len(self.h1.events) <= RESUME_PIPELINED:
+            self.flow.resume_reading()
 
     # --- keep-alive: one timer handle, rescheduled ---
 
@@ -463,7 +437,7 @@ class PlayerConnection(asyncio.Protocol):
 
     def _idle_check(self) -> None:
         self._timer = None
-        if self._lost or self.task is not None or self.h1.events:
+        if self.flow.lost or self.task is not None or self.h1.events:
             return  # busy: the next `_went_idle()` arms the timer again
         deadline = self._idle_since + self.server.keepalive_timeout
         if self._loop.time() >= deadline:

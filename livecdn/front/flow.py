@@ -1,7 +1,7 @@
 """Flow control for one connection: the transport's pause/resume callbacks as one small object.
 
 Shaped like uvicorn's `FlowControl` and aiohttp's `BaseProtocol`, so that every
-protocol of livecdn (DNS over TCP today; the player listener can adopt it)
+protocol of livecdn (the player listener, DNS over TCP)
 writes back-pressure the same way:
 
 - the protocol's `pause_writing()` / `resume_writing()` callbacks call the
