@@ -301,6 +301,8 @@ class ServerConnection:
     __slots__ = ("events", "must_close", "receive_data", "_closing", "_framing", "_answering")
 
     def __init__(self, **limits: int) -> None:
+        # Parsed requests in order; `next_event()` takes from the left, and so may
+        # an I/O shell that has already seen the queue is not empty.
         self.events: collections.deque[Request | ProtocolError] = collections.deque()
         # Bytes in go straight to the request half (bound once: one call fewer per read).
         self.receive_data = RequestParser(events=self.events, **limits).receive_data

@@ -239,12 +239,12 @@ class PlayerConnection(asyncio.Protocol):
         This is the hit path: one request, one plan, one `writelines`.
         """
         h1, handler, transport, access, flow = self.h1, self.handler, self.transport, self.access, self.flow
-        events = h1.events
+        events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while events and not h1.must_close:
             if flow.writing_paused or flow.lost:
                 self._start_task(None)
                 return
-            event = h1.next_event()
+            event = events.popleft()
             if type(event) is ProtocolError:
                 self._send(None, handler.refuse(event.status, event.reason, event.headers))
                 break
@@ -410,7 +410,8 @@ class PlayerConnection(asyncio.Protocol):
         if self.h1.must_close or self._eof:
             self._close()
             return
-        self._maybe_resume_reading()
+        if self.flow.reading_paused:
+            self._maybe_resume_reading()
         self._went_idle()
 
     def _close(self) -> None:
