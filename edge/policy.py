@@ -18,6 +18,7 @@ from typing import Callable
 
 from livecdn import metrics
 from livecdn.cache.engine import Engine
+from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import BadRequest, CacheKey
 from livecdn.cache.stored import Stored
 from livecdn.config import EdgeConfig, LimitSettings
@@ -40,7 +41,7 @@ class EdgePolicy:
         self.connections = ConnectionLimit(config.limits.connections_per_client, self._limited["connections"].inc)
         # The per-request hooks are attributes the front reads per request: a
         # hit calls them directly, or not at all when they are None.
-        self.seen: Callable[[CacheKey, str], None] | None = (
+        self.seen: Callable[[CacheKey, CacheResult], None] | None = (
             self.prefetcher.seen if self.prefetcher is not None else None)
         self.screen: Callable[[str], None] | None = None
         self.limits: ClientLimits

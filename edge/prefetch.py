@@ -20,6 +20,7 @@ from collections import OrderedDict
 from livecdn import metrics
 from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
+from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.media.kinds import is_hls_playlist
 from livecdn.media.names import directory
@@ -72,7 +73,7 @@ class Prefetcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
 
-    def seen(self, key: CacheKey, cache: str) -> None:
+    def seen(self, key: CacheKey, cache: CacheResult) -> None:
         """A player asked for `key`: the stream is watched; a prefetched key may have paid off.
 
         Called for every request, hits included, so it does the least it can:
@@ -90,7 +91,7 @@ class Prefetcher:
             self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key.key in self._prefetched:
             del self._prefetched[key.key]
-            if cache == "hit":
+            if cache == CacheResult.HIT:
                 self._hits.inc()
 
     def learned(self, playlist: str, announced: Announced, expires_in: float) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
-    "CACHE_RESULTS", "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS",
+    "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
     "REQUESTS", "UPSTREAM_REQUESTS", "exposition",
     "RouterReading", "forget_router", "watch_router",
@@ -27,7 +27,6 @@ __all__ = [
 
 disable_created_metrics()  # the _created series only double the output of every counter
 
-CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "rejected", "error")
 
 REQUESTS = Counter("livecdn_requests_total", "Player-facing requests by cache result", ["node", "cache"])
 UPSTREAM_REQUESTS = Counter("livecdn_upstream_requests_total", "Requests this node sent upstream", ["node"])

@@ -9,7 +9,7 @@ from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.cache.fill import (
-    AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
+    AbortResponse, CacheResult, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
     Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
     UpstreamFailed, UpstreamResponded,
 )
@@ -92,9 +92,9 @@ def test_placeholder_binds_once_and_must_match_later() -> None:
     with pytest.raises(AssertionError, match="never matched"):
         h()
     assert not h.bind("not a head")
-    first, other = head("miss", 3), head("coalesced", 3)
+    first, other = head(CacheResult.MISS, 3), head(CacheResult.COALESCED, 3)
     assert h.bind(first) and h() is first
-    assert h.bind(head("miss", 3))  # equal value
+    assert h.bind(head(CacheResult.MISS, 3))  # equal value
     assert not h.bind(other)
 
 
@@ -109,7 +109,7 @@ def test_n_requests_make_one_fetch(n: int) -> None:
         pb >> ClientRequested(c)  # no second StartFetch, no command at all
     pb >> ok(12)
     for c in range(1, n + 1):
-        pb << Respond(c, head("miss" if c == 1 else "coalesced", 12))
+        pb << Respond(c, head(CacheResult.MISS if c == 1 else CacheResult.COALESCED, 12))
     pb >> UpstreamChunk(b"x" * 12)
     for c in range(1, n + 1):
         pb << SendBytes(c, 0, 12)
@@ -129,10 +129,10 @@ def test_late_joiner_gets_bytes_so_far_then_the_rest() -> None:
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> ok(10) << Respond(1, head("miss", 10))
+        >> ok(10) << Respond(1, head(CacheResult.MISS, 10))
         >> UpstreamChunk(b"0123") << SendBytes(1, 0, 4)
         >> UpstreamChunk(b"456") << SendBytes(1, 4, 7)
-        >> ClientRequested(2) << Respond(2, head("coalesced", 10)) << SendBytes(2, 0, 7)
+        >> ClientRequested(2) << Respond(2, head(CacheResult.COALESCED, 10)) << SendBytes(2, 0, 7)
         >> UpstreamChunk(b"789") << SendBytes(1, 7, 10) << SendBytes(2, 7, 10)
         >> UpstreamDone(T0) << StoreObject(Placeholder(Stored)) << EndResponse(1) << EndResponse(2)
     )
@@ -144,8 +144,8 @@ def test_joiner_before_headers_gets_head_with_the_first() -> None:
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> ClientRequested(2)
-        >> ok(None) << Respond(1, head("miss", None)) << Respond(2, head("coalesced", None))
-        >> ClientRequested(3) << Respond(3, head("coalesced", None))  # headers, but no empty SendBytes
+        >> ok(None) << Respond(1, head(CacheResult.MISS, None)) << Respond(2, head(CacheResult.COALESCED, None))
+        >> ClientRequested(3) << Respond(3, head(CacheResult.COALESCED, None))  # headers, but no empty SendBytes
         >> UpstreamChunk(b"ab") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2)
     )
 
@@ -155,7 +155,7 @@ def test_missing_content_type_is_filled_in_and_age_moves_born_back() -> None:
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (("age", "5"), ("content-length", "1"), ("server", "x")), T0)
-        << Respond(1, Head(200, (TS_KEPT,), 1, "miss", T0 - 5))
+        << Respond(1, Head(200, (TS_KEPT,), 1, CacheResult.MISS, T0 - 5))
     )
 
 
@@ -177,7 +177,7 @@ def test_generic_content_type_is_replaced_by_the_extensions(path: str, upstream:
         Playbook(make_fill(cache_key(path)))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (("content-type", upstream), ("content-length", "1")), T0)
-        << Respond(1, Head(200, (("Content-Type", kept),), 1, "miss", T0))
+        << Respond(1, Head(200, (("Content-Type", kept),), 1, CacheResult.MISS, T0))
     )
 
 
@@ -190,7 +190,7 @@ def test_playlist_served_as_text_plain_gets_the_playlist_type() -> None:
         >> UpstreamResponded(200, (("content-type", "text/plain"),), T0)
         >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, (M3U8_KEPT,), n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
+        << Respond(1, Head(200, (M3U8_KEPT,), n, CacheResult.MISS, T0)) << SendBytes(1, 0, n) << EndResponse(1)
     )
     assert stored().headers == (M3U8_KEPT,)
 
@@ -200,7 +200,7 @@ def test_unknown_name_without_content_type_gets_none() -> None:
         Playbook(make_fill(cache_key("/live/cam/notes")))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (("content-length", "1"),), T0)
-        << Respond(1, Head(200, (), 1, "miss", T0))
+        << Respond(1, Head(200, (), 1, CacheResult.MISS, T0))
     )
 
 
@@ -212,7 +212,7 @@ def test_kept_headers_are_canonically_spelled_with_content_type_first() -> None:
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, upstream, T0)
-        << Respond(1, head("miss", None, hdrs=(
+        << Respond(1, head(CacheResult.MISS, None, hdrs=(
             TS_KEPT, ("ETag", '"v1"'), ("Cache-Control", "max-age=60"),
             ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT"))))
     )
@@ -225,8 +225,8 @@ def test_client_gone_does_not_cancel_the_fetch(leaving: list[int]) -> None:
     pb = (Playbook(fill)
           >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
           >> ClientRequested(2) >> ClientRequested(3)
-          >> ok(4) << Respond(1, head("miss", 4)) << Respond(2, head("coalesced", 4))
-          << Respond(3, head("coalesced", 4))
+          >> ok(4) << Respond(1, head(CacheResult.MISS, 4)) << Respond(2, head(CacheResult.COALESCED, 4))
+          << Respond(3, head(CacheResult.COALESCED, 4))
           >> UpstreamChunk(b"ab") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2))
     for c in leaving:
         pb >> ClientGone(c)  # no command: the fetch is not cancelled
@@ -247,7 +247,7 @@ def test_failure_mid_body_stores_nothing_and_aborts_everyone() -> None:
         Playbook(fill, logs=True)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> ClientRequested(2)
-        >> ok(100) << Respond(1, head("miss", 100)) << Respond(2, head("coalesced", 100))
+        >> ok(100) << Respond(1, head(CacheResult.MISS, 100)) << Respond(2, head(CacheResult.COALESCED, 100))
         >> UpstreamChunk(b"a" * 40) << SendBytes(1, 0, 40) << SendBytes(2, 0, 40)
         >> UpstreamFailed("connection reset", T0 + 1)
         << Log("warning", f"{SEG}: broken mid-body: connection reset; nothing stored")
@@ -262,7 +262,7 @@ def test_body_shorter_than_content_length_is_not_stored() -> None:
     assert (
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> ok(10) << Respond(1, head("miss", 10))
+        >> ok(10) << Respond(1, head(CacheResult.MISS, 10))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
         >> UpstreamDone(T0) << AbortResponse(1, "body ended at 3 of 10 bytes")
     )
@@ -273,7 +273,7 @@ def test_body_longer_than_content_length_is_not_stored_nor_sent() -> None:
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> ok(4) << Respond(1, head("miss", 4))
+        >> ok(4) << Respond(1, head(CacheResult.MISS, 4))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
         >> UpstreamChunk(b"def") << AbortResponse(1, "body longer than its content-length (4)")
     )
@@ -288,7 +288,7 @@ def test_content_length_over_max_bytes_is_a_502() -> None:
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> ok(101) << Respond(1, h) << EndResponse(1)
     )
-    assert h().status == 502 and h().cache == "error" and b"exceeds max_object_bytes" in h().body
+    assert h().status == 502 and h().cache == CacheResult.ERROR and b"exceeds max_object_bytes" in h().body
     assert h().length == len(h().body) and fill.finished
 
 
@@ -296,7 +296,7 @@ def test_streamed_body_over_max_bytes_is_cut_and_not_stored() -> None:
     assert (
         Playbook(make_fill(max_bytes=5))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> ok(None) << Respond(1, head("miss", None))
+        >> ok(None) << Respond(1, head(CacheResult.MISS, None))
         >> UpstreamChunk(b"abcd") << SendBytes(1, 0, 4)
         >> UpstreamChunk(b"ef") << AbortResponse(1, "body exceeds max_object_bytes (5)")
     )
@@ -324,8 +324,8 @@ def test_failover_to_next_upstream_before_headers(failure: UpstreamFailed | Upst
         >> ClientRequested(2)
         >> failure << StartFetch(UPSTREAMS[1], 1)
         >> ClientRequested(3)
-        >> ok(2) << Respond(1, head("miss", 2)) << Respond(2, head("coalesced", 2))
-        << Respond(3, head("coalesced", 2))
+        >> ok(2) << Respond(1, head(CacheResult.MISS, 2)) << Respond(2, head(CacheResult.COALESCED, 2))
+        << Respond(3, head(CacheResult.COALESCED, 2))
         >> UpstreamChunk(b"ok") << SendBytes(1, 0, 2) << SendBytes(2, 0, 2) << SendBytes(3, 0, 2)
         >> UpstreamDone(T0) << StoreObject(Placeholder(Stored))
         << EndResponse(1) << EndResponse(2) << EndResponse(3)
@@ -363,7 +363,7 @@ def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status
         >> last << Respond(1, h1) << EndResponse(1) << Respond(2, h2) << EndResponse(2)
     )  # and no StoreObject
     for h in (h1(), h2()):
-        assert h.status == status and h.cache == "error"
+        assert h.status == status and h.cache == CacheResult.ERROR
         assert h.body == f"{status} upstream failed: {reason}\n".encode() and h.length == len(h.body)
         assert h.headers == error_headers(f"upstream failed: {reason}")
     assert fill.finished
@@ -411,7 +411,7 @@ def test_stale_if_error_within_its_bound(after: float, served_stale: bool) -> No
           >> ClientRequested(2)
           >> UpstreamFailed("connection refused", T0 + after))
     if served_stale:
-        pb << ServeStored(1, old, "stale") << ServeStored(2, old, "stale")
+        pb << ServeStored(1, old, CacheResult.STALE) << ServeStored(2, old, CacheResult.STALE)
     else:
         h = Placeholder(Head)
         pb << Respond(1, h) << EndResponse(1) << Respond(2, h) << EndResponse(2)
@@ -448,7 +448,7 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
         >> ClientRequested(2)
         >> UpstreamResponded(304, (("etag", '"v1"'), ("cache-control", "max-age=5"), ("age", "2"),
                                    ("server", "x")), T0 + 100)
-        << StoreObject(fresh) << ServeStored(1, fresh, "miss") << ServeStored(2, fresh, "coalesced")
+        << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS) << ServeStored(2, fresh, CacheResult.COALESCED)
     )
     new = fresh()
     assert new is not old and new.body == old.body and new.status == 200
@@ -479,7 +479,7 @@ def test_304_for_a_live_playlist_gets_its_manifests_lifetime(body: bytes, kept: 
         Playbook(make_fill(PLAYLIST, stale=old))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"p1"'),))
         >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
-        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+        << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
     assert len(loads) == parses and fresh().lifetime.fresh == lifetime
     assert fresh().manifest == (read(PLAYLIST.path, body) if body is LIVE_BODY else None)
@@ -492,7 +492,7 @@ def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
         Playbook(make_fill(stale=old))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"gone"'),))
         >> UpstreamResponded(304, (("etag", '"gone"'),), T0 + 50)
-        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+        << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
     assert fresh().status == 404 and fresh().lifetime.fresh == RULES.negative_ttl
     assert (fresh().lifetime.stale_while_revalidate, fresh().lifetime.stale_if_error) == (0.0, 0.0)
@@ -506,7 +506,7 @@ def test_304_without_cache_control_keeps_the_stored_one() -> None:
         Playbook(make_fill(stale=old))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"v1"'),))
         >> UpstreamResponded(304, (("etag", '"v1"'),), T0 + 50)
-        << StoreObject(fresh) << ServeStored(1, fresh, "miss")
+        << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
     assert fresh().lifetime == Lifetime(10.0, 0.0, 0.0)
 
@@ -519,7 +519,7 @@ def test_304_with_no_store_serves_without_storing() -> None:
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
             ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
         >> UpstreamResponded(304, (("cache-control", "no-store"),), T0 + 50)
-        << ServeStored(1, fresh, "miss")
+        << ServeStored(1, fresh, CacheResult.MISS)
     )
     assert not fresh().lifetime.store
 
@@ -540,8 +540,8 @@ def test_playlist_is_held_until_complete(loads: list[str]) -> None:
         >> ClientRequested(2)  # nothing either
         >> UpstreamChunk(LIVE_BODY[20:])
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, kept, n, "miss", T0)) << SendBytes(1, 0, n) << EndResponse(1)
-        << Respond(2, Head(200, kept, n, "coalesced", T0)) << SendBytes(2, 0, n) << EndResponse(2)
+        << Respond(1, Head(200, kept, n, CacheResult.MISS, T0)) << SendBytes(1, 0, n) << EndResponse(1)
+        << Respond(2, Head(200, kept, n, CacheResult.COALESCED, T0)) << SendBytes(2, 0, n) << EndResponse(2)
     )
     assert stored().kind is NameKind.PLAYLIST and stored().body == LIVE_BODY
     assert loads == [LIVE_BODY.decode()]  # read once, when whole
@@ -567,7 +567,7 @@ def test_malformed_playlist_fails_over_and_is_never_stored(body: bytes) -> None:
         >> UpstreamDone(T0) << StartFetch(UPSTREAMS[1], 1)
         >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, (M3U8_KEPT,), len(LIVE_BODY), "miss", T0)) << SendBytes(1, 0, len(LIVE_BODY))
+        << Respond(1, Head(200, (M3U8_KEPT,), len(LIVE_BODY), CacheResult.MISS, T0)) << SendBytes(1, 0, len(LIVE_BODY))
         << EndResponse(1)
     )
     assert stored().body == LIVE_BODY
@@ -615,7 +615,7 @@ def test_playlist_404_is_streamed_not_held() -> None:
         Playbook(make_fill(PLAYLIST))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(404, (("content-type", "text/plain"),), T0)
-        << Respond(1, Head(404, (("Content-Type", "text/plain"),), None, "miss", T0))  # only a 200 gets our type
+        << Respond(1, Head(404, (("Content-Type", "text/plain"),), None, CacheResult.MISS, T0))  # only a 200 gets our type
     )
 
 
@@ -627,7 +627,7 @@ def test_error_answers_negative_ttl_or_not_stored(status: int, fresh: float | No
     pb = (Playbook(make_fill())
           >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
           >> UpstreamResponded(status, (("content-type", "text/plain"), ("content-length", "4")), T0)
-          << Respond(1, Head(status, (("Content-Type", "text/plain"),), 4, "miss", T0))
+          << Respond(1, Head(status, (("Content-Type", "text/plain"),), 4, CacheResult.MISS, T0))
           >> UpstreamChunk(b"nope") << SendBytes(1, 0, 4)
           >> UpstreamDone(T0))
     if fresh is not None:
@@ -645,7 +645,7 @@ def test_no_store_is_served_but_not_stored(cc: str) -> None:
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (TS, ("cache-control", cc)), T0)
-        << Respond(1, Head(200, (TS_KEPT, ("Cache-Control", cc)), None, "miss", T0))
+        << Respond(1, Head(200, (TS_KEPT, ("Cache-Control", cc)), None, CacheResult.MISS, T0))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
         >> UpstreamDone(T0) << EndResponse(1)
     )
@@ -657,7 +657,7 @@ def test_origin_max_age_caps_the_stored_lifetime() -> None:
     assert (
         Playbook(make_fill())
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
-        >> ok(3, ("cache-control", "max-age=10")) << Respond(1, head("miss", 3, hdrs=(
+        >> ok(3, ("cache-control", "max-age=10")) << Respond(1, head(CacheResult.MISS, 3, hdrs=(
             TS_KEPT, ("Cache-Control", "max-age=10"))))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
         >> UpstreamDone(T0) << StoreObject(stored) << EndResponse(1)
@@ -688,7 +688,7 @@ def test_refresh_revalidates_and_a_client_may_join() -> None:
         >> RefreshRequested() << StartFetch(UPSTREAMS[0], 0, (
             ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
         >> ClientRequested(9)
-        >> UpstreamResponded(304, (), T0 + 20) << StoreObject(fresh) << ServeStored(9, fresh, "coalesced")
+        >> UpstreamResponded(304, (), T0 + 20) << StoreObject(fresh) << ServeStored(9, fresh, CacheResult.COALESCED)
     )
     with pytest.raises(RuntimeError, match="requested twice"):
         fill.handle(RefreshRequested())
@@ -703,12 +703,12 @@ def test_max_clients_per_fill_gives_a_503(monkeypatch: pytest.MonkeyPatch) -> No
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> ClientRequested(2)
         >> ClientRequested(3) << Respond(3, h) << EndResponse(3)
-        >> ok(1) << Respond(1, head("miss", 1)) << Respond(2, head("coalesced", 1))  # not 3
+        >> ok(1) << Respond(1, head(CacheResult.MISS, 1)) << Respond(2, head(CacheResult.COALESCED, 1))  # not 3
         >> ClientGone(2)
-        >> ClientRequested(4) << Respond(4, head("coalesced", 1))  # room again
+        >> ClientRequested(4) << Respond(4, head(CacheResult.COALESCED, 1))  # room again
         >> ClientRequested(5) << Respond(5, full) << EndResponse(5)  # 1 and 4: full again
     )
-    assert h().status == 503 and h().cache == "error" and full().status == 503
+    assert h().status == 503 and h().cache == CacheResult.ERROR and full().status == 503
 
 
 # --- shell bugs are loud --------------------------------------------------------

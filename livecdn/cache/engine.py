@@ -30,7 +30,7 @@ import aiohttp
 from livecdn import metrics
 from livecdn.cache.disk import DiskStore
 from livecdn.cache.fill import (
-    AbortResponse, ClientGone, ClientRequested, Command, EndResponse, Event, Fill, Head, Log,
+    AbortResponse, CacheResult, ClientGone, ClientRequested, Command, EndResponse, Event, Fill, Head, Log,
     RefreshRequested, Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk,
     UpstreamDone, UpstreamFailed, UpstreamResponded,
 )
@@ -83,7 +83,7 @@ class Attachment:
     def __init__(self, fill: Fill, client: int) -> None:
         self.fill = fill
         self.client = client
-        self.ready: asyncio.Future[Head | tuple[Stored, str]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[Head | tuple[Stored, CacheResult]] = asyncio.get_running_loop().create_future()
         self.end = 0  # bytes of the shared body this client may send
         self.complete = False
         self.error: str | None = None
@@ -128,13 +128,13 @@ class Answer:
 
     Exactly one of `obj` (a complete stored answer, its body in memory or in
     `file`) or `head` + `stream` (a streamed answer from an upstream fetch).
-    `cache` is hit, miss, stale, coalesced or error. `close()` must always be
+    `cache` says how it was answered (`CacheResult`). `close()` must always be
     called: it releases the file and detaches the request from its fill.
     """
 
     __slots__ = ("cache", "obj", "file", "head", "stream", "_release")
 
-    def __init__(self, cache: str, obj: Stored | None = None, file: BinaryIO | None = None,
+    def __init__(self, cache: CacheResult, obj: Stored | None = None, file: BinaryIO | None = None,
                  head: Head | None = None, stream: Attachment | None = None,
                  release: Callable[[], None] | None = None) -> None:
         self.cache = cache
@@ -275,11 +275,11 @@ class Engine:
                 obj = self.memory.get(k) or self._writing.get(k)
         if obj is not None:
             if obj.fresh(now):
-                return Answer("hit", obj, file)
+                return Answer(CacheResult.HIT, obj, file)
             if obj.servable_while_revalidating(now):
                 # A file-backed copy has no body in hand to revalidate: refresh it whole.
                 self._refresh(key, obj if file is None else None)
-                return Answer("stale", obj, file)
+                return Answer(CacheResult.STALE, obj, file)
             if file is not None:
                 # A file-backed copy cannot be revalidated in place: fetch it whole.
                 file.close()
@@ -290,7 +290,7 @@ class Engine:
             # another request) may have stored the object or started its fetch.
             late = self.memory.get(k) or self._writing.get(k)
             if late is not None and late.fresh(time.time()):
-                return Answer("hit", late)
+                return Answer(CacheResult.HIT, late)
             if k not in self._fills:
                 admission.charge(key, client)  # no `await` from here to the fill's creation
         return await self._attach(key, obj)
@@ -423,7 +423,7 @@ class Engine:
             else:
                 raise RuntimeError(f"unknown command {cmd!r}")
 
-    def _resolve(self, client: int, result: Head | tuple[Stored, str]) -> None:
+    def _resolve(self, client: int, result: Head | tuple[Stored, CacheResult]) -> None:
         att = self._clients[client]
         if not att.ready.done():
             att.ready.set_result(result)

@@ -24,7 +24,7 @@ from livecdn.media.kinds import CONTENT_TYPES, NameKind
 from livecdn.media.playlist import MalformedPlaylist, read
 
 __all__ = [
-    "AbortResponse", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
+    "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
     "Fill", "Head", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
     "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
     "UpstreamResponded", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
@@ -42,6 +42,23 @@ ERROR_HEADER = "x-livecdn-error"
 GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "text/plain"})
 
 
+class CacheResult(enum.StrEnum):
+    """How a request was answered: the access log's `cache`, the `X-Cache` header, the requests metric's label.
+
+    A `str` enum, so it is its own label and log text.
+    """
+
+    HIT = "hit"  # a fresh stored copy
+    MISS = "miss"  # the request that started the fetch
+    COALESCED = "coalesced"  # joined a fetch in flight
+    STALE = "stale"  # a stale copy (while revalidating, or because the upstream failed)
+    REJECTED = "rejected"  # refused before any upstream fetch
+    ERROR = "error"  # the upstream failed with nothing to serve instead, or a bug
+
+    def __init__(self, value: str) -> None:
+        self.header = value.upper()  # as `X-Cache` says it
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """Status and headers one client is to receive; `body` only for generated errors."""
@@ -49,7 +66,7 @@ class Head:
     status: int
     headers: tuple[tuple[str, str], ...]
     length: int | None  # None: not known yet, the answer is streamed
-    cache: str  # miss | coalesced | error
+    cache: CacheResult  # MISS, COALESCED or ERROR
     born: float = 0.0
     body: bytes = b""
 
@@ -155,7 +172,7 @@ class ServeStored(Command):
     """Answer the client from a complete stored object (revalidated or stale)."""
     client: int
     obj: Stored
-    cache: str
+    cache: CacheResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +221,7 @@ class Fill:
     size: int = field(default=0, init=False)
     attempt: int = field(default=0, init=False)  # index into upstreams of the fetch in flight
     # The state of the fetch: set by events only.
-    _clients: dict[int, str] = field(default_factory=dict, init=False)  # client → miss | coalesced
+    _clients: dict[int, CacheResult] = field(default_factory=dict, init=False)  # client → miss | coalesced
     _state: _State = field(default=_State.IDLE, init=False)
     _status: int = field(default=0, init=False)
     _headers: tuple[tuple[str, str], ...] = field(default=(), init=False)
@@ -279,7 +296,7 @@ class Fill:
         if len(self._clients) >= MAX_CLIENTS_PER_FILL:
             return self._error(client, 503, f"more than {MAX_CLIENTS_PER_FILL} requests waiting for {self.key}")
         first = self._state is _State.IDLE
-        self._clients[client] = "miss" if first else "coalesced"
+        self._clients[client] = CacheResult.MISS if first else CacheResult.COALESCED
         if first:
             return self._start(0)
         if self._state is _State.BODY and not self._checked_whole:
@@ -296,7 +313,7 @@ class Fill:
     def _error(self, client: int, status: int, reason: str) -> list[Command]:
         body = f"{status} {reason}\n".encode()
         headers = (("Content-Type", "text/plain; charset=utf-8"), ("X-Livecdn-Error", _header_safe(reason)))
-        head = Head(status, headers, len(body), "error", body=body)
+        head = Head(status, headers, len(body), CacheResult.ERROR, body=body)
         return [Respond(client, head), EndResponse(client)]
 
     # --- upstream ---
@@ -404,7 +421,7 @@ class Fill:
         if self.stale is not None and self.stale.servable_on_error(at):
             self._state = _State.DONE
             return [Log("warning", f"{self.key}: {reason}; serving stale copy")] + [
-                ServeStored(c, self.stale, "stale") for c in self._clients]
+                ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients]
         status = 504 if timeout else 502
         return [Log("warning", f"{self.key}: {reason}; answering {status}")] + self._fail_all(status, reason)
 

@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Protocol
 
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine
-from livecdn.cache.fill import Head
+from livecdn.cache.fill import CacheResult, Head
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
 
@@ -65,7 +65,7 @@ class Policy(Admission, Protocol):
     screen: Callable[[str], None] | None
     """Every request, before anything else, with the client address; raises `BadRequest` to refuse."""
 
-    seen: Callable[[CacheKey, str], None] | None
+    seen: Callable[[CacheKey, CacheResult], None] | None
     """A request was answered with this cache result."""
 
 
@@ -89,7 +89,7 @@ class PlayerFront:
         self.inflight = 0  # requests between answer_later() and the end of their answer
         self.hits = 0  # memory hits not yet added to the request counter (see `flush_hits()`)
         self._via = f"1.1 {node} (livecdn)"
-        self._counters = {c: metrics.REQUESTS.labels(node, c) for c in metrics.CACHE_RESULTS}
+        self._counters = {c: metrics.REQUESTS.labels(node, c) for c in CacheResult}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
         self._keys: dict[str, CacheKey] = {}
         # The plans of a stored 200 as a hit, by key: (a weak reference to the
@@ -98,7 +98,7 @@ class PlayerFront:
         # object does (evicted, or replaced by a revalidated copy), so a plan
         # never outlives the bytes it describes.
         self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
-        self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, "")
+        self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, None)
 
     # --- the listener's entry points ---
 
@@ -127,8 +127,8 @@ class PlayerFront:
                 return Later(request, peer, key)
             self.hits += 1
             if policy is not None and policy.seen is not None:
-                policy.seen(key, "hit")
-            return self._stored(request, obj, "hit")
+                policy.seen(key, CacheResult.HIT)
+            return self._stored(request, obj, CacheResult.HIT)
         except BadRequest as e:
             return self.refuse(e.status, e.reason, e.headers)
         except Exception as e:  # noqa: BLE001 - policy or front bug: this request fails, with a reason
@@ -159,8 +159,8 @@ class PlayerFront:
 
     def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Plan:
         """A plain-text refusal (a 4xx for a request we do not serve; the listener's for bad bytes)."""
-        self._counters["rejected"].inc()
-        return self._plain(status, reason, headers, "rejected")
+        self._counters[CacheResult.REJECTED].inc()
+        return self._plain(status, reason, headers, CacheResult.REJECTED)
 
     def flush_hits(self) -> None:
         """Add the memory hits counted since the last call to the request counter.
@@ -169,7 +169,7 @@ class PlayerFront:
         before metrics are read, so Prometheus costs nothing per hit.
         """
         if self.hits:
-            self._counters["hit"].inc(self.hits)
+            self._counters[CacheResult.HIT].inc(self.hits)
             self.hits = 0
 
     # --- plans ---
@@ -182,19 +182,19 @@ class PlayerFront:
 
     def _failed(self, request: Request, e: Exception) -> Plan:
         log.exception("answering %s %s failed", request.method, request.target[:200])
-        self._counters["error"].inc()
-        return self._plain(500, f"internal error: {type(e).__name__}", (), "error")
+        self._counters[CacheResult.ERROR].inc()
+        return self._plain(500, f"internal error: {type(e).__name__}", (), CacheResult.ERROR)
 
-    def _plain(self, status: int, reason: str, extra: tuple[tuple[str, str], ...], cache: str) -> Plan:
+    def _plain(self, status: int, reason: str, extra: tuple[tuple[str, str], ...], cache: CacheResult) -> Plan:
         body = f"{status} {reason}\n".encode()
-        fields = Fields(status, (("Via", self._via), ("X-Cache", cache.upper()), *CORS, *extra, _PLAIN))
+        fields = Fields(status, (("Via", self._via), ("X-Cache", cache.header), *CORS, *extra, _PLAIN))
         return Plan(fields, body, len(body), None, cache)
 
-    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: str) -> dict[str, str]:
+    def _headers(self, pairs: tuple[tuple[str, str], ...], cache: CacheResult) -> dict[str, str]:
         headers = dict(pairs)
         headers.update(CORS)
         headers["Via"] = self._via
-        headers["X-Cache"] = cache.upper()
+        headers["X-Cache"] = cache.header
         return headers
 
     def _answer(self, request: Request, answer: Answer) -> Plan:
@@ -205,9 +205,9 @@ class PlayerFront:
             return self._stored(request, answer.obj, answer.cache)
         return self._file(request, answer.obj, answer.file, answer.cache)
 
-    def _stored(self, request: Request, obj: Stored, cache: str) -> Plan:
+    def _stored(self, request: Request, obj: Stored, cache: CacheResult) -> Plan:
         """A stored answer whose body is in memory."""
-        if obj.status == 200 and cache == "hit" and request.headers.keys().isdisjoint(NEGOTIATING):
+        if obj.status == 200 and cache is CacheResult.HIT and request.headers.keys().isdisjoint(NEGOTIATING):
             plans = self._hit_plans.get(obj.key)
             if plans is None or plans[0]() is not obj:
                 plans = self._hit(obj)
@@ -232,15 +232,15 @@ class PlayerFront:
 
     def _hit(self, obj: Stored) -> tuple[weakref.ref[Stored], Plan, Plan | None]:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
-        headers = self._headers(obj.headers, "hit")
+        headers = self._headers(obj.headers, CacheResult.HIT)
         if obj.gzipped is not None:
             headers["Vary"] = "Accept-Encoding"
         headers["Accept-Ranges"] = "bytes"
-        plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, "hit")
+        plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
         gzip = None
         if obj.gzipped is not None:
             headers["Content-Encoding"] = "gzip"
-            gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, "hit")
+            gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, CacheResult.HIT)
         key, plans = obj.key, self._hit_plans
 
         def gone(ref: weakref.ref[Stored]) -> None:
@@ -250,7 +250,7 @@ class PlayerFront:
         entry = plans[key] = (weakref.ref(obj, gone), plain, gzip)
         return entry
 
-    def _file(self, request: Request, obj: Stored, file: BinaryIO, cache: str) -> Plan:
+    def _file(self, request: Request, obj: Stored, file: BinaryIO, cache: CacheResult) -> Plan:
         """A stored answer whose body is a disk-tier file."""
         headers = self._headers(obj.headers, cache)
         if obj.status != 200:
@@ -262,7 +262,7 @@ class PlayerFront:
             return Plan(fields, b"", 0, obj.born, cache)
         return Plan(fields, FileRange(file, start, stop), stop - start, obj.born, cache)
 
-    def _stream(self, request: Request, head: Head, stream: Attachment, cache: str) -> Plan:
+    def _stream(self, request: Request, head: Head, stream: Attachment, cache: CacheResult) -> Plan:
         """An answer arriving from upstream."""
         headers = self._headers(head.headers, cache)
         born = head.born or time.time()  # a generated error is born now: Age 0

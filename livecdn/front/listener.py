@@ -391,7 +391,8 @@ class PlayerConnection(asyncio.Protocol):
         if self.access is not None:
             took = time.perf_counter() - request.received if request.received else 0.0
             self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
-                              plan.cache.upper(), request.header(b"user-agent") or "")
+                              plan.cache.header if plan.cache is not None else "",
+                              request.header(b"user-agent") or "")
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import AsyncIterator, BinaryIO, Callable
 
 from livecdn.cache.engine import Attachment, UpstreamBroken
+from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey
 
 from .request import Request
@@ -77,13 +78,13 @@ class Plan:
         length: the body's length, None when a stream's end is not known yet.
         born: wall-clock time the answer was generated upstream; the protocol shell sends
             Age from it (the one place Age is computed); None: no Age field.
-        cache: the cache result, for the access log.
+        cache: how the request was answered, for the access log (None: not a cache answer, e.g. CORS preflight).
         release: called once the answer is sent or abandoned (closes a file, leaves a fill).
     """
 
     __slots__ = ("fields", "body", "length", "born", "cache", "release")
 
-    def __init__(self, fields: Fields, body: Body, length: int | None, born: float | None, cache: str,
+    def __init__(self, fields: Fields, body: Body, length: int | None, born: float | None, cache: CacheResult | None,
                  release: Callable[[], None] | None = None) -> None:
         self.fields = fields
         self.body = body
