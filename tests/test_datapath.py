@@ -48,6 +48,7 @@ async def test_miss_then_hit_reaches_origin_once(origin: FakeOrigin, stack: Stac
     assert all("token" not in r.path_qs for r in origin.requests)
 
 
+@pytest.mark.slow
 async def test_age_grows_while_cached(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/v/seg1.ts"] = body(b"x" * 100, headers={"Age": "5"})
     _, h1, _ = await get(stack.edge + "/v/seg1.ts")
@@ -57,7 +58,7 @@ async def test_age_grows_while_cached(origin: FakeOrigin, stack: Stack) -> None:
     assert int(h2["Age"]) >= int(h1["Age"]) + 1
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])
+@pytest.mark.parametrize("delay", [0.3, pytest.param(1.5, marks=pytest.mark.slow)])
 async def test_concurrent_requests_make_one_origin_fetch(origin: FakeOrigin, stack: Stack, delay: float) -> None:
     origin.routes["/live/a/seg2.ts"] = slow(delay, SEG)
     started = time.monotonic()
@@ -70,6 +71,7 @@ async def test_concurrent_requests_make_one_origin_fetch(origin: FakeOrigin, sta
     assert elapsed < delay + 3.0
 
 
+@pytest.mark.slow
 async def test_late_joiner_gets_bytes_so_far_then_the_rest(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/live/a/seg3.ts"] = dribble(SEG, pieces=8, pause=0.15)
     first = asyncio.ensure_future(get(stack.edge + "/live/a/seg3.ts"))
@@ -122,6 +124,7 @@ async def test_malformed_playlist_is_a_502_with_a_reason_and_not_cached(origin: 
     assert (s, data, h["X-Cache"]) == (200, LIVE, "MISS")
 
 
+@pytest.mark.slow
 async def test_playlist_lifetime_is_half_its_target_duration(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/live/a/index.m3u8"] = body(LIVE, M3U8)
     await get(stack.edge + "/live/a/index.m3u8")
@@ -140,6 +143,7 @@ async def test_playlist_lifetime_is_half_its_target_duration(origin: FakeOrigin,
     assert origin.hits["/live/a/index.m3u8"] == 2  # one refresh reached the origin
 
 
+@pytest.mark.slow
 async def test_expired_object_is_revalidated_with_a_conditional_request(origin: FakeOrigin) -> None:
     origin.routes["/v/seg1.ts"] = body(SEG, headers={"ETag": '"v1"', "Cache-Control": "max-age=1"})
     stack = await Stack(origin.url, cache=CacheSettings(disk_path="", stale_while_revalidate=0)).start()
@@ -153,6 +157,7 @@ async def test_expired_object_is_revalidated_with_a_conditional_request(origin: 
         await stack.stop()
 
 
+@pytest.mark.slow
 async def test_stale_if_error_keeps_playback_going_when_tiers_above_fail(origin: FakeOrigin) -> None:
     origin.routes["/live/a/index.m3u8"] = body(LIVE, M3U8)
     stack = await Stack(origin.url, cache=CacheSettings(disk_path="", stale_while_revalidate=0,
@@ -182,6 +187,7 @@ async def test_origin_down_without_stale_copy_is_a_clear_502(origin: FakeOrigin,
     assert (s, data) == (200, b"fine")  # the error was not cached
 
 
+@pytest.mark.slow
 async def test_404_is_cached_briefly(origin: FakeOrigin, stack: Stack) -> None:
     for _ in range(3):
         s, _, _ = await get(stack.edge + "/live/a/seg404.ts")
@@ -415,6 +421,7 @@ async def test_access_log_has_one_line_per_answer(origin: FakeOrigin, stack: Sta
     assert abs(first["time"] - time.time()) < 60
 
 
+@pytest.mark.slow
 async def test_access_lines_are_written_within_a_second_without_a_flush(
         origin: FakeOrigin, stack: Stack, tmp_path: Path) -> None:
     from livecdn.logs import FLUSH_INTERVAL, AccessLog

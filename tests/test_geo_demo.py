@@ -25,6 +25,9 @@ from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 20_000}
 
+# Every test starts `livecdn` or `dig` as a process.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:

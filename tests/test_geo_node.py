@@ -133,6 +133,7 @@ def answer(m: dns.message.Message) -> list[str]:
 
 # --- DNS with dig and dnspython ---------------------------------------------
 
+@pytest.mark.slow
 async def test_dig_plain_subnet_tcp_and_aaaa(router: GeoNode) -> None:
     plain = await dig(router, "live.cdn.test")
     assert status(plain) == "NOERROR" and " aa" in plain.split("flags:", 1)[1].split(";", 1)[0]
@@ -147,6 +148,7 @@ async def test_dig_plain_subnet_tcp_and_aaaa(router: GeoNode) -> None:
     assert (await dig(router, "+short", "AAAA", "live.cdn.test")).split() == ["::1"]
 
 
+@pytest.mark.slow
 async def test_dig_other_names(router: GeoNode) -> None:
     out = await dig(router, "nothing.cdn.test")
     assert status(out) == "NXDOMAIN" and "cdn.test.\t\t5\tIN\tSOA\tns1.cdn.test. hostmaster.cdn.test." in out
@@ -240,6 +242,7 @@ async def wait_for(predicate: Any, timeout: float) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 async def test_a_failed_edge_leaves_the_answers_and_comes_back(router: GeoNode,
                                                                edges: dict[str, FakeEdgeAdmin]) -> None:
     async def london_gets(address: str) -> bool:
