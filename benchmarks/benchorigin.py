@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import re
 from collections import Counter
@@ -121,10 +122,8 @@ def main() -> None:
     p.add_argument("--upstream", help="pass-through mode: forward to this origin")
     p.add_argument("--object-bytes", type=int, default=1 << 20, help="synthetic body size")
     args = p.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.upstream, args.object_bytes))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

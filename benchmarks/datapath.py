@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import datetime
 import hashlib
@@ -39,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import aiohttp
 import psutil
@@ -101,9 +103,7 @@ class Processes:
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        out = open(self.workdir / f"{name}.out", "wb")
-        err = open(self.workdir / f"{name}.err", "wb")
-        with out, err:
+        with open(self.workdir / f"{name}.out", "wb") as out, open(self.workdir / f"{name}.err", "wb") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.cwd,
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.running[name] = proc
@@ -139,10 +139,8 @@ class Processes:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def free_port() -> int:
@@ -165,7 +163,7 @@ async def wait_ready(procs: Processes, name: str, probe: str, session: aiohttp.C
             async with session.get(probe, timeout=aiohttp.ClientTimeout(total=2)) as r:
                 if r.status == 200:
                     return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         await asyncio.sleep(0.1)
     raise RuntimeError(f"{name} not ready after {READY_TIMEOUT:.0f}s ({probe}):\n{procs.log_tail(name)}")
@@ -342,7 +340,7 @@ async def one_get(port: int, path: str, timeout: float, source: str) -> tuple[fl
         await asyncio.wait_for(loop.create_connection(lambda: answer, "127.0.0.1", port,
                                                       local_addr=(source, 0)), timeout)
         await asyncio.wait_for(answer.done, timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         answer.finish()
     return time.monotonic() - started, answer
 
@@ -495,7 +493,8 @@ def origin_figures(before: dict[str, int], after: dict[str, int], seconds: float
         "distinct_segments": len(segments),
         "per_segment": round(sum(segments.values()) / len(segments), 3) if segments else None,
         "per_segment_max": max(segments.values(), default=0),
-        "playlist_per_target_duration": {p.split("/")[-2]: round(n / durations, 2) for p, n in sorted(playlists.items())},
+        "playlist_per_target_duration": {p.split("/")[-2]: round(n / durations, 2)
+                                         for p, n in sorted(playlists.items())},
         "master_requests": sum(n for p, n in delta.items() if p.endswith("/master.m3u8")),
     }
 

@@ -44,9 +44,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -54,8 +55,18 @@ from aiohttp import web
 import viewers
 from benchorigin import COUNTS, SESSION, counts, forwarding_handler, ready
 from datapath import (
-    LIVECDN, PY, Node, Processes, free_port, origin_counts, start_bench_origin, start_nodes, url, wait_live,
-    wait_ready, write_topology,
+    LIVECDN,
+    PY,
+    Node,
+    Processes,
+    free_port,
+    origin_counts,
+    start_bench_origin,
+    start_nodes,
+    url,
+    wait_live,
+    wait_ready,
+    write_topology,
 )
 from report import save
 from viewers import percentile
@@ -142,7 +153,7 @@ class RecordingViewer(viewers.Viewer):
         try:
             async with self.session.get(url) as resp:
                 body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             RECORDER.requests.append((url, started, time.monotonic(), 0, ""))
             raise viewers.FetchFailed(f"{url}: {e!r}") from e
         RECORDER.requests.append((url, started, time.monotonic(), resp.status, resp.headers.get("X-Cache", "")))
@@ -354,7 +365,7 @@ async def attack(host: str, port: int, source: str, requests: int, connections: 
                 t = time.monotonic()
                 try:
                     status, xcache = await asyncio.wait_for(conn.get(path), ATTACK_REQUEST_TIMEOUT)
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                         ValueError, IndexError) as e:
                     outcomes[(kind, "error", type(e).__name__)] += 1
                     conn.close()
@@ -491,7 +502,7 @@ async def probe_new_streams(session: aiohttp.ClientSession, base: str, names: li
             async with session.get(f"{base}/{name}/master.m3u8") as r:
                 await r.read()
                 statuses.append(r.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             statuses.append(0)
         await asyncio.sleep(spacing)
     return statuses
@@ -686,11 +697,11 @@ def false_positives(contains: Any, names: int, rng: random.Random, directory: st
 def filter_figure(plan: Plan) -> dict[str, Any]:
     sys.path.insert(0, str(TREE))
     from edge.guard import Generations, StreamGuard
-    from livecdn.config import GuardSettings, Rendition
     from livecdn.cache.freshness import Lifetime
+    from livecdn.cache.stored import Stored
+    from livecdn.config import GuardSettings, Rendition
     from livecdn.media.kinds import Kind
     from livecdn.origin.timeline import Timeline, master_playlist, media_playlist
-    from livecdn.cache.stored import Stored
 
     s = GuardSettings()
     rng = random.Random(4)
@@ -808,7 +819,8 @@ async def prefetch_run(procs: Processes, session: aiohttp.ClientSession, plan: P
             s0 = await snapshot(session, proxy, edge, shield)
             await asyncio.sleep(plan.prefetch_seconds - PREFETCH_SETTLE)
             s1 = await snapshot(session, proxy, edge, shield)
-        prefetch_hits = int(total(s1.edge, "livecdn_prefetch_hits_total") - total(s0.edge, "livecdn_prefetch_hits_total"))
+        prefetch_hits = int(total(s1.edge, "livecdn_prefetch_hits_total")
+                            - total(s0.edge, "livecdn_prefetch_hits_total"))
     finally:
         procs.stop(CDN_PROCESSES)
     firsts = first_requests(rec, t0 + PREFETCH_SETTLE)
@@ -952,7 +964,8 @@ def main() -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    save("guard", report, ("-quick" if args.quick else "") + ("" if only == {"attack", "filter", "prefetch"} else "-partial"))
+    partial = "" if only == {"attack", "filter", "prefetch"} else "-partial"
+    save("guard", report, ("-quick" if args.quick else "") + partial)
     print(json.dumps(_compact(report)), flush=True)
     return 0
 

@@ -143,7 +143,7 @@ class Viewer:
         try:
             async with self.session.get(url) as resp:
                 body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise FetchFailed(f"{url}: {e!r}") from e
         if resp.status != 200:
             raise FetchFailed(f"{url}: status {resp.status}")

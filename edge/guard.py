@@ -20,12 +20,12 @@ from collections import OrderedDict
 from pybloom_live import BloomFilter
 
 from livecdn import metrics
-from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
+from livecdn.cache.stored import Stored
+from livecdn.config import GuardSettings
 from livecdn.media.kinds import CONTENT_TYPES, PLAYLIST_EXTENSIONS
 from livecdn.media.playlist import Announced, MalformedPlaylist, announced
-from livecdn.cache.stored import Stored
 
 from .limits import Buckets, TokenBucket
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from livecdn import metrics
-from livecdn.config import EdgeConfig, LimitSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import BadRequest, CacheKey
 from livecdn.cache.stored import Stored
+from livecdn.config import EdgeConfig, LimitSettings
 
 from .guard import StreamGuard
 from .limits import ClientLimits

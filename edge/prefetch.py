@@ -18,9 +18,9 @@ import time
 from collections import OrderedDict
 
 from livecdn import metrics
-from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.config import GuardSettings
 from livecdn.media.playlist import Announced
 
 from .guard import directory

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -123,7 +123,7 @@ class HealthChecker:
                     self.last_error[name] = f"/healthz answered {r.status}"
                     return False, False, None
                 body = await r.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             self.last_error[name] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             return False, False, None
         if not isinstance(body, dict) or body.get("status") != "ok":

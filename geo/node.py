@@ -239,7 +239,8 @@ class GeoNode:
                                                      "Access-Control-Allow-Headers": "*",
                                                      "Access-Control-Max-Age": "600"})
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, text="GET, HEAD or OPTIONS\n", headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
+            return web.Response(status=405, text="GET, HEAD or OPTIONS\n",
+                                headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
         assert self.router is not None
         route = self.router.route(request.remote or "")
         self.redirects[route.edge.name] += 1

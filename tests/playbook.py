@@ -136,7 +136,7 @@ class Playbook:
         if len(self.expected) == len(self.actual) and all(matched):
             return True
         # Render a matched expectation as what it matched, so placeholders don't show as diffs.
-        exp = [repr(self.actual[i] if ok else e) for i, (e, ok) in enumerate(zip(self.expected, matched))]
+        exp = [repr(self.actual[i] if ok else e) for i, (e, ok) in enumerate(zip(self.expected, matched, strict=True))]
         diff = "\n".join(difflib.ndiff(exp, [repr(a) for a in self.actual]))
         raise AssertionError(f"Playbook mismatch!\n(- expected, + actual)\n{diff}")
 

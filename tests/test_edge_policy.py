@@ -104,9 +104,8 @@ class LiveOrigin:
 
 async def get(url: str, client: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     connector = aiohttp.TCPConnector(local_addr=(client, 0))
-    async with aiohttp.ClientSession(connector=connector) as s:
-        async with s.get(url) as r:
-            return r.status, dict(r.headers), await r.read()
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(url) as r:
+        return r.status, dict(r.headers), await r.read()
 
 
 async def metric(stack: Stack, name: str, **labels: str) -> float:

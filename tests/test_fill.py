@@ -5,15 +5,29 @@ from __future__ import annotations
 import pytest
 
 import livecdn.cache.fill
+from livecdn.cache.fill import (
+    AbortResponse,
+    ClientGone,
+    ClientRequested,
+    EndResponse,
+    Fill,
+    Head,
+    Log,
+    RefreshRequested,
+    Respond,
+    SendBytes,
+    ServeStored,
+    StartFetch,
+    StoreObject,
+    UpstreamChunk,
+    UpstreamDone,
+    UpstreamFailed,
+    UpstreamResponded,
+)
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
-from livecdn.media.kinds import Kind, kind_of
-from livecdn.cache.fill import (
-    AbortResponse, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
-    Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
-    UpstreamFailed, UpstreamResponded,
-)
 from livecdn.cache.stored import Stored
+from livecdn.media.kinds import Kind, kind_of
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0

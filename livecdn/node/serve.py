@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from livecdn.config import ConfigError, Topology
 

@@ -8,11 +8,12 @@ are shared, so /metrics on any worker reports the whole node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["supervise"]
 
@@ -50,10 +51,8 @@ def supervise(workers: int, child: Callable[[], None]) -> int:
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in list(started):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)

@@ -17,8 +17,8 @@ from email.utils import formatdate
 from aiohttp import hdrs, web
 
 from livecdn.config import OriginConfig, Rendition
-from livecdn.node.sites import Sites
 from livecdn.front.negotiate import etag_matches
+from livecdn.node.sites import Sites
 from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
 from livecdn.origin.timeline import parse_segment_uri
 
