@@ -46,18 +46,18 @@ class Tracker:
         """Feed one check result; returns the (possibly unchanged) state."""
         current = self.state
         if current is None:
-            self.state = EdgeState(ok, overloaded and ok, load if ok else None)
-            return self.state
+            self.state = current = EdgeState(ok, overloaded and ok, load if ok else None)
+            return current
         if ok == current.up:
             self._streak = 0
             if ok:
-                self.state = EdgeState(True, overloaded, load)
-            return self.state
+                self.state = current = EdgeState(True, overloaded, load)
+            return current
         self._streak += 1
         if self._streak >= (self.rise if ok else self.failures):
             self._streak = 0
-            self.state = EdgeState(ok, overloaded and ok, load if ok else None)
-        return self.state
+            self.state = current = EdgeState(ok, overloaded and ok, load if ok else None)
+        return current
 
 
 class HealthChecker:

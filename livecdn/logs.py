@@ -16,7 +16,7 @@ import os
 import select
 import sys
 import time
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING
 
 from aiohttp.abc import AbstractAccessLogger

@@ -40,12 +40,12 @@ class Sites:
     def port(self, index: int) -> int:
         """The port listener `index` (in opening order) actually bound."""
         server = self._pairs[index][1]._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def close(self, timeout: float) -> None:
         """Stop listening, end idle keep-alives, wait up to `timeout` for answers in flight."""
         while self._pairs:
             runner, _ = self._pairs.pop()
-            runner._shutdown_timeout = timeout  # type: ignore[attr-defined]
+            runner._shutdown_timeout = timeout
             await runner.cleanup()
