@@ -273,6 +273,7 @@ async def test_a_failed_edge_leaves_the_answers_and_comes_back(router: GeoNode,
     assert (body["edge"], body["reason"], body["passed"]) == ("edge-lon", "nearest", [])
 
 
+@pytest.mark.slow
 async def test_an_overloaded_edge_spills_to_the_next(router: GeoNode, edges: dict[str, FakeEdgeAdmin]) -> None:
     async def london_gets(address: str) -> bool:
         return answer(await query(router, ecs=(LONDON, 32))) == [address]
