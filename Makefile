@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test bench bench-dns speed geodb deps-video deps-test clean
+.PHONY: demo test test-fast lint bench bench-dns speed geodb deps-video deps-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,8 +32,18 @@ deps-test: deps-video
 demo: $(STAMP) deps-video
 	$(VENV)/bin/livecdn demo
 
-test: $(STAMP) deps-test
+# Lint, then every test.
+test: lint deps-test
 	$(PY) -m pytest
+
+# Lint, then the tests not marked slow (no real processes or players): seconds, and no Debian packages.
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
+
+# ruff over the tree, mypy over the packages (setup.cfg [mypy] lists them).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Figures for the data path (coalescing, viewers, memory), side by side with nginx.
 bench: $(VENV)/.bench deps-video

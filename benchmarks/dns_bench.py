@@ -35,8 +35,9 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dns.message
 import dns.query
@@ -159,7 +160,8 @@ class Bench:
         self.procs.start("gdnsd", ["gdnsd", "-c", str(self.gdnsd_conf), "start"], cpus=SERVER_CORE)
         for name in ("router", "gdnsd"):
             port = self.ports["dns" if name == "router" else "gdnsd"]
-            wait(lambda: self._alive(name) and ask(port, US_CLIENT) == [US], READY_TIMEOUT, f"{name} to answer")
+            wait(lambda name=name, port=port: self._alive(name) and ask(port, US_CLIENT) == [US], READY_TIMEOUT,
+                 f"{name} to answer")
         for name, port in (("router", self.ports["dns"]), ("gdnsd", self.ports["gdnsd"])):
             assert ask(port) == [EU], f"{name}: 127.0.0.1 should get the default region, eu"
 
@@ -252,7 +254,8 @@ def print_failover(fig: dict[str, Any]) -> None:
     print(f"\nFailover of edge-us, seconds (median / max of {fig['runs']} runs), asked from {US_CLIENT}")
     print(f"{'':<18}{'killed: out':>14}{'restarted: in':>16}{'hung: out':>12}{'resumed: in':>14}")
     for s, per in fig["summary"].items():
-        cells = [f"{per[k]['median']:.1f} / {per[k]['max']:.1f}" for k in ("killed", "killed_back", "hung", "hung_back")]
+        cells = [f"{per[k]['median']:.1f} / {per[k]['max']:.1f}"
+                 for k in ("killed", "killed_back", "hung", "hung_back")]
         print(f"{'livecdn router' if s == 'router' else 'gdnsd 3.8':<18}{cells[0]:>14}{cells[1]:>16}"
               f"{cells[2]:>12}{cells[3]:>14}")
     print("(restarted: in includes the edge process starting again)")

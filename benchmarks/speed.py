@@ -124,7 +124,7 @@ def cpu_times() -> list[int]:
 
 
 def steal_between(before: list[int], after: list[int]) -> float:
-    delta = [a - b for a, b in zip(after, before)]
+    delta = [a - b for a, b in zip(after, before, strict=False)]
     total = sum(delta[:8])
     return delta[7] / total if total else 0.0
 
@@ -278,9 +278,9 @@ def measure(servers: Servers, name: str, scenario: dict[str, Any], duration: flo
 def warm(servers: Servers, name: str, duration: float, cpus: str | None) -> None:
     for scenario in SCENARIOS.values():
         for _ in range(3):
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(servers.url(name, scenario["path"]), timeout=10) as r:
-                    r.read()
+            url = servers.url(name, scenario["path"])
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=10) as r:
+                r.read()
         wrk(servers.url(name, ""), scenario, min(duration, 3), cpus)
 
 
@@ -290,7 +290,7 @@ def block(servers: Servers, names: list[tuple[str, str, int]], runs: int, durati
     """Start each (label, server, workers), warm it, then interleave runs scenario by scenario."""
     results: dict[str, dict[str, list[dict[str, float]]]] = {s: {label: [] for label, _, _ in names}
                                                             for s in scenarios}
-    for label, name, workers in names:
+    for _label, name, _workers in names:
         if name in servers.running:
             servers.stop(name)
     started: dict[str, tuple[str, int]] = {}
@@ -332,7 +332,8 @@ def summarize(results: dict[str, Any], base: str, others: list[str]) -> dict[str
                                                                if r["server_cores"]) if runs else 0.0,
                           "non2xx": sum(r["non2xx"] for r in runs), "errors": sum(r["errors"] for r in runs)}
         for other in others:
-            ratios = [a[metric] / b[metric] for a, b in zip(per_server[base], per_server[other]) if b[metric]]
+            ratios = [a[metric] / b[metric] for a, b in zip(per_server[base], per_server[other], strict=False)
+                      if b[metric]]
             row[f"ratio_{other}"] = statistics.median(ratios) if ratios else 0.0
             row[f"ratios_{other}"] = [round(x, 3) for x in ratios]
         out[sname] = row
@@ -453,8 +454,10 @@ def report(data: dict[str, Any], path: Path) -> None:
               f"| wrk cores busy | {one['client_cores']:.2f} | {both['client_cores']:.2f} | |",
               f"| req/s per busy server core | {one['per_server_core'] / 1e3:.1f}k | "
               f"{both['per_server_core'] / 1e3:.1f}k | {efficiency:.2f} |",
-              "", f"With two workers the server and wrk together kept {both['server_cores'] + both['client_cores']:.2f} "
-              f"of this machine's {os.cpu_count()} cores busy, and the two workers had {both['server_cores']:.2f} cores "
+              "", "With two workers the server and wrk together kept "
+              f"{both['server_cores'] + both['client_cores']:.2f} "
+              f"of this machine's {os.cpu_count()} cores busy, and the two workers had "
+              f"{both['server_cores']:.2f} cores "
               "between them: the throughput ratio is bounded by the cores the workers got. "
               + (f"Per busy server core two workers serve {efficiency:.2f}× what one does: they share nothing "
                  "that slows them down." if efficiency >= 0.9 else

@@ -14,11 +14,11 @@ import dataclasses
 import logging
 
 from livecdn import metrics
+from livecdn.cache.engine import Engine
+from livecdn.cache.upstreams import Upstreams
 from livecdn.config import EdgeConfig, Topology
 from livecdn.front.connlimit import ConnectionLimit
-from livecdn.cache.engine import Engine
 from livecdn.node.cache import CacheNode
-from livecdn.cache.upstreams import Upstreams
 
 from .policy import EdgePolicy
 

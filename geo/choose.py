@@ -11,8 +11,8 @@ the one cut off): the nearest overloaded edge that is up, else the nearest.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 __all__ = ["Decision", "EdgeState", "REASONS", "Site", "UNKNOWN", "choose", "distance_km", "rank"]
 

@@ -8,7 +8,8 @@ Two paths give the same answers:
 
 - the fast path parses by hand the one query shape that nearly all traffic
   has, one A or AAAA question for the CDN host name, with or without EDNS and
-  an ECS option, and joins pre-built byte strings for the reply;
+  an ECS option (`_parse_common`), routes it (`_decide`) and joins pre-built
+  byte strings for the reply (`_emit`); a memo of replies comes first;
 - everything else goes through `dnslib`, which knows the whole wire format:
   SOA and NS for the zone (with glue for its in-zone name servers), NXDOMAIN
   for unknown names in it, REFUSED outside it, FORMERR for malformed
@@ -40,8 +41,31 @@ __all__ = ["Answerer", "MAX_UDP_PAYLOAD", "Zone", "ecs_option", "QTYPE_LABELS", 
 MAX_UDP_PAYLOAD = 1232
 PLAIN_UDP_PAYLOAD = 512  # RFC 1035, for clients without EDNS
 ECS = 8  # EDNS option code of Client Subnet (RFC 7871)
-OPT = 41
+OPT = 41  # the type of the EDNS pseudo-record (RFC 6891)
 TYPE_A, TYPE_AAAA = b"\x00\x01", b"\x00\x1c"
+
+# The wire format the fast path reads and writes by hand (RFC 1035 4.1, RFC 6891, RFC 7871).
+ID_BYTES = 2  # the message ID, first in the header; two flag bytes follow
+COUNTS_AT, HEADER_BYTES = 4, 12  # then four 16-bit counts (QD, AN, NS, AR) end the header
+QTAIL_BYTES = 4  # after a question's name: QTYPE, QCLASS
+# An OPT record before its options: root name, TYPE, CLASS = the sender's UDP payload
+# size, TTL = extended rcode, version, flags; RDLENGTH. Then options, each code, length, data.
+OPT_RECORD = struct.Struct(">BHHBBHH")
+OPTION_HEAD = struct.Struct(">HH")
+ECS_HEAD = struct.Struct(">HBB")  # ECS data before the address: family, source prefix, scope prefix
+QR_OPCODE = 0xF8  # flag byte 1 (offset 2): QR and the opcode, both 0 in a standard query
+QR_AA, TC, RD = 0x84, 0x02, 0x01  # flag byte 1: response + authoritative, truncated, recursion desired
+CD = 0x10  # flag byte 2 (offset 3): checking disabled, echoed
+# The reply's two flag bytes, by the query's RD and CD bits (`q[2] & RD | q[3] & CD`): a
+# table lookup costs a fifth of building them, and a reply is built at every memo miss.
+ANSWER_FLAGS = tuple(bytes((QR_AA | (bits & RD), bits & CD)) for bits in range(RD + CD + 1))
+TRUNCATED_FLAGS = tuple(bytes((QR_AA | TC | (bits & RD), bits & CD)) for bits in range(RD + CD + 1))
+ONE_QUESTION = struct.pack(">HHH", 1, 0, 0)  # QDCOUNT, ANCOUNT, NSCOUNT
+NO_RECORDS, ONE_RECORD = struct.pack(">H", 0), struct.pack(">H", 1)  # ARCOUNT
+QUESTION_ONLY, QUESTION_AND_OPT = ONE_QUESTION + NO_RECORDS, ONE_QUESTION + ONE_RECORD  # all four counts
+CLASS_IN = struct.pack(">H", 1)
+A_IN, AAAA_IN = TYPE_A + CLASS_IN, TYPE_AAAA + CLASS_IN  # a question's QTYPE and QCLASS
+QNAME_POINTER = struct.pack(">H", 0xC000 | HEADER_BYTES)  # a record's name: the question's, compressed
 
 # Metric label values: a bounded set, whatever the queries contain.
 QTYPE_LABELS = ("A", "AAAA", "ANY", "SOA", "NS", "CNAME", "MX", "TXT", "other")
@@ -54,6 +78,13 @@ MAX_REPLIES = 100_000
 
 # A pre-encoded reply tail: QD/AN/NS counts, the answer and authority records, metric labels.
 Tail = tuple[bytes, bytes, tuple[str, str]]
+# A query of the common shape, as `Answerer._parse_common` read it: QTYPE (TYPE_A or TYPE_AAAA),
+# the offset just past the question, the client's UDP limit, whether it has an OPT record, the
+# data of its ECS option if any. A plain tuple: a NamedTuple would cost a tenth of an answer.
+Common = tuple[bytes, int, int, bool, bytes | None]
+# The client subnet an ECS option names: family (1 IPv4, 2 IPv6), source prefix length
+# (0: "place me by my own address"), the prefix's bytes. A plain tuple, as `Common` is.
+Subnet = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -98,9 +129,15 @@ def _wire(name: str) -> bytes:
     return b"".join(bytes([len(x)]) + x for x in _labels(name)) + b"\0"
 
 
+def _subnet(data: bytes) -> Subnet:
+    """The subnet in ECS option data (at least `ECS_HEAD.size` bytes)."""
+    family, source, _ = ECS_HEAD.unpack_from(data)
+    return family, source, data[ECS_HEAD.size:]
+
+
 def ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
     """The data of an ECS option (without the option code and length)."""
-    return struct.pack(">HBB", family, source, scope) + address
+    return ECS_HEAD.pack(family, source, scope) + address
 
 
 class Answerer:
@@ -153,78 +190,100 @@ class Answerer:
         if self._generation != router.generation:
             self._replies.clear()
             self._generation = router.generation
-        key = (query[2:], client, udp)
+        key = (query[ID_BYTES:], client, udp)
         hit = self._replies.get(key)
         if hit is not None:
             tail, route_key, stat = hit
             router.decisions[route_key] += 1
             self.counts[stat] += 1
-            return query[:2] + tail
-        q = query
-        n = self._qend
-        # One question, no answer/authority records, QR=0, opcode QUERY, class IN,
-        # the host name (any case) and A or AAAA; else the general path.
-        if (len(q) < n + 4 or q[2] & 0xF8 or q[4:10] != b"\x00\x01\x00\x00\x00\x00"
-                or q[n + 2:n + 4] != b"\x00\x01" or q[12:n].lower() != self._host_wire):
-            return self._general(q, client, udp)
-        qtype = q[n:n + 2]
-        if qtype != TYPE_A and qtype != TYPE_AAAA:
-            return self._general(q, client, udp)
-        end = n + 4
-        arcount = q[10:12]
-        ecs = None
-        if arcount == b"\x00\x00":
-            if len(q) != end:
-                return self._general(q, client, udp)
-            limit = PLAIN_UDP_PAYLOAD
-        elif arcount == b"\x00\x01":
-            # OPT: root name, TYPE 41, CLASS = payload size, TTL = ext-rcode/version/flags, RDLEN.
-            if (len(q) < end + 11 or q[end] != 0 or q[end + 1:end + 3] != b"\x00\x29" or q[end + 6] != 0
-                    or end + 11 + (q[end + 9] << 8 | q[end + 10]) != len(q)):
-                return self._general(q, client, udp)
-            size = q[end + 3] << 8 | q[end + 4]
-            limit = MAX_UDP_PAYLOAD if size > MAX_UDP_PAYLOAD else (size if size > PLAIN_UDP_PAYLOAD
-                                                                    else PLAIN_UDP_PAYLOAD)
-            p = end + 11
-            while p < len(q):
-                if p + 4 > len(q):
-                    return self._general(q, client, udp)
-                olen = q[p + 2] << 8 | q[p + 3]
-                if q[p:p + 2] == b"\x00\x08":
-                    if ecs is not None:
-                        return self._general(q, client, udp)
-                    ecs = q[p + 4:p + 4 + olen]
-                p += 4 + olen
-            if p != len(q):
-                return self._general(q, client, udp)
-        else:
-            return self._general(q, client, udp)
-
-        if ecs is None:
-            route = router.route(client)
-            opt = b"" if arcount == b"\x00\x00" else self._opt_plain
-        else:
-            if len(ecs) < 4:
-                return self._general(q, client, udp)
-            try:
-                if ecs[2] == 0:  # source /0: "place me by my own address"
-                    route, scope = router.route(client), 0
-                else:
-                    route = router.route_subnet(ecs[0] << 8 | ecs[1], ecs[2], ecs[4:])
-                    scope = route.location.prefix
-            except ValueError:
-                return self._general(q, client, udp)
-            opt = self._opt_ecs(ecs[:3] + bytes((scope,)) + ecs[4:])
+            return query[:ID_BYTES] + tail
+        common = self._parse_common(query)
+        if common is None:
+            return self.answer_general(query, client, udp)
+        qtype, end, limit, edns, ecs = common
+        decided = self._decide(client, edns, ecs)
+        if decided is None:
+            return self.answer_general(query, client, udp)
+        route, opt = decided
         counts, body, stat = self._tails[route.decision.edge.name][qtype]
-        tail = b"".join((bytes((0x84 | (q[2] & 0x01), q[3] & 0x10)), counts,
-                         b"\x00\x01" if opt else b"\x00\x00", q[12:end], body, opt))
-        if udp and len(tail) + 2 > limit:
-            return self._truncate(q[:2], q[2], q[3], q[12:end], opt, qtype)
+        tail = self._emit(query, end, counts, body, opt)
+        if udp and len(tail) + ID_BYTES > limit:
+            return self._truncate(query, end, opt, qtype)
         self.counts[stat] += 1
         if len(self._replies) >= MAX_REPLIES:
             self._replies.clear()
         self._replies[key] = (tail, route.key, stat)
-        return q[:2] + tail
+        return query[:ID_BYTES] + tail
+
+    def _parse_common(self, q: bytes) -> Common | None:
+        """Read the query shape nearly all traffic has; None for any other (the general path's).
+
+        That shape: QR=0, opcode QUERY, one question and no answer or authority
+        records; the question is class IN, the host name (any case), A or AAAA;
+        then either nothing, or one OPT record of version 0 whose options hold
+        at most one ECS option.
+        """
+        n, size = self._qend, len(q)
+        if size < n + QTAIL_BYTES or q[2] & QR_OPCODE or q[HEADER_BYTES:n].lower() != self._host_wire:
+            return None
+        qtail = q[n:n + QTAIL_BYTES]
+        if qtail == A_IN:
+            qtype = TYPE_A
+        elif qtail == AAAA_IN:
+            qtype = TYPE_AAAA
+        else:
+            return None
+        end = n + QTAIL_BYTES
+        counts = q[COUNTS_AT:HEADER_BYTES]
+        if counts == QUESTION_ONLY:
+            return (qtype, end, PLAIN_UDP_PAYLOAD, False, None) if size == end else None
+        if counts != QUESTION_AND_OPT:
+            return None
+        # The OPT record must end the message, and its options its RDATA.
+        if size < end + OPT_RECORD.size:
+            return None
+        root, rtype, payload, _, version, _, rdlength = OPT_RECORD.unpack_from(q, end)
+        p = end + OPT_RECORD.size
+        if root != 0 or rtype != OPT or version != 0 or p + rdlength != size:
+            return None
+        limit = MAX_UDP_PAYLOAD if payload > MAX_UDP_PAYLOAD else (payload if payload > PLAIN_UDP_PAYLOAD
+                                                                   else PLAIN_UDP_PAYLOAD)
+        ecs = None
+        while p < size:
+            if p + OPTION_HEAD.size > size:
+                return None
+            code, olen = OPTION_HEAD.unpack_from(q, p)
+            p += OPTION_HEAD.size
+            if code == ECS:
+                if ecs is not None:
+                    return None
+                ecs = q[p:p + olen]
+            p += olen
+        if p != size or (ecs is not None and len(ecs) < ECS_HEAD.size):
+            return None
+        return qtype, end, limit, True, ecs
+
+    def _decide(self, client: str, edns: bool, ecs: bytes | None) -> tuple[Route, bytes] | None:
+        """The route for the client or its ECS subnet, and the OPT record the reply carries.
+
+        None for an ECS subnet the router cannot place (the general path answers it).
+        """
+        router = self.router
+        if ecs is None:
+            return router.route(client), (self._opt_plain if edns else b"")
+        subnet = _subnet(ecs)
+        try:
+            route, scope = self._route(subnet, client)
+        except ValueError:
+            return None
+        family, source, address = subnet
+        return route, self._opt_ecs(ecs_option(family, source, scope, address))
+
+    @staticmethod
+    def _emit(q: bytes, end: int, counts: bytes, body: bytes, opt: bytes) -> bytes:
+        """The reply after its ID: flags, counts, the question as asked, the pre-built records, OPT."""
+        return b"".join((ANSWER_FLAGS[q[2] & RD | q[3] & CD], counts, ONE_RECORD if opt else NO_RECORDS,
+                         q[HEADER_BYTES:end], body, opt))
 
     def sites_changed(self) -> None:
         """Rebuild the pre-encoded answers after the router's edge list changed."""
@@ -236,7 +295,7 @@ class Answerer:
             for qtype, family, label in ((TYPE_A, site.ipv4, "A"), (TYPE_AAAA, site.ipv6, "AAAA")):
                 if family:
                     packed = [ipaddress.ip_address(a).packed for a in family]
-                    body = b"".join(b"\xc0\x0c" + qtype + b"\x00\x01" + ttl + struct.pack(">H", len(p)) + p
+                    body = b"".join(QNAME_POINTER + qtype + CLASS_IN + ttl + struct.pack(">H", len(p)) + p
                                     for p in packed)
                     per[qtype] = (struct.pack(">HHH", 1, len(packed), 0), body, (label, "NOERROR"))
                 else:
@@ -249,22 +308,29 @@ class Answerer:
         rdata = _wire(z.nameservers[0]) + _wire(z.rname) + struct.pack(">IIIII", z.serial, *SOA_TIMERS, z.ttl)
         return _wire(z.origin) + struct.pack(">HHIH", 6, 1, z.ttl, len(rdata)) + rdata
 
-    _opt_plain = b"\x00\x00\x29" + struct.pack(">H", MAX_UDP_PAYLOAD) + b"\x00\x00\x00\x00\x00\x00"
+    # Our OPT record: root name, TYPE OPT, CLASS = our payload size, TTL 0 (rcode, version 0, no flags).
+    _opt_head = b"\x00" + struct.pack(">HHI", OPT, MAX_UDP_PAYLOAD, 0)
+    _opt_plain = _opt_head + struct.pack(">H", 0)  # no options
 
-    @staticmethod
-    def _opt_ecs(data: bytes) -> bytes:
-        return (b"\x00\x00\x29" + struct.pack(">H", MAX_UDP_PAYLOAD) + b"\x00\x00\x00\x00"
-                + struct.pack(">HHH", len(data) + 4, ECS, len(data)) + data)
+    @classmethod
+    def _opt_ecs(cls, data: bytes) -> bytes:
+        """Our OPT record carrying one ECS option with `data`."""
+        return cls._opt_head + struct.pack(">HHH", OPTION_HEAD.size + len(data), ECS, len(data)) + data
 
-    def _truncate(self, qid: bytes, b2: int, b3: int, question: bytes, opt: bytes, qtype: bytes) -> bytes:
+    def _truncate(self, q: bytes, end: int, opt: bytes, qtype: bytes) -> bytes:
+        """The reply with TC set and no records but OPT: the client asks again over TCP."""
         self.truncated += 1
         self.counts["A" if qtype == TYPE_A else "AAAA", "NOERROR"] += 1
-        return b"".join((qid, bytes((0x86 | (b2 & 0x01), b3 & 0x10)), b"\x00\x01\x00\x00\x00\x00",
-                         b"\x00\x01" if opt else b"\x00\x00", question, opt))
+        return b"".join((q[:ID_BYTES], TRUNCATED_FLAGS[q[2] & RD | q[3] & CD], ONE_QUESTION,
+                         ONE_RECORD if opt else NO_RECORDS, q[HEADER_BYTES:end], opt))
 
     # --- general path (dnslib) -----------------------------------------------
 
-    def _general(self, q: bytes, client: str, udp: bool) -> bytes | None:
+    def answer_general(self, q: bytes, client: str, udp: bool = True) -> bytes | None:
+        """The reply the general (dnslib) path gives, whatever the query's shape.
+
+        `answer` gives the same for every query, by whichever path: tests compare the two.
+        """
         if len(q) < 12 or q[2] & 0x80:
             self.dropped += 1
             return None
@@ -280,17 +346,17 @@ class Answerer:
         if len(opts) > 1:
             return self._reply(msg, 1, None, udp)
         edns = opts[0] if opts else None
-        ecs = None
+        subnet = None
         if edns is not None:
             if (edns.ttl >> 16) & 0xFF != 0:
                 return self._reply(msg, 16, edns, udp)
             found = [o.data for o in edns.rdata if o.code == ECS]
-            if len(found) > 1 or (found and len(found[0]) < 4):
+            if len(found) > 1 or (found and len(found[0]) < ECS_HEAD.size):
                 return self._reply(msg, 1, edns, udp)
-            ecs = found[0] if found else None
-            if ecs is not None and ecs[2]:
+            subnet = _subnet(found[0]) if found else None
+            if subnet is not None and subnet[1]:  # a source prefix: is it well-formed?
                 try:
-                    subnet_address(ecs[0] << 8 | ecs[1], ecs[2], ecs[4:])
+                    subnet_address(*subnet)
                 except ValueError:
                     return self._reply(msg, 1, edns, udp)
         question = msg.q
@@ -307,7 +373,7 @@ class Answerer:
         rcode, scope = 0, 0
         if labels == self._host_labels and qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
             try:
-                route, scope = self._route(ecs, client)
+                route, scope = self._route(subnet, client)
             except ValueError:
                 return self._reply(msg, 1, edns, udp)
             answers = self._edge_rrs(question.qname, route.edge, qtype)
@@ -323,15 +389,21 @@ class Answerer:
         elif not self._exists(labels):
             rcode = 3
         ecs_reply = None
-        if ecs is not None:
-            ecs_reply = ecs_option(ecs[0] << 8 | ecs[1], ecs[2], scope, ecs[4:])
+        if subnet is not None:
+            family, source, address = subnet
+            ecs_reply = ecs_option(family, source, scope, address)
         return self._reply(msg, rcode, edns, udp, answers=answers, additional=glue, ecs=ecs_reply)
 
-    def _route(self, ecs: bytes | None, client: str) -> tuple[Route, int]:
-        if ecs is None or ecs[2] == 0:
-            return self.router.route(client), 0
-        route = self.router.route_subnet(ecs[0] << 8 | ecs[1], ecs[2], ecs[4:])
-        return route, route.location.prefix
+    def _route(self, subnet: Subnet | None, client: str) -> tuple[Route, int]:
+        """The route and the ECS scope to answer with: by the subnet, or by the client's address.
+
+        Raises:
+            ValueError: the subnet is malformed.
+        """
+        if subnet is not None and subnet[1]:  # source /0: "place me by my own address"
+            route = self.router.route_subnet(*subnet)
+            return route, route.location.prefix
+        return self.router.route(client), 0
 
     def _exists(self, labels: tuple[bytes, ...]) -> bool:
         """Whether the name owns records or lies on the way to one (an empty non-terminal)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -46,18 +46,18 @@ class Tracker:
         """Feed one check result; returns the (possibly unchanged) state."""
         current = self.state
         if current is None:
-            self.state = EdgeState(ok, overloaded and ok, load if ok else None)
-            return self.state
+            self.state = current = EdgeState(ok, overloaded and ok, load if ok else None)
+            return current
         if ok == current.up:
             self._streak = 0
             if ok:
-                self.state = EdgeState(True, overloaded, load)
-            return self.state
+                self.state = current = EdgeState(True, overloaded, load)
+            return current
         self._streak += 1
         if self._streak >= (self.rise if ok else self.failures):
             self._streak = 0
-            self.state = EdgeState(ok, overloaded and ok, load if ok else None)
-        return self.state
+            self.state = current = EdgeState(ok, overloaded and ok, load if ok else None)
+        return current
 
 
 class HealthChecker:
@@ -123,7 +123,7 @@ class HealthChecker:
                     self.last_error[name] = f"/healthz answered {r.status}"
                     return False, False, None
                 body = await r.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             self.last_error[name] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             return False, False, None
         if not isinstance(body, dict) or body.get("status") != "ok":

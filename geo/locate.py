@@ -119,7 +119,7 @@ def _coordinates(record: Any) -> tuple[float, float] | None:
     return float(lat), float(lon)
 
 
-def _label(record: dict[str, Any]) -> str:
+def _label(record: Any) -> str:
     for key in ("city", "country", "continent"):
         names = record.get(key, {}).get("names", {})
         if "en" in names:

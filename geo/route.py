@@ -11,10 +11,10 @@ feed it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from .choose import Decision, EdgeState, Site, UNKNOWN, choose
+from .choose import UNKNOWN, Decision, EdgeState, Site, choose
 from .locate import Location, Locator, subnet_address
 
 __all__ = ["MAX_ROUTES", "Route", "Router"]

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_origin(cfg: OriginConfig) -> int:
-    from livecdn.origin import OriginNode
     from livecdn.node.serve import run, serve
+    from livecdn.origin import OriginNode
 
     try:
         run(lambda: serve(OriginNode(cfg)))
@@ -131,8 +131,8 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
 
     def child() -> None:
         from edge import EdgeNode
-        from shield import ShieldNode
         from livecdn.node.serve import run, serve
+        from shield import ShieldNode
 
         kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
         node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1)

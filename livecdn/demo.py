@@ -12,6 +12,7 @@ gracefully; children also die with the demo if it is killed outright.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import signal
@@ -20,8 +21,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from livecdn.config import Topology
 
@@ -64,10 +65,8 @@ def play_url(topo: Topology) -> str:
 
 
 def _die_with_parent() -> None:
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _answers(url: str) -> bool:

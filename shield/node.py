@@ -8,9 +8,9 @@ origin stumbles.
 
 from __future__ import annotations
 
+from livecdn.cache.upstreams import Upstreams
 from livecdn.config import Topology
 from livecdn.node.cache import CacheNode
-from livecdn.cache.upstreams import Upstreams
 
 __all__ = ["ShieldNode"]
 

@@ -19,12 +19,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edge import EdgeNode
 from livecdn.config import (
-    Address, CacheSettings, EdgeConfig, GuardSettings, LimitSettings, Region, ShieldConfig, Topology,
+    Address,
+    CacheSettings,
+    EdgeConfig,
+    GuardSettings,
+    LimitSettings,
+    Region,
+    ShieldConfig,
+    Topology,
 )
 from shield import ShieldNode
 

@@ -12,14 +12,17 @@ fill answered with, and compares the two transcripts. A mismatch raises
 "Playbook mismatch!" with an ndiff. A playbook that was added to but never
 asserted again is reported as "Unfinished playbook!": a warning when it is
 garbage-collected, and a test failure through the autouse fixture
-`unfinished_playbooks`, which a test module enables by importing it.
+`unfinished_playbooks`, which `tests/conftest.py` registers for every test.
+It collects no garbage (two `gc.collect()` a test made the unit tests a
+hundred times slower) because it needs none: an unasserted playbook is either
+alive, and so in `_LIVE` (even unreachable in a reference cycle), or already
+finalized, and then its `__del__` has left a report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import gc
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -133,7 +136,7 @@ class Playbook:
         if len(self.expected) == len(self.actual) and all(matched):
             return True
         # Render a matched expectation as what it matched, so placeholders don't show as diffs.
-        exp = [repr(self.actual[i] if ok else e) for i, (e, ok) in enumerate(zip(self.expected, matched))]
+        exp = [repr(self.actual[i] if ok else e) for i, (e, ok) in enumerate(zip(self.expected, matched, strict=True))]
         diff = "\n".join(difflib.ndiff(exp, [repr(a) for a in self.actual]))
         raise AssertionError(f"Playbook mismatch!\n(- expected, + actual)\n{diff}")
 
@@ -149,8 +152,7 @@ class Playbook:
 
 
 def take_unfinished() -> list[str]:
-    """Collect garbage, then return (and forget) every unfinished-playbook report."""
-    gc.collect()
+    """Return (and forget) every unfinished-playbook report: live playbooks and finalized ones."""
     reports = [p.unfinished_report() for p in list(_LIVE) if p._dirty]
     for p in list(_LIVE):
         p._dirty = False  # reported here; don't report again from __del__

@@ -31,9 +31,8 @@ async def get(url: str, **kw: object) -> tuple[int, CIMultiDict[str], bytes]:
     """One GET in a fresh session; the body as sent (not decompressed)."""
     kw.setdefault("headers", {})
     kw["headers"].setdefault("Accept-Encoding", "identity")  # type: ignore[union-attr]
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
-        async with s.get(url, **kw) as r:  # type: ignore[arg-type]
-            return r.status, r.headers.copy(), await r.read()
+    async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, r.headers.copy(), await r.read()
 
 
 async def test_miss_then_hit_reaches_origin_once(origin: FakeOrigin, stack: Stack) -> None:
@@ -48,6 +47,7 @@ async def test_miss_then_hit_reaches_origin_once(origin: FakeOrigin, stack: Stac
     assert all("token" not in r.path_qs for r in origin.requests)
 
 
+@pytest.mark.slow
 async def test_age_grows_while_cached(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/v/seg1.ts"] = body(b"x" * 100, headers={"Age": "5"})
     _, h1, _ = await get(stack.edge + "/v/seg1.ts")
@@ -57,7 +57,7 @@ async def test_age_grows_while_cached(origin: FakeOrigin, stack: Stack) -> None:
     assert int(h2["Age"]) >= int(h1["Age"]) + 1
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])
+@pytest.mark.parametrize("delay", [0.3, pytest.param(1.5, marks=pytest.mark.slow)])
 async def test_concurrent_requests_make_one_origin_fetch(origin: FakeOrigin, stack: Stack, delay: float) -> None:
     origin.routes["/live/a/seg2.ts"] = slow(delay, SEG)
     started = time.monotonic()
@@ -70,6 +70,7 @@ async def test_concurrent_requests_make_one_origin_fetch(origin: FakeOrigin, sta
     assert elapsed < delay + 3.0
 
 
+@pytest.mark.slow
 async def test_late_joiner_gets_bytes_so_far_then_the_rest(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/live/a/seg3.ts"] = dribble(SEG, pieces=8, pause=0.15)
     first = asyncio.ensure_future(get(stack.edge + "/live/a/seg3.ts"))
@@ -84,9 +85,8 @@ async def test_late_joiner_gets_bytes_so_far_then_the_rest(origin: FakeOrigin, s
 async def test_a_client_leaving_does_not_cancel_the_shared_fetch(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/live/a/seg4.ts"] = dribble(SEG, pieces=8, pause=0.1)
     stayer = asyncio.ensure_future(get(stack.edge + "/live/a/seg4.ts"))
-    async with aiohttp.ClientSession() as s:
-        async with s.get(stack.edge + "/live/a/seg4.ts") as r:
-            await r.content.read(1000)  # then hang up mid-body
+    async with aiohttp.ClientSession() as s, s.get(stack.edge + "/live/a/seg4.ts") as r:
+        await r.content.read(1000)  # then hang up mid-body
     assert (await stayer)[2] == SEG
     status_, headers, data = await get(stack.edge + "/live/a/seg4.ts")
     assert (status_, headers["X-Cache"], data) == (200, "HIT", SEG)
@@ -98,19 +98,20 @@ async def test_upstream_reset_mid_body_caches_nothing_and_breaks_every_client(
     origin.routes["/live/a/seg5.ts"] = reset_after(SEG, sent=300_000, pause=0.3)
 
     async def fetch() -> str:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(stack.edge + "/live/a/seg5.ts") as r:
-                try:
-                    data = await r.read()
-                except aiohttp.ClientPayloadError:
-                    return "broken"
-                return f"whole {len(data)}"
+        async with aiohttp.ClientSession() as s, s.get(stack.edge + "/live/a/seg5.ts") as r:
+            try:
+                data = await r.read()
+            except aiohttp.ClientPayloadError:
+                return "broken"
+            return f"whole {len(data)}"
     outcomes = await asyncio.gather(*(fetch() for _ in range(5)))
     assert outcomes == ["broken"] * 5
     origin.routes["/live/a/seg5.ts"] = body(SEG)
     s, h, data = await get(stack.edge + "/live/a/seg5.ts")
     assert (s, h["X-Cache"], data) == (200, "MISS", SEG)  # nothing truncated was stored
-    assert await get(stack.edge + "/healthz") is not None  # still serving
+    s, _, data = await get(stack.edge_admin() + "/healthz")
+    health = json.loads(data)
+    assert (s, health["status"], health["fetches"]) == (200, "ok", 0)  # no broken fetch left behind
 
 
 async def test_malformed_playlist_is_a_502_with_a_reason_and_not_cached(origin: FakeOrigin, stack: Stack) -> None:
@@ -122,6 +123,7 @@ async def test_malformed_playlist_is_a_502_with_a_reason_and_not_cached(origin: 
     assert (s, data, h["X-Cache"]) == (200, LIVE, "MISS")
 
 
+@pytest.mark.slow
 async def test_playlist_lifetime_is_half_its_target_duration(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/live/a/index.m3u8"] = body(LIVE, M3U8)
     await get(stack.edge + "/live/a/index.m3u8")
@@ -140,6 +142,7 @@ async def test_playlist_lifetime_is_half_its_target_duration(origin: FakeOrigin,
     assert origin.hits["/live/a/index.m3u8"] == 2  # one refresh reached the origin
 
 
+@pytest.mark.slow
 async def test_expired_object_is_revalidated_with_a_conditional_request(origin: FakeOrigin) -> None:
     origin.routes["/v/seg1.ts"] = body(SEG, headers={"ETag": '"v1"', "Cache-Control": "max-age=1"})
     stack = await Stack(origin.url, cache=CacheSettings(disk_path="", stale_while_revalidate=0)).start()
@@ -153,6 +156,7 @@ async def test_expired_object_is_revalidated_with_a_conditional_request(origin: 
         await stack.stop()
 
 
+@pytest.mark.slow
 async def test_stale_if_error_keeps_playback_going_when_tiers_above_fail(origin: FakeOrigin) -> None:
     origin.routes["/live/a/index.m3u8"] = body(LIVE, M3U8)
     stack = await Stack(origin.url, cache=CacheSettings(disk_path="", stale_while_revalidate=0,
@@ -182,6 +186,7 @@ async def test_origin_down_without_stale_copy_is_a_clear_502(origin: FakeOrigin,
     assert (s, data) == (200, b"fine")  # the error was not cached
 
 
+@pytest.mark.slow
 async def test_404_is_cached_briefly(origin: FakeOrigin, stack: Stack) -> None:
     for _ in range(3):
         s, _, _ = await get(stack.edge + "/live/a/seg404.ts")
@@ -242,10 +247,9 @@ async def test_range_requests(origin: FakeOrigin, stack: Stack) -> None:
 
 async def test_head_and_conditional_requests(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/c/seg1.ts"] = body(SEG, headers={"ETag": '"abc"', "Last-Modified": "Mon, 02 Nov 2026 10:00:00 GMT"})
-    async with aiohttp.ClientSession() as s:
-        async with s.head(stack.edge + "/c/seg1.ts") as r:
-            assert r.status == 200 and r.headers["Content-Length"] == str(len(SEG))
-            assert await r.read() == b""
+    async with aiohttp.ClientSession() as s, s.head(stack.edge + "/c/seg1.ts") as r:
+        assert r.status == 200 and r.headers["Content-Length"] == str(len(SEG))
+        assert await r.read() == b""
     s_, h, data = await get(stack.edge + "/c/seg1.ts", headers={"If-None-Match": '"abc"'})
     assert (s_, data) == (304, b"") and h["ETag"] == '"abc"'
     s_, _, _ = await get(stack.edge + "/c/seg1.ts", headers={"If-Modified-Since": "Tue, 03 Nov 2026 10:00:00 GMT"})
@@ -258,13 +262,12 @@ async def test_cors_and_preflight(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/c/seg2.ts"] = body(b"x")
     _, h, _ = await get(stack.edge + "/c/seg2.ts", headers={"Origin": "https://player.example"})
     assert h["Access-Control-Allow-Origin"] == "*"
-    async with aiohttp.ClientSession() as s:
-        async with s.options(stack.edge + "/c/seg2.ts", headers={
-                "Origin": "https://player.example", "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "range"}) as r:
-            assert r.status == 204
-            assert "GET" in r.headers["Access-Control-Allow-Methods"]
-            assert "Range" in r.headers["Access-Control-Allow-Headers"]
+    async with aiohttp.ClientSession() as s, s.options(stack.edge + "/c/seg2.ts", headers={
+            "Origin": "https://player.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "range"}) as r:
+        assert r.status == 204
+        assert "GET" in r.headers["Access-Control-Allow-Methods"]
+        assert "Range" in r.headers["Access-Control-Allow-Headers"]
     assert origin.hits["/c/seg2.ts"] == 1  # a preflight never goes upstream
 
 
@@ -311,9 +314,8 @@ async def test_bad_paths_are_refused_without_an_upstream_fetch(origin: FakeOrigi
 
 async def test_unknown_method_oversized_header_and_node_keeps_serving(origin: FakeOrigin, stack: Stack) -> None:
     origin.routes["/ok/seg1.ts"] = body(b"ok")
-    async with aiohttp.ClientSession() as s:
-        async with s.request("PURGE", stack.edge + "/ok/seg1.ts") as r:
-            assert r.status == 405 and "GET" in r.headers["Allow"]
+    async with aiohttp.ClientSession() as s, s.request("PURGE", stack.edge + "/ok/seg1.ts") as r:
+        assert r.status == 405 and "GET" in r.headers["Allow"]
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.edges[0].port)
     writer.write(b"GET /ok/seg1.ts HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
     response = await reader.read(200)
@@ -415,6 +417,7 @@ async def test_access_log_has_one_line_per_answer(origin: FakeOrigin, stack: Sta
     assert abs(first["time"] - time.time()) < 60
 
 
+@pytest.mark.slow
 async def test_access_lines_are_written_within_a_second_without_a_flush(
         origin: FakeOrigin, stack: Stack, tmp_path: Path) -> None:
     from livecdn.logs import FLUSH_INTERVAL, AccessLog

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from livecdn import metrics
 from livecdn.cli import ROLES
 from livecdn.config import load
 from tests.cdn import ROOT
@@ -55,7 +56,11 @@ def test_systemd_unit() -> None:
     assert re.search(r"livecdn \$\{ROLE\} --config \S+ --node %i$", start)
     assert unit["Service"]["KillSignal"] == "SIGTERM"
     assert "HUP" in unit["Service"]["ExecReload"]
-    assert set(ROLES) >= {"edge", "shield"}
+    # ${ROLE} comes from role.d; every role the unit says it may hold must be a command.
+    named = re.search(r"holds it \(([^)]*)\)", (DEPLOY / "systemd" / "livecdn@.service").read_text())
+    assert named, "the unit no longer says which roles /etc/livecdn/role.d holds"
+    roles = set(re.split(r", | or ", named.group(1)))
+    assert roles and roles <= set(ROLES), roles - set(ROLES)
 
 
 def test_containerfile_copies_what_exists() -> None:
@@ -66,14 +71,21 @@ def test_containerfile_copies_what_exists() -> None:
                 assert (ROOT / src).exists(), src
 
 
+def exported_series() -> set[str]:
+    """Every series name livecdn's /metrics can carry: metric objects and collectors alike."""
+    text = metrics.exposition()[0].decode()
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (livecdn_\w+) (\w+)$", text, re.M):
+        # Counters and gauges are one series named as their TYPE line says; others have several.
+        assert kind in ("counter", "gauge"), f"{name} is a {kind}: teach exported_series its series names"
+        names.add(name)
+    return names
+
+
 def test_dashboard_queries_only_metrics_livecdn_exports() -> None:
-    import livecdn.metrics as m
-    from prometheus_client.metrics import MetricWrapperBase
-    exported = set()
-    for obj in vars(m).values():
-        if isinstance(obj, MetricWrapperBase):
-            family = obj.describe()[0]
-            exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    exported = exported_series()
+    assert {"livecdn_requests_total", "livecdn_inflight_requests", "livecdn_dns_queries_total",
+            "livecdn_edge_up"} <= exported  # objects and the router's collector, counters and gauges
     dash = json.loads((DEPLOY / "grafana" / "livecdn.json").read_text())
     used = {name for p in dash["panels"] for t in p["targets"] for name in re.findall(r"livecdn_\w+", t["expr"])}
     assert used and used <= exported, used - exported

@@ -32,6 +32,7 @@ GUARD = GuardSettings(refresh_interval=0.5, unknown_rate=1.0, unknown_burst=3, v
 
 # --- pure pieces ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generations_keep_memory_flat_and_never_refuse_the_window() -> None:
     """A day of a live stream: one new segment every 2 s, a window of 6 re-announced each time."""
     gens = Generations(capacity=256, error_rate=0.0001)
@@ -138,9 +139,8 @@ class LiveOrigin:
 
 async def get(url: str, client: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
     connector = aiohttp.TCPConnector(local_addr=(client, 0))
-    async with aiohttp.ClientSession(connector=connector) as s:
-        async with s.get(url) as r:
-            return r.status, dict(r.headers), await r.read()
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(url) as r:
+        return r.status, dict(r.headers), await r.read()
 
 
 async def metric(stack: Stack, name: str, **labels: str) -> float:
@@ -229,6 +229,7 @@ async def test_the_same_unknown_name_asked_at_once_is_one_try(origin: FakeOrigin
     assert origin.hits["/new/seg1.ts"] == 1
 
 
+@pytest.mark.slow
 async def test_prefetch_makes_the_first_request_for_a_new_segment_a_hit(live: LiveOrigin, origin: FakeOrigin) -> None:
     stack = await Stack(origin.url, shields=0, guard=GuardSettings(refresh_interval=0.5), limits=NO_LIMITS).start()
     try:
@@ -344,6 +345,7 @@ async def test_one_client_cannot_spend_the_tries_everyone_shares(origin: FakeOri
         await stack.stop()
 
 
+@pytest.mark.slow
 async def test_a_watched_live_playlist_is_polled_and_its_news_prefetched(
         live: LiveOrigin, origin: FakeOrigin) -> None:
     """No viewer reload needed: the edge refreshes a watched playlist when it expires."""
@@ -359,6 +361,7 @@ async def test_a_watched_live_playlist_is_polled_and_its_news_prefetched(
         await stack.stop()
 
 
+@pytest.mark.slow
 async def test_polling_stops_when_nobody_watches(live: LiveOrigin, origin: FakeOrigin) -> None:
     stack = await Stack(origin.url, shields=0, guard=GuardSettings(viewer_idle=3.0), limits=NO_LIMITS).start()
     try:

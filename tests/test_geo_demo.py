@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -24,6 +25,9 @@ import pytest
 from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 20_000}
+
+# Every test starts `livecdn` or `dig` as a process.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

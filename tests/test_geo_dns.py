@@ -87,7 +87,7 @@ CASES = [
 def test_fast_path_answers_as_dnslib_does(answerer: Answerer, case: dict[str, Any], udp: bool) -> None:
     wire = query(**case)
     fast = answerer.answer(wire, "127.0.0.1", udp)
-    general = answerer._general(wire, "127.0.0.1", udp)
+    general = answerer.answer_general(wire, "127.0.0.1", udp)
     assert fast is not None and general is not None
     assert summary(dns.message.from_wire(fast)) == summary(dns.message.from_wire(general))
 

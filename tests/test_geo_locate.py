@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from geo.builddb import build, main as builddb
+from geo.builddb import build
+from geo.builddb import main as builddb
 from geo.locate import Locator, subnet_address
 from tests.cdn import ROOT
 

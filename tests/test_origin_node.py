@@ -152,6 +152,7 @@ async def test_media_playlist_is_live_and_short_lived(origin, http):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_window_slides_with_the_clock(origin, http):
     seq0, uris0 = await first_playlist(http, origin)
     t0 = time.monotonic()
@@ -176,6 +177,7 @@ async def test_window_slides_with_the_clock(origin, http):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_segment_appears_on_schedule_and_is_removed_after_the_window(origin, http):
     seq, uris = await first_playlist(http, origin)
     newest = seq + len(uris) - 1
@@ -213,6 +215,7 @@ async def test_segment_appears_on_schedule_and_is_removed_after_the_window(origi
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_segment_bytes_headers_and_stability(origin, http):
     seq, uris = await first_playlist(http, origin)
     url = f"{origin.url}/other/lo/{uris[-1]}"
@@ -305,6 +308,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_ffmpeg_mode_serves_real_segments_and_leaves_no_encoder(http, tmp_path):
     if shutil.which("ffmpeg") is None:
         pytest.fail("ffmpeg is not installed: run `make test`, which installs it", pytrace=False)

@@ -30,6 +30,9 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SECONDS = 20
 INSTALL_HINT = "run `make test`, which installs ffmpeg, chromium and the npm packages in tests/players"
 
+# Real players, a real demo CDN: all slow.
+pytestmark = pytest.mark.slow
+
 
 def require_ffmpeg() -> str:
     path = shutil.which("ffmpeg")
