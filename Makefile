@@ -40,7 +40,7 @@ test: lint deps-test
 test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
-# ruff over the tree, mypy over the packages (setup.cfg [mypy] lists them).
+# ruff over the tree, mypy over the packages (setup.cfg [mypy] lists them); the import contracts are a test.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

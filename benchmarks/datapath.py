@@ -51,7 +51,13 @@ from lib.prom import scrape
 from lib.rawhttp import Connection, ConnectionClosed, Response
 from lib.report import header, save, without
 from lib.topology import (
-    Node, origin_counts, start_bench_origin, start_builtin_origin, start_nodes, wait_live, write_topology,
+    Node,
+    origin_counts,
+    start_bench_origin,
+    start_builtin_origin,
+    start_nodes,
+    wait_live,
+    write_topology,
 )
 from lib.trees import add_also_tree, label
 from tools.benchorigin import object_body
@@ -111,7 +117,7 @@ async def one_get(port: int, path: str, timeout: float, source: str) -> tuple[fl
             answer = await asyncio.wait_for(conn.get(path, close=True), timeout)
         finally:
             conn.close()
-    except (OSError, asyncio.TimeoutError, ConnectionClosed, httptools.HttpParserError):
+    except (TimeoutError, OSError, ConnectionClosed, httptools.HttpParserError):
         answer = Response()  # nothing complete: not intact
     return time.monotonic() - started, answer
 
@@ -281,7 +287,8 @@ def origin_figures(before: dict[str, int], after: dict[str, int], seconds: float
         "distinct_segments": len(segments),
         "per_segment": round(sum(segments.values()) / len(segments), 3) if segments else None,
         "per_segment_max": max(segments.values(), default=0),
-        "playlist_per_target_duration": {p.split("/")[-2]: round(n / durations, 2) for p, n in sorted(playlists.items())},
+        "playlist_per_target_duration": {
+            p.split("/")[-2]: round(n / durations, 2) for p, n in sorted(playlists.items())},
         "master_requests": sum(n for p, n in delta.items() if p.endswith("/master.m3u8")),
     }
 

@@ -20,9 +20,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -72,7 +73,7 @@ async def probe_new_streams(session: aiohttp.ClientSession, base: str, names: li
             async with session.get(f"{base}/{name}/master.m3u8") as r:
                 await r.read()
                 statuses.append(r.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             statuses.append(0)
         await asyncio.sleep(spacing)
     return statuses
@@ -102,7 +103,8 @@ async def attack_run(procs: Processes, session: aiohttp.ClientSession, plan: Pla
                 await asyncio.sleep(plan.before)
                 s1 = await snapshot(session, proxy, edge, shield)
                 attacker = procs.start_tool("attacker", "attacker", [
-                    "--port", str(edge.port), "--connections", str(CONNECTIONS), "--requests", str(plan.attack_requests), "--seed", str(run + 1),
+                    "--port", str(edge.port), "--connections", str(CONNECTIONS),
+                    "--requests", str(plan.attack_requests), "--seed", str(run + 1),
                     "--max-seconds", str(plan.attack_timeout)])
                 await asyncio.sleep(ATTACKER_STARTUP)
                 probing = asyncio.create_task(probe_new_streams(probe, base, streams[1:], PROBE_SPACING,

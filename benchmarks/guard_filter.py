@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -49,12 +50,12 @@ def false_positives(contains: Callable[[str], bool], names: int, rng: random.Ran
 def filter_figure(plan: Plan) -> dict[str, Any]:
     """Run in-process, with the measured tree first on sys.path (lib/figures.py puts it there)."""
     from edge.guard import Generations, StreamGuard
-    from livecdn.config import GuardSettings, Rendition
     from livecdn.cache.freshness import Lifetime
+    from livecdn.cache.stored import Stored
+    from livecdn.config import GuardSettings, Rendition
     from livecdn.media.kinds import NameKind
     from livecdn.media.playlist import read
     from livecdn.origin.timeline import Timeline, master_playlist, media_playlist
-    from livecdn.cache.stored import Stored
 
     s = GuardSettings()
     rng = random.Random(4)

@@ -53,7 +53,8 @@ from typing import Any
 from lib.ports import free_port
 from lib.procs import BENCH, LIVECDN, PY, ROOT, Processes, wait_http, workspace
 from lib.report import result_path, save
-from lib.trees import add_also_tree, label as tree_label
+from lib.trees import add_also_tree
+from lib.trees import label as tree_label
 
 HERE = BENCH
 SPEED = HERE / "speed"

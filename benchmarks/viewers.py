@@ -32,8 +32,9 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urljoin
 
 import aiohttp
@@ -172,7 +173,7 @@ class Viewer:
         try:
             async with self.session.get(url) as resp:
                 body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             if self.on_request is not None:
                 self.on_request(Request(url, started, time.monotonic(), 0, ""))
             raise FetchFailed(f"{url}: {e!r}") from e

@@ -20,10 +20,10 @@ from collections import OrderedDict
 from pybloom_live import BloomFilter
 
 from livecdn import metrics
-from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
+from livecdn.config import GuardSettings
 from livecdn.media.kinds import CONTENT_TYPES, is_hls_playlist, is_playlist
 from livecdn.media.names import directory, extension
 from livecdn.media.playlist import Announced

@@ -18,10 +18,10 @@ import time
 from collections import OrderedDict
 
 from livecdn import metrics
-from livecdn.config import GuardSettings
 from livecdn.cache.engine import Engine
 from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey, cache_key
+from livecdn.config import GuardSettings
 from livecdn.media.kinds import is_hls_playlist
 from livecdn.media.names import directory
 from livecdn.media.playlist import Announced

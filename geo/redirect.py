@@ -48,7 +48,8 @@ class Redirects:
                                                      "Access-Control-Allow-Headers": "*",
                                                      "Access-Control-Max-Age": "600"})
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, text="GET, HEAD or OPTIONS\n", headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
+            return web.Response(status=405, text="GET, HEAD or OPTIONS\n",
+                                headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
         route = self.router.route(request.remote or "")
         self.counts[route.edge.name] += 1
         # The whole path and query go along: the edge sees what the player asked.

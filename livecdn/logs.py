@@ -16,11 +16,10 @@ import os
 import select
 import sys
 import time
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _json_str
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
-
 
 __all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "setup"]
 

@@ -24,8 +24,8 @@ from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.config import CacheSettings, GuardSettings, LimitSettings
 from livecdn.media.kinds import kind_of
 from tests.cdn import NO_LIMITS, Stack, sample
-from tests.parses import count_loads
 from tests.fakeorigin import FakeOrigin, body
+from tests.parses import count_loads
 
 GUARD = GuardSettings(refresh_interval=0.5, unknown_rate=1.0, unknown_burst=3, viewer_idle=30.0)
 

@@ -5,15 +5,30 @@ from __future__ import annotations
 import pytest
 
 import livecdn.cache.fill
+from livecdn.cache.fill import (
+    AbortResponse,
+    CacheResult,
+    ClientGone,
+    ClientRequested,
+    EndResponse,
+    Fill,
+    Head,
+    Log,
+    RefreshRequested,
+    Respond,
+    SendBytes,
+    ServeStored,
+    StartFetch,
+    StoreObject,
+    UpstreamChunk,
+    UpstreamDone,
+    UpstreamFailed,
+    UpstreamResponded,
+)
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
-from livecdn.media.kinds import NameKind, kind_of
-from livecdn.cache.fill import (
-    AbortResponse, CacheResult, ClientGone, ClientRequested, EndResponse, Fill, Head, Log, RefreshRequested,
-    Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk, UpstreamDone,
-    UpstreamFailed, UpstreamResponded,
-)
 from livecdn.cache.stored import Stored
+from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.playlist import Manifest, read
 from tests.parses import count_loads
 from tests.playbook import Placeholder, Playbook, take_unfinished
@@ -615,7 +630,8 @@ def test_playlist_404_is_streamed_not_held() -> None:
         Playbook(make_fill(PLAYLIST))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(404, (("content-type", "text/plain"),), T0)
-        << Respond(1, Head(404, (("Content-Type", "text/plain"),), None, CacheResult.MISS, T0))  # only a 200 gets our type
+        # only a 200 gets our type
+        << Respond(1, Head(404, (("Content-Type", "text/plain"),), None, CacheResult.MISS, T0))
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from livecdn.cache.freshness import YEAR, Lifetime, Rules, lifetime, parse_cache_control
+from livecdn.cache.stored import Stored
 from livecdn.media.kinds import ManifestKind, NameKind, is_hls_playlist, is_playlist, kind_of
 from livecdn.media.playlist import PlaylistInfo
-from livecdn.cache.stored import Stored
 
 RULES = Rules()
 LIVE4 = PlaylistInfo(ManifestKind.LIVE, 4.0)

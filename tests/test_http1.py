@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from livecdn.front.http1 import (
-    NEED_DATA, ProtocolError, Request, ServerConnection, date_line, header_lines, http_date,
+    NEED_DATA,
+    ProtocolError,
+    Request,
+    ServerConnection,
+    date_line,
+    header_lines,
+    http_date,
 )
 from livecdn.front.plan import Fields
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from livecdn.config import Address, CacheSettings, ConfigError, Region, ShieldConfig, Topology
-from livecdn.node import serve as serve_module
 from livecdn.front.flow import FlowControl
+from livecdn.node import serve as serve_module
 from livecdn.node.lifecycle import Lifecycle, State
 from livecdn.node.serve import captured_signals, serve
 from livecdn.node.workers import MIN_UPTIME, Exit, decide

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import aiohttp
 
@@ -111,7 +111,7 @@ async def wait_ready(procs: Processes, name: str, probe: str, session: aiohttp.C
             async with session.get(probe, timeout=aiohttp.ClientTimeout(total=2)) as r:
                 if r.status == 200:
                     return
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         await asyncio.sleep(READY_POLL)
     raise RuntimeError(f"{name} not ready after {timeout:.0f}s ({probe}):\n{procs.log_tail(name)}")

@@ -97,7 +97,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         r = self.response
-        if self.headers_done and not r.complete and b"content-length" not in r.headers and b"transfer-encoding" not in r.headers:
+        if (self.headers_done and not r.complete and b"content-length" not in r.headers
+                and b"transfer-encoding" not in r.headers):
             self.on_message_complete()  # a body delimited by the end of the connection
         self._fail(ConnectionClosed(f"closed after {r.received} body bytes" + (f": {exc!r}" if exc else "")))
 

@@ -1,4 +1,5 @@
-"""Where every benchmark keeps its figures (benchmarks/results/NAME-DATE[SUFFIX].json) and what each report starts with."""
+"""Where every benchmark keeps its figures (benchmarks/results/NAME-DATE[SUFFIX].json),
+and what each report starts with."""
 
 from __future__ import annotations
 

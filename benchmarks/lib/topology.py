@@ -93,7 +93,8 @@ async def start_builtin_origin(procs: Processes, session: aiohttp.ClientSession,
 async def start_bench_origin(procs: Processes, session: aiohttp.ClientSession, name: str,
                              object_bytes: int | None = None, upstream: str | None = None) -> int:
     """Start tools/benchorigin.py (synthetic objects of `object_bytes`, or a counting pass-through to `upstream`)."""
-    args = (["--object-bytes", str(object_bytes)] if object_bytes else []) + (["--upstream", upstream] if upstream else [])
+    args = ((["--object-bytes", str(object_bytes)] if object_bytes else [])
+            + (["--upstream", upstream] if upstream else []))
     return await start_counting(procs, session, name, "benchorigin", args)
 
 

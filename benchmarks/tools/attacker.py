@@ -65,7 +65,7 @@ async def attack(host: str, port: int, source: str, requests: int, connections: 
                     if conn is None or conn.closed:
                         conn = await asyncio.wait_for(Connection.open(host, port, source), REQUEST_TIMEOUT)
                     answer = await asyncio.wait_for(conn.get(path), REQUEST_TIMEOUT)
-                except (OSError, asyncio.TimeoutError, ConnectionClosed, httptools.HttpParserError) as e:
+                except (TimeoutError, OSError, ConnectionClosed, httptools.HttpParserError) as e:
                     outcomes[(kind, "error", type(e).__name__)] += 1
                     if conn is not None:
                         conn.close()

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import re
 from collections import Counter
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web

@@ -23,22 +23,40 @@ import itertools
 import logging
 import sqlite3
 import time
-from typing import AsyncIterator, BinaryIO, Callable, Coroutine, Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import BinaryIO, Protocol
 
 import aiohttp
 
 from livecdn import metrics
 from livecdn.cache.disk import DiskStore
 from livecdn.cache.fill import (
-    AbortResponse, CacheResult, ClientGone, ClientRequested, Command, EndResponse, Event, Fill, Head, Log,
-    RefreshRequested, Respond, SendBytes, ServeStored, StartFetch, StoreObject, UpstreamChunk,
-    UpstreamDone, UpstreamFailed, UpstreamResponded,
+    AbortResponse,
+    CacheResult,
+    ClientGone,
+    ClientRequested,
+    Command,
+    EndResponse,
+    Event,
+    Fill,
+    Head,
+    Log,
+    RefreshRequested,
+    Respond,
+    SendBytes,
+    ServeStored,
+    StartFetch,
+    StoreObject,
+    UpstreamChunk,
+    UpstreamDone,
+    UpstreamFailed,
+    UpstreamResponded,
 )
 from livecdn.cache.freshness import Rules
 from livecdn.cache.keys import CacheKey
-from livecdn.media.kinds import kind_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
+from livecdn.media.kinds import kind_of
 
 __all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -469,7 +487,7 @@ class Engine:
                     if not current():
                         return
                 self._feed(fill, UpstreamDone(time.time()))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
                 reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"

@@ -14,6 +14,7 @@ waits for anyone.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass, field
 
@@ -406,10 +407,9 @@ class Fill:
             # Read back from disk, where manifests are not kept: read it now, once,
             # and the revalidated copy keeps it. It was read whole before it was
             # stored, so only a damaged disk copy fails; that one gets no manifest.
-            try:
+            # A damaged copy gets the lifetime of its name's kind alone, as any object without a manifest.
+            with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
-            except MalformedPlaylist:
-                pass  # the lifetime of a name's kind alone, as for any object without a manifest
         lt = lifetime(self.rules, stale.kind, stale.status, {**{k.lower(): v for k, v in stale.headers}, **hdrs},
                       manifest.info if manifest else None)
         return stale.revalidated(hdrs, born, lt, manifest)

@@ -8,8 +8,8 @@ is passed in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from livecdn.config.schema import YEAR, CacheSettings
 from livecdn.media.kinds import ManifestKind, NameKind

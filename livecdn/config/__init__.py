@@ -7,8 +7,20 @@ the key and the problem; the CLI turns that into one line and exit status 2.
 
 from livecdn.config.load import load, parse_size
 from livecdn.config.schema import (
-    Address, CacheSettings, CdnSettings, ConfigError, EdgeConfig, GuardSettings, HealthSettings, LimitSettings,
-    OriginConfig, Region, Rendition, RouterConfig, ShieldConfig, Topology,
+    Address,
+    CacheSettings,
+    CdnSettings,
+    ConfigError,
+    EdgeConfig,
+    GuardSettings,
+    HealthSettings,
+    LimitSettings,
+    OriginConfig,
+    Region,
+    Rendition,
+    RouterConfig,
+    ShieldConfig,
+    Topology,
 )
 
 __all__ = [

@@ -20,8 +20,23 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from livecdn.config.schema import (
-    Address, Bytes, CacheSettings, CdnSettings, ConfigError, EdgeConfig, FieldError, GuardSettings,
-    LimitSettings, OriginConfig, Region, RouterConfig, ShieldConfig, Topology, dns_name, hints, split,
+    Address,
+    Bytes,
+    CacheSettings,
+    CdnSettings,
+    ConfigError,
+    EdgeConfig,
+    FieldError,
+    GuardSettings,
+    LimitSettings,
+    OriginConfig,
+    Region,
+    RouterConfig,
+    ShieldConfig,
+    Topology,
+    dns_name,
+    hints,
+    split,
 )
 
 __all__ = ["load", "parse_size"]
@@ -57,7 +72,7 @@ def _table(path: str, key: str, raw: Any) -> dict[str, Any]:
 
 
 _EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-_ACCEPTS = {bool: bool, int: int, float: (int, float), str: str}  # TOML's own types for each
+_ACCEPTS: dict[type, type | tuple[type, ...]] = {bool: bool, int: int, float: (int, float), str: str}  # TOML's
 
 
 def _scalar(base: Any, meta: tuple[Any, ...], raw: Any) -> Any:
@@ -81,7 +96,7 @@ def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
     """`raw` from the file read as the declared type `hint`; `base`: what a nested table overrides."""
     kind, meta = split(hint)
     args = get_args(kind)
-    if dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address is written as text
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address: text
         return _read(path, key, kind, raw, defaults=vars(base) if base is not None else {})
     if get_origin(kind) is Mapping:
         return MappingProxyType({k: _value(path, _join(key, k), args[1], v)
@@ -91,7 +106,7 @@ def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
             size = "an array" if args[-1] is Ellipsis else f"an array of {len(args)}"
             raise ConfigError(path, key, f"expected {size}, got {raw!r}")
         each = (args[0],) * len(raw) if args[-1] is Ellipsis else args
-        return tuple(_value(path, f"{key}[{i}]", h, v) for i, (h, v) in enumerate(zip(each, raw)))
+        return tuple(_value(path, f"{key}[{i}]", h, v) for i, (h, v) in enumerate(zip(each, raw, strict=False)))
     try:
         return _scalar(kind, meta, raw)
     except ValueError as e:
@@ -106,7 +121,7 @@ def _read(path: str, key: str, cls: type[T], raw: Any, fixed: Mapping[str, Any] 
         fixed: fields the file does not write (a node's name is its table's key).
         defaults: fields the file may write, with the topology's defaults rather than the dataclass's.
     """
-    table, types = _table(path, key, raw), hints(cls)
+    table, types = _table(path, key, raw), hints(cls)  # type: ignore[arg-type]  # a class is hashable
     for name in table:
         if name not in types or name in fixed:
             raise ConfigError(path, _join(key, name), "unknown key")
@@ -196,10 +211,10 @@ def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) 
     router = _read(path, "router", RouterConfig, table, defaults={"zone": parent, "nameservers": (f"ns1.{zone}",)})
     database = str(Path(path).resolve().parent / router.database)  # an absolute one stays as it is
     addresses = dict(router.addresses)
-    for e in edges.values():
+    for edge in edges.values():
         with contextlib.suppress(ValueError):  # a host name: players may not reach it by that; `_check` says so
-            if e.name not in addresses and not (ip := ipaddress.ip_address(e.listen.host)).is_unspecified:
-                addresses[e.name] = (str(ip),)
+            if edge.name not in addresses and not (ip := ipaddress.ip_address(edge.listen.host)).is_unspecified:
+                addresses[edge.name] = (str(ip),)
     return dataclasses.replace(router, database=database, addresses=addresses)
 
 

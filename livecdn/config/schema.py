@@ -140,7 +140,7 @@ def split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 @functools.cache
-def hints(cls: type) -> dict[str, Any]:
+def hints(cls: Any) -> dict[str, Any]:
     """The declared type of each field of dataclass `cls`, metadata included."""
     every = get_type_hints(cls, include_extras=True)
     return {f.name: every[f.name] for f in dataclasses.fields(cls)}
@@ -152,7 +152,7 @@ def _apply(hint: Any, value: Any, at: str) -> Any:
     kind, args = get_origin(base), get_args(base)
     if kind is tuple and isinstance(value, tuple):
         each = (args[0],) * len(value) if args[-1] is Ellipsis else args
-        value = tuple(_apply(h, v, f"{at}[{i}]") for i, (h, v) in enumerate(zip(each, value)))
+        value = tuple(_apply(h, v, f"{at}[{i}]") for i, (h, v) in enumerate(zip(each, value, strict=False)))
     elif kind is Mapping and isinstance(value, Mapping):
         value = MappingProxyType({k: _apply(args[1], v, f"{at}.{k}") for k, v in value.items()})
     unit = next((m for m in meta if isinstance(m, Unit)), None)
@@ -171,7 +171,7 @@ class Checked:
     __slots__ = ()
 
     def __post_init__(self) -> None:
-        for name, hint in hints(type(self)).items():
+        for name, hint in hints(type(self)).items():  # type: ignore[arg-type]  # a class is hashable
             value = getattr(self, name)
             if (ruled := _apply(hint, value, name)) is not value:
                 object.__setattr__(self, name, ruled)

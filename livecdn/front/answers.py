@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import BinaryIO, Callable, Protocol
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
 
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine

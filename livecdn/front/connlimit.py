@@ -9,7 +9,7 @@ connection's `connection_made` and reports `closed(peer)` in its
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["ConnectionLimit", "REFUSAL"]
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Iterable, Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -259,7 +260,7 @@ class Fields(Protocol):
 
     status: int
     headers: tuple[tuple[str, str], ...]
-    wire: object  # this module keeps the serialized fields here
+    wire: Any  # this module keeps the serialized fields here (a `_Wire`)
 
 
 class _Wire:
@@ -358,7 +359,7 @@ class ServerConnection:
             # cached whole per (second, age, length), so nothing is spliced.
             age = -1 if born is None else (int(now - born) if now > born else 0)
             second = int(now)
-            if wire.second != second or wire.age != age or wire.length != length:  # type: ignore[union-attr]
+            if wire.second != second or wire.age != age or wire.length != length:
                 wire.second, wire.age, wire.length = second, age, length
                 wire.head = b"".join((wire.prefix, b"Content-Length: %d\r\n" % length,
                                       b"Age: %d\r\n" % age if age >= 0 else b"", date_line(now), b"\r\n"))

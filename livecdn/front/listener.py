@@ -31,6 +31,7 @@ handler and plans.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -103,7 +104,7 @@ class PlayerServer:
         self.connection_limit = connection_limit
         self.access = access_log
         self.connections: set[PlayerConnection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Future[None] | None = None
 
     def __call__(self) -> PlayerConnection:
@@ -141,7 +142,7 @@ class PlayerServer:
             self._all_closed = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._all_closed), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d player connections still busy after %.1f s: closing them",
                             len(self.connections), timeout)
         tasks = [t for t in (c.abort() for c in list(self.connections)) if t is not None]
@@ -187,10 +188,8 @@ class PlayerConnection(asyncio.Protocol):
             self._counted = True
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:  # answers are whole heads plus bodies: never wait for more to coalesce
+            with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
         self.server.connections.add(self)
         self._went_idle()

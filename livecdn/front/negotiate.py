@@ -34,7 +34,7 @@ def negotiate(request: Request, headers: dict[str, str], size: int | None) -> tu
     if rng is False:
         headers["Content-Range"] = f"bytes */{size}"
         return 416, 0, 0
-    if rng:
+    if isinstance(rng, tuple):
         start, stop = rng
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         return 206, start, stop

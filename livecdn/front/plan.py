@@ -11,7 +11,8 @@ HTTP/1.1: no Content-Length, Date, Connection or chunking.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, BinaryIO, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO
 
 from livecdn.cache.engine import Attachment, UpstreamBroken
 from livecdn.cache.fill import CacheResult

@@ -21,18 +21,18 @@ import aiohttp
 from aiohttp import web
 
 from livecdn import metrics
-from livecdn.config import CacheSettings, EdgeConfig, ShieldConfig, Topology
-from livecdn.front.connlimit import ConnectionLimit
 from livecdn.cache.disk import DiskStore
 from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
+from livecdn.cache.memory import MemoryStore
+from livecdn.cache.upstreams import Upstreams
+from livecdn.config import CacheSettings, EdgeConfig, ShieldConfig, Topology
 from livecdn.front.answers import PlayerFront, Policy
+from livecdn.front.connlimit import ConnectionLimit
 from livecdn.front.listener import PlayerServer
 from livecdn.logs import AccessLog
-from livecdn.cache.memory import MemoryStore
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites
-from livecdn.cache.upstreams import Upstreams
 
 __all__ = ["CacheNode"]
 

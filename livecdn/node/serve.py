@@ -73,7 +73,7 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
             log.info("SIGHUP: nothing to reload for this node")
             return
         try:
-            node.reload(reload())  # type: ignore[attr-defined]
+            node.reload(reload())
         except ConfigError as e:
             log.error("SIGHUP: keeping the running config: %s", e)
 

@@ -11,6 +11,7 @@ what it means (`decide`, a pure function), act on it (`Supervisor.act`).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -117,10 +118,8 @@ class Supervisor:
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
         for pid in list(self._started):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def supervise(workers: int, child: Callable[[], None]) -> int:
