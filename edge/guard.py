@@ -184,7 +184,7 @@ class StreamGuard:
         if wait:
             self._rejected["unknown_stream"].inc()
             raise BadRequest("unknown stream: upstream tries for unknown names are used up", 503,
-                             (("Retry-After", str(max(1, round(wait)))),))
+                             (("retry-after", str(max(1, round(wait)))),))
 
     async def _refresh(self, stream: _Stream) -> bool:
         """One coalesced refresh of the stream's playlists; False when rate-limited."""

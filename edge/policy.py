@@ -75,4 +75,4 @@ class EdgePolicy:
 
     def _refuse(self, limit: str, wait: float) -> None:
         self._limited[limit].inc()
-        raise BadRequest(f"too many requests ({limit} limit)", 429, (("Retry-After", str(math.ceil(wait))),))
+        raise BadRequest(f"too many requests ({limit} limit)", 429, (("retry-after", str(math.ceil(wait))),))

@@ -8,6 +8,7 @@ line. Both always clean up.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -56,10 +57,21 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
+# Ports handed out lately: a port is free again once its probe socket closes,
+# so two probes in a row can get the same one (then a topology names one
+# listener twice); never hand the same port out twice in a row of 512.
+_GIVEN: collections.deque[int] = collections.deque(maxlen=512)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.append(port)
+            return port
+    raise RuntimeError(f"no fresh free port on {host}")
 
 
 class Stack:
@@ -138,11 +150,14 @@ def free_dns_port(host: str = "127.0.0.1") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.bind((host, 0))
             port = int(u.getsockname()[1])
+            if port in _GIVEN:
+                continue
             try:
                 with socket.socket() as t:
                     t.bind((host, port))
             except OSError:
                 continue
+            _GIVEN.append(port)
             return port
     raise RuntimeError(f"no port free for UDP and TCP on {host}")
 

@@ -29,7 +29,7 @@ async def disk(tmp_path: Path) -> AsyncIterator[DiskStore]:
 
 
 async def test_a_playlist_comes_back_with_its_kind_and_without_its_manifest(disk: DiskStore) -> None:
-    obj = Stored("/live/master.m3u8", 200, (("ETag", '"m"'),), PLAYLIST, time.time(), LIFETIME, NameKind.PLAYLIST,
+    obj = Stored("/live/master.m3u8", 200, (("etag", '"m"'),), PLAYLIST, time.time(), LIFETIME, NameKind.PLAYLIST,
                  read("/live/master.m3u8", PLAYLIST))
     await disk.put(obj)
     hit = await disk.get(obj.key)

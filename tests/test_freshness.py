@@ -143,7 +143,7 @@ BORN = 1_700_000_000.0
 
 
 def stored(fresh: float = 10.0, swr: float = 2.0, sie: float = 30.0) -> Stored:
-    return Stored("/a/seg.ts", 200, (("ETag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), NameKind.MEDIA)
+    return Stored("/a/seg.ts", 200, (("etag", '"x"'),), b"abc", BORN, Lifetime(fresh, swr, sie), NameKind.MEDIA)
 
 
 @pytest.mark.parametrize(("after", "fresh", "while_revalidating", "on_error"), [
@@ -174,17 +174,17 @@ def test_keep_until(lt: tuple[float, float, float], until: float) -> None:
 def test_size_and_headers() -> None:
     obj = stored()
     assert obj.size == 3 and obj.etag == '"x"' and obj.last_modified is None
-    assert obj.header("ETag") == '"x"' and obj.header("etag") is None  # names are canonically spelled
+    assert obj.header("etag") == '"x"' and obj.header("ETag") is None  # names are lower-case
     assert Stored("/a", 200, (), b"", BORN, Lifetime(1, 1, 1), NameKind.MEDIA, size=99).size == 99
 
 
 def test_revalidated_keeps_body_and_updates_validators() -> None:
     obj = stored()
-    # upstream names arrive lower-cased; the stored ones are canonically spelled
+    # upstream names arrive lower-cased and are stored so
     new = obj.revalidated({"etag": '"y"', "cache-control": "max-age=5", "connection": "close"},
                           BORN + 100, Lifetime(5.0, 2.0, 30.0), None)
     assert new.body is obj.body and new.born == BORN + 100 and new.lifetime.fresh == 5.0
     assert new.kind is NameKind.MEDIA and new.manifest is None
-    assert new.headers == (("ETag", '"y"'), ("Cache-Control", "max-age=5"))
+    assert new.headers == (("etag", '"y"'), ("cache-control", "max-age=5"))
     assert new.etag == '"y"'
     assert obj.etag == '"x"' and obj.born == BORN

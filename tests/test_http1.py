@@ -102,7 +102,7 @@ def test_other_methods_parse_and_are_left_to_the_front() -> None:
 def test_unknown_method_is_405_with_allow() -> None:
     [err] = events(b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n")
     assert isinstance(err, ProtocolError) and err.status == 405
-    assert dict(err.headers)["Allow"] == "GET, HEAD, OPTIONS"
+    assert dict(err.headers)["allow"] == "GET, HEAD, OPTIONS"  # names lower-case; spelled on the wire
 
 
 def test_expect_100_continue_is_accepted_anything_else_is_417() -> None:
@@ -307,3 +307,9 @@ def test_dates() -> None:
     assert http_date(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT"
     assert date_line(784111777.9) == b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
     assert date_line(784111777.1) is date_line(784111777.5)  # built once per second
+
+
+def test_names_kept_lower_case_are_spelled_on_the_wire() -> None:
+    assert header_lines([("content-type", "a"), ("etag", '"e"'), ("x-cache", "HIT"),
+                         ("access-control-allow-origin", "*")]) == (
+        b'Content-Type: a\r\nETag: "e"\r\nX-Cache: HIT\r\nAccess-Control-Allow-Origin: *\r\n')

@@ -86,7 +86,8 @@ class DiskStore:
 
 
 def _stored(key: str, meta: dict, body: bytes, lt: Lifetime) -> Stored:
-    return Stored(key, meta["status"], tuple(tuple(h) for h in meta["headers"]), body,
+    # Records written before names were kept lower-case spell them canonically.
+    return Stored(key, meta["status"], tuple((name.lower(), value) for name, value in meta["headers"]), body,
                   meta["born"], lt, _name_kind(meta["kind"]), size=meta["size"])
 
 

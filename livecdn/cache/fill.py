@@ -313,7 +313,7 @@ class Fill:
 
     def _error(self, client: int, status: int, reason: str) -> list[Command]:
         body = f"{status} {reason}\n".encode()
-        headers = (("Content-Type", "text/plain; charset=utf-8"), ("X-Livecdn-Error", _header_safe(reason)))
+        headers = (("content-type", "text/plain; charset=utf-8"), (ERROR_HEADER, _header_safe(reason)))
         head = Head(status, headers, len(body), CacheResult.ERROR, body=body)
         return [Respond(client, head), EndResponse(client)]
 
@@ -348,13 +348,13 @@ class Fill:
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
             return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
-        kept = [(KEPT_HEADERS[k], v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
+        kept = [(k, v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
         ctype = hdrs.get("content-type")
         if status == 200 and self.key.extension in CONTENT_TYPES and (
                 ctype is None or ctype.split(";")[0].strip().lower() in GENERIC_TYPES):
             ctype = CONTENT_TYPES[self.key.extension]
         if ctype is not None:
-            kept.insert(0, ("Content-Type", ctype))
+            kept.insert(0, ("content-type", ctype))
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
         if self._checked_whole:
@@ -383,7 +383,7 @@ class Fill:
             return self._failover(reason, at, False) if self._checked_whole else self._broken(reason)
         data = b"".join(self.body)
         self.body = [data]
-        hdrs = {k.lower(): v for k, v in self._headers}
+        hdrs = dict(self._headers)
         manifest = None
         if self._checked_whole:
             try:
@@ -410,7 +410,7 @@ class Fill:
             # A damaged copy gets the lifetime of its name's kind alone, as any object without a manifest.
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
-        lt = lifetime(self.rules, stale.kind, stale.status, {**{k.lower(): v for k, v in stale.headers}, **hdrs},
+        lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
                       manifest.info if manifest else None)
         return stale.revalidated(hdrs, born, lt, manifest)
 

@@ -11,15 +11,14 @@ from livecdn.media.playlist import Manifest
 
 __all__ = ["Stored", "KEPT_HEADERS"]
 
-# End-to-end headers worth keeping and replaying, by lower-cased name, with the
-# spelling they are sent in. Hop-by-hop and length/encoding headers are rebuilt
-# by the front for each answer.
-KEPT_HEADERS = {
-    name.lower(): name for name in (
-        "Content-Type", "ETag", "Last-Modified", "Cache-Control", "Expires",
-        "Content-Language", "Content-Disposition", "Location",
-    )
-}
+# End-to-end headers worth keeping and replaying. Hop-by-hop and
+# length/encoding headers are rebuilt by the front for each answer. Names are
+# lower-case everywhere from the upstream answer to the protocol shell (as
+# HTTP/2 sends them); HTTP/1.1 spells them on the wire.
+KEPT_HEADERS = frozenset({
+    "content-type", "etag", "last-modified", "cache-control", "expires",
+    "content-language", "content-disposition", "location",
+})
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -38,7 +37,7 @@ class Stored:
 
     key: str
     status: int
-    headers: tuple[tuple[str, str], ...]  # kept headers, canonically spelled
+    headers: tuple[tuple[str, str], ...]  # kept headers, names lower-case
     body: bytes = field(repr=False)
     born: float
     lifetime: Lifetime
@@ -59,11 +58,11 @@ class Stored:
 
     @property
     def etag(self) -> str | None:
-        return self.header("ETag")
+        return self.header("etag")
 
     @property
     def last_modified(self) -> str | None:
-        return self.header("Last-Modified")
+        return self.header("last-modified")
 
     def fresh(self, now: float) -> bool:
         return now < self.born + self.lifetime.fresh
@@ -83,6 +82,6 @@ class Stored:
                     manifest: Manifest | None) -> Stored:
         """The same body, confirmed by a 304: new clock, updated validators, the body's manifest."""
         merged = dict(self.headers)
-        merged.update((KEPT_HEADERS[k], v) for k, v in headers.items() if k in KEPT_HEADERS)
+        merged.update((k, v) for k, v in headers.items() if k in KEPT_HEADERS)
         return dataclasses.replace(self, headers=tuple(merged.items()), born=born,
                                    lifetime=lifetime, manifest=manifest)

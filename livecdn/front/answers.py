@@ -38,14 +38,16 @@ __all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront"]
 
 log = logging.getLogger("livecdn.front")
 
+# Header names are lower-case here, as the engine keeps them and HTTP/2 sends
+# them; the HTTP/1.1 shell spells them on the wire.
 CORS = (
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Expose-Headers", "Age, Content-Length, Content-Range, Date, ETag, X-Cache"),
+    ("access-control-allow-origin", "*"),
+    ("access-control-expose-headers", "Age, Content-Length, Content-Range, Date, ETag, X-Cache"),
 )
 PREFLIGHT = CORS + (
-    ("Access-Control-Allow-Methods", ALLOW),
-    ("Access-Control-Allow-Headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
-    ("Access-Control-Max-Age", "86400"),
+    ("access-control-allow-methods", ALLOW),
+    ("access-control-allow-headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
+    ("access-control-max-age", "86400"),
 )
 # Request targets remembered with their cache key, so a hit skips normalizing
 # its path again. Bounded: a flood of distinct targets (tokens, busters)
@@ -53,7 +55,7 @@ PREFLIGHT = CORS + (
 KEY_MEMO_BOUND = 4096
 # Request fields that make a hit more than the stored 200 (see `_stored`).
 NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
-_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+_PLAIN = ("content-type", "text/plain; charset=utf-8")
 
 
 class Policy(Admission, Protocol):
@@ -112,7 +114,7 @@ class PlayerFront:
         if method != "GET" and method != "HEAD":
             if method == "OPTIONS":
                 return self._preflight
-            return self.refuse(405, f"method {method} not allowed", (("Allow", ALLOW),))
+            return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
         try:
             key = self._keys.get(request.target)
             if key is None:
@@ -188,14 +190,14 @@ class PlayerFront:
 
     def _plain(self, status: int, reason: str, extra: tuple[tuple[str, str], ...], cache: CacheResult) -> Plan:
         body = f"{status} {reason}\n".encode()
-        fields = Fields(status, (("Via", self._via), ("X-Cache", cache.header), *CORS, *extra, _PLAIN))
+        fields = Fields(status, (("via", self._via), ("x-cache", cache.header), *CORS, *extra, _PLAIN))
         return Plan(fields, body, len(body), None, cache)
 
     def _headers(self, pairs: tuple[tuple[str, str], ...], cache: CacheResult) -> dict[str, str]:
         headers = dict(pairs)
         headers.update(CORS)
-        headers["Via"] = self._via
-        headers["X-Cache"] = cache.header
+        headers["via"] = self._via
+        headers["x-cache"] = cache.header
         return headers
 
     def _answer(self, request: Request, answer: Answer) -> Plan:
@@ -219,11 +221,11 @@ class PlayerFront:
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         if obj.gzipped is not None:
-            headers["Vary"] = "Accept-Encoding"
+            headers["vary"] = "Accept-Encoding"
         status, start, stop = negotiate(request, headers, obj.size)
         body: bytes | memoryview
         if status == 200 and obj.gzipped is not None and _wants_gzip(request):
-            headers["Content-Encoding"] = "gzip"
+            headers["content-encoding"] = "gzip"
             body = obj.gzipped
         elif status == 200:
             body = obj.body
@@ -235,12 +237,12 @@ class PlayerFront:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
         headers = self._headers(obj.headers, CacheResult.HIT)
         if obj.gzipped is not None:
-            headers["Vary"] = "Accept-Encoding"
-        headers["Accept-Ranges"] = "bytes"
+            headers["vary"] = "Accept-Encoding"
+        headers["accept-ranges"] = "bytes"
         plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
         gzip = None
         if obj.gzipped is not None:
-            headers["Content-Encoding"] = "gzip"
+            headers["content-encoding"] = "gzip"
             gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, CacheResult.HIT)
         key, plans = obj.key, self._hit_plans
 

@@ -136,7 +136,7 @@ class RequestParser:
             self._fail(cause if isinstance(cause, ProtocolError) else ProtocolError(400, "bad request"))
             return
         except httptools.HttpParserInvalidMethodError:
-            self._fail(ProtocolError(405, "method not allowed", (("Allow", ALLOW),)))
+            self._fail(ProtocolError(405, "method not allowed", (("allow", ALLOW),)))
             return
         except httptools.HttpParserUpgrade:
             # The request was queued at its blank line; we do not switch protocols,
@@ -241,13 +241,31 @@ def status_line(status: int) -> bytes:
     return line
 
 
+# Names whose usual spelling is not their title case.
+_SPELLED = {"etag": "ETag", "www-authenticate": "WWW-Authenticate", "content-md5": "Content-MD5", "te": "TE"}
+_SPELLING: dict[str, str] = {}
+
+
+def spelled(name: str) -> str:
+    """A header name as HTTP/1.1 peers usually see it (`content-type` -> `Content-Type`), memoised."""
+    out = _SPELLING.get(name)
+    if out is None:
+        out = _SPELLED.get(name.lower()) or name.title()
+        if len(_SPELLING) < 1024:  # bounded, though the names are ours (stored ones are an allow-list)
+            _SPELLING[name] = out
+    return out
+
+
 def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
-    """Header fields serialized, each `Name: value\\r\\n`; values outside Latin-1 go out as UTF-8."""
+    """Header fields serialized, each `Name: value\\r\\n`; values outside Latin-1 go out as UTF-8.
+
+    Names are spelled for HTTP/1.1 (`spelled()`): the engine and the front keep them lower-case.
+    """
     out = []
     for name, value in headers:
         if "\r" in value or "\n" in value:  # never let a stored value split the head
             value = value.replace("\r", " ").replace("\n", " ")
-        line = f"{name}: {value}\r\n"
+        line = f"{spelled(name)}: {value}\r\n"
         try:
             out.append(line.encode("latin-1"))
         except UnicodeEncodeError:

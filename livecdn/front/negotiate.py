@@ -18,25 +18,25 @@ def negotiate(request: Request, headers: dict[str, str], size: int | None) -> tu
 
     Returns:
         (status, start, stop): 304 or 416 (no body), 206 with the range, or 200 with [0, size).
-        `headers` gains Accept-Ranges / Content-Range, or loses Content-Type for a 304.
+        `headers` (lower-case names) gains accept-ranges / content-range, or loses content-type for a 304.
     """
-    etag = headers.get("ETag")
-    if _not_modified(request, etag, headers.get("Last-Modified")):
-        headers.pop("Content-Type", None)
+    etag = headers.get("etag")
+    if _not_modified(request, etag, headers.get("last-modified")):
+        headers.pop("content-type", None)
         return 304, 0, 0
     if size is None:
         return 200, 0, None  # streamed with its length unknown: no ranges
-    headers["Accept-Ranges"] = "bytes"
+    headers["accept-ranges"] = "bytes"
     if_range = request.header(b"if-range")
     if if_range is not None and (etag is None or if_range.strip() != etag):
         return 200, 0, size  # the client's copy is different: send the whole object
     rng = parse_range(request.header(b"range"), size)
     if rng is False:
-        headers["Content-Range"] = f"bytes */{size}"
+        headers["content-range"] = f"bytes */{size}"
         return 416, 0, 0
     if isinstance(rng, tuple):
         start, stop = rng
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        headers["content-range"] = f"bytes {start}-{stop - 1}/{size}"
         return 206, start, stop
     return 200, 0, size
 
