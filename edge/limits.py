@@ -64,5 +64,6 @@ class ClientLimits:
     """The edge's per-client limits: misses, and optionally every request."""
 
     def __init__(self, settings: LimitSettings) -> None:
-        self.miss = Buckets(settings.miss_rate, settings.miss_burst, settings.max_clients).take
-        self.request = Buckets(settings.request_rate, settings.request_burst, settings.max_clients).take
+        # Seconds a client must wait before its next miss / request (0: go on); bound once.
+        self.miss_wait = Buckets(settings.miss_rate, settings.miss_burst, settings.max_clients).take
+        self.request_wait = Buckets(settings.request_rate, settings.request_burst, settings.max_clients).take

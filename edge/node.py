@@ -63,8 +63,8 @@ class EdgeNode(CacheNode):
             await self.policy.prefetcher.stop()
         await super().stop(timeout)
 
-    def gauges(self) -> None:
-        super().gauges()
+    def update_gauges(self) -> None:
+        super().update_gauges()
         if self.policy is not None:
             metrics.GUARD_FILTER_BYTES.labels(self.config.name).set(self.policy.guard.nbytes)
 

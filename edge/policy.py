@@ -61,7 +61,7 @@ class EdgePolicy:
             self.prefetcher.learned(obj.key.partition("?")[0], announced, expires_in)
 
     def _screen(self, client: str) -> None:
-        wait = self.limits.request(client, time.monotonic())
+        wait = self.limits.request_wait(client, time.monotonic())
         if wait:
             self._refuse("request", wait)
 
@@ -69,7 +69,7 @@ class EdgePolicy:
         await self.guard.check(key, client)
 
     def charge(self, key: CacheKey, client: str) -> None:
-        wait = self.limits.miss(client, time.monotonic())
+        wait = self.limits.miss_wait(client, time.monotonic())
         if wait:
             self._refuse("miss", wait)
 

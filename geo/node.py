@@ -33,12 +33,12 @@ from .locate import Locator
 from .redirect import Redirects, json_response
 from .route import Router
 
-__all__ = ["GeoNode", "sites"]
+__all__ = ["GeoNode", "edge_sites"]
 
 log = logging.getLogger("livecdn.geo")
 
 
-def sites(topology: Topology) -> list[Site]:
+def edge_sites(topology: Topology) -> list[Site]:
     """The edges as the router sees them: location, redirect base URL, DNS addresses."""
     router = topology.router
     if router is None:
@@ -108,7 +108,7 @@ class GeoNode(Lifecycle):
     async def _start(self) -> None:
         cfg = self.config
         self._locator = self.open_database(self.topology)
-        self.router = Router(self._locator, sites(self.topology))
+        self.router = Router(self._locator, edge_sites(self.topology))
         self.answerer = Answerer(self._zone(), self.router)
         self.http = Redirects(self.router)
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"livecdn/geo {cfg.name}"})
@@ -179,7 +179,7 @@ class GeoNode(Lifecycle):
         old = self._locator
         self.topology = topology
         self.config = topology.router
-        self.router.replace(locator, sites(topology))
+        self.router.replace(locator, edge_sites(topology))
         self.answerer.sites_changed()
         self._locator = locator
         if old is not None:

@@ -68,11 +68,11 @@ def test_token_bucket() -> None:
 
 def test_client_limits_are_per_client_and_bounded() -> None:
     limits = ClientLimits(LimitSettings(miss_rate=1, miss_burst=1, max_clients=2))
-    assert limits.miss("a", 0) == 0 and limits.miss("a", 0) > 0
-    assert limits.miss("b", 0) == 0  # b has its own bucket
-    limits.miss("c", 0)  # forgets a, the least recently seen
-    assert limits.miss("a", 0) == 0
-    assert ClientLimits(LimitSettings(miss_rate=0)).miss("x", 0) == 0  # 0 means unlimited
+    assert limits.miss_wait("a", 0) == 0 and limits.miss_wait("a", 0) > 0
+    assert limits.miss_wait("b", 0) == 0  # b has its own bucket
+    limits.miss_wait("c", 0)  # forgets a, the least recently seen
+    assert limits.miss_wait("a", 0) == 0
+    assert ClientLimits(LimitSettings(miss_rate=0)).miss_wait("x", 0) == 0  # 0 means unlimited
 
 
 class NothingNew:

@@ -84,7 +84,7 @@ class CacheNode(Lifecycle):
         """Open player connections allowed per client address (None: unlimited)."""
         return None
 
-    def gauges(self) -> None:
+    def update_gauges(self) -> None:
         """Bring gauges (and the hit counter) up to date before they are read."""
         if self.front is not None:
             self.front.flush_hits()
@@ -187,11 +187,11 @@ class CacheNode(Lifecycle):
             self.front.flush_hits()
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        self.gauges()
+        self.update_gauges()
         return web.json_response(self.health(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.gauges()
+        self.update_gauges()
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
