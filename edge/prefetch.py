@@ -22,11 +22,13 @@ from livecdn.cache.engine import Engine
 from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.config import GuardSettings
-from livecdn.media.kinds import is_hls_playlist
+from livecdn.media.kinds import HLS_PLAYLISTS
 from livecdn.media.names import directory
 from livecdn.media.playlist import Announced
 
 __all__ = ["Prefetcher"]
+
+HIT = CacheResult.HIT  # bound once: an enum member's lookup costs a hit ~0.1 us
 
 log = logging.getLogger("livecdn.prefetch")
 
@@ -87,11 +89,11 @@ class Prefetcher:
             if len(viewed) > self.settings.max_streams:
                 viewed.popitem(last=False)
         path = key.path
-        if path not in self._polls and is_hls_playlist(key.extension):
+        if path not in self._polls and key.extension in HLS_PLAYLISTS:
             self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key.key in self._prefetched:
             del self._prefetched[key.key]
-            if cache == CacheResult.HIT:
+            if cache is HIT:
                 self._hits.inc()
 
     def learned(self, playlist: str, announced: Announced, expires_in: float) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CONTENT_TYPES", "ManifestKind", "NameKind", "is_hls_playlist", "is_playlist", "kind_of"]
+__all__ = [
+    "CONTENT_TYPES", "HLS_PLAYLISTS", "PLAYLISTS", "ManifestKind", "NameKind", "is_hls_playlist", "is_playlist",
+    "kind_of",
+]
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -30,8 +33,10 @@ CONTENT_TYPES = {
     ".cmfv": "video/mp4",
     ".cmfa": "audio/mp4",
 }
-_HLS_PLAYLISTS = frozenset({".m3u8", ".m3u"})
-_PLAYLISTS = _HLS_PLAYLISTS | {".mpd"}
+# Extensions of playlist names (lower-cased): HLS, and HLS or DASH. Sets, so
+# that a per-request check is a membership test rather than a call.
+HLS_PLAYLISTS = frozenset({".m3u8", ".m3u"})
+PLAYLISTS = HLS_PLAYLISTS | {".mpd"}
 
 
 class NameKind(enum.Enum):
@@ -52,16 +57,16 @@ class ManifestKind(enum.Enum):
 
 def is_playlist(extension: str) -> bool:
     """Does a name with this (lower-cased) extension hold a playlist, HLS or DASH?"""
-    return extension in _PLAYLISTS
+    return extension in PLAYLISTS
 
 
 def is_hls_playlist(extension: str) -> bool:
     """An HLS playlist: the one kind whose names are read and whose LL-HLS directives count."""
-    return extension in _HLS_PLAYLISTS
+    return extension in HLS_PLAYLISTS
 
 
 def kind_of(extension: str) -> NameKind:
-    if extension in _PLAYLISTS:
+    if extension in PLAYLISTS:
         return NameKind.PLAYLIST
     if extension in CONTENT_TYPES:
         return NameKind.MEDIA
