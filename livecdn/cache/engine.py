@@ -279,9 +279,16 @@ class Engine:
         k = key.key
         obj = self.memory.get(k) or self._writing.get(k)
         file = None
+        checked = False
+        if obj is None and admission is not None and not self._held(k):
+            # Before the disk: a name that cannot exist costs no disk lookup.
+            await admission.check(key, client)
+            checked = True
+            now = time.time()
+            obj = self.memory.get(k) or self._writing.get(k)  # what the check waited for may have stored it
         if obj is None and self.disk is not None:
             # While the disk is asked, the key counts as held (`_held()`): a
-            # prefetch meanwhile does not start a fetch this request may start.
+            # request or prefetch meanwhile is not admitted as a new fetch.
             self._looking[k] += 1
             try:
                 obj, file = await self._from_disk(k, now)
@@ -303,12 +310,13 @@ class Engine:
                 file.close()
                 obj = None
         if obj is None and admission is not None and k not in self._fills:
-            await admission.check(key, client)
-            # The check may have waited: what it waited for (a playlist refresh,
-            # another request) may have stored the object or started its fetch.
-            late = self.memory.get(k) or self._writing.get(k)
-            if late is not None and late.fresh(time.time()):
-                return Answer(CacheResult.HIT, late)
+            if not checked:  # held when this request began (a disk lookup, a fetch) and no longer
+                await admission.check(key, client)
+                # The check may have waited: what it waited for (a playlist
+                # refresh, another request) may have stored the object.
+                late = self.memory.get(k) or self._writing.get(k)
+                if late is not None and late.fresh(time.time()):
+                    return Answer(CacheResult.HIT, late)
             if k not in self._fills:
                 admission.charge(key, client)  # no `await` from here to the fill's creation
         return await self._attach(key, obj)
