@@ -1,0 +1,103 @@
+"""One edge process's hit path, in-process: memory hits fed to a player connection on a fake transport.
+
+    cd benchmarks && PYTHONPATH=TREE python -m tools.hitloop --hits N [--reps R]
+
+Imports livecdn from whatever tree is first on the path (this layout or the
+flat one before issue 9), builds an edge's engine, front and policy (prefetch
+bookkeeping on, access log off, as `speed.py` runs it), puts one 1 KiB
+segment in the memory tier and feeds N one-request reads to one connection.
+Prints one JSON line: microseconds per hit (median of R passes) and hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import uvloop
+
+from edge.policy import EdgePolicy
+from livecdn.config import Address, EdgeConfig
+
+try:  # the rooms of issue 9
+    from livecdn.cache.engine import Engine
+    from livecdn.cache.freshness import Lifetime, Rules
+    from livecdn.cache.memory import MemoryStore
+    from livecdn.cache.stored import Stored
+    from livecdn.front.answers import PlayerFront
+    from livecdn.front.listener import PlayerServer
+    from livecdn.media.kinds import NameKind as Kind
+except ImportError:  # the flat layout before them
+    from livecdn.engine import Engine  # type: ignore[no-redef]
+    from livecdn.freshness import Lifetime, Rules  # type: ignore[no-redef]
+    from livecdn.front import PlayerFront  # type: ignore[no-redef]
+    from livecdn.listener import PlayerServer  # type: ignore[no-redef]
+    from livecdn.media import Kind  # type: ignore[no-redef]
+    from livecdn.memory import MemoryStore  # type: ignore[no-redef]
+    from livecdn.stored import Stored  # type: ignore[no-redef]
+
+KEY = "/live/720p/seg1.ts"
+
+
+class Transport:
+    """Just enough of a transport for the listener; counts writes."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None: ...
+
+    def writelines(self, data: Any) -> None:
+        self.writes += 1
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def loop(hits: int, reps: int) -> dict[str, float]:
+    memory = MemoryStore(64 << 20)
+    engine = Engine("bench", memory, None, lambda key: ("http://upstream.invalid",), Rules(), 1 << 24, 1.0)
+    memory.put(Stored(KEY, 200, (("content-type", "video/mp2t"),), b"x" * 1024, time.time(),
+                      Lifetime(3600, 0, 0), Kind.MEDIA))
+    local = Address("127.0.0.1", 0)
+    front = PlayerFront(engine, "bench", EdgePolicy(EdgeConfig("bench", "eu", local, local, (50.0, 8.0)), engine))
+    conn = PlayerServer(front)()
+    transport = Transport()
+    conn.connection_made(transport)
+    request = f"GET {KEY} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n\r\n".encode()
+    passes = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        for _ in range(hits):
+            conn.data_received(request)
+        passes.append((time.perf_counter() - started) / hits * 1e6)
+    if transport.writes < hits * reps:
+        raise SystemExit(f"only {transport.writes} answers written for {hits * reps} requests")
+    return {"us_per_hit": round(statistics.median(passes), 3), "hits": hits * reps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hits", type=int, default=100_000)
+    p.add_argument("--reps", type=int, default=1)
+    args = p.parse_args()
+    print(json.dumps(uvloop.run(loop(args.hits, args.reps))))
+
+
+if __name__ == "__main__":
+    main()
