@@ -33,11 +33,12 @@ try:  # the rooms of issue 9
 except ImportError:  # the flat layout before them
     from livecdn.engine import Engine  # type: ignore[no-redef]
     from livecdn.freshness import Lifetime, Rules  # type: ignore[no-redef]
-    from livecdn.front import PlayerFront  # type: ignore[no-redef]
     from livecdn.listener import PlayerServer  # type: ignore[no-redef]
-    from livecdn.media import Kind  # type: ignore[no-redef]
     from livecdn.memory import MemoryStore  # type: ignore[no-redef]
     from livecdn.stored import Stored  # type: ignore[no-redef]
+
+    from livecdn.front import PlayerFront  # type: ignore[no-redef]
+    from livecdn.media import Kind  # type: ignore[no-redef]
 
 KEY = "/live/720p/seg1.ts"
 
