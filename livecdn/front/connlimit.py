@@ -1,6 +1,6 @@
 """Connections per client address, counted where connections begin and end.
 
-The player listener (`livecdn/listener.py`) asks `opened(peer)` in each new
+The player listener (`livecdn/front/listener.py`) asks `opened(peer)` in each new
 connection's `connection_made` and reports `closed(peer)` in its
 `connection_lost`; past the limit the connection gets the ready-made
 `REFUSAL` (a 429) and is closed before a byte of it is parsed.
