@@ -22,6 +22,7 @@ from livecdn.cache.engine import Engine
 from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.config import GuardSettings
+from livecdn.logs import report_death
 from livecdn.media.kinds import HLS_PLAYLISTS
 from livecdn.media.names import directory
 from livecdn.media.playlist import Announced
@@ -64,6 +65,8 @@ class Prefetcher:
         if self._workers:
             raise RuntimeError("prefetcher already started")
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.settings.prefetch_concurrency)]
+        for worker in self._workers:
+            worker.add_done_callback(report_death(log, "prefetch worker"))
 
     async def stop(self) -> None:
         for handle in self._polls.values():
@@ -141,16 +144,23 @@ class Prefetcher:
         task = asyncio.ensure_future(self.engine.refresh(cache_key(playlist)))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
+        task.add_done_callback(report_death(log, f"poll of {playlist}"))
 
     async def _work(self) -> None:
         while True:
             name = await self._queue.get()
-            key = cache_key(name)
-            done = self.engine.prefetch(key)
-            if done is None:
-                continue
-            self._started.inc()
-            self._prefetched[key.key] = None
-            if len(self._prefetched) > TRACKED_BOUND:
-                self._prefetched.popitem(last=False)
-            await done
+            try:
+                await self._prefetch(name)
+            except Exception:  # noqa: BLE001 - one name's bug must not stop this worker for good
+                log.exception("prefetch of %s failed", name)
+
+    async def _prefetch(self, name: str) -> None:
+        key = cache_key(name)
+        done = self.engine.prefetch(key)
+        if done is None:
+            return
+        self._started.inc()
+        self._prefetched[key.key] = None
+        if len(self._prefetched) > TRACKED_BOUND:
+            self._prefetched.popitem(last=False)
+        await done

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from livecdn.logs import report_death
+
 from .choose import EdgeState
 
 __all__ = ["HealthChecker", "Tracker"]
@@ -87,6 +89,7 @@ class HealthChecker:
             task = asyncio.ensure_future(self._watch(session, name, url))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(report_death(log, f"health check of {name}"))
 
     def cancel(self) -> None:
         """Stop checking without waiting for the tasks to finish."""

@@ -16,12 +16,14 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
+from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-__all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "setup"]
+__all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "report_death", "setup"]
 
 # Access lines are held until this many bytes are waiting, or for FLUSH_INTERVAL
 # seconds after the first of them, whichever comes first; then one write.
@@ -50,6 +52,20 @@ def setup(node: str, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").propagate = False
+
+
+def report_death(log: logging.Logger, what: str) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for a background task: one that died is logged with its traceback.
+
+    Without it an exception in a task nobody awaits is seen only as "Task
+    exception was never retrieved", if at all. Cancelled tasks pass quietly.
+    """
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s died", what, exc_info=exc)
+
+    return done
 
 
 class AccessLog:

@@ -16,12 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.prefetch import Prefetcher
 from livecdn.cache.engine import Engine
-from livecdn.cache.fill import Fill, UpstreamResponded
+from livecdn.cache.fill import CacheResult, Fill, UpstreamResponded
 from livecdn.cache.freshness import Rules
-from livecdn.cache.keys import cache_key
+from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.cache.memory import MemoryStore
-from livecdn.config import CacheSettings
+from livecdn.config import CacheSettings, GuardSettings
+from livecdn.media.playlist import Announced, read
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, body
 
@@ -137,3 +139,39 @@ async def test_a_background_task_that_dies_is_logged_with_its_traceback(
             await engine.close(2.0)  # the disk write (a segment lives long) has run and died
     assert any("died" in r.getMessage() and r.exc_info and r.exc_info[0] is Boom for r in caplog.records), \
         caplog.text
+
+
+async def test_a_prefetch_worker_outlives_a_name_that_fails(caplog: pytest.LogCaptureFixture) -> None:
+    class Engine_:
+        """Just the engine's prefetch: fails for seg1, nothing to start for the others."""
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def prefetch(self, key: CacheKey) -> None:
+            self.asked.append(key.path)
+            if key.path.endswith("/seg1.ts"):
+                raise Boom("planted in a prefetch")
+
+    def playlist(*segments: int) -> Announced:
+        body = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n" + b"".join(b"#EXTINF:2.0,\nseg%d.ts\n" % n for n in segments)
+        manifest = read("/live/a/index.m3u8", body)
+        assert manifest.announced is not None
+        return manifest.announced
+
+    engine = Engine_()
+    prefetcher = Prefetcher(GuardSettings(prefetch_concurrency=1), engine, "t")  # type: ignore[arg-type]
+    prefetcher.start()
+    try:
+        prefetcher.seen(cache_key("/live/a/index.m3u8"), CacheResult.MISS)  # a viewer watches the stream
+        prefetcher.learned("/live/a/index.m3u8", playlist(0), 10.0)  # first sighting: history, not news
+        with caplog.at_level(logging.ERROR, "livecdn.prefetch"):
+            prefetcher.learned("/live/a/index.m3u8", playlist(0, 1, 2), 10.0)
+            for _ in range(100):
+                if len(engine.asked) == 2:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await prefetcher.stop()
+    assert engine.asked == ["/live/a/seg1.ts", "/live/a/seg2.ts"]  # the one worker went on after seg1
+    assert any(r.exc_info and r.exc_info[0] is Boom for r in caplog.records), caplog.text

@@ -56,6 +56,7 @@ from livecdn.cache.freshness import Rules
 from livecdn.cache.keys import CacheKey
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
+from livecdn.logs import report_death
 from livecdn.media.kinds import kind_of
 
 __all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
@@ -460,12 +461,8 @@ class Engine:
         # re-entering the dispatch under way (mitmproxy's issue 7027).
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("engine task %s died", task.get_coro(), exc_info=task.exception())
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(report_death(log, f"engine task {task.get_coro()!r}"))
 
     async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
         key = fill.key

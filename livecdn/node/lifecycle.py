@@ -29,6 +29,8 @@ from typing import Any
 
 __all__ = ["FAILED_START_TIMEOUT", "STOP_TIMEOUT", "Lifecycle", "State"]
 
+from livecdn.logs import report_death
+
 log = logging.getLogger("livecdn.node.lifecycle")
 
 # A start that failed has no answers worth draining, but a child process it
@@ -145,7 +147,7 @@ class Lifecycle:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.name}: {name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(self._log_death)
+        task.add_done_callback(report_death(log, f"{self.name}: {name}"))
         return task
 
     # --- private ---
@@ -169,12 +171,5 @@ class Lifecycle:
         for task in tasks:
             task.cancel()
         # gather(return_exceptions=True): one task's error must not leave the
-        # others un-awaited; a death was already logged by _log_death.
+        # others un-awaited; a death was already logged (report_death).
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _log_death(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("%s: background task %r died", self.name, task.get_name(), exc_info=exc)
