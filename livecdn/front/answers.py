@@ -30,7 +30,7 @@ from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
 
 from .http1 import ALLOW
-from .negotiate import negotiate
+from .negotiate import accepts_gzip, negotiate
 from .plan import Fields, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -76,7 +76,8 @@ class Policy(Admission, Protocol):
 
 
 def _wants_gzip(request: Request) -> bool:
-    return b"gzip" in request.headers.get(b"accept-encoding", b"")
+    value = request.headers.get(b"accept-encoding")
+    return value is not None and accepts_gzip(value)
 
 
 class PlayerFront:
@@ -217,7 +218,7 @@ class PlayerFront:
             plans = self._hit_plans.get(obj.key)
             if plans is None or plans[0]() is not obj:
                 plans = self._hit(obj)
-            if plans[2] is not None and b"gzip" in request.headers.get(b"accept-encoding", b""):
+            if plans[2] is not None and _wants_gzip(request):
                 return plans[2]
             return plans[1]
         headers = self._headers(obj.headers, cache)

@@ -204,6 +204,8 @@ class RequestParser:
         self._tail = b""
         version = parser.get_http_version()
         if version != "1.1":
+            if version == "0.9":  # what llhttp makes of a request line with no (readable) version
+                raise ProtocolError(400, "bad request line: no HTTP version after the target")
             if version != "1.0":
                 raise ProtocolError(505, f"HTTP/{version} is not supported, use HTTP/1.1")
         elif b"host" not in headers:

@@ -10,7 +10,44 @@ from email.utils import parsedate_to_datetime
 
 from .request import Request
 
-__all__ = ["etag_matches", "negotiate", "parse_range"]
+__all__ = ["accepts_gzip", "etag_matches", "negotiate", "parse_range"]
+
+# Accept-Encoding values remembered with their verdict: players send a few
+# distinct ones, so a hit pays a dictionary lookup. Bounded: a client sending
+# distinct values empties it rather than growing it.
+ENCODING_MEMO_BOUND = 256
+_GZIP_OK: dict[bytes, bool] = {}
+
+
+def accepts_gzip(value: bytes) -> bool:
+    """Does an Accept-Encoding value accept gzip (RFC 9110 §12.5.3)? Tokens, not substrings; q=0 refuses."""
+    ok = _GZIP_OK.get(value)
+    if ok is None:
+        ok = _accepts_gzip(value.decode("latin-1"))
+        if len(_GZIP_OK) >= ENCODING_MEMO_BOUND:
+            _GZIP_OK.clear()
+        _GZIP_OK[value] = ok
+    return ok
+
+
+def _accepts_gzip(value: str) -> bool:
+    weights: dict[str, float] = {}
+    for item in value.split(","):
+        coding, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(number)
+                except ValueError:
+                    q = 0.0  # a weight we cannot read accepts nothing
+        if coding:
+            weights[coding.lower()] = q
+    for coding in ("gzip", "x-gzip", "*"):  # the named coding wins over the wildcard
+        if coding in weights:
+            return weights[coding] > 0
+    return False
 
 
 def negotiate(request: Request, headers: dict[str, str], size: int | None) -> tuple[int, int, int | None]:
@@ -49,7 +86,7 @@ def _not_modified(request: Request, etag: str | None, last_modified: str | None)
     if ims and last_modified:
         try:
             return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a date we cannot read is ignored (RFC 9110 §13.1.3)
             return False
     return False
 

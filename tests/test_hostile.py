@@ -1,0 +1,71 @@
+"""Hostile clients (issue 12), the first HTTP items: each bad request answered, with the bytes that showed it.
+
+A real shield and edge on loopback, raw sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.cdn import Stack
+from tests.fakeorigin import FakeOrigin, body
+from tests.test_http1_sockets import connect, get, read_reply, warm
+
+PLAYLIST = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n" + b"#EXTINF:2.0,\nseg1.ts\n" * 40
+
+
+@pytest.mark.parametrize("date", [
+    "Mon, 01 Jan 99999999999 00:00:00 GMT",
+    "Mon, 01 Jan 2024 99999999999999999999:00:00 GMT",
+    "Mon, 01 Jan 2024 00:00:00 +99999999999999",
+])
+async def test_an_unreadable_if_modified_since_is_ignored_and_the_pipeline_goes_on(
+        origin: FakeOrigin, stack: Stack, caplog: pytest.LogCaptureFixture, date: str) -> None:
+    origin.routes["/h/seg5.ts"] = body(b"5" * 50, headers={"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
+    await warm(stack, "/h/seg5.ts")
+    reader, writer = await connect(stack)
+    with caplog.at_level(logging.ERROR):
+        writer.write(get("/h/seg5.ts", f"If-Modified-Since: {date}") + get("/h/seg5.ts"))
+        first, second = await read_reply(reader), await read_reply(reader)  # once: no answer, a closed connection
+    assert (first.status, first.body) == (200, b"5" * 50) and (second.status, second.body) == (200, b"5" * 50)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    writer.close()
+
+
+@pytest.mark.parametrize("line", [b"GET /live/master.m3u8", b"GET /x.tsHTTP/1.1"])
+async def test_a_request_line_without_a_version_is_a_400(stack: Stack, line: bytes) -> None:
+    reader, writer = await connect(stack)
+    writer.write(line + b"\r\nHost: x\r\n\r\n")
+    reply = await read_reply(reader)  # once: 505 HTTP Version Not Supported
+    assert reply.status == 400 and b"no HTTP version" in reply.body
+    writer.close()
+
+
+async def test_http_2_0_in_an_http1_request_line_is_still_a_505(stack: Stack) -> None:
+    reader, writer = await connect(stack)
+    writer.write(b"GET /a.ts HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert (await read_reply(reader)).status == 505
+    writer.close()
+
+
+@pytest.mark.parametrize(("accept", "gzipped"), [
+    ("gzip;q=0", False),  # once gzip: "gzip" was found as a substring
+    ("nogzip", False),
+    ("identity, gzip;q=0", False),
+    ("br, GZIP;q=0.5", True),
+    ("*", True),
+    ("gzip;q=0, *", False),
+])
+async def test_accept_encoding_is_read_as_codings_with_weights(
+        origin: FakeOrigin, stack: Stack, accept: str, gzipped: bool) -> None:
+    origin.routes["/g/index.m3u8"] = body(PLAYLIST, "application/vnd.apple.mpegurl")
+    await warm(stack, "/g/index.m3u8")
+    reader, writer = await connect(stack)
+    for extra in ((f"Accept-Encoding: {accept}",), (f"Accept-Encoding: {accept}", "Range: bytes=0-")):
+        writer.write(get("/g/index.m3u8", *extra))  # the shared hit plan, and the negotiated path
+        reply = await read_reply(reader)
+        assert reply.status in (200, 206)
+        assert (reply.headers.get("content-encoding") == "gzip") is (gzipped and reply.status == 200)
+    writer.close()
