@@ -11,6 +11,7 @@ import ipaddress
 import json
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -26,6 +27,14 @@ def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     """Compact JSON with the CORS headers."""
     return web.json_response(body, status=status, headers=CORS,
                              dumps=lambda o: json.dumps(o, separators=(",", ":")))
+
+
+def origin_form(target: str) -> str:
+    """A request target's path and query, whether the client sent them alone or as an absolute URL."""
+    if target.startswith("/"):
+        return target
+    parts = urlsplit(target)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 class Redirects:
@@ -52,8 +61,9 @@ class Redirects:
                                 headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
         route = self.router.route(request.remote or "")
         self.counts[route.edge.name] += 1
-        # The whole path and query go along: the edge sees what the player asked.
-        target = route.edge.url + request.raw_path
+        # The whole path and query go along: the edge sees what the player asked
+        # (of an absolute-form target, RFC 9112 §3.2.2, only its path and query).
+        target = route.edge.url + origin_form(request.raw_path)
         return web.Response(status=302, headers={**CORS, "Location": target, "Cache-Control": "no-store",
                                                  "X-Livecdn-Edge": route.edge.name})
 

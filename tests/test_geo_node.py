@@ -214,6 +214,16 @@ async def test_http_redirects_to_the_chosen_edge_with_cors(router: GeoNode) -> N
             assert r.status == 405
 
 
+async def test_an_absolute_form_target_is_redirected_by_its_path(router: GeoNode) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+    writer.write(b"GET http://evil.example/live/master.m3u8?t=1 HTTP/1.1\r\nHost: evil.example\r\n"
+                 b"Connection: close\r\n\r\n")
+    head = (await reader.read()).split(b"\r\n\r\n")[0].decode()
+    writer.close()
+    location = next(line for line in head.split("\r\n") if line.lower().startswith("location:"))
+    assert location.split(":", 1)[1].strip() == "http://127.0.1.1:8080/live/master.m3u8?t=1"  # not ...8080http://evil
+
+
 @pytest.mark.parametrize(("ip", "edge", "source", "name"), [
     (LONDON, "edge-lon", "database", "London"),
     (MILTON, "edge-sea", "database", "Milton"),

@@ -69,3 +69,22 @@ async def test_accept_encoding_is_read_as_codings_with_weights(
         assert reply.status in (200, 206)
         assert (reply.headers.get("content-encoding") == "gzip") is (gzipped and reply.status == 200)
     writer.close()
+
+
+async def test_an_absolute_form_target_is_served_as_its_path(origin: FakeOrigin, stack: Stack) -> None:
+    origin.routes["/abs/seg1.ts"] = body(b"a" * 10)
+    reader, writer = await connect(stack)
+    writer.write(b"GET http://cdn.example/abs/seg1.ts?token=x HTTP/1.1\r\nHost: cdn.example\r\n\r\n"
+                 b"GET https://cdn.example/abs/seg1.ts HTTP/1.1\r\n\r\n")  # no Host: the target names it
+    first, second = await read_reply(reader), await read_reply(reader)  # once: 400 "must be an absolute path"
+    assert (first.status, first.body) == (200, b"a" * 10) and (second.status, second.body) == (200, b"a" * 10)
+    writer.close()
+
+
+async def test_an_hls_directive_in_other_digits_is_refused_not_forwarded(origin: FakeOrigin, stack: Stack) -> None:
+    reader, writer = await connect(stack)
+    writer.write(get("/live/a/index.m3u8?_HLS_msn=%D9%A3"))  # ARABIC-INDIC DIGIT THREE
+    reply = await read_reply(reader)
+    assert reply.status == 400 and b"_HLS_msn" in reply.body
+    assert origin.hits["/live/a/index.m3u8"] == 0
+    writer.close()

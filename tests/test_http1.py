@@ -313,3 +313,10 @@ def test_names_kept_lower_case_are_spelled_on_the_wire() -> None:
     assert header_lines([("content-type", "a"), ("etag", '"e"'), ("x-cache", "HIT"),
                          ("access-control-allow-origin", "*")]) == (
         b'Content-Type: a\r\nETag: "e"\r\nX-Cache: HIT\r\nAccess-Control-Allow-Origin: *\r\n')
+
+
+def test_absolute_form_gives_the_path_and_the_authority_as_host() -> None:
+    [req] = events(b"GET http://cdn.example:8080/live/a.ts?x=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert isinstance(req, Request)
+    assert req.target == "/live/a.ts?x=1" and req.headers[b"host"] == b"cdn.example:8080"
+    assert error(b"GET * HTTP/1.1\r\n\r\n") == (400, "HTTP/1.1 request without Host")  # only absolute form names one

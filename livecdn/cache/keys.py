@@ -90,7 +90,7 @@ def cache_key(raw_path: str) -> CacheKey:
 # Every distinct directive value is a distinct key that reaches the origin, so
 # only values a player can mean are accepted (RFC 8216bis 6.2.5.1).
 _VALID_DIRECTIVE = {
-    "_HLS_msn": lambda v: v.isdigit() and len(v) <= 12,
-    "_HLS_part": lambda v: v.isdigit() and len(v) <= 6,
+    "_HLS_msn": lambda v: v.isascii() and v.isdigit() and len(v) <= 12,  # not any Unicode digit
+    "_HLS_part": lambda v: v.isascii() and v.isdigit() and len(v) <= 6,
     "_HLS_skip": lambda v: v in ("YES", "v2"),
 }

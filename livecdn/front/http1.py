@@ -202,18 +202,27 @@ class RequestParser:
         self._headers = {}
         self._head_size = 0
         self._tail = b""
+        absolute = url[:1] != b"/" and url[:8].lower().startswith((b"http://", b"https://"))
         version = parser.get_http_version()
         if version != "1.1":
             if version == "0.9":  # what llhttp makes of a request line with no (readable) version
                 raise ProtocolError(400, "bad request line: no HTTP version after the target")
             if version != "1.0":
                 raise ProtocolError(505, f"HTTP/{version} is not supported, use HTTP/1.1")
-        elif b"host" not in headers:
+        elif b"host" not in headers and not absolute:
             raise ProtocolError(400, "HTTP/1.1 request without Host")  # RFC 9112 §3.2
         try:
             target = url.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(400, "request target is not valid UTF-8") from None
+        if absolute:
+            # Absolute form, which a server must accept (RFC 9112 §3.2.2): the
+            # target's authority stands for Host, and the rest is the target.
+            _, _, rest = target.partition("://")
+            cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+            authority, target = rest[:cut], rest[cut:]
+            target = target if target.startswith("/") else "/" + target
+            headers[b"host"] = authority.encode("utf-8")
         keep = parser.should_keep_alive()
         if not headers.keys().isdisjoint(_BODY_OR_EXPECT):
             expect = headers.get(b"expect")
