@@ -34,7 +34,8 @@ RUN_TIMEOUT = 600.0  # one pass under callgrind runs ~50x slower than without
 
 
 def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
+    # A fixed hash seed: dictionary work, and so the instruction count, is then the same run to run.
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}", "PYTHONHASHSEED": "0"}
     cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps)]
     if callgrind is not None:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]

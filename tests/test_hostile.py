@@ -5,10 +5,13 @@ A real shield and edge on loopback, raw sockets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 
 import pytest
 
+from livecdn.front.http1 import MAX_PENDING, PARSE_SLICE
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, body
 from tests.test_http1_sockets import connect, get, read_reply, warm
@@ -87,4 +90,24 @@ async def test_an_hls_directive_in_other_digits_is_refused_not_forwarded(origin:
     reply = await read_reply(reader)
     assert reply.status == 400 and b"_HLS_msn" in reply.body
     assert origin.hits["/live/a/index.m3u8"] == 0
+    writer.close()
+
+
+async def test_an_unread_pipeline_is_held_as_bytes_not_as_thousands_of_requests(
+        origin: FakeOrigin, stack: Stack) -> None:
+    origin.routes["/pl/a.ts"] = body(b"p" * 4096)
+    await warm(stack, "/pl/a.ts")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a player that reads nothing, a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.edges[0].port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    n = 256 * 1024 // len(get("/pl/a.ts"))
+    writer.write(get("/pl/a.ts") * n)  # 256 KiB of GETs, none of the answers read yet
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    (conn,) = [c for c in stack.edges[0].players.connections if c.h1.backlog or c.h1.pending]
+    assert conn.h1.pending <= MAX_PENDING + PARSE_SLICE // 30  # once: ~5,700 queued requests from one read
+    replies = [await read_reply(reader) for _ in range(n)]  # every request answered, in order, once read
+    assert all(r.status == 200 and r.body == b"p" * 4096 for r in replies)
     writer.close()

@@ -6,6 +6,7 @@ import pytest
 
 from livecdn.front.http1 import (
     NEED_DATA,
+    PARSE_SLICE,
     ProtocolError,
     Request,
     ServerConnection,
@@ -320,3 +321,17 @@ def test_absolute_form_gives_the_path_and_the_authority_as_host() -> None:
     assert isinstance(req, Request)
     assert req.target == "/live/a.ts?x=1" and req.headers[b"host"] == b"cdn.example:8080"
     assert error(b"GET * HTTP/1.1\r\n\r\n") == (400, "HTTP/1.1 request without Host")  # only absolute form names one
+
+
+def test_a_large_pipeline_is_parsed_only_as_far_as_it_is_answered() -> None:
+    stream = b"".join(b"GET /%d.ts HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(8000))  # ~250 KiB in one read
+    conn = ServerConnection(max_pending=16)
+    conn.receive_data(stream)
+    assert 16 <= conn.pending < 16 + PARSE_SLICE // 30  # at most one slice past the bound
+    assert len(conn.backlog) > len(stream) - 2 * PARSE_SLICE  # the rest waits unparsed, not as 8,000 requests
+    targets = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        assert isinstance(event, Request)
+        targets.append(event.target)
+        assert conn.pending < 16 + PARSE_SLICE // 30
+    assert targets == [f"/{i}.ts" for i in range(8000)] and not conn.backlog

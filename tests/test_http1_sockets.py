@@ -13,7 +13,7 @@ import time
 import pytest
 from aiohttp import web
 
-from livecdn.front.listener import MAX_PIPELINED
+from livecdn.front.http1 import MAX_PENDING as MAX_PIPELINED
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, body, slow
 

@@ -202,7 +202,8 @@ class RequestParser:
         self._headers = {}
         self._head_size = 0
         self._tail = b""
-        absolute = url[:1] != b"/" and url[:8].lower().startswith((b"http://", b"https://"))
+        # Origin form (a path) is the common case and costs one index; absolute form is the other.
+        absolute = url[0] != 0x2F and url[:8].lower().startswith((b"http://", b"https://")) if url else False
         version = parser.get_http_version()
         if version != "1.1":
             if version == "0.9":  # what llhttp makes of a request line with no (readable) version
@@ -312,6 +313,14 @@ class _Framing(enum.Enum):
     CLOSE = "close"  # HTTP/1.0 and a length not known: the connection's end delimits the body
 
 
+# Requests parsed ahead of the one being answered (HTTP pipelining), and the
+# bytes parsed at a time once more than a small read waits: a client cannot
+# make us hold more parsed work than it lets us answer (aiohttp's
+# MAX_MSG_QUEUE_SIZE), and one large read is not parsed whole first.
+MAX_PENDING = 16
+PARSE_SLICE = 2048
+
+
 class ServerConnection:
     """Both directions of one HTTP/1.x server connection (no sockets, no clock).
 
@@ -322,27 +331,58 @@ class ServerConnection:
     started (`start_closing()`), or a body broke (`send_failed()`).
 
     Args:
+        max_pending: requests parsed ahead of the one being answered. Bytes past
+            them wait unparsed in `backlog` (one read's worth: the shell stops
+            reading meanwhile), so a client that pipelines without reading
+            costs that much memory, not a queued request per 40 bytes it sent.
         limits: `RequestParser`'s (max_target, max_field, max_headers, max_head).
 
     Raises:
         ValueError: a limit is not positive (the message names it).
     """
 
-    __slots__ = ("events", "must_close", "receive_data", "_closing", "_framing", "_answering")
+    __slots__ = ("events", "backlog", "must_close", "max_pending", "parse", "_closing", "_framing", "_answering")
 
-    def __init__(self, **limits: int) -> None:
+    def __init__(self, *, max_pending: int = MAX_PENDING, **limits: int) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be positive, got {max_pending!r}")
         # Parsed requests in order; `next_event()` takes from the left, and so may
-        # an I/O shell that has already seen the queue is not empty.
+        # an I/O shell that has already seen the queue is not empty (then it
+        # calls `parse_backlog()` when the queue runs dry, as `next_event()` does).
         self.events: collections.deque[Request | ProtocolError] = collections.deque()
-        # Bytes in go straight to the request half (bound once: one call fewer per read).
-        self.receive_data = RequestParser(events=self.events, **limits).receive_data
-        """Feed bytes received; complete requests queue up for `next_event()` (see `RequestParser`)."""
+        self.backlog = bytearray()  # received, not parsed yet: `max_pending` requests are waiting
+        self.max_pending = max_pending
+        # Parse now, whatever the queue holds: for an I/O shell's small read
+        # (at most PARSE_SLICE) when nothing waits in `backlog`, the hit path's
+        # call; anything else goes through `receive_data()`.
+        self.parse = RequestParser(events=self.events, **limits).receive_data
         self.must_close = False  # the connection ends after the answer being sent
         self._closing = False
         self._framing = _Framing.NONE
         self._answering = False
 
     # --- requests in ---
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received; complete requests queue up for `next_event()` (see `RequestParser`).
+
+        At most `max_pending` requests are parsed ahead; the rest of the bytes
+        wait in `backlog`, in order, until the queue is taken.
+        """
+        if not self.backlog and len(data) <= PARSE_SLICE and len(self.events) < self.max_pending:
+            self.parse(data)  # the common read: one request or a few
+            return
+        self.backlog += data
+        self.parse_backlog()
+
+    def parse_backlog(self) -> None:
+        """Parse waiting bytes, a slice at a time, until `max_pending` requests wait or none are left."""
+        backlog, events, limit = self.backlog, self.events, self.max_pending
+        taken = 0
+        while taken < len(backlog) and len(events) < limit:
+            self.parse(bytes(backlog[taken:taken + PARSE_SLICE]))
+            taken += PARSE_SLICE
+        del backlog[:taken]
 
     def next_event(self) -> Request | ProtocolError | _NeedData:
         """The next complete request, or the error that ends the connection, or `NEED_DATA`.
@@ -352,6 +392,8 @@ class ServerConnection:
             last event of a connection: its answer, `respond(None, ...)`,
             closes it), or `NEED_DATA`.
         """
+        if not self.events and self.backlog:
+            self.parse_backlog()
         return self.events.popleft() if self.events else NEED_DATA
 
     @property

@@ -7,7 +7,9 @@ is an `asyncio.Protocol` per connection, and the only code that writes to a
 player:
 
 - bytes go to its `ServerConnection`; complete requests queue up, in order.
-  Past `MAX_PIPELINED` queued requests it stops reading until the queue drains.
+  Past `MAX_PENDING` queued requests the connection parses no more (the rest
+  of a read waits in its backlog) and the listener stops reading until the
+  queue drains.
 - the `Handler` (the front) turns each request into a `Plan`; when it can do
   that without waiting (a memory hit), the answer is written right there in
   `data_received`, one `writelines` of a head built once per stored object and
@@ -42,20 +44,17 @@ from livecdn.logs import AccessLog
 
 from .connlimit import REFUSAL, ConnectionLimit
 from .flow import FlowControl
-from .http1 import NEED_DATA, ProtocolError, ServerConnection
+from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
-__all__ = ["FILE_CHUNK", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "MAX_PIPELINED", "PlayerConnection",
+__all__ = ["FILE_CHUNK", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "PlayerConnection",
            "PlayerServer"]
 
 log = logging.getLogger("livecdn.front.listener")
 
-# Requests parsed ahead of the one being answered (HTTP pipelining). Past this
-# the connection stops reading: a client cannot make us queue more work than
-# it lets us answer (aiohttp's MAX_MSG_QUEUE_SIZE). Reading resumes once the
-# queue is down to RESUME_PIPELINED.
-MAX_PIPELINED = 16
+# Reading resumes once the queue of parsed requests (at most MAX_PENDING,
+# see http1) is down to this and nothing waits unparsed.
 RESUME_PIPELINED = 4
 # Bytes the transport may buffer for one player before writers wait for it
 # to drain (aiohttp's StreamWriter LIMIT, uvicorn's HIGH_WATER_LIMIT): a slow
@@ -201,6 +200,7 @@ class PlayerConnection(asyncio.Protocol):
             self.server.connection_limit.closed(self.peer)
         self.flow.connection_lost()  # writers waiting in drain() wake and raise
         self.h1.events.clear()
+        self.h1.backlog.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -210,16 +210,19 @@ class PlayerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         h1 = self.h1
-        h1.receive_data(data)
+        if h1.backlog or len(data) > PARSE_SLICE:
+            h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
+        else:
+            h1.parse(data)  # a small read: at most a slice of requests past the bound, then reading pauses
         if self.task is None and h1.events:
             self._answer_ready()
-        if len(h1.events) > MAX_PIPELINED:
+        if h1.backlog or len(h1.events) >= MAX_PENDING:
             self.flow.pause_reading()
 
     def eof_received(self) -> bool | None:
         # The player half-closed: answer what it asked for, then close (return
         # False). With nothing pending, close now.
-        if self.task is None and not self.h1.events:
+        if self.task is None and not self.h1.events and not self.h1.backlog:
             return False
         self._eof = True
         return True
@@ -239,7 +242,13 @@ class PlayerConnection(asyncio.Protocol):
         """
         h1, handler, transport, access, flow = self.h1, self.handler, self.transport, self.access, self.flow
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
-        while events and not h1.must_close:
+        while not h1.must_close:
+            if not events:
+                if not h1.backlog:
+                    break
+                h1.parse_backlog()  # what `next_event()` would do
+                if not events:
+                    break
             if flow.writing_paused or flow.lost:
                 self._start_task(None)
                 return
@@ -416,6 +425,7 @@ class PlayerConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.h1.events.clear()
+        self.h1.backlog.clear()
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered first
 
@@ -426,7 +436,7 @@ class PlayerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _maybe_resume_reading(self) -> None:
-        if self.flow.reading_paused and len(self.h1.events) <= RESUME_PIPELINED:
+        if self.flow.reading_paused and not self.h1.backlog and len(self.h1.events) <= RESUME_PIPELINED:
             self.flow.resume_reading()
 
     # --- keep-alive: one timer handle, rescheduled ---
@@ -438,7 +448,7 @@ class PlayerConnection(asyncio.Protocol):
 
     def _idle_check(self) -> None:
         self._timer = None
-        if self.flow.lost or self.task is not None or self.h1.events:
+        if self.flow.lost or self.task is not None or self.h1.events or self.h1.backlog:
             return  # busy: the next `_went_idle()` arms the timer again
         deadline = self._idle_since + self.server.keepalive_timeout
         if self._loop.time() >= deadline:
@@ -451,7 +461,7 @@ class PlayerConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful: an idle connection closes now, a busy one after the answer in flight."""
         self.h1.start_closing()
-        if self.task is None and not self.h1.events:
+        if self.task is None and not self.h1.events and not self.h1.backlog:
             self._close()
 
     def abort(self) -> asyncio.Task[None] | None:
