@@ -221,6 +221,10 @@ class Engine:
         obj = self.memory.get(key.key)
         return obj if obj is not None and obj.fresh(now) else None
 
+    def _copy(self, k: str) -> Stored | None:
+        """The copy this process has of `k`: in memory, or on its way to disk only."""
+        return self.memory.get(k) or self._writing.get(k)
+
     def _held(self, k: str) -> bool:
         """A copy in memory (fresh or not), a disk lookup or a fetch in flight: no new fetch is needed."""
         return k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
@@ -278,7 +282,7 @@ class Engine:
         """
         now = time.time()
         k = key.key
-        obj = self.memory.get(k) or self._writing.get(k)
+        obj = self._copy(k)
         file = None
         checked = False
         if obj is None and admission is not None and not self._held(k):
@@ -286,7 +290,7 @@ class Engine:
             await admission.check(key, client)
             checked = True
             now = time.time()
-            obj = self.memory.get(k) or self._writing.get(k)  # what the check waited for may have stored it
+            obj = self._copy(k)  # what the check waited for may have stored it
         if obj is None and self.disk is not None:
             # While the disk is asked, the key counts as held (`_held()`): a
             # request or prefetch meanwhile is not admitted as a new fetch.
@@ -298,7 +302,7 @@ class Engine:
                 if not self._looking[k]:
                     del self._looking[k]
             if obj is None:  # a request that came first may have stored it meanwhile
-                obj = self.memory.get(k) or self._writing.get(k)
+                obj = self._copy(k)
         if obj is not None:
             if obj.fresh(now):
                 return Answer(CacheResult.HIT, obj, file)
@@ -315,7 +319,7 @@ class Engine:
                 await admission.check(key, client)
                 # The check may have waited: what it waited for (a playlist
                 # refresh, another request) may have stored the object.
-                late = self.memory.get(k) or self._writing.get(k)
+                late = self._copy(k)
                 if late is not None and late.fresh(time.time()):
                     return Answer(CacheResult.HIT, late)
             if k not in self._fills:
