@@ -21,7 +21,7 @@ from pybloom_live import BloomFilter
 
 from livecdn import metrics
 from livecdn.cache.engine import Engine
-from livecdn.cache.keys import BadRequest, CacheKey, cache_key
+from livecdn.cache.keys import BadRequest, CacheKey, cache_key, path_of
 from livecdn.cache.stored import Stored
 from livecdn.config import GuardSettings
 from livecdn.media.kinds import CONTENT_TYPES, is_hls_playlist, is_playlist
@@ -125,7 +125,7 @@ class StreamGuard:
         announced = obj.manifest.announced if obj.manifest is not None else None
         if announced is None:
             return None
-        path = obj.key.partition("?")[0]
+        path = path_of(obj.key)
         self._stream(directory(path)).names.add(path)  # a playlist that answered exists
         segments = frozenset(announced.segments)
         for name in announced.names:

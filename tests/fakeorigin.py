@@ -8,12 +8,13 @@ the CDN made of it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-__all__ = ["FakeOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status"]
+__all__ = ["FakeOrigin", "FileOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status"]
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,3 +109,40 @@ class FakeOrigin:
         if behaviour is None:
             return web.Response(status=404, text="not here\n")
         return await behaviour(request)
+
+
+class FileOrigin(FakeOrigin):
+    """An origin serving a directory as a packager's web server would (what ffmpeg writes, for instance).
+
+    Files are read fresh on every request (ffmpeg renames complete files into
+    place); ETag and Last-Modified come from aiohttp's static handler. Routes
+    set on `routes` still win, so a test can make one name misbehave.
+    """
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = root
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path in self.routes:
+            return await super()._handle(request)
+        self.hits[request.path_qs] += 1
+        self.requests.append(request)
+        path = os.path.realpath(os.path.join(self.root, request.path.lstrip("/")))
+        if not path.startswith(os.path.realpath(self.root) + os.sep) or not os.path.isfile(path):
+            return web.Response(status=404, text="no such file\n")
+        return web.FileResponse(path, headers={"Cache-Control": _cache_control(path)})
+
+
+def _cache_control(path: str) -> str:
+    """What a typical packager's web server says: playlists short-lived, segments long."""
+    return "max-age=1" if path.endswith((".m3u8", ".mpd")) else "max-age=3600"

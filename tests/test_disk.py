@@ -76,3 +76,14 @@ async def test_a_record_of_an_unknown_kind_is_an_error_the_engine_counts_as_a_mi
     _record(disk, "/live/a.m3u8", "hologram")
     with pytest.raises(ValueError, match="hologram"):
         await disk.get("/live/a.m3u8")
+
+
+async def test_a_drop_removes_what_it_matches_and_counts_it(disk: DiskStore) -> None:
+    small = b"x" * 100
+    large = b"y" * (FILE_THRESHOLD + 1)  # a body kept as its own file goes too
+    for key, body in (("/a/1.ts", small), ("/a/2.ts", large), ("/b/1.ts", small)):
+        await disk.put(Stored(key, 200, (), body, time.time(), LIFETIME, NameKind.MEDIA))
+    assert await disk.drop(lambda k: k.startswith("/a/")) == 2
+    assert await disk.get("/a/1.ts") is None and await disk.get("/a/2.ts") is None
+    assert await disk.get("/b/1.ts") is not None
+    assert await disk.drop(lambda k: k.startswith("/a/")) == 0  # nothing left to count twice

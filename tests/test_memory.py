@@ -33,3 +33,13 @@ def test_what_an_entry_cost_is_given_back_when_it_goes() -> None:
     assert memory.used == len(BODY) + len(KEY) + ENTRY_OVERHEAD
     memory.remove(KEY)
     assert memory.used == 0
+
+
+def test_a_drop_removes_what_it_matches_and_gives_its_bytes_back() -> None:
+    store = MemoryStore(1 << 20)
+    for key in ("/a/1.ts", "/a/2.ts", "/b/1.ts"):
+        store.put(Stored(key, 200, (), b"z" * 10, 0.0, Lifetime(1.0, 0.0, 0.0), NameKind.MEDIA))
+    kept = store.get("/b/1.ts")
+    assert kept is not None
+    assert store.drop(lambda k: k.startswith("/a/")) == 2
+    assert (len(store), store.get("/a/1.ts"), store.used) == (1, None, len(kept.body) + len(kept.key) + ENTRY_OVERHEAD)

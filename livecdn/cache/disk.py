@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -62,6 +63,10 @@ class DiskStore:
     async def put(self, obj: Stored) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._put, obj)
 
+    async def drop(self, match: Callable[[str], bool]) -> int:
+        """Remove every object whose key `match` accepts; returns how many (a scan of every key, off the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._drop, match)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._cache.close()
@@ -75,6 +80,10 @@ class DiskStore:
         if isinstance(value, (bytes, bytearray)):
             return DiskHit(_stored(key, meta, bytes(value), lt), None)
         return DiskHit(_stored(key, meta, b"", lt), value)
+
+    def _drop(self, match: Callable[[str], bool]) -> int:
+        # Another worker may delete the same key meanwhile: only what this call removed counts.
+        return sum(1 for k in list(self._cache.iterkeys()) if isinstance(k, str) and match(k) and self._cache.delete(k))
 
     def _put(self, obj: Stored) -> None:
         meta = json.dumps({

@@ -528,6 +528,25 @@ class Engine:
             if self._writing.get(obj.key) is obj:
                 del self._writing[obj.key]
 
+    async def purge(self, match: Callable[[str], bool]) -> tuple[int, int]:
+        """Drop every stored object whose storage key `match` accepts, from memory and disk.
+
+        Returns:
+            (objects dropped from this process's memory tier, objects dropped from the disk tier).
+            Fetches in flight are not cut: what they store was asked for after the purge began.
+        """
+        in_memory = self.memory.drop(match)
+        for k in [k for k in self._writing if match(k)]:
+            del self._writing[k]
+        on_disk = 0
+        if self.disk is not None:
+            try:
+                on_disk = await self.disk.drop(match)
+            except (OSError, sqlite3.Error) as e:
+                log.error("disk purge failed: %s", e)
+                raise
+        return in_memory, on_disk
+
     async def close(self, timeout: float = 5.0) -> None:
         """Let disk writes finish, then cancel what is left (fetches without clients)."""
         if self._tasks:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from livecdn.media.kinds import is_hls_playlist
 from livecdn.media.names import MAX_PATH_BYTES, BadName, directory, extension, normalize
 
-__all__ = ["BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY"]
+__all__ = ["BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY", "path_of"]
 
 KEPT_QUERY = frozenset({"_HLS_msn", "_HLS_part", "_HLS_skip"})
 
@@ -50,6 +50,11 @@ class CacheKey:
 
     def __str__(self) -> str:
         return self.key
+
+
+def path_of(key: str) -> str:
+    """The normalized path a storage key (`CacheKey.key`) names: what purges and stream restarts select by."""
+    return key.partition("?")[0]
 
 
 def cache_key(raw_path: str) -> CacheKey:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from livecdn.cache.stored import Stored
 
@@ -63,6 +64,16 @@ class MemoryStore:
         old = self._items.pop(key, None)
         if old is not None:
             self.used -= _cost(old)
+
+    def drop(self, match: Callable[[str], bool]) -> int:
+        """Remove every object whose key `match` accepts (a purge, a stream restart); returns how many.
+
+        A scan of the whole tier: rare operations only, never on the data path.
+        """
+        doomed = [k for k in self._items if match(k)]
+        for k in doomed:
+            self.remove(k)
+        return len(doomed)
 
 
 def _cost(obj: Stored) -> int:
