@@ -20,7 +20,7 @@ import m3u8
 from livecdn.media.kinds import ManifestKind
 from livecdn.media.names import BadName, extension, normalize
 
-__all__ = ["Announced", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "PlaylistInfo", "read"]
+__all__ = ["Announced", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "PlaylistInfo", "Run", "read"]
 
 # Playlists are small text files; a "playlist" larger than this is not one,
 # and parsing it would cost the event loop real time.
@@ -54,6 +54,19 @@ class Announced:
 
 
 @dataclass(frozen=True, slots=True)
+class Run:
+    """What tells one encoder run of a stream from the next: compared between two reads of one playlist.
+
+    Every field is None where the playlist does not say it.
+    """
+
+    media_sequence: int | None = None  # HLS media playlists: EXT-X-MEDIA-SEQUENCE (0 when absent)
+    discontinuity_sequence: int | None = None  # HLS: EXT-X-DISCONTINUITY-SEQUENCE (0 when absent)
+    newest_pdt: float | None = None  # HLS: the last segment's EXT-X-PROGRAM-DATE-TIME, epoch seconds
+    started: str | None = None  # DASH: the MPD's availabilityStartTime, as written
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """One read of a playlist body."""
 
@@ -61,6 +74,7 @@ class Manifest:
     # None for DASH: its names are not read (yet), which is not the same as an
     # HLS playlist that announces nothing so far.
     announced: Announced | None
+    run: Run = Run()
 
 
 def read(path: str, body: bytes) -> Manifest:
@@ -81,14 +95,15 @@ def read(path: str, body: bytes) -> Manifest:
     except UnicodeDecodeError:
         raise MalformedPlaylist("playlist is not UTF-8 text") from None
     if extension(path) == ".mpd":
-        return Manifest(_mpd_info(text), None)
+        started = _MPD_START.search(text)
+        return Manifest(_mpd_info(text), None, Run(started=started.group(1) if started else None))
     if not text.lstrip().startswith("#EXTM3U"):
         raise MalformedPlaylist("playlist does not start with #EXTM3U")
     try:
         parsed = m3u8.loads(text)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise MalformedPlaylist(f"unparsable playlist: {e}") from None
-    return Manifest(_hls_info(parsed), _announced(path, parsed))
+    return Manifest(_hls_info(parsed), _announced(path, parsed), _hls_run(parsed))
 
 
 def _hls_info(parsed: m3u8.M3U8) -> PlaylistInfo:
@@ -103,6 +118,15 @@ def _hls_info(parsed: m3u8.M3U8) -> PlaylistInfo:
     return PlaylistInfo(ManifestKind.ENDED if parsed.is_endlist else ManifestKind.LIVE, target, part)
 
 
+def _hls_run(parsed: m3u8.M3U8) -> Run:
+    if parsed.is_variant:
+        return Run()
+    newest = parsed.segments[-1].current_program_date_time if parsed.segments else None
+    return Run(parsed.media_sequence or 0, parsed.discontinuity_sequence or 0,
+               newest.timestamp() if newest is not None else None)
+
+
+_MPD_START = re.compile(r"<MPD\b[^>]*\bavailabilityStartTime\s*=\s*[\"']([^\"']+)[\"']", re.S)
 _MPD_TYPE = re.compile(r"<MPD\b[^>]*\btype\s*=\s*[\"'](static|dynamic)[\"']", re.S)
 _MPD_UPDATE = re.compile(r"\bminimumUpdatePeriod\s*=\s*[\"']PT(\d+(?:\.\d+)?)S[\"']")
 
