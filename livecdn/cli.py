@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from livecdn.config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
+from livecdn.config.load import TOKEN_ENV
 
 __all__ = ["main"]
 
@@ -35,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: the demo's, configs/demo.toml)")
     d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
     _common(d)
+    u = sub.add_parser("purge", help="drop objects from every shield and edge of the topology (shields first)",
+                       description=f"The admin token is {TOKEN_ENV} from the environment, else [cdn] admin_token.")
+    u.add_argument("--config", required=True, help="topology file (TOML)")
+    what = u.add_mutually_exclusive_group(required=True)
+    what.add_argument("path", nargs="?", metavar="PATH", help="one object (a path, or a URL: its host is ignored)")
+    what.add_argument("--prefix", metavar="P", help="every object whose path starts with P")
+    what.add_argument("--stream", metavar="S", help="a whole stream: the directory of playlist S, and all under it")
+    u.add_argument("--json", action="store_true", help="print every node's answer as one JSON object")
     return p
 
 
@@ -66,6 +76,9 @@ def _node_config(topo: Topology, role: str, name: str) -> OriginConfig | ShieldC
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "purge":
+            from livecdn.purge import run_purge
+            return run_purge(args, load(args.config))
         topo = _topology(args)
         if args.command == "demo":
             from livecdn.demo import run_demo
@@ -128,6 +141,8 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         # Must be set before prometheus_client is first imported (it picks its
         # value store at import), so every worker writes where /metrics reads.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"livecdn-metrics-{cfg.name}-")
+    # Where the workers find each other to purge every memory tier (livecdn/node/purge.py).
+    purge_dir = tempfile.mkdtemp(prefix=f"livecdn-purge-{cfg.name}-") if workers > 1 else None
 
     def child() -> None:
         from edge import EdgeNode
@@ -135,7 +150,7 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         from shield import ShieldNode
 
         kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
-        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1)
+        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1, purge_dir=purge_dir)
 
         def reload() -> Topology:
             return _topology(args)
@@ -150,7 +165,11 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
             return 1
         return 0
     from livecdn.node.workers import supervise
-    return supervise(workers, child)
+    try:
+        return supervise(workers, child)
+    finally:
+        assert purge_dir is not None
+        shutil.rmtree(purge_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,10 @@ play URL answers (through the router's 302 when the topology has a router,
 else at the first edge), one line per node and the play URL are printed.
 SIGINT or SIGTERM stops every child
 gracefully; children also die with the demo if it is killed outright.
+
+The demo prints the admin token of the purge API (`"admin_token"` in
+`--json`): the topology's (LIVECDN_ADMIN_TOKEN, else `[cdn] admin_token`),
+or a random one when it has none, handed to every node in its environment.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livecdn.config import Topology
+from livecdn.config.load import TOKEN_ENV
 
 __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 
@@ -91,6 +98,8 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
     nodes = plan(topo)
     play = play_url(topo)
+    token = topo.admin_token or secrets.token_urlsafe(24)
+    env = {**os.environ, TOKEN_ENV: token}
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -107,13 +116,13 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
                 cmd += ["--origin", args.origin]
             elif args.mode and node.role == "origin":
                 cmd += ["--mode", args.mode]
-            children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+            children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
         status = _wait_ready(nodes, children, play, lambda: stop_requested)
         if status is not None:
             return status
         router = topo.router
         if args.json:
-            info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes]}
+            info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
             if router is not None:
                 info.update(dns=str(router.dns), hostname=topo.hostname)
             print(json.dumps(info), flush=True)
@@ -123,6 +132,7 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
             if router is not None:
                 print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
                       f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
+            print(f"\npurge: {TOKEN_ENV}={token} livecdn purge --config {topo.path} --prefix /live/", flush=True)
             print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
         while not stop_requested:
             for name, child in children.items():

@@ -528,23 +528,27 @@ class Engine:
             if self._writing.get(obj.key) is obj:
                 del self._writing[obj.key]
 
-    async def purge(self, match: Callable[[str], bool]) -> tuple[int, int]:
-        """Drop every stored object whose storage key `match` accepts, from memory and disk.
+    async def purge(self, match: Callable[[str], bool], *, disk: bool = True) -> tuple[int, int]:
+        """Drop every stored object whose storage key `match` accepts, from disk (unless `disk` is false) and memory.
+
+        The disk goes first: a memory miss in between would otherwise read the
+        old copy back into memory from the disk tier. Sibling workers pass
+        `disk=False` (one of them has already dropped the shared disk tier).
 
         Returns:
             (objects dropped from this process's memory tier, objects dropped from the disk tier).
             Fetches in flight are not cut: what they store was asked for after the purge began.
         """
-        in_memory = self.memory.drop(match)
-        for k in [k for k in self._writing if match(k)]:
-            del self._writing[k]
         on_disk = 0
-        if self.disk is not None:
+        if disk and self.disk is not None:
             try:
                 on_disk = await self.disk.drop(match)
             except (OSError, sqlite3.Error) as e:
                 log.error("disk purge failed: %s", e)
                 raise
+        in_memory = self.memory.drop(match)
+        for k in [k for k in self._writing if match(k)]:
+            del self._writing[k]
         return in_memory, on_disk
 
     async def close(self, timeout: float = 5.0) -> None:

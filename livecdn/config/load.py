@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -39,7 +40,11 @@ from livecdn.config.schema import (
     split,
 )
 
-__all__ = ["load", "parse_size"]
+__all__ = ["TOKEN_ENV", "load", "parse_size"]
+
+# The admin token from the environment wins over the file's `[cdn] admin_token`:
+# a secret is better kept out of a file every node and operator reads.
+TOKEN_ENV = "LIVECDN_ADMIN_TOKEN"
 
 T = TypeVar("T")
 
@@ -183,6 +188,10 @@ def load(path: str | Path) -> Topology:
         topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router)
     except FieldError as e:  # origin_url is the one rule of its own
         raise ConfigError(path, "origin.url", e.problem) from None
+    try:
+        topology = dataclasses.replace(topology, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token)
+    except FieldError as e:  # the file's token was checked with [cdn]: this one came from the environment
+        raise ConfigError(path, f"{TOKEN_ENV} (environment)", e.problem) from None
     _check(topology)
     return topology
 

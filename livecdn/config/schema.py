@@ -129,6 +129,20 @@ Location = tuple[Annotated[float, Degrees, Min(-90), Max(90)], Annotated[float, 
 TargetDuration = Annotated[float, Seconds, Above(0)]  # the origin's and its timeline's
 Window = Annotated[int, Min(1)]  # segments in a live media playlist
 MAX_TTL = 3600  # seconds: DNS answers must stay short-lived, so players follow health changes
+# A shorter admin token could be guessed by trying; 16 random characters cannot.
+MIN_TOKEN_CHARS = 16
+
+
+def _token(text: str) -> str:
+    """An admin bearer token ("" when none): RFC 6750 token68 characters, long enough not to be guessed."""
+    if text and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", text):
+        raise ValueError("must be letters, digits and -._~+/ (a bearer token), without spaces")
+    if text and len(text) < MIN_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters, got {len(text)}")
+    return text
+
+
+AdminToken = Annotated[str, Check(_token)]
 YEAR = 365 * 86400.0
 
 
@@ -355,6 +369,7 @@ class CdnSettings(Checked):
     name: str = "livecdn"
     hostname: str = "cdn.livecdn.test"  # the name players resolve (the router answers for it)
     play_path: Annotated[str, match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
+    admin_token: AdminToken = ""  # bearer token of the purge API on every admin listener ("": purge disabled)
 
 
 @dataclass(frozen=True)
@@ -369,6 +384,7 @@ class Topology(Checked):
     edges: Mapping[str, EdgeConfig]
     play_path: str = CdnSettings.play_path
     router: RouterConfig | None = None
+    admin_token: AdminToken = ""  # [cdn] admin_token, or LIVECDN_ADMIN_TOKEN from the environment (it wins)
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""

@@ -2,11 +2,12 @@
 
 `CacheNode` is the node shared by `EdgeNode` and `ShieldNode`, on the common
 `Lifecycle` (livecdn/node/lifecycle.py): `_start()` opens the stores, the
-upstream session and the two listeners (players: livecdn's own HTTP/1.1
-server, `livecdn/front/listener.py`; admin: aiohttp); `_stop(timeout)`
-releases them one by one in reverse, draining in-flight responses first. A
-subclass says where its upstreams are, what policy screens requests and how
-many connections one client may hold.
+upstream session, its place among its sibling workers (`Purges`) and the two
+listeners (players: livecdn's own HTTP/1.1 server, `livecdn/front/listener.py`;
+admin: aiohttp, with /healthz, /metrics and the authenticated POST /purge);
+`_stop(timeout)` releases them one by one in reverse, draining in-flight
+responses first. A subclass says where its upstreams are, what policy screens
+requests and how many connections one client may hold.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -32,6 +34,7 @@ from livecdn.front.connlimit import ConnectionLimit
 from livecdn.front.listener import PlayerServer
 from livecdn.logs import AccessLog
 from livecdn.node.lifecycle import Lifecycle
+from livecdn.node.purge import MAX_MESSAGE, BadSelector, Busy, Purges, Selector, authorized
 from livecdn.node.sites import Sites
 
 __all__ = ["CacheNode"]
@@ -42,6 +45,8 @@ log = logging.getLogger("livecdn.node.cache")
 UPSTREAM_CONNECTIONS = 512
 # How often the memory hits the front counts reach the request counter.
 COUNT_INTERVAL = 1.0
+# What a request without the admin token is told to send (RFC 6750).
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="livecdn admin"'}
 
 
 class CacheNode(Lifecycle):
@@ -52,18 +57,22 @@ class CacheNode(Lifecycle):
         config: this node's entry in it.
         access_log: write a JSON access line per request.
         reuse_port: bind with SO_REUSEPORT so sibling worker processes share the port.
+        purge_dir: where the node's worker processes find each other to purge them all
+            (`livecdn.node.purge`; None: this process is the node's only worker).
     """
 
     role = "cache"
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
-                 access_log: bool = True, reuse_port: bool = False) -> None:
+                 access_log: bool = True, reuse_port: bool = False, purge_dir: str | None = None) -> None:
         super().__init__(config.name)
         self.topology = topology
         self.config = config
         self.access_log = access_log
         self.reuse_port = reuse_port
+        self.purge_dir = purge_dir
         self.engine: Engine | None = None
+        self.purges: Purges | None = None  # `purges.purge(selector)` drops objects in every worker of the node
         self.front: PlayerFront | None = None
         self.policy: Policy | None = None
         self._disk: DiskStore | None = None
@@ -135,6 +144,8 @@ class CacheNode(Lifecycle):
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
         )
         self.engine.start(self._session)
+        self.purges = Purges(self.engine, self.purge_dir)
+        self.purges.open()
         self.policy = self.make_policy(self.engine)
         self.front = PlayerFront(self.engine, self.config.name, self.policy)
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
@@ -143,9 +154,10 @@ class CacheNode(Lifecycle):
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
         self.spawn(self._count(), "count hits")
-        admin = web.Application()
+        admin = web.Application(client_max_size=MAX_MESSAGE)
         admin.router.add_get("/healthz", self._healthz)
         admin.router.add_get("/metrics", self._metrics)
+        admin.router.add_post("/purge", self._purge)
         self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
                  self.config.listen, self.config.admin)
@@ -162,6 +174,8 @@ class CacheNode(Lifecycle):
             self._players = None
         if self.front is not None:
             self.front.flush_hits()
+        if self.purges is not None:
+            await self.purges.close()
         if self.engine is not None:  # kept: readable after stop (memory tier, counters); closing twice is harmless
             await self.engine.close(timeout)
         session, self._session = self._session, None
@@ -195,3 +209,34 @@ class CacheNode(Lifecycle):
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
+
+    async def _purge(self, request: web.Request) -> web.Response:
+        """POST /purge {"url" | "prefix" | "stream": ...} with the admin bearer token: see `livecdn.node.purge`."""
+        assert self.purges is not None
+        token = self.topology.admin_token  # read per request: a SIGHUP may have changed it
+        if not token:
+            return _answer(403, {"error": "purge is disabled: no admin token ([cdn] admin_token or "
+                                         "LIVECDN_ADMIN_TOKEN)"})
+        if not authorized(request.headers.get("Authorization"), token):
+            return _answer(401, {"error": "a valid admin bearer token is required"}, CHALLENGE)
+        try:
+            selector = Selector.from_json(await request.read())
+        except BadSelector as e:
+            return _answer(400, {"error": str(e)})
+        try:
+            purged = await self.purges.purge(selector)
+        except Busy as e:
+            return _answer(503, {"error": str(e)})
+        except (OSError, sqlite3.Error) as e:
+            return _answer(500, {"error": f"disk tier purge failed: {e}"})
+        log.info("purge %s from %s: %d objects (memory %s, disk %d) in %.0f ms%s", selector.to_json(),
+                 request.remote, purged.dropped, dict(purged.memory), purged.disk, purged.seconds * 1000,
+                 "" if purged.complete else f"; incomplete: no answer from {list(purged.unanswered)}, "
+                                             f"failed {dict(purged.errors)}")
+        # 504: a sibling worker did not answer in time (or failed): its memory may still hold the objects.
+        return _answer(200 if purged.complete else 504,
+                       {"node": self.config.name, "role": self.role, **purged.to_json()})
+
+
+def _answer(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
