@@ -57,8 +57,8 @@ MAX_MESSAGE = 6 * MAX_PATH_BYTES + 512
 # memory tier takes milliseconds; a sibling silent this long is stuck or dying,
 # and the purge is reported incomplete rather than held open.
 ANSWER_TIMEOUT = 5.0
-# Purges one worker coordinates at once: each holds a request open until its
-# siblings answer, so a runaway script cannot pile them up.
+# Purges one worker runs at once: each holds a request open (and scans the
+# disk tier) until its siblings answer, so a runaway script cannot pile them up.
 MAX_PENDING = 16
 Kind = Literal["url", "prefix", "stream"]
 KINDS: tuple[Kind, ...] = ("url", "prefix", "stream")
@@ -73,7 +73,7 @@ class BadMessage(ValueError):
 
 
 class Busy(Exception):
-    """MAX_PENDING purges are already waiting for siblings; answered with a 503."""
+    """MAX_PENDING purges are already in progress on this worker; answered with a 503."""
 
 
 # --- what a purge names ----------------------------------------------------------------
@@ -103,6 +103,8 @@ class Selector:
             raise BadSelector(f"unknown selector {self.kind!r}: give one of {', '.join(KINDS)}")
         if not isinstance(self.given, str) or not self.given:
             raise BadSelector(f"{self.kind}: expected a non-empty string, got {self.given!r}")
+        if len(self.given) > MAX_PATH_BYTES:  # a URL's host and query too: a message must stay one datagram
+            raise BadSelector(f"{self.kind}: longer than {MAX_PATH_BYTES} characters")
         object.__setattr__(self, "path", _PATHS[self.kind](self.given))
 
     @classmethod
@@ -283,6 +285,7 @@ class Purges:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[Tally, asyncio.Future[None]]] = {}
+        self._running = 0  # purges this worker is carrying out
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -331,11 +334,18 @@ class Purges:
             when a sibling failed or did not answer in time.
 
         Raises:
-            Busy: MAX_PENDING purges are already waiting for siblings.
+            Busy: MAX_PENDING purges are already in progress on this worker.
             OSError, sqlite3.Error: the disk tier could not be purged (nothing was asked of the siblings).
         """
-        if len(self._waiting) >= MAX_PENDING:
+        if self._running >= MAX_PENDING:
             raise Busy(f"{MAX_PENDING} purges are already in progress on this worker")
+        self._running += 1
+        try:
+            return await self._purge(selector)
+        finally:
+            self._running -= 1
+
+    async def _purge(self, selector: Selector) -> Purged:
         started = time.monotonic()
         # Disk and this worker first, siblings after: a sibling's memory miss
         # must find the disk copy already gone, or it would read it back.
