@@ -23,7 +23,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import BinaryIO, Protocol
 
 import aiohttp
@@ -51,6 +51,7 @@ from livecdn.cache.fill import (
     UpstreamDone,
     UpstreamFailed,
     UpstreamResponded,
+    VaryLearned,
 )
 from livecdn.cache.freshness import Rules
 from livecdn.cache.keys import CacheKey
@@ -68,6 +69,10 @@ log = logging.getLogger("livecdn.cache.engine")
 DISK_MIN_LIFETIME = 10.0
 # Playlists at least this large are stored with a gzip copy for players that ask.
 GZIP_MIN_BYTES = 256
+# Objects whose origin's Vary is remembered (least recently learned are forgotten,
+# and learned again by one extra upstream request).
+MAX_VARIED = 10_000
+_NO_HEADERS: Mapping[bytes, bytes] = {}
 
 
 class UpstreamBroken(Exception):
@@ -76,6 +81,10 @@ class UpstreamBroken(Exception):
 
 class EngineError(Exception):
     """The engine could not answer a request because of a bug of its own (logged with its traceback)."""
+
+
+class _AskAgain(Exception):
+    """The fill a request joined found out that the object varies: the request asks again for its variant."""
 
 
 class Admission(Protocol):
@@ -102,7 +111,9 @@ class Attachment:
     def __init__(self, fill: Fill, client: int) -> None:
         self.fill = fill
         self.client = client
-        self.ready: asyncio.Future[Head | tuple[Stored, CacheResult]] = asyncio.get_running_loop().create_future()
+        # None: ask again (`VaryLearned`)
+        self.ready: asyncio.Future[Head | tuple[Stored, CacheResult] | None] = (
+            asyncio.get_running_loop().create_future())
         self.end = 0  # bytes of the shared body this client may send
         self.complete = False
         self.error: str | None = None
@@ -206,6 +217,7 @@ class Engine:
         self._playlist_observers: list[Callable[[Stored], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
+        self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -268,18 +280,30 @@ class Engine:
         self._feed(fill, RefreshRequested())
         return done
 
-    async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None) -> Answer:
+    async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None,
+                  headers: Mapping[bytes, bytes] = _NO_HEADERS) -> Answer:
         """Answer a request for `key`; the caller must `close()` the answer.
 
         Args:
             key: the object.
             client: who asks (the admission's per-client shares).
             admission: asked when answering would start a new upstream fetch (see `Admission`).
+            headers: the request's headers (lower-cased names): an object the origin
+                varies is answered by the variant for the ones its Vary names.
 
         Raises:
             BadRequest: the admission refused the request (its status says why).
             EngineError: a bug failed this request; the key stays usable.
         """
+        for _ in range(2):  # a second time only when the first fetch found out that the object varies
+            names = self._vary.get(key.key) if self._vary else None
+            try:
+                return await self._get(key.varied(names, headers) if names else key, client, admission)
+            except _AskAgain:
+                continue
+        raise EngineError(f"{key}: the origin's Vary changed while answering")
+
+    async def _get(self, key: CacheKey, client: str, admission: Admission | None) -> Answer:
         now = time.time()
         k = key.key
         obj = self._copy(k)
@@ -380,6 +404,8 @@ class Engine:
         if isinstance(result, Head):
             return Answer(result.cache, head=result, stream=att, release=release)
         release()
+        if result is None:
+            raise _AskAgain
         obj, cache = result
         return Answer(cache, obj)
 
@@ -449,12 +475,24 @@ class Engine:
                 att = self._clients[cmd.client]
                 att.error = cmd.reason
                 att.wake()
+            elif isinstance(cmd, VaryLearned):
+                self._learn_vary(fill.key, cmd.names)
+                for client in cmd.again:
+                    self._resolve(client, None)
             elif isinstance(cmd, Log):
                 log.log(logging.getLevelName(cmd.level.upper()), "%s", cmd.message)
             else:
                 raise RuntimeError(f"unknown command {cmd!r}")
 
-    def _resolve(self, client: int, result: Head | tuple[Stored, CacheResult]) -> None:
+    def _learn_vary(self, key: CacheKey, names: tuple[str, ...]) -> None:
+        base = dataclasses.replace(key, vary=()).key
+        self._vary.pop(base, None)
+        if names:
+            self._vary[base] = names
+            if len(self._vary) > MAX_VARIED:
+                self._vary.popitem(last=False)
+
+    def _resolve(self, client: int, result: Head | tuple[Stored, CacheResult] | None) -> None:
         att = self._clients[client]
         if not att.ready.done():
             att.ready.set_result(result)
@@ -471,7 +509,9 @@ class Engine:
     async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
         key = fill.key
         url = cmd.upstream + key.path + (f"?{key.query}" if key.query else "")
-        headers = {"Accept-Encoding": "identity", **dict(cmd.headers)}
+        # The variant's own request headers (those the origin's Vary names), then the validators.
+        headers = {"Accept-Encoding": "identity", **{name: value for name, value in key.vary if value},
+                   **dict(cmd.headers)}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         self._upstream_counter.inc()
 

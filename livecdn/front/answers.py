@@ -148,7 +148,7 @@ class PlayerFront:
         self._inflight_gauge.inc()
         answer: Answer | None = None
         try:
-            answer = await self.engine.get(key, later.peer, self.policy)
+            answer = await self.engine.get(key, later.peer, self.policy, request.headers)
             self._counters[answer.cache].inc()
             policy = self.policy
             if policy is not None and policy.seen is not None:
@@ -225,7 +225,7 @@ class PlayerFront:
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         status, start, stop = negotiate(request, headers, obj.size)
         body: bytes | memoryview
         if status == 200 and obj.gzipped is not None and _wants_gzip(request):
@@ -241,7 +241,7 @@ class PlayerFront:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
         headers = self._headers(obj.headers, CacheResult.HIT)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         headers["accept-ranges"] = "bytes"
         plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
         gzip = None
@@ -282,3 +282,12 @@ class PlayerFront:
                 return Plan(Fields(status, tuple(headers.items())), b"", 0, born, cache)
         return Plan(Fields(status, tuple(headers.items())), Stream(stream, start, stop),
                     None if stop is None else stop - start, born, cache)
+
+
+def _vary_on_encoding(headers: dict[str, str]) -> None:
+    """Add Accept-Encoding to the answer's Vary (the origin's own names, kept with the object, stay)."""
+    theirs = headers.get("vary")
+    if theirs is None:
+        headers["vary"] = "Accept-Encoding"
+    elif "accept-encoding" not in theirs.lower():
+        headers["vary"] = f"{theirs}, Accept-Encoding"
