@@ -19,7 +19,8 @@ import aiohttp
 
 from livecdn.config import ConfigError, Topology
 from livecdn.config.load import TOKEN_ENV
-from livecdn.node.purge import ANSWER_TIMEOUT, BadSelector, Selector
+from livecdn.node.broadcast import ANSWER_TIMEOUT
+from livecdn.node.purge import BadSelector, Selector
 
 __all__ = ["NodeResult", "run_purge", "selector_of"]
 

@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from livecdn.cache.keys import cache_key
 from livecdn.config import ConfigError, load
-from livecdn.node.purge import ANSWER_TIMEOUT, Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
+from livecdn.node.broadcast import ANSWER_TIMEOUT
+from livecdn.node.purge import Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
 from tests.cdn import ROOT, free_port, run_cdn, topology_toml, wait_until
 from tests.fakeorigin import FakeOrigin, body
 
@@ -36,13 +38,16 @@ SEGMENTS = 3
 # them over both workers, so each worker holds every name (a worker missing
 # one has probability 2**-19).
 SPREAD = 20
+# A variant stored for an origin that varies on Accept-Language.
+VARIANT = cache_key("/live/720p/index.m3u8").varied(("accept-language",), {b"accept-language": b"en"}).key
 
 
 # --- the pure parts ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("kind", "given", "keys", "others"), [
-    ("url", "/live/720p/index.m3u8", ["/live/720p/index.m3u8", "/live/720p/index.m3u8?_HLS_msn=3"],
+    ("url", "/live/720p/index.m3u8", ["/live/720p/index.m3u8", "/live/720p/index.m3u8?_HLS_msn=3",
+                                      VARIANT],
      ["/live/720p/index.m3u8x", "/live/720p/seg_0.ts"]),
     ("url", "http://cdn.example/live//720p/./seg_0.ts?token=x", ["/live/720p/seg_0.ts"], ["/live/720p/seg_00.ts"]),
     ("prefix", "/live/720p/seg_1", ["/live/720p/seg_1.ts", "/live/720p/seg_10.ts"], ["/live/720p/seg_2.ts"]),

@@ -33,8 +33,9 @@ from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.front.listener import PlayerServer
 from livecdn.logs import AccessLog
+from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
-from livecdn.node.purge import MAX_MESSAGE, BadSelector, Busy, Purges, Selector, authorized
+from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
 from livecdn.node.sites import Sites
 
 __all__ = ["CacheNode"]
