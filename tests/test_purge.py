@@ -22,13 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from livecdn.cache.keys import cache_key
 from livecdn.config import ConfigError, load
 from livecdn.node.broadcast import ANSWER_TIMEOUT
 from livecdn.node.purge import Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
-from tests.cdn import ROOT, free_port, run_cdn, topology_toml, wait_until
+from tests.cdn import ROOT, Stack, free_port, run_cdn, topology_toml, wait_until
 from tests.fakeorigin import FakeOrigin, body
 
 TOKEN = "purge-test-token-0123456789"
@@ -257,7 +259,8 @@ def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path:
                 assert len(answer["memory"]) == 2 and set(answer["memory"].values()) == {names}, answer
             assert report["dropped"] == 2 * names + 2 * 3 * names
             print(f"\nFIGURE purge --prefix /live/ across 2 edges x 2 workers + 1 shield: "
-                  f"{report['dropped']} objects dropped in {seconds:.2f} s (command), "
+                  f"{report['dropped']} objects dropped in {report['seconds']:.3f} s (the command's requests; "
+                  f"{seconds:.2f} s with its start), "
                   + ", ".join(f"{n['name']} {n['answer']['ms']} ms" for n in report["nodes"]))
 
             for edge in edges:
@@ -374,3 +377,29 @@ def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Pat
             sockets = {int(p.stem) for p in temp.glob("livecdn-purge-edge-1-*/*.sock")}
             assert sockets == worker_pids(edge["admin"]) and stuck not in sockets
         assert list(temp.glob("livecdn-purge-*")) == []  # removed when the node stopped
+
+
+async def test_a_purged_url_forgets_what_its_vary_taught(origin: FakeOrigin, stack: Stack) -> None:
+    """The origin stopped varying and the operator purged the URL: it is cached again, not passed through forever.
+
+    In-process nodes, purged the way other code in a node would (`node.purges.purge`).
+    """
+    name = "/live/a/seg1.ts"
+
+    async def by_language(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=f"old {request.headers.get('Accept-Language')} ".encode() * 64,
+                            content_type="video/mp2t", headers={"Vary": "Accept-Language"})
+
+    origin.routes[name] = by_language  # type: ignore[assignment]
+
+    async def fetch() -> tuple[bytes, str]:
+        async with aiohttp.ClientSession() as s, s.get(stack.edge + name, headers={"Accept-Language": "fr"}) as r:
+            return await r.read(), r.headers["X-Cache"]
+
+    assert [(b[:6], c) for b, c in [await fetch(), await fetch()]] == [(b"old fr", "MISS"), (b"old fr", "HIT")]
+    origin.routes[name] = body(b"new " * 64)  # no Vary any more
+    for node in (*stack.shields, *stack.edges):
+        assert node.purges is not None
+        purged = await node.purges.purge(Selector("url", name))
+        assert purged.complete and purged.dropped >= 1  # the shield also holds the variant without the header
+    assert [(b[:4], c) for b, c in [await fetch(), await fetch()]] == [(b"new ", "MISS"), (b"new ", "HIT")]

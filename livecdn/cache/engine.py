@@ -589,6 +589,8 @@ class Engine:
         in_memory = self.memory.drop(match)
         for k in [k for k in self._writing if match(k)]:
             del self._writing[k]
+        for k in [k for k in self._vary if match(k)]:  # learned again from the next answer, as by a new process
+            del self._vary[k]
         return in_memory, on_disk
 
     async def close(self, timeout: float = 5.0) -> None:
