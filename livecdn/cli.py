@@ -141,7 +141,7 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         # Must be set before prometheus_client is first imported (it picks its
         # value store at import), so every worker writes where /metrics reads.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"livecdn-metrics-{cfg.name}-")
-    # Where the workers find each other to purge every memory tier (livecdn/node/purge.py).
+    # Where the workers find each other to purge every memory tier (livecdn/node/broadcast.py).
     purge_dir = tempfile.mkdtemp(prefix=f"livecdn-purge-{cfg.name}-") if workers > 1 else None
 
     def child() -> None:

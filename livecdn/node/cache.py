@@ -210,7 +210,6 @@ class CacheNode(Lifecycle):
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
-
     async def _purge(self, request: web.Request) -> web.Response:
         """POST /purge {"url" | "prefix" | "stream": ...} with the admin bearer token: see `livecdn.node.purge`."""
         assert self.purges is not None
@@ -219,6 +218,7 @@ class CacheNode(Lifecycle):
             return _answer(403, {"error": "purge is disabled: no admin token ([cdn] admin_token or "
                                          "LIVECDN_ADMIN_TOKEN)"})
         if not authorized(request.headers.get("Authorization"), token):
+            log.warning("purge refused from %s: no valid admin token", request.remote)
             return _answer(401, {"error": "a valid admin bearer token is required"}, CHALLENGE)
         try:
             selector = Selector.from_json(await request.read())
