@@ -403,3 +403,9 @@ async def test_a_purged_url_forgets_what_its_vary_taught(origin: FakeOrigin, sta
         purged = await node.purges.purge(Selector("url", name))
         assert purged.complete and purged.dropped >= 1  # the shield also holds the variant without the header
     assert [(b[:4], c) for b, c in [await fetch(), await fetch()]] == [(b"new ", "MISS"), (b"new ", "HIT")]
+
+
+async def test_a_node_without_a_token_has_purge_disabled(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as s, s.post(stack.edge_admin() + "/purge", json={"prefix": "/"},
+                                                    headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        assert r.status == 403 and "disabled" in (await r.json())["error"]
