@@ -415,7 +415,7 @@ class Fill:
                 manifest = read(self.key.path, data)  # the one parse of this body
             except MalformedPlaylist as e:
                 return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None)
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path)
         if not self._shared:
             lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
@@ -438,7 +438,7 @@ class Fill:
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
         lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
-                      manifest.info if manifest else None)
+                      manifest.info if manifest else None, self.key.path)
         return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:
