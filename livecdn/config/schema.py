@@ -269,6 +269,10 @@ class GuardSettings(Checked):
     unknown_burst: Annotated[int, Min(0)] = 20
     unknown_client_rate: Annotated[float, PerSecond, Min(0)] = 2.0  # the share of those one client may take
     unknown_client_burst: Annotated[int, Min(0)] = 5
+    # Once those tries are spent, names of unknown streams are asked of the shield only-if-cached
+    # (a lookup there, never an origin fetch), so a stream anyone watches is never refused.
+    unknown_probe_rate: Annotated[float, PerSecond, Min(0)] = 100.0
+    unknown_probe_burst: Annotated[int, Min(0)] = 200
     max_streams: Annotated[int, Min(1)] = 10_000  # streams remembered (least recently used are forgotten)
     prefetch: bool = True
     prefetch_concurrency: Annotated[int, Min(1)] = 4
