@@ -66,7 +66,7 @@ def test_made_up_names_do_not_lock_out_a_real_stream_at_a_new_edge(tmp_path: Pat
         attack = [get(us["url"], made_up(), f"127.0.2.{10 + i % 5}")[0] for i in range(25)]
         assert attack.count(404) == GuardSettings.unknown_burst  # the origin was asked: no such stream
         assert attack[GuardSettings.unknown_burst:] == [503] * 5  # the edge-wide budget is spent
-        status, headers, master = get(us["url"], "/live/master.m3u8", "127.0.2.20")
+        status, _, master = get(us["url"], "/live/master.m3u8", "127.0.2.20")
         assert status == 200 and master.startswith(b"#EXTM3U")
         assert metric(us["admin"], "livecdn_guard_unknown_names_total", asked="only_if_cached", found="yes") == 1
         # The stream is known now: its renditions pass the guard (once the origin has published one).
@@ -127,7 +127,7 @@ async def test_an_edge_past_its_budget_serves_what_its_shield_holds(origin: Fake
         shield = f"http://127.0.0.1:{stack.shields[0].port}"
         assert (await fetch(shield + "/watched/seg1.ts"))[0] == 200  # another edge's viewer put it there
         assert (await fetch(stack.edge + "/nothing/seg1.ts"))[0] == 404  # the one try, spent
-        status, headers, data = await fetch(stack.edge + "/watched/seg1.ts")
+        status, _, data = await fetch(stack.edge + "/watched/seg1.ts")
         assert (status, data) == (200, b"watched")
         status, headers, _ = await fetch(stack.edge + "/unwatched/seg1.ts")
         assert status == 503 and int(headers["Retry-After"]) >= 1
