@@ -54,13 +54,13 @@ from livecdn.cache.fill import (
     VaryLearned,
 )
 from livecdn.cache.freshness import Rules
-from livecdn.cache.keys import CacheKey
+from livecdn.cache.keys import BadRequest, CacheKey
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
 from livecdn.media.kinds import kind_of
 
-__all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
+__all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
 log = logging.getLogger("livecdn.cache.engine")
 
@@ -87,16 +87,33 @@ class _AskAgain(Exception):
     """The fill a request joined found out that the object varies: the request asks again for its variant."""
 
 
+class Admitted(Protocol):
+    """What a `check` that spent something on a request returns: told how that request was answered."""
+
+    only_if_cached: bool
+    """Ask the tier above for its stored copy only (RFC 9111 5.2.1.7): it answers 504 rather than fetch."""
+
+    def settle(self, status: int) -> None:
+        """The request was answered with `status` (raises BadRequest to refuse it after all).
+
+        Called once for an answer the engine gives (a stored copy, or the head of
+        a fetch); a request that fails before that is never settled.
+        """
+
+
 class Admission(Protocol):
     """A node's say over a request that would start a new upstream fetch (the edge's guard and limits).
 
     The engine asks only when the key has no copy in memory, none on disk and
     no fetch in flight to join: `check` first (it may wait, e.g. for a playlist
     refresh; the engine looks again afterwards), then `charge`, right before
-    the fetch starts, with no `await` in between. Either raises to refuse.
+    the fetch starts, with no `await` in between. Either raises to refuse. A
+    check that returns an `Admitted` learns how the request ended: the edge's
+    guard spends its budget for unknown names only on names that turn out not
+    to exist.
     """
 
-    async def check(self, key: CacheKey, client: str) -> None:
+    async def check(self, key: CacheKey, client: str) -> Admitted | None:
         """May this name cost an upstream fetch at all?"""
 
     def charge(self, key: CacheKey, client: str) -> None:
@@ -173,6 +190,10 @@ class Answer:
         self.head = head
         self.stream = stream
         self._release = release
+
+    @property
+    def status(self) -> int:
+        return self.obj.status if self.obj is not None else self.head.status  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.file is not None:
@@ -281,7 +302,7 @@ class Engine:
         return done
 
     async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None,
-                  headers: Mapping[bytes, bytes] = _NO_HEADERS) -> Answer:
+                  headers: Mapping[bytes, bytes] = _NO_HEADERS, only_if_cached: bool = False) -> Answer:
         """Answer a request for `key`; the caller must `close()` the answer.
 
         Args:
@@ -290,28 +311,33 @@ class Engine:
             admission: asked when answering would start a new upstream fetch (see `Admission`).
             headers: the request's headers (lower-cased names): an object the origin
                 varies is answered by the variant for the ones its Vary names.
+            only_if_cached: the request said so (RFC 9111 5.2.1.7): a stored copy or a fetch in
+                flight, never a fetch of its own.
 
         Raises:
-            BadRequest: the admission refused the request (its status says why).
+            BadRequest: the admission refused the request (its status says why); 504 for an
+                only-if-cached request with no copy to give.
             EngineError: a bug failed this request; the key stays usable.
         """
         for _ in range(2):  # a second time only when the first fetch found out that the object varies
             names = self._vary.get(key.key) if self._vary else None
             try:
-                return await self._get(key.varied(names, headers) if names else key, client, admission)
+                return await self._get(key.varied(names, headers) if names else key, client, admission,
+                                       only_if_cached)
             except _AskAgain:
                 continue
         raise EngineError(f"{key}: the origin's Vary changed while answering")
 
-    async def _get(self, key: CacheKey, client: str, admission: Admission | None) -> Answer:
+    async def _get(self, key: CacheKey, client: str, admission: Admission | None, only_if_cached: bool) -> Answer:
         now = time.time()
         k = key.key
         obj = self._copy(k)
         file = None
         checked = False
-        if obj is None and admission is not None and not self._held(k):
+        ticket: Admitted | None = None
+        if obj is None and admission is not None and not only_if_cached and not self._held(k):
             # Before the disk: a name that cannot exist costs no disk lookup.
-            await admission.check(key, client)
+            ticket = await admission.check(key, client)
             checked = True
             now = time.time()
             obj = self._copy(k)  # what the check waited for may have stored it
@@ -329,26 +355,28 @@ class Engine:
                 obj = self._copy(k)
         if obj is not None:
             if obj.fresh(now):
-                return Answer(CacheResult.HIT, obj, file)
+                return _settled(ticket, Answer(CacheResult.HIT, obj, file))
             if obj.servable_while_revalidating(now):
                 # A file-backed copy has no body in hand to revalidate: refresh it whole.
                 self._refresh(key, obj if file is None else None)
-                return Answer(CacheResult.STALE, obj, file)
+                return _settled(ticket, Answer(CacheResult.STALE, obj, file))
             if file is not None:
                 # A file-backed copy cannot be revalidated in place: fetch it whole.
                 file.close()
                 obj = None
+        if only_if_cached and k not in self._fills:
+            raise BadRequest("not cached (only-if-cached)", 504)
         if obj is None and admission is not None and k not in self._fills:
             if not checked:  # held when this request began (a disk lookup, a fetch) and no longer
-                await admission.check(key, client)
+                ticket = await admission.check(key, client)
                 # The check may have waited: what it waited for (a playlist
                 # refresh, another request) may have stored the object.
                 late = self._copy(k)
                 if late is not None and late.fresh(time.time()):
-                    return Answer(CacheResult.HIT, late)
+                    return _settled(ticket, Answer(CacheResult.HIT, late))
             if k not in self._fills:
                 admission.charge(key, client)  # no `await` from here to the fill's creation
-        return await self._attach(key, obj)
+        return _settled(ticket, await self._attach(key, obj, ticket is not None and ticket.only_if_cached))
 
     async def _from_disk(self, k: str, now: float) -> tuple[Stored | None, BinaryIO | None]:
         """The disk tier's copy of `k`, as a memory object when it fits, else as an open file."""
@@ -376,9 +404,12 @@ class Engine:
             self.memory.put(obj)
         return obj, file
 
-    def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
-        fill = Fill(key, kind_of(key.extension), self.upstreams(key.key), self.rules,
-                    self.max_object_bytes, stale)
+    def _new_fill(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Fill:
+        # Only-if-cached asks the key's own upstream (the shield its hash picks:
+        # the one holding it if any does), never the origin behind the others.
+        upstreams = self.upstreams(key.key)
+        fill = Fill(key, kind_of(key.extension), upstreams[:1] if only_if_cached else upstreams, self.rules,
+                    self.max_object_bytes, stale, only_if_cached)
         self._fills[key.key] = fill
         return fill
 
@@ -386,8 +417,8 @@ class Engine:
         if key.key not in self._fills:
             self._background(key, stale)
 
-    async def _attach(self, key: CacheKey, stale: Stored | None) -> Answer:
-        fill = self._fills.get(key.key) or self._new_fill(key, stale)
+    async def _attach(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Answer:
+        fill = self._fills.get(key.key) or self._new_fill(key, stale, only_if_cached)
         att = Attachment(fill, next(self._ids))
         self._clients[att.client] = att
 
@@ -602,6 +633,17 @@ class Engine:
             if pending:
                 log.warning("cancelled %d engine tasks at shutdown", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _settled(ticket: Admitted | None, answer: Answer) -> Answer:
+    """Tell the admission how the request it admitted was answered; its refusal closes the answer."""
+    if ticket is not None:
+        try:
+            ticket.settle(answer.status)
+        except BaseException:
+            answer.close()
+            raise
+    return answer
 
 
 def _describe(e: BaseException) -> str:

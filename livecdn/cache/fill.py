@@ -221,6 +221,8 @@ class Fill:
         rules: freshness settings.
         max_bytes: the largest body this fill will hold.
         stale: an expired copy, used for conditional requests and stale-if-error.
+        only_if_cached: ask for the upstream's stored copy only (RFC 9111 5.2.1.7); its 504
+            then means "not stored there", an answer to pass on, not a failure to retry.
     """
 
     key: CacheKey
@@ -229,6 +231,7 @@ class Fill:
     rules: Rules
     max_bytes: int
     stale: Stored | None = None
+    only_if_cached: bool = False
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -342,6 +345,8 @@ class Fill:
                 cond.append(("if-none-match", self.stale.etag))
             if self.stale.last_modified:
                 cond.append(("if-modified-since", self.stale.last_modified))
+        if self.only_if_cached:
+            cond.append(("cache-control", "only-if-cached"))
         return [StartFetch(self.upstreams[attempt], attempt, tuple(cond))]
 
     def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float) -> list[Command]:
@@ -353,7 +358,7 @@ class Fill:
             self._state = _State.DONE
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
             return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
-        if status in RETRY_STATUSES or status == 304:
+        if (status in RETRY_STATUSES and not (status == 504 and self.only_if_cached)) or status == 304:
             reason = f"{self.upstreams[self.attempt]} answered {status}"
             if ERROR_HEADER in hdrs:  # a livecdn tier above said why
                 reason += f" ({hdrs[ERROR_HEADER]})"
@@ -415,7 +420,7 @@ class Fill:
                 manifest = read(self.key.path, data)  # the one parse of this body
             except MalformedPlaylist as e:
                 return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None)
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path)
         if not self._shared:
             lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
@@ -438,7 +443,7 @@ class Fill:
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
         lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
-                      manifest.info if manifest else None)
+                      manifest.info if manifest else None, self.key.path)
         return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:

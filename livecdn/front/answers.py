@@ -26,6 +26,7 @@ from typing import BinaryIO, Protocol
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine
 from livecdn.cache.fill import CacheResult, Head
+from livecdn.cache.freshness import parse_cache_control
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
 
@@ -78,6 +79,12 @@ class Policy(Admission, Protocol):
 def _wants_gzip(request: Request) -> bool:
     value = request.headers.get(b"accept-encoding")
     return value is not None and accepts_gzip(value)
+
+
+def _only_if_cached(request: Request) -> bool:
+    """Does the request take a stored answer only (RFC 9111 5.2.1.7; an edge asks its shield so)?"""
+    value = request.headers.get(b"cache-control")
+    return value is not None and "only-if-cached" in parse_cache_control(value.decode("latin-1"))
 
 
 class PlayerFront:
@@ -148,7 +155,7 @@ class PlayerFront:
         self._inflight_gauge.inc()
         answer: Answer | None = None
         try:
-            answer = await self.engine.get(key, later.peer, self.policy, request.headers)
+            answer = await self.engine.get(key, later.peer, self.policy, request.headers, _only_if_cached(request))
             self._counters[answer.cache].inc()
             policy = self.policy
             if policy is not None and policy.seen is not None:
