@@ -183,15 +183,19 @@ class Engine:
         rules: freshness settings.
         max_object_bytes: the largest body a fill holds.
         timeout: seconds to wait for an upstream to connect or send anything.
+        upstream_headers: request fields for fetching a key from one of its
+            upstreams (which origin a shield should ask; the Host an origin expects).
     """
 
     def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
-                 upstreams: Callable[[str], tuple[str, ...]], rules: Rules,
-                 max_object_bytes: int, timeout: float) -> None:
+                 upstreams: Callable[[CacheKey], tuple[str, ...]], rules: Rules,
+                 max_object_bytes: int, timeout: float,
+                 upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None) -> None:
         self.node = node
         self.memory = memory
         self.disk = disk
         self.upstreams = upstreams
+        self.upstream_headers = upstream_headers
         self.rules = rules
         self.max_object_bytes = max_object_bytes
         self.timeout = timeout
@@ -353,7 +357,7 @@ class Engine:
         return obj, file
 
     def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
-        fill = Fill(key, kind_of(key.extension), self.upstreams(key.key), self.rules,
+        fill = Fill(key, kind_of(key.extension), self.upstreams(key), self.rules,
                     self.max_object_bytes, stale)
         self._fills[key.key] = fill
         return fill
@@ -472,6 +476,8 @@ class Engine:
         key = fill.key
         url = cmd.upstream + key.path + (f"?{key.query}" if key.query else "")
         headers = {"Accept-Encoding": "identity", **dict(cmd.headers)}
+        if self.upstream_headers is not None:
+            headers.update(self.upstream_headers(key, cmd.upstream))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         self._upstream_counter.inc()
 
