@@ -301,7 +301,7 @@ class OriginConfig(Checked):
 
 
 def _prefix(text: str) -> str:
-    if not (text.startswith("/") and text.endswith("/")):
+    if text and not (text.startswith("/") and text.endswith("/")):
         raise ValueError(f"must start and end with '/' (a whole directory), got {text!r}")
     return text
 
@@ -312,13 +312,14 @@ class OriginRoute(Checked):
 
     An origin with neither `hosts` nor `prefix` is the catch-all (the default
     origin); a request is routed by its normalized path and its Host without
-    the port, case-insensitively.
+    the port, case-insensitively: rules naming its Host first, then
+    prefix-only rules, then the catch-all.
     """
 
     name: Annotated[str, match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")]  # no '/': it leads storage keys
     url: HttpUrl
     hosts: tuple[DnsName, ...] = ()
-    prefix: Annotated[str, Check(lambda t: t and _prefix(t))] = ""
+    prefix: Annotated[str, Check(_prefix)] = ""  # empty: any path
     host_header: Annotated[str, match(r"[A-Za-z0-9._:\[\]-]*", "a host name, with a port if need be")] = ""
 
     @property
@@ -326,12 +327,17 @@ class OriginRoute(Checked):
         return not self.hosts and not self.prefix
 
     def overlaps(self, other: OriginRoute) -> bool:
-        """Could one request be routed to both (the catch-all overlaps nothing: it takes what is left)?"""
-        if self.catch_all or other.catch_all:
+        """Could one request be routed to both at the same precedence?
+
+        A rule naming hosts comes before every prefix-only rule, and the
+        catch-all takes what is left; two rules of one level overlap when they
+        share a host (or both name none) and one prefix contains the other.
+        """
+        if self.catch_all or other.catch_all or bool(self.hosts) != bool(other.hosts):
             return False
-        hosts = not self.hosts or not other.hosts or bool(set(self.hosts) & set(other.hosts))
-        a, b = self.prefix, other.prefix
-        return hosts and (a.startswith(b) or b.startswith(a))
+        if self.hosts and not set(self.hosts) & set(other.hosts):
+            return False
+        return self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)
 
 
 DEFAULT_ORIGIN = "default"  # the name of the origin `[origin]` describes
