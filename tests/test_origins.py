@@ -23,6 +23,7 @@ from livecdn.front.origins import Origins
 from livecdn.front.request import Request
 from tests.cdn import run_cdn, topology_toml
 from tests.fakeorigin import FakeOrigin, body
+from tests.test_config import MINIMAL
 from tests.test_processes import livecdn
 
 HLS = "application/vnd.apple.mpegurl"
@@ -77,7 +78,7 @@ def fetch(url: str, host: str | None = None, headers: dict[str, str] | None = No
 def edge_and_shield(info: dict[str, object]) -> tuple[str, str]:
     nodes = info["nodes"]
     assert isinstance(nodes, list)
-    return (next(n["url"] for n in nodes if n["role"] == "edge"), next(n["url"] for n in nodes if n["role"] == "shield"))
+    return tuple(next(n["url"] for n in nodes if n["role"] == role) for role in ("edge", "shield"))  # type: ignore
 
 
 # --- what was seen: origin switched, the old origin's cache served -------------------------
@@ -172,17 +173,7 @@ def test_a_new_url_or_host_header_is_a_new_identity() -> None:
 # --- config errors ------------------------------------------------------------------------------
 
 
-BASE = """
-[regions.eu]
-location = [50.1, 8.7]
-[shields.s1]
-listen = "127.0.0.1:18001"
-admin = "127.0.0.1:18002"
-[edges.e1]
-region = "eu"
-listen = "127.0.0.1:18003"
-admin = "127.0.0.1:18004"
-"""
+BASE = MINIMAL[MINIMAL.index("[regions."):]  # every table but [origin]
 
 
 @pytest.mark.parametrize(("origins_toml", "key", "problem"), [
@@ -222,7 +213,7 @@ def test_the_cli_says_file_key_problem_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "cdn.toml"
     path.write_text('[origin]\nurl = "http://a:1"\n[origins.b]\nurl = "http://b:1"\nprefix = "/b/"\n'
                     '[origins.c]\nurl = "http://c:1"\nprefix = "/b/"\n' + BASE)
-    out = livecdn("edge", "--config", str(path), "--node", "e1")
+    out = livecdn("edge", "--config", str(path), "--node", "e")
     assert out.returncode == 2
     assert out.stderr.strip() == f"livecdn: {path}: origins.c: its hosts and prefix overlap those of origin " \
                                  f"'b': a request could be either's"
