@@ -133,14 +133,9 @@ class PlayerFront:
             return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
         try:
             select = self._select
-            memo = request.target if select is None else select(request)
-            key = self._keys.get(memo)
+            key = self._keys.get(request.target if select is None else select(request))
             if key is None:
-                origins = self._origins
-                key = cache_key(request.target) if origins is None else origins.key(request)
-                if len(self._keys) >= KEY_MEMO_BOUND:
-                    self._keys.clear()
-                self._keys[memo] = key
+                key = self._key(request)
             policy = self.policy
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
@@ -193,6 +188,15 @@ class PlayerFront:
         if self.hits:
             self._counters[CacheResult.HIT].inc(self.hits)
             self.hits = 0
+
+    def _key(self, request: Request) -> CacheKey:
+        """The cache key of a request the memo does not know, remembered (raises `BadRequest`)."""
+        origins = self._origins
+        key = cache_key(request.target) if origins is None else origins.key(request)
+        if len(self._keys) >= KEY_MEMO_BOUND:
+            self._keys.clear()
+        self._keys[request.target if origins is None or origins.select is None else origins.select(request)] = key
+        return key
 
     # --- plans ---
 
