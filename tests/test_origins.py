@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from livecdn.cache.keys import cache_key, origin_identity, origin_of, path_of
@@ -21,7 +22,7 @@ from livecdn.config import ConfigError, Topology, load
 from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
 from livecdn.front.origins import Origins
 from livecdn.front.request import Request
-from tests.cdn import run_cdn, topology_toml
+from tests.cdn import Stack, run_cdn, topology_toml
 from tests.fakeorigin import FakeOrigin, body
 from tests.test_config import MINIMAL
 from tests.test_processes import livecdn
@@ -144,6 +145,31 @@ prefix = "/customer-c/"
         assert {r.host for r in b.requests} == {"packager-b.internal"}  # the Host it expects
         assert {r.host for r in c.requests} == {f"127.0.0.1:{c.port}"}  # by default its URL's own
         assert not any(r.path.startswith("/customer-c/") for r in a.requests)
+
+
+async def test_a_reload_that_moves_the_origin_stops_serving_what_the_old_one_sent() -> None:
+    """SIGHUP with the origin at a new URL: the memory tiers of edge and shield hold the old bytes, unserved."""
+    a, b = FakeOrigin(), FakeOrigin()
+    for o, tag in ((a, "A"), (b, "B")):
+        await o.start()
+        o.routes["/live/360p/seg0.ts"] = body(f"{tag} segment".encode())
+    stack = await Stack(a.url).start()
+    try:
+        assert await get_body(stack.edge + "/live/360p/seg0.ts") == b"A segment"
+        for node in [*stack.shields, *stack.edges]:
+            node.reload(node.topology.with_origin(b.url))
+        assert await get_body(stack.edge + "/live/360p/seg0.ts") == b"B segment"
+        assert b.hits["/live/360p/seg0.ts"] == 1
+    finally:
+        await stack.stop()
+        await a.stop()
+        await b.stop()
+
+
+async def get_body(url: str) -> bytes:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.read()
 
 
 def test_the_origin_leads_the_storage_key_and_only_where_it_selects_does_the_host() -> None:
