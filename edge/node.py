@@ -37,7 +37,7 @@ class EdgeNode(CacheNode):
         return Upstreams(shields, topology.routes, self.config.origin_fallback)
 
     def make_policy(self, engine: Engine) -> EdgePolicy:
-        return EdgePolicy(self.config, engine)
+        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
 
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
@@ -45,10 +45,11 @@ class EdgeNode(CacheNode):
     def reload(self, topology: Topology) -> None:
         """The upstream list, and this edge's per-client limits (buckets start full again)."""
         super().reload(topology)
+        assert self.policy is not None
+        self.policy.guard.only_if_cached = bool(topology.shields)
         new = topology.edges.get(self.config.name)
         if new is None or new.limits == self.config.limits:
             return
-        assert self.policy is not None
         self.config = dataclasses.replace(self.config, limits=new.limits)
         self.policy.apply(new.limits)
         log.info("edge %s applied new client limits: %s", self.config.name, new.limits)

@@ -15,11 +15,12 @@ waits for anyone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
 from livecdn.cache.freshness import Rules, lifetime
-from livecdn.cache.keys import CacheKey
+from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
 from livecdn.media.kinds import CONTENT_TYPES, NameKind
 from livecdn.media.playlist import MalformedPlaylist, read
@@ -28,7 +29,7 @@ __all__ = [
     "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
     "Fill", "Head", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
     "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
-    "UpstreamResponded", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
+    "UpstreamResponded", "VaryLearned", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
 ]
 
 # Requests attached to one fetch. Past this a popular key is better served by a
@@ -183,6 +184,17 @@ class StoreObject(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class VaryLearned(Command):
+    """The origin varies this object on `names` (none: no longer): remember it for the object's later requests.
+
+    `again`: clients to send back to ask again, now for their own variant. A
+    fetch made without the headers the origin varies on fits none of them.
+    """
+    names: tuple[str, ...]
+    again: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Log(Command):
     """A log line that follows from the event just handled."""
     level: str
@@ -209,6 +221,8 @@ class Fill:
         rules: freshness settings.
         max_bytes: the largest body this fill will hold.
         stale: an expired copy, used for conditional requests and stale-if-error.
+        only_if_cached: ask for the upstream's stored copy only (RFC 9111 5.2.1.7); its 504
+            then means "not stored there", an answer to pass on, not a failure to retry.
     """
 
     key: CacheKey
@@ -217,6 +231,7 @@ class Fill:
     rules: Rules
     max_bytes: int
     stale: Stored | None = None
+    only_if_cached: bool = False
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -228,6 +243,7 @@ class Fill:
     _headers: tuple[tuple[str, str], ...] = field(default=(), init=False)
     _length: int | None = field(default=None, init=False)
     _born: float = field(default=0.0, init=False)
+    _shared: bool = field(default=True, init=False)  # False: the answer is for its requests only (Vary)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -329,6 +345,8 @@ class Fill:
                 cond.append(("if-none-match", self.stale.etag))
             if self.stale.last_modified:
                 cond.append(("if-modified-since", self.stale.last_modified))
+        if self.only_if_cached:
+            cond.append(("cache-control", "only-if-cached"))
         return [StartFetch(self.upstreams[attempt], attempt, tuple(cond))]
 
     def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float) -> list[Command]:
@@ -340,11 +358,23 @@ class Fill:
             self._state = _State.DONE
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
             return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
-        if status in RETRY_STATUSES or status == 304:
+        if (status in RETRY_STATUSES and not (status == 504 and self.only_if_cached)) or status == 304:
             reason = f"{self.upstreams[self.attempt]} answered {status}"
             if ERROR_HEADER in hdrs:  # a livecdn tier above said why
                 reason += f" ({hdrs[ERROR_HEADER]})"
             return self._failover(reason, at, False)
+        vary = vary_names(hdrs.get("vary"))
+        learned: list[Command] = []
+        if vary != self.key.vary_names and vary != ANY:
+            if not self.key.vary:
+                # Fetched without the headers the origin varies on: the answer fits none of the clients for sure.
+                again = tuple(self._clients)
+                self._clients.clear()
+                self._state = _State.DONE
+                return [VaryLearned(vary, again)]
+            learned.append(VaryLearned(vary))
+        # `Vary: *`, or names other than this variant's: served to the requests it was fetched for, never stored.
+        self._shared = vary == self.key.vary_names
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
             return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
@@ -358,8 +388,8 @@ class Fill:
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
         if self._checked_whole:
-            return []
-        return [Respond(c, self._head(c)) for c in self._clients]
+            return learned
+        return learned + [Respond(c, self._head(c)) for c in self._clients]
 
     def _chunk(self, data: bytes) -> list[Command]:
         start = self.size
@@ -390,7 +420,9 @@ class Fill:
                 manifest = read(self.key.path, data)  # the one parse of this body
             except MalformedPlaylist as e:
                 return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None)
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path)
+        if not self._shared:
+            lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
         self._state = _State.DONE
         cmds: list[Command] = [StoreObject(obj)] if lt.store else []
@@ -411,7 +443,7 @@ class Fill:
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
         lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
-                      manifest.info if manifest else None)
+                      manifest.info if manifest else None, self.key.path)
         return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:

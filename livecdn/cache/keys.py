@@ -5,12 +5,16 @@ of where it is), the normalized path (`livecdn.media.names`) plus, for HLS
 playlists, the LL-HLS delivery directives that select a different object
 (`_HLS_msn`, `_HLS_part`, `_HLS_skip`), checked and sorted. Everything
 else in the query (auth tokens, cache busters) is left out, so it can neither
-split the cache nor reach the origin. Pure functions, no I/O.
+split the cache nor reach the origin. Request headers enter a key only where
+the origin's `Vary` named them (`CacheKey.varied`); those are then the headers
+forwarded upstream. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
@@ -18,10 +22,15 @@ from livecdn.config.schema import OriginRoute
 from livecdn.media.kinds import is_hls_playlist
 from livecdn.media.names import MAX_PATH_BYTES, BadName, directory, extension, normalize
 
-__all__ = ["BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY", "origin_identity", "origin_of",
-           "path_of", "target"]
+__all__ = ["ANY", "BadRequest", "CacheKey", "MAX_PATH_BYTES", "cache_key", "KEPT_QUERY", "origin_identity",
+           "origin_of", "path_of", "target", "vary_names"]
 
 KEPT_QUERY = frozenset({"_HLS_msn", "_HLS_part", "_HLS_skip"})
+# `Vary: *`: no stored answer can ever be reused (RFC 9111 4.1).
+ANY = ("*",)
+# What separates a variant's header values from the path in a storage key: a
+# normalized path is percent-encoded, so it never holds a space.
+_VARIANT = " "
 # Hex digits of the location hash in an origin identity: it tells apart the
 # URLs one origin name had over time; 2^32 of them is plenty.
 IDENTITY_HASH_DIGITS = 8
@@ -47,18 +56,35 @@ class CacheKey:
     path: str  # normalized, percent-encoded
     query: str  # kept parameters only, sorted, encoded ("" when none)
     origin: str = ""  # `origin_identity` of the origin it is routed to ("": a bare engine's one upstream)
-    key: str = field(init=False, compare=False)  # origin + path?query, the storage key
+    # The request's values of the headers the origin's Vary names, by lower-cased name, sorted ("" when absent).
+    vary: tuple[tuple[str, str], ...] = ()
+    key: str = field(init=False, compare=False)  # origin + path?query, then the variant: the storage key
     directory: str = field(init=False, compare=False, repr=False)  # the path up to its last "/"
     extension: str = field(init=False, compare=False, repr=False)  # lower-cased, "" when none
 
     def __post_init__(self) -> None:
-        tail = f"{self.path}?{self.query}" if self.query else self.path
-        object.__setattr__(self, "key", self.origin + tail)
+        key = self.origin + (f"{self.path}?{self.query}" if self.query else self.path)
+        if self.vary:
+            key += _VARIANT + urlencode(self.vary)
+        object.__setattr__(self, "key", key)
         object.__setattr__(self, "directory", directory(self.path))
         object.__setattr__(self, "extension", extension(self.path))
 
     def __str__(self) -> str:
         return self.key
+
+    @property
+    def vary_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.vary)
+
+    def varied(self, names: tuple[str, ...], headers: Mapping[bytes, bytes]) -> CacheKey:
+        """This object's variant for a request with these headers, the origin varying on `names`.
+
+        Values are compared as sent, but for surrounding and repeated whitespace (RFC 9111 4.1 allows
+        normalizing); a header the request lacks is its own variant ("").
+        """
+        values = tuple((name, " ".join(headers.get(name.encode(), b"").decode("latin-1").split())) for name in names)
+        return dataclasses.replace(self, vary=values)
 
 
 def origin_identity(route: OriginRoute) -> str:
@@ -72,7 +98,19 @@ def origin_identity(route: OriginRoute) -> str:
 
 def path_of(key: str) -> str:
     """The normalized path a storage key (`CacheKey.key`) names: what purges and stream restarts select by."""
-    return key[key.find("/"):].partition("?")[0]
+    return key[key.find("/"):].partition("?")[0].partition(_VARIANT)[0]
+
+
+def vary_names(value: str | None) -> tuple[str, ...]:
+    """The request headers an origin's `Vary` makes part of the key: lower-cased, sorted; `ANY` for `*`.
+
+    Accept-Encoding is left out: livecdn asks for identity and compresses
+    playlists itself, varying on it towards players (`livecdn.front.answers`).
+    """
+    if not value:
+        return ()
+    names = {part.strip().lower() for part in value.split(",")} - {"", "accept-encoding"}
+    return ANY if "*" in names else tuple(sorted(names))
 
 
 def origin_of(key: str) -> str:

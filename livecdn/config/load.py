@@ -38,6 +38,7 @@ from livecdn.config.schema import (
     Topology,
     dns_name,
     hints,
+    optional,
     split,
 )
 
@@ -96,6 +97,8 @@ def _scalar(base: Any, meta: tuple[Any, ...], raw: Any) -> Any:
 
 def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
     """`raw` from the file read as the declared type `hint`; `base`: what a nested table overrides."""
+    if (given := optional(hint)) is not None:  # TOML has no null: a key given is a value
+        return _value(path, key, given, raw, base)
     kind, meta = split(hint)
     args = get_args(kind)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address: text

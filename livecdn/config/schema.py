@@ -17,15 +17,16 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from types import MappingProxyType, NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
-    "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PerSecond", "Region", "Rendition", "RouterConfig", "Seconds",
-    "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "split",
+    "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
+    "Seconds", "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
+    "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -132,6 +133,13 @@ MAX_TTL = 3600  # seconds: DNS answers must stay short-lived, so players follow 
 YEAR = 365 * 86400.0
 
 
+def optional(hint: Any) -> Any:
+    """`X | None` → X (a key the file may leave out, None meaning "not set"); anything else → None."""
+    if get_origin(hint) in (Union, UnionType) and NoneType in (args := get_args(hint)) and len(args) == 2:
+        return next(a for a in args if a is not NoneType)
+    return None
+
+
 def split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
     """`Annotated[int, Bytes, Min(1)]` → (int, (Bytes, Min(1))); a plain type → (type, ())."""
     if get_origin(hint) is Annotated:
@@ -148,6 +156,8 @@ def hints(cls: Any) -> dict[str, Any]:
 
 def _apply(hint: Any, value: Any, at: str) -> Any:
     """`value` through the rules of `hint` and of its items (tuples, mappings); FieldError names where."""
+    if (given := optional(hint)) is not None:
+        return None if value is None else _apply(given, value, at)
     base, meta = split(hint)
     kind, args = get_origin(base), get_args(base)
     if kind is tuple and isinstance(value, tuple):
@@ -207,6 +217,29 @@ class Address:
 
 
 @dataclass(frozen=True)
+class PathRule(Checked):
+    """An operator's say over the paths a manifest cannot speak for (`[[cache.rules]]`; the first match wins).
+
+    `path` is a prefix, or a glob when it holds `*` (any characters but "/"),
+    `**` (any characters) or `?` (one character but "/"), matched against the
+    whole normalized path. A field left out keeps what the node decides
+    without the rule; a stricter origin Cache-Control still wins.
+    """
+
+    path: Annotated[str, match(r"/.*", "a path starting with '/'")]
+    ttl: Annotated[float, Seconds, Min(0)] | None = None  # fresh seconds of a 200
+    negative_ttl: Annotated[float, Seconds, Min(0)] | None = None  # fresh seconds of a 404/410
+    store: bool = True  # false: never stored, every request goes upstream (as no-store)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.store and (self.ttl is not None or self.negative_ttl is not None):
+            raise FieldError("store", "a rule that stores nothing cannot also set ttl or negative_ttl")
+        if self.store and self.ttl is None and self.negative_ttl is None:
+            raise FieldError("ttl", f"the rule for {self.path!r} sets nothing: give ttl, negative_ttl or store = false")
+
+
+@dataclass(frozen=True)
 class CacheSettings(Checked):
     """Bounds and lifetimes of one node's cache engine (the lifetimes are `freshness.Rules`)."""
 
@@ -222,6 +255,7 @@ class CacheSettings(Checked):
     ended_ttl: Annotated[float, Seconds, Min(0)] = 86400.0  # ENDLIST playlists: the stream is over
     media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
     other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
+    rules: tuple[PathRule, ...] = ()  # per-path lifetimes, first match wins; a node's own list replaces this one
 
 
 @dataclass(frozen=True)
@@ -235,6 +269,10 @@ class GuardSettings(Checked):
     unknown_burst: Annotated[int, Min(0)] = 20
     unknown_client_rate: Annotated[float, PerSecond, Min(0)] = 2.0  # the share of those one client may take
     unknown_client_burst: Annotated[int, Min(0)] = 5
+    # Once those tries are spent, names of unknown streams are asked of the shield only-if-cached
+    # (a lookup there, never an origin fetch), so a stream anyone watches is never refused.
+    unknown_probe_rate: Annotated[float, PerSecond, Min(0)] = 100.0
+    unknown_probe_burst: Annotated[int, Min(0)] = 200
     max_streams: Annotated[int, Min(1)] = 10_000  # streams remembered (least recently used are forgotten)
     prefetch: bool = True
     prefetch_concurrency: Annotated[int, Min(1)] = 4

@@ -26,6 +26,7 @@ from typing import BinaryIO, Protocol
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine
 from livecdn.cache.fill import CacheResult, Head
+from livecdn.cache.freshness import parse_cache_control
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
 
@@ -80,6 +81,12 @@ class Policy(Admission, Protocol):
 def _wants_gzip(request: Request) -> bool:
     value = request.headers.get(b"accept-encoding")
     return value is not None and accepts_gzip(value)
+
+
+def _only_if_cached(request: Request) -> bool:
+    """Does the request take a stored answer only (RFC 9111 5.2.1.7; an edge asks its shield so)?"""
+    value = request.headers.get(b"cache-control")
+    return value is not None and "only-if-cached" in parse_cache_control(value.decode("latin-1"))
 
 
 class PlayerFront:
@@ -158,7 +165,7 @@ class PlayerFront:
         self._inflight_gauge.inc()
         answer: Answer | None = None
         try:
-            answer = await self.engine.get(key, later.peer, self.policy)
+            answer = await self.engine.get(key, later.peer, self.policy, request.headers, _only_if_cached(request))
             self._counters[answer.cache].inc()
             policy = self.policy
             if policy is not None and policy.seen is not None:
@@ -244,7 +251,7 @@ class PlayerFront:
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         status, start, stop = negotiate(request, headers, obj.size)
         body: bytes | memoryview
         if status == 200 and obj.gzipped is not None and _wants_gzip(request):
@@ -260,7 +267,7 @@ class PlayerFront:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
         headers = self._headers(obj.headers, CacheResult.HIT)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         headers["accept-ranges"] = "bytes"
         plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
         gzip = None
@@ -301,3 +308,12 @@ class PlayerFront:
                 return Plan(Fields(status, tuple(headers.items())), b"", 0, born, cache)
         return Plan(Fields(status, tuple(headers.items())), Stream(stream, start, stop),
                     None if stop is None else stop - start, born, cache)
+
+
+def _vary_on_encoding(headers: dict[str, str]) -> None:
+    """Add Accept-Encoding to the answer's Vary (the origin's own names, kept with the object, stay)."""
+    theirs = headers.get("vary")
+    if theirs is None:
+        headers["vary"] = "Accept-Encoding"
+    elif "accept-encoding" not in theirs.lower():
+        headers["vary"] = f"{theirs}, Accept-Encoding"
