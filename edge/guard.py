@@ -213,7 +213,7 @@ class StreamGuard:
             if path in stream.names:
                 return None
             if not is_playlist(ext):
-                if await self._refresh(stream) and path in stream.names:
+                if await self._refresh(stream, key.origin) and path in stream.names:
                     return None
                 self._rejected["not_announced"].inc()
                 raise BadRequest("not announced by the stream's playlists", 404)
@@ -262,8 +262,8 @@ class StreamGuard:
         raise BadRequest(f"unknown stream: upstream tries for unknown names are used up{why}", 503,
                          (("retry-after", str(max(1, round(wait)))),))
 
-    async def _refresh(self, stream: _Stream) -> bool:
-        """One coalesced refresh of the stream's playlists; False when rate-limited."""
+    async def _refresh(self, stream: _Stream, origin: str) -> bool:
+        """One coalesced refresh of the stream's playlists (at `origin`, the asking key's); False when rate-limited."""
         if stream.refreshing is not None:
             await asyncio.shield(stream.refreshing)
             return True
@@ -274,7 +274,7 @@ class StreamGuard:
         done = stream.refreshing = asyncio.get_running_loop().create_future()
         self._refreshes.inc()
         try:
-            await asyncio.gather(*(self.engine.refresh(cache_key(p)) for p in stream.playlists),
+            await asyncio.gather(*(self.engine.refresh(cache_key(p, origin)) for p in stream.playlists),
                                  return_exceptions=True)
         finally:
             stream.refreshing = None

@@ -1,8 +1,8 @@
 """An edge node: near viewers, serving from memory and disk, filling from shields.
 
 Each key goes to the shield its consistent hash picks, then the next one when
-that shield fails, and to the origin itself only where the topology allows
-it. Its policy (edge/policy.py) meters clients, screens names against what
+that shield fails, and to the key's origin itself only where the topology
+allows it. Its policy (edge/policy.py) meters clients, screens names against what
 the stream's playlists announced, and prefetches what they announce next. The
 edge reports its load against its capacity in /healthz so the router can send
 players elsewhere.
@@ -34,7 +34,7 @@ class EdgeNode(CacheNode):
 
     def upstreams(self, topology: Topology) -> Upstreams:
         shields = [s.listen.url for s in topology.shields.values()]
-        return Upstreams(shields, topology.origin_url, self.config.origin_fallback)
+        return Upstreams(shields, topology.routes, self.config.origin_fallback)
 
     def make_policy(self, engine: Engine) -> EdgePolicy:
         return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from livecdn import metrics
 from livecdn.cache.engine import Admitted, Engine
 from livecdn.cache.fill import CacheResult
-from livecdn.cache.keys import BadRequest, CacheKey, path_of
+from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.stored import Stored
 from livecdn.config import EdgeConfig, LimitSettings
 from livecdn.front.connlimit import ConnectionLimit
@@ -60,7 +60,7 @@ class EdgePolicy:
         announced = self.guard.learn(obj)
         if announced is not None and self.prefetcher is not None:
             expires_in = obj.born + obj.lifetime.fresh - time.time()
-            self.prefetcher.learned(path_of(obj.key), announced, expires_in)
+            self.prefetcher.learned(path_of(obj.key), announced, expires_in, origin_of(obj.key))
 
     def _screen(self, client: str) -> None:
         wait = self.limits.request_wait(client, time.monotonic())

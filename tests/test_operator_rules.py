@@ -92,7 +92,7 @@ async def test_thumbnails_json_subtitles_and_keys_a_playlist_lists_are_served_wi
     try:
         assert await play(stack) == {path: (200, ctype) for path, ctype in TYPES.items()}
         memory = stack.edges[0].engine.memory  # type: ignore[union-attr]
-        fresh = {path: memory.get(path).lifetime.fresh for path in TYPES}  # type: ignore[union-attr]
+        fresh = {path: memory.get(stack.key(path).key).lifetime.fresh for path in TYPES}  # type: ignore[union-attr]
         rules = Rules()
         # Images and JSON may be rewritten under their name; keys and subtitles are immutable like segments.
         assert fresh == {path: rules.other_ttl if path.endswith((".json", ".jpg", ".png", ".webp")) else YEAR
@@ -111,9 +111,9 @@ async def test_path_rules_set_lifetimes_and_what_is_not_stored(packager: FakeOri
     try:
         assert (await play(stack))["/live/thumbs/thumb0.jpg"] == (200, "image/jpeg")
         memory = stack.edges[0].engine.memory  # type: ignore[union-attr]
-        assert memory.get("/live/thumbs/thumb0.jpg").lifetime.fresh == 0.5  # type: ignore[union-attr]
-        assert memory.get("/live/thumbs/thumb1.png").lifetime.fresh == Rules().other_ttl  # type: ignore[union-attr]
-        assert memory.get("/live/chapters.json") is None
+        assert memory.get(stack.key("/live/thumbs/thumb0.jpg").key).lifetime.fresh == 0.5  # type: ignore[union-attr]
+        assert memory.get(stack.key("/live/thumbs/thumb1.png").key).lifetime.fresh == Rules().other_ttl  # type: ignore[union-attr]
+        assert memory.get(stack.key("/live/chapters.json").key) is None
         assert (await fetch(stack.edge + "/live/chapters.json"))[0] == 200
         assert packager.hits["/live/chapters.json"] == 2  # never stored: each request goes to the origin
         assert packager.hits["/live/thumbs/thumb0.jpg"] == 1

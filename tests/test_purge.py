@@ -40,8 +40,10 @@ SEGMENTS = 3
 # them over both workers, so each worker holds every name (a worker missing
 # one has probability 2**-19).
 SPREAD = 20
+# Storage keys start with their origin's identity; a purge selects by path, whichever origin.
+ORIGIN = "packager.0123abcd"
 # A variant stored for an origin that varies on Accept-Language.
-VARIANT = cache_key("/live/720p/index.m3u8").varied(("accept-language",), {b"accept-language": b"en"}).key
+VARIANT = cache_key("/live/720p/index.m3u8", ORIGIN).varied(("accept-language",), {b"accept-language": b"en"}).key
 
 
 # --- the pure parts ------------------------------------------------------------------
@@ -63,8 +65,10 @@ VARIANT = cache_key("/live/720p/index.m3u8").varied(("accept-language",), {b"acc
 def test_a_selector_drops_what_it_names_and_nothing_else(kind: str, given: str, keys: list[str],
                                                          others: list[str]) -> None:
     selector = Selector.from_json(json.dumps({kind: given}).encode())
-    assert [k for k in keys if not selector.matches(k)] == []
-    assert [k for k in others if selector.matches(k)] == []
+    stored = [k if k == VARIANT else cache_key(k, ORIGIN).key for k in keys]
+    assert [k for k in stored if not selector.matches(k)] == []
+    assert [k for k in others if selector.matches(cache_key(k, ORIGIN).key)] == []
+    assert all(selector.matches(k) for k in keys)  # and keys of a bare engine (no origin identity)
 
 
 @pytest.mark.parametrize(("raw", "reason"), [

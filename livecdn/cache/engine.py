@@ -215,15 +215,19 @@ class Engine:
         rules: freshness settings.
         max_object_bytes: the largest body a fill holds.
         timeout: seconds to wait for an upstream to connect or send anything.
+        upstream_headers: request fields for fetching a key from one of its
+            upstreams (which origin a shield should ask; the Host an origin expects).
     """
 
     def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
-                 upstreams: Callable[[str], tuple[str, ...]], rules: Rules,
-                 max_object_bytes: int, timeout: float) -> None:
+                 upstreams: Callable[[CacheKey], tuple[str, ...]], rules: Rules,
+                 max_object_bytes: int, timeout: float,
+                 upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None) -> None:
         self.node = node
         self.memory = memory
         self.disk = disk
         self.upstreams = upstreams
+        self.upstream_headers = upstream_headers
         self.rules = rules
         self.max_object_bytes = max_object_bytes
         self.timeout = timeout
@@ -407,7 +411,7 @@ class Engine:
     def _new_fill(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Fill:
         # Only-if-cached asks the key's own upstream (the shield its hash picks:
         # the one holding it if any does), never the origin behind the others.
-        upstreams = self.upstreams(key.key)
+        upstreams = self.upstreams(key)
         fill = Fill(key, kind_of(key.extension), upstreams[:1] if only_if_cached else upstreams, self.rules,
                     self.max_object_bytes, stale, only_if_cached)
         self._fills[key.key] = fill
@@ -543,6 +547,8 @@ class Engine:
         # The variant's own request headers (those the origin's Vary names), then the validators.
         headers = {"Accept-Encoding": "identity", **{name: value for name, value in key.vary if value},
                    **dict(cmd.headers)}
+        if self.upstream_headers is not None:
+            headers.update(self.upstream_headers(key, cmd.upstream))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         self._upstream_counter.inc()
 

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
-    "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max", "Min",
-    "NonEmpty", "OriginConfig", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig", "Seconds",
-    "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "optional",
-    "split",
+    "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
+    "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
+    "Seconds", "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
+    "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -352,6 +352,49 @@ class OriginConfig(Checked):
     work_dir: str = ""  # ffmpeg mode: where segments are written; empty: a temp dir
 
 
+def _prefix(text: str) -> str:
+    if text and not (text.startswith("/") and text.endswith("/")):
+        raise ValueError(f"must start and end with '/' (a whole directory), got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class OriginRoute(Checked):
+    """One origin the CDN fronts, and which requests are its: by the player's Host and/or a path prefix.
+
+    An origin with neither `hosts` nor `prefix` is the catch-all (the default
+    origin); a request is routed by its normalized path and its Host without
+    the port, case-insensitively: rules naming its Host first, then
+    prefix-only rules, then the catch-all.
+    """
+
+    name: Annotated[str, match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")]  # no '/': it leads storage keys
+    url: HttpUrl
+    hosts: tuple[DnsName, ...] = ()
+    prefix: Annotated[str, Check(_prefix)] = ""  # empty: any path
+    host_header: Annotated[str, match(r"[A-Za-z0-9._:\[\]-]*", "a host name, with a port if need be")] = ""
+
+    @property
+    def catch_all(self) -> bool:
+        return not self.hosts and not self.prefix
+
+    def overlaps(self, other: OriginRoute) -> bool:
+        """Could one request be routed to both at the same precedence?
+
+        A rule naming hosts comes before every prefix-only rule, and the
+        catch-all takes what is left; two rules of one level overlap when they
+        share a host (or both name none) and one prefix contains the other.
+        """
+        if self.catch_all or other.catch_all or bool(self.hosts) != bool(other.hosts):
+            return False
+        if self.hosts and not set(self.hosts) & set(other.hosts):
+            return False
+        return self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)
+
+
+DEFAULT_ORIGIN = "default"  # the name of the origin `[origin]` describes
+
+
 @dataclass(frozen=True)
 class Region(Checked):
     name: str
@@ -422,7 +465,31 @@ class Topology(Checked):
     edges: Mapping[str, EdgeConfig]
     play_path: str = CdnSettings.play_path
     router: RouterConfig | None = None
+    # Every origin by name when the file names several ([origins.NAME]); empty:
+    # one origin, `origin_url`. Either way `origin_url` is the catch-all's URL.
+    origins: Mapping[str, OriginRoute] = field(default_factory=dict)
     admin_token: AdminToken = ""  # [cdn] admin_token, or LIVECDN_ADMIN_TOKEN from the environment (it wins)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        routes = list(self.origins.values())
+        for i, route in enumerate(routes):
+            if other := next((o for o in routes[:i] if o.overlaps(route)), None):
+                raise FieldError(f"origins.{route.name}", f"its hosts and prefix overlap those of origin "
+                                                           f"{other.name!r}: a request could be either's")
+        catch_all = [r.name for r in routes if r.catch_all]
+        if routes and len(catch_all) != 1:
+            problem = ("no default origin: one origin needs neither hosts nor prefix (or give [origin] url)"
+                       if not catch_all else f"one default origin at most, got {', '.join(catch_all)} "
+                                             f"(give all but one hosts or a prefix)")
+            raise FieldError("origins", problem)
+        if routes and self.origins[catch_all[0]].url != self.origin_url:
+            raise FieldError("origins", f"the default origin's URL must be origin_url {self.origin_url!r}")
+
+    @property
+    def routes(self) -> tuple[OriginRoute, ...]:
+        """Every origin, the catch-all among them."""
+        return tuple(self.origins.values()) or (OriginRoute(DEFAULT_ORIGIN, self.origin_url),)
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""
@@ -439,8 +506,13 @@ class Topology(Checked):
         raise ConfigError(self.path, "--node", f"no node named {name!r} (known: {', '.join(known)})")
 
     def with_origin(self, url: str) -> Topology:
-        """The same CDN in front of an existing origin instead of the built-in one; ValueError for a bad URL."""
+        """The same CDN with its default origin at `url` (instead of the built-in one); ValueError for a bad URL.
+
+        The new URL is a new cache identity: nothing stored for the old origin is served for this one.
+        """
         try:
-            return dataclasses.replace(self, origin_url=url, origin=None)
+            default = next((r for r in self.origins.values() if r.catch_all), None)
+            origins = {**self.origins, default.name: dataclasses.replace(default, url=url)} if default else {}
+            return dataclasses.replace(self, origin_url=url, origin=None, origins=origins)
         except FieldError as e:
             raise ValueError(e.problem) from None

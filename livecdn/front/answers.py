@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import BinaryIO, Protocol
 
 from livecdn import metrics
@@ -32,6 +32,7 @@ from livecdn.cache.stored import Stored
 
 from .http1 import ALLOW
 from .negotiate import accepts_gzip, negotiate
+from .origins import Origins
 from .plan import Fields, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -50,9 +51,10 @@ PREFLIGHT = CORS + (
     ("access-control-allow-headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
     ("access-control-max-age", "86400"),
 )
-# Request targets remembered with their cache key, so a hit skips normalizing
-# its path again. Bounded: a flood of distinct targets (tokens, busters)
-# empties it rather than growing it.
+# Request targets (with what routes them to an origin, where more than the
+# target does) remembered with their cache key, so a hit skips normalizing
+# its path and routing it again. Bounded: a flood of distinct targets
+# (tokens, busters, Host names) empties it rather than growing it.
 KEY_MEMO_BOUND = 4096
 # Request fields that make a hit more than the stored 200 (see `_stored`).
 NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
@@ -94,9 +96,11 @@ class PlayerFront:
         engine: the node's cache engine.
         node: the node's name (Via, metrics).
         policy: the node's policy, or None.
+        origins: how requests are routed to origins; None: one unnamed origin (a bare engine's).
     """
 
-    def __init__(self, engine: Engine, node: str, policy: Policy | None = None) -> None:
+    def __init__(self, engine: Engine, node: str, policy: Policy | None = None,
+                 origins: Origins | None = None) -> None:
         self.engine = engine
         self.node = node
         self.policy = policy
@@ -105,7 +109,10 @@ class PlayerFront:
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in CacheResult}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
-        self._keys: dict[str, CacheKey] = {}
+        self._keys: dict[Hashable, CacheKey] = {}
+        self._origins: Origins | None = None
+        self._select: Callable[[Request], Hashable] | None = None
+        self.route(origins)
         # The plans of a stored 200 as a hit, by key: (a weak reference to the
         # object, identity plan, gzip plan), built on its first hit and used
         # only while that very object is the one hit. An entry goes when its
@@ -113,6 +120,11 @@ class PlayerFront:
         # never outlives the bytes it describes.
         self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
         self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, None)
+
+    def route(self, origins: Origins | None) -> None:
+        """Route requests to these origins from now on (a reload): keys remembered for the old ones go."""
+        self._origins, self._select = origins, None if origins is None else origins.select
+        self._keys.clear()
 
     # --- the listener's entry points ---
 
@@ -127,12 +139,10 @@ class PlayerFront:
                 return self._preflight
             return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
         try:
-            key = self._keys.get(request.target)
+            select = self._select
+            key = self._keys.get(request.target if select is None else select(request))
             if key is None:
-                key = cache_key(request.target)
-                if len(self._keys) >= KEY_MEMO_BOUND:
-                    self._keys.clear()
-                self._keys[request.target] = key
+                key = self._key(request)
             policy = self.policy
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
@@ -185,6 +195,15 @@ class PlayerFront:
         if self.hits:
             self._counters[CacheResult.HIT].inc(self.hits)
             self.hits = 0
+
+    def _key(self, request: Request) -> CacheKey:
+        """The cache key of a request the memo does not know, remembered (raises `BadRequest`)."""
+        origins = self._origins
+        key = cache_key(request.target) if origins is None else origins.key(request)
+        if len(self._keys) >= KEY_MEMO_BOUND:
+            self._keys.clear()
+        self._keys[request.target if origins is None or origins.select is None else origins.select(request)] = key
+        return key
 
     # --- plans ---
 
