@@ -19,6 +19,17 @@ Replies over UDP that would not fit the client's limit (512 bytes, or its
 EDNS payload size up to `MAX_UDP_PAYLOAD`) are truncated with TC set, so the
 client retries over TCP. Responses (QR set) and messages too short to hold
 a header are dropped, never answered: answering them could start a loop.
+
+Before `dnslib` reads a message, its header and question name are checked by
+hand (`_refusal`), so no message costs more than one question can need: a
+header-only reply, with the query's ID, opcode and RD, answers
+- NOTIMP an opcode other than QUERY;
+- FORMERR a QDCOUNT other than 1, any answer or authority record, more than
+  `MAX_ADDITIONAL` additional records, or a question name that is not plain
+  labels of at most 63 bytes, 255 in all, inside the message (a compression
+  pointer in the first name can point only at itself or the header).
+Every other message is parsed; what dnslib cannot parse gets the same
+header-only FORMERR.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ OPT_RECORD = struct.Struct(">BHHBBHH")
 OPTION_HEAD = struct.Struct(">HH")
 ECS_HEAD = struct.Struct(">HBB")  # ECS data before the address: family, source prefix, scope prefix
 QR_OPCODE = 0xF8  # flag byte 1 (offset 2): QR and the opcode, both 0 in a standard query
+OPCODE = 0x78
 QR_AA, TC, RD = 0x84, 0x02, 0x01  # flag byte 1: response + authoritative, truncated, recursion desired
 CD = 0x10  # flag byte 2 (offset 3): checking disabled, echoed
 # The reply's two flag bytes, by the query's RD and CD bits (`q[2] & RD | q[3] & CD`): a
@@ -72,9 +84,18 @@ QTYPE_LABELS = ("A", "AAAA", "ANY", "SOA", "NS", "CNAME", "MX", "TXT", "other")
 RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
                 16: "BADVERS"}
 SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries pull this zone
-# Replies remembered at most (a few hundred bytes each); a flood of distinct
-# queries empties the table, never grows it past this.
-MAX_REPLIES = 100_000
+# The memo of fast-path replies, bounded in bytes (its keys and replies, plus
+# `MEMO_ENTRY_OVERHEAD` each for the Python objects around them): a flood of
+# distinct queries empties it, never grows it past this. 8 MiB holds some
+# 10,000 replies, more than the clients x questions a router sees between two
+# health changes (which empty it anyway).
+MAX_MEMO_BYTES = 8 << 20
+MEMO_ENTRY_OVERHEAD = 700  # measured with tracemalloc: key and value tuples, bytes headers, dict slots
+# Bounds of a query's shape, checked before dnslib parses it (RFC 1035 2.3.4).
+MAX_NAME_BYTES = 255  # a name on the wire, length bytes and root included
+MAX_LABEL_BYTES = 63  # a length byte above this is a pointer or a reserved label type
+MAX_ADDITIONAL = 2  # an OPT record, and a TSIG or SIG(0) the router ignores: a query needs no more
+NOERROR, FORMERR, NOTIMP = 0, 1, 4
 
 # A pre-encoded reply tail: QD/AN/NS counts, the answer and authority records, metric labels.
 Tail = tuple[bytes, bytes, tuple[str, str]]
@@ -85,6 +106,10 @@ Common = tuple[bytes, int, int, bool, bytes | None]
 # The client subnet an ECS option names: family (1 IPv4, 2 IPv6), source prefix length
 # (0: "place me by my own address"), the prefix's bytes. A plain tuple, as `Common` is.
 Subnet = tuple[int, int, bytes]
+# What decides a fast-path reply: the query's RD and CD bits, its question as asked (the
+# reply echoes its case), the UDP limit (0 over TCP), whether it has EDNS, its ECS data,
+# and the client's address unless an ECS source prefix places it instead.
+MemoKey = tuple[int, bytes, int, bool, bytes | None, str]
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,27 @@ def _subnet(data: bytes) -> Subnet:
     return family, source, data[ECS_HEAD.size:]
 
 
+def _refusal(q: bytes) -> int | None:
+    """The rcode of a header-only reply for a message not worth parsing (see the module doc), or None.
+
+    `q` is a query (QR clear) of at least a header's length.
+    """
+    if q[2] & OPCODE:
+        return NOTIMP
+    qd, an, ns, ar = struct.unpack_from(">HHHH", q, COUNTS_AT)
+    if qd != 1 or an or ns or ar > MAX_ADDITIONAL:
+        return FORMERR
+    p, end = HEADER_BYTES, min(len(q), HEADER_BYTES + MAX_NAME_BYTES)
+    while p < end:
+        size = q[p]
+        if size == 0:
+            return None if p + 1 + QTAIL_BYTES <= len(q) else FORMERR
+        if size > MAX_LABEL_BYTES:
+            return FORMERR
+        p += 1 + size
+    return FORMERR  # the name runs past 255 bytes or off the message
+
+
 def ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
     """The data of an ECS option (without the option code and length)."""
     return ECS_HEAD.pack(family, source, scope) + address
@@ -165,9 +211,10 @@ class Answerer:
                       for rr in self._address_rrs(DNSLabel(name), zone.ns_addresses, QTYPE.ANY)]
         self._soa_rr = self._soa_wire()
         self._tails: dict[str, dict[bytes, Tail]] = {}
-        # (message after its ID, client, udp) → (reply after its ID, route key, stat),
-        # for fast-path replies of the current router generation.
-        self._replies: dict[tuple[bytes, str, bool], tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        # What decides a fast-path reply (`MemoKey`) → (reply after its ID, route key, stat),
+        # for the current router generation; `_memo_bytes` counts its size.
+        self._replies: dict[MemoKey, tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        self._memo_bytes = 0
         self._generation = router.generation
         self.sites_changed()
 
@@ -184,23 +231,26 @@ class Answerer:
         Returns:
             The reply's bytes, or None for a message that gets no reply.
         """
-        # The same message (but for its ID) from the same client gets the same
-        # reply until health changes: resolvers repeat themselves all day.
+        common = self._parse_common(query)
+        if common is None:
+            return self.answer_general(query, client, udp)
+        qtype, end, limit, edns, ecs = common
+        # The same question from the same place gets the same reply until health
+        # changes: resolvers repeat themselves all day. The key is what decides
+        # the reply, never the whole message (whose padding a client chooses).
         router = self.router
         if self._generation != router.generation:
-            self._replies.clear()
+            self._forget()
             self._generation = router.generation
-        key = (query[ID_BYTES:], client, udp)
+        question = query[HEADER_BYTES:end]
+        key = (query[2] & RD | query[3] & CD, question, limit if udp else 0, edns, ecs,
+               "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix, which places
         hit = self._replies.get(key)
         if hit is not None:
             tail, route_key, stat = hit
             router.decisions[route_key] += 1
             self.counts[stat] += 1
             return query[:ID_BYTES] + tail
-        common = self._parse_common(query)
-        if common is None:
-            return self.answer_general(query, client, udp)
-        qtype, end, limit, edns, ecs = common
         decided = self._decide(client, edns, ecs)
         if decided is None:
             return self.answer_general(query, client, udp)
@@ -210,10 +260,21 @@ class Answerer:
         if udp and len(tail) + ID_BYTES > limit:
             return self._truncate(query, end, opt, qtype)
         self.counts[stat] += 1
-        if len(self._replies) >= MAX_REPLIES:
-            self._replies.clear()
+        size = len(question) + len(ecs or b"") + len(key[5]) + len(tail) + MEMO_ENTRY_OVERHEAD
+        if self._memo_bytes + size > MAX_MEMO_BYTES:
+            self._forget()
         self._replies[key] = (tail, route.key, stat)
+        self._memo_bytes += size
         return query[:ID_BYTES] + tail
+
+    @property
+    def memo_bytes(self) -> int:
+        """The memo's size as counted against `MAX_MEMO_BYTES`."""
+        return self._memo_bytes
+
+    def _forget(self) -> None:
+        self._replies.clear()
+        self._memo_bytes = 0
 
     def _parse_common(self, q: bytes) -> Common | None:
         """Read the query shape nearly all traffic has; None for any other (the general path's).
@@ -331,17 +392,16 @@ class Answerer:
 
         `answer` gives the same for every query, by whichever path: tests compare the two.
         """
-        if len(q) < 12 or q[2] & 0x80:
+        if len(q) < HEADER_BYTES or q[2] & 0x80:
             self.dropped += 1
             return None
+        refused = _refusal(q)
+        if refused is not None:
+            return self._header_only(q, refused)
         try:
             msg = DNSRecord.parse(q)
         except Exception:  # dnslib raises many kinds on garbage: DNSError, struct.error, IndexError...
-            return self._formerr(q)
-        if msg.header.opcode != 0:
-            return self._reply(msg, 4, None, udp)
-        if len(msg.questions) != 1 or msg.rr or msg.auth:
-            return self._reply(msg, 1, None, udp)
+            return self._header_only(q, FORMERR)
         opts = [r for r in msg.ar if r.rtype == OPT]
         if len(opts) > 1:
             return self._reply(msg, 1, None, udp)
@@ -354,7 +414,7 @@ class Answerer:
             if len(found) > 1 or (found and len(found[0]) < ECS_HEAD.size):
                 return self._reply(msg, 1, edns, udp)
             subnet = _subnet(found[0]) if found else None
-            if subnet is not None and subnet[1]:  # a source prefix: is it well-formed?
+            if subnet is not None:
                 try:
                     subnet_address(*subnet)
                 except ValueError:
@@ -398,11 +458,14 @@ class Answerer:
         """The route and the ECS scope to answer with: by the subnet, or by the client's address.
 
         Raises:
-            ValueError: the subnet is malformed.
+            ValueError: the subnet is malformed (RFC 7871 7.1.1: FORMERR), a
+                source /0 with address bytes included.
         """
-        if subnet is not None and subnet[1]:  # source /0: "place me by my own address"
-            route = self.router.route_subnet(*subnet)
-            return route, route.location.prefix
+        if subnet is not None:
+            if subnet[1]:
+                route = self.router.route_subnet(*subnet)
+                return route, route.location.prefix
+            subnet_address(*subnet)  # source /0, "place me by my own address": no address bytes
         return self.router.route(client), 0
 
     def _exists(self, labels: tuple[bytes, ...]) -> bool:
@@ -455,10 +518,10 @@ class Answerer:
         self._count(msg.questions[0].qtype if msg.questions else None, rcode)
         return wire
 
-    def _formerr(self, q: bytes) -> bytes:
-        """FORMERR for a message dnslib cannot parse: header only, same ID and opcode."""
-        self._count(None, 1)
-        return q[:2] + bytes((0x80 | (q[2] & 0x79), 0x01)) + b"\0" * 8
+    def _header_only(self, q: bytes, rcode: int) -> bytes:
+        """A reply of a header alone (no sections): same ID, opcode and RD."""
+        self._count(None, rcode)
+        return q[:ID_BYTES] + bytes((0x80 | (q[2] & (OPCODE | RD)), rcode)) + b"\0" * 8
 
     def _count(self, qtype: int | None, rcode: int) -> None:
         name = QTYPE.get(qtype, "other") if qtype is not None else "other"
