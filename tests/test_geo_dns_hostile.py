@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,14 +84,20 @@ def ask_udp(port: int, wire: bytes, timeout: float = 2.0, source: str = "127.0.0
             return None
 
 
-def read_tcp(sock: socket.socket) -> bytes:
-    size = int.from_bytes(recv_exactly(sock, 2), "big")
-    return recv_exactly(sock, size)
+def read_tcp(sock: socket.socket, deadline: float = float("inf")) -> bytes:
+    """One length-prefixed message; TimeoutError past `deadline` (monotonic) or the socket's timeout."""
+    size = int.from_bytes(recv_exactly(sock, 2, deadline), "big")
+    return recv_exactly(sock, size, deadline)
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
     out = b""
     while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{len(out)} of {n} bytes by the deadline")
+        if left < (sock.gettimeout() or left):
+            sock.settimeout(left)
         chunk = sock.recv(n - len(out))
         if not chunk:
             raise ConnectionError(f"closed after {len(out)} of {n} bytes")
@@ -139,10 +146,11 @@ def test_a_compression_pointer_bomb_is_refused_before_it_is_parsed(router: dict[
     valid = plain_query(78)
     with socket.create_connection(("127.0.0.1", router["port"]), timeout=BEHIND_BOMBS_TIMEOUT) as s:
         s.sendall((len(BOMB).to_bytes(2, "big") + BOMB) * 10 + len(valid).to_bytes(2, "big") + valid)
+        deadline = time.monotonic() + BEHIND_BOMBS_TIMEOUT  # for all eleven answers, as the client waits
         for _ in range(10):
-            reply = read_tcp(s)
+            reply = read_tcp(s, deadline)
             assert is_reply_to(reply, BOMB) and rcode(reply) == FORMERR and len(reply) == 12  # a header alone
-        answered = read_tcp(s)
+        answered = read_tcp(s, deadline)
         assert is_reply_to(answered, valid) and rcode(answered) == NOERROR
     no_tracebacks(router)
 
