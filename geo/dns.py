@@ -39,7 +39,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, A, DNSHeader, DNSLabel, DNSRecord, EDNSOption
+from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, A, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
 
 from .choose import Site
 from .locate import subnet_address
@@ -64,6 +64,7 @@ QTAIL_BYTES = 4  # after a question's name: QTYPE, QCLASS
 OPT_RECORD = struct.Struct(">BHHBBHH")
 OPTION_HEAD = struct.Struct(">HH")
 ECS_HEAD = struct.Struct(">HBB")  # ECS data before the address: family, source prefix, scope prefix
+FAMILY_BITS = {1: 32, 2: 128}  # ECS families (IPv4, IPv6): the longest prefix of each
 QR_OPCODE = 0xF8  # flag byte 1 (offset 2): QR and the opcode, both 0 in a standard query
 OPCODE = 0x78
 QR_AA, TC, RD = 0x84, 0x02, 0x01  # flag byte 1: response + authoritative, truncated, recursion desired
@@ -155,9 +156,19 @@ def _wire(name: str) -> bytes:
 
 
 def _subnet(data: bytes) -> Subnet:
-    """The subnet in ECS option data (at least `ECS_HEAD.size` bytes)."""
-    family, source, _ = ECS_HEAD.unpack_from(data)
-    return family, source, data[ECS_HEAD.size:]
+    """The subnet in ECS option data (at least `ECS_HEAD.size` bytes).
+
+    Raises:
+        ValueError: the option is malformed (RFC 7871 7.1.1: FORMERR): its
+            family, prefixes and address bytes do not agree; a source /0
+            ("place me by my own address") carries no address bytes.
+    """
+    family, source, scope = ECS_HEAD.unpack_from(data)
+    address = data[ECS_HEAD.size:]
+    subnet_address(family, source, address)
+    if scope > FAMILY_BITS[family]:
+        raise ValueError(f"ECS scope prefix /{scope} is too long for family {family}")
+    return family, source, address
 
 
 def _refusal(q: bytes) -> int | None:
@@ -179,6 +190,22 @@ def _refusal(q: bytes) -> int | None:
             return FORMERR
         p += 1 + size
     return FORMERR  # the name runs past 255 bytes or off the message
+
+
+def _parse(q: bytes) -> DNSRecord:
+    """The message, read by dnslib in the shape `_refusal` lets through: one question, additional records.
+
+    Raises:
+        ValueError: bytes follow the last record (dnslib's own `parse` ignores them).
+        Exception: whatever dnslib raises on garbage.
+    """
+    buffer = DNSBuffer(q)
+    header = DNSHeader.parse(buffer)
+    question = DNSQuestion.parse(buffer)
+    additional = [RR.parse(buffer) for _ in range(header.ar)]
+    if buffer.remaining():
+        raise ValueError(f"{buffer.remaining()} bytes after the last record")
+    return DNSRecord(header, [question], ar=additional)
 
 
 def ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
@@ -332,8 +359,8 @@ class Answerer:
         router = self.router
         if ecs is None:
             return router.route(client), (self._opt_plain if edns else b"")
-        subnet = _subnet(ecs)
         try:
+            subnet = _subnet(ecs)
             route, scope = self._route(subnet, client)
         except ValueError:
             return None
@@ -399,11 +426,11 @@ class Answerer:
         if refused is not None:
             return self._header_only(q, refused)
         try:
-            msg = DNSRecord.parse(q)
+            msg = _parse(q)
         except Exception:  # dnslib raises many kinds on garbage: DNSError, struct.error, IndexError...
             return self._header_only(q, FORMERR)
         opts = [r for r in msg.ar if r.rtype == OPT]
-        if len(opts) > 1:
+        if len(opts) > 1 or (opts and opts[0].rname.label):  # RFC 6891 6.1.1: one OPT, owned by the root
             return self._reply(msg, 1, None, udp)
         edns = opts[0] if opts else None
         subnet = None
@@ -413,12 +440,10 @@ class Answerer:
             found = [o.data for o in edns.rdata if o.code == ECS]
             if len(found) > 1 or (found and len(found[0]) < ECS_HEAD.size):
                 return self._reply(msg, 1, edns, udp)
-            subnet = _subnet(found[0]) if found else None
-            if subnet is not None:
-                try:
-                    subnet_address(*subnet)
-                except ValueError:
-                    return self._reply(msg, 1, edns, udp)
+            try:
+                subnet = _subnet(found[0]) if found else None
+            except ValueError:
+                return self._reply(msg, FORMERR, edns, udp)
         question = msg.q
         if question.qclass != 1:
             return self._reply(msg, 5, edns, udp, aa=False)
@@ -458,14 +483,11 @@ class Answerer:
         """The route and the ECS scope to answer with: by the subnet, or by the client's address.
 
         Raises:
-            ValueError: the subnet is malformed (RFC 7871 7.1.1: FORMERR), a
-                source /0 with address bytes included.
+            ValueError: the subnet is malformed.
         """
-        if subnet is not None:
-            if subnet[1]:
-                route = self.router.route_subnet(*subnet)
-                return route, route.location.prefix
-            subnet_address(*subnet)  # source /0, "place me by my own address": no address bytes
+        if subnet is not None and subnet[1]:  # source /0: "place me by my own address"
+            route = self.router.route_subnet(*subnet)
+            return route, route.location.prefix
         return self.router.route(client), 0
 
     def _exists(self, labels: tuple[bytes, ...]) -> bool:
