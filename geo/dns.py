@@ -39,7 +39,21 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, A, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNSOption
+from dnslib import (
+    AAAA,
+    EDNS0,
+    NS,
+    QTYPE,
+    RR,
+    SOA,
+    A,
+    DNSBuffer,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+    EDNSOption,
+)
 
 from .choose import Site
 from .locate import subnet_address
