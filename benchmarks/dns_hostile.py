@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/dns_hostile.py [--quick]
 
-The router runs alone as operators run it (`livecdn geo --config FILE --node
-router`); its edges are not started (every health check fails, and the
+The router of dns_bench.py's topology runs alone as operators run it
+(`livecdn geo --config FILE --node router`); its edges are not started (every health check fails, and the
 router still answers with the nearest). Each hostile phase runs in a child
 process while this one probes, so neither shares an interpreter with the
 other:
@@ -37,65 +37,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import dns.message
 import psutil
 
+from dns_bench import EU, HOST, US, write_topology
 from lib.ports import free_port, shared_port
-from lib.procs import LIVECDN, ROOT, Processes, workspace
+from lib.procs import LIVECDN, Processes, workspace
 from lib.report import header, save
 
-HOST = "live.demo.livecdn.test"
-DATABASE = ROOT / "configs" / "demo-geo.mmdb"
 PROBE_UDP, PROBE_TCP, DRIPPER = "127.0.2.5", "127.0.2.6", "127.0.0.9"
 PROBE_EVERY, TCP_PROBE_EVERY, PROBE_TIMEOUT = 0.01, 0.05, 1.0
 READY_TIMEOUT = 30.0
 DRIP_EVERY = 0.5
 PACE = 0.001  # between two datagrams a phase does not wait an answer for: the router's socket buffer holds ~3 bombs
 PHASE_SECONDS = 8.0
-
-
-def write_topology(path: Path, dns_port: int) -> None:
-    edge_port = shared_port(["127.0.1.1", "127.0.2.1"])
-    path.write_text(f"""\
-[cdn]
-name = "hostile"
-hostname = "{HOST}"
-[cache]
-disk_path = ""
-[origin]
-url = "http://127.0.0.1:9"
-[regions.eu]
-location = [50.11, 8.68]
-[regions.us]
-location = [39.04, -77.49]
-[shields.shield-1]
-listen = "127.0.0.1:{free_port()}"
-admin = "127.0.0.1:{free_port()}"
-[edges.edge-eu]
-region = "eu"
-listen = "127.0.1.1:{edge_port}"
-admin = "127.0.1.1:{free_port('127.0.1.1')}"
-[edges.edge-us]
-region = "us"
-listen = "127.0.2.1:{edge_port}"
-admin = "127.0.2.1:{free_port('127.0.2.1')}"
-[router]
-name = "router"
-dns = "127.0.0.1:{dns_port}"
-http = "127.0.0.1:{free_port()}"
-admin = "127.0.0.1:{free_port()}"
-database = "{DATABASE}"
-default_region = "eu"
-ttl = 20
-[router.health]
-interval = 1
-timeout = 1
-failures = 3
-rise = 2
-""")
 
 
 # --- the messages ------------------------------------------------------------
@@ -287,10 +244,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="half of each phase")
     args = p.parse_args()
     scale = 2 if args.quick else 1
-    dns_port = free_port(udp=True)
+    ports = {k: free_port() for k in ("origin", "shield", "shield_admin", "http", "router_admin")}
+    ports.update(dns=free_port(udp=True), edge=shared_port([EU, US]), edge_admin=shared_port([EU, US]))
     try:
         with workspace("dns-hostile") as procs:
-            report = run(procs, dns_port, scale)
+            report = run(procs, ports, scale)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process started", file=sys.stderr)
         return 130
@@ -309,9 +267,11 @@ def main() -> int:
     return 0
 
 
-def run(procs: Processes, dns_port: int, scale: int) -> dict[str, Any]:
+def run(procs: Processes, ports: dict[str, int], scale: int) -> dict[str, Any]:
+    """Only the router of dns_bench.py's topology runs: its edges, down, are still the nearest."""
     config = procs.workdir / "cdn.toml"
-    write_topology(config, dns_port)
+    write_topology(config, ports)
+    dns_port = ports["dns"]
     router = procs.start("router", [*LIVECDN, "geo", "--config", str(config), "--node", "router",
                                     "--log-level", "error"])
     deadline = time.monotonic() + READY_TIMEOUT
