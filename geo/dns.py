@@ -8,8 +8,9 @@ Two paths give the same answers:
 
 - the fast path parses by hand the one query shape that nearly all traffic
   has, one A or AAAA question for the CDN host name, with or without EDNS and
-  an ECS option (`_parse_common`), routes it (`_decide`) and joins pre-built
-  byte strings for the reply (`_emit`); a memo of replies comes first;
+  an ECS option (`_parse_common`), then finds its reply in a memo keyed by
+  what decides it, or routes it (`_decide`) and joins pre-built byte strings
+  for the reply (`_emit`);
 - everything else goes through `dnslib`, which knows the whole wire format:
   SOA and NS for the zone (with glue for its in-zone name servers), NXDOMAIN
   for unknown names in it, REFUSED outside it, FORMERR for malformed
@@ -80,7 +81,7 @@ OPTION_HEAD = struct.Struct(">HH")
 ECS_HEAD = struct.Struct(">HBB")  # ECS data before the address: family, source prefix, scope prefix
 FAMILY_BITS = {1: 32, 2: 128}  # ECS families (IPv4, IPv6): the longest prefix of each
 QR_OPCODE = 0xF8  # flag byte 1 (offset 2): QR and the opcode, both 0 in a standard query
-OPCODE = 0x78
+OPCODE = 0x78  # of those, the opcode alone
 QR_AA, TC, RD = 0x84, 0x02, 0x01  # flag byte 1: response + authoritative, truncated, recursion desired
 CD = 0x10  # flag byte 2 (offset 3): checking disabled, echoed
 # The reply's two flag bytes, by the query's RD and CD bits (`q[2] & RD | q[3] & CD`): a
@@ -110,7 +111,7 @@ MEMO_ENTRY_OVERHEAD = 700  # measured with tracemalloc: key and value tuples, by
 MAX_NAME_BYTES = 255  # a name on the wire, length bytes and root included
 MAX_LABEL_BYTES = 63  # a length byte above this is a pointer or a reserved label type
 MAX_ADDITIONAL = 2  # an OPT record, and a TSIG or SIG(0) the router ignores: a query needs no more
-NOERROR, FORMERR, NOTIMP = 0, 1, 4
+FORMERR, NOTIMP = 1, 4  # the rcodes a header-only reply carries
 
 # A pre-encoded reply tail: QD/AN/NS counts, the answer and authority records, metric labels.
 Tail = tuple[bytes, bytes, tuple[str, str]]
@@ -285,7 +286,7 @@ class Answerer:
             self._generation = router.generation
         question = query[HEADER_BYTES:end]
         key = (query[2] & RD | query[3] & CD, question, limit if udp else 0, edns, ecs,
-               "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix, which places
+               "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix, which places the query
         hit = self._replies.get(key)
         if hit is not None:
             tail, route_key, stat = hit

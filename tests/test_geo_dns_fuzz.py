@@ -34,7 +34,15 @@ from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geo.dns import MAX_ADDITIONAL, MAX_UDP_PAYLOAD, PLAIN_UDP_PAYLOAD, Answerer, Zone
+from geo.dns import (
+    MAX_ADDITIONAL,
+    MAX_MEMO_BYTES,
+    MAX_UDP_PAYLOAD,
+    MEMO_ENTRY_OVERHEAD,
+    PLAIN_UDP_PAYLOAD,
+    Answerer,
+    Zone,
+)
 from geo.locate import Locator, subnet_address
 from geo.route import Router
 from tests.test_geo_dns import CITY, HOST, sites
@@ -229,3 +237,16 @@ def test_large_padding_is_answered_and_not_remembered_by_its_bytes(qid: int, pad
     before = a.memo_bytes
     check(q, True)
     assert a.memo_bytes - before < 1024
+
+
+def test_the_reply_memo_stays_within_its_bytes_whoever_asks() -> None:
+    """A reply per client address: past `MAX_MEMO_BYTES` the memo is emptied and starts again."""
+    a = Answerer(answerer().zone, answerer().router)
+    q = dns.message.make_query(HOST, "A", use_edns=0).to_wire()
+    enough = MAX_MEMO_BYTES // MEMO_ENTRY_OVERHEAD + 1000  # each entry counts more than its overhead
+    clients = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(enough)]
+    most = 0
+    for client in clients:
+        assert a.answer(q, client) is not None
+        most = max(most, a.memo_bytes)
+    assert 0 < a.memo_bytes < most <= MAX_MEMO_BYTES  # it filled up once, and was emptied
