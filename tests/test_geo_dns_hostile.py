@@ -177,7 +177,8 @@ def test_unique_large_queries_do_not_grow_the_router(router: dict[str, Any]) -> 
 async def test_idle_tcp_clients_hold_only_their_share(router: dict[str, Any]) -> None:
     """1,024 connections from one address (the cap was global): another client still gets TCP answers."""
     port = router["port"]
-    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1024)]
+    hog = ("127.0.0.8", 0)  # an address of its own: no other test waits for its places to be given back
+    held = [await asyncio.open_connection("127.0.0.1", port, local_addr=hog) for _ in range(1024)]
     try:
         results = [await asyncio.to_thread(dig, port, "+tcp", "-b", "127.0.2.2", "+short") for _ in range(8)]
         assert [r.stdout.split() for r in results] == [["127.0.2.1"]] * 8, [r.stdout for r in results[:1]]
