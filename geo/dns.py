@@ -102,10 +102,10 @@ RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NO
 SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries pull this zone
 # The memo of fast-path replies, bounded in bytes (its keys and replies, plus
 # `MEMO_ENTRY_OVERHEAD` each for the Python objects around them): a flood of
-# distinct queries empties it, never grows it past this. 8 MiB holds some
-# 10,000 replies, more than the clients x questions a router sees between two
-# health changes (which empty it anyway).
-MAX_MEMO_BYTES = 8 << 20
+# distinct queries empties it, never grows it past this (the router's RSS by
+# some 8 MB at most). 4 MiB holds some 5,000 replies: the busy resolvers'
+# questions between two health changes (which empty it anyway).
+MAX_MEMO_BYTES = 4 << 20
 MEMO_ENTRY_OVERHEAD = 700  # measured with tracemalloc: key and value tuples, bytes headers, dict slots
 # Bounds of a query's shape, checked before dnslib parses it (RFC 1035 2.3.4).
 MAX_NAME_BYTES = 255  # a name on the wire, length bytes and root included
