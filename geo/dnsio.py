@@ -7,15 +7,17 @@ twin, and owns the open TCP connections through a `TcpConnections` registry
 that each connection asks to join and leave, so no connection reaches into
 its listener.
 
-No client can hold the TCP side for others: one address gets at most
-`MAX_TCP_PER_CLIENT` of the `MAX_TCP_CONNECTIONS` places, and a message must
-arrive whole within `TCP_MESSAGE_TIMEOUT` of its first byte (bytes that
-trickle in do not restart the clock; only an answered message does).
+No client can hold the TCP side for others: one address (in IPv6, one /64)
+gets at most `MAX_TCP_PER_CLIENT` of the `MAX_TCP_CONNECTIONS` places, and a
+message must arrive whole within `TCP_MESSAGE_TIMEOUT` of its first byte
+(bytes that trickle in do not restart the clock; only an answered message
+does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from typing import Any
 from livecdn.front.flow import FlowControl
 
 __all__ = ["DNS_BIND_ATTEMPTS", "MAX_TCP_CONNECTIONS", "MAX_TCP_PER_CLIENT", "TCP_IDLE_TIMEOUT",
-           "TCP_MESSAGE_TIMEOUT", "Answer", "DnsListener", "DnsTcp", "DnsUdp", "TcpConnections"]
+           "TCP_MESSAGE_TIMEOUT", "Answer", "DnsListener", "DnsTcp", "DnsUdp", "TcpConnections", "share_of"]
 
 log = logging.getLogger("livecdn.geo")
 
@@ -46,6 +48,19 @@ DNS_BIND_ATTEMPTS = 20
 Answer = Callable[[bytes, str, bool], bytes | None]
 
 
+def share_of(peer: str) -> str:
+    """Whose share a connection from `peer` counts against: its IPv4 address, or its IPv6 /64.
+
+    A /64 is what one IPv6 host or site is given: its addresses are one client.
+    """
+    if ":" not in peer:
+        return peer
+    address = ipaddress.IPv6Address(peer.split("%", 1)[0])
+    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 class TcpConnections:
     """The open DNS-over-TCP connections of one listener: at most `limit`, `per_client` from one address."""
 
@@ -64,20 +79,22 @@ class TcpConnections:
 
     def join(self, conn: DnsTcp) -> bool:
         """Count `conn` in; False when the listener, or its client's share, is full (it then closes)."""
-        if len(self._open) >= self.limit or self._by_client[conn.peer] >= self.per_client:
+        client = share_of(conn.peer)
+        if len(self._open) >= self.limit or self._by_client[client] >= self.per_client:
             return False
         self._open.add(conn)
-        self._by_client[conn.peer] += 1
+        self._by_client[client] += 1
         return True
 
     def leave(self, conn: DnsTcp) -> None:
         if conn in self._open:
             self._open.remove(conn)
-            left = self._by_client[conn.peer] - 1
+            client = share_of(conn.peer)
+            left = self._by_client[client] - 1
             if left:
-                self._by_client[conn.peer] = left
+                self._by_client[client] = left
             else:
-                del self._by_client[conn.peer]  # the table holds only clients with connections
+                del self._by_client[client]  # the table holds only clients with connections
 
     def close_all(self) -> None:
         for conn in list(self._open):

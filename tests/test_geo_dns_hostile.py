@@ -25,6 +25,7 @@ import dns.message
 import psutil
 import pytest
 
+from geo.dnsio import share_of
 from tests.cdn import ROOT, topology_toml, wait_until
 
 HOST = "cdn.livecdn.test"  # topology_toml's host name; its router places 127.0.2.0/24 in us
@@ -222,3 +223,12 @@ def test_ecs_source_prefix_zero_with_address_bytes_is_formerr(router: dict[str, 
     assert good.stdout.split() == ["127.0.2.1"]
     no_tracebacks(router)
 
+
+
+def test_an_ipv6_client_is_its_64() -> None:
+    """The TCP share is per IPv6 /64, since one host can pick any address in it; IPv4 stays per address."""
+    assert share_of("2001:db8::1") == share_of("2001:db8::ffff:ffff:ffff:1") == "2001:db8::/64"
+    assert share_of("2001:db8:0:1::1") != share_of("2001:db8::1")
+    assert share_of("::ffff:192.0.2.7") == "192.0.2.7"  # IPv4 through a dual-stack socket
+    assert share_of("fe80::1%eth0") == "fe80::/64"
+    assert share_of("192.0.2.7") == "192.0.2.7" != share_of("192.0.2.8")
