@@ -8,8 +8,9 @@ Two paths give the same answers:
 
 - the fast path parses by hand the one query shape that nearly all traffic
   has, one A or AAAA question for the CDN host name, with or without EDNS and
-  an ECS option (`_parse_common`), routes it (`_decide`) and joins pre-built
-  byte strings for the reply (`_emit`); a memo of replies comes first;
+  an ECS option (`_parse_common`), then finds its reply in a memo keyed by
+  what decides it, or routes it (`_decide`) and joins pre-built byte strings
+  for the reply (`_emit`);
 - everything else goes through `dnslib`, which knows the whole wire format:
   SOA and NS for the zone (with glue for its in-zone name servers), NXDOMAIN
   for unknown names in it, REFUSED outside it, FORMERR for malformed
@@ -19,6 +20,19 @@ Replies over UDP that would not fit the client's limit (512 bytes, or its
 EDNS payload size up to `MAX_UDP_PAYLOAD`) are truncated with TC set, so the
 client retries over TCP. Responses (QR set) and messages too short to hold
 a header are dropped, never answered: answering them could start a loop.
+
+Before `dnslib` reads a message, its header and question name are checked by
+hand (`_refusal`), so no message costs more than one question can need: a
+header-only reply, with the query's ID, opcode and RD, answers
+- NOTIMP an opcode other than QUERY;
+- FORMERR a QDCOUNT other than 1, any answer or authority record, more than
+  `MAX_ADDITIONAL` additional records, an OPT record of more than
+  `MAX_EDNS_OPTIONS` options, a record running off the message, or a
+  question name that is not plain labels of at most 63 bytes, 255 in all,
+  inside the message (a compression pointer in the first name can point
+  only at itself or the header).
+Every other message is parsed; what dnslib cannot parse gets the same
+header-only FORMERR.
 """
 
 from __future__ import annotations
@@ -28,7 +42,21 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, A, DNSHeader, DNSLabel, DNSRecord, EDNSOption
+from dnslib import (
+    AAAA,
+    EDNS0,
+    NS,
+    QTYPE,
+    RR,
+    SOA,
+    A,
+    DNSBuffer,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+    EDNSOption,
+)
 
 from .choose import Site
 from .locate import subnet_address
@@ -53,7 +81,9 @@ QTAIL_BYTES = 4  # after a question's name: QTYPE, QCLASS
 OPT_RECORD = struct.Struct(">BHHBBHH")
 OPTION_HEAD = struct.Struct(">HH")
 ECS_HEAD = struct.Struct(">HBB")  # ECS data before the address: family, source prefix, scope prefix
+FAMILY_BITS = {1: 32, 2: 128}  # ECS families (IPv4, IPv6): the longest prefix of each
 QR_OPCODE = 0xF8  # flag byte 1 (offset 2): QR and the opcode, both 0 in a standard query
+OPCODE = 0x78  # of those, the opcode alone
 QR_AA, TC, RD = 0x84, 0x02, 0x01  # flag byte 1: response + authoritative, truncated, recursion desired
 CD = 0x10  # flag byte 2 (offset 3): checking disabled, echoed
 # The reply's two flag bytes, by the query's RD and CD bits (`q[2] & RD | q[3] & CD`): a
@@ -72,9 +102,22 @@ QTYPE_LABELS = ("A", "AAAA", "ANY", "SOA", "NS", "CNAME", "MX", "TXT", "other")
 RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
                 16: "BADVERS"}
 SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries pull this zone
-# Replies remembered at most (a few hundred bytes each); a flood of distinct
-# queries empties the table, never grows it past this.
-MAX_REPLIES = 100_000
+# The memo of fast-path replies, bounded in bytes (its keys and replies, plus
+# `MEMO_ENTRY_OVERHEAD` each for the Python objects around them): a flood of
+# distinct queries empties it, never grows it past this (the router's RSS by
+# some 8 MB at most). 4 MiB holds some 5,000 replies: the busy resolvers'
+# questions between two health changes (which empty it anyway).
+MAX_MEMO_BYTES = 4 << 20
+MEMO_ENTRY_OVERHEAD = 700  # measured with tracemalloc: key and value tuples, bytes headers, dict slots
+# Bounds of a query's shape, checked before dnslib parses it (RFC 1035 2.3.4).
+MAX_NAME_BYTES = 255  # a name on the wire, length bytes and root included
+MAX_LABEL_BYTES = 63  # a length byte above this is a pointer or a reserved label type
+MAX_ADDITIONAL = 2  # an OPT record, and a TSIG or SIG(0) the router ignores: a query needs no more
+# EDNS options in one query: ECS, a cookie, padding, keepalive... a handful. dnslib
+# reads 16,000 empty ones (a 64 KB message) in about 40 ms.
+MAX_EDNS_OPTIONS = 16
+RR_FIXED = struct.Struct(">HHIH")  # a record after its owner name: TYPE, CLASS, TTL, RDLENGTH
+FORMERR, NOTIMP = 1, 4  # the rcodes a header-only reply carries
 
 # A pre-encoded reply tail: QD/AN/NS counts, the answer and authority records, metric labels.
 Tail = tuple[bytes, bytes, tuple[str, str]]
@@ -85,6 +128,10 @@ Common = tuple[bytes, int, int, bool, bytes | None]
 # The client subnet an ECS option names: family (1 IPv4, 2 IPv6), source prefix length
 # (0: "place me by my own address"), the prefix's bytes. A plain tuple, as `Common` is.
 Subnet = tuple[int, int, bytes]
+# What decides a fast-path reply: the query's RD and CD bits, its question as asked (the
+# reply echoes its case), the UDP limit (0 over TCP), whether it has EDNS, its ECS data,
+# and the client's address unless an ECS source prefix places it instead.
+MemoKey = tuple[int, bytes, int, bool, bytes | None, str]
 
 
 @dataclass(frozen=True)
@@ -130,9 +177,92 @@ def _wire(name: str) -> bytes:
 
 
 def _subnet(data: bytes) -> Subnet:
-    """The subnet in ECS option data (at least `ECS_HEAD.size` bytes)."""
-    family, source, _ = ECS_HEAD.unpack_from(data)
-    return family, source, data[ECS_HEAD.size:]
+    """The subnet in ECS option data (at least `ECS_HEAD.size` bytes).
+
+    Raises:
+        ValueError: the option is malformed (RFC 7871 7.1.1: FORMERR): its
+            family, prefixes and address bytes do not agree; a source /0
+            ("place me by my own address") carries no address bytes.
+    """
+    family, source, scope = ECS_HEAD.unpack_from(data)
+    address = data[ECS_HEAD.size:]
+    subnet_address(family, source, address)
+    if scope > FAMILY_BITS[family]:
+        raise ValueError(f"ECS scope prefix /{scope} is too long for family {family}")
+    return family, source, address
+
+
+def _refusal(q: bytes) -> int | None:
+    """The rcode of a header-only reply for a message not worth parsing (see the module doc), or None.
+
+    `q` is a query (QR clear) of at least a header's length.
+    """
+    if q[2] & OPCODE:
+        return NOTIMP
+    qd, an, ns, ar = struct.unpack_from(">HHHH", q, COUNTS_AT)
+    if qd != 1 or an or ns or ar > MAX_ADDITIONAL:
+        return FORMERR
+    p, end = HEADER_BYTES, min(len(q), HEADER_BYTES + MAX_NAME_BYTES)
+    while p < end:
+        size = q[p]
+        if size == 0:
+            break
+        if size > MAX_LABEL_BYTES:
+            return FORMERR
+        p += 1 + size
+    else:
+        return FORMERR  # the name runs past 255 bytes or off the message
+    p += 1 + QTAIL_BYTES
+    for _ in range(ar):
+        p = _past_name(q, p)
+        if p < 0 or p + RR_FIXED.size > len(q):
+            return FORMERR
+        rtype, _, _, rdlength = RR_FIXED.unpack_from(q, p)
+        p += RR_FIXED.size
+        if rtype == OPT and _options(q, p, min(p + rdlength, len(q))) > MAX_EDNS_OPTIONS:
+            return FORMERR
+        p += rdlength
+    return None if p <= len(q) else FORMERR
+
+
+def _past_name(q: bytes, p: int) -> int:
+    """The offset after a record's owner name at `p` (which may end in a pointer); -1 if it is malformed."""
+    end = min(len(q), p + MAX_NAME_BYTES)
+    while p < end:
+        size = q[p]
+        if size == 0:
+            return p + 1
+        if size >= 0xC0:  # a pointer ends the name
+            return p + 2
+        if size > MAX_LABEL_BYTES:
+            return -1
+        p += 1 + size
+    return -1
+
+
+def _options(q: bytes, p: int, end: int) -> int:
+    """How many EDNS options the OPT data in q[p:end] holds, counting no further than one past the bound."""
+    count = 0
+    while p < end and count <= MAX_EDNS_OPTIONS:
+        count += 1
+        p += OPTION_HEAD.size + int.from_bytes(q[p + 2:p + 4], "big")
+    return count
+
+
+def _parse(q: bytes) -> DNSRecord:
+    """The message, read by dnslib in the shape `_refusal` lets through: one question, additional records.
+
+    Raises:
+        ValueError: bytes follow the last record (dnslib's own `parse` ignores them).
+        Exception: whatever dnslib raises on garbage.
+    """
+    buffer = DNSBuffer(q)
+    header = DNSHeader.parse(buffer)
+    question = DNSQuestion.parse(buffer)
+    additional = [RR.parse(buffer) for _ in range(header.ar)]
+    if buffer.remaining():
+        raise ValueError(f"{buffer.remaining()} bytes after the last record")
+    return DNSRecord(header, [question], ar=additional)
 
 
 def ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
@@ -165,9 +295,10 @@ class Answerer:
                       for rr in self._address_rrs(DNSLabel(name), zone.ns_addresses, QTYPE.ANY)]
         self._soa_rr = self._soa_wire()
         self._tails: dict[str, dict[bytes, Tail]] = {}
-        # (message after its ID, client, udp) → (reply after its ID, route key, stat),
-        # for fast-path replies of the current router generation.
-        self._replies: dict[tuple[bytes, str, bool], tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        # What decides a fast-path reply (`MemoKey`) → (reply after its ID, route key, stat),
+        # for the current router generation; `_memo_bytes` counts its size.
+        self._replies: dict[MemoKey, tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        self._memo_bytes = 0
         self._generation = router.generation
         self.sites_changed()
 
@@ -184,23 +315,26 @@ class Answerer:
         Returns:
             The reply's bytes, or None for a message that gets no reply.
         """
-        # The same message (but for its ID) from the same client gets the same
-        # reply until health changes: resolvers repeat themselves all day.
+        common = self._parse_common(query)
+        if common is None:
+            return self.answer_general(query, client, udp)
+        qtype, end, limit, edns, ecs = common
+        # The same question from the same place gets the same reply until health
+        # changes: resolvers repeat themselves all day. The key is what decides
+        # the reply, never the whole message (whose padding a client chooses).
         router = self.router
         if self._generation != router.generation:
-            self._replies.clear()
+            self._forget()
             self._generation = router.generation
-        key = (query[ID_BYTES:], client, udp)
+        question = query[HEADER_BYTES:end]
+        key = (query[2] & RD | query[3] & CD, question, limit if udp else 0, edns, ecs,
+               "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix, which places the query
         hit = self._replies.get(key)
         if hit is not None:
             tail, route_key, stat = hit
             router.decisions[route_key] += 1
             self.counts[stat] += 1
             return query[:ID_BYTES] + tail
-        common = self._parse_common(query)
-        if common is None:
-            return self.answer_general(query, client, udp)
-        qtype, end, limit, edns, ecs = common
         decided = self._decide(client, edns, ecs)
         if decided is None:
             return self.answer_general(query, client, udp)
@@ -210,10 +344,21 @@ class Answerer:
         if udp and len(tail) + ID_BYTES > limit:
             return self._truncate(query, end, opt, qtype)
         self.counts[stat] += 1
-        if len(self._replies) >= MAX_REPLIES:
-            self._replies.clear()
+        size = len(question) + len(ecs or b"") + len(key[5]) + len(tail) + MEMO_ENTRY_OVERHEAD
+        if self._memo_bytes + size > MAX_MEMO_BYTES:
+            self._forget()
         self._replies[key] = (tail, route.key, stat)
+        self._memo_bytes += size
         return query[:ID_BYTES] + tail
+
+    @property
+    def memo_bytes(self) -> int:
+        """The memo's size as counted against `MAX_MEMO_BYTES`."""
+        return self._memo_bytes
+
+    def _forget(self) -> None:
+        self._replies.clear()
+        self._memo_bytes = 0
 
     def _parse_common(self, q: bytes) -> Common | None:
         """Read the query shape nearly all traffic has; None for any other (the general path's).
@@ -249,8 +394,9 @@ class Answerer:
         limit = MAX_UDP_PAYLOAD if payload > MAX_UDP_PAYLOAD else (payload if payload > PLAIN_UDP_PAYLOAD
                                                                    else PLAIN_UDP_PAYLOAD)
         ecs = None
+        last = p + MAX_EDNS_OPTIONS * OPTION_HEAD.size  # past this many options, the general path refuses
         while p < size:
-            if p + OPTION_HEAD.size > size:
+            if p + OPTION_HEAD.size > size or p >= last:
                 return None
             code, olen = OPTION_HEAD.unpack_from(q, p)
             p += OPTION_HEAD.size
@@ -271,8 +417,8 @@ class Answerer:
         router = self.router
         if ecs is None:
             return router.route(client), (self._opt_plain if edns else b"")
-        subnet = _subnet(ecs)
         try:
+            subnet = _subnet(ecs)
             route, scope = self._route(subnet, client)
         except ValueError:
             return None
@@ -331,19 +477,18 @@ class Answerer:
 
         `answer` gives the same for every query, by whichever path: tests compare the two.
         """
-        if len(q) < 12 or q[2] & 0x80:
+        if len(q) < HEADER_BYTES or q[2] & 0x80:
             self.dropped += 1
             return None
+        refused = _refusal(q)
+        if refused is not None:
+            return self._header_only(q, refused)
         try:
-            msg = DNSRecord.parse(q)
+            msg = _parse(q)
         except Exception:  # dnslib raises many kinds on garbage: DNSError, struct.error, IndexError...
-            return self._formerr(q)
-        if msg.header.opcode != 0:
-            return self._reply(msg, 4, None, udp)
-        if len(msg.questions) != 1 or msg.rr or msg.auth:
-            return self._reply(msg, 1, None, udp)
+            return self._header_only(q, FORMERR)
         opts = [r for r in msg.ar if r.rtype == OPT]
-        if len(opts) > 1:
+        if len(opts) > 1 or (opts and opts[0].rname.label):  # RFC 6891 6.1.1: one OPT, owned by the root
             return self._reply(msg, 1, None, udp)
         edns = opts[0] if opts else None
         subnet = None
@@ -353,12 +498,10 @@ class Answerer:
             found = [o.data for o in edns.rdata if o.code == ECS]
             if len(found) > 1 or (found and len(found[0]) < ECS_HEAD.size):
                 return self._reply(msg, 1, edns, udp)
-            subnet = _subnet(found[0]) if found else None
-            if subnet is not None and subnet[1]:  # a source prefix: is it well-formed?
-                try:
-                    subnet_address(*subnet)
-                except ValueError:
-                    return self._reply(msg, 1, edns, udp)
+            try:
+                subnet = _subnet(found[0]) if found else None
+            except ValueError:
+                return self._reply(msg, FORMERR, edns, udp)
         question = msg.q
         if question.qclass != 1:
             return self._reply(msg, 5, edns, udp, aa=False)
@@ -455,10 +598,10 @@ class Answerer:
         self._count(msg.questions[0].qtype if msg.questions else None, rcode)
         return wire
 
-    def _formerr(self, q: bytes) -> bytes:
-        """FORMERR for a message dnslib cannot parse: header only, same ID and opcode."""
-        self._count(None, 1)
-        return q[:2] + bytes((0x80 | (q[2] & 0x79), 0x01)) + b"\0" * 8
+    def _header_only(self, q: bytes, rcode: int) -> bytes:
+        """A reply of a header alone (no sections): same ID, opcode and RD."""
+        self._count(None, rcode)
+        return q[:ID_BYTES] + bytes((0x80 | (q[2] & (OPCODE | RD)), rcode)) + b"\0" * 8
 
     def _count(self, qtype: int | None, rcode: int) -> None:
         name = QTYPE.get(qtype, "other") if qtype is not None else "other"

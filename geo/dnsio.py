@@ -6,19 +6,27 @@ here decides what to answer. `DnsListener` binds the UDP endpoint and its TCP
 twin, and owns the open TCP connections through a `TcpConnections` registry
 that each connection asks to join and leave, so no connection reaches into
 its listener.
+
+No client can hold the TCP side for others: one address (in IPv6, one /64)
+gets at most `MAX_TCP_PER_CLIENT` of the `MAX_TCP_CONNECTIONS` places, and a
+message must arrive whole within `TCP_MESSAGE_TIMEOUT` of its first byte
+(bytes that trickle in do not restart the clock; only an answered message
+does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from livecdn.front.flow import FlowControl
 
-__all__ = ["DNS_BIND_ATTEMPTS", "MAX_TCP_CONNECTIONS", "TCP_IDLE_TIMEOUT", "Answer", "DnsListener", "DnsTcp",
-           "DnsUdp", "TcpConnections"]
+__all__ = ["DNS_BIND_ATTEMPTS", "MAX_TCP_CONNECTIONS", "MAX_TCP_PER_CLIENT", "TCP_IDLE_TIMEOUT",
+           "TCP_MESSAGE_TIMEOUT", "Answer", "DnsListener", "DnsTcp", "DnsUdp", "TcpConnections", "share_of"]
 
 log = logging.getLogger("livecdn.geo")
 
@@ -26,6 +34,12 @@ log = logging.getLogger("livecdn.geo")
 # not minutes; the cap bounds what a flood of idle connections can hold.
 TCP_IDLE_TIMEOUT = 10.0
 MAX_TCP_CONNECTIONS = 1024
+# One address's share of those: a sixteenth, so one client (or one resolver's
+# egress) cannot take them all; a resolver needs a handful (RFC 7766 6.2.2).
+MAX_TCP_PER_CLIENT = 64
+# From a message's first byte to its last: 64 KiB at most, seconds are plenty;
+# a client dripping bytes is closed then, whatever it still sends.
+TCP_MESSAGE_TIMEOUT = 2.0
 # With port 0 the kernel picks the UDP port, and its TCP twin may be taken:
 # pick again this many times before giving up.
 DNS_BIND_ATTEMPTS = 20
@@ -34,29 +48,53 @@ DNS_BIND_ATTEMPTS = 20
 Answer = Callable[[bytes, str, bool], bytes | None]
 
 
+def share_of(peer: str) -> str:
+    """Whose share a connection from `peer` counts against: its IPv4 address, or its IPv6 /64.
+
+    A /64 is what one IPv6 host or site is given: its addresses are one client.
+    """
+    if ":" not in peer:
+        return peer
+    address = ipaddress.IPv6Address(peer.split("%", 1)[0])
+    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 class TcpConnections:
-    """The open DNS-over-TCP connections of one listener, at most `limit` of them."""
+    """The open DNS-over-TCP connections of one listener: at most `limit`, `per_client` from one address."""
 
-    __slots__ = ("limit", "_open")
+    __slots__ = ("limit", "per_client", "_open", "_by_client")
 
-    def __init__(self, limit: int = MAX_TCP_CONNECTIONS) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
+    def __init__(self, limit: int = MAX_TCP_CONNECTIONS, per_client: int = MAX_TCP_PER_CLIENT) -> None:
+        if limit < 1 or per_client < 1:
+            raise ValueError(f"limits must be at least 1, got {limit!r} and {per_client!r} per client")
         self.limit = limit
+        self.per_client = per_client
         self._open: set[DnsTcp] = set()
+        self._by_client: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._open)
 
     def join(self, conn: DnsTcp) -> bool:
-        """Count `conn` in; False when the listener is full (the connection then closes)."""
-        if len(self._open) >= self.limit:
+        """Count `conn` in; False when the listener, or its client's share, is full (it then closes)."""
+        client = share_of(conn.peer)
+        if len(self._open) >= self.limit or self._by_client[client] >= self.per_client:
             return False
         self._open.add(conn)
+        self._by_client[client] += 1
         return True
 
     def leave(self, conn: DnsTcp) -> None:
-        self._open.discard(conn)
+        if conn in self._open:
+            self._open.remove(conn)
+            client = share_of(conn.peer)
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]  # the table holds only clients with connections
 
     def close_all(self) -> None:
         for conn in list(self._open):
@@ -92,8 +130,11 @@ class DnsUdp(asyncio.DatagramProtocol):
 class DnsTcp(asyncio.Protocol):
     """DNS over TCP (RFC 7766): length-prefixed messages, pipelined, idle connections closed.
 
-    A client that does not read its answers stops being read: while the
-    transport's write buffer is over its high-water mark, reading is paused.
+    One timer closes the connection: `TCP_IDLE_TIMEOUT` after the last answer
+    while no message is begun, `TCP_MESSAGE_TIMEOUT` after a message's first
+    byte while it is incomplete. A client that does not read its answers stops
+    being read: while the transport's write buffer is over its high-water
+    mark, reading is paused, and the client has `TCP_IDLE_TIMEOUT` to read.
     """
 
     __slots__ = ("connections", "answer", "transport", "flow", "peer", "buffer", "idle")
@@ -109,21 +150,22 @@ class DnsTcp(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")[0]
         if not self.connections.join(self):
             transport.close()
             return
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
-        self.peer = transport.get_extra_info("peername")[0]
-        self._touch()
+        self._arm(TCP_IDLE_TIMEOUT)
 
-    def _touch(self) -> None:
+    def _arm(self, seconds: float) -> None:
         # One rescheduled timer per connection, not one per message.
         if self.idle is not None:
             self.idle.cancel()
-        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, self.close)
+        self.idle = asyncio.get_running_loop().call_later(seconds, self.close)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
+        begun = not buf  # this data begins a message: its clock starts
         buf += data
         # At most one partial message stays buffered: its 2-byte length caps it at 64 KiB.
         while len(buf) >= 2:
@@ -143,17 +185,21 @@ class DnsTcp(asyncio.Protocol):
                 return
             assert self.transport is not None
             self.transport.write(len(reply).to_bytes(2, "big") + reply)
-        self._touch()
+            begun = True  # answered: what follows is a new message
+        if begun and (self.flow is None or not self.flow.reading_paused):
+            self._arm(TCP_MESSAGE_TIMEOUT if buf else TCP_IDLE_TIMEOUT)
 
     def pause_writing(self) -> None:
         if self.flow is not None:
             self.flow.pause_writing()
             self.flow.pause_reading()
+            self._arm(TCP_IDLE_TIMEOUT)  # not read while it does not read: its turn to be slow
 
     def resume_writing(self) -> None:
         if self.flow is not None:
             self.flow.resume_writing()
             self.flow.resume_reading()
+            self._arm(TCP_MESSAGE_TIMEOUT if self.buffer else TCP_IDLE_TIMEOUT)
 
     def close(self) -> None:
         if self.transport is not None:
