@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,20 +205,31 @@ def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int 
 
 @contextlib.contextmanager
 def run_cdn(config: Path, *args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
-    """`livecdn demo --json` with this topology; yields its JSON, then stops it with SIGTERM."""
+    """`livecdn demo --json` with this topology; yields its JSON, then stops it with SIGTERM.
+
+    Its stderr (access lines, logs) goes to a file, never a pipe nobody reads:
+    a full pipe would block the nodes mid-test. `info["stderr"]` reads it so far.
+    """
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([sys.executable, "-m", "livecdn", "demo", "--config", str(config), "--json",
                              "--log-level", "warning", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, start_new_session=True)
+
+    def stderr() -> str:
+        err.seek(0)
+        return err.read().decode(errors="replace")
+
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         line = proc.stdout.readline() if ready else b""
         if not line:
             proc.kill()
-            _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"livecdn demo did not come up: {err.decode()[-2000:]}")
+            proc.wait(10)
+            raise AssertionError(f"livecdn demo did not come up: {stderr()[-2000:]}")
         info = json.loads(line)
         info["process"] = proc
+        info["stderr"] = stderr
         yield info
     finally:
         if proc.poll() is None:
@@ -227,6 +239,7 @@ def run_cdn(config: Path, *args: str, timeout: float = 90.0) -> Iterator[dict[st
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        err.close()
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> bool:

@@ -166,22 +166,6 @@ def publish(origin: FakeOrigin, run: str) -> None:
     origin.routes["/other/seg_0.ts"] = body(f"{run} other ".encode() * 500)
 
 
-@contextlib.contextmanager
-def cdn(config: Path) -> Iterator[dict[str, Any]]:
-    """`run_cdn`, with its stderr read as it comes.
-
-    The nodes' access lines go to the demo's stderr, a pipe `run_cdn` reads
-    only at the end: past 64 KiB of them (a few hundred requests) a node's
-    write blocks, and with it the node.
-    """
-    with run_cdn(config) as info:
-        stderr = info["process"].stderr
-        thread = threading.Thread(target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")],
-                                  daemon=True)
-        thread.start()
-        yield info
-
-
 def purged_names() -> list[str]:
     return ["/live/master.m3u8", *(f"/live/{r}/{n}" for r in LADDER
                                    for n in ("index.m3u8", *(f"seg_{i}.ts" for i in range(SEGMENTS))))]
@@ -234,7 +218,7 @@ def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=2, workers=2), TOKEN))
-        with cdn(config) as info:
+        with run_cdn(config) as info:
             assert info["admin_token"] == TOKEN
             edges = [n for n in info["nodes"] if n["role"] == "edge"]
             for edge in edges:
@@ -287,7 +271,7 @@ def test_the_purge_api_wants_the_token_and_a_valid_selector(tmp_path: Path, monk
         config = tmp_path / "cdn.toml"
         config.write_text(cdn_toml(origin, tmp_path, edges=1, workers=1))  # no token in the file
         assert purge_cmd(config, "--prefix", "/live/").returncode == 2  # nowhere to take a token from
-        with cdn(config) as info:
+        with run_cdn(config) as info:
             token = info["admin_token"]  # the demo made one up
             assert len(token) >= 16
             admin = next(n for n in info["nodes"] if n["role"] == "edge")["admin"]
@@ -354,7 +338,7 @@ def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Pat
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=1, workers=2), TOKEN))
-        with cdn(config) as info:
+        with run_cdn(config) as info:
             edge = next(n for n in info["nodes"] if n["role"] == "edge")
             pids = worker_pids(edge["admin"])
             assert len(pids) == 2
