@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import Topology
+from livecdn.front.answers import ShieldFront
 from livecdn.front.origins import Origins
 from livecdn.node.cache import CacheNode
 
@@ -19,6 +20,7 @@ __all__ = ["ShieldNode"]
 
 class ShieldNode(CacheNode):
     role = "shield"
+    front_kind = ShieldFront
 
     def upstreams(self, topology: Topology) -> Upstreams:
         return Upstreams([], topology.routes)

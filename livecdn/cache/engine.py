@@ -243,6 +243,8 @@ class Engine:
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
+        # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
+        self.tier: Callable[[str], str] = lambda upstream: "upstream"
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -412,8 +414,9 @@ class Engine:
         # Only-if-cached asks the key's own upstream (the shield its hash picks:
         # the one holding it if any does), never the origin behind the others.
         upstreams = self.upstreams(key)
-        fill = Fill(key, kind_of(key.extension), upstreams[:1] if only_if_cached else upstreams, self.rules,
-                    self.max_object_bytes, stale, only_if_cached)
+        upstreams = upstreams[:1] if only_if_cached else upstreams
+        fill = Fill(key, kind_of(key.extension), upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
+                    tuple(self.tier(u) for u in upstreams))
         self._fills[key.key] = fill
         return fill
 
@@ -576,8 +579,8 @@ class Engine:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
-                reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
-                self._feed(fill, UpstreamFailed(reason, time.time(), timed_out))
+                self._feed(fill, UpstreamFailed(_failure(e), time.time(), timed_out,
+                                                "timed out" if timed_out else _describe(e)))
         except Exception as e:  # noqa: BLE001 - a bug here must not strand the fill's clients
             if current():
                 log.exception("%s: the fetch from %s failed", key, cmd.upstream)
@@ -650,6 +653,19 @@ def _settled(ticket: Admitted | None, answer: Answer) -> Answer:
             answer.close()
             raise
     return answer
+
+
+def _failure(e: BaseException) -> str:
+    """What a failed fetch did, in words a player may read: exception texts name addresses, these never do."""
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return "could not be reached"
+    if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionError)):
+        return "closed the connection"
+    if isinstance(e, (aiohttp.ClientResponseError, ValueError)):
+        return "sent a bad answer"
+    return "failed"
 
 
 def _describe(e: BaseException) -> str:

@@ -61,6 +61,10 @@ class Upstreams:
             return tail
         return tuple(n["nodename"] for n in self._ring.range(key.key, unique=True)) + tail
 
+    def tier(self, upstream: str) -> str:
+        """What players are told `upstream` is (an error names the tier that failed, never its address)."""
+        return "shield" if upstream in self._shields else "origin"
+
     def headers(self, key: CacheKey, upstream: str) -> tuple[tuple[str, str], ...]:
         """Request fields for fetching `key` from `upstream` (one of `order(key)`)."""
         if upstream in self._shields:

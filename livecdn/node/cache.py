@@ -17,13 +17,12 @@ import json
 import logging
 import os
 import sqlite3
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from livecdn import metrics
-from livecdn.cache.disk import DiskStore
+from livecdn.cache.disk import DiskStore, DiskUnusable
 from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
 from livecdn.cache.memory import MemoryStore
@@ -64,6 +63,7 @@ class CacheNode(Lifecycle):
     """
 
     role = "cache"
+    front_kind: type[PlayerFront] = PlayerFront  # how it answers: players (edge) or the tier below (shield)
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
                  access_log: bool = True, reuse_port: bool = False, purge_dir: str | None = None) -> None:
@@ -78,6 +78,7 @@ class CacheNode(Lifecycle):
         self.front: PlayerFront | None = None
         self.policy: Policy | None = None
         self._disk: DiskStore | None = None
+        self.disk_state = "none"  # /healthz: "ok", "none" (memory only by config) or "off: <why>"
         self._session: aiohttp.ClientSession | None = None
         self._players: PlayerServer | None = None
         self._sites = Sites()
@@ -111,7 +112,7 @@ class CacheNode(Lifecycle):
         assert front is not None and engine is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
-                "memory_bytes": engine.memory.used}
+                "memory_bytes": engine.memory.used, "disk": self.disk_state}
 
     # --- lifecycle ---
 
@@ -139,12 +140,19 @@ class CacheNode(Lifecycle):
         cache: CacheSettings = self.config.cache
         memory = MemoryStore(cache.memory_bytes)
         if cache.disk_path and cache.disk_bytes:
-            Path(cache.disk_path).mkdir(parents=True, exist_ok=True)
-            self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
+            try:
+                self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
+            except DiskUnusable as e:  # a node on a broken disk still serves, from memory
+                self.disk_state = f"off: {e}"
+                log.error("%s %s: disk tier %s unusable (%s): serving from memory only", self.role,
+                          self.config.name, cache.disk_path, e)
+            else:
+                self.disk_state = "ok"
         rules = Rules.of(cache)
         ups = self.upstreams(self.topology)
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
                              cache.max_object_bytes, cache.upstream_timeout, ups.headers)
+        self.engine.tier = ups.tier
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
@@ -153,7 +161,7 @@ class CacheNode(Lifecycle):
         self.purges = Purges(self.engine, self.purge_dir)
         self.purges.open()
         self.policy = self.make_policy(self.engine)
-        self.front = PlayerFront(self.engine, self.config.name, self.policy, self.origins(self.topology))
+        self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None)
         listen = self.config.listen
@@ -198,7 +206,7 @@ class CacheNode(Lifecycle):
         assert self.engine is not None
         self.topology = topology
         ups = self.upstreams(topology)
-        self.engine.upstreams, self.engine.upstream_headers = ups.order, ups.headers
+        self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
         assert self.front is not None
         self.front.route(self.origins(topology))
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
