@@ -267,7 +267,8 @@ def test_failure_mid_body_stores_nothing_and_aborts_everyone() -> None:
         >> UpstreamChunk(b"a" * 40) << SendBytes(1, 0, 40) << SendBytes(2, 0, 40)
         >> UpstreamFailed("connection reset", T0 + 1)
         << Log("warning", f"{SEG}: broken mid-body: {UPSTREAMS[0]}: connection reset; nothing stored")
-        << AbortResponse(1, f"{UPSTREAMS[0]}: connection reset") << AbortResponse(2, f"{UPSTREAMS[0]}: connection reset")
+        << AbortResponse(1, f"{UPSTREAMS[0]}: connection reset")
+        << AbortResponse(2, f"{UPSTREAMS[0]}: connection reset")
     )
     assert fill.finished
     with pytest.raises(RuntimeError):

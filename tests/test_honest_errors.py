@@ -11,10 +11,10 @@ loopback in this process, a fake origin, and once the whole demo as processes
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import re
-import http.client
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
