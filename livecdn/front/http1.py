@@ -180,16 +180,13 @@ class RequestParser:
         self._events.append(error)
         self._error = True
 
-    def _other_protocol(self, url: bytes) -> bytes | None:
-        """The protocol named after `url` in the request line when it is not HTTP (llhttp also reads
-        `RTSP/x.y` and does not say so), else None. Asked off the hot path: for versions other than 1.1
-        (`RTSP/1.1` does not exist); a request line split across reads is not seen whole, and passes."""
-        data = self._data
-        at = data.find(url + b" ") if url else -1
-        if at < 0:
-            return None
-        protocol = data[at + len(url) + 1:at + len(url) + 9].partition(b"/")[0]
-        return None if protocol == b"HTTP" else protocol
+    def _is_rtsp(self, url: bytes, version: str) -> bool:
+        """Whether the request line said `RTSP/x.y` (llhttp reads it as well as HTTP, and does not say).
+
+        Asked off the hot path, for versions other than 1.1 (`RTSP/1.1` does not exist). A request
+        line split across reads is not seen whole, and passes as HTTP.
+        """
+        return self._data.find(b"%s RTSP/%s\r\n" % (url, version.encode("ascii"))) >= 0
 
     # --- httptools callbacks (called from inside feed_data) ---
 
@@ -230,13 +227,11 @@ class RequestParser:
         absolute = url[0] != 0x2F and url[:8].lower().startswith((b"http://", b"https://")) if url else False
         version = parser.get_http_version()
         if version != "1.1":
-            other = self._other_protocol(url)
-            if other is not None:
+            if self._is_rtsp(url, version):
                 # Not an HTTP version we lack (that is a 505) but another protocol: a malformed
                 # HTTP request line (RFC 9112 §3), the client's mistake.
-                name = other.decode("latin-1")
-                raise ProtocolError(400, f"{name}/{version} is not HTTP: this is an HTTP/1.1 server, "
-                                         f"an {name} client needs an {name} server")
+                raise ProtocolError(400, f"RTSP/{version} is not HTTP: this is an HTTP/1.1 server, "
+                                         f"an RTSP client needs an RTSP server")
             if version == "0.9":  # what llhttp makes of a request line with no (readable) version
                 raise ProtocolError(400, "bad request line: no HTTP version after the target")
             if version != "1.0":
