@@ -88,6 +88,13 @@ LINGER = 2.0
 FILE_CHUNK = 256 << 10
 
 
+# The HTTP state of every connection that has not sent a byte yet, shared: a
+# connection makes its own at its first read, so one that stays idle (the
+# 20,000 of issue 12) costs no parser, queue or buffer. Never fed, never
+# answered on, never closed (`_linger` and `shutdown` check for it).
+_SILENT = ServerConnection()
+
+
 class Handler(Protocol):
     """What answers requests for the listener (`livecdn.front.answers.PlayerFront`)."""
 
@@ -205,7 +212,7 @@ class PlayerConnection(asyncio.Protocol):
         self.access = server.access
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.h1 = ServerConnection()
+        self.h1 = _SILENT  # its own at the first read (`data_received`)
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counted = False
@@ -250,7 +257,6 @@ class PlayerConnection(asyncio.Protocol):
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
-        self.h1.discard()
         self.transport.write(answer)  # type: ignore[union-attr]
         if len(self.server.lingering) >= MAX_LINGERING:
             self.transport.close()  # type: ignore[union-attr]  # at once: closing costs no more descriptors
@@ -275,6 +281,10 @@ class PlayerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         h1 = self.h1
+        if h1 is _SILENT:
+            if self._lingering:
+                return  # a refused connection: what it sends is dropped
+            h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
         else:
@@ -506,7 +516,8 @@ class PlayerConnection(asyncio.Protocol):
         reset, which can destroy the answer before the client reads it (the
         429 at the per-address cap was lost that way 28-42 times in 50).
         """
-        self.h1.discard()
+        if self.h1 is not _SILENT:
+            self.h1.discard()
         transport = self.transport
         if self._lingering or transport is None or transport.is_closing():
             return
@@ -574,6 +585,9 @@ class PlayerConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful: an idle connection closes now, a busy one after the answer in flight."""
+        if self.h1 is _SILENT:
+            self._close()
+            return
         self.h1.start_closing()
         if self.task is None and not self.h1.events and not self.h1.backlog:
             self._close()
