@@ -167,14 +167,21 @@ async def _until(predicate: Any, timeout: float = 5.0) -> bool:
     return bool(predicate())
 
 
-@pytest.fixture
-async def capped(origin: FakeOrigin) -> AsyncIterator[Stack]:
-    """An edge bounded to 20 connections in all, 8 per client address."""
-    s = Stack(origin.url, limits=LimitSettings(miss_rate=0, connections_per_client=8, max_connections=20))
+@contextlib.asynccontextmanager
+async def edge_with(origin: FakeOrigin, **limits: Any) -> AsyncIterator[Stack]:
+    """A shield and an edge with these `[limits]` (misses unmetered)."""
+    s = Stack(origin.url, limits=LimitSettings(miss_rate=0, **limits))
     try:
         yield await s.start()
     finally:
         await s.stop()
+
+
+@pytest.fixture
+async def capped(origin: FakeOrigin) -> AsyncIterator[Stack]:
+    """An edge bounded to 20 connections in all, 8 per client address."""
+    async with edge_with(origin, connections_per_client=8, max_connections=20) as s:
+        yield s
 
 
 async def test_the_edge_reports_overloaded_before_its_connections_run_out(
@@ -226,16 +233,13 @@ def refused_by(host: str, port: int) -> int | str:
 
 
 async def test_every_refusal_at_the_per_address_cap_is_read_not_reset(origin: FakeOrigin) -> None:
-    stack = await Stack(origin.url, limits=LimitSettings(miss_rate=0, connections_per_client=2)).start()
-    try:
+    async with edge_with(origin, connections_per_client=2) as stack:
         held = await idle_from("127.0.0.1", stack.edges[0].port, 2, "127.0.0.1")
         outcomes = await asyncio.gather(*(asyncio.to_thread(refused_by, "127.0.0.1", stack.edges[0].port)
                                           for _ in range(50)))
         assert outcomes == [429] * 50  # once: ConnectionResetError 28-42 times in 50
         for s in held:
             s.close()
-    finally:
-        await stack.stop()
 
 
 # --- 5. RTSP is not HTTP --------------------------------------------------------------
@@ -254,11 +258,8 @@ async def test_an_rtsp_request_is_a_400_that_says_why(stack: Stack, line: bytes)
 
 @pytest.fixture
 async def hurried(origin: FakeOrigin) -> AsyncIterator[Stack]:
-    s = Stack(origin.url, limits=LimitSettings(miss_rate=0, connections_per_client=0, header_timeout=0.6))
-    try:
-        yield await s.start()
-    finally:
-        await s.stop()
+    async with edge_with(origin, connections_per_client=0, header_timeout=0.6) as s:
+        yield s
 
 
 async def test_a_request_head_that_never_ends_gets_a_408_at_the_header_timeout(hurried: Stack) -> None:

@@ -190,12 +190,8 @@ def mutated(draw: st.DrawFn) -> bytes:
                              b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b"Expect: x\r\n",
                              b"Upgrade: h2c\r\nConnection: upgrade\r\n", b"\r\n\r\n"])]))
         piece = draw(chunk)
-        if kind == "insert":
-            data[at:at] = piece
-        elif kind == "delete":
-            del data[at:at + len(piece)]
-        else:
-            data[at:at + len(piece)] = piece
+        width = 0 if kind == "insert" else len(piece)  # insert, or delete / replace that much
+        data[at:at + width] = b"" if kind == "delete" else piece
     return bytes(data)
 
 
