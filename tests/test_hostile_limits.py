@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import resource
 import socket
@@ -338,3 +339,19 @@ async def test_the_router_checks_each_time_on_a_new_connection_and_reads_a_503_o
     finally:
         assert admin.runner is not None
         await admin.runner.cleanup()
+
+
+async def test_reload_applies_the_connection_bound_and_the_header_timeout(origin: FakeOrigin, capped: Stack) -> None:
+    edge = capped.edges[0]
+    port = edge.port
+    held = await idle_from("127.0.0.1", port, 8, "127.0.0.30")
+    await _until(lambda: edge.players.open == 8)
+    cfg = edge.config
+    limits = dataclasses.replace(cfg.limits, max_connections=8, header_timeout=0.5)
+    edge.reload(dataclasses.replace(edge.topology, edges={cfg.name: dataclasses.replace(cfg, limits=limits)}))
+    assert (edge.players.max_connections, edge.players.header_timeout) == (8, 0.5)
+    assert (await ask("127.0.0.1", port, "/c/a.ts", "127.0.0.31")).status == 503  # the new bound: full
+    status, health = await asyncio.to_thread(admin_get, capped.edge_admin() + "/healthz")
+    assert (status, health["max_connections"]) == (503, 8)
+    for s in held:
+        s.close()
