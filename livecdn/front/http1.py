@@ -10,7 +10,7 @@ for an HTTP/1.0 body of unknown length), HEAD and 304 without a body,
 keep-alive (the client's wish, an error, a shutdown, a broken body), and one
 answer at a time in request order. `RequestParser` is its request half:
 `httptools` (llhttp) for the grammar, plus what llhttp leaves to its user:
-bounded buffering, the version rule, `Expect`. Nothing here knows about
+bounded buffering, the version rule (and RTSP, which llhttp also reads), `Expect`. Nothing here knows about
 sockets, the event loop or the clock: `livecdn/front/listener.py` is the I/O
 shell around it.
 """
@@ -186,7 +186,7 @@ class RequestParser:
         Asked off the hot path, for versions other than 1.1 (`RTSP/1.1` does not exist). A request
         line split across reads is not seen whole, and passes as HTTP.
         """
-        return self._data.find(b"%s RTSP/%s\r\n" % (url, version.encode("ascii"))) >= 0
+        return self._data.find(b"%s RTSP/%s" % (url, version.encode("ascii"))) >= 0
 
     # --- httptools callbacks (called from inside feed_data) ---
 
