@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -218,7 +219,9 @@ class PlayerConnection(asyncio.Protocol):
         self._counted = False
         self.flow: FlowControl  # made with the transport, in connection_made
         self._idle_since = 0.0
-        self._head_since = 0.0  # when a read left a request head incomplete (0: none since the last answer)
+        # When a read last left a request head incomplete; before `_idle_since`: not since the last answer
+        # (so that answering resets nothing on the hit path).
+        self._head_since = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
@@ -247,12 +250,10 @@ class PlayerConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
         server.connections.add(self)
-        # A new connection must begin a request within the header timeout, not
-        # the keep-alive one: the idle deadline below is now + header_timeout.
-        # (The timer first fires at the sooner of the two timeouts: it is not re-armed per answer.)
-        now = self._loop.time()
-        self._idle_since = now + server.header_timeout - server.keepalive_timeout
-        self._timer = self._loop.call_at(now + min(server.header_timeout, server.keepalive_timeout),
+        # A new connection must begin a request within the header timeout (`_idle_check`); the
+        # timer first fires at the sooner of the two timeouts, as it is not re-armed per answer.
+        self._idle_since = self._loop.time()
+        self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
                                          self._idle_check)
 
     def _refuse(self, answer: bytes) -> None:
@@ -291,7 +292,7 @@ class PlayerConnection(asyncio.Protocol):
             h1.parse(data)  # a small read: at most a slice of requests past the bound, then reading pauses
         if self.task is None and h1.events:
             self._answer_ready()
-        elif self._head_since == 0.0 and not h1.events:
+        elif self._head_since < self._idle_since and not h1.events:
             self._head_started()
         if h1.backlog or len(h1.events) >= MAX_PENDING:
             self.flow.pause_reading()
@@ -545,7 +546,6 @@ class PlayerConnection(asyncio.Protocol):
 
     def _went_idle(self) -> None:
         self._idle_since = self._loop.time()
-        self._head_since = 0.0
         if self._timer is None:
             self._timer = self._loop.call_at(self._idle_since + self.server.keepalive_timeout, self._idle_check)
 
@@ -567,15 +567,16 @@ class PlayerConnection(asyncio.Protocol):
         if self.flow.lost or self._lingering or self.task is not None or h1.events or h1.backlog:
             return  # busy: the next `_went_idle()` arms the timer again
         server, now = self.server, self._loop.time()
-        if self._head_since or h1.head_started:
-            deadline = (self._head_since or self._idle_since) + server.header_timeout
+        if self._head_since >= self._idle_since or h1.head_started:
+            # Since the head's first read, or since the last answer for one pipelined behind it.
+            deadline = max(self._head_since, self._idle_since) + server.header_timeout
             if now >= deadline:
                 self._send(None, self.handler.refuse(
                     408, f"request head not complete within {server.header_timeout:g} s"))
                 self._linger()
                 return
-        else:
-            deadline = self._idle_since + server.keepalive_timeout
+        else:  # silent since it opened (not a byte yet), or idle since its last answer
+            deadline = self._idle_since + (server.header_timeout if h1 is _SILENT else server.keepalive_timeout)
             if now >= deadline:
                 self._close()
                 return
