@@ -184,7 +184,7 @@ async def idle_load(n: int, edge: int, admin: int, proc: Any) -> dict[str, Any]:
 
 async def pipeline_load(n: int, edge: int, admin: int, proc: Any) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    request = b"GET /live/720p/seg1.ts HTTP/1.1\r\nHost: x\r\n\r\n"  # seg1 may not exist: any answer will do
+    request = b"GET /live/master.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"  # a memory hit: answers as fast as they come
     payload = request * (PIPELINE_BYTES // len(request))
     socks, sent = [], 0
 
@@ -203,10 +203,17 @@ async def pipeline_load(n: int, edge: int, admin: int, proc: Any) -> dict[str, A
                 view, sent = view[k:], sent + k
             except BlockingIOError:
                 await asyncio.sleep(0.05)
-    await asyncio.gather(*(one() for _ in range(n)))
+    senders = asyncio.gather(*(one() for _ in range(n)))
+    during = [await probe(edge, admin)]  # while the pipelines are written and answered
+    while not senders.done():
+        during.append(await probe(edge, admin))
+    await senders
     await asyncio.sleep(1.0)
+    during.append(await probe(edge, admin))
     figures = {"connections": n, "sent_kib": sent >> 10, "rss_mb": round(rss_mb(proc), 1),
-               **await probe(edge, admin)}
+               "player_ms": max(p["player_ms"] for p in during), "healthz_ms": max(p["healthz_ms"] for p in during),
+               "player_status": sorted({s for p in during for s in p["player_status"]}),
+               "healthz_status": sorted({s for p in during for s in p["healthz_status"]}), "probes": len(during)}
     for s in socks:
         s.close()
     return figures

@@ -322,11 +322,12 @@ class PlayerConnection(asyncio.Protocol):
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while not h1.must_close:
             if not events:
-                if not h1.backlog:
-                    break
-                h1.parse_backlog()  # what `next_event()` would do
-                if not events:
-                    break
+                if h1.backlog:
+                    # More pipelined than one batch: the rest is answered in turn with
+                    # other connections (`_answer_in_order`), never all in this call.
+                    self._start_task(None)
+                    return
+                break
             if flow.writing_paused or flow.lost:
                 self._start_task(None)
                 return
@@ -380,9 +381,15 @@ class PlayerConnection(asyncio.Protocol):
         try:
             if first is not None:
                 await self._answer_later(first)
+            turn = 0
             while not h1.must_close and not self.flow.lost:
                 self._maybe_resume_reading()
                 await self.flow.drain()
+                turn += 1
+                if turn % MAX_PENDING == 0:
+                    # A client's pipeline of answers in hand (hits, 404s) would otherwise hold the
+                    # loop for all of its thousands: other players and /healthz get a turn per batch.
+                    await asyncio.sleep(0)
                 event = h1.next_event()
                 if event is NEED_DATA:
                     break
