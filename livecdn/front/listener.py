@@ -14,7 +14,10 @@ player:
   that without waiting (a memory hit), the answer is written right there in
   `data_received`, one `writelines` of a head built once per stored object and
   the body. Otherwise one task per connection answers it and every request
-  queued behind it, so answers leave in the order the requests came.
+  queued behind it, so answers leave in the order the requests came. A
+  pipeline longer than one batch is answered by that task too, yielding the
+  loop after every `MAX_PENDING` answers: thousands of pipelined hits from
+  one client wait their turn behind other players instead of holding the loop.
 - after each answer the connection asks its `ServerConnection` whether it must
   close; an idle one waits for the next request under one `loop.call_at`
   handle, rescheduled rather than re-created per request.
