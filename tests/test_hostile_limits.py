@@ -355,3 +355,20 @@ async def test_reload_applies_the_connection_bound_and_the_header_timeout(origin
     assert (status, health["max_connections"]) == (503, 8)
     for s in held:
         s.close()
+
+
+async def test_a_long_pipeline_of_hits_waits_its_turn_behind_another_player(origin: FakeOrigin, stack: Stack) -> None:
+    origin.routes["/t/a.ts"] = body(b"t" * 10)
+    await warm(stack, "/t/a.ts")
+    pipeline_reader, pipeline = await connect(stack)
+    pipeline.write(get("/t/a.ts") * 3000)  # hits, all answerable at once
+    await pipeline.drain()
+    reader, writer = await connect(stack)
+    writer.write(get("/t/a.ts"))
+    assert (await read_reply(reader)).status == 200
+    (busy,) = [c for c in stack.edges[0].players.connections if c.h1.backlog or c.h1.pending]
+    assert busy.h1.backlog or busy.h1.pending  # once: all 3,000 answered before this player got a turn
+    writer.close()
+    replies = [await read_reply(pipeline_reader) for _ in range(3000)]
+    assert all(r.status == 200 for r in replies)
+    pipeline.close()
