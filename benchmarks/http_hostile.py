@@ -320,7 +320,7 @@ async def fuzz_load(n: int, edge: int, admin: int) -> dict[str, Any]:
             except (OSError, TimeoutError):
                 answered = []
         for s in answered:
-            classes[f"{s // 100}xx"] += 1
+            classes[str(s) if s >= 500 else f"{s // 100}xx"] += 1  # each 5xx by its status
         if len(answered) < len(methods):
             unanswered += len(methods) - len(answered)
             samples.append(sent[:160])
