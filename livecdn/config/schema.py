@@ -303,6 +303,12 @@ class LimitSettings(Checked):
     request_burst: Annotated[int, Min(0)] = 0
     connections_per_client: Annotated[int, Min(0)] = 512  # open connections per client address (0: unlimited)
     max_clients: Annotated[int, Min(1)] = 100_000  # client addresses tracked (least recently seen are forgotten)
+    # Open player connections for the whole node, its workers' shares together (0: what each process's
+    # RLIMIT_NOFILE allows, less room for upstream sockets, disk files and the admin listener).
+    max_connections: Annotated[int, Min(0)] = 0
+    # From a request head's first byte to its blank line (then a 408), and from a connection's start to
+    # its first byte (then it closes): players send a head in one packet; slowloris sends it for ever.
+    header_timeout: Annotated[float, Seconds, Above(0)] = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
