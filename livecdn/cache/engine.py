@@ -36,10 +36,12 @@ from livecdn.cache.fill import (
     ClientGone,
     ClientRequested,
     Command,
+    DropRun,
     EndResponse,
     Event,
     Fill,
     Head,
+    Held,
     Log,
     RefreshRequested,
     Respond,
@@ -53,11 +55,12 @@ from livecdn.cache.fill import (
     UpstreamResponded,
 )
 from livecdn.cache.freshness import Rules
-from livecdn.cache.keys import CacheKey
+from livecdn.cache.keys import CacheKey, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
-from livecdn.media.kinds import kind_of
+from livecdn.media.kinds import NameKind, kind_of
+from livecdn.media.names import directory
 
 __all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -66,6 +69,10 @@ log = logging.getLogger("livecdn.cache.engine")
 # Objects that go stale this fast are not worth a disk write: by the time
 # another worker could read them back they are expired.
 DISK_MIN_LIFETIME = 10.0
+# Playlists whose last read this process remembers after their copy left
+# memory (a few hundred bytes each), so a restart or a lagging replica is still
+# told from a stream that went on.
+MAX_HELD_RUNS = 4096
 # Playlists at least this large are stored with a gzip copy for players that ask.
 GZIP_MIN_BYTES = 256
 
@@ -205,6 +212,7 @@ class Engine:
         self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
         self._playlist_observers: list[Callable[[Stored], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
+        self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
 
     def start(self, session: aiohttp.ClientSession) -> None:
@@ -353,8 +361,9 @@ class Engine:
         return obj, file
 
     def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
-        fill = Fill(key, kind_of(key.extension), self.upstreams(key.key), self.rules,
-                    self.max_object_bytes, stale)
+        kind = kind_of(key.extension)
+        fill = Fill(key, kind, self.upstreams(key.key), self.rules, self.max_object_bytes, stale,
+                    self._runs.get(key.key) if kind is NameKind.PLAYLIST else None)
         self._fills[key.key] = fill
         return fill
 
@@ -449,6 +458,8 @@ class Engine:
                 att = self._clients[cmd.client]
                 att.error = cmd.reason
                 att.wake()
+            elif isinstance(cmd, DropRun):
+                self._drop_run(cmd)
             elif isinstance(cmd, Log):
                 log.log(logging.getLevelName(cmd.level.upper()), "%s", cmd.message)
             else:
@@ -484,11 +495,14 @@ class Engine:
             async with self._session.get(url, headers=headers, timeout=timeout,
                                          allow_redirects=False, auto_decompress=True) as resp:
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
+                # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
+                framed = resp.status in (204, 304) or "content-length" in resp.headers or \
+                    "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
                 if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                     # Asked for identity, got an encoding anyway: aiohttp decodes it, so the
                     # stored body is plain and the declared length no longer applies.
                     head = tuple((k, v) for k, v in head if k not in ("content-encoding", "content-length"))
-                self._feed(fill, UpstreamResponded(resp.status, head, time.time()))
+                self._feed(fill, UpstreamResponded(resp.status, head, time.time(), framed))
                 if not current():
                     return
                 async for chunk in resp.content.iter_any():
@@ -511,8 +525,13 @@ class Engine:
         if obj.manifest is not None and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
-        if obj.manifest is not None and obj.status == 200 and self._playlist_observers:
-            self._observed.append(obj)
+        if obj.manifest is not None and obj.status == 200:
+            self._runs[obj.key] = Held(obj.manifest, obj.born)
+            self._runs.move_to_end(obj.key)
+            if len(self._runs) > MAX_HELD_RUNS:
+                self._runs.popitem(last=False)
+            if self._playlist_observers:
+                self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj
@@ -528,6 +547,31 @@ class Engine:
             if self._writing.get(obj.key) is obj:
                 del self._writing[obj.key]
 
+    def _drop_run(self, cmd: DropRun) -> None:
+        """A stream restarted: its previous run's objects leave memory now, before anything else is answered."""
+
+        def match(k: str) -> bool:
+            return k != cmd.keep and directory(path_of(k)) in cmd.directories
+
+        in_memory = self._drop_memory(match)
+        log.info("dropped %d objects of a previous run from memory; the disk tier follows", in_memory)
+        if self.disk is not None:
+            self._spawn(self._drop_disk(match))
+
+    async def _drop_disk(self, match: Callable[[str], bool]) -> None:
+        assert self.disk is not None
+        try:
+            dropped = await self.disk.drop(match)
+        except (OSError, sqlite3.Error) as e:
+            log.error("disk drop of a previous run failed: %s", e)
+        else:
+            log.info("dropped %d objects of a previous run from disk", dropped)
+
+    def _drop_memory(self, match: Callable[[str], bool]) -> int:
+        for k in [k for k in self._writing if match(k)]:
+            del self._writing[k]
+        return self.memory.drop(match)
+
     async def purge(self, match: Callable[[str], bool]) -> tuple[int, int]:
         """Drop every stored object whose storage key `match` accepts, from memory and disk.
 
@@ -535,9 +579,7 @@ class Engine:
             (objects dropped from this process's memory tier, objects dropped from the disk tier).
             Fetches in flight are not cut: what they store was asked for after the purge began.
         """
-        in_memory = self.memory.drop(match)
-        for k in [k for k in self._writing if match(k)]:
-            del self._writing[k]
+        in_memory = self._drop_memory(match)
         on_disk = 0
         if self.disk is not None:
             try:

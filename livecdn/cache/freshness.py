@@ -1,7 +1,7 @@
 """Freshness rules: how long a stored answer may be served, and its Age.
 
 Lifetime comes from the manifest where it can be known (a live media playlist
-lives half its target duration, a segment forever) and is capped by the
+lives half its target duration, an ended one at most one, a segment forever) and is capped by the
 origin's own Cache-Control when that is stricter. Pure functions: every time
 is passed in.
 """
@@ -87,7 +87,9 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
         if playlist.kind is ManifestKind.MASTER:
             ours = rules.master_ttl
         elif playlist.kind is ManifestKind.ENDED:
-            ours = rules.ended_ttl
+            # An ended stream may start again under the same URL: one target duration
+            # at most, so the players' next reload after a restart sees it live.
+            ours = min(rules.ended_ttl, playlist.target_duration or rules.ended_ttl)
         else:
             # Half the target (or part target for LL-HLS): a player reloads about once a
             # target duration, so a viewer never sees a playlist older than half of one.
