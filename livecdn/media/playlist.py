@@ -183,8 +183,8 @@ def compare(held: Manifest, new: Manifest) -> tuple[Change, str]:
     HLS media playlist whose end (media sequence + segments) went back
     restarted when its newest program date-time moved forward or its
     discontinuity sequence went up; it is behind when the program date-time
-    went back too. Without either, a sequence that started over (at most half
-    of where it was) restarted, one a little behind is behind. How long
+    went back too. Without either, a sequence that started over (within one
+    window of 0) restarted, one further along is behind. How long
     "behind" is believed is the caller's bound.
 
     Returns:
@@ -210,7 +210,7 @@ def compare(held: Manifest, new: Manifest) -> tuple[Change, str]:
         return Change.BEHIND, f"{went} and program date-time went back {h.newest_pdt - n.newest_pdt:.1f} s"
     if (n.discontinuity_sequence or 0) > (h.discontinuity_sequence or 0):
         return Change.RESTARTED, f"{went} with a new discontinuity sequence {n.discontinuity_sequence}"
-    if n.media_sequence <= h.media_sequence // 2:
+    if n.media_sequence <= max(h.segments, n.segments):
         return Change.RESTARTED, f"{went}: the sequence started over"
     return Change.BEHIND, f"{went}: {held_end - new_end} segments behind"
 
