@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from livecdn.config import CacheSettings
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, FileOrigin, body
 
@@ -136,7 +137,8 @@ async def test_encoder_restart_serves_the_new_runs_segments(tmp_path: Path) -> N
                         for name in segments_of(pl):
                             _, headers, data = await get(url + name)
                             if data != (live / name).read_bytes():
-                                mismatched.append(f"{name} (X-Cache {headers.get('X-Cache')}, Age {headers.get('Age')})")
+                                mismatched.append(f"{name} (X-Cache {headers.get('X-Cache')},"
+                                                  f" Age {headers.get('Age')})")
                             checked.add(name)
                         wrong += mismatched
                         if not mismatched and matched_at is None:
@@ -155,12 +157,13 @@ async def test_encoder_restart_serves_the_new_runs_segments(tmp_path: Path) -> N
 
 # --- item 3: an ended stream starts again under the same URL ----------------------------------
 
-async def test_ended_playlist_goes_live_again_within_a_target_duration(origin: FakeOrigin) -> None:
+async def test_ended_playlist_goes_live_again_within_a_target_duration(origin: FakeOrigin, tmp_path: Path) -> None:
     seg_old, seg_new = b"old run " * 64, b"new run " * 64
     origin.routes["/vod/index.m3u8"] = body(media(0, ["seg0.ts"], ended=True), "application/vnd.apple.mpegurl",
                                             {"ETag": '"ended"'})
     origin.routes["/vod/seg0.ts"] = body(seg_old)
-    async with started(Stack(origin.url, edges=2)) as stack:
+    disk = CacheSettings(disk_path=str(tmp_path / "{node}"), upstream_timeout=3.0)  # segments go to disk too
+    async with started(Stack(origin.url, edges=2, cache=disk)) as stack:
         first, second = stack.edge, f"http://127.0.0.1:{stack.edges[1].port}"
         status, _, pl = await get(first + "/vod/index.m3u8")
         assert status == 200 and b"#EXT-X-ENDLIST" in pl

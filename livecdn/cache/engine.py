@@ -213,6 +213,7 @@ class Engine:
         self._playlist_observers: list[Callable[[Stored], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
+        self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
 
     def start(self, session: aiohttp.ClientSession) -> None:
@@ -343,6 +344,10 @@ class Engine:
             log.error("disk read of %s failed, treating it as a miss: %s", k, e)
             return None, None
         if hit is None:
+            return None, None
+        if any(match(k) for match in self._dropping):  # a previous run's copy, read before the drop reached it
+            if hit.file is not None:
+                hit.file.close()
             return None, None
         obj, file = hit.obj, hit.file
         if file is not None and obj.fresh(now) and obj.size + ENTRY_OVERHEAD <= self.memory.max_entry:
@@ -556,6 +561,7 @@ class Engine:
         in_memory = self._drop_memory(match)
         log.info("dropped %d objects of a previous run from memory; the disk tier follows", in_memory)
         if self.disk is not None:
+            self._dropping.append(match)  # until the disk drop is done, disk hits it matches are misses
             self._spawn(self._drop_disk(match))
 
     async def _drop_disk(self, match: Callable[[str], bool]) -> None:
@@ -566,6 +572,8 @@ class Engine:
             log.error("disk drop of a previous run failed: %s", e)
         else:
             log.info("dropped %d objects of a previous run from disk", dropped)
+        finally:
+            self._dropping.remove(match)
 
     def _drop_memory(self, match: Callable[[str], bool]) -> int:
         for k in [k for k in self._writing if match(k)]:
