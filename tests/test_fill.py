@@ -760,9 +760,9 @@ def playlist_fill(held_body: bytes, held_born: float, *, stale: Stored | None = 
     return Fill(PLAYLIST, NameKind.PLAYLIST, UPSTREAMS, RULES, 1 << 20, stale, held)
 
 
-def fetching(fill: Fill, first: ClientRequested | RefreshRequested = ClientRequested(1)) -> Playbook:
-    """A playbook (with logs) whose fetch has started."""
-    return Playbook(fill, logs=True) >> first << StartFetch(UPSTREAMS[0], 0)
+def fetching(fill: Fill, first: ClientRequested | RefreshRequested | None = None) -> Playbook:
+    """A playbook (with logs) whose fetch has started, for client 1 unless `first` says otherwise."""
+    return Playbook(fill, logs=True) >> (first or ClientRequested(1)) << StartFetch(UPSTREAMS[0], 0)
 
 
 def answered(pb: Playbook, data: bytes, *, at: float = T0) -> Playbook:
