@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import signal
@@ -23,15 +24,17 @@ import pytest
 from aiohttp import web
 
 from livecdn.config import CacheSettings
-from tests.cdn import Stack
+from tests.cdn import Stack, run_cdn, topology_toml
 from tests.fakeorigin import FakeOrigin, FileOrigin, body
 
 TARGET = 1  # seconds: a short target duration keeps the encoder test quick
 FFMPEG = shutil.which("ffmpeg")
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)  # a hung answer fails the test instead of stalling it
 
 
 async def get(url: str) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as s, s.get(url, headers={"Accept-Encoding": "identity"}) as r:
+    async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as s, \
+            s.get(url, headers={"Accept-Encoding": "identity"}) as r:
         return r.status, dict(r.headers), await r.read()
 
 
@@ -97,6 +100,68 @@ async def playlist_at(root: Path, until: object, timeout: float = 20.0) -> bytes
     raise AssertionError("the encoder wrote no such playlist")
 
 
+@dataclasses.dataclass
+class Watched:
+    """What a player saw through the edge after the encoder restarted."""
+
+    checks: list[tuple[float, list[str]]]  # (seconds after the new run's first playlist, names served wrong)
+    reused: set[str]  # names of the first run that the new run's playlists listed and the player fetched
+
+    @property
+    def wrong(self) -> list[str]:
+        return [name for _, names in self.checks for name in names]
+
+    def matched_after(self) -> float:
+        """Seconds until every segment served matched the origin's, and kept matching."""
+        bad = [t for t, names in self.checks if names]
+        later = [t for t, names in self.checks if not names and (not bad or t > bad[-1])]
+        assert later, f"segments of the previous run still served at the end: {self.checks[-1][1]}"
+        return later[0]
+
+
+async def watch_restart(url: str, live: Path, seconds: float) -> Watched:
+    """Play the first run (caching every name), restart the encoder in the same folder, play the new run.
+
+    Every segment a new-run playlist from the edge lists is fetched from the
+    edge and compared with the origin's file (complete files are renamed into place).
+    """
+    first_run: dict[str, bytes] = {}
+    with encoder(live, "testsrc2"):
+        await playlist_at(live, lambda t: sequence_end(t) >= 1)
+        last = b""
+        deadline = time.monotonic() + 20
+        while sequence_end(last or b"#EXT-X-MEDIA-SEQUENCE:0") < 6 and time.monotonic() < deadline:
+            status, _, last = await get(url + "index.m3u8")
+            assert status == 200
+            for name in segments_of(last):
+                status, _, data = await get(url + name)
+                assert status == 200
+                first_run[name] = data
+            await asyncio.sleep(0.2)
+    end_of_first = sequence_end(last)
+    assert len(first_run) >= 5, sorted(first_run)
+
+    watched = Watched([], set())
+    with encoder(live, "testsrc"):  # killed and started again in the same folder: names count from 0 again
+        await playlist_at(live, lambda t: sequence_end(t) < end_of_first)
+        new_run_at = time.monotonic()
+        while time.monotonic() - new_run_at < seconds:
+            _, _, pl = await get(url + "index.m3u8")
+            if sequence_end(pl) < end_of_first:  # the edge serves the new run's playlist
+                wrong = []
+                for name in segments_of(pl):
+                    _, headers, data = await get(url + name)
+                    if data != (live / name).read_bytes():
+                        wrong.append(f"{name} (X-Cache {headers.get('X-Cache')}, Age {headers.get('Age')})")
+                    if name in first_run:
+                        assert first_run[name] != (live / name).read_bytes()  # the new run wrote new bytes
+                        watched.reused.add(name)
+                watched.checks.append((time.monotonic() - new_run_at, wrong))
+            await asyncio.sleep(0.1)
+    assert len(watched.reused) >= 2, f"the test reached too few reused names: {sorted(watched.reused)}"
+    return watched
+
+
 @pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg")
 @pytest.mark.slow
 async def test_encoder_restart_serves_the_new_runs_segments(tmp_path: Path) -> None:
@@ -106,51 +171,39 @@ async def test_encoder_restart_serves_the_new_runs_segments(tmp_path: Path) -> N
     await origin.start()
     try:
         async with started(Stack(origin.url)) as stack:
-            url = stack.edge + "/live/"
-            first_run: dict[str, bytes] = {}
-            with encoder(live, "testsrc2"):
-                await playlist_at(live, lambda t: sequence_end(t) >= 1)
-                # A player watches the first run: every name it lists is cached at the edge and the shield.
-                last = b""
-                deadline = time.monotonic() + 20
-                while sequence_end(last or b"#EXT-X-MEDIA-SEQUENCE:0") < 6 and time.monotonic() < deadline:
-                    status, _, last = await get(url + "index.m3u8")
-                    assert status == 200
-                    for name in segments_of(last):
-                        status, _, data = await get(url + name)
-                        assert status == 200
-                        first_run[name] = data
-                    await asyncio.sleep(0.2)
-            end_of_first = sequence_end(last)
-            assert len(first_run) >= 5, sorted(first_run)
+            watched = await watch_restart(stack.edge + "/live/", live, 4 * TARGET)
+        assert not watched.wrong, f"segments of the previous run served for the new one: {watched.wrong}"
+        print(f"\nencoder restart (one worker per node): every segment the edge serves matches the origin"
+              f" {watched.matched_after():.2f} s after the new run's first playlist"
+              f" ({len(watched.reused)} reused names checked)")
+    finally:
+        await origin.stop()
 
-            with encoder(live, "testsrc"):  # killed and started again in the same folder: names count from 0 again
-                await playlist_at(live, lambda t: sequence_end(t) < end_of_first)
-                new_run_at = time.monotonic()
-                checked: set[str] = set()
-                wrong: list[str] = []
-                matched_at = None
-                while time.monotonic() - new_run_at < 4 * TARGET:
-                    _, _, pl = await get(url + "index.m3u8")
-                    if sequence_end(pl) < end_of_first:  # the edge serves the new run's playlist
-                        mismatched = []
-                        for name in segments_of(pl):
-                            _, headers, data = await get(url + name)
-                            if data != (live / name).read_bytes():
-                                mismatched.append(f"{name} (X-Cache {headers.get('X-Cache')},"
-                                                  f" Age {headers.get('Age')})")
-                            checked.add(name)
-                        wrong += mismatched
-                        if not mismatched and matched_at is None:
-                            matched_at = time.monotonic() - new_run_at
-                    await asyncio.sleep(0.1)
-            reused = checked & first_run.keys()
-            assert len(reused) >= 2, f"the test reached too few reused names: {sorted(checked)}"
-            assert all(first_run[n] != (live / n).read_bytes() for n in reused)  # the new run wrote new bytes
-            assert not wrong, f"segments of the previous run served for the new one: {wrong}"
-            assert matched_at is not None
-            print(f"\nencoder restart: every segment the edge serves matches the origin {matched_at:.2f} s after"
-                  f" the new run's first playlist ({len(reused)} reused names checked)")
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg")
+@pytest.mark.slow
+async def test_encoder_restart_with_two_edge_workers_and_a_disk_tier(tmp_path: Path) -> None:
+    """Real `livecdn` processes: each edge worker has its own memory tier and reads the playlist itself."""
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=200000\nindex.m3u8\n")  # the play URL
+    origin = FileOrigin(str(tmp_path))
+    await origin.start()
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin=origin.url, edges=1, workers=2, router=False,
+                                    cache={"disk_path": str(tmp_path / "cache" / "{node}")}))
+    cdn = run_cdn(config)
+    try:
+        info = await asyncio.to_thread(cdn.__enter__)
+        try:
+            edge = next(n for n in info["nodes"] if n["role"] == "edge")
+            watched = await watch_restart(edge["url"] + "/live/", live, 6 * TARGET)
+        finally:
+            await asyncio.to_thread(cdn.__exit__, None, None, None)
+        after = watched.matched_after()
+        print(f"\nencoder restart (edge with 2 workers, disk tier): every segment the edge serves matches the"
+              f" origin {after:.2f} s after the new run's first playlist ({len(watched.wrong)} wrong answers"
+              f" before; {len(watched.reused)} reused names checked)")
     finally:
         await origin.stop()
 
