@@ -15,6 +15,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -195,6 +196,9 @@ async def test_encoder_restart_with_two_edge_workers_and_a_disk_tier(tmp_path: P
     cdn = run_cdn(config)
     try:
         info = await asyncio.to_thread(cdn.__enter__)
+        # The nodes' logs go to the demo's stderr: read it all along, or a full pipe stalls them.
+        drain = threading.Thread(target=info["process"].stderr.read, daemon=True)
+        drain.start()
         try:
             edge = next(n for n in info["nodes"] if n["role"] == "edge")
             watched = await watch_restart(edge["url"] + "/live/", live, 6 * TARGET)
