@@ -120,6 +120,9 @@ def test_rules_are_used() -> None:
     assert lifetime(rules, NameKind.PLAYLIST, 200, {}, MASTER).fresh == 5.0
     assert lifetime(rules, NameKind.PLAYLIST, 200, {}, ENDED).fresh == 6.0  # its target duration is shorter
     assert lifetime(dataclasses.replace(rules, ended_ttl=2.0), NameKind.PLAYLIST, 200, {}, ENDED).fresh == 2.0
+    # An ended playlist is revalidated before it is served again: stale, it would hide a restart.
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_while_revalidate == 0.0
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_if_error == RULES.stale_if_error
     assert lifetime(rules, NameKind.MEDIA, 200, {}).fresh == 9.0
     assert lifetime(rules, NameKind.OTHER, 200, {}).fresh == 3.0
     assert lifetime(rules, NameKind.MEDIA, 404, {}).fresh == 0.5

@@ -107,6 +107,10 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
     if status != 200 or "must-revalidate" in cc or "proxy-revalidate" in cc:
         # A stale 404 would hide a segment that has just been published.
         return Lifetime(fresh, 0.0, 0.0)
+    if playlist is not None and playlist.kind is ManifestKind.ENDED:
+        # Revalidated before it is served again (a 304 is quick): served stale
+        # while revalidating, at each tier, it would hide a restart for more rounds.
+        swr = 0.0
     return Lifetime(
         fresh,
         rules.stale_while_revalidate if swr is None else min(swr, rules.stale_while_revalidate),
