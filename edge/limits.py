@@ -31,6 +31,10 @@ class TokenBucket:
             return 0.0
         return (1 - self.tokens) / rate
 
+    def give_back(self, burst: float) -> None:
+        """Return a token taken for something that turned out to cost nothing it meters."""
+        self.tokens = min(burst, self.tokens + 1)
+
 
 class Buckets:
     """One token bucket per client address, for the `max_clients` seen most recently.
@@ -58,6 +62,12 @@ class Buckets:
         else:
             self._buckets.move_to_end(client)
         return bucket.take(self.rate, self.burst, now)
+
+    def give_back(self, client: str) -> None:
+        """Return the token `client` took last (a client forgotten since then has a full bucket anyway)."""
+        bucket = self._buckets.get(client)
+        if bucket is not None:
+            bucket.give_back(self.burst)
 
 
 class ClientLimits:

@@ -1,8 +1,8 @@
 """An edge node: near viewers, serving from memory and disk, filling from shields.
 
 Each key goes to the shield its consistent hash picks, then the next one when
-that shield fails, and to the origin itself only where the topology allows
-it. Its policy (edge/policy.py) meters clients, screens names against what
+that shield fails, and to the key's origin itself only where the topology
+allows it. Its policy (edge/policy.py) meters clients, screens names against what
 the stream's playlists announced, and prefetches what they announce next. The
 edge reports its load against its capacity in /healthz so the router can send
 players elsewhere.
@@ -34,10 +34,10 @@ class EdgeNode(CacheNode):
 
     def upstreams(self, topology: Topology) -> Upstreams:
         shields = [s.listen.url for s in topology.shields.values()]
-        return Upstreams(shields, topology.origin_url, self.config.origin_fallback)
+        return Upstreams(shields, topology.routes, self.config.origin_fallback)
 
     def make_policy(self, engine: Engine) -> EdgePolicy:
-        return EdgePolicy(self.config, engine)
+        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
 
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
@@ -45,10 +45,11 @@ class EdgeNode(CacheNode):
     def reload(self, topology: Topology) -> None:
         """The upstream list, and this edge's per-client limits (buckets start full again)."""
         super().reload(topology)
+        assert self.policy is not None
+        self.policy.guard.only_if_cached = bool(topology.shields)
         new = topology.edges.get(self.config.name)
         if new is None or new.limits == self.config.limits:
             return
-        assert self.policy is not None
         self.config = dataclasses.replace(self.config, limits=new.limits)
         self.policy.apply(new.limits)
         log.info("edge %s applied new client limits: %s", self.config.name, new.limits)

@@ -3,11 +3,12 @@
 Every request: the optional all-requests rate (`screen`). A request that would
 cost a new upstream fetch (nothing in memory or on disk, no fetch in flight to
 join; the engine asks, `livecdn.cache.engine.Admission`): first the guard
-(`check`: names that cannot exist get a 404 with no upstream fetch), then the
-per-client miss bucket (`charge`: 429 with Retry-After) for what is left: real
-fetches. Every answered request: the stream is being watched (`seen`:
-prefetch follows it). Connections per client are counted by the listener
-against this policy's `connections`.
+(`check`: names that cannot exist get a 404 with no upstream fetch; a name of
+a stream never seen gets a try, settled by the engine with its answer: a 200
+gives it back), then the per-client miss bucket (`charge`: 429 with
+Retry-After) for what is left: real fetches. Every answered request: the
+stream is being watched (`seen`: prefetch follows it). Connections per client
+are counted by the listener against this policy's `connections`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import time
 from collections.abc import Callable
 
 from livecdn import metrics
-from livecdn.cache.engine import Engine
+from livecdn.cache.engine import Admitted, Engine
 from livecdn.cache.fill import CacheResult
-from livecdn.cache.keys import BadRequest, CacheKey, path_of
+from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.stored import Stored
 from livecdn.config import EdgeConfig, LimitSettings
 from livecdn.front.connlimit import ConnectionLimit
@@ -34,8 +35,9 @@ __all__ = ["EdgePolicy"]
 class EdgePolicy:
     """The edge's policy for the HTTP front (`livecdn.front.answers.Policy`) and the engine (`Admission`)."""
 
-    def __init__(self, config: EdgeConfig, engine: Engine) -> None:
-        self.guard = StreamGuard(config.guard, engine, config.name)
+    def __init__(self, config: EdgeConfig, engine: Engine, shields: bool = False) -> None:
+        """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not)."""
+        self.guard = StreamGuard(config.guard, engine, config.name, only_if_cached=shields)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
         self.connections = ConnectionLimit(config.limits.connections_per_client, self._limited["connections"].inc)
@@ -58,15 +60,15 @@ class EdgePolicy:
         announced = self.guard.learn(obj)
         if announced is not None and self.prefetcher is not None:
             expires_in = obj.born + obj.lifetime.fresh - time.time()
-            self.prefetcher.learned(path_of(obj.key), announced, expires_in)
+            self.prefetcher.learned(path_of(obj.key), announced, expires_in, origin_of(obj.key))
 
     def _screen(self, client: str) -> None:
         wait = self.limits.request_wait(client, time.monotonic())
         if wait:
             self._refuse("request", wait)
 
-    async def check(self, key: CacheKey, client: str) -> None:
-        await self.guard.check(key, client)
+    async def check(self, key: CacheKey, client: str) -> Admitted | None:
+        return await self.guard.check(key, client)
 
     def charge(self, key: CacheKey, client: str) -> None:
         wait = self.limits.miss_wait(client, time.monotonic())

@@ -49,9 +49,9 @@ class Prefetcher:
     def __init__(self, settings: GuardSettings, engine: Engine, node: str) -> None:
         self.settings = settings
         self.engine = engine
-        self._queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_BOUND)
-        # playlist → (names it announced, when the stored copy expires; None unless live)
-        self._last: OrderedDict[str, tuple[frozenset[str], float | None]] = OrderedDict()
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(QUEUE_BOUND)  # (origin, name)
+        # playlist → (names it announced, when the stored copy expires; None unless live, its origin)
+        self._last: OrderedDict[str, tuple[frozenset[str], float | None, str]] = OrderedDict()
         self._viewed: OrderedDict[str, float] = OrderedDict()  # stream directory → last request
         self._prefetched: OrderedDict[str, None] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
@@ -99,18 +99,19 @@ class Prefetcher:
             if cache is HIT:
                 self._hits.inc()
 
-    def learned(self, playlist: str, announced: Announced, expires_in: float) -> None:
+    def learned(self, playlist: str, announced: Announced, expires_in: float, origin: str = "") -> None:
         """A playlist was stored: queue what it announces for the first time.
 
         Args:
             playlist: its path.
             announced: what it announces.
             expires_in: seconds until the stored copy expires (its next refresh).
+            origin: the origin identity of its key, which its names are fetched from.
         """
         fresh = announced.segments + announced.hints
         before = self._last.get(playlist)
         expires_at = time.monotonic() + expires_in
-        self._last[playlist] = (frozenset(fresh), expires_at if announced.live else None)
+        self._last[playlist] = (frozenset(fresh), expires_at if announced.live else None, origin)
         self._last.move_to_end(playlist)
         self._schedule(playlist)
         if len(self._last) > self.settings.max_streams:
@@ -121,7 +122,7 @@ class Prefetcher:
             if name in before[0] or not self._watched(directory(name)):
                 continue
             try:
-                self._queue.put_nowait(name)
+                self._queue.put_nowait((origin, name))
             except asyncio.QueueFull:
                 self._dropped.inc()
 
@@ -141,21 +142,22 @@ class Prefetcher:
         del self._polls[playlist]
         if not self._watched(directory(playlist)):
             return  # nobody watches any more: the chain ends until a viewer comes back
-        task = asyncio.ensure_future(self.engine.refresh(cache_key(playlist)))
+        last = self._last.get(playlist)
+        task = asyncio.ensure_future(self.engine.refresh(cache_key(playlist, last[2] if last else "")))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
         task.add_done_callback(report_death(log, f"poll of {playlist}"))
 
     async def _work(self) -> None:
         while True:
-            name = await self._queue.get()
+            origin, name = await self._queue.get()
             try:
-                await self._prefetch(name)
+                await self._prefetch(name, origin)
             except Exception:  # noqa: BLE001 - one name's bug must not stop this worker for good
                 log.exception("prefetch of %s failed", name)
 
-    async def _prefetch(self, name: str) -> None:
-        key = cache_key(name)
+    async def _prefetch(self, name: str, origin: str) -> None:
+        key = cache_key(name, origin)
         done = self.engine.prefetch(key)
         if done is None:
             return

@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
-    "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS",
+    "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
     "REQUESTS", "UPSTREAM_REQUESTS", "exposition",
     "RouterReading", "forget_router", "watch_router",
@@ -46,6 +46,10 @@ GUARD_REJECTIONS = Counter("livecdn_guard_rejections_total",
                            "Requests refused before any upstream fetch, by reason", ["node", "reason"])
 GUARD_REFRESHES = Counter("livecdn_guard_refreshes_total",
                           "Playlist refreshes the guard triggered for a name it did not know", ["node"])
+GUARD_UNKNOWN = Counter("livecdn_guard_unknown_names_total",
+                        "Names of streams never seen that were asked upstream, by how (fetch, only_if_cached) "
+                        "and whether they existed (only those that did not spend the budget)",
+                        ["node", "asked", "found"])
 GUARD_STREAMS = Gauge("livecdn_guard_streams", "Streams whose announced names the guard holds", ["node"],
                       multiprocess_mode="livesum")
 GUARD_FILTER_BYTES = Gauge("livecdn_guard_filter_bytes", "Memory held by the guard's Bloom filters", ["node"],

@@ -1,15 +1,17 @@
-"""A shield node: the cache engine with the origin as its only upstream.
+"""A shield node: the cache engine with each key's origin as its only upstream.
 
 Whatever number of edges and viewers ask for a new segment, their requests
 meet here (consistent hashing sends each key to one shield) and become one
 origin fetch. Stale-if-error keeps playlists and segments flowing when the
-origin stumbles.
+origin stumbles. Edges name the key's origin in a header of ours; a player
+asking a shield directly is routed by Host and path as an edge routes it.
 """
 
 from __future__ import annotations
 
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import Topology
+from livecdn.front.origins import Origins
 from livecdn.node.cache import CacheNode
 
 __all__ = ["ShieldNode"]
@@ -19,4 +21,7 @@ class ShieldNode(CacheNode):
     role = "shield"
 
     def upstreams(self, topology: Topology) -> Upstreams:
-        return Upstreams([], topology.origin_url)
+        return Upstreams([], topology.routes)
+
+    def origins(self, topology: Topology) -> Origins:
+        return Origins(topology.routes, named=True)

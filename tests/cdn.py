@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import EdgeNode
+from livecdn.cache.keys import CacheKey, cache_key, origin_identity
 from livecdn.config import (
     Address,
     CacheSettings,
@@ -117,6 +118,10 @@ class Stack:
     def _cache(self, name: str) -> CacheSettings:
         path = self.cache.disk_path.replace("{node}", name)
         return dataclasses.replace(self.cache, disk_path=path)
+
+    def key(self, path: str) -> CacheKey:
+        """The cache key a player's request for `path` has at these nodes (under their one origin)."""
+        return cache_key(path, origin_identity(self._topology({}, {}).routes[0]))
 
     @property
     def edge(self) -> str:

@@ -255,7 +255,7 @@ async def test_no_prefetch_for_a_stream_nobody_watches(live: LiveOrigin, origin:
         await get(stack.edge + "/live/720p/index.m3u8")
         await asyncio.sleep(0.3)
         live.advance()
-        await stack.edges[0].engine.refresh(_key("/live/720p/index.m3u8"))  # type: ignore[union-attr]
+        await stack.edges[0].engine.refresh(stack.key("/live/720p/index.m3u8"))  # type: ignore[union-attr]
         await asyncio.sleep(0.2)
         assert origin.hits["/live/720p/seg3.ts"] == 0
     finally:
@@ -307,11 +307,6 @@ def _random() -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=12))
 
 
-def _key(path: str) -> object:
-    from livecdn.cache.keys import cache_key
-    return cache_key(path)
-
-
 async def test_viewers_behind_one_address_joining_a_fetch_are_not_metered(
         live: LiveOrigin, origin: FakeOrigin) -> None:
     """A NAT full of players asking for the new segment costs one fetch, not one token each."""
@@ -325,7 +320,7 @@ async def test_viewers_behind_one_address_joining_a_fetch_are_not_metered(
             return web.Response(body=b"segment 9", content_type="video/mp2t")
         origin.routes["/live/720p/seg9.ts"] = slow
         live.newest = 9
-        await stack.edges[0].engine.refresh(_key("/live/720p/index.m3u8"))  # type: ignore[union-attr]
+        await stack.edges[0].engine.refresh(stack.key("/live/720p/index.m3u8"))  # type: ignore[union-attr]
         results = await asyncio.gather(*(get(stack.edge + "/live/720p/seg9.ts") for _ in range(30)))
         assert [s for s, _, _ in results] == [200] * 30
         assert origin.hits["/live/720p/seg9.ts"] == 1

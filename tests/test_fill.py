@@ -28,6 +28,7 @@ from livecdn.cache.fill import (
     UpstreamDone,
     UpstreamFailed,
     UpstreamResponded,
+    VaryLearned,
 )
 from livecdn.cache.freshness import Lifetime, Rules
 from livecdn.cache.keys import CacheKey, cache_key
@@ -746,6 +747,42 @@ def test_impossible_events_raise() -> None:
         make_fill(upstreams=())
 
 
+# --- Vary (issue 10, item 7) ----------------------------------------------------
+
+def test_a_fetch_that_finds_the_object_varies_sends_its_clients_back_for_their_variant() -> None:
+    fill = make_fill()
+    pb = (Playbook(fill) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0) >> ClientRequested(2)
+          >> ok(12, ("vary", "Accept-Language, accept-encoding")) << VaryLearned(("accept-language",), (1, 2)))
+    assert pb
+    assert fill.finished  # nothing is stored, nobody gets this answer
+
+
+def test_a_variant_whose_vary_matches_is_stored_with_its_vary() -> None:
+    key = SEG.varied(("accept-language",), {b"accept-language": b"fr"})
+    fill = make_fill(key)
+    stored = Placeholder(Stored)
+    pb = (Playbook(fill) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+          >> ok(2, ("vary", "Accept-Language"))
+          << Respond(1, head(CacheResult.MISS, 2, hdrs=(TS_KEPT, ("vary", "Accept-Language"))))
+          >> UpstreamChunk(b"fr") << SendBytes(1, 0, 2) >> UpstreamDone(T0) << StoreObject(stored) << EndResponse(1))
+    assert pb
+    assert stored().key == key.key != SEG.key
+
+
+@pytest.mark.parametrize(("vary", "learned"), [
+    ("*", ()), ("Accept-Language, Cookie", (("accept-language", "cookie"),))])
+def test_a_variant_answered_with_another_vary_is_served_but_not_stored(vary: str,
+                                                                        learned: tuple[tuple[str, ...], ...]) -> None:
+    key = SEG.varied(("accept-language",), {b"accept-language": b"fr"})
+    fill = make_fill(key)
+    pb = Playbook(fill) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0) >> ok(2, ("vary", vary))
+    for names in learned:  # the names to use from now on (none for `*`: it says nothing to key by)
+        pb << VaryLearned(names)
+    pb << Respond(1, head(CacheResult.MISS, 2, hdrs=(TS_KEPT, ("vary", vary))))
+    pb >> UpstreamChunk(b"fr") << SendBytes(1, 0, 2) >> UpstreamDone(T0) << EndResponse(1)  # no StoreObject
+    assert pb
+
+
 # --- stream restarts, lagging replicas, close-delimited bodies (issue 10) ---
 
 def playlist_body(sequence: int, segments: int) -> bytes:
@@ -757,7 +794,7 @@ def playlist_body(sequence: int, segments: int) -> bytes:
 
 def playlist_fill(held_body: bytes, held_born: float, *, stale: Stored | None = None) -> Fill:
     held = Held(read(PLAYLIST.path, held_body), held_born)
-    return Fill(PLAYLIST, NameKind.PLAYLIST, UPSTREAMS, RULES, 1 << 20, stale, held)
+    return Fill(PLAYLIST, NameKind.PLAYLIST, UPSTREAMS, RULES, 1 << 20, stale, held=held)
 
 
 def fetching(fill: Fill, first: ClientRequested | RefreshRequested | None = None) -> Playbook:
@@ -776,7 +813,7 @@ def test_a_restart_drops_the_previous_run_before_the_new_playlist_is_stored() ->
     pb = fetching(playlist_fill(playlist_body(20, 3), T0 - 2))
     assert (
         answered(pb, new)
-        << why << DropRun(frozenset({"/live/cam/"}), PLAYLIST.key) << StoreObject(stored)
+        << why << DropRun(PLAYLIST.origin, frozenset({"/live/cam/"}), PLAYLIST.key) << StoreObject(stored)
         << Respond(1, head(CacheResult.MISS, len(new), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(new))
         << EndResponse(1)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livecdn.cache.keys import MAX_PATH_BYTES, BadRequest, CacheKey, cache_key
+from livecdn.cache.keys import ANY, MAX_PATH_BYTES, BadRequest, CacheKey, cache_key, path_of, vary_names
 from livecdn.media.names import BadName, directory, normalize
 
 
@@ -162,3 +162,20 @@ def test_bad_names_carry_the_status_a_request_gets(path: str, status: int) -> No
 ])
 def test_directory(path: str, d: str) -> None:
     assert directory(path) == cache_key(path).directory == d
+
+
+def test_a_variant_is_its_own_storage_key_that_still_names_its_path() -> None:
+    base = cache_key("/live/a/seg1.ts?token=x")
+    fr = base.varied(("accept-language",), {b"accept-language": b"  fr,\t en "})
+    none = base.varied(("accept-language",), {})
+    assert len({base.key, fr.key, none.key}) == 3
+    assert fr.vary == (("accept-language", "fr, en"),)  # whitespace folded, as RFC 9111 4.1 allows
+    assert path_of(fr.key) == path_of(none.key) == path_of(base.key) == "/live/a/seg1.ts"
+
+
+@pytest.mark.parametrize(("value", "names"), [
+    (None, ()), ("", ()), ("Accept-Encoding", ()), ("accept-language, Accept-Encoding", ("accept-language",)),
+    ("Origin,Accept-Language", ("accept-language", "origin")), ("Accept-Language, *", ANY),
+])
+def test_vary_names_leave_accept_encoding_to_livecdn(value: str | None, names: tuple[str, ...]) -> None:
+    assert vary_names(value) == names

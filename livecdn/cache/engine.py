@@ -23,7 +23,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import BinaryIO, Protocol
 
 import aiohttp
@@ -53,16 +53,17 @@ from livecdn.cache.fill import (
     UpstreamDone,
     UpstreamFailed,
     UpstreamResponded,
+    VaryLearned,
 )
 from livecdn.cache.freshness import Rules
-from livecdn.cache.keys import CacheKey, path_of
+from livecdn.cache.keys import BadRequest, CacheKey, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.names import directory
 
-__all__ = ["Admission", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
+__all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
 log = logging.getLogger("livecdn.cache.engine")
 
@@ -75,6 +76,10 @@ DISK_MIN_LIFETIME = 10.0
 MAX_HELD_RUNS = 4096
 # Playlists at least this large are stored with a gzip copy for players that ask.
 GZIP_MIN_BYTES = 256
+# Objects whose origin's Vary is remembered (least recently learned are forgotten,
+# and learned again by one extra upstream request).
+MAX_VARIED = 10_000
+_NO_HEADERS: Mapping[bytes, bytes] = {}
 
 
 class UpstreamBroken(Exception):
@@ -85,16 +90,37 @@ class EngineError(Exception):
     """The engine could not answer a request because of a bug of its own (logged with its traceback)."""
 
 
+class _AskAgain(Exception):
+    """The fill a request joined found out that the object varies: the request asks again for its variant."""
+
+
+class Admitted(Protocol):
+    """What a `check` that spent something on a request returns: told how that request was answered."""
+
+    only_if_cached: bool
+    """Ask the tier above for its stored copy only (RFC 9111 5.2.1.7): it answers 504 rather than fetch."""
+
+    def settle(self, status: int) -> None:
+        """The request was answered with `status` (raises BadRequest to refuse it after all).
+
+        Called once for an answer the engine gives (a stored copy, or the head of
+        a fetch); a request that fails before that is never settled.
+        """
+
+
 class Admission(Protocol):
     """A node's say over a request that would start a new upstream fetch (the edge's guard and limits).
 
     The engine asks only when the key has no copy in memory, none on disk and
     no fetch in flight to join: `check` first (it may wait, e.g. for a playlist
     refresh; the engine looks again afterwards), then `charge`, right before
-    the fetch starts, with no `await` in between. Either raises to refuse.
+    the fetch starts, with no `await` in between. Either raises to refuse. A
+    check that returns an `Admitted` learns how the request ended: the edge's
+    guard spends its budget for unknown names only on names that turn out not
+    to exist.
     """
 
-    async def check(self, key: CacheKey, client: str) -> None:
+    async def check(self, key: CacheKey, client: str) -> Admitted | None:
         """May this name cost an upstream fetch at all?"""
 
     def charge(self, key: CacheKey, client: str) -> None:
@@ -109,7 +135,9 @@ class Attachment:
     def __init__(self, fill: Fill, client: int) -> None:
         self.fill = fill
         self.client = client
-        self.ready: asyncio.Future[Head | tuple[Stored, CacheResult]] = asyncio.get_running_loop().create_future()
+        # None: ask again (`VaryLearned`)
+        self.ready: asyncio.Future[Head | tuple[Stored, CacheResult] | None] = (
+            asyncio.get_running_loop().create_future())
         self.end = 0  # bytes of the shared body this client may send
         self.complete = False
         self.error: str | None = None
@@ -170,6 +198,10 @@ class Answer:
         self.stream = stream
         self._release = release
 
+    @property
+    def status(self) -> int:
+        return self.obj.status if self.obj is not None else self.head.status  # type: ignore[union-attr]
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -190,15 +222,19 @@ class Engine:
         rules: freshness settings.
         max_object_bytes: the largest body a fill holds.
         timeout: seconds to wait for an upstream to connect or send anything.
+        upstream_headers: request fields for fetching a key from one of its
+            upstreams (which origin a shield should ask; the Host an origin expects).
     """
 
     def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
-                 upstreams: Callable[[str], tuple[str, ...]], rules: Rules,
-                 max_object_bytes: int, timeout: float) -> None:
+                 upstreams: Callable[[CacheKey], tuple[str, ...]], rules: Rules,
+                 max_object_bytes: int, timeout: float,
+                 upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None) -> None:
         self.node = node
         self.memory = memory
         self.disk = disk
         self.upstreams = upstreams
+        self.upstream_headers = upstream_headers
         self.rules = rules
         self.max_object_bytes = max_object_bytes
         self.timeout = timeout
@@ -215,6 +251,7 @@ class Engine:
         self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
         self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
+        self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -277,26 +314,43 @@ class Engine:
         self._feed(fill, RefreshRequested())
         return done
 
-    async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None) -> Answer:
+    async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None,
+                  headers: Mapping[bytes, bytes] = _NO_HEADERS, only_if_cached: bool = False) -> Answer:
         """Answer a request for `key`; the caller must `close()` the answer.
 
         Args:
             key: the object.
             client: who asks (the admission's per-client shares).
             admission: asked when answering would start a new upstream fetch (see `Admission`).
+            headers: the request's headers (lower-cased names): an object the origin
+                varies is answered by the variant for the ones its Vary names.
+            only_if_cached: the request said so (RFC 9111 5.2.1.7): a stored copy or a fetch in
+                flight, never a fetch of its own.
 
         Raises:
-            BadRequest: the admission refused the request (its status says why).
+            BadRequest: the admission refused the request (its status says why); 504 for an
+                only-if-cached request with no copy to give.
             EngineError: a bug failed this request; the key stays usable.
         """
+        for _ in range(2):  # a second time only when the first fetch found out that the object varies
+            names = self._vary.get(key.key) if self._vary else None
+            try:
+                return await self._get(key.varied(names, headers) if names else key, client, admission,
+                                       only_if_cached)
+            except _AskAgain:
+                continue
+        raise EngineError(f"{key}: the origin's Vary changed while answering")
+
+    async def _get(self, key: CacheKey, client: str, admission: Admission | None, only_if_cached: bool) -> Answer:
         now = time.time()
         k = key.key
         obj = self._copy(k)
         file = None
         checked = False
-        if obj is None and admission is not None and not self._held(k):
+        ticket: Admitted | None = None
+        if obj is None and admission is not None and not only_if_cached and not self._held(k):
             # Before the disk: a name that cannot exist costs no disk lookup.
-            await admission.check(key, client)
+            ticket = await admission.check(key, client)
             checked = True
             now = time.time()
             obj = self._copy(k)  # what the check waited for may have stored it
@@ -314,26 +368,28 @@ class Engine:
                 obj = self._copy(k)
         if obj is not None:
             if obj.fresh(now):
-                return Answer(CacheResult.HIT, obj, file)
+                return _settled(ticket, Answer(CacheResult.HIT, obj, file))
             if obj.servable_while_revalidating(now):
                 # A file-backed copy has no body in hand to revalidate: refresh it whole.
                 self._refresh(key, obj if file is None else None)
-                return Answer(CacheResult.STALE, obj, file)
+                return _settled(ticket, Answer(CacheResult.STALE, obj, file))
             if file is not None:
                 # A file-backed copy cannot be revalidated in place: fetch it whole.
                 file.close()
                 obj = None
+        if only_if_cached and k not in self._fills:
+            raise BadRequest("not cached (only-if-cached)", 504)
         if obj is None and admission is not None and k not in self._fills:
             if not checked:  # held when this request began (a disk lookup, a fetch) and no longer
-                await admission.check(key, client)
+                ticket = await admission.check(key, client)
                 # The check may have waited: what it waited for (a playlist
                 # refresh, another request) may have stored the object.
                 late = self._copy(k)
                 if late is not None and late.fresh(time.time()):
-                    return Answer(CacheResult.HIT, late)
+                    return _settled(ticket, Answer(CacheResult.HIT, late))
             if k not in self._fills:
                 admission.charge(key, client)  # no `await` from here to the fill's creation
-        return await self._attach(key, obj)
+        return _settled(ticket, await self._attach(key, obj, ticket is not None and ticket.only_if_cached))
 
     async def _from_disk(self, k: str, now: float) -> tuple[Stored | None, BinaryIO | None]:
         """The disk tier's copy of `k`, as a memory object when it fits, else as an open file."""
@@ -365,10 +421,14 @@ class Engine:
             self.memory.put(obj)
         return obj, file
 
-    def _new_fill(self, key: CacheKey, stale: Stored | None) -> Fill:
+    def _new_fill(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Fill:
+        # Only-if-cached asks the key's own upstream (the shield its hash picks:
+        # the one holding it if any does), never the origin behind the others.
+        upstreams = self.upstreams(key)
         kind = kind_of(key.extension)
-        fill = Fill(key, kind, self.upstreams(key.key), self.rules, self.max_object_bytes, stale,
-                    self._runs.get(key.key) if kind is NameKind.PLAYLIST else None)
+        fill = Fill(key, kind, upstreams[:1] if only_if_cached else upstreams, self.rules,
+                    self.max_object_bytes, stale, only_if_cached,
+                    held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None)
         self._fills[key.key] = fill
         return fill
 
@@ -376,8 +436,8 @@ class Engine:
         if key.key not in self._fills:
             self._background(key, stale)
 
-    async def _attach(self, key: CacheKey, stale: Stored | None) -> Answer:
-        fill = self._fills.get(key.key) or self._new_fill(key, stale)
+    async def _attach(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Answer:
+        fill = self._fills.get(key.key) or self._new_fill(key, stale, only_if_cached)
         att = Attachment(fill, next(self._ids))
         self._clients[att.client] = att
 
@@ -394,6 +454,8 @@ class Engine:
         if isinstance(result, Head):
             return Answer(result.cache, head=result, stream=att, release=release)
         release()
+        if result is None:
+            raise _AskAgain
         obj, cache = result
         return Answer(cache, obj)
 
@@ -465,12 +527,24 @@ class Engine:
                 att.wake()
             elif isinstance(cmd, DropRun):
                 self._drop_run(cmd)
+            elif isinstance(cmd, VaryLearned):
+                self._learn_vary(fill.key, cmd.names)
+                for client in cmd.again:
+                    self._resolve(client, None)
             elif isinstance(cmd, Log):
                 log.log(logging.getLevelName(cmd.level.upper()), "%s", cmd.message)
             else:
                 raise RuntimeError(f"unknown command {cmd!r}")
 
-    def _resolve(self, client: int, result: Head | tuple[Stored, CacheResult]) -> None:
+    def _learn_vary(self, key: CacheKey, names: tuple[str, ...]) -> None:
+        base = dataclasses.replace(key, vary=()).key
+        self._vary.pop(base, None)
+        if names:
+            self._vary[base] = names
+            if len(self._vary) > MAX_VARIED:
+                self._vary.popitem(last=False)
+
+    def _resolve(self, client: int, result: Head | tuple[Stored, CacheResult] | None) -> None:
         att = self._clients[client]
         if not att.ready.done():
             att.ready.set_result(result)
@@ -487,7 +561,11 @@ class Engine:
     async def _fetch(self, fill: Fill, cmd: StartFetch) -> None:
         key = fill.key
         url = cmd.upstream + key.path + (f"?{key.query}" if key.query else "")
-        headers = {"Accept-Encoding": "identity", **dict(cmd.headers)}
+        # The variant's own request headers (those the origin's Vary names), then the validators.
+        headers = {"Accept-Encoding": "identity", **{name: value for name, value in key.vary if value},
+                   **dict(cmd.headers)}
+        if self.upstream_headers is not None:
+            headers.update(self.upstream_headers(key, cmd.upstream))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
         self._upstream_counter.inc()
 
@@ -555,11 +633,12 @@ class Engine:
     def _drop_run(self, cmd: DropRun) -> None:
         """A stream restarted: its previous run's objects leave memory now, before anything else is answered."""
 
-        def match(k: str) -> bool:
-            return k != cmd.keep and directory(path_of(k)) in cmd.directories
+        def match(k: str) -> bool:  # a key is its origin's identity, then the path (`CacheKey.key`)
+            return k != cmd.keep and k[:k.find("/")] == cmd.origin and directory(path_of(k)) in cmd.directories
 
         in_memory = self._drop_memory(match)
-        log.info("dropped %d objects of a previous run from memory; the disk tier follows", in_memory)
+        log.info("dropped %d objects of a previous run under %s from memory", in_memory,
+                 ", ".join(sorted(cmd.directories)))
         if self.disk is not None:
             self._dropping.append(match)  # until the disk drop is done, disk hits it matches are misses
             self._spawn(self._drop_disk(match))
@@ -606,6 +685,17 @@ class Engine:
             if pending:
                 log.warning("cancelled %d engine tasks at shutdown", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _settled(ticket: Admitted | None, answer: Answer) -> Answer:
+    """Tell the admission how the request it admitted was answered; its refusal closes the answer."""
+    if ticket is not None:
+        try:
+            ticket.settle(answer.status)
+        except BaseException:
+            answer.close()
+            raise
+    return answer
 
 
 def _describe(e: BaseException) -> str:

@@ -20,11 +20,12 @@ waits for anyone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
 from livecdn.cache.freshness import Rules, lifetime
-from livecdn.cache.keys import CacheKey
+from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
 from livecdn.media.kinds import CONTENT_TYPES, NameKind
 from livecdn.media.names import directory
@@ -34,8 +35,8 @@ __all__ = [
     "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "DropRun", "EndResponse", "Event",
     "Fill", "Head", "Held", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
     "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
-    "UpstreamResponded", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE", "RETRY_STATUSES",
-    "UNFRAMED_HEADER",
+    "UpstreamResponded", "VaryLearned", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE",
+    "RETRY_STATUSES", "UNFRAMED_HEADER",
 ]
 
 # Requests attached to one fetch. Past this a popular key is better served by a
@@ -200,9 +201,21 @@ class StoreObject(Command):
 
 @dataclass(frozen=True, slots=True)
 class DropRun(Command):
-    """A stream restarted: drop every stored object under these directories but `keep` (the new playlist's key)."""
+    """A stream restarted: drop `origin`'s objects stored under these directories, but `keep` (the new playlist)."""
+    origin: str
     directories: frozenset[str]
     keep: str
+
+
+@dataclass(frozen=True, slots=True)
+class VaryLearned(Command):
+    """The origin varies this object on `names` (none: no longer): remember it for the object's later requests.
+
+    `again`: clients to send back to ask again, now for their own variant. A
+    fetch made without the headers the origin varies on fits none of them.
+    """
+    names: tuple[str, ...]
+    again: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +253,8 @@ class Fill:
         rules: freshness settings.
         max_bytes: the largest body this fill will hold.
         stale: an expired copy, used for conditional requests and stale-if-error.
+        only_if_cached: ask for the upstream's stored copy only (RFC 9111 5.2.1.7); its 504
+            then means "not stored there", an answer to pass on, not a failure to retry.
         held: the playlist this process stored last for the key (its copy may be gone), to tell
             a restart or a lagging replica from a stream that went on.
     """
@@ -250,6 +265,7 @@ class Fill:
     rules: Rules
     max_bytes: int
     stale: Stored | None = None
+    only_if_cached: bool = False
     held: Held | None = None
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
@@ -263,6 +279,7 @@ class Fill:
     _length: int | None = field(default=None, init=False)
     _born: float = field(default=0.0, init=False)
     _framed: bool = field(default=True, init=False)
+    _shared: bool = field(default=True, init=False)  # False: the answer is for its requests only (Vary)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -364,6 +381,8 @@ class Fill:
                 cond.append(("if-none-match", self.stale.etag))
             if self.stale.last_modified:
                 cond.append(("if-modified-since", self.stale.last_modified))
+        if self.only_if_cached:
+            cond.append(("cache-control", "only-if-cached"))
         return [StartFetch(self.upstreams[attempt], attempt, tuple(cond))]
 
     def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float,
@@ -376,11 +395,23 @@ class Fill:
             self._state = _State.DONE
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
             return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
-        if status in RETRY_STATUSES or status == 304:
+        if (status in RETRY_STATUSES and not (status == 504 and self.only_if_cached)) or status == 304:
             reason = f"{self.upstreams[self.attempt]} answered {status}"
             if ERROR_HEADER in hdrs:  # a livecdn tier above said why
                 reason += f" ({hdrs[ERROR_HEADER]})"
             return self._failover(reason, at, False)
+        vary = vary_names(hdrs.get("vary"))
+        learned: list[Command] = []
+        if vary != self.key.vary_names and vary != ANY:
+            if not self.key.vary:
+                # Fetched without the headers the origin varies on: the answer fits none of the clients for sure.
+                again = tuple(self._clients)
+                self._clients.clear()
+                self._state = _State.DONE
+                return [VaryLearned(vary, again)]
+            learned.append(VaryLearned(vary))
+        # `Vary: *`, or names other than this variant's: served to the requests it was fetched for, never stored.
+        self._shared = vary == self.key.vary_names
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
             return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
@@ -397,8 +428,8 @@ class Fill:
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
         if self._checked_whole:
-            return []
-        return [Respond(c, self._head(c)) for c in self._clients]
+            return learned
+        return learned + [Respond(c, self._head(c)) for c in self._clients]
 
     def _chunk(self, data: bytes) -> list[Command]:
         start = self.size
@@ -449,8 +480,10 @@ class Fill:
                 dirs = self._run_directories(self.held.manifest, manifest)
                 cmds += [Log("warning", f"{self.key}: stream restarted ({why}); dropping the previous run's"
                                         f" objects under {', '.join(sorted(dirs))}"),
-                         DropRun(dirs, self.key.key)]
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None)
+                         DropRun(self.key.origin, dirs, self.key.key)]
+        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path)
+        if not self._shared:
+            lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
         self._state = _State.DONE
         if lt.store and store:
@@ -496,7 +529,7 @@ class Fill:
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body)
         lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
-                      manifest.info if manifest else None)
+                      manifest.info if manifest else None, self.key.path)
         return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:

@@ -1,21 +1,24 @@
 """Freshness rules: how long a stored answer may be served, and its Age.
 
 Lifetime comes from the manifest where it can be known (a live media playlist
-lives half its target duration, an ended one at most one, a segment forever) and is capped by the
-origin's own Cache-Control when that is stricter. Pure functions: every time
-is passed in.
+lives half its target duration, an ended one at most one, a segment forever),
+or from the operator's first path rule that matches where it cannot, and is
+capped by the origin's own Cache-Control when that is stricter. Pure
+functions: every time is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from livecdn.config.schema import YEAR, CacheSettings
+from livecdn.config.schema import YEAR, CacheSettings, PathRule
 from livecdn.media.kinds import ManifestKind, NameKind
 from livecdn.media.playlist import PlaylistInfo
 
-__all__ = ["YEAR", "Lifetime", "Rules", "parse_cache_control", "lifetime"]
+__all__ = ["YEAR", "Lifetime", "Rules", "parse_cache_control", "lifetime", "rule_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class Rules:
     negative_ttl: float = CacheSettings.negative_ttl
     stale_while_revalidate: float = CacheSettings.stale_while_revalidate
     stale_if_error: float = CacheSettings.stale_if_error
+    rules: tuple[PathRule, ...] = ()  # the operator's, first match wins
 
     @classmethod
     def of(cls, cache: CacheSettings) -> Rules:
@@ -65,8 +69,23 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
+@functools.cache
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """A path rule's test: a prefix, or a glob (`*` within one segment, `**` across, `?` one character)."""
+    if not any(c in pattern for c in "*?"):
+        return lambda path: path.startswith(pattern)
+    glob = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    compiled = re.compile("".join(glob.get(p) or re.escape(p) for p in re.split(r"(\*\*|\*|\?)", pattern)))
+    return lambda path: compiled.fullmatch(path) is not None
+
+
+def rule_for(rules: Rules, path: str) -> PathRule | None:
+    """The operator's first rule that matches `path`, or None."""
+    return next((r for r in rules.rules if _matcher(r.path)(path)), None)
+
+
 def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, str],
-             playlist: PlaylistInfo | None = None) -> Lifetime:
+             playlist: PlaylistInfo | None = None, path: str = "") -> Lifetime:
     """The lifetime of an upstream answer.
 
     Args:
@@ -75,14 +94,18 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
         status: the upstream status.
         headers: upstream headers, names lower-cased.
         playlist: what the body said, for playlists.
+        path: the object's normalized path, for the operator's path rules.
     """
     cc = parse_cache_control(headers.get("cache-control"))
-    if "no-store" in cc or "private" in cc:
+    rule = rule_for(rules, path) if rules.rules else None
+    if "no-store" in cc or "private" in cc or (rule is not None and not rule.store):
         return Lifetime(0.0, 0.0, 0.0, store=False)
     if status in (404, 410):
-        ours = rules.negative_ttl
+        ours = rules.negative_ttl if rule is None or rule.negative_ttl is None else rule.negative_ttl
     elif status != 200:
         return Lifetime(0.0, 0.0, 0.0, store=False)
+    elif rule is not None and rule.ttl is not None:
+        ours = rule.ttl
     elif playlist is not None:
         if playlist.kind is ManifestKind.MASTER:
             ours = rules.master_ttl

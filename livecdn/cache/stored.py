@@ -17,7 +17,7 @@ __all__ = ["Stored", "KEPT_HEADERS"]
 # HTTP/2 sends them); HTTP/1.1 spells them on the wire.
 KEPT_HEADERS = frozenset({
     "content-type", "etag", "last-modified", "cache-control", "expires",
-    "content-language", "content-disposition", "location",
+    "content-language", "content-disposition", "location", "vary",
 })
 
 

@@ -16,6 +16,7 @@ from livecdn.config.schema import (
     HealthSettings,
     LimitSettings,
     OriginConfig,
+    PathRule,
     Region,
     Rendition,
     RouterConfig,
@@ -25,6 +26,6 @@ from livecdn.config.schema import (
 
 __all__ = [
     "Address", "CacheSettings", "CdnSettings", "ConfigError", "EdgeConfig", "GuardSettings", "HealthSettings",
-    "LimitSettings", "OriginConfig", "Region", "Rendition", "RouterConfig", "ShieldConfig", "Topology", "load",
-    "parse_size",
+    "LimitSettings", "OriginConfig", "PathRule", "Region", "Rendition", "RouterConfig", "ShieldConfig", "Topology",
+    "load", "parse_size",
 ]

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from livecdn.config.schema import (
+    DEFAULT_ORIGIN,
     Address,
     Bytes,
     CacheSettings,
@@ -30,12 +31,14 @@ from livecdn.config.schema import (
     GuardSettings,
     LimitSettings,
     OriginConfig,
+    OriginRoute,
     Region,
     RouterConfig,
     ShieldConfig,
     Topology,
     dns_name,
     hints,
+    optional,
     split,
 )
 
@@ -46,7 +49,7 @@ T = TypeVar("T")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
           "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_TOP = ("cdn", "cache", "guard", "limits", "origin", "regions", "shields", "edges", "router")
+_TOP = ("cdn", "cache", "guard", "limits", "origin", "origins", "regions", "shields", "edges", "router")
 
 
 def parse_size(value: Any) -> int:
@@ -94,6 +97,8 @@ def _scalar(base: Any, meta: tuple[Any, ...], raw: Any) -> Any:
 
 def _value(path: str, key: str, hint: Any, raw: Any, base: Any = None) -> Any:
     """`raw` from the file read as the declared type `hint`; `base`: what a nested table overrides."""
+    if (given := optional(hint)) is not None:  # TOML has no null: a key given is a value
+        return _value(path, key, given, raw, base)
     kind, meta = split(hint)
     args = get_args(kind)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind) and not hasattr(kind, "parse"):  # Address: text
@@ -160,15 +165,8 @@ def load(path: str | Path) -> Topology:
     under = {"cache": cache, "guard": _read(path, "guard", GuardSettings, top.get("guard", {})),
              "limits": _read(path, "limits", LimitSettings, top.get("limits", {}))}
 
-    origin = _table(path, "origin", top.get("origin", {}))
-    if unknown := next((k for k in origin if k not in ("url", "builtin")), None):
-        raise ConfigError(path, f"origin.{unknown}", "unknown key")
-    builtin = (_read(path, "origin.builtin", OriginConfig, origin["builtin"], fixed={"name": "origin"})
-               if "builtin" in origin else None)
-    if "url" not in origin and builtin is None:
-        raise ConfigError(path, "origin.url", "is required")
-    url = (_value(path, "origin.url", hints(Topology)["origin_url"], origin["url"]) if "url" in origin
-           else builtin.listen.url)  # type: ignore[union-attr]
+    builtin, origins = _origins(path, top)
+    url = next((o.url for o in origins.values() if o.catch_all), next(iter(origins.values())).url)
 
     regions = {n: _read(path, f"regions.{n}", Region, t, fixed={"name": n}) for n, t in _tables(path, top, "regions")}
     shields = {n: _node(path, f"shields.{n}", ShieldConfig, t, n, {"cache": cache})
@@ -180,11 +178,35 @@ def load(path: str | Path) -> Topology:
         edges[n] = _node(path, f"edges.{n}", EdgeConfig, t, n, {"location": place, **under})
     router = _router(path, top["router"], cdn.hostname, edges) if "router" in top else None
     try:
-        topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router)
-    except FieldError as e:  # origin_url is the one rule of its own
-        raise ConfigError(path, "origin.url", e.problem) from None
+        topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router,
+                            origins)
+    except FieldError as e:  # the origins are the topology's own rules
+        raise ConfigError(path, e.field, e.problem) from None
     _check(topology)
     return topology
+
+
+def _origins(path: str, top: dict[str, Any]) -> tuple[OriginConfig | None, dict[str, OriginRoute]]:
+    """`[origin]` (the default origin: `url`, or the built-in one) and `[origins.NAME]`, every origin by name."""
+    origin = _table(path, "origin", top.get("origin", {}))
+    if unknown := next((k for k in origin if k not in ("url", "builtin", "host_header")), None):
+        raise ConfigError(path, f"origin.{unknown}", "unknown key")
+    builtin = (_read(path, "origin.builtin", OriginConfig, origin["builtin"], fixed={"name": "origin"})
+               if "builtin" in origin else None)
+    named = {n: _read(path, f"origins.{n}", OriginRoute, t, fixed={"name": n})
+             for n, t in _tables(path, top, "origins")}
+    if "url" not in origin and builtin is None:
+        if not named:
+            raise ConfigError(path, "origin.url", "is required (or [origins.NAME] tables)")
+        if "host_header" in origin:
+            raise ConfigError(path, "origin.host_header", "there is no [origin] url or builtin to send it to")
+        return None, named
+    if DEFAULT_ORIGIN in named:
+        raise ConfigError(path, f"origins.{DEFAULT_ORIGIN}", "that name is [origin]'s: choose another")
+    table = {k: origin[k] for k in ("url", "host_header") if k in origin}
+    table.setdefault("url", builtin.listen.url if builtin is not None else "")
+    default = _read(path, "origin", OriginRoute, table, fixed={"name": DEFAULT_ORIGIN})
+    return builtin, {DEFAULT_ORIGIN: default, **named}
 
 
 def _tables(path: str, top: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:

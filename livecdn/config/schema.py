@@ -17,15 +17,16 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from types import MappingProxyType, NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
-    "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max", "Min",
-    "NonEmpty", "OriginConfig", "PerSecond", "Region", "Rendition", "RouterConfig", "Seconds", "ShieldConfig",
-    "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "split",
+    "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
+    "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
+    "Seconds", "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
+    "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -132,6 +133,13 @@ MAX_TTL = 3600  # seconds: DNS answers must stay short-lived, so players follow 
 YEAR = 365 * 86400.0
 
 
+def optional(hint: Any) -> Any:
+    """`X | None` → X (a key the file may leave out, None meaning "not set"); anything else → None."""
+    if get_origin(hint) in (Union, UnionType) and NoneType in (args := get_args(hint)) and len(args) == 2:
+        return next(a for a in args if a is not NoneType)
+    return None
+
+
 def split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
     """`Annotated[int, Bytes, Min(1)]` → (int, (Bytes, Min(1))); a plain type → (type, ())."""
     if get_origin(hint) is Annotated:
@@ -148,6 +156,8 @@ def hints(cls: Any) -> dict[str, Any]:
 
 def _apply(hint: Any, value: Any, at: str) -> Any:
     """`value` through the rules of `hint` and of its items (tuples, mappings); FieldError names where."""
+    if (given := optional(hint)) is not None:
+        return None if value is None else _apply(given, value, at)
     base, meta = split(hint)
     kind, args = get_origin(base), get_args(base)
     if kind is tuple and isinstance(value, tuple):
@@ -207,6 +217,29 @@ class Address:
 
 
 @dataclass(frozen=True)
+class PathRule(Checked):
+    """An operator's say over the paths a manifest cannot speak for (`[[cache.rules]]`; the first match wins).
+
+    `path` is a prefix, or a glob when it holds `*` (any characters but "/"),
+    `**` (any characters) or `?` (one character but "/"), matched against the
+    whole normalized path. A field left out keeps what the node decides
+    without the rule; a stricter origin Cache-Control still wins.
+    """
+
+    path: Annotated[str, match(r"/.*", "a path starting with '/'")]
+    ttl: Annotated[float, Seconds, Min(0)] | None = None  # fresh seconds of a 200
+    negative_ttl: Annotated[float, Seconds, Min(0)] | None = None  # fresh seconds of a 404/410
+    store: bool = True  # false: never stored, every request goes upstream (as no-store)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.store and (self.ttl is not None or self.negative_ttl is not None):
+            raise FieldError("store", "a rule that stores nothing cannot also set ttl or negative_ttl")
+        if self.store and self.ttl is None and self.negative_ttl is None:
+            raise FieldError("ttl", f"the rule for {self.path!r} sets nothing: give ttl, negative_ttl or store = false")
+
+
+@dataclass(frozen=True)
 class CacheSettings(Checked):
     """Bounds and lifetimes of one node's cache engine (the lifetimes are `freshness.Rules`)."""
 
@@ -224,6 +257,7 @@ class CacheSettings(Checked):
     ended_ttl: Annotated[float, Seconds, Min(0)] = 60.0
     media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
     other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
+    rules: tuple[PathRule, ...] = ()  # per-path lifetimes, first match wins; a node's own list replaces this one
 
 
 @dataclass(frozen=True)
@@ -237,6 +271,10 @@ class GuardSettings(Checked):
     unknown_burst: Annotated[int, Min(0)] = 20
     unknown_client_rate: Annotated[float, PerSecond, Min(0)] = 2.0  # the share of those one client may take
     unknown_client_burst: Annotated[int, Min(0)] = 5
+    # Once those tries are spent, names of unknown streams are asked of the shield only-if-cached
+    # (a lookup there, never an origin fetch), so a stream anyone watches is never refused.
+    unknown_probe_rate: Annotated[float, PerSecond, Min(0)] = 100.0
+    unknown_probe_burst: Annotated[int, Min(0)] = 200
     max_streams: Annotated[int, Min(1)] = 10_000  # streams remembered (least recently used are forgotten)
     prefetch: bool = True
     prefetch_concurrency: Annotated[int, Min(1)] = 4
@@ -300,6 +338,49 @@ class OriginConfig(Checked):
         Rendition("360p", 600_000, 640, 360),
     )
     work_dir: str = ""  # ffmpeg mode: where segments are written; empty: a temp dir
+
+
+def _prefix(text: str) -> str:
+    if text and not (text.startswith("/") and text.endswith("/")):
+        raise ValueError(f"must start and end with '/' (a whole directory), got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class OriginRoute(Checked):
+    """One origin the CDN fronts, and which requests are its: by the player's Host and/or a path prefix.
+
+    An origin with neither `hosts` nor `prefix` is the catch-all (the default
+    origin); a request is routed by its normalized path and its Host without
+    the port, case-insensitively: rules naming its Host first, then
+    prefix-only rules, then the catch-all.
+    """
+
+    name: Annotated[str, match(r"[A-Za-z0-9_-]+", "letters, digits, '_' or '-'")]  # no '/': it leads storage keys
+    url: HttpUrl
+    hosts: tuple[DnsName, ...] = ()
+    prefix: Annotated[str, Check(_prefix)] = ""  # empty: any path
+    host_header: Annotated[str, match(r"[A-Za-z0-9._:\[\]-]*", "a host name, with a port if need be")] = ""
+
+    @property
+    def catch_all(self) -> bool:
+        return not self.hosts and not self.prefix
+
+    def overlaps(self, other: OriginRoute) -> bool:
+        """Could one request be routed to both at the same precedence?
+
+        A rule naming hosts comes before every prefix-only rule, and the
+        catch-all takes what is left; two rules of one level overlap when they
+        share a host (or both name none) and one prefix contains the other.
+        """
+        if self.catch_all or other.catch_all or bool(self.hosts) != bool(other.hosts):
+            return False
+        if self.hosts and not set(self.hosts) & set(other.hosts):
+            return False
+        return self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)
+
+
+DEFAULT_ORIGIN = "default"  # the name of the origin `[origin]` describes
 
 
 @dataclass(frozen=True)
@@ -371,6 +452,30 @@ class Topology(Checked):
     edges: Mapping[str, EdgeConfig]
     play_path: str = CdnSettings.play_path
     router: RouterConfig | None = None
+    # Every origin by name when the file names several ([origins.NAME]); empty:
+    # one origin, `origin_url`. Either way `origin_url` is the catch-all's URL.
+    origins: Mapping[str, OriginRoute] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        routes = list(self.origins.values())
+        for i, route in enumerate(routes):
+            if other := next((o for o in routes[:i] if o.overlaps(route)), None):
+                raise FieldError(f"origins.{route.name}", f"its hosts and prefix overlap those of origin "
+                                                           f"{other.name!r}: a request could be either's")
+        catch_all = [r.name for r in routes if r.catch_all]
+        if routes and len(catch_all) != 1:
+            problem = ("no default origin: one origin needs neither hosts nor prefix (or give [origin] url)"
+                       if not catch_all else f"one default origin at most, got {', '.join(catch_all)} "
+                                             f"(give all but one hosts or a prefix)")
+            raise FieldError("origins", problem)
+        if routes and self.origins[catch_all[0]].url != self.origin_url:
+            raise FieldError("origins", f"the default origin's URL must be origin_url {self.origin_url!r}")
+
+    @property
+    def routes(self) -> tuple[OriginRoute, ...]:
+        """Every origin, the catch-all among them."""
+        return tuple(self.origins.values()) or (OriginRoute(DEFAULT_ORIGIN, self.origin_url),)
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""
@@ -387,8 +492,13 @@ class Topology(Checked):
         raise ConfigError(self.path, "--node", f"no node named {name!r} (known: {', '.join(known)})")
 
     def with_origin(self, url: str) -> Topology:
-        """The same CDN in front of an existing origin instead of the built-in one; ValueError for a bad URL."""
+        """The same CDN with its default origin at `url` (instead of the built-in one); ValueError for a bad URL.
+
+        The new URL is a new cache identity: nothing stored for the old origin is served for this one.
+        """
         try:
-            return dataclasses.replace(self, origin_url=url, origin=None)
+            default = next((r for r in self.origins.values() if r.catch_all), None)
+            origins = {**self.origins, default.name: dataclasses.replace(default, url=url)} if default else {}
+            return dataclasses.replace(self, origin_url=url, origin=None, origins=origins)
         except FieldError as e:
             raise ValueError(e.problem) from None

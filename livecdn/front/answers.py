@@ -20,17 +20,19 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import BinaryIO, Protocol
 
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine
 from livecdn.cache.fill import CacheResult, Head
+from livecdn.cache.freshness import parse_cache_control
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
 
 from .http1 import ALLOW
 from .negotiate import accepts_gzip, negotiate
+from .origins import Origins
 from .plan import Fields, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -49,9 +51,10 @@ PREFLIGHT = CORS + (
     ("access-control-allow-headers", "Range, If-None-Match, If-Modified-Since, Origin, Accept, Accept-Encoding"),
     ("access-control-max-age", "86400"),
 )
-# Request targets remembered with their cache key, so a hit skips normalizing
-# its path again. Bounded: a flood of distinct targets (tokens, busters)
-# empties it rather than growing it.
+# Request targets (with what routes them to an origin, where more than the
+# target does) remembered with their cache key, so a hit skips normalizing
+# its path and routing it again. Bounded: a flood of distinct targets
+# (tokens, busters, Host names) empties it rather than growing it.
 KEY_MEMO_BOUND = 4096
 # Request fields that make a hit more than the stored 200 (see `_stored`).
 NEGOTIATING = frozenset({b"range", b"if-none-match", b"if-modified-since"})
@@ -80,6 +83,12 @@ def _wants_gzip(request: Request) -> bool:
     return value is not None and accepts_gzip(value)
 
 
+def _only_if_cached(request: Request) -> bool:
+    """Does the request take a stored answer only (RFC 9111 5.2.1.7; an edge asks its shield so)?"""
+    value = request.headers.get(b"cache-control")
+    return value is not None and "only-if-cached" in parse_cache_control(value.decode("latin-1"))
+
+
 class PlayerFront:
     """HTTP semantics toward players, for one node process (the listener's `Handler`).
 
@@ -87,9 +96,11 @@ class PlayerFront:
         engine: the node's cache engine.
         node: the node's name (Via, metrics).
         policy: the node's policy, or None.
+        origins: how requests are routed to origins; None: one unnamed origin (a bare engine's).
     """
 
-    def __init__(self, engine: Engine, node: str, policy: Policy | None = None) -> None:
+    def __init__(self, engine: Engine, node: str, policy: Policy | None = None,
+                 origins: Origins | None = None) -> None:
         self.engine = engine
         self.node = node
         self.policy = policy
@@ -98,7 +109,10 @@ class PlayerFront:
         self._via = f"1.1 {node} (livecdn)"
         self._counters = {c: metrics.REQUESTS.labels(node, c) for c in CacheResult}
         self._inflight_gauge = metrics.INFLIGHT.labels(node)
-        self._keys: dict[str, CacheKey] = {}
+        self._keys: dict[Hashable, CacheKey] = {}
+        self._origins: Origins | None = None
+        self._select: Callable[[Request], Hashable] | None = None
+        self.route(origins)
         # The plans of a stored 200 as a hit, by key: (a weak reference to the
         # object, identity plan, gzip plan), built on its first hit and used
         # only while that very object is the one hit. An entry goes when its
@@ -106,6 +120,11 @@ class PlayerFront:
         # never outlives the bytes it describes.
         self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
         self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, None)
+
+    def route(self, origins: Origins | None) -> None:
+        """Route requests to these origins from now on (a reload): keys remembered for the old ones go."""
+        self._origins, self._select = origins, None if origins is None else origins.select
+        self._keys.clear()
 
     # --- the listener's entry points ---
 
@@ -120,12 +139,10 @@ class PlayerFront:
                 return self._preflight
             return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
         try:
-            key = self._keys.get(request.target)
+            select = self._select
+            key = self._keys.get(request.target if select is None else select(request))
             if key is None:
-                key = cache_key(request.target)
-                if len(self._keys) >= KEY_MEMO_BOUND:
-                    self._keys.clear()
-                self._keys[request.target] = key
+                key = self._key(request)
             policy = self.policy
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
@@ -148,7 +165,7 @@ class PlayerFront:
         self._inflight_gauge.inc()
         answer: Answer | None = None
         try:
-            answer = await self.engine.get(key, later.peer, self.policy)
+            answer = await self.engine.get(key, later.peer, self.policy, request.headers, _only_if_cached(request))
             self._counters[answer.cache].inc()
             policy = self.policy
             if policy is not None and policy.seen is not None:
@@ -178,6 +195,15 @@ class PlayerFront:
         if self.hits:
             self._counters[CacheResult.HIT].inc(self.hits)
             self.hits = 0
+
+    def _key(self, request: Request) -> CacheKey:
+        """The cache key of a request the memo does not know, remembered (raises `BadRequest`)."""
+        origins = self._origins
+        key = cache_key(request.target) if origins is None else origins.key(request)
+        if len(self._keys) >= KEY_MEMO_BOUND:
+            self._keys.clear()
+        self._keys[request.target if origins is None or origins.select is None else origins.select(request)] = key
+        return key
 
     # --- plans ---
 
@@ -225,7 +251,7 @@ class PlayerFront:
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         status, start, stop = negotiate(request, headers, obj.size)
         body: bytes | memoryview
         if status == 200 and obj.gzipped is not None and _wants_gzip(request):
@@ -241,7 +267,7 @@ class PlayerFront:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
         headers = self._headers(obj.headers, CacheResult.HIT)
         if obj.gzipped is not None:
-            headers["vary"] = "Accept-Encoding"
+            _vary_on_encoding(headers)
         headers["accept-ranges"] = "bytes"
         plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
         gzip = None
@@ -282,3 +308,12 @@ class PlayerFront:
                 return Plan(Fields(status, tuple(headers.items())), b"", 0, born, cache)
         return Plan(Fields(status, tuple(headers.items())), Stream(stream, start, stop),
                     None if stop is None else stop - start, born, cache)
+
+
+def _vary_on_encoding(headers: dict[str, str]) -> None:
+    """Add Accept-Encoding to the answer's Vary (the origin's own names, kept with the object, stay)."""
+    theirs = headers.get("vary")
+    if theirs is None:
+        headers["vary"] = "Accept-Encoding"
+    elif "accept-encoding" not in theirs.lower():
+        headers["vary"] = f"{theirs}, Accept-Encoding"

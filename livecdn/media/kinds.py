@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 
 __all__ = [
-    "CONTENT_TYPES", "HLS_PLAYLISTS", "PLAYLISTS", "ManifestKind", "NameKind", "is_hls_playlist", "is_playlist",
-    "kind_of",
+    "CHANGING", "CONTENT_TYPES", "HLS_PLAYLISTS", "PLAYLISTS", "ManifestKind", "NameKind", "is_hls_playlist",
+    "is_playlist", "kind_of",
 ]
 
 CONTENT_TYPES = {
@@ -27,12 +27,29 @@ CONTENT_TYPES = {
     ".m4a": "audio/mp4",
     ".aac": "audio/aac",
     ".mp3": "audio/mpeg",
-    ".vtt": "text/vtt",
-    ".webvtt": "text/vtt",
-    ".key": "application/octet-stream",
     ".cmfv": "video/mp4",
     ".cmfa": "audio/mp4",
+    ".cmft": "application/mp4",  # CMAF text track (subtitles in ISO BMFF)
+    # Subtitles: WebVTT segments of a live stream, sidecar files of a recording.
+    ".vtt": "text/vtt",
+    ".webvtt": "text/vtt",
+    ".srt": "application/x-subrip",
+    ".ttml": "application/ttml+xml",
+    ".dfxp": "application/ttml+xml",
+    ".key": "application/octet-stream",  # AES-128 / SAMPLE-AES keys named by EXT-X-KEY
+    # Thumbnails (image playlists, trick play) and metadata (EXT-X-SESSION-DATA).
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".json": "application/json",
 }
+# Served, but not immutable: thumbnails ("latest frame" images, sprite sheets)
+# and JSON metadata are rewritten under the same name, so they live `other_ttl`
+# rather than forever. Keys and subtitle files are immutable like segments: a
+# packager names a new key or a new cue file anew.
+CHANGING = frozenset({".jpg", ".jpeg", ".png", ".webp", ".avif", ".json"})
 # Extensions of playlist names (lower-cased): HLS, and HLS or DASH. Sets, so
 # that a per-request check is a membership test rather than a call.
 HLS_PLAYLISTS = frozenset({".m3u8", ".m3u"})
@@ -43,8 +60,8 @@ class NameKind(enum.Enum):
     """What a name says an object is."""
 
     PLAYLIST = "playlist"  # HLS or DASH: checked whole, fresh for as long as its body says
-    MEDIA = "media"  # segments, parts, init sections, keys: immutable once written
-    OTHER = "other"
+    MEDIA = "media"  # segments, parts, init sections, keys, subtitles: immutable once written
+    OTHER = "other"  # thumbnails, JSON, names of no known type: may change under the same name
 
 
 class ManifestKind(enum.Enum):
@@ -68,6 +85,6 @@ def is_hls_playlist(extension: str) -> bool:
 def kind_of(extension: str) -> NameKind:
     if extension in PLAYLISTS:
         return NameKind.PLAYLIST
-    if extension in CONTENT_TYPES:
+    if extension in CONTENT_TYPES and extension not in CHANGING:
         return NameKind.MEDIA
     return NameKind.OTHER

@@ -54,7 +54,7 @@ class PlaylistInfo:
 class Announced:
     """The names an HLS playlist says exist, as normalized absolute paths."""
 
-    names: tuple[str, ...]  # every name: segments, parts, init sections, hints, child playlists, keys
+    names: tuple[str, ...]  # every name: segments, parts, init sections, hints, child playlists, keys, session data
     segments: tuple[str, ...]  # full segments in playlist order (what prefetch follows)
     hints: tuple[str, ...]  # preload hints: objects about to exist
     live: bool  # a media playlist without ENDLIST
@@ -258,6 +258,8 @@ def _announced(path: str, parsed: m3u8.M3U8) -> Announced:
         + [p.uri for p in parsed.playlists]
         + [m.uri for m in parsed.media]
         + [p.uri for p in parsed.iframe_playlists]
+        + [p.uri for p in parsed.image_playlists]  # thumbnails (EXT-X-IMAGE-STREAM-INF)
+        + [d.uri for d in parsed.session_data] + [k.uri for k in parsed.session_keys if k is not None]
     )
     live = not parsed.is_variant and not parsed.is_endlist
     return Announced(tuple(dict.fromkeys(segments + hints + others)), tuple(segments), tuple(hints), live)

@@ -30,6 +30,7 @@ from livecdn.config import CacheSettings, EdgeConfig, ShieldConfig, Topology
 from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.front.listener import PlayerServer
+from livecdn.front.origins import Origins
 from livecdn.logs import AccessLog
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites
@@ -76,6 +77,10 @@ class CacheNode(Lifecycle):
 
     def upstreams(self, topology: Topology) -> Upstreams:
         raise NotImplementedError
+
+    def origins(self, topology: Topology) -> Origins:
+        """How requests are routed to the topology's origins (a shield also honours the edges' header)."""
+        return Origins(topology.routes)
 
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
@@ -129,14 +134,14 @@ class CacheNode(Lifecycle):
         rules = Rules.of(cache)
         ups = self.upstreams(self.topology)
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, cache.upstream_timeout)
+                             cache.max_object_bytes, cache.upstream_timeout, ups.headers)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
         )
         self.engine.start(self._session)
         self.policy = self.make_policy(self.engine)
-        self.front = PlayerFront(self.engine, self.config.name, self.policy)
+        self.front = PlayerFront(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None)
         listen = self.config.listen
@@ -173,11 +178,14 @@ class CacheNode(Lifecycle):
         log.info("%s %s stopped", self.role, self.config.name)
 
     def reload(self, topology: Topology) -> None:
-        """Apply what can change without a restart: the upstream list (an edge adds its limits)."""
+        """Apply what can change without a restart: the origins and upstreams (an edge adds its limits)."""
         self.require_running()
         assert self.engine is not None
         self.topology = topology
-        self.engine.upstreams = self.upstreams(topology).order
+        ups = self.upstreams(topology)
+        self.engine.upstreams, self.engine.upstream_headers = ups.order, ups.headers
+        assert self.front is not None
+        self.front.route(self.origins(topology))
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
 
     async def _count(self) -> None:
