@@ -194,6 +194,16 @@ def test_compare(held: str, new: str, change: Change, why: str) -> None:
     assert why in reason and bool(reason) == bool(why)
 
 
+def test_a_delta_playlist_counts_its_skipped_segments() -> None:
+    full = hls(20, 4)
+    delta = full.replace("#EXTINF:2.0,\nseg_00020.ts\n#EXTINF:2.0,\nseg_00021.ts\n",
+                         "#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n")
+    run = read("/live/cam/index.m3u8", delta.encode()).run
+    assert (run.media_sequence, run.segments) == (20, 4)
+    assert compare(read("/live/cam/index.m3u8", full.encode()), read("/live/cam/index.m3u8", delta.encode()))[0] \
+        is Change.SAME_RUN
+
+
 def test_compare_a_changed_availability_start_time() -> None:
     path = "/live/cam/manifest.mpd"
     later = MPD_DYNAMIC.replace("2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z")

@@ -70,7 +70,7 @@ class Run:
     media_sequence: int | None = None  # HLS media playlists: EXT-X-MEDIA-SEQUENCE (0 when absent)
     discontinuity_sequence: int | None = None  # HLS: EXT-X-DISCONTINUITY-SEQUENCE (0 when absent)
     newest_pdt: float | None = None  # HLS: the last segment's EXT-X-PROGRAM-DATE-TIME, epoch seconds
-    segments: int | None = None  # HLS media playlists: how many segments are listed
+    segments: int | None = None  # HLS media playlists: how many segments are listed (or skipped, in a delta)
     started: str | None = None  # DASH: the MPD's availabilityStartTime, as written
 
 
@@ -131,8 +131,9 @@ def _hls_run(parsed: m3u8.M3U8) -> Run:
     if parsed.is_variant:
         return Run()
     newest = parsed.segments[-1].current_program_date_time if parsed.segments else None
+    skipped = int(parsed.skip.skipped_segments or 0) if parsed.skip else 0  # an LL-HLS delta playlist's
     return Run(parsed.media_sequence or 0, parsed.discontinuity_sequence or 0,
-               newest.timestamp() if newest is not None else None, len(parsed.segments))
+               newest.timestamp() if newest is not None else None, skipped + len(parsed.segments))
 
 
 # Tags that announce the URI on the next line: a playlist whose last line is one was cut at a line break.
