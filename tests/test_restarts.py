@@ -151,9 +151,9 @@ async def watch_restart(url: str, live: Path, seconds: float) -> Watched:
             if sequence_end(pl) < end_of_first:  # the edge serves the new run's playlist
                 wrong = []
                 for name in segments_of(pl):
-                    _, headers, data = await get(url + name)
+                    status, headers, data = await get(url + name)
                     if data != (live / name).read_bytes():
-                        wrong.append(f"{name} (X-Cache {headers.get('X-Cache')}, Age {headers.get('Age')})")
+                        wrong.append(f"{name} ({status}, X-Cache {headers.get('X-Cache')}, Age {headers.get('Age')})")
                     if name in first_run:
                         assert first_run[name] != (live / name).read_bytes()  # the new run wrote new bytes
                         watched.reused.add(name)
