@@ -266,7 +266,9 @@ class CacheSettings(Checked):
     negative_ttl: Annotated[float, Seconds, Min(0)] = 1.0  # 404/410: absorbs a burst, short for a live edge
     upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     master_ttl: Annotated[float, Seconds, Min(0)] = 30.0  # master playlists change only with the ladder
-    ended_ttl: Annotated[float, Seconds, Min(0)] = 86400.0  # ENDLIST playlists: the stream is over
+    # ENDLIST playlists (and static MPDs): at most this, and never longer than one target duration, since an
+    # ended stream can start again under the same URL; then revalidated (a 304 when nothing changed).
+    ended_ttl: Annotated[float, Seconds, Min(0)] = 60.0
     media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
     other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
     rules: tuple[PathRule, ...] = ()  # per-path lifetimes, first match wins; a node's own list replaces this one
