@@ -16,7 +16,7 @@ import logging
 from livecdn import metrics
 from livecdn.cache.engine import Engine
 from livecdn.cache.upstreams import Upstreams
-from livecdn.config import EdgeConfig, Topology
+from livecdn.config import EdgeConfig, LimitSettings, Topology
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.node.cache import CacheNode
 
@@ -42,6 +42,9 @@ class EdgeNode(CacheNode):
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
 
+    def player_limits(self) -> LimitSettings:
+        return self.config.limits
+
     def reload(self, topology: Topology) -> None:
         """The upstream list, and this edge's per-client limits (buckets start full again)."""
         super().reload(topology)
@@ -52,6 +55,7 @@ class EdgeNode(CacheNode):
             return
         self.config = dataclasses.replace(self.config, limits=new.limits)
         self.policy.apply(new.limits)
+        self.apply_player_limits(new.limits)
         log.info("edge %s applied new client limits: %s", self.config.name, new.limits)
 
     async def start(self) -> None:
@@ -72,8 +76,10 @@ class EdgeNode(CacheNode):
     def health(self) -> dict[str, object]:
         out = super().health()
         assert self.front is not None and self.policy is not None
+        # Overloaded by requests in flight, or by connections before they run out (the
+        # router steers players away at either; /healthz answers 503 meanwhile).
         out.update(region=self.config.region, capacity=self.config.capacity,
                    load=round(self.front.inflight / self.config.capacity, 4),
-                   overloaded=self.front.inflight >= self.config.capacity,
+                   overloaded=self.front.inflight >= self.config.capacity or self.connections_overloaded(),
                    streams=self.policy.guard.streams)
         return out

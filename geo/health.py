@@ -8,6 +8,13 @@ send players there), then `failures` failures in a row take an edge out and
 taken from every successful check as they come: spilling must follow load
 without delay. With the defaults (1 s, 1 s, 3) a stopped edge leaves the
 answers about 2 s after its first failed check, a hung one about 4 s after.
+
+Each check opens a fresh connection (`Connection: close`): a connection kept
+open from an earlier check would go on answering while the edge can accept
+no new one (issue 12: an edge out of file descriptors stayed "up" for the
+whole attack), and a new connection is what a player needs. An edge that
+answers 503 with `"overloaded": true` is up and overloaded: players spill
+past it, yet it is still the answer when every edge is overloaded.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from .choose import EdgeState
 __all__ = ["HealthChecker", "Tracker"]
 
 log = logging.getLogger("livecdn.geo.health")
+# Sent with every check: never a kept-alive connection (see above).
+FRESH_CONNECTION = {"Connection": "close"}
 
 
 class Tracker:
@@ -121,10 +130,12 @@ class HealthChecker:
     async def _check(self, session: aiohttp.ClientSession, name: str,
                      url: str) -> tuple[bool, bool, float | None]:
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
-                if r.status != 200:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                   headers=FRESH_CONNECTION) as r:
+                if r.status not in (200, 503):
                     self.last_error[name] = f"/healthz answered {r.status}"
                     return False, False, None
+                status = r.status
                 body = await r.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             self.last_error[name] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -132,5 +143,9 @@ class HealthChecker:
         if not isinstance(body, dict) or body.get("status") != "ok":
             self.last_error[name] = "/healthz did not say status ok"
             return False, False, None
+        overloaded = bool(body.get("overloaded"))
+        if status == 503 and not overloaded:
+            self.last_error[name] = "/healthz answered 503 without saying overloaded"
+            return False, False, None
         load = body.get("load")
-        return True, bool(body.get("overloaded")), float(load) if isinstance(load, (int, float)) else None
+        return True, overloaded, float(load) if isinstance(load, (int, float)) else None

@@ -6,13 +6,17 @@ import pytest
 
 import livecdn.cache.fill
 from livecdn.cache.fill import (
+    REPLICA_PATIENCE,
+    UNFRAMED_HEADER,
     AbortResponse,
     CacheResult,
     ClientGone,
     ClientRequested,
+    DropRun,
     EndResponse,
     Fill,
     Head,
+    Held,
     Log,
     RefreshRequested,
     Respond,
@@ -780,3 +784,101 @@ def test_a_variant_answered_with_another_vary_is_served_but_not_stored(vary: str
     pb << Respond(1, head(CacheResult.MISS, 2, hdrs=(TS_KEPT, ("vary", vary))))
     pb >> UpstreamChunk(b"fr") << SendBytes(1, 0, 2) >> UpstreamDone(T0) << EndResponse(1)  # no StoreObject
     assert pb
+
+
+# --- stream restarts, lagging replicas, close-delimited bodies (issue 10) ---
+
+def playlist_body(sequence: int, segments: int) -> bytes:
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:4", f"#EXT-X-MEDIA-SEQUENCE:{sequence}"]
+    for i in range(sequence, sequence + segments):
+        lines += ["#EXTINF:4.0,", f"seg{i}.ts"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def playlist_fill(held_body: bytes, held_born: float, *, stale: Stored | None = None) -> Fill:
+    held = Held(read(PLAYLIST.path, held_body), held_born)
+    return Fill(PLAYLIST, NameKind.PLAYLIST, UPSTREAMS, RULES, 1 << 20, stale, held=held)
+
+
+def fetching(fill: Fill, first: ClientRequested | RefreshRequested | None = None) -> Playbook:
+    """A playbook (with logs) whose fetch has started, for client 1 unless `first` says otherwise."""
+    return Playbook(fill, logs=True) >> (first or ClientRequested(1)) << StartFetch(UPSTREAMS[0], 0)
+
+
+def answered(pb: Playbook, data: bytes, *, at: float = T0) -> Playbook:
+    """The upstream's 200 playlist, `data` whole."""
+    return pb >> ok(len(data), ct=M3U8, at=at) >> UpstreamChunk(data) >> UpstreamDone(at)
+
+
+def test_a_restart_drops_the_previous_run_before_the_new_playlist_is_stored() -> None:
+    new = playlist_body(0, 1)
+    why, stored = Placeholder(Log), Placeholder(Stored)
+    pb = fetching(playlist_fill(playlist_body(20, 3), T0 - 2))
+    assert (
+        answered(pb, new)
+        << why << DropRun(PLAYLIST.origin, frozenset({"/live/cam/"}), PLAYLIST.key) << StoreObject(stored)
+        << Respond(1, head(CacheResult.MISS, len(new), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(new))
+        << EndResponse(1)
+    )
+    assert "stream restarted (media sequence went from 20 (+3) to 0 (+1): the sequence started over)" in why().message
+    assert stored().body == new
+
+
+def test_an_answer_behind_the_held_playlist_is_not_stored_and_the_held_copy_is_served() -> None:
+    newer = playlist_body(100, 3)
+    held = stale_copy(PLAYLIST, body=newer, born=T0 - 3, fresh=2.0, manifest=read(PLAYLIST.path, newer),
+                      headers=(M3U8_KEPT,))
+    why = Placeholder(Log)
+    pb = fetching(playlist_fill(newer, T0 - 3, stale=held))
+    assert answered(pb, playlist_body(90, 3)) << why << ServeStored(1, held, CacheResult.STALE)
+    assert "10 segments behind" in why().message and "lagging replica" in why().message
+
+
+def test_an_answer_behind_with_no_copy_left_is_passed_on_unstored() -> None:
+    behind = playlist_body(90, 3)
+    pb = fetching(playlist_fill(playlist_body(100, 3), T0 - 3))
+    assert (
+        answered(pb, behind) << Placeholder(Log)
+        << Respond(1, head(CacheResult.MISS, len(behind), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(behind))
+        << EndResponse(1)
+    )
+
+
+def test_an_answer_behind_for_longer_than_the_patience_bound_is_a_restart() -> None:
+    old_born = T0 - REPLICA_PATIENCE * 4 - 1  # the held copy is older than 3 target durations
+    why = Placeholder(Log)
+    pb = fetching(playlist_fill(playlist_body(100, 3), old_born), RefreshRequested())
+    assert answered(pb, playlist_body(90, 3)) << why << Placeholder(DropRun) << StoreObject(Placeholder(Stored))
+    assert "10 segments behind, for more than 12 s" in why().message
+
+
+def test_the_same_run_drops_nothing() -> None:
+    pb = fetching(playlist_fill(playlist_body(20, 3), T0 - 2), RefreshRequested())
+    assert answered(pb, playlist_body(21, 3)) << StoreObject(Placeholder(Stored))
+
+
+@pytest.mark.parametrize("upstream", [
+    UpstreamResponded(200, (TS,), T0, framed=False),  # ended by the connection closing
+    UpstreamResponded(200, (TS, (UNFRAMED_HEADER, "1")), T0),  # a livecdn tier above says so
+])
+def test_a_close_delimited_body_is_passed_on_not_stored(upstream: UpstreamResponded) -> None:
+    why = Placeholder(Log)
+    assert (
+        Playbook(make_fill(), logs=True) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> upstream << Respond(1, head(CacheResult.MISS, None, hdrs=(TS_KEPT, (UNFRAMED_HEADER, "1"))))
+        >> UpstreamChunk(b"ts") << SendBytes(1, 0, 2)
+        >> UpstreamDone(T0) << why << EndResponse(1)  # no StoreObject
+    )
+    assert "not stored" in why().message
+
+
+def test_a_close_delimited_playlist_whose_text_is_whole_is_stored_without_the_mark() -> None:
+    stored = Placeholder(Stored)
+    assert (
+        Playbook(make_fill(PLAYLIST)) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
+        >> UpstreamResponded(200, (M3U8,), T0, framed=False)
+        >> UpstreamChunk(LIVE_BODY) >> UpstreamDone(T0) << StoreObject(stored)
+        << Respond(1, head(CacheResult.MISS, len(LIVE_BODY), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(LIVE_BODY))
+        << EndResponse(1)
+    )
+    assert stored().headers == (M3U8_KEPT,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from livecdn.cache.freshness import YEAR, Lifetime, Rules, lifetime, parse_cache_control
@@ -37,7 +39,8 @@ def test_parse_cache_control(value: str | None, parsed: dict[str, str | None]) -
     (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE, 1.0, 0.2), 0.2),  # never under 0.2 s
     (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE), 1.0),  # DASH default update period 2 s
     (NameKind.PLAYLIST, 200, None, MASTER, RULES.master_ttl),
-    (NameKind.PLAYLIST, 200, None, ENDED, RULES.ended_ttl),
+    (NameKind.PLAYLIST, 200, None, ENDED, 6.0),  # ended: one target duration (it may start again)
+    (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.ENDED), RULES.ended_ttl),  # static MPD: no target
     (NameKind.MEDIA, 200, None, None, YEAR),  # segments are immutable
     (NameKind.OTHER, 200, None, None, RULES.other_ttl),
     (NameKind.MEDIA, 404, None, None, RULES.negative_ttl),
@@ -115,7 +118,11 @@ def test_must_revalidate_allows_no_stale_serving(cc: str, fresh: float) -> None:
 def test_rules_are_used() -> None:
     rules = Rules(master_ttl=5.0, ended_ttl=7.0, media_ttl=9.0, other_ttl=3.0, negative_ttl=0.5)
     assert lifetime(rules, NameKind.PLAYLIST, 200, {}, MASTER).fresh == 5.0
-    assert lifetime(rules, NameKind.PLAYLIST, 200, {}, ENDED).fresh == 7.0
+    assert lifetime(rules, NameKind.PLAYLIST, 200, {}, ENDED).fresh == 6.0  # its target duration is shorter
+    assert lifetime(dataclasses.replace(rules, ended_ttl=2.0), NameKind.PLAYLIST, 200, {}, ENDED).fresh == 2.0
+    # An ended playlist is revalidated before it is served again: stale, it would hide a restart.
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_while_revalidate == 0.0
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_if_error == RULES.stale_if_error
     assert lifetime(rules, NameKind.MEDIA, 200, {}).fresh == 9.0
     assert lifetime(rules, NameKind.OTHER, 200, {}).fresh == 3.0
     assert lifetime(rules, NameKind.MEDIA, 404, {}).fresh == 0.5

@@ -36,10 +36,12 @@ from livecdn.cache.fill import (
     ClientGone,
     ClientRequested,
     Command,
+    DropRun,
     EndResponse,
     Event,
     Fill,
     Head,
+    Held,
     Log,
     RefreshRequested,
     Respond,
@@ -54,11 +56,12 @@ from livecdn.cache.fill import (
     VaryLearned,
 )
 from livecdn.cache.freshness import Rules
-from livecdn.cache.keys import BadRequest, CacheKey
+from livecdn.cache.keys import BadRequest, CacheKey, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
-from livecdn.media.kinds import kind_of
+from livecdn.media.kinds import NameKind, kind_of
+from livecdn.media.names import directory
 
 __all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -67,6 +70,10 @@ log = logging.getLogger("livecdn.cache.engine")
 # Objects that go stale this fast are not worth a disk write: by the time
 # another worker could read them back they are expired.
 DISK_MIN_LIFETIME = 10.0
+# Playlists whose last read this process remembers after their copy left
+# memory (a few hundred bytes each), so a restart or a lagging replica is still
+# told from a stream that went on.
+MAX_HELD_RUNS = 4096
 # Playlists at least this large are stored with a gzip copy for players that ask.
 GZIP_MIN_BYTES = 256
 # Objects whose origin's Vary is remembered (least recently learned are forgotten,
@@ -241,6 +248,8 @@ class Engine:
         self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
         self._playlist_observers: list[Callable[[Stored], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
+        self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
+        self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
         # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
@@ -394,6 +403,10 @@ class Engine:
             return None, None
         if hit is None:
             return None, None
+        if any(match(k) for match in self._dropping):  # a previous run's copy, read before the drop reached it
+            if hit.file is not None:
+                hit.file.close()
+            return None, None
         obj, file = hit.obj, hit.file
         if file is not None and obj.fresh(now) and obj.size + ENTRY_OVERHEAD <= self.memory.max_entry:
             # Another worker stored it: read it once (off the loop) so this
@@ -414,9 +427,11 @@ class Engine:
         # Only-if-cached asks the key's own upstream (the shield its hash picks:
         # the one holding it if any does), never the origin behind the others.
         upstreams = self.upstreams(key)
+        kind = kind_of(key.extension)
         upstreams = upstreams[:1] if only_if_cached else upstreams
-        fill = Fill(key, kind_of(key.extension), upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
-                    tuple(self.tier(u) for u in upstreams))
+        fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
+                    held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
+                    tiers=tuple(self.tier(u) for u in upstreams))
         self._fills[key.key] = fill
         return fill
 
@@ -513,6 +528,8 @@ class Engine:
                 att = self._clients[cmd.client]
                 att.error = cmd.reason
                 att.wake()
+            elif isinstance(cmd, DropRun):
+                self._drop_run(cmd)
             elif isinstance(cmd, VaryLearned):
                 self._learn_vary(fill.key, cmd.names)
                 for client in cmd.again:
@@ -564,11 +581,14 @@ class Engine:
             async with self._session.get(url, headers=headers, timeout=timeout,
                                          allow_redirects=False, auto_decompress=True) as resp:
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
+                # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
+                framed = resp.status in (204, 304) or "content-length" in resp.headers or \
+                    "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
                 if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                     # Asked for identity, got an encoding anyway: aiohttp decodes it, so the
                     # stored body is plain and the declared length no longer applies.
                     head = tuple((k, v) for k, v in head if k not in ("content-encoding", "content-length"))
-                self._feed(fill, UpstreamResponded(resp.status, head, time.time()))
+                self._feed(fill, UpstreamResponded(resp.status, head, time.time(), framed))
                 if not current():
                     return
                 async for chunk in resp.content.iter_any():
@@ -591,8 +611,13 @@ class Engine:
         if obj.manifest is not None and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
-        if obj.manifest is not None and obj.status == 200 and self._playlist_observers:
-            self._observed.append(obj)
+        if obj.manifest is not None and obj.status == 200:
+            self._runs[obj.key] = Held(obj.manifest, obj.born)
+            self._runs.move_to_end(obj.key)
+            if len(self._runs) > MAX_HELD_RUNS:
+                self._runs.popitem(last=False)
+            if self._playlist_observers:
+                self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj
@@ -607,6 +632,35 @@ class Engine:
         finally:
             if self._writing.get(obj.key) is obj:
                 del self._writing[obj.key]
+
+    def _drop_run(self, cmd: DropRun) -> None:
+        """A stream restarted: its previous run's objects leave memory now, before anything else is answered."""
+
+        def match(k: str) -> bool:  # a key is its origin's identity, then the path (`CacheKey.key`)
+            return k != cmd.keep and k[:k.find("/")] == cmd.origin and directory(path_of(k)) in cmd.directories
+
+        in_memory = self._drop_memory(match)
+        log.info("dropped %d objects of a previous run under %s from memory", in_memory,
+                 ", ".join(sorted(cmd.directories)))
+        if self.disk is not None:
+            self._dropping.append(match)  # until the disk drop is done, disk hits it matches are misses
+            self._spawn(self._drop_disk(match))
+
+    async def _drop_disk(self, match: Callable[[str], bool]) -> None:
+        assert self.disk is not None
+        try:
+            dropped = await self.disk.drop(match)
+        except (OSError, sqlite3.Error) as e:
+            log.error("disk drop of a previous run failed: %s", e)
+        else:
+            log.info("dropped %d objects of a previous run from disk", dropped)
+        finally:
+            self._dropping.remove(match)
+
+    def _drop_memory(self, match: Callable[[str], bool]) -> int:
+        for k in [k for k in self._writing if match(k)]:
+            del self._writing[k]
+        return self.memory.drop(match)
 
     async def purge(self, match: Callable[[str], bool], *, disk: bool = True) -> tuple[int, int]:
         """Drop every stored object whose storage key `match` accepts, from disk (unless `disk` is false) and memory.
@@ -626,9 +680,7 @@ class Engine:
             except (OSError, sqlite3.Error) as e:
                 log.error("disk purge failed: %s", e)
                 raise
-        in_memory = self.memory.drop(match)
-        for k in [k for k in self._writing if match(k)]:
-            del self._writing[k]
+        in_memory = self._drop_memory(match)
         for k in [k for k in self._vary if match(k)]:  # learned again from the next answer, as by a new process
             del self._vary[k]
         return in_memory, on_disk

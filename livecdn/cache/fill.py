@@ -7,6 +7,11 @@ client, let a client send bytes [start, end) of the shared body, store the
 object). It has no socket, no clock and no `await`: the engine shell turns its
 commands into I/O, and tests drive it with a playbook.
 
+A playlist's fill also compares the new read with the last one this process
+held (`Held`): a stream that restarted makes it drop the previous run's
+objects (`DropRun`) before the new playlist is stored, and an answer that lags
+behind the held copy is not stored at all.
+
 The body is kept once, in `Fill.body`; a client is only an offset into it, so a
 slow player costs nothing but its own position, and the upstream read never
 waits for anyone.
@@ -24,13 +29,15 @@ from livecdn.cache.freshness import Lifetime, Rules, lifetime
 from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
 from livecdn.media.kinds import CONTENT_TYPES, NameKind
-from livecdn.media.playlist import MalformedPlaylist, read
+from livecdn.media.names import directory
+from livecdn.media.playlist import Change, MalformedPlaylist, Manifest, compare, proves_whole, read
 
 __all__ = [
-    "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "EndResponse", "Event",
-    "Fill", "Head", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
+    "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "DropRun", "EndResponse", "Event",
+    "Fill", "Head", "Held", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
     "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
-    "UpstreamResponded", "VaryLearned", "AGE_HEADER", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "RETRY_STATUSES",
+    "UpstreamResponded", "VaryLearned", "AGE_HEADER", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE",
+    "RETRY_STATUSES", "UNFRAMED_HEADER",
 ]
 
 # Requests attached to one fetch. Past this a popular key is better served by a
@@ -49,6 +56,14 @@ AGE_HEADER = "x-livecdn-age"
 # Addresses in a reason relayed from upstream: players are never told where the tiers above live.
 ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S*|\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?",
                      re.IGNORECASE)
+# An answer whose body ended only when its upstream closed the connection
+# (no Content-Length, not chunked) says so in this header as it is passed on:
+# the tier below, which gets it with proper framing, must not store it either.
+UNFRAMED_HEADER = "x-livecdn-close-delimited"
+# How long an answer behind the held playlist is taken for a lagging replica,
+# in target durations of the held copy (about what a player has buffered):
+# past that the origin itself went back, and its answer is taken as a restart.
+REPLICA_PATIENCE = 3
 # Types that say nothing: a name we know gets its proper type instead.
 GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "text/plain"})
 
@@ -111,6 +126,7 @@ class UpstreamResponded(Event):
     status: int
     headers: tuple[tuple[str, str], ...]
     at: float
+    framed: bool = True  # False: no Content-Length and not chunked, the body ends when the connection closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +214,14 @@ class StoreObject(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class DropRun(Command):
+    """A stream restarted: drop `origin`'s objects stored under these directories, but `keep` (the new playlist)."""
+    origin: str
+    directories: frozenset[str]
+    keep: str
+
+
+@dataclass(frozen=True, slots=True)
 class VaryLearned(Command):
     """The origin varies this object on `names` (none: no longer): remember it for the object's later requests.
 
@@ -213,6 +237,14 @@ class Log(Command):
     """A log line that follows from the event just handled."""
     level: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The last read of a playlist this process stored, and when that answer was born upstream."""
+
+    manifest: Manifest
+    born: float
 
 
 class _State(enum.Enum):
@@ -239,6 +271,8 @@ class Fill:
             then means "not stored there", an answer to pass on, not a failure to retry.
         tiers: what players are told each upstream is ("shield", "origin"), never its
             address; "upstream" for each when not given.
+        held: the playlist this process stored last for the key (its copy may be gone), to tell
+            a restart or a lagging replica from a stream that went on.
     """
 
     key: CacheKey
@@ -248,6 +282,7 @@ class Fill:
     max_bytes: int
     stale: Stored | None = None
     only_if_cached: bool = False
+    held: Held | None = None
     tiers: tuple[str, ...] = ()
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
@@ -260,6 +295,7 @@ class Fill:
     _headers: tuple[tuple[str, str], ...] = field(default=(), init=False)
     _length: int | None = field(default=None, init=False)
     _born: float = field(default=0.0, init=False)
+    _framed: bool = field(default=True, init=False)
     _shared: bool = field(default=True, init=False)  # False: the answer is for its requests only (Vary)
     _stale_above: bool = field(default=False, init=False)  # the tier above served a stale copy
 
@@ -302,9 +338,9 @@ class Fill:
             case ClientGone(client):
                 self._clients.pop(client, None)
                 return []
-            case UpstreamResponded(status, headers, at):
+            case UpstreamResponded(status, headers, at, framed):
                 self._expect(_State.WAITING, event)
-                return self._responded(status, headers, at)
+                return self._responded(status, headers, at, framed)
             case UpstreamChunk(data):
                 self._expect(_State.BODY, event)
                 return self._chunk(data)
@@ -380,7 +416,8 @@ class Fill:
             cond.append(("cache-control", "only-if-cached"))
         return [StartFetch(self.upstreams[attempt], attempt, tuple(cond))]
 
-    def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float) -> list[Command]:
+    def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float,
+                   framed: bool) -> list[Command]:
         hdrs = dict(headers)
         born = at - _age(hdrs)
         self._stale_above = hdrs.get("x-cache", "").lower() == CacheResult.STALE
@@ -418,6 +455,9 @@ class Fill:
             ctype = CONTENT_TYPES[self.key.extension]
         if ctype is not None:
             kept.insert(0, ("content-type", ctype))
+        self._framed = framed and UNFRAMED_HEADER not in hdrs
+        if not self._framed:
+            kept.append((UNFRAMED_HEADER, "1"))
         self._state = _State.BODY
         self._status, self._headers, self._length, self._born = status, tuple(kept), length, born
         if self._checked_whole:
@@ -457,6 +497,27 @@ class Fill:
                 # The playlist's own words (its URIs) may name internal hosts: the log has them.
                 return self._failover(at, 502, f"{self._tier} sent a malformed playlist",
                                       f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}")
+        cmds: list[Command] = []
+        store = True
+        if not self._framed:
+            if manifest is not None and proves_whole(self.key.path, data):
+                self._headers = tuple(h for h in self._headers if h[0] != UNFRAMED_HEADER)
+            else:
+                store = False
+                cmds.append(Log("info", f"{self.key}: body ended by the upstream closing the connection"
+                                        " (no Content-Length, not chunked); passed on, not stored"))
+        if manifest is not None and self.held is not None:
+            change, why = compare(self.held.manifest, manifest)
+            if change is Change.BEHIND:
+                patience = REPLICA_PATIENCE * (self.held.manifest.info.target_duration or 2.0)
+                if at - self.held.born <= patience:
+                    return self._behind(why, data)
+                change, why = Change.RESTARTED, f"{why}, for more than {patience:.0f} s"
+            if change is Change.RESTARTED:
+                dirs = self._run_directories(self.held.manifest, manifest)
+                cmds += [Log("warning", f"{self.key}: stream restarted ({why}); dropping the previous run's"
+                                        f" objects under {', '.join(sorted(dirs))}"),
+                         DropRun(self.key.origin, dirs, self.key.key)]
         lt = _not_fresh_if_stale(
             lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path),
             self._stale_above, at - self._born)
@@ -464,12 +525,37 @@ class Fill:
             lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
         self._state = _State.DONE
-        cmds: list[Command] = [StoreObject(obj)] if lt.store else []
+        if lt.store and store:
+            cmds.append(StoreObject(obj))
+        return cmds + self._send_all()
+
+    def _send_all(self) -> list[Command]:
+        """The body has arrived whole: end every client's answer (sending it first where it was withheld)."""
+        cmds: list[Command] = []
         for c in self._clients:
             if self._checked_whole:
                 cmds += [Respond(c, self._head(c, self.size)), SendBytes(c, 0, self.size)]
             cmds.append(EndResponse(c))
         return cmds
+
+    def _behind(self, why: str, data: bytes) -> list[Command]:
+        """The answer is older than the playlist held: keep the held one, store nothing."""
+        self._state = _State.DONE
+        stale = self.stale  # this process's copy, as new as the held read (both are set by one store)
+        if stale is not None and stale.status == 200:
+            return [Log("warning", f"{self.key}: upstream answer is behind the copy held ({why}): a lagging"
+                                   " replica; serving the held copy, the answer is not stored")] + [
+                ServeStored(c, stale, CacheResult.STALE) for c in self._clients]
+        return [Log("warning", f"{self.key}: upstream answer is behind the playlist this process last held"
+                               f" ({why}): a lagging replica; passed on, not stored")] + self._send_all()
+
+    def _run_directories(self, held: Manifest, new: Manifest) -> frozenset[str]:
+        """Where a stream's objects live: the playlist's directory and those of every name either run announced."""
+        dirs = {self.key.directory}
+        for m in (held, new):
+            if m.announced is not None:
+                dirs.update(directory(name) for name in m.announced.names)
+        return frozenset(dirs)
 
     def _revalidated(self, stale: Stored, hdrs: dict[str, str], born: float, at: float) -> Stored:
         """The stale copy confirmed by a 304, its lifetime from its stored manifest."""

@@ -1,10 +1,10 @@
 """Freshness rules: how long a stored answer may be served, and its Age.
 
 Lifetime comes from the manifest where it can be known (a live media playlist
-lives half its target duration, a segment forever), or from the operator's
-first path rule that matches where it cannot, and is capped by the origin's
-own Cache-Control when that is stricter. Pure functions: every time is passed
-in.
+lives half its target duration, an ended one at most one, a segment forever),
+or from the operator's first path rule that matches where it cannot, and is
+capped by the origin's own Cache-Control when that is stricter. Pure
+functions: every time is passed in.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
         if playlist.kind is ManifestKind.MASTER:
             ours = rules.master_ttl
         elif playlist.kind is ManifestKind.ENDED:
-            ours = rules.ended_ttl
+            # An ended stream may start again under the same URL: one target duration
+            # at most, so the players' next reload after a restart sees it live.
+            ours = min(rules.ended_ttl, playlist.target_duration or rules.ended_ttl)
         else:
             # Half the target (or part target for LL-HLS): a player reloads about once a
             # target duration, so a viewer never sees a playlist older than half of one.
@@ -128,6 +130,10 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
     if status != 200 or "must-revalidate" in cc or "proxy-revalidate" in cc:
         # A stale 404 would hide a segment that has just been published.
         return Lifetime(fresh, 0.0, 0.0)
+    if playlist is not None and playlist.kind is ManifestKind.ENDED:
+        # Revalidated before it is served again (a 304 is quick): served stale
+        # while revalidating, at each tier, it would hide a restart for more rounds.
+        swr = 0.0
     return Lifetime(
         fresh,
         rules.stale_while_revalidate if swr is None else min(swr, rules.stale_while_revalidate),

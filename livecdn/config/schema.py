@@ -266,7 +266,9 @@ class CacheSettings(Checked):
     negative_ttl: Annotated[float, Seconds, Min(0)] = 1.0  # 404/410: absorbs a burst, short for a live edge
     upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     master_ttl: Annotated[float, Seconds, Min(0)] = 30.0  # master playlists change only with the ladder
-    ended_ttl: Annotated[float, Seconds, Min(0)] = 86400.0  # ENDLIST playlists: the stream is over
+    # ENDLIST playlists (and static MPDs): at most this, and never longer than one target duration, since an
+    # ended stream can start again under the same URL; then revalidated (a 304 when nothing changed).
+    ended_ttl: Annotated[float, Seconds, Min(0)] = 60.0
     media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
     other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
     rules: tuple[PathRule, ...] = ()  # per-path lifetimes, first match wins; a node's own list replaces this one
@@ -303,6 +305,12 @@ class LimitSettings(Checked):
     request_burst: Annotated[int, Min(0)] = 0
     connections_per_client: Annotated[int, Min(0)] = 512  # open connections per client address (0: unlimited)
     max_clients: Annotated[int, Min(1)] = 100_000  # client addresses tracked (least recently seen are forgotten)
+    # Open player connections for the whole node, its workers' shares together (0: what each process's
+    # RLIMIT_NOFILE allows, less room for upstream sockets, disk files and the admin listener).
+    max_connections: Annotated[int, Min(0)] = 0
+    # From a request head's first byte to its blank line (then a 408), and from a connection's start to
+    # its first byte (then it closes): players send a head in one packet; slowloris sends it for ever.
+    header_timeout: Annotated[float, Seconds, Above(0)] = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

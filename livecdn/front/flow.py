@@ -37,8 +37,9 @@ class FlowControl:
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._writable = asyncio.Event()
-        self._writable.set()
+        # Made when writing first pauses: most connections never wait, and an
+        # Event costs about 900 bytes (idle connections must stay cheap).
+        self._writable: asyncio.Event | None = None
         self.reading_paused = False
         self.writing_paused = False
         self.lost = False
@@ -47,13 +48,17 @@ class FlowControl:
         """The transport's buffer is over its high-water mark: writers wait from now on."""
         if not self.writing_paused and not self.lost:
             self.writing_paused = True
-            self._writable.clear()
+            if self._writable is None:
+                self._writable = asyncio.Event()
+            else:
+                self._writable.clear()
 
     def resume_writing(self) -> None:
         """The buffer drained under its low-water mark: waiting writers go on."""
         if self.writing_paused:
             self.writing_paused = False
-            self._writable.set()
+            if self._writable is not None:
+                self._writable.set()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.lost:
@@ -72,7 +77,7 @@ class FlowControl:
             ConnectionResetError: the connection is lost, before or while waiting.
         """
         if not self.lost:
-            if not self.writing_paused:
+            if not self.writing_paused or self._writable is None:
                 return
             await self._writable.wait()
         if self.lost:
@@ -81,4 +86,5 @@ class FlowControl:
     def connection_lost(self) -> None:
         """The connection is gone: wake every writer (they raise) and never touch the transport again."""
         self.lost = True
-        self._writable.set()
+        if self._writable is not None:
+            self._writable.set()

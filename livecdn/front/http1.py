@@ -10,7 +10,7 @@ for an HTTP/1.0 body of unknown length), HEAD and 304 without a body,
 keep-alive (the client's wish, an error, a shutdown, a broken body), and one
 answer at a time in request order. `RequestParser` is its request half:
 `httptools` (llhttp) for the grammar, plus what llhttp leaves to its user:
-bounded buffering, the version rule, `Expect`. Nothing here knows about
+bounded buffering, the version rule (and RTSP, which llhttp also reads), `Expect`. Nothing here knows about
 sockets, the event loop or the clock: `livecdn/front/listener.py` is the I/O
 shell around it.
 """
@@ -96,7 +96,7 @@ class RequestParser:
     """
 
     __slots__ = ("max_target", "max_field", "max_headers", "max_head", "_parser", "_events", "_url",
-                 "_headers", "_head_size", "_in_head", "_tail", "_partial", "_error")
+                 "_headers", "_head_size", "_in_head", "_tail", "_partial", "_error", "_data")
 
     def __init__(self, *, max_target: int = MAX_TARGET_BYTES, max_field: int = MAX_FIELD_BYTES,
                  max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_BYTES,
@@ -116,6 +116,7 @@ class RequestParser:
         self._tail = b""  # the last 3 bytes received, to find a blank line split across reads
         self._partial = 0  # bytes received since the last blank line
         self._error = False
+        self._data = b""  # the bytes being fed, while they are: llhttp does not say which protocol it read
 
     # --- the public side ---
 
@@ -128,6 +129,7 @@ class RequestParser:
         """
         if self._error or not data:
             return
+        self._data = data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -152,6 +154,8 @@ class RequestParser:
             else:
                 self._fail(ProtocolError(400, f"bad request: {str(e)[:120] or type(e).__name__}"))
             return
+        finally:
+            self._data = b""  # not kept: an idle connection holds no read
         if self._in_head:
             # llhttp buffers nothing itself, but httptools holds a header field
             # until it is complete: bound what an unfinished head can make us keep.
@@ -163,9 +167,26 @@ class RequestParser:
                 return
             self._tail = data[-3:]
 
+    @property
+    def head_started(self) -> bool:
+        """Whether part of a request head (its target at least) was received and its blank line was not."""
+        return self._in_head
+
+    def stop(self) -> None:
+        """Read no more requests: every byte from now on is ignored (the connection is being closed)."""
+        self._error = True
+
     def _fail(self, error: ProtocolError) -> None:
         self._events.append(error)
         self._error = True
+
+    def _is_rtsp(self, url: bytes, version: str) -> bool:
+        """Whether the request line said `RTSP/x.y` (llhttp reads it as well as HTTP, and does not say).
+
+        Asked off the hot path, for versions other than 1.1 (`RTSP/1.1` does not exist). A request
+        line split across reads is not seen whole, and passes as HTTP.
+        """
+        return self._data.find(b"%s RTSP/%s" % (url, version.encode("ascii"))) >= 0
 
     # --- httptools callbacks (called from inside feed_data) ---
 
@@ -206,6 +227,11 @@ class RequestParser:
         absolute = url[0] != 0x2F and url[:8].lower().startswith((b"http://", b"https://")) if url else False
         version = parser.get_http_version()
         if version != "1.1":
+            if self._is_rtsp(url, version):
+                # Not an HTTP version we lack (that is a 505) but another protocol: a malformed
+                # HTTP request line (RFC 9112 §3), the client's mistake.
+                raise ProtocolError(400, f"RTSP/{version} is not HTTP: this is an HTTP/1.1 server, "
+                                         f"an RTSP client needs an RTSP server")
             if version == "0.9":  # what llhttp makes of a request line with no (readable) version
                 raise ProtocolError(400, "bad request line: no HTTP version after the target")
             if version != "1.0":
@@ -341,7 +367,8 @@ class ServerConnection:
         ValueError: a limit is not positive (the message names it).
     """
 
-    __slots__ = ("events", "backlog", "must_close", "max_pending", "parse", "_closing", "_framing", "_answering")
+    __slots__ = ("events", "backlog", "must_close", "max_pending", "parser", "parse", "_closing", "_framing",
+                 "_answering")
 
     def __init__(self, *, max_pending: int = MAX_PENDING, **limits: int) -> None:
         if max_pending < 1:
@@ -355,7 +382,8 @@ class ServerConnection:
         # Parse now, whatever the queue holds: for an I/O shell's small read
         # (at most PARSE_SLICE) when nothing waits in `backlog`, the hit path's
         # call; anything else goes through `receive_data()`.
-        self.parse = RequestParser(events=self.events, **limits).receive_data
+        self.parser = RequestParser(events=self.events, **limits)
+        self.parse = self.parser.receive_data
         self.must_close = False  # the connection ends after the answer being sent
         self._closing = False
         self._framing = _Framing.NONE
@@ -400,6 +428,18 @@ class ServerConnection:
     def pending(self) -> int:
         """Requests parsed and not yet taken (the pipeline a client has queued)."""
         return len(self.events)
+
+    @property
+    def head_started(self) -> bool:
+        """Part of a request was received and not all of it: a timeout now is a 408, not an idle close."""
+        return self.parser.head_started
+
+    def discard(self) -> None:
+        """The connection is ending: drop what waits and ignore whatever the client sends from now on."""
+        self.parser.stop()
+        self.events.clear()
+        self.backlog.clear()
+        self.must_close = True
 
     def start_closing(self) -> None:
         """A graceful shutdown began: the answer being sent, or the next, is the last."""

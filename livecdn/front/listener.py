@@ -14,7 +14,10 @@ player:
   that without waiting (a memory hit), the answer is written right there in
   `data_received`, one `writelines` of a head built once per stored object and
   the body. Otherwise one task per connection answers it and every request
-  queued behind it, so answers leave in the order the requests came.
+  queued behind it, so answers leave in the order the requests came. A
+  pipeline longer than one batch is answered by that task too, yielding the
+  loop after every `MAX_PENDING` answers: thousands of pipelined hits from
+  one client wait their turn behind other players instead of holding the loop.
 - after each answer the connection asks its `ServerConnection` whether it must
   close; an idle one waits for the next request under one `loop.call_at`
   handle, rescheduled rather than re-created per request.
@@ -23,7 +26,21 @@ player:
   `resume_writing()` flip it, and writers await its `drain()`, so a slow
   player holds back only its own coroutine.
 - connections per client address are counted here (`ConnectionLimit`): past
-  the limit a connection gets a ready-made 429 before a byte is parsed.
+  the limit a connection gets a ready-made 429 before a byte is parsed; past
+  `max_connections` in all (a bound on file descriptors), a ready-made 503.
+- a connection that ends after an answer the client may not have read yet
+  (a refusal, an error, a 408) closes gracefully: the answer, then a FIN,
+  then whatever the client still sends is read and dropped for at most
+  `LINGER` seconds, so the kernel never resets the connection over unread
+  bytes and destroys the answer with it (Apache's lingering close).
+- a request head must arrive whole within `header_timeout` of its first
+  byte (else a 408), and a new connection must begin one within as long.
+
+Memory per connection is bounded by name whatever a client writes: one
+incomplete head (`http1.MAX_HEAD_BYTES`), `http1.MAX_PENDING` parsed requests
+(each a head within that bound), one read held unparsed (`backlog`: reading
+is paused meanwhile, so at most the transport's read size), and what the
+transport buffers toward the player (`HIGH_WATER`, past which writers wait).
 
 The listener defines the interface it calls (`Handler`) and imports nothing
 of the front that implements it: HTTP/2 will be a second shell over the same
@@ -35,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -42,14 +60,14 @@ from typing import BinaryIO, Protocol
 
 from livecdn.logs import AccessLog
 
-from .connlimit import REFUSAL, ConnectionLimit
+from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import FlowControl
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
-__all__ = ["FILE_CHUNK", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "PlayerConnection",
-           "PlayerServer"]
+__all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
+           "PlayerConnection", "PlayerServer"]
 
 log = logging.getLogger("livecdn.front.listener")
 
@@ -63,9 +81,22 @@ RESUME_PIPELINED = 4
 HIGH_WATER = 64 << 10
 # How long a kept-alive connection may sit without a request (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
+# How long a request head may take from its first byte (and a new connection
+# to send one): players send a head in one packet (LimitSettings.header_timeout).
+HEADER_TIMEOUT = 10.0
+# How long a closing connection reads and drops what its client still sends,
+# after its last answer and a FIN: time for the client to read the answer.
+LINGER = 2.0
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
+
+
+# The HTTP state of every connection that has not sent a byte yet, shared: a
+# connection makes its own at its first read, so one that stays idle (the
+# 20,000 of issue 12) costs no parser, queue or buffer. Never fed, never
+# answered on, never closed (`_linger` and `shutdown` check for it).
+_SILENT = ServerConnection()
 
 
 class Handler(Protocol):
@@ -87,22 +118,39 @@ class PlayerServer:
     Args:
         handler: answers requests (the front).
         keepalive_timeout: seconds an idle kept-alive connection stays open.
+        header_timeout: seconds from a request head's first byte to its end (then a 408), and
+            from a connection's start to its first byte (then it closes).
+        max_connections: player connections this process holds at most (None: no bound), those
+            closing included; past it a new connection gets a 503 (`connlimit.OVERLOADED`).
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
+
+    Raises:
+        ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
-    __slots__ = ("handler", "keepalive_timeout", "connection_limit", "access", "connections", "_server",
-                 "_all_closed")
+    __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
+                 "access", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
                  connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
-        if keepalive_timeout <= 0:
-            raise ValueError(f"keepalive_timeout must be positive, got {keepalive_timeout!r}")
+        for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
         self.handler = handler
         self.keepalive_timeout = keepalive_timeout
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
         self.connection_limit = connection_limit
         self.access = access_log
         self.connections: set[PlayerConnection] = set()
+        # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
+        self.lingering: set[PlayerConnection] = set()
+        self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
+        self.closing = False  # shutdown began
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -122,8 +170,14 @@ class PlayerServer:
             raise RuntimeError("player server is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def open(self) -> int:
+        """Player connections this process holds now (those closing included)."""
+        return len(self.connections) + len(self.lingering)
+
     def closed(self, conn: PlayerConnection) -> None:
         self.connections.discard(conn)
+        self.lingering.discard(conn)
         if not self.connections and self._all_closed is not None and not self._all_closed.done():
             self._all_closed.set_result(None)
 
@@ -132,6 +186,7 @@ class PlayerServer:
 
         Safe to call twice.
         """
+        self.closing = True
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -144,7 +199,7 @@ class PlayerServer:
             except TimeoutError:
                 log.warning("%d player connections still busy after %.1f s: closing them",
                             len(self.connections), timeout)
-        tasks = [t for t in (c.abort() for c in list(self.connections)) if t is not None]
+        tasks = [t for t in (c.abort() for c in [*self.connections, *self.lingering]) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -153,7 +208,7 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_timer", "_eof")
+                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
@@ -161,14 +216,18 @@ class PlayerConnection(asyncio.Protocol):
         self.access = server.access
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.h1 = ServerConnection()
+        self.h1 = _SILENT  # its own at the first read (`data_received`)
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counted = False
         self.flow: FlowControl  # made with the transport, in connection_made
         self._idle_since = 0.0
+        # When a read last left a request head incomplete; before `_idle_since`: not since the last answer
+        # (so that answering resets nothing on the hit path).
+        self._head_since = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
+        self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
 
     # --- asyncio.Protocol ---
 
@@ -177,12 +236,15 @@ class PlayerConnection(asyncio.Protocol):
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
-        limit = self.server.connection_limit
+        server = self.server
+        if server.max_connections is not None and server.open >= server.max_connections:
+            server.refused += 1
+            self._refuse(OVERLOADED)
+            return
+        limit = server.connection_limit
         if limit is not None:
             if not limit.opened(self.peer):
-                transport.write(REFUSAL)  # type: ignore[attr-defined]
-                transport.close()
-                self.flow.connection_lost()
+                self._refuse(REFUSAL)
                 return
             self._counted = True
         sock = transport.get_extra_info("socket")
@@ -190,8 +252,21 @@ class PlayerConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
-        self.server.connections.add(self)
-        self._went_idle()
+        server.connections.add(self)
+        # A new connection must begin a request within the header timeout (`_idle_check`); the
+        # timer first fires at the sooner of the two timeouts, as it is not re-armed per answer.
+        self._idle_since = self._loop.time()
+        self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
+                                         self._idle_check)
+
+    def _refuse(self, answer: bytes) -> None:
+        """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
+        self.transport.write(answer)  # type: ignore[union-attr]
+        if len(self.server.lingering) >= MAX_LINGERING:
+            self.transport.close()  # type: ignore[union-attr]  # at once: closing costs no more descriptors
+            return
+        self.server.lingering.add(self)
+        self._linger()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
@@ -210,19 +285,25 @@ class PlayerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         h1 = self.h1
+        if h1 is _SILENT:
+            if self._lingering:
+                return  # a refused connection: what it sends is dropped
+            h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
         else:
             h1.parse(data)  # a small read: at most a slice of requests past the bound, then reading pauses
         if self.task is None and h1.events:
             self._answer_ready()
+        elif self._head_since < self._idle_since and not h1.events:
+            self._head_started()
         if h1.backlog or len(h1.events) >= MAX_PENDING:
             self.flow.pause_reading()
 
     def eof_received(self) -> bool | None:
         # The player half-closed: answer what it asked for, then close (return
-        # False). With nothing pending, close now.
-        if self.task is None and not self.h1.events and not self.h1.backlog:
+        # False). With nothing pending (or lingering: its answer is out), close now.
+        if self._lingering or (self.task is None and not self.h1.events and not self.h1.backlog):
             return False
         self._eof = True
         return True
@@ -244,11 +325,12 @@ class PlayerConnection(asyncio.Protocol):
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while not h1.must_close:
             if not events:
-                if not h1.backlog:
-                    break
-                h1.parse_backlog()  # what `next_event()` would do
-                if not events:
-                    break
+                if h1.backlog:
+                    # More pipelined than one batch: the rest is answered in turn with
+                    # other connections (`_answer_in_order`), never all in this call.
+                    self._start_task(None)
+                    return
+                break
             if flow.writing_paused or flow.lost:
                 self._start_task(None)
                 return
@@ -302,9 +384,15 @@ class PlayerConnection(asyncio.Protocol):
         try:
             if first is not None:
                 await self._answer_later(first)
+            turn = 0
             while not h1.must_close and not self.flow.lost:
                 self._maybe_resume_reading()
                 await self.flow.drain()
+                turn += 1
+                if turn % MAX_PENDING == 0:
+                    # A client's pipeline of answers in hand (hits, 404s) would otherwise hold the
+                    # loop for all of its thousands: other players and /healthz get a turn per batch.
+                    await asyncio.sleep(0)
                 event = h1.next_event()
                 if event is NEED_DATA:
                     break
@@ -417,7 +505,10 @@ class PlayerConnection(asyncio.Protocol):
     def _answered(self) -> None:
         """Every queued request is answered: close if the connection must end, else read and idle."""
         if self.h1.must_close or self._eof:
-            self._close()
+            if self._eof or self.server.closing:
+                self._close()  # nothing more can come, or the node is stopping: no lingering
+            else:
+                self._linger()  # the client may have sent more than we read: let it read its answer first
             return
         if self.flow.reading_paused:
             self._maybe_resume_reading()
@@ -428,6 +519,28 @@ class PlayerConnection(asyncio.Protocol):
         self.h1.backlog.clear()
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered first
+
+    def _linger(self) -> None:
+        """Close gracefully: a FIN once the answer is flushed, then read and drop for at most LINGER s.
+
+        Closing a socket with unread bytes makes the kernel answer with a
+        reset, which can destroy the answer before the client reads it (the
+        429 at the per-address cap was lost that way 28-42 times in 50).
+        """
+        if self.h1 is not _SILENT:
+            self.h1.discard()
+        transport = self.transport
+        if self._lingering or transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.flow.resume_reading()  # what the client still sends is read (and dropped), not left unread
+        self._timer = self._loop.call_later(LINGER, transport.close)
 
     def _cut(self) -> None:
         """End the connection at once (a body that broke must not pass for a whole one)."""
@@ -446,20 +559,46 @@ class PlayerConnection(asyncio.Protocol):
         if self._timer is None:
             self._timer = self._loop.call_at(self._idle_since + self.server.keepalive_timeout, self._idle_check)
 
+    def _head_started(self) -> None:
+        """A read left a request head incomplete: it has `header_timeout` from now to end."""
+        if self._lingering or self.task is not None or self.flow.lost:
+            return  # closing, or busy answering (`_went_idle()` follows)
+        self._head_since = now = self._loop.time()
+        deadline = now + self.server.header_timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._idle_check)
+
     def _idle_check(self) -> None:
         self._timer = None
-        if self.flow.lost or self.task is not None or self.h1.events or self.h1.backlog:
+        h1 = self.h1
+        if self.flow.lost or self._lingering or self.task is not None or h1.events or h1.backlog:
             return  # busy: the next `_went_idle()` arms the timer again
-        deadline = self._idle_since + self.server.keepalive_timeout
-        if self._loop.time() >= deadline:
-            self._close()
-        else:
-            self._timer = self._loop.call_at(deadline, self._idle_check)
+        server, now = self.server, self._loop.time()
+        if self._head_since >= self._idle_since or h1.head_started:
+            # Since the head's first read, or since the last answer for one pipelined behind it.
+            deadline = max(self._head_since, self._idle_since) + server.header_timeout
+            if now >= deadline:
+                self._send(None, self.handler.refuse(
+                    408, f"request head not complete within {server.header_timeout:g} s"))
+                self._linger()
+                return
+        else:  # silent since it opened (not a byte yet), or idle since its last answer
+            deadline = self._idle_since + (server.header_timeout if h1 is _SILENT else server.keepalive_timeout)
+            if now >= deadline:
+                self._close()
+                return
+        self._timer = self._loop.call_at(deadline, self._idle_check)
 
     # --- shutdown ---
 
     def shutdown(self) -> None:
         """Graceful: an idle connection closes now, a busy one after the answer in flight."""
+        if self.h1 is _SILENT:
+            self._close()
+            return
         self.h1.start_closing()
         if self.task is None and not self.h1.events and not self.h1.backlog:
             self._close()

@@ -7,10 +7,16 @@ resulting `Manifest` travels with the stored object to whoever needs it
 the same bytes again. A body that is not a playlist raises
 `MalformedPlaylist`, so a broken packager answer is treated as an upstream
 failure instead of being cached and handed to players.
+
+`compare` tells what changed between two reads of one playlist (the stream
+went on, the encoder restarted, or the answer comes from a replica that lags
+behind): the cache's fill decides with it whether to drop a previous run's
+objects or keep the newer copy it holds.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -20,7 +26,8 @@ import m3u8
 from livecdn.media.kinds import ManifestKind
 from livecdn.media.names import BadName, extension, normalize
 
-__all__ = ["Announced", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "PlaylistInfo", "Run", "read"]
+__all__ = ["Announced", "Change", "MAX_PLAYLIST_BYTES", "MalformedPlaylist", "Manifest", "PlaylistInfo", "Run",
+           "compare", "proves_whole", "read"]
 
 # Playlists are small text files; a "playlist" larger than this is not one,
 # and parsing it would cost the event loop real time.
@@ -63,6 +70,7 @@ class Run:
     media_sequence: int | None = None  # HLS media playlists: EXT-X-MEDIA-SEQUENCE (0 when absent)
     discontinuity_sequence: int | None = None  # HLS: EXT-X-DISCONTINUITY-SEQUENCE (0 when absent)
     newest_pdt: float | None = None  # HLS: the last segment's EXT-X-PROGRAM-DATE-TIME, epoch seconds
+    segments: int | None = None  # HLS media playlists: how many segments are listed (or skipped, in a delta)
     started: str | None = None  # DASH: the MPD's availabilityStartTime, as written
 
 
@@ -99,6 +107,7 @@ def read(path: str, body: bytes) -> Manifest:
         return Manifest(_mpd_info(text), None, Run(started=started.group(1) if started else None))
     if not text.lstrip().startswith("#EXTM3U"):
         raise MalformedPlaylist("playlist does not start with #EXTM3U")
+    _check_whole(text)
     try:
         parsed = m3u8.loads(text)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
@@ -122,8 +131,89 @@ def _hls_run(parsed: m3u8.M3U8) -> Run:
     if parsed.is_variant:
         return Run()
     newest = parsed.segments[-1].current_program_date_time if parsed.segments else None
+    skipped = int(parsed.skip.skipped_segments or 0) if parsed.skip else 0  # an LL-HLS delta playlist's
     return Run(parsed.media_sequence or 0, parsed.discontinuity_sequence or 0,
-               newest.timestamp() if newest is not None else None)
+               newest.timestamp() if newest is not None else None, skipped + len(parsed.segments))
+
+
+# Tags that announce the URI on the next line: a playlist whose last line is one was cut at a line break.
+_NEEDS_URI = ("#EXTINF", "#EXT-X-STREAM-INF")
+
+
+def _check_whole(text: str) -> None:
+    """Refuse an HLS text that was cut short: every line ends with a terminator (RFC 8216 4.1).
+
+    A cut inside a line leaves the last line without its terminator; a cut at a
+    line break can leave a tag whose URI line is missing. `#EXT-X-ENDLIST`
+    alone may go without the final terminator: no cut of a longer line looks like it.
+    """
+    last = text.rstrip("\r\n").rsplit("\n", 1)[-1].strip()
+    if not text.endswith("\n") and last != "#EXT-X-ENDLIST":
+        raise MalformedPlaylist(f"playlist cut short: last line {last[:40]!r} has no line terminator")
+    if last.startswith(_NEEDS_URI):
+        raise MalformedPlaylist(f"playlist cut short: it ends with {last.split(':')[0]} and no URI after it")
+
+
+def proves_whole(path: str, body: bytes) -> bool:
+    """Does a playlist body that `read` accepted show by its own text that nothing is missing?
+
+    For a body whose length the upstream never said (close-delimited): an HLS
+    playlist does whenever `read` accepted it (every line is terminated, no tag
+    waits for its URI; a cut at a line break can only have dropped the newest
+    segments, which is what a slightly older playlist says too); an MPD does
+    when it ends with its closing `</MPD>`.
+    """
+    if extension(path) == ".mpd":
+        return body.rstrip().endswith(b"</MPD>")
+    return True
+
+
+class Change(enum.Enum):
+    """What a new read of a playlist says about the copy already held."""
+
+    SAME_RUN = "same run"  # the stream went on (or nothing can be told)
+    RESTARTED = "restarted"  # a new encoder run: the previous run's objects are not this stream's any more
+    BEHIND = "behind"  # older than the held copy: a lagging replica answered
+
+
+def compare(held: Manifest, new: Manifest) -> tuple[Change, str]:
+    """Tell a stream that went on from one that restarted and from an answer that lags behind.
+
+    The rule (README, "Restarts are followed"): an ended playlist that comes
+    back live, or an MPD whose availabilityStartTime changed, restarted. An
+    HLS media playlist whose end (media sequence + segments) went back
+    restarted when its newest program date-time moved forward or its
+    discontinuity sequence went up; it is behind when the program date-time
+    went back too. Without either, a sequence that started over (within one
+    window of 0) restarted, one further along is behind. How long
+    "behind" is believed is the caller's bound.
+
+    Returns:
+        The change, and why, for the log.
+    """
+    h, n = held.run, new.run
+    if held.info.kind is ManifestKind.ENDED and new.info.kind is ManifestKind.LIVE:
+        return Change.RESTARTED, "an ended playlist came back live"
+    if h.started is not None and n.started is not None and h.started != n.started:
+        return Change.RESTARTED, f"availabilityStartTime changed from {h.started} to {n.started}"
+    if h.media_sequence is None or n.media_sequence is None or h.segments is None or n.segments is None:
+        return Change.SAME_RUN, ""
+    held_end, new_end = h.media_sequence + h.segments, n.media_sequence + n.segments
+    went = f"media sequence went from {h.media_sequence} (+{h.segments}) to {n.media_sequence} (+{n.segments})"
+    if h.newest_pdt is not None and n.newest_pdt is not None and new_end >= held_end and n.newest_pdt < h.newest_pdt:
+        return Change.RESTARTED, f"program date-time went back {h.newest_pdt - n.newest_pdt:.1f} s" \
+            f" while the media sequence went on from {h.media_sequence} to {n.media_sequence}"
+    if new_end >= held_end:
+        return Change.SAME_RUN, ""
+    if h.newest_pdt is not None and n.newest_pdt is not None:
+        if n.newest_pdt > h.newest_pdt:
+            return Change.RESTARTED, f"{went} while program date-time moved forward"
+        return Change.BEHIND, f"{went} and program date-time went back {h.newest_pdt - n.newest_pdt:.1f} s"
+    if (n.discontinuity_sequence or 0) > (h.discontinuity_sequence or 0):
+        return Change.RESTARTED, f"{went} with a new discontinuity sequence {n.discontinuity_sequence}"
+    if n.media_sequence <= max(h.segments, n.segments):
+        return Change.RESTARTED, f"{went}: the sequence started over"
+    return Change.BEHIND, f"{went}: {held_end - new_end} segments behind"
 
 
 _MPD_START = re.compile(r"<MPD\b[^>]*\bavailabilityStartTime\s*=\s*[\"']([^\"']+)[\"']", re.S)

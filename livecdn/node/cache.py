@@ -27,9 +27,9 @@ from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
 from livecdn.cache.memory import MemoryStore
 from livecdn.cache.upstreams import Upstreams
-from livecdn.config import CacheSettings, EdgeConfig, ShieldConfig, Topology
+from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.front.answers import PlayerFront, Policy
-from livecdn.front.connlimit import ConnectionLimit
+from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_budget, per_process
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
 from livecdn.logs import AccessLog
@@ -100,6 +100,17 @@ class CacheNode(Lifecycle):
         """Open player connections allowed per client address (None: unlimited)."""
         return None
 
+    def player_limits(self) -> LimitSettings:
+        """The player listener's bounds (`max_connections`, `header_timeout`); a shield takes the defaults."""
+        return LimitSettings()
+
+    def apply_player_limits(self, limits: LimitSettings) -> None:
+        """Bound the player listener by `limits` (at start, and on reload): open connections stay open."""
+        assert self._players is not None
+        budget = connection_budget(UPSTREAM_CONNECTIONS)
+        self._players.max_connections = per_process(limits.max_connections, self.config.workers, budget)
+        self._players.header_timeout = limits.header_timeout
+
     def update_gauges(self) -> None:
         """Bring gauges (and the hit counter) up to date before they are read."""
         if self.front is not None:
@@ -108,11 +119,24 @@ class CacheNode(Lifecycle):
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
 
     def health(self) -> dict[str, object]:
-        front, engine = self.front, self.engine
-        assert front is not None and engine is not None
+        """What `/healthz` reports; an `overloaded` that is true makes it a 503 (`_healthz`).
+
+        Connections are this process's (a worker's: each answers for itself,
+        and SO_REUSEPORT spreads connections evenly over them).
+        """
+        front, engine, players = self.front, self.engine, self._players
+        assert front is not None and engine is not None and players is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
-                "memory_bytes": engine.memory.used, "disk": self.disk_state}
+                "memory_bytes": engine.memory.used, "connections": players.open,
+                "max_connections": players.max_connections, "refused_connections": players.refused,
+                "disk": self.disk_state}
+
+    def connections_overloaded(self) -> bool:
+        """Whether open player connections reached `OVERLOAD_SHARE` of this process's bound."""
+        players = self._players
+        assert players is not None and players.max_connections is not None
+        return players.open >= OVERLOAD_SHARE * players.max_connections
 
     # --- lifecycle ---
 
@@ -167,6 +191,7 @@ class CacheNode(Lifecycle):
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
+        self.apply_player_limits(self.player_limits())
         self.spawn(self._count(), "count hits")
         admin = web.Application(client_max_size=MAX_MESSAGE)
         admin.router.add_get("/healthz", self._healthz)
@@ -219,7 +244,10 @@ class CacheNode(Lifecycle):
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.update_gauges()
-        return web.json_response(self.health(), dumps=lambda o: json.dumps(o, separators=(",", ":")))
+        health = self.health()
+        # Overloaded is a 503, so that any balancer steers away; the router reads the body too.
+        status = 503 if health.get("overloaded") else 200
+        return web.json_response(health, status=status, dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.update_gauges()
