@@ -106,9 +106,11 @@ async def check_memory_only(start: Start, origin: FakeOrigin, disk: str, reason:
     assert len(said) == 1 and reason in said[0] and "memory only" in said[0], text
 
 
-async def test_a_disk_path_under_a_file(origin: FakeOrigin, shield_of: Start, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["afile/sub", "afile"], ids=["under-a-file", "a-file"])
+async def test_a_disk_path_that_is_or_is_under_a_file(origin: FakeOrigin, shield_of: Start, tmp_path: Path,
+                                                      where: str) -> None:
     (tmp_path / "afile").write_text("not a directory")
-    await check_memory_only(shield_of, origin, str(tmp_path / "afile" / "sub"), "Not a directory")
+    await check_memory_only(shield_of, origin, str(tmp_path / where), "Not a directory")
 
 
 @pytest.mark.skipif(not namespaces_allowed(), reason="no private mount namespace (needs root and unshare)")

@@ -73,6 +73,8 @@ class DiskStore:
             self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                           eviction_policy="least-recently-stored",
                                           disk_min_file_size=FILE_THRESHOLD)
+        except FileExistsError as e:  # the path itself is a file: makedirs says only "File exists"
+            raise DiskUnusable("Not a directory") from e
         except OSError as e:
             raise DiskUnusable(e.strerror or _first_line(e)) from e
         except sqlite3.Error as e:
