@@ -247,6 +247,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: dict[Fill, asyncio.Future[None]] = {}  # fills someone waits for
         self._playlist_observers: list[Callable[[Stored], None]] = []
+        self._restart_observers: list[Callable[[frozenset[str]], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
         self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
@@ -284,6 +285,15 @@ class Engine:
         raises is logged and the others still run.
         """
         self._playlist_observers.append(observer)
+
+    def on_restart(self, observer: Callable[[frozenset[str]], None]) -> None:
+        """Call `observer` with the directories of every stream this process saw restart.
+
+        Its previous run's objects have just left this process's memory (and
+        are leaving the disk): the node tells its sibling workers, whose
+        memory tiers may hold them too. An observer that raises is logged.
+        """
+        self._restart_observers.append(observer)
 
     def prefetch(self, key: CacheKey) -> asyncio.Future[None] | None:
         """Start fetching `key` unless it is cached or on its way.
@@ -642,6 +652,11 @@ class Engine:
         in_memory = self._drop_memory(match)
         log.info("dropped %d objects of a previous run under %s from memory", in_memory,
                  ", ".join(sorted(cmd.directories)))
+        for observer in self._restart_observers:
+            try:
+                observer(cmd.directories)
+            except Exception:  # noqa: BLE001 - telling others must not break this fill's dispatch
+                log.exception("restart observer %r failed", observer)
         if self.disk is not None:
             self._dropping.append(match)  # until the disk drop is done, disk hits it matches are misses
             self._spawn(self._drop_disk(match))

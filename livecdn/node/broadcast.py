@@ -125,6 +125,15 @@ class Purges:
         finally:
             self._running -= 1
 
+    def tell(self, selector: Selector) -> None:
+        """Ask every sibling to drop what `selector` names from its memory, without waiting for answers.
+
+        For what this worker found out itself (a stream restarted): its own
+        memory and the disk tier are already being dropped, and a sibling's
+        answer would change nothing here.
+        """
+        self._send(Ask(f"{self._pid}.{next(self._ids)}", selector))
+
     async def _purge(self, selector: Selector) -> Purged:
         started = time.monotonic()
         # Disk and this worker first, siblings after: a sibling's memory miss

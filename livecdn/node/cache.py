@@ -184,6 +184,7 @@ class CacheNode(Lifecycle):
         self.engine.start(self._session)
         self.purges = Purges(self.engine, self.purge_dir)
         self.purges.open()
+        self.engine.on_restart(self._restarted)
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
@@ -235,6 +236,15 @@ class CacheNode(Lifecycle):
         assert self.front is not None
         self.front.route(self.origins(topology))
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
+
+    def _restarted(self, directories: frozenset[str]) -> None:
+        """A stream restarted: sibling workers drop what their memory holds under its directories too.
+
+        By prefix, so whatever origin: more than the restart needs at worst, which costs a refetch.
+        """
+        assert self.purges is not None
+        for d in sorted(directories):
+            self.purges.tell(Selector("prefix", d))
 
     async def _count(self) -> None:
         assert self.front is not None
