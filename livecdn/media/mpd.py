@@ -411,6 +411,13 @@ def _timeline(timeline: _Element, attrs: dict[str, str], timescale: int, clock: 
         runs.append(_Segments(number, time, duration, count, listed))
         number += count
         time += count * duration
+    if clock.dynamic and runs and runs[-1].listed:
+        # A live timeline goes on: players ask for the segment after its last one
+        # (at its end time) before the MPD that lists it, so it and the ones
+        # after it up to AHEAD (at the last duration) pass the guard too.
+        last = runs[-1].duration
+        until = offset + math.floor((clock.since_start - start + AHEAD) * timescale)
+        runs.append(_Segments(number, time, last, max(1, (until - time) // last), listed=False))
     return runs
 
 
