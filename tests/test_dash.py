@@ -154,7 +154,7 @@ async def live(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     proc = encoder(folder, request.param)
     cdn = None
     try:
-        await live_mpd(folder, proc)
+        await live_mpd(folder, proc, segments=5)  # players start a few segments behind live
         cdn = await start_cdn(folder)
         yield cdn
     finally:

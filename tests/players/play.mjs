@@ -104,6 +104,10 @@ try {
     let dashPlayer = null;
     if (dash) {
       dashPlayer = dashjs.MediaPlayer().create();
+      // Three segments behind live, as hls.js by default (liveSyncDurationCount): ffmpeg's
+      // suggestedPresentationDelay is one segment, which leaves no margin and stalls even at the origin.
+      dashPlayer.updateSettings({ streaming: { delay: { liveDelayFragmentCount: 3,
+                                                        useSuggestedPresentationDelay: false } } });
       dashPlayer.on(dashjs.MediaPlayer.events.ERROR, (e) => {
         r.errors.push({ fatal: true, type: 'dash', details: e.error?.message ?? String(e.error),
                         code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
