@@ -178,7 +178,8 @@ async def test_ffmpeg_plays_live_dash_through_the_edge_with_no_guard_rejection(l
     played = int(progress.get("out_time_us", "0")) / 1e6
     metrics = await live.metrics()
     rejected = sample(metrics, "livecdn_guard_rejections_total")
-    report = (f"exit {proc.returncode}, played {played:.1f} s, guard rejections {rejected}, "
+    reasons = [line for line in metrics.splitlines() if line.startswith("livecdn_guard_rejections_total{")]
+    report = (f"exit {proc.returncode}, played {played:.1f} s, guard rejections {rejected} {reasons}, "
               f"origin requests {sum(live.origin.hits.values())}; stderr:\n{err.decode()[-3000:]}")
     assert rejected == 0, report
     assert proc.returncode == 0 and progress.get("progress") == "end", report
