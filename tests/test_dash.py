@@ -26,7 +26,7 @@ from aiohttp import web
 
 from livecdn.config import GuardSettings, LimitSettings
 from tests.cdn import Stack, sample
-from tests.fakeorigin import FileOrigin
+from tests.fakeorigin import FakeOrigin, FileOrigin, body
 from tests.test_players import CHROMIUM, INSTALL_HINT, PLAYERS_DIR, require_browser_harness, require_ffmpeg
 
 pytestmark = pytest.mark.slow
@@ -274,3 +274,37 @@ async def test_dashjs_in_chromium_plays_live_dash_through_the_edge(live: Cdn, tm
     assert r["playedSeconds"] >= SECONDS - 2, report
     assert r["errors"] == [], report
 
+
+
+async def test_an_unknown_dash_name_costs_one_mpd_refresh_then_a_404() -> None:
+    """As for HLS: the MPD is the playlist the guard refreshes for the directories its names live in."""
+    timeline = ('<MPD type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z" minimumUpdatePeriod="PT2S">'
+                '<Period><AdaptationSet><Representation id="v"><SegmentTemplate timescale="1" '
+                'media="video/$Time$.m4s" initialization="video/init.mp4"><SegmentTimeline>'
+                '<S t="100" d="2" r="2"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>'
+                '</Period></MPD>')
+    origin = FakeOrigin()
+    origin.routes[STREAM] = body(timeline.encode(), "application/dash+xml")
+    origin.routes["/live/cam/video/104.m4s"] = body(b"segment")
+    await origin.start()
+    stack = await Stack(origin.url, guard=GuardSettings(), limits=LimitSettings()).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get(path: str) -> int:
+                async with s.get(stack.edge + path) as r:
+                    await r.read()
+                    return r.status
+
+            async def refreshes() -> float:
+                async with s.get(stack.edge_admin() + "/metrics") as r:
+                    return sample(await r.text(), "livecdn_guard_refreshes_total")
+            assert await get(STREAM) == 200
+            assert await get("/live/cam/video/104.m4s") == 200  # announced: straight through
+            before = await refreshes()
+            assert await get("/live/cam/video/1.m4s") == 404  # a directory the MPD speaks for, a name it does not
+            assert await get("/live/cam/video/3.m4s") == 404
+            assert await refreshes() - before == 1  # one refresh of the MPD (then rate-limited), as for HLS
+            assert origin.hits["/live/cam/video/1.m4s"] == origin.hits["/live/cam/video/3.m4s"] == 0  # never asked
+    finally:
+        await stack.stop()
+        await origin.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 
@@ -111,9 +112,9 @@ def test_timeline_with_time_and_number() -> None:
     video = [f"/live/cam/chunk-0-{t}.m4s" for t in (0, 12800, 25600, 38400, 51200)]
     audio = [f"/live/cam/chunk-1-{n:05d}.m4s" for n in range(1, 6)]
     # A live timeline goes on at its last duration: the next segments pass the guard before an MPD lists them.
-    video_next = [f"/live/cam/chunk-0-{t}.m4s" for t in range(64000, int((6 + mpd.AHEAD) * 12800), 12800)]
-    audio_next = [f"/live/cam/chunk-1-{n:05d}.m4s"
-                  for n in range(6, 6 + (int((6 + mpd.AHEAD) * 48000) - 239616) // 48128)]
+    # (AHEAD's worth from the timeline's end, not from the clock: a packager's times need not match it.)
+    video_next = [f"/live/cam/chunk-0-{64000 + i * 12800}.m4s" for i in range(int(mpd.AHEAD))]
+    audio_next = [f"/live/cam/chunk-1-{n:05d}.m4s" for n in range(6, 6 + math.ceil(mpd.AHEAD * 48000 / 48128))]
     assert m.announced.names == ("/live/cam/init-0.m4s", *video, *video_next,
                                  "/live/cam/init-1.m4s", *audio, *audio_next)
     assert m.announced.segments == (*video, *audio)  # listed by the packager: prefetch may follow them
@@ -123,7 +124,7 @@ def test_timeline_repeat_minus_one_runs_to_the_next_entry_or_to_now() -> None:
     template = ('<AdaptationSet><Representation id="v"><SegmentTemplate timescale="10" media="s$Time$.m4s">'
                 '<SegmentTimeline>{}</SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>')
     until_next = names(mpd_of(template.format('<S t="0" d="20" r="-1"/><S t="100" d="20"/>')))
-    ahead = int((20 + mpd.AHEAD) * 10)
+    ahead = 120 + int(mpd.AHEAD * 10)
     assert until_next == tuple(f"/live/cam/s{t}.m4s" for t in range(0, ahead, 20))  # 100 listed, then going on
     until_now = names(mpd_of(template.format('<S t="0" d="20" r="-1"/>')), T0 + 20)
     assert until_now[-1] == f"/live/cam/s{int((20 + mpd.AHEAD) * 10) - 20}.m4s"

@@ -413,11 +413,11 @@ def _timeline(timeline: _Element, attrs: dict[str, str], timescale: int, clock: 
         time += count * duration
     if clock.dynamic and runs and runs[-1].listed:
         # A live timeline goes on: players ask for the segment after its last one
-        # (at its end time) before the MPD that lists it, so it and the ones
-        # after it up to AHEAD (at the last duration) pass the guard too.
+        # (at its end time) before the MPD that lists it, so it and the ones after
+        # it for AHEAD (at the last duration) pass the guard too. Counted from the
+        # timeline's end, not the clock: a packager's times need not match the clock.
         last = runs[-1].duration
-        until = offset + math.floor((clock.since_start - start + AHEAD) * timescale)
-        runs.append(_Segments(number, time, last, max(1, (until - time) // last), listed=False))
+        runs.append(_Segments(number, time, last, max(1, math.ceil(AHEAD * timescale / last)), listed=False))
     return runs
 
 
