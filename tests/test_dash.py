@@ -189,6 +189,11 @@ async def test_ffmpeg_plays_live_dash_through_the_edge_with_no_guard_rejection(l
     # Every segment came through the edge: 20 s of 1 s segments, video and audio.
     segments = [p for p in live.origin.hits if p.endswith(".m4s") and "init" not in p]
     assert len(segments) >= SECONDS, report
+    # The guard knows this stream as it knows an HLS one: a made-up name in it never reaches the origin.
+    made_up = "/live/cam/chunk-stream0-99999999.m4s"
+    async with aiohttp.ClientSession() as s, s.get(live.stack.edge + made_up) as r:
+        assert r.status == 404, report
+    assert live.origin.hits[made_up] == 0, report
 
 
 def _no_cache_control(folder: Path) -> web.StreamResponse:

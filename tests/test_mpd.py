@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import datetime
 
@@ -112,9 +111,9 @@ def test_timeline_with_time_and_number() -> None:
     video = [f"/live/cam/chunk-0-{t}.m4s" for t in (0, 12800, 25600, 38400, 51200)]
     audio = [f"/live/cam/chunk-1-{n:05d}.m4s" for n in range(1, 6)]
     # A live timeline goes on at its last duration: the next segments pass the guard before an MPD lists them.
-    # (AHEAD's worth from the timeline's end, not from the clock: a packager's times need not match it.)
-    video_next = [f"/live/cam/chunk-0-{64000 + i * 12800}.m4s" for i in range(int(mpd.AHEAD))]
-    audio_next = [f"/live/cam/chunk-1-{n:05d}.m4s" for n in range(6, 6 + math.ceil(mpd.AHEAD * 48000 / 48128))]
+    # Up to AHEAD past now (6 s): these times follow the clock. Video: segments ending by 16 s.
+    video_next = [f"/live/cam/chunk-0-{64000 + i * 12800}.m4s" for i in range(11)]
+    audio_next = [f"/live/cam/chunk-1-{n:05d}.m4s" for n in range(6, 16)]  # 10 more at the last 48128
     assert m.announced.names == ("/live/cam/init-0.m4s", *video, *video_next,
                                  "/live/cam/init-1.m4s", *audio, *audio_next)
     assert m.announced.segments == (*video, *audio)  # listed by the packager: prefetch may follow them
@@ -124,13 +123,23 @@ def test_timeline_repeat_minus_one_runs_to_the_next_entry_or_to_now() -> None:
     template = ('<AdaptationSet><Representation id="v"><SegmentTemplate timescale="10" media="s$Time$.m4s">'
                 '<SegmentTimeline>{}</SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>')
     until_next = names(mpd_of(template.format('<S t="0" d="20" r="-1"/><S t="100" d="20"/>')))
-    ahead = 120 + int(mpd.AHEAD * 10)
+    ahead = int((20 + mpd.AHEAD) * 10)
     assert until_next == tuple(f"/live/cam/s{t}.m4s" for t in range(0, ahead, 20))  # 100 listed, then going on
     until_now = names(mpd_of(template.format('<S t="0" d="20" r="-1"/>')), T0 + 20)
     assert until_now[-1] == f"/live/cam/s{int((20 + mpd.AHEAD) * 10) - 20}.m4s"
     static = names(mpd_of(template.format('<S t="0" d="20" r="-1"/>'), dynamic=False,
                           extra='mediaPresentationDuration="PT8S"'))
     assert static == tuple(f"/live/cam/s{t}.m4s" for t in range(0, 80, 20))
+
+
+def test_a_timeline_whose_times_do_not_follow_the_clock_goes_on_a_bounded_while() -> None:
+    body = mpd_of('<AdaptationSet><Representation id="v"><SegmentTemplate media="$Time$.m4s"><SegmentTimeline>'
+                  '<S t="0" d="2" r="2"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet>')
+    year = 365 * 86400.0  # the clock says a year in; the packager's times say 6 s
+    said = names(body, T0 + year)
+    assert said[:3] == ("/live/cam/0.m4s", "/live/cam/2.m4s", "/live/cam/4.m4s")  # listed: never pushed out
+    assert said[3:] == tuple(f"/live/cam/{t}.m4s" for t in range(6, 6 + 2 * int(mpd.AHEAD), 2))  # 2 x AHEAD past it
+    assert names(body, T0 - year)[3:] == tuple(f"/live/cam/{t}.m4s" for t in range(6, 6 + int(mpd.AHEAD), 2))
 
 
 def test_presentation_time_offset_and_start_number() -> None:

@@ -414,10 +414,13 @@ def _timeline(timeline: _Element, attrs: dict[str, str], timescale: int, clock: 
     if clock.dynamic and runs and runs[-1].listed:
         # A live timeline goes on: players ask for the segment after its last one
         # (at its end time) before the MPD that lists it, so it and the ones after
-        # it for AHEAD (at the last duration) pass the guard too. Counted from the
-        # timeline's end, not the clock: a packager's times need not match the clock.
+        # it for AHEAD (at the last duration) pass the guard too: AHEAD past the
+        # timeline's end, or past now where the packager's times follow the clock
+        # (at most twice as many: its times need not follow the clock at all).
         last = runs[-1].duration
-        runs.append(_Segments(number, time, last, max(1, math.ceil(AHEAD * timescale / last)), listed=False))
+        ahead = max(1, math.ceil(AHEAD * timescale / last))
+        by_clock = (offset + math.floor((clock.since_start - start + AHEAD) * timescale) - time) // last
+        runs.append(_Segments(number, time, last, max(ahead, min(by_clock, 2 * ahead)), listed=False))
     return runs
 
 
