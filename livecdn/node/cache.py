@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +27,7 @@ from livecdn import metrics
 from livecdn.cache.disk import DiskStore
 from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
+from livecdn.cache.health import Health
 from livecdn.cache.memory import MemoryStore
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
@@ -82,6 +84,10 @@ class CacheNode(Lifecycle):
         self._players: PlayerServer | None = None
         self._sites = Sites()
         self._admin_port = 0
+        cache = config.cache
+        # Kept across reloads: an upstream still in the topology keeps its record.
+        self.upstream_health = Health(cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
+        self._upstreams: Upstreams | None = None
 
     # --- what a node kind decides ---
 
@@ -116,6 +122,13 @@ class CacheNode(Lifecycle):
             self.front.flush_hits()
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        if self._upstreams is not None:
+            for upstream, entry in self._upstream_report().items():
+                metrics.UPSTREAM_UP.labels(self.config.name, upstream).set(int(entry["state"] == "up"))
+
+    def _upstream_report(self) -> dict[str, dict[str, object]]:
+        assert self._upstreams is not None
+        return self.upstream_health.report(self._upstreams.known, time.monotonic())
 
     def health(self) -> dict[str, object]:
         """What `/healthz` reports; an `overloaded` that is true makes it a 503 (`_healthz`).
@@ -128,7 +141,8 @@ class CacheNode(Lifecycle):
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
                 "memory_bytes": engine.memory.used, "connections": players.open,
-                "max_connections": players.max_connections, "refused_connections": players.refused}
+                "max_connections": players.max_connections, "refused_connections": players.refused,
+                "upstreams": self._upstream_report()}
 
     def connections_overloaded(self) -> bool:
         """Whether open player connections reached `OVERLOAD_SHARE` of this process's bound."""
@@ -165,9 +179,10 @@ class CacheNode(Lifecycle):
             Path(cache.disk_path).mkdir(parents=True, exist_ok=True)
             self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
         rules = Rules.of(cache)
-        ups = self.upstreams(self.topology)
+        ups = self._upstreams = self.upstreams(self.topology)
+        ups.health = self.upstream_health
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, cache.upstream_timeout, ups.headers)
+                             cache.max_object_bytes, cache.waits, ups.headers, self.upstream_health)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
@@ -222,7 +237,8 @@ class CacheNode(Lifecycle):
         self.require_running()
         assert self.engine is not None
         self.topology = topology
-        ups = self.upstreams(topology)
+        ups = self._upstreams = self.upstreams(topology)
+        ups.health = self.upstream_health
         self.engine.upstreams, self.engine.upstream_headers = ups.order, ups.headers
         assert self.front is not None
         self.front.route(self.origins(topology))
