@@ -7,8 +7,9 @@ until the test says otherwise (`proxy.mode = ...`):
 - `HANG`: what a SIGSTOPped host looks like from outside: new connections are
   accepted (the kernel does that) and nothing is ever forwarded or answered;
   connections already open stop moving too, mid-body or not.
-- `STALL`: forward the request and the first `stall_after` bytes of each
-  answer, then nothing more (a body that stops mid-way).
+- `STALL`: forward requests, and on each connection `stall_after` more bytes
+  of answers from the moment STALL is set, then nothing more (a body that
+  stops mid-way, even on a keep-alive connection that carried answers before).
 - `RESET`: close every connection, new and open, with a TCP reset.
 
 Switching back to `PASS` lets connections held by `HANG` move again, as a
@@ -44,6 +45,7 @@ class FaultProxy:
         self._mode = Mode.PASS
         self._moving = asyncio.Event()
         self._moving.set()
+        self._stalls = 0  # times STALL was set: each connection's allowance starts again
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,6 +60,8 @@ class FaultProxy:
     @mode.setter
     def mode(self, mode: Mode) -> None:
         self._mode = mode
+        if mode is Mode.STALL:
+            self._stalls += 1
         if mode is Mode.HANG:
             self._moving.clear()
         else:
@@ -116,7 +120,7 @@ class FaultProxy:
             self._tasks.discard(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
-        sent = 0  # of this connection's answer bytes, for STALL
+        sent, stalls = 0, self._stalls  # answer bytes since STALL was last set, for STALL
         while True:
             data = await reader.read(CHUNK)
             if not data:
@@ -124,6 +128,8 @@ class FaultProxy:
                 return
             await self._moving.wait()
             if self._mode is Mode.STALL and not upstream:
+                if stalls != self._stalls:
+                    sent, stalls = 0, self._stalls
                 room = max(self.stall_after - sent, 0)
                 data = data[:room]
                 if not data:
