@@ -24,9 +24,10 @@ from livecdn.cache.health import PROBE_PATIENCE, Health
 from livecdn.config import Address, CacheSettings, EdgeConfig, OriginConfig, Region, Rendition, Topology
 from livecdn.origin import OriginNode
 from tests.cdn import NO_LIMITS, OPEN_GUARD, Stack, sample
+from tests.fakeorigin import FakeOrigin, slow
 from tests.faultproxy import FaultProxy, Mode
 
-A, B, O = "http://a", "http://b", "http://origin"
+A, B, ORIGIN = "http://a", "http://b", "http://origin"
 
 # --- the state machine ---------------------------------------------------------------------------
 
@@ -89,8 +90,8 @@ def test_every_upstream_ejected_still_tries_the_one_due_back_first():
     h = Health(eject_after=1, backoff=1.0, max_backoff=8.0)
     h.failed(A, 0.3, "timed out")
     h.failed(B, 0.5, "timed out")
-    h.failed(O, 0.2, "timed out")
-    assert h.order((A, B, O), 0.6) == (O,)  # back at 1.2, before A (1.3) and B (1.5)
+    h.failed(ORIGIN, 0.2, "timed out")
+    assert h.order((A, B, ORIGIN), 0.6) == (ORIGIN,)  # back at 1.2, before A (1.3) and B (1.5)
     assert h.order((A,), 0.6) == (A,)  # a shield's origin: its only upstream is always tried
 
 
@@ -335,3 +336,25 @@ async def test_a_body_that_stalls_is_cut_within_the_read_timeout_and_ejects_its_
         report = await upstreams(http, cdn)
     assert waited < read + 2.0
     assert report[cdn.proxy.url]["state"] == "ejected", report
+
+
+@pytest.mark.asyncio
+async def test_a_hung_origin_does_not_eject_the_shield_that_waits_for_it():
+    """The shield gives up on its origin before its edge gives up on the shield: the edge hears it answer."""
+    origin = FakeOrigin()
+    origin.routes["/live/hi/seg1.ts"] = slow(30.0, b"x")
+    await origin.start()
+    stack = await Stack(origin.url, cache=CACHE).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            started = time.monotonic()
+            async with http.get(f"{stack.edge}/live/hi/seg1.ts") as r:
+                status = r.status
+            waited = time.monotonic() - started
+            async with http.get(f"{stack.edge_admin()}/healthz") as r:
+                report = (await r.json())["upstreams"]
+    finally:
+        await stack.stop()
+        await origin.stop()
+    assert status >= 500 and waited < FIRST_BYTE + 1.0
+    assert [entry["state"] for entry in report.values()] == ["up"], report

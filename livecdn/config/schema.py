@@ -264,9 +264,10 @@ class CacheSettings(Checked):
     stale_while_revalidate: Annotated[float, Seconds, Min(0)] = 2.0
     stale_if_error: Annotated[float, Seconds, Min(0)] = 30.0
     negative_ttl: Annotated[float, Seconds, Min(0)] = 1.0  # 404/410: absorbs a burst, short for a live edge
-    # Upstream waits: to connect; from sending a request to its status line, connecting included (a blocking
-    # LL-HLS request waits 3 target durations more, the playlist's own hold); between body reads. `upstream_timeout` caps all three
-    # (files from before they existed keep meaning what they said), the blocking wait excepted.
+    # Upstream waits: to connect; from sending a request to its status line, connecting included (a
+    # blocking LL-HLS request waits 3 target durations more, the playlist's own hold); between body reads.
+    # `upstream_timeout` caps all three (files from before they existed keep meaning what they said), the
+    # blocking wait excepted.
     upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     connect_timeout: Annotated[float, Seconds, Above(0)] = 1.0
     first_byte_timeout: Annotated[float, Seconds, Above(0)] = 2.0

@@ -101,6 +101,10 @@ class CacheNode(Lifecycle):
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
 
+    def upstream_waits(self) -> tuple[float, float, float]:
+        """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
+        return self.config.cache.waits
+
     def connection_limit(self) -> ConnectionLimit | None:
         """Open player connections allowed per client address (None: unlimited)."""
         return None
@@ -182,7 +186,7 @@ class CacheNode(Lifecycle):
         ups = self._upstreams = self.upstreams(self.topology)
         ups.health = self.upstream_health
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, cache.waits, ups.headers, self.upstream_health)
+                             cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
