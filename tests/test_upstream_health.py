@@ -289,24 +289,22 @@ def _since(when: float | None, start: float) -> str:
     return "never" if when is None else f"{when - start:.2f} s"
 
 
-def on_proxy(cdn: Cdn, names: list[str]) -> list[str]:
-    """Those of these segment names whose keys go to the proxied shield first."""
-    assert cdn.edge.engine is not None
-    return [n for n in names if cdn.edge.engine.upstreams(cdn.stack.key(f"/live/hi/{n}"))[0] == cdn.proxy.url]
-
-
-async def segment_names(http: aiohttp.ClientSession, cdn: Cdn) -> list[str]:
+async def proxied_segments(http: aiohttp.ClientSession, cdn: Cdn) -> list[str]:
+    """Names of the playing stream's segments whose keys go to the proxied shield first."""
+    await wait_playing(http, cdn)
     async with http.get(f"{cdn.url}/live/hi/index.m3u8") as r:
-        return [ln for ln in (await r.text()).splitlines() if ln and not ln.startswith("#")]
+        names = [ln for ln in (await r.text()).splitlines() if ln and not ln.startswith("#")]
+    assert cdn.edge.engine is not None
+    names = [n for n in names if cdn.edge.engine.upstreams(cdn.stack.key(f"/live/hi/{n}"))[0] == cdn.proxy.url]
+    if not names:
+        pytest.skip("no segment of this window hashes to the proxied shield")
+    return names
 
 
 @pytest.mark.asyncio
 async def test_a_reset_shield_fails_over_at_once_and_is_ejected(cdn):
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        await wait_playing(http, cdn)
-        names = on_proxy(cdn, await segment_names(http, cdn))
-        if not names:
-            pytest.skip("no segment of this window hashes to the proxied shield")
+        names = await proxied_segments(http, cdn)
         cdn.proxy.mode = Mode.RESET
         for name in names:
             started = time.monotonic()
@@ -322,10 +320,7 @@ async def test_a_reset_shield_fails_over_at_once_and_is_ejected(cdn):
 async def test_a_body_that_stalls_is_cut_within_the_read_timeout_and_ejects_its_shield(cdn):
     read = CACHE.waits[2]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        await wait_playing(http, cdn)
-        names = on_proxy(cdn, await segment_names(http, cdn))
-        if not names:
-            pytest.skip("no segment of this window hashes to the proxied shield")
+        names = await proxied_segments(http, cdn)
         cdn.proxy.mode = Mode.STALL
         started = time.monotonic()
         with pytest.raises(aiohttp.ClientPayloadError):  # headers were sent: the answer can only be cut
