@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from edge import EdgeNode
 from livecdn.cache.health import PROBE_PATIENCE, Health
@@ -353,3 +354,36 @@ async def test_a_hung_origin_does_not_eject_the_shield_that_waits_for_it():
         await origin.stop()
     assert status >= 500 and waited < FIRST_BYTE + 1.0
     assert [entry["state"] for entry in report.values()] == ["up"], report
+
+
+LIVE = b"#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:4\n" + b"".join(
+    b"#EXTINF:1.0,\nseg%d.ts\n" % n for n in range(4, 8))
+
+
+@pytest.mark.asyncio
+async def test_a_blocking_playlist_request_waits_three_target_durations_more():
+    """An LL-HLS origin holds `_HLS_msn` requests until the part exists: longer than any first-byte wait."""
+    hold = FIRST_BYTE + 0.5
+
+    async def playlist(request: web.Request) -> web.StreamResponse:
+        if "_HLS_msn" in request.query:
+            await asyncio.sleep(hold)
+        return web.Response(body=LIVE, content_type="application/vnd.apple.mpegurl")
+
+    origin = FakeOrigin()
+    origin.routes["/live/b/index.m3u8"] = playlist
+    await origin.start()
+    stack = await Stack(origin.url, cache=CACHE).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.get(f"{stack.edge}/live/b/index.m3u8") as r:  # held: its target duration is known
+                assert r.status == 200
+            started = time.monotonic()
+            async with http.get(f"{stack.edge}/live/b/index.m3u8?_HLS_msn=8") as r:
+                status, body = r.status, await r.read()
+            waited = time.monotonic() - started
+    finally:
+        await stack.stop()
+        await origin.stop()
+    assert status == 200 and body == LIVE
+    assert waited >= hold
