@@ -625,11 +625,11 @@ class Engine:
                     deadline.reschedule(loop.time() + read)
                 self._feed(fill, UpstreamDone(time.time()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            timed_out = isinstance(e, asyncio.TimeoutError)
-            reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
             if not isinstance(e, ValueError):  # a transport failure (a ValueError is a bad request of ours)
-                self._unreachable(cmd.upstream, reason)
+                self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
+                timed_out = isinstance(e, asyncio.TimeoutError)
+                reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
                 self._feed(fill, UpstreamFailed(reason, time.time(), timed_out))
         except Exception as e:  # noqa: BLE001 - a bug here must not strand the fill's clients
             if current():

@@ -37,14 +37,14 @@ class Upstreams:
         origins: every origin of the topology.
         origin_fallback: try the key's origin after every shield (it is
             tried alone when there are no shields).
-        health: what fetches found of each upstream (kept across reloads by
-            the node); None: every upstream is always tried.
+
+    `health` (set by the node, which keeps it across reloads) is what fetches
+    found of each upstream; None: every upstream is always tried.
     """
 
     __slots__ = ("_ring", "_single", "_origins", "_fallback", "_shields", "health")
 
-    def __init__(self, shields: list[str], origins: Iterable[OriginRoute], origin_fallback: bool = False,
-                 health: Health | None = None) -> None:
+    def __init__(self, shields: list[str], origins: Iterable[OriginRoute], origin_fallback: bool = False) -> None:
         self._origins = {origin_identity(o): o for o in origins}
         if not shields and not self._origins:
             raise ValueError("an upstream list needs at least one shield or an origin")
@@ -52,7 +52,7 @@ class Upstreams:
         self._ring = HashRing(shields) if len(shields) > 1 else None
         self._single = tuple(shields[:1]) if len(shields) == 1 else None
         self._fallback = origin_fallback or not shields
-        self.health = health
+        self.health: Health | None = None
 
     def _origin(self, key: CacheKey) -> OriginRoute:
         try:
@@ -73,15 +73,15 @@ class Upstreams:
             return tail
         return tuple(n["nodename"] for n in self._ring.range(key.key, unique=True)) + tail
 
-    @property
-    def known(self) -> tuple[str, ...]:
-        """Every upstream some key may be fetched from (the origins only where they are tried)."""
-        origins = tuple(sorted({o.url for o in self._origins.values()})) if self._fallback else ()
-        return tuple(sorted(self._shields)) + origins
-
     def headers(self, key: CacheKey, upstream: str) -> tuple[tuple[str, str], ...]:
         """Request fields for fetching `key` from `upstream` (one of `order(key)`)."""
         if upstream in self._shields:
             return ((ORIGIN_HEADER, key.origin),)
         host = self._origin(key).host_header
         return (("host", host),) if host else ()
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """Every upstream some key may be fetched from (the origins only where they are tried)."""
+        origins = tuple(sorted({o.url for o in self._origins.values()})) if self._fallback else ()
+        return tuple(sorted(self._shields)) + origins
