@@ -268,7 +268,6 @@ class CacheSettings(Checked):
     # blocking LL-HLS request waits 3 target durations more, the playlist's own hold); between body reads.
     # `upstream_timeout` caps all three (files from before they existed keep meaning what they said), the
     # blocking wait excepted.
-    upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     connect_timeout: Annotated[float, Seconds, Above(0)] = 1.0
     first_byte_timeout: Annotated[float, Seconds, Above(0)] = 2.0
     read_timeout: Annotated[float, Seconds, Above(0)] = 5.0
@@ -278,6 +277,7 @@ class CacheSettings(Checked):
     eject_after: Annotated[int, Min(1)] = 1
     eject_backoff: Annotated[float, Seconds, Above(0)] = 1.0
     eject_max_backoff: Annotated[float, Seconds, Above(0)] = 30.0
+    upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     master_ttl: Annotated[float, Seconds, Min(0)] = 30.0  # master playlists change only with the ladder
     # ENDLIST playlists (and static MPDs): at most this, and never longer than one target duration, since an
     # ended stream can start again under the same URL; then revalidated (a 304 when nothing changed).
