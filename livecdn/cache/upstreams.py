@@ -85,3 +85,8 @@ class Upstreams:
         """Every upstream some key may be fetched from (the origins only where they are tried)."""
         origins = tuple(sorted({o.url for o in self._origins.values()})) if self._fallback else ()
         return tuple(sorted(self._shields)) + origins
+
+    def report(self) -> dict[str, dict[str, object]]:
+        """Each upstream's health for `/healthz` (all up when no health is kept)."""
+        health = self.health or Health()
+        return health.report(self.known, time.monotonic())

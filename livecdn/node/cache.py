@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 import aiohttp
@@ -127,12 +126,8 @@ class CacheNode(Lifecycle):
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
         if self._upstreams is not None:
-            for upstream, entry in self._upstream_report().items():
+            for upstream, entry in self._upstreams.report().items():
                 metrics.UPSTREAM_UP.labels(self.config.name, upstream).set(int(entry["state"] == "up"))
-
-    def _upstream_report(self) -> dict[str, dict[str, object]]:
-        assert self._upstreams is not None
-        return self.upstream_health.report(self._upstreams.known, time.monotonic())
 
     def health(self) -> dict[str, object]:
         """What `/healthz` reports; an `overloaded` that is true makes it a 503 (`_healthz`).
@@ -144,9 +139,9 @@ class CacheNode(Lifecycle):
         assert front is not None and engine is not None and players is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
+                "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
-                "max_connections": players.max_connections, "refused_connections": players.refused,
-                "upstreams": self._upstream_report()}
+                "max_connections": players.max_connections, "refused_connections": players.refused}
 
     def connections_overloaded(self) -> bool:
         """Whether open player connections reached `OVERLOAD_SHARE` of this process's bound."""
