@@ -650,6 +650,7 @@ class Engine:
             log.warning("upstream %s answers again: back in the ring", upstream)
 
     def _unreachable(self, upstream: str, reason: str) -> None:
+        """An upstream failed to connect, timed out or broke: told to its health, whichever fill asked."""
         if self.health is None:
             return
         out = self.health.failed(upstream, time.monotonic(), reason)
