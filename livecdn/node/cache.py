@@ -25,6 +25,7 @@ from livecdn import metrics
 from livecdn.cache.disk import DiskStore, DiskUnusable
 from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
+from livecdn.cache.health import Health
 from livecdn.cache.memory import MemoryStore
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
@@ -83,6 +84,10 @@ class CacheNode(Lifecycle):
         self._players: PlayerServer | None = None
         self._sites = Sites()
         self._admin_port = 0
+        cache = config.cache
+        # Kept across reloads: an upstream still in the topology keeps its record.
+        self.upstream_health = Health(cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
+        self._upstreams: Upstreams | None = None
 
     # --- what a node kind decides ---
 
@@ -95,6 +100,10 @@ class CacheNode(Lifecycle):
 
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
+
+    def upstream_waits(self) -> tuple[float, float, float]:
+        """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
+        return self.config.cache.waits
 
     def connection_limit(self) -> ConnectionLimit | None:
         """Open player connections allowed per client address (None: unlimited)."""
@@ -117,6 +126,9 @@ class CacheNode(Lifecycle):
             self.front.flush_hits()
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        if self._upstreams is not None:
+            for upstream, entry in self._upstreams.report().items():
+                metrics.UPSTREAM_UP.labels(self.config.name, upstream).set(int(entry["state"] == "up"))
 
     def health(self) -> dict[str, object]:
         """What `/healthz` reports; an `overloaded` that is true makes it a 503 (`_healthz`).
@@ -128,6 +140,7 @@ class CacheNode(Lifecycle):
         assert front is not None and engine is not None and players is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
+                "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
                 "max_connections": players.max_connections, "refused_connections": players.refused,
                 "disk": self.disk_state}
@@ -173,9 +186,10 @@ class CacheNode(Lifecycle):
             else:
                 self.disk_state = "ok"
         rules = Rules.of(cache)
-        ups = self.upstreams(self.topology)
+        ups = self._upstreams = self.upstreams(self.topology)
+        ups.health = self.upstream_health
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, cache.upstream_timeout, ups.headers)
+                             cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health)
         self.engine.tier = ups.tier
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
@@ -231,7 +245,8 @@ class CacheNode(Lifecycle):
         self.require_running()
         assert self.engine is not None
         self.topology = topology
-        ups = self.upstreams(topology)
+        ups = self._upstreams = self.upstreams(topology)
+        ups.health = self.upstream_health
         self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
         assert self.front is not None
         self.front.route(self.origins(topology))
