@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test test-fast lint bench bench-dns speed geodb deps-video deps-test clean
+.PHONY: demo test test-fast lint bench bench-dns speed faults geodb deps-video deps-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,6 +61,10 @@ speed: $(VENV)/.bench
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || \
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx varnish wrk; }
 	$(PY) benchmarks/speed.py
+
+# Viewers through a hung shield, a hung origin, an origin 500 storm; nginx use_stale beside (needs nginx).
+faults: $(VENV)/.bench
+	$(PY) benchmarks/faults.py
 
 # The demo's geo database is generated from its readable source; rebuild after editing the JSON.
 geodb: $(STAMP)

@@ -93,22 +93,24 @@ async def cdn(procs: Processes, session: aiohttp.ClientSession, name: str, nginx
     origin = free_port()
     try:
         proxy = await start_counting(procs, session, "proxy", "errorproxy", ["--upstream", url(origin)])
-        shields = () if nginx else (Node.new("shields", "shield-1"), Node.new("shields", "shield-2"))
-        edge = None if nginx else Node.new("edges", "edge-1")
+        shields = (Node.new("shields", "shield-1"), Node.new("shields", "shield-2"))
+        edge = Node.new("edges", "edge-1")
         config = procs.workdir / f"{name}.toml"
         builtin = {"listen": f"127.0.0.1:{origin}", "mode": "synthetic", "streams": ["live"],
                    "target_duration": TARGET_DURATION, "window": WINDOW}
-        write_topology(config, url(proxy), [*shields, *([edge] if edge else [])],
+        # A topology lists an edge even when nginx plays it: the origin reads the same file.
+        write_topology(config, url(proxy), [*shields, edge],
                        {"memory_bytes": "256MiB", "disk_path": "", "stale_if_error": STALE_IF_ERROR},
                        builtin=builtin)
         await start_builtin_origin(procs, session, config, origin)
-        if edge is None:
+        if nginx:
             player = await start_nginx(procs, session, "nginx", "stale.conf.template", proxy, "/live/master.m3u8")
+            started = Cdn(proxy, player, (), None)
         else:
             await start_nodes(procs, session, config, [*shields, edge])
-            player = edge.port
+            started = Cdn(proxy, edge.port, shields, edge)
         await wait_live(session, url(origin))
-        yield Cdn(proxy, player, shields, edge)
+        yield started
     finally:
         _resume_all(procs)
         procs.stop([n for n in STOPPED if n in procs.running])
