@@ -128,3 +128,42 @@ def test_buffer_tells_each_stall_when_it_ran_dry_and_when_it_was_refilled() -> N
     buf.finish(20.0)  # dry again at 17.0
     assert stalls == [(14.5, 15.0), (17.0, 20.0)]
     assert (buf.stalls, buf.stall_seconds) == (2, 3.5)
+
+
+async def test_error_proxy_fails_for_its_window_then_forwards_again_counting_both() -> None:
+    from aiohttp import ClientSession, web
+
+    from tools.benchorigin import application, synthetic_handler
+    from tools.errorproxy import failing_handler
+
+    async def site(app: web.Application) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        s = web.TCPSite(runner, "127.0.0.1", 0)
+        await s.start()
+        return runner, s._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    origin, oport = await site(application(synthetic_handler(100), upstream=False))
+    proxy, pport = await site(application(failing_handler(f"http://127.0.0.1:{oport}"), upstream=True))
+    base = f"http://127.0.0.1:{pport}"
+    try:
+        async with ClientSession() as s:
+            statuses = []
+            for path in ("/d0/a.ts", "/_fail?seconds=0.5", "/d0/a.ts", "/d0/a.ts"):
+                async with s.get(base + path) as r:
+                    statuses.append(r.status)
+            await asyncio.sleep(0.6)
+            async with s.get(base + "/d0/a.ts") as r:
+                statuses.append(r.status)
+            async with s.get(base + "/_fail?seconds=-1") as r:
+                statuses.append(r.status)
+            async with s.get(base + "/_counts") as r:
+                counts = await r.json()
+            async with s.get(f"http://127.0.0.1:{oport}/_counts") as r:
+                reached = await r.json()
+    finally:
+        await proxy.cleanup()
+        await origin.cleanup()
+    assert statuses == [200, 200, 500, 500, 200, 400]
+    assert counts == {"/d0/a.ts": 4}  # every request counted, failed or forwarded; /_fail not
+    assert reached == {"/d0/a.ts": 2}  # the failed ones never reached the origin
