@@ -288,7 +288,7 @@ class Engine:
     def _held(self, k: str) -> bool:
         """A copy in memory (fresh or not), a disk lookup, a fetch in flight or a failure remembered: no new fetch."""
         return (k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
-                or self._failure(k, time.time()) is not None)
+                or (bool(self._failures) and self._failure(k, time.time()) is not None))
 
     def _failure(self, k: str, now: float) -> Stored | None:
         """The error of `k`'s last fetch while it is remembered: meanwhile nobody asks the upstream again."""
