@@ -157,8 +157,9 @@ async def test_an_error_storm_costs_the_origin_about_one_request_per_key_per_sec
             took = time.monotonic() - start
             rates = {p: (origin.hits[p] - before[p]) / took for p in (playlist, segment)}
             asked = {p: sum(n for (q, _, _), n in seen.items() if q == p) for p in (playlist, segment)}
-            print(f"\nerror storm ({fault} playlist, 500 segment): viewers asked {asked[playlist] / took:.0f} playlists/s and {asked[segment] / took:.0f}"
-                  f" segments/s; the origin got {rates[playlist]:.2f} and {rates[segment]:.2f} requests/s")
+            print(f"\nerror storm ({fault} playlist, 500 segment): viewers asked {asked[playlist] / took:.0f}"
+                  f" playlists/s and {asked[segment] / took:.0f} segments/s; the origin got"
+                  f" {rates[playlist]:.2f} and {rates[segment]:.2f} requests/s")
             assert all(rate <= 1.5 for rate in rates.values()), rates
             # The playlist's stale copy is within stale-if-error: every viewer got it, never an error.
             assert {(s, good) for (p, s, good) in seen if p == playlist} == {(200, True)}

@@ -428,7 +428,8 @@ def test_stale_if_error_within_its_bound(after: float, served_stale: bool) -> No
     fill = make_fill(upstreams=UPSTREAMS[:1], stale=old)
     pb = (Playbook(fill)
           >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
-              ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"))) << StaleTimer(RULES.stale_after)
+              ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+          << StaleTimer(RULES.stale_after)
           >> ClientRequested(2)
           >> UpstreamFailed("connection refused", T0 + after))
     if served_stale:
@@ -465,7 +466,8 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
     assert (
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
-            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"))) << StaleTimer(RULES.stale_after)
+            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+        << StaleTimer(RULES.stale_after)
         >> ClientRequested(2)
         >> UpstreamResponded(304, (("etag", '"v1"'), ("cache-control", "max-age=5"), ("age", "2"),
                                    ("server", "x")), T0 + 100)
