@@ -24,6 +24,7 @@ from livecdn.cache.fill import (
     Fill,
     Head,
     Log,
+    RefreshRequested,
     RememberFailure,
     Respond,
     SendBytes,
@@ -143,6 +144,27 @@ def test_a_deadline_once_a_streamed_answer_has_begun_changes_nothing() -> None:
         >> UpstreamResponded(200, (("content-type", "video/mp2t"),), T0 + 2) << Respond(1, Placeholder(Head))
         >> StaleDeadline(T0 + 3)  # the client has its head: it gets the new body, however slow
         >> UpstreamChunk(b"new") << SendBytes(1, 0, 3)
+    )
+
+
+def test_a_client_joining_a_streamed_answer_gets_it_and_no_timer() -> None:
+    fill = make_fill(stale_copy(SEG, data=b"old segment"), SEG)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(UPSTREAM[0], 0) << StaleTimer(RULES.stale_after)
+        >> UpstreamResponded(200, (("content-type", "video/mp2t"),), T0 + 2) << Respond(1, Placeholder(Head))
+        >> UpstreamChunk(b"new") << SendBytes(1, 0, 3)
+        >> ClientRequested(2) << Respond(2, Placeholder(Head)) << SendBytes(2, 0, 3)
+    )
+
+
+def test_a_client_joining_a_refresh_starts_the_wait() -> None:
+    old = stale_copy()
+    assert (
+        Playbook(make_fill(old))
+        >> RefreshRequested() << StartFetch(UPSTREAM[0], 0)  # nobody waits: no timer
+        >> ClientRequested(1) << StaleTimer(TARGET / 2)
+        >> StaleDeadline(T0 + 3) << ServeStored(1, old, CacheResult.STALE) << StaleTimer(T0 + 31 - (T0 + 3))
     )
 
 

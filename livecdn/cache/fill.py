@@ -385,17 +385,14 @@ class Fill:
             assert self.stale is not None
             return [ServeStored(client, self.stale, CacheResult.STALE)]
         self._clients[client] = CacheResult.MISS if first else CacheResult.COALESCED
-        timer = self._stale_timer()
         if first:
-            return self._start(0) + timer
-        if timer:
-            return timer
+            return self._start(0) + self._stale_timer()
         if self._state is _State.BODY and not self._checked_whole:
             cmds: list[Command] = [Respond(client, self._head(client))]
             if self.size:
                 cmds.append(SendBytes(client, 0, self.size))
             return cmds
-        return []
+        return self._stale_timer()  # joined a fetch (a refresh, say) with no answer yet
 
     @property
     def _undecided(self) -> bool:
@@ -481,7 +478,8 @@ class Fill:
         self._shared = vary == self.key.vary_names
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
-            return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
+            reason = f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})"
+            return self._fail_all(_upstream_error(502, reason))
         kept = [(k, v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
         ctype = hdrs.get("content-type")
         if status == 200 and self.key.extension in CONTENT_TYPES and (
@@ -504,7 +502,7 @@ class Fill:
         if self.size > self.max_bytes:
             reason = f"body exceeds max_object_bytes ({self.max_bytes})"
             # A playlist checked whole has sent no head yet: its clients get an error head, not a cut.
-            return self._fail_all(502, reason) if self._checked_whole else self._broken(reason)
+            return self._fail_all(_upstream_error(502, reason)) if self._checked_whole else self._broken(reason)
         if self._length is not None and self.size > self._length and not self._checked_whole:
             # Never let a client send past the Content-Length it was given.
             return self._broken(f"body longer than its content-length ({self._length})")
@@ -604,17 +602,16 @@ class Fill:
             nxt = self.upstreams[self.attempt + 1]
             return [Log("warning", f"{self.key}: {reason}; trying {nxt}")] + self._start(self.attempt + 1)
         status = 504 if timeout else 502
+        error = _upstream_error(status, reason)
         if self.stale is not None and self.stale.servable_on_error(at):
             self._state = _State.DONE
             return [Log("warning", f"{self.key}: {reason}; serving stale copy")] + [
-                ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients] + self._remember(
-                _upstream_error(status, reason), at)
+                ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients] + self._remember(error, at)
         return [Log("warning", f"{self.key}: {reason}; answering {status}")] + self._fail_all(
-            status, reason) + self._remember(_upstream_error(status, reason), at)
+            error) + self._remember(error, at)
 
-    def _fail_all(self, status: int, reason: str) -> list[Command]:
+    def _fail_all(self, head: Head) -> list[Command]:
         self._state = _State.FAILED
-        head = _upstream_error(status, reason)
         cmds: list[Command] = []
         for c in self._clients:
             cmds += [Respond(c, head), EndResponse(c)]
