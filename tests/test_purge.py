@@ -152,8 +152,10 @@ def origin_thread() -> Iterator[FakeOrigin]:
 
 def publish(origin: FakeOrigin, run: str) -> None:
     """An ended HLS stream under /live/ (master, renditions, segments) and one under /other/; bytes name `run`."""
-    ended = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n"
-    segs = "".join(f"#EXTINF:2.0,\nseg_{i}.ts\n" for i in range(SEGMENTS))
+    # Ended playlists stay fresh one target duration: 20 s keeps every one on the disk tier
+    # (DISK_MIN_LIFETIME) and fresh for the whole test, so only the purge makes them go.
+    ended = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:20\n#EXT-X-MEDIA-SEQUENCE:0\n"
+    segs = "".join(f"#EXTINF:20.0,\nseg_{i}.ts\n" for i in range(SEGMENTS))
     master = "#EXTM3U\n" + "".join(f"#EXT-X-STREAM-INF:BANDWIDTH={1000 * (i + 1)}\n{r}/index.m3u8\n"
                                    for i, r in enumerate(LADDER))
     hls = "application/vnd.apple.mpegurl"
@@ -162,7 +164,7 @@ def publish(origin: FakeOrigin, run: str) -> None:
         origin.routes[f"/live/{r}/index.m3u8"] = body(f"{ended}{segs}#EXT-X-ENDLIST\n# {run}\n".encode(), hls)
         for i in range(SEGMENTS):
             origin.routes[f"/live/{r}/seg_{i}.ts"] = body(f"{run} {r} {i} ".encode() * 500)
-    origin.routes["/other/index.m3u8"] = body(f"{ended}#EXTINF:2.0,\nseg_0.ts\n#EXT-X-ENDLIST\n# {run}\n".encode(), hls)
+    origin.routes["/other/index.m3u8"] = body(f"{ended}#EXTINF:20.0,\nseg_0.ts\n#EXT-X-ENDLIST\n# {run}\n".encode(), hls)
     origin.routes["/other/seg_0.ts"] = body(f"{run} other ".encode() * 500)
 
 
