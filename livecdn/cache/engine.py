@@ -330,7 +330,8 @@ class Engine:
     async def refresh(self, key: CacheKey) -> None:
         """Fetch `key` again now, fresh or not, and return once it is stored.
 
-        Joins a fetch already in flight for the key instead of starting another.
+        Joins a fetch already in flight for the key instead of starting another,
+        and fetches nothing while the key's last failure is remembered.
         """
         fill = self._fills.get(key.key)
         if fill is None:
