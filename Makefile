@@ -26,7 +26,7 @@ deps-video:
 deps-test: deps-video
 	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v dig >/dev/null || \
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl bind9-dnsutils; }
-	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/playwright-core ] || \
+	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/dashjs ] && [ -d tests/players/node_modules/playwright-core ] || \
 	  (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
 
 demo: $(STAMP) deps-video

@@ -159,19 +159,21 @@ class StreamGuard:
     # --- learning ---
 
     def learn(self, obj: Stored) -> Announced | None:
-        """Take in what a stored playlist announces, as its fill read it; returns it (None for DASH)."""
+        """Take in what a stored playlist announces, as its fill read it; returns it (None when not read)."""
         announced = obj.manifest.announced if obj.manifest is not None else None
         if announced is None:
             return None
         path = path_of(obj.key)
         self._stream(directory(path)).names.add(path)  # a playlist that answered exists
         segments = frozenset(announced.segments)
+        dash = not is_hls_playlist(extension(path))
         for name in announced.names:
             stream = self._stream(directory(name))
             stream.names.add(name)
             # Who can tell about more names here later: a live playlist for its
-            # segments' directory, a child playlist for its own.
-            if announced.live and name in segments:
+            # segments' directory, a child playlist for its own, an MPD for every
+            # directory its names live in (it has no child playlists).
+            if dash or (announced.live and name in segments):
                 _remember(stream, path)
             elif is_hls_playlist(extension(name)):
                 _remember(stream, name)

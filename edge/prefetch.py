@@ -7,6 +7,12 @@ announces segments (or preload hints) the edge has not seen in that playlist
 before, and somebody watched that stream lately, they are fetched through the
 engine's normal coalesced path. A bounded queue
 and a fixed number of workers keep it from ever becoming a load of its own.
+
+A live MPD is polled the same way, so the guard's view of its template names
+moves with the clock; its segments are prefetched only where the packager
+lists them (SegmentTimeline, SegmentList): a name computed from `$Number$`
+and the clock may not be on the origin yet, and a prefetched 404 would be
+cached for every viewer.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import CacheKey, cache_key
 from livecdn.config import GuardSettings
 from livecdn.logs import report_death
-from livecdn.media.kinds import HLS_PLAYLISTS
+from livecdn.media.kinds import PLAYLISTS
 from livecdn.media.names import directory
 from livecdn.media.playlist import Announced
 
@@ -92,7 +98,7 @@ class Prefetcher:
             if len(viewed) > self.settings.max_streams:
                 viewed.popitem(last=False)
         path = key.path
-        if path not in self._polls and key.extension in HLS_PLAYLISTS:
+        if path not in self._polls and key.extension in PLAYLISTS:
             self._schedule(path)  # a viewer is back: poll again
         if self._prefetched and key.key in self._prefetched:
             del self._prefetched[key.key]

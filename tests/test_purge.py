@@ -164,7 +164,8 @@ def publish(origin: FakeOrigin, run: str) -> None:
         origin.routes[f"/live/{r}/index.m3u8"] = body(f"{ended}{segs}#EXT-X-ENDLIST\n# {run}\n".encode(), hls)
         for i in range(SEGMENTS):
             origin.routes[f"/live/{r}/seg_{i}.ts"] = body(f"{run} {r} {i} ".encode() * 500)
-    origin.routes["/other/index.m3u8"] = body(f"{ended}#EXTINF:20.0,\nseg_0.ts\n#EXT-X-ENDLIST\n# {run}\n".encode(), hls)
+    other = f"{ended}#EXTINF:20.0,\nseg_0.ts\n#EXT-X-ENDLIST\n# {run}\n"
+    origin.routes["/other/index.m3u8"] = body(other.encode(), hls)
     origin.routes["/other/seg_0.ts"] = body(f"{run} other ".encode() * 500)
 
 

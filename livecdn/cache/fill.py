@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from livecdn.cache.freshness import Rules, failure_lifetime, lifetime, stale_after
 from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
-from livecdn.media.kinds import CONTENT_TYPES, NameKind
+from livecdn.media.kinds import CONTENT_TYPES, NameKind, is_hls_playlist
 from livecdn.media.names import directory
 from livecdn.media.playlist import Change, MalformedPlaylist, Manifest, compare, proves_whole, read
 
@@ -522,7 +522,7 @@ class Fill:
         manifest = None
         if self._checked_whole:
             try:
-                manifest = read(self.key.path, data)  # the one parse of this body
+                manifest = read(self.key.path, data, at)  # the one parse of this body
             except MalformedPlaylist as e:
                 return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
         cmds: list[Command] = []
@@ -586,13 +586,15 @@ class Fill:
     def _revalidated(self, stale: Stored, hdrs: dict[str, str], born: float) -> Stored:
         """The stale copy confirmed by a 304, its lifetime from its stored manifest."""
         manifest = stale.manifest
-        if manifest is None and stale.kind is NameKind.PLAYLIST and stale.status == 200 and stale.body:
-            # Read back from disk, where manifests are not kept: read it now, once,
-            # and the revalidated copy keeps it. It was read whole before it was
-            # stored, so only a damaged disk copy fails; that one gets no manifest.
+        timed = not is_hls_playlist(self.key.extension)  # an MPD's template names move with the clock
+        if (manifest is None or timed) and stale.kind is NameKind.PLAYLIST and stale.status == 200 and stale.body:
+            # Read back from disk, where manifests are not kept (or an MPD, whose names
+            # depend on when): read it now, once, and the revalidated copy keeps it. It
+            # was read whole before it was stored, so only a damaged disk copy fails; that
+            # one gets no manifest.
             # A damaged copy gets the lifetime of its name's kind alone, as any object without a manifest.
             with contextlib.suppress(MalformedPlaylist):
-                manifest = read(self.key.path, stale.body)
+                manifest = read(self.key.path, stale.body, born)
         lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
                       manifest.info if manifest else None, self.key.path)
         return stale.revalidated(hdrs, born, lt, manifest)

@@ -1,6 +1,6 @@
-"""What a playlist body says: its own freshness and, for HLS, the names it announces.
+"""What a playlist body says: its own freshness and the names it announces.
 
-`read` is the one parse of a playlist body (HLS with `m3u8`, a little DASH):
+`read` is the one parse of a playlist body (HLS with `m3u8`, DASH with `livecdn.media.mpd`):
 the cache's fill calls it once, when the body has arrived whole, and the
 resulting `Manifest` travels with the stored object to whoever needs it
 (freshness, revalidation, the edge's guard and prefetch), so no one parses
@@ -17,7 +17,6 @@ objects or keep the newer copy it holds.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -52,7 +51,7 @@ class PlaylistInfo:
 
 @dataclass(frozen=True, slots=True)
 class Announced:
-    """The names an HLS playlist says exist, as normalized absolute paths."""
+    """The names a playlist (HLS or DASH) says exist, as normalized absolute paths."""
 
     names: tuple[str, ...]  # every name: segments, parts, init sections, hints, child playlists, keys, session data
     segments: tuple[str, ...]  # full segments in playlist order (what prefetch follows)
@@ -79,19 +78,21 @@ class Manifest:
     """One read of a playlist body."""
 
     info: PlaylistInfo
-    # None for DASH: its names are not read (yet), which is not the same as an
-    # HLS playlist that announces nothing so far.
+    # None where names are not read, which is not the same as a playlist
+    # that announces nothing so far (livecdn.media.mpd reads DASH's).
     announced: Announced | None
     run: Run = Run()
 
 
-def read(path: str, body: bytes) -> Manifest:
+def read(path: str, body: bytes, at: float | None = None) -> Manifest:
     """Read a playlist body once: its freshness and what it announces.
 
     Args:
         path: the playlist's normalized path; its extension says HLS or DASH,
             and its relative URIs resolve against it.
         body: the whole body.
+        at: when it was fetched (epoch seconds); needed for DASH, whose
+            template names are known from the clock.
 
     Raises:
         MalformedPlaylist: with the reason, for anything a player could not use.
@@ -103,8 +104,11 @@ def read(path: str, body: bytes) -> Manifest:
     except UnicodeDecodeError:
         raise MalformedPlaylist("playlist is not UTF-8 text") from None
     if extension(path) == ".mpd":
-        started = _MPD_START.search(text)
-        return Manifest(_mpd_info(text), None, Run(started=started.group(1) if started else None))
+        from livecdn.media import mpd  # here: mpd.py builds on this module's types
+
+        if at is None:
+            raise TypeError("reading an MPD needs the time it was fetched (at)")
+        return mpd.read(path, text, at)
     if not text.lstrip().startswith("#EXTM3U"):
         raise MalformedPlaylist("playlist does not start with #EXTM3U")
     _check_whole(text)
@@ -214,21 +218,6 @@ def compare(held: Manifest, new: Manifest) -> tuple[Change, str]:
     if n.media_sequence <= max(h.segments, n.segments):
         return Change.RESTARTED, f"{went}: the sequence started over"
     return Change.BEHIND, f"{went}: {held_end - new_end} segments behind"
-
-
-_MPD_START = re.compile(r"<MPD\b[^>]*\bavailabilityStartTime\s*=\s*[\"']([^\"']+)[\"']", re.S)
-_MPD_TYPE = re.compile(r"<MPD\b[^>]*\btype\s*=\s*[\"'](static|dynamic)[\"']", re.S)
-_MPD_UPDATE = re.compile(r"\bminimumUpdatePeriod\s*=\s*[\"']PT(\d+(?:\.\d+)?)S[\"']")
-
-
-def _mpd_info(text: str) -> PlaylistInfo:
-    if "<MPD" not in text:
-        raise MalformedPlaylist("manifest has no <MPD> element")
-    m = _MPD_TYPE.search(text)
-    if m is None or m.group(1) == "static":
-        return PlaylistInfo(ManifestKind.ENDED)
-    update = _MPD_UPDATE.search(text)
-    return PlaylistInfo(ManifestKind.LIVE, float(update.group(1)) if update else 2.0)
 
 
 def _announced(path: str, parsed: m3u8.M3U8) -> Announced:

@@ -1,4 +1,5 @@
-// Play an HLS URL with hls.js in headless Chromium and report what a viewer would see.
+// Play an HLS URL with hls.js (or a DASH .mpd URL with dash.js) in headless Chromium and report
+// what a viewer would see.
 //
 //   node tests/players/play.mjs URL SECONDS
 //
@@ -7,14 +8,15 @@
 //
 // The harness page is served by page.route() on the stream's own origin, so hls.js
 // fetches same-origin (no CORS, no private-network preflight) and nothing else has to
-// listen. hls.js comes from node_modules, not a CDN.
+// listen. hls.js and dash.js come from node_modules, not a CDN.
 //
 // Result fields:
 //   started        a 'playing' event happened
 //   startupSeconds from loadSource() to the first 'playing'
 //   playedSeconds  media time actually played (sum of video.played ranges)
 //   stalls         'waiting' events after the first 'playing', with when and where
-//   errors         every hls.js ERROR event (fatal or not) with type/details
+//   errors         every hls.js ERROR event (fatal or not) with type/details; dash.js ERROR events
+//   player         "hls.js" or "dash.js", chosen by the URL (a path ending in .mpd is DASH)
 //   currentTime    video.currentTime at the end
 //   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
 //   console        page console errors
@@ -41,14 +43,16 @@ if (!url || !(seconds > 0)) {
 const START_TIMEOUT_MS = 30_000;
 const CODECS = 'video/mp4; codecs="avc1.42c01f,mp4a.40.2"';
 
-const hlsJsPath = require.resolve('hls.js/dist/hls.min.js');
-const hlsJs = readFileSync(hlsJsPath);
-const hlsVersion = JSON.parse(readFileSync(join(here, 'node_modules/hls.js/package.json'))).version;
+const dash = new URL(url).pathname.endsWith('.mpd');
+const player = dash ? 'dash.js' : 'hls.js';
+const pkg = dash ? 'dashjs' : 'hls.js';
+const playerJs = readFileSync(require.resolve(dash ? 'dashjs/dist/dash.all.min.js' : 'hls.js/dist/hls.min.js'));
+const playerVersion = JSON.parse(readFileSync(join(here, 'node_modules', pkg, 'package.json'))).version;
 
 const base = new URL('/__livecdn_player__/', url).href;
 const page_html = `<!doctype html><meta charset="utf-8"><title>livecdn player</title>
 <video id="v" muted playsinline></video>
-<script src="${base}hls.js"></script>`;
+<script src="${base}player.js"></script>`;
 
 const args = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -61,7 +65,7 @@ if (process.env.LIVECDN_HOST_RESOLVER_RULES) {
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'livecdn-chromium-'));
 let context;
-const result = { url, seconds, hlsVersion, started: false, playedSeconds: 0, stalls: [], errors: [],
+const result = { url, seconds, player, [dash ? 'dashVersion' : 'hlsVersion']: playerVersion, started: false, playedSeconds: 0, stalls: [], errors: [],
                  currentTime: null, console: [] };
 try {
   context = await chromium.launchPersistentContext(userDataDir, {
@@ -82,29 +86,44 @@ try {
   page.on('pageerror', (e) => result.console.push(`pageerror: ${e.message}`));
   await page.route(`${base}**`, (route) => {
     const u = new URL(route.request().url());
-    if (u.pathname.endsWith('/hls.js')) {
-      return route.fulfill({ status: 200, contentType: 'text/javascript', body: hlsJs });
+    if (u.pathname.endsWith('/player.js')) {
+      return route.fulfill({ status: 200, contentType: 'text/javascript', body: playerJs });
     }
     return route.fulfill({ status: 200, contentType: 'text/html', body: page_html });
   });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs }) => {
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash }) => {
     const r = { started: false, startupSeconds: null, stalls: [], errors: [],
-                mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs),
-                hlsSupported: Hls.isSupported() };
-    if (!r.hlsSupported) return r;
+                mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
+    if (dash) r.dashSupported = dashjs.supportsMediaSource();
+    else r.hlsSupported = Hls.isSupported();
+    if (!(r.dashSupported ?? r.hlsSupported)) return r;
     const video = document.getElementById('v');
-    const hls = new Hls({ enableWorker: true });
     const t0 = performance.now();
-    hls.on(Hls.Events.ERROR, (_e, d) => {
-      r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
-                      url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
-                      response: d.response ? { code: d.response.code, text: d.response.text } : null,
-                      error: d.error ? String(d.error) : null,
-                      at: (performance.now() - t0) / 1000 });
-    });
-    hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
-      { fatal: true, type: 'play', details: String(e) })); });
+    let hls = null;
+    let dashPlayer = null;
+    if (dash) {
+      dashPlayer = dashjs.MediaPlayer().create();
+      // Three segments behind live, as hls.js by default (liveSyncDurationCount): ffmpeg's
+      // suggestedPresentationDelay is one segment, which leaves no margin and stalls even at the origin.
+      dashPlayer.updateSettings({ streaming: { delay: { liveDelayFragmentCount: 3,
+                                                        useSuggestedPresentationDelay: false } } });
+      dashPlayer.on(dashjs.MediaPlayer.events.ERROR, (e) => {
+        r.errors.push({ fatal: true, type: 'dash', details: e.error?.message ?? String(e.error),
+                        code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
+      });
+    } else {
+      hls = new Hls({ enableWorker: true });
+      hls.on(Hls.Events.ERROR, (_e, d) => {
+        r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
+                        url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
+                        response: d.response ? { code: d.response.code, text: d.response.text } : null,
+                        error: d.error ? String(d.error) : null,
+                        at: (performance.now() - t0) / 1000 });
+      });
+      hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
+        { fatal: true, type: 'play', details: String(e) })); });
+    }
     let playing;
     const started = new Promise((resolve) => { playing = resolve; });
     video.addEventListener('playing', () => {
@@ -120,8 +139,12 @@ try {
                         buffered: video.buffered.length ? video.buffered.end(video.buffered.length - 1) : null });
       }
     });
-    hls.loadSource(url);
-    hls.attachMedia(video);
+    if (dash) {
+      dashPlayer.initialize(video, url, true);
+    } else {
+      hls.loadSource(url);
+      hls.attachMedia(video);
+    }
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     await Promise.race([started, sleep(startTimeoutMs)]);
     if (r.started) await sleep(seconds * 1000);
@@ -129,13 +152,14 @@ try {
     for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
     r.playedSeconds = played;
     r.currentTime = video.currentTime;
-    r.level = hls.currentLevel >= 0 ? hls.levels[hls.currentLevel]?.height ?? null : null;
+    if (hls) r.level = hls.currentLevel >= 0 ? hls.levels[hls.currentLevel]?.height ?? null : null;
     r.videoSize = [video.videoWidth, video.videoHeight];
     r.droppedFrames = video.getVideoPlaybackQuality?.().droppedVideoFrames ?? null;
     r.decodedFrames = video.getVideoPlaybackQuality?.().totalVideoFrames ?? null;
-    hls.destroy();
+    if (hls) hls.destroy();
+    if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);
