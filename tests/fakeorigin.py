@@ -123,15 +123,6 @@ class FileOrigin(FakeOrigin):
         super().__init__()
         self.root = root
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path in self.routes:
             return await super()._handle(request)
