@@ -10,8 +10,14 @@ about half a target duration, never a 504 while the copy is within its bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -44,7 +50,7 @@ from livecdn.cache.stored import Stored
 from livecdn.config import CacheSettings
 from livecdn.media.kinds import ManifestKind, NameKind, kind_of
 from livecdn.media.playlist import PlaylistInfo, read
-from tests.cdn import Stack
+from tests.cdn import ROOT, Stack, topology_toml
 from tests.fakeorigin import Behaviour, FakeOrigin, body
 from tests.playbook import Placeholder, Playbook
 
@@ -247,3 +253,65 @@ async def test_a_hung_origin_costs_a_playlist_request_half_a_target_duration_not
     finally:
         released.set()
         await stack.stop()
+
+
+@contextlib.contextmanager
+def origin_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real `livecdn origin` (synthetic live stream, target duration 2 s) and its URL; stopped afterwards."""
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin={"mode": "synthetic", "target_duration": TARGET, "window": 4,
+                                            "segment_bytes": 20_000}, edges=1, router=False))
+    listen = re.search(r'\[origin\.builtin\][^\[]*listen = "([^"]+)"', config.read_text())
+    assert listen is not None
+    proc = subprocess.Popen([sys.executable, "-m", "livecdn", "origin", "--config", str(config), "--node", "origin",
+                             "--log-level", "warning"], cwd=ROOT)
+    try:
+        yield proc, f"http://{listen.group(1)}"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_sigstopped_origin_process_costs_half_a_target_duration_not_a_504(tmp_path: Path) -> None:
+    """What was seen (issue 11, item 2), as it was seen: the origin process stopped, the kernel still accepting."""
+    with origin_process(tmp_path) as (proc, url):
+        async with aiohttp.ClientSession() as session:
+            async def live(path: str) -> bool:  # the origin is up and has published a segment
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + path) as r:
+                        return r.status == 200
+                return False
+            assert await until_true(lambda: live("/live/master.m3u8"), 30)
+            stack = await Stack(url, cache=CacheSettings(disk_path="", stale_while_revalidate=0, stale_if_error=5,
+                                                         upstream_timeout=10)).start()
+            try:
+                async with session.get(stack.edge + "/live/master.m3u8") as r:  # as a player starts
+                    path = "/live/" + next(line for line in (await r.text()).splitlines() if line.endswith(".m3u8"))
+                assert await until_true(lambda: live(path), 5 * TARGET)
+                async with session.get(stack.edge + path) as r:
+                    assert r.status == 200
+                    held = await r.read()
+                born = time.monotonic()
+                proc.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(1.2)  # stale at both tiers
+                answers: list[tuple[float, int, bytes]] = []
+                await asyncio.gather(*(viewer(session, stack.edge + path, born + 4.5, answers) for _ in range(4)))
+                slowest = max(t for t, _, _ in answers)
+                print(f"\nSIGSTOPped origin: {len(answers)} playlist answers, slowest {slowest:.2f} s, "
+                      f"statuses {sorted({s for _, s, _ in answers})}")
+                assert [(s, b) for _, s, b in answers] == [(200, held)] * len(answers)
+                assert slowest <= TARGET / 2 + 0.6
+
+                proc.send_signal(signal.SIGCONT)  # the stream went on meanwhile: a newer playlist soon
+
+                async def newer() -> bool:
+                    async with session.get(stack.edge + path) as r:
+                        return r.status == 200 and await r.read() != held
+                assert await until_true(newer, 5 * TARGET)
+            finally:
+                await stack.stop()
