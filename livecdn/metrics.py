@@ -18,6 +18,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -27,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 __all__ = [
     "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
-    "REQUESTS", "UPSTREAM_REQUESTS", "exposition",
+    "REQUESTS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP", "exposition",
     "RouterReading", "forget_router", "watch_router",
 ]
 
@@ -38,6 +39,16 @@ REQUESTS = Counter("livecdn_requests_total", "Player-facing requests by cache re
 UPSTREAM_REQUESTS = Counter("livecdn_upstream_requests_total", "Requests this node sent upstream", ["node"])
 INFLIGHT = Gauge("livecdn_inflight_requests", "Requests being answered now", ["node"],
                  multiprocess_mode="livesum")
+# Upstream health (livecdn/cache/health.py), labelled by upstream base URL: a topology's few shields and origins.
+UPSTREAM_UP = Gauge("livecdn_upstream_up", "1 while the upstream is in the ring, 0 while ejected (any worker)",
+                    ["node", "upstream"], multiprocess_mode="livemin")
+UPSTREAM_EJECTIONS = Counter("livecdn_upstream_ejections_total",
+                             "Times an upstream was taken out of the ring: it failed to connect, timed out or broke",
+                             ["node", "upstream"])
+# Live segments are small and near: the buckets are about the first-byte timeout's range.
+UPSTREAM_SECONDS = Histogram("livecdn_upstream_first_byte_seconds",
+                             "From sending a request upstream to its status line", ["node", "upstream"],
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0))
 MEMORY_BYTES = Gauge("livecdn_memory_cache_bytes", "Bytes held by the memory tier", ["node"],
                      multiprocess_mode="livesum")
 

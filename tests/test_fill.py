@@ -271,8 +271,9 @@ def test_failure_mid_body_stores_nothing_and_aborts_everyone() -> None:
         >> ok(100) << Respond(1, head(CacheResult.MISS, 100)) << Respond(2, head(CacheResult.COALESCED, 100))
         >> UpstreamChunk(b"a" * 40) << SendBytes(1, 0, 40) << SendBytes(2, 0, 40)
         >> UpstreamFailed("connection reset", T0 + 1)
-        << Log("warning", f"{SEG}: broken mid-body: connection reset; nothing stored")
-        << AbortResponse(1, "connection reset") << AbortResponse(2, "connection reset")
+        << Log("warning", f"{SEG}: broken mid-body: {UPSTREAMS[0]}: connection reset; nothing stored")
+        << AbortResponse(1, f"{UPSTREAMS[0]}: connection reset")
+        << AbortResponse(2, f"{UPSTREAMS[0]}: connection reset")
     )
     assert fill.finished
     with pytest.raises(RuntimeError):
@@ -285,7 +286,7 @@ def test_body_shorter_than_content_length_is_not_stored() -> None:
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> ok(10) << Respond(1, head(CacheResult.MISS, 10))
         >> UpstreamChunk(b"abc") << SendBytes(1, 0, 3)
-        >> UpstreamDone(T0) << AbortResponse(1, "body ended at 3 of 10 bytes")
+        >> UpstreamDone(T0) << AbortResponse(1, f"{UPSTREAMS[0]}: body ended at 3 of 10 bytes")
     )
 
 
@@ -369,12 +370,14 @@ def error_headers(reason: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.mark.parametrize(("last", "status", "reason"), [
-    (UpstreamFailed("connection refused", T0), 502, "connection refused"),
-    (UpstreamResponded(503, (), T0), 502, f"{UPSTREAMS[1]} answered 503"),
-    (UpstreamFailed("timed out", T0, timeout=True), 504, "timed out"),
+    (UpstreamFailed("refused the connection", T0), 502, "shield refused the connection"),
+    (UpstreamResponded(503, (), T0), 503, "shield answered 503"),
+    (UpstreamResponded(500, (), T0), 502, "shield answered 500"),
+    (UpstreamResponded(504, (), T0), 504, "shield answered 504"),
+    (UpstreamFailed("timed out", T0, timeout=True), 504, "shield timed out"),
 ])
 def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status: int, reason: str) -> None:
-    fill = make_fill()
+    fill = Fill(SEG, kind_of(SEG.extension), UPSTREAMS, RULES, 1 << 20, tiers=("shield", "shield"))
     h1, h2 = Placeholder(Head), Placeholder(Head)
     assert (
         Playbook(fill)
@@ -385,14 +388,14 @@ def test_all_upstreams_failed_is_an_error_head_for_everyone(last: object, status
     )  # and no StoreObject
     for h in (h1(), h2()):
         assert h.status == status and h.cache == CacheResult.ERROR
-        assert h.body == f"{status} upstream failed: {reason}\n".encode() and h.length == len(h.body)
-        assert h.headers == error_headers(f"upstream failed: {reason}")
+        assert h.body == f"{status} {reason}\n".encode() and h.length == len(h.body)
+        assert h.headers == error_headers(reason)
     assert fill.finished
 
 
 def test_reason_from_a_livecdn_tier_above_reaches_the_502() -> None:
     h = Placeholder(Head)
-    why = "upstream failed: http://origin answered 503"
+    why = "origin answered 503"
     said = f"{UPSTREAMS[0]} answered 502 ({why})"
     assert (
         Playbook(make_fill(upstreams=UPSTREAMS[:1]), logs=True)
@@ -402,8 +405,8 @@ def test_reason_from_a_livecdn_tier_above_reaches_the_502() -> None:
         << Log("warning", f"{SEG}: {said}; answering 502")
         << Respond(1, h) << EndResponse(1)
     )
-    assert h().body == f"502 upstream failed: {said}\n".encode()
-    assert h().headers == error_headers(f"upstream failed: {said}")
+    assert h().body == f"502 upstream answered 502 ({why})\n".encode()
+    assert h().headers == error_headers(f"upstream answered 502 ({why})")
 
 
 def test_error_header_is_made_safe_but_the_body_keeps_the_reason() -> None:
@@ -413,8 +416,8 @@ def test_error_header_is_made_safe_but_the_body_keeps_the_reason() -> None:
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamFailed("reset\r\nSet-Cookie: x=1 \u2013 é", T0) << Respond(1, h) << EndResponse(1)
     )
-    assert h().headers == error_headers("upstream failed: reset??Set-Cookie: x=1 ? ?")
-    assert h().body == "502 upstream failed: reset\r\nSet-Cookie: x=1 \u2013 é\n".encode()
+    assert h().headers == error_headers("upstream reset??Set-Cookie: x=1 ? ?")
+    assert h().body == "502 upstream reset\r\nSet-Cookie: x=1 \u2013 é\n".encode()
 
 
 STALE_BOUND = 10.0 + 30.0  # fresh + stale_if_error of stale_copy()

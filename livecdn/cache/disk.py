@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from livecdn.cache.freshness import Lifetime
 from livecdn.cache.stored import Stored
 from livecdn.media.kinds import ManifestKind, NameKind
 
-__all__ = ["DiskStore", "DiskHit"]
+__all__ = ["DiskStore", "DiskHit", "DiskUnusable"]
 
 # Bodies at least this large live in their own files and are served with
 # sendfile; smaller ones sit in SQLite and come back as bytes.
@@ -36,6 +38,14 @@ DISK_THREADS = 4
 # Records written before kinds by name and by body were told apart give a
 # playlist's body kind (master, live, ended): still a playlist, still readable.
 _BODY_KINDS = frozenset(k.value for k in ManifestKind)
+# Bytes written and removed when the store opens: a disk that is full, read-only
+# or not ours fails this small write with a clear reason, rather than SQLite
+# later with "unable to open database file".
+PROBE_BYTES = 4096
+
+
+class DiskUnusable(Exception):
+    """The disk tier's directory cannot be used (the message says why, without the path)."""
 
 
 class DiskHit:
@@ -49,13 +59,27 @@ class DiskHit:
 
 
 class DiskStore:
-    """Async facade over one diskcache directory."""
+    """Async facade over one diskcache directory, created if missing.
+
+    Raises:
+        DiskUnusable: the directory cannot be created, written or opened (read-only,
+            not a directory, no permission, full); the node then runs on memory alone.
+    """
 
     def __init__(self, directory: str, size_limit: int) -> None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            _probe(directory)
+            self._cache = diskcache.Cache(directory, size_limit=size_limit,
+                                          eviction_policy="least-recently-stored",
+                                          disk_min_file_size=FILE_THRESHOLD)
+        except FileExistsError as e:  # the path itself is a file: makedirs says only "File exists"
+            raise DiskUnusable("Not a directory") from e
+        except OSError as e:
+            raise DiskUnusable(e.strerror or _first_line(e)) from e
+        except sqlite3.Error as e:
+            raise DiskUnusable(f"database: {_first_line(e)}") from e
         self._pool = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="livecdn-disk")
-        self._cache = diskcache.Cache(directory, size_limit=size_limit,
-                                      eviction_policy="least-recently-stored",
-                                      disk_min_file_size=FILE_THRESHOLD)
 
     async def get(self, key: str) -> DiskHit | None:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._get, key)
@@ -92,6 +116,22 @@ class DiskStore:
                                            obj.lifetime.stale_if_error, obj.lifetime.store],
         })
         self._cache.set(obj.key, obj.body, expire=max(1.0, obj.keep_until() - time.time()), tag=meta)
+
+
+def _probe(directory: str) -> None:
+    """Write and remove a small file in `directory` (raises OSError with the reason it cannot)."""
+    path = os.path.join(directory, f".livecdn-probe-{os.getpid()}")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0][:200]
 
 
 def _stored(key: str, meta: dict, body: bytes, lt: Lifetime) -> Stored:

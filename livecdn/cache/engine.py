@@ -64,6 +64,7 @@ from livecdn.cache.fill import (
     VaryLearned,
 )
 from livecdn.cache.freshness import Rules
+from livecdn.cache.health import Health
 from livecdn.cache.keys import BadRequest, CacheKey, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
@@ -91,6 +92,11 @@ MAX_VARIED = 10_000
 # than this costs the oldest ones an extra upstream request each, never unbounded memory.
 MAX_FAILURES = 10_000
 _NO_HEADERS: Mapping[bytes, bytes] = {}
+# A blocking LL-HLS request (`_HLS_msn`) is held by the origin until the part
+# it names exists: up to about 3 target durations, the hold players allow.
+BLOCKING_HOLD = 3
+# The target duration assumed for a blocking request whose playlist this process never held (HLS's usual).
+BLOCKING_TARGET_GUESS = 6.0
 
 
 class UpstreamBroken(Exception):
@@ -232,15 +238,19 @@ class Engine:
         upstreams: the upstream base URLs to try for a key, best first.
         rules: freshness settings.
         max_object_bytes: the largest body a fill holds.
-        timeout: seconds to wait for an upstream to connect or send anything.
+        timeout: seconds to wait for an upstream (connect, first byte, between body
+            reads), or one number for all three.
         upstream_headers: request fields for fetching a key from one of its
             upstreams (which origin a shield should ask; the Host an origin expects).
+        health: told what every fetch found (answered, or failed to connect, timed
+            out or broke), so that `upstreams` can leave out those found hung.
     """
 
     def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
                  upstreams: Callable[[CacheKey], tuple[str, ...]], rules: Rules,
-                 max_object_bytes: int, timeout: float,
-                 upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None) -> None:
+                 max_object_bytes: int, timeout: float | tuple[float, float, float],
+                 upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None,
+                 health: Health | None = None) -> None:
         self.node = node
         self.memory = memory
         self.disk = disk
@@ -248,7 +258,8 @@ class Engine:
         self.upstream_headers = upstream_headers
         self.rules = rules
         self.max_object_bytes = max_object_bytes
-        self.timeout = timeout
+        self.waits = (timeout, timeout, timeout) if isinstance(timeout, float | int) else timeout
+        self.health = health
         self._session: aiohttp.ClientSession | None = None
         self._fills: dict[str, Fill] = {}
         self._clients: dict[int, Attachment] = {}
@@ -266,6 +277,8 @@ class Engine:
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
         self._timers: dict[Fill, asyncio.TimerHandle] = {}  # a fill's one pending `StaleTimer`
         self._failures: collections.OrderedDict[str, Stored] = collections.OrderedDict()  # key → its last error
+        # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
+        self.tier: Callable[[str], str] = lambda upstream: "upstream"
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -468,9 +481,10 @@ class Engine:
         # the one holding it if any does), never the origin behind the others.
         upstreams = self.upstreams(key)
         kind = kind_of(key.extension)
-        fill = Fill(key, kind, upstreams[:1] if only_if_cached else upstreams, self.rules,
-                    self.max_object_bytes, stale, only_if_cached,
-                    held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None)
+        upstreams = upstreams[:1] if only_if_cached else upstreams
+        fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
+                    held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
+                    tiers=tuple(self.tier(u) for u in upstreams))
         self._fills[key.key] = fill
         return fill
 
@@ -626,8 +640,12 @@ class Engine:
                    **dict(cmd.headers)}
         if self.upstream_headers is not None:
             headers.update(self.upstream_headers(key, cmd.upstream))
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+        connect, first_byte, read = self.waits
+        if "_HLS_msn=" in key.query:  # blocking: held upstream until the part exists
+            first_byte += BLOCKING_HOLD * self._target_duration(key)
         self._upstream_counter.inc()
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
 
         def current() -> bool:  # a fetch that failed over, finished or was abandoned feeds nothing more
             return fill.attempt == cmd.attempt and not fill.finished and self._fills.get(key.key) is fill
@@ -635,8 +653,12 @@ class Engine:
         try:
             if self._session is None:
                 raise RuntimeError("engine.start(session) was not called")
-            async with self._session.get(url, headers=headers, timeout=timeout,
-                                         allow_redirects=False, auto_decompress=True) as resp:
+            # One deadline, moved on at each step: the status line within `first_byte` of sending (a new
+            # connection's `connect` included), then each body read within `read` of the last.
+            async with asyncio.timeout(first_byte) as deadline, self._session.get(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
+                    allow_redirects=False, auto_decompress=True) as resp:
+                self._answered(cmd.upstream, loop.time() - sent)
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
                 # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
                 framed = resp.status in (204, 304) or "content-length" in resp.headers or \
@@ -648,21 +670,47 @@ class Engine:
                 self._feed(fill, UpstreamResponded(resp.status, head, time.time(), framed))
                 if not current():
                     return
+                deadline.reschedule(loop.time() + read)
                 async for chunk in resp.content.iter_any():
                     self._feed(fill, UpstreamChunk(chunk))
                     if not current():
                         return
+                    deadline.reschedule(loop.time() + read)
                 self._feed(fill, UpstreamDone(time.time()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            if not isinstance(e, ValueError):  # a transport failure (a ValueError is a bad request of ours)
+                self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
-                reason = f"{cmd.upstream}: {'timed out' if timed_out else _describe(e)}"
-                self._feed(fill, UpstreamFailed(reason, time.time(), timed_out))
+                self._feed(fill, UpstreamFailed(_failure(e), time.time(), timed_out,
+                                                "timed out" if timed_out else _describe(e)))
         except Exception as e:  # noqa: BLE001 - a bug here must not strand the fill's clients
             if current():
                 log.exception("%s: the fetch from %s failed", key, cmd.upstream)
                 self._abandon(fill, f"internal error: {_describe(e)}")
                 self._forget(fill)
+
+    def _target_duration(self, key: CacheKey) -> float:
+        """The target duration of the playlist a blocking request asks a later version of, as last held."""
+        held = self._runs.get(dataclasses.replace(key, query="").key)
+        target = held.manifest.info.target_duration if held is not None else None
+        return target or BLOCKING_TARGET_GUESS
+
+    def _answered(self, upstream: str, seconds: float) -> None:
+        """An upstream sent a status line: alive, whatever the status (the tier behind it may have failed)."""
+        metrics.UPSTREAM_SECONDS.labels(self.node, upstream).observe(seconds)
+        if self.health is not None and self.health.succeeded(upstream):
+            log.warning("upstream %s answers again: back in the ring", upstream)
+
+    def _unreachable(self, upstream: str, reason: str) -> None:
+        """An upstream failed to connect, timed out or broke: told to its health, whichever fill asked."""
+        if self.health is None:
+            return
+        out = self.health.failed(upstream, time.monotonic(), reason)
+        if out is not None:
+            metrics.UPSTREAM_EJECTIONS.labels(self.node, upstream).inc()
+            log.warning("upstream %s ejected for %.1f s (%s): its keys go to the next upstream", upstream, out,
+                        reason)
 
     def _store(self, obj: Stored) -> None:
         if self._failures:
@@ -771,6 +819,19 @@ def _settled(ticket: Admitted | None, answer: Answer) -> Answer:
             answer.close()
             raise
     return answer
+
+
+def _failure(e: BaseException) -> str:
+    """What a failed fetch did, in words a player may read: exception texts name addresses, these never do."""
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return "could not be reached"
+    if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionError)):
+        return "closed the connection"
+    if isinstance(e, (aiohttp.ClientResponseError, ValueError)):
+        return "sent a bad answer"
+    return "failed"
 
 
 def _describe(e: BaseException) -> str:

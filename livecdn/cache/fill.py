@@ -28,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 
-from livecdn.cache.freshness import Rules, failure_lifetime, lifetime, stale_after
+from livecdn.cache.freshness import Lifetime, Rules, failure_lifetime, lifetime, stale_after
 from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
 from livecdn.media.kinds import CONTENT_TYPES, NameKind, is_hls_playlist
@@ -41,7 +42,7 @@ __all__ = [
     "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "DropRun", "EndResponse", "Event",
     "Fill", "Head", "Held", "Log", "RefreshRequested", "RememberFailure", "Respond", "SendBytes", "ServeStored",
     "StaleDeadline", "StaleTimer", "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
-    "UpstreamResponded", "VaryLearned", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE",
+    "UpstreamResponded", "VaryLearned", "AGE_HEADER", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE",
     "RETRY_STATUSES", "UNFRAMED_HEADER",
 ]
 
@@ -53,6 +54,14 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # Generated errors say why in this header, so the tier below can pass the reason on
 # (the name as looked up among lower-cased upstream headers).
 ERROR_HEADER = "x-livecdn-error"
+# A livecdn tier's Age to the millisecond (the standard Age is whole seconds, so
+# each tier would round it down again). Trusted only within the second that Age
+# gives: from any other server it can move an object's birth by less than Age's
+# own rounding.
+AGE_HEADER = "x-livecdn-age"
+# Addresses in a reason relayed from upstream: players are never told where the tiers above live.
+ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S*|\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?",
+                     re.IGNORECASE)
 # An answer whose body ended only when its upstream closed the connection
 # (no Content-Length, not chunked) says so in this header as it is passed on:
 # the tier below, which gets it with proper framing, must not store it either.
@@ -89,7 +98,7 @@ class Head:
     status: int
     headers: tuple[tuple[str, str], ...]
     length: int | None  # None: not known yet, the answer is streamed
-    cache: CacheResult  # MISS, COALESCED or ERROR
+    cache: CacheResult  # MISS, COALESCED, STALE (the tier above served it stale) or ERROR
     born: float = 0.0
     body: bytes = b""
 
@@ -143,10 +152,15 @@ class UpstreamDone(Event):
 
 @dataclass(frozen=True, slots=True)
 class UpstreamFailed(Event):
-    """The upstream connection failed, timed out or broke mid-body."""
+    """The upstream connection failed, timed out or broke mid-body.
+
+    `reason` is what players may be told after the upstream's tier ("timed
+    out"); `detail`, for the log only, may name addresses.
+    """
     reason: str
     at: float
     timeout: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +297,8 @@ class Fill:
         stale: an expired copy, used for conditional requests and stale-if-error.
         only_if_cached: ask for the upstream's stored copy only (RFC 9111 5.2.1.7); its 504
             then means "not stored there", an answer to pass on, not a failure to retry.
+        tiers: what players are told each upstream is ("shield", "origin"), never its
+            address; "upstream" for each when not given.
         held: the playlist this process stored last for the key (its copy may be gone), to tell
             a restart or a lagging replica from a stream that went on.
     """
@@ -295,6 +311,7 @@ class Fill:
     stale: Stored | None = None
     only_if_cached: bool = False
     held: Held | None = None
+    tiers: tuple[str, ...] = ()
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -310,6 +327,7 @@ class Fill:
     _shared: bool = field(default=True, init=False)  # False: the answer is for its requests only (Vary)
     _timer: bool = field(default=False, init=False)  # a `StaleTimer` was asked for
     _serve_stale: bool = field(default=False, init=False)  # the wait is over: requests get the stale copy now
+    _stale_above: bool = field(default=False, init=False)  # the tier above served a stale copy
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -364,9 +382,10 @@ class Fill:
             case UpstreamFailed(reason, at, timeout):
                 if self._state not in (_State.WAITING, _State.BODY):
                     raise RuntimeError(f"{event!r} in state {self._state.value}")
+                detail = f"{self.upstreams[self.attempt]}: {event.detail or reason}"
                 if self._state is _State.BODY and not self._checked_whole:
-                    return self._broken(reason)
-                return self._failover(reason, at, timeout)
+                    return self._broken(detail)
+                return self._failover(at, 504 if timeout else 502, f"{self._tier} {reason}", detail)
         raise RuntimeError(f"unknown event {event!r}")
 
     def _expect(self, state: _State, event: Event) -> None:
@@ -428,10 +447,19 @@ class Fill:
 
     def _head(self, client: int, length: int | None = None) -> Head:
         return Head(self._status, self._headers, self._length if length is None else length,
-                    self._clients[client], self._born)
+                    self._cache(client), self._born)
 
-    def _error(self, client: int, status: int, reason: str) -> list[Command]:
-        return [Respond(client, _error_head(status, reason)), EndResponse(client)]
+    def _cache(self, client: int) -> CacheResult:
+        """How the client's answer is told: STALE when the tier above said it served a stale copy."""
+        return CacheResult.STALE if self._stale_above else self._clients[client]
+
+    @property
+    def _tier(self) -> str:
+        """The upstream tried, as players may be told of it."""
+        return self.tiers[self.attempt] if self.tiers else "upstream"
+
+    def _error(self, client: int, status: int, reason: str, retry_after: str | None = None) -> list[Command]:
+        return [Respond(client, _error_head(status, reason, retry_after)), EndResponse(client)]
 
     # --- upstream ---
 
@@ -452,18 +480,20 @@ class Fill:
     def _responded(self, status: int, headers: tuple[tuple[str, str], ...], at: float,
                    framed: bool) -> list[Command]:
         hdrs = dict(headers)
-        upstream_age = _int(hdrs.get("age")) or 0
-        born = at - upstream_age
+        born = at - _age(hdrs)
+        self._stale_above = hdrs.get("x-cache", "").lower() == CacheResult.STALE
         if status == 304 and self.stale is not None:
-            obj = self._revalidated(self.stale, hdrs, born)
+            obj = self._revalidated(self.stale, hdrs, born, at)
             self._state = _State.DONE
             cmds: list[Command] = [StoreObject(obj)] if obj.lifetime.store else []
-            return cmds + [ServeStored(c, obj, cache) for c, cache in self._clients.items()]
+            return cmds + [ServeStored(c, obj, self._cache(c)) for c in self._clients]
         if (status in RETRY_STATUSES and not (status == 504 and self.only_if_cached)) or status == 304:
-            reason = f"{self.upstreams[self.attempt]} answered {status}"
-            if ERROR_HEADER in hdrs:  # a livecdn tier above said why
-                reason += f" ({hdrs[ERROR_HEADER]})"
-            return self._failover(reason, at, False)
+            said = hdrs.get(ERROR_HEADER)  # a livecdn tier above said why
+            why = f"{self._tier} answered {status}" + (f" ({ADDRESS.sub('(address)', said)})" if said else "")
+            detail = f"{self.upstreams[self.attempt]} answered {status}" + (f" ({said})" if said else "")
+            # The last upstream's 503 (with its Retry-After) and 504 reach the player as they are.
+            return self._failover(at, status if status in (503, 504) else 502, why, detail,
+                                  hdrs.get("retry-after") if status == 503 else None)
         vary = vary_names(hdrs.get("vary"))
         learned: list[Command] = []
         if vary != self.key.vary_names and vary != ANY:
@@ -479,7 +509,7 @@ class Fill:
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
             reason = f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})"
-            return self._fail_all(_upstream_error(502, reason))
+            return self._fail_all(_error_head(502, reason))
         kept = [(k, v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
         ctype = hdrs.get("content-type")
         if status == 200 and self.key.extension in CONTENT_TYPES and (
@@ -502,7 +532,7 @@ class Fill:
         if self.size > self.max_bytes:
             reason = f"body exceeds max_object_bytes ({self.max_bytes})"
             # A playlist checked whole has sent no head yet: its clients get an error head, not a cut.
-            return self._fail_all(_upstream_error(502, reason)) if self._checked_whole else self._broken(reason)
+            return self._fail_all(_error_head(502, reason)) if self._checked_whole else self._broken(reason)
         if self._length is not None and self.size > self._length and not self._checked_whole:
             # Never let a client send past the Content-Length it was given.
             return self._broken(f"body longer than its content-length ({self._length})")
@@ -515,7 +545,9 @@ class Fill:
         if self._length is not None and self.size != self._length:
             # The transport should have said so; never store a short body as whole.
             reason = f"body ended at {self.size} of {self._length} bytes"
-            return self._failover(reason, at, False) if self._checked_whole else self._broken(reason)
+            detail = f"{self.upstreams[self.attempt]}: {reason}"
+            return self._failover(at, 502, f"{self._tier}: {reason}", detail) if self._checked_whole \
+                else self._broken(detail)
         data = b"".join(self.body)
         self.body = [data]
         hdrs = dict(self._headers)
@@ -524,7 +556,9 @@ class Fill:
             try:
                 manifest = read(self.key.path, data, at)  # the one parse of this body
             except MalformedPlaylist as e:
-                return self._failover(f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}", at, False)
+                # The playlist's own words (its URIs) may name internal hosts: the log has them.
+                return self._failover(at, 502, f"{self._tier} sent a malformed playlist",
+                                      f"{self.upstreams[self.attempt]} sent a malformed playlist: {e}")
         cmds: list[Command] = []
         store = True
         if not self._framed:
@@ -546,7 +580,9 @@ class Fill:
                 cmds += [Log("warning", f"{self.key}: stream restarted ({why}); dropping the previous run's"
                                         f" objects under {', '.join(sorted(dirs))}"),
                          DropRun(self.key.origin, dirs, self.key.key)]
-        lt = lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path)
+        lt = _not_fresh_if_stale(
+            lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path),
+            self._stale_above, at - self._born)
         if not self._shared:
             lt = dataclasses.replace(lt, store=False)
         obj = Stored(self.key.key, self._status, self._headers, data, self._born, lt, self.kind, manifest)
@@ -583,7 +619,7 @@ class Fill:
                 dirs.update(directory(name) for name in m.announced.names)
         return frozenset(dirs)
 
-    def _revalidated(self, stale: Stored, hdrs: dict[str, str], born: float) -> Stored:
+    def _revalidated(self, stale: Stored, hdrs: dict[str, str], born: float, at: float) -> Stored:
         """The stale copy confirmed by a 304, its lifetime from its stored manifest."""
         manifest = stale.manifest
         timed = not is_hls_playlist(self.key.extension)  # an MPD's template names move with the clock
@@ -595,21 +631,26 @@ class Fill:
             # A damaged copy gets the lifetime of its name's kind alone, as any object without a manifest.
             with contextlib.suppress(MalformedPlaylist):
                 manifest = read(self.key.path, stale.body, born)
-        lt = lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
-                      manifest.info if manifest else None, self.key.path)
+        lt = _not_fresh_if_stale(lifetime(self.rules, stale.kind, stale.status, {**dict(stale.headers), **hdrs},
+                                          manifest.info if manifest else None, self.key.path),
+                                 self._stale_above, at - born)
         return stale.revalidated(hdrs, born, lt, manifest)
 
-    def _failover(self, reason: str, at: float, timeout: bool) -> list[Command]:
+    def _failover(self, at: float, status: int, why: str, detail: str,
+                  retry_after: str | None = None) -> list[Command]:
+        """The upstream tried failed: try the next, else serve the stale copy, else answer `status`.
+
+        Players are told `why` (the tier, never an address); the log gets `detail`.
+        """
         if self.attempt + 1 < len(self.upstreams):
             nxt = self.upstreams[self.attempt + 1]
-            return [Log("warning", f"{self.key}: {reason}; trying {nxt}")] + self._start(self.attempt + 1)
-        status = 504 if timeout else 502
-        error = _upstream_error(status, reason)
+            return [Log("warning", f"{self.key}: {detail}; trying {nxt}")] + self._start(self.attempt + 1)
+        error = _error_head(status, why, retry_after)
         if self.stale is not None and self.stale.servable_on_error(at):
             self._state = _State.DONE
-            return [Log("warning", f"{self.key}: {reason}; serving stale copy")] + [
+            return [Log("warning", f"{self.key}: {detail}; serving stale copy")] + [
                 ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients] + self._remember(error, at)
-        return [Log("warning", f"{self.key}: {reason}; answering {status}")] + self._fail_all(
+        return [Log("warning", f"{self.key}: {detail}; answering {status}")] + self._fail_all(
             error) + self._remember(error, at)
 
     def _fail_all(self, head: Head) -> list[Command]:
@@ -632,16 +673,33 @@ class Fill:
             AbortResponse(c, reason) for c in self._clients]
 
 
-def _error_head(status: int, reason: str) -> Head:
+def _error_head(status: int, reason: str, retry_after: str | None = None) -> Head:
     """A generated error: the reason in the body and, made safe, in `ERROR_HEADER`."""
     body = f"{status} {reason}\n".encode()
-    headers = (("content-type", "text/plain; charset=utf-8"), (ERROR_HEADER, _header_safe(reason)))
+    headers: tuple[tuple[str, str], ...] = (
+        ("content-type", "text/plain; charset=utf-8"), (ERROR_HEADER, _header_safe(reason)))
+    if retry_after:
+        headers += (("retry-after", _header_safe(retry_after)),)
     return Head(status, headers, len(body), CacheResult.ERROR, body=body)
 
 
-def _upstream_error(status: int, reason: str) -> Head:
-    """What the clients of a failed fetch get."""
-    return _error_head(status, f"upstream failed: {reason}")
+def _age(hdrs: dict[str, str]) -> float:
+    """The upstream's Age: to the millisecond when `AGE_HEADER` agrees with it, else its whole seconds."""
+    whole = _int(hdrs.get("age")) or 0
+    text = hdrs.get(AGE_HEADER)
+    if text is not None:
+        try:
+            precise = float(text)
+        except ValueError:
+            return whole
+        if whole <= precise < whole + 1:  # also false for nan
+            return precise
+    return whole
+
+
+def _not_fresh_if_stale(lt: Lifetime, stale_above: bool, age: float) -> Lifetime:
+    """A copy the tier above served stale is stored as no fresher than it arrived, whatever this tier's rules say."""
+    return dataclasses.replace(lt, fresh=age) if stale_above and lt.fresh > age else lt
 
 
 def _header_safe(text: str) -> str:

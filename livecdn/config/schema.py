@@ -264,6 +264,19 @@ class CacheSettings(Checked):
     stale_while_revalidate: Annotated[float, Seconds, Min(0)] = 2.0
     stale_if_error: Annotated[float, Seconds, Min(0)] = 30.0
     negative_ttl: Annotated[float, Seconds, Min(0)] = 1.0  # 404/410: absorbs a burst, short for a live edge
+    # Upstream waits: to connect; from sending a request to its status line, connecting included (a
+    # blocking LL-HLS request waits 3 target durations more, the playlist's own hold); between body reads.
+    # `upstream_timeout` caps all three (files from before they existed keep meaning what they said), the
+    # blocking wait excepted.
+    connect_timeout: Annotated[float, Seconds, Above(0)] = 1.0
+    first_byte_timeout: Annotated[float, Seconds, Above(0)] = 2.0
+    read_timeout: Annotated[float, Seconds, Above(0)] = 5.0
+    # Passive upstream health (livecdn/cache/health.py): this many connect failures or timeouts in a row take an
+    # upstream out of every key's list for eject_backoff seconds, doubled per ejection in a row up to
+    # eject_max_backoff; then one real request probes it. As nginx's max_fails = 1: a timeout costs a wait.
+    eject_after: Annotated[int, Min(1)] = 1
+    eject_backoff: Annotated[float, Seconds, Above(0)] = 1.0
+    eject_max_backoff: Annotated[float, Seconds, Above(0)] = 30.0
     upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
     # A slow upstream does not hold a request that has a stale copy (within stale_if_error) for long: the copy
     # is served after this wait while the fetch goes on (what it gets is stored). Live playlists wait
@@ -281,6 +294,18 @@ class CacheSettings(Checked):
     media_ttl: Annotated[float, Seconds, Min(0)] = YEAR  # segments, parts, init sections never change
     other_ttl: Annotated[float, Seconds, Min(0)] = 60.0  # anything else without Cache-Control
     rules: tuple[PathRule, ...] = ()  # per-path lifetimes, first match wins; a node's own list replaces this one
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eject_backoff > self.eject_max_backoff:
+            raise FieldError("eject_backoff", f"{self.eject_backoff:g} s is longer than eject_max_backoff "
+                                              f"({self.eject_max_backoff:g} s)")
+
+    @property
+    def waits(self) -> tuple[float, float, float]:
+        """(connect, first byte, between body reads) in seconds, each capped by `upstream_timeout`."""
+        cap = self.upstream_timeout
+        return min(self.connect_timeout, cap), min(self.first_byte_timeout, cap), min(self.read_timeout, cap)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import BinaryIO, Protocol
 
 from livecdn import metrics
 from livecdn.cache.engine import Admission, Answer, Attachment, Engine
-from livecdn.cache.fill import CacheResult, Head
+from livecdn.cache.fill import AGE_HEADER, CacheResult, Head
 from livecdn.cache.freshness import parse_cache_control
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
@@ -36,7 +36,7 @@ from .origins import Origins
 from .plan import Fields, FileRange, Later, Plan, Stream
 from .request import Request
 
-__all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront"]
+__all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront", "ShieldFront"]
 
 log = logging.getLogger("livecdn.front")
 
@@ -317,3 +317,30 @@ def _vary_on_encoding(headers: dict[str, str]) -> None:
         headers["vary"] = "Accept-Encoding"
     elif "accept-encoding" not in theirs.lower():
         headers["vary"] = f"{theirs}, Accept-Encoding"
+
+
+class ShieldFront(PlayerFront):
+    """A shield's front: every answer with an Age also says it to the millisecond (`AGE_HEADER`).
+
+    Age is whole seconds, and each tier that reads it rounds the age down once
+    more: an edge would think a copy up to a second younger than it is, and
+    serve it stale past its bound. The edge prefers the precise age. Only
+    shields pay for it (their answers are fields of their own, not the shared
+    hit plans), and only edges ask shields.
+    """
+
+    def answer_now(self, request: Request, peer: str, now: float) -> Plan | Later:
+        plan = super().answer_now(request, peer, now)
+        return plan if isinstance(plan, Later) else _aged(plan, now)
+
+    async def answer_later(self, later: Later) -> Plan:
+        return _aged(await super().answer_later(later), time.time())
+
+
+def _aged(plan: Plan, now: float) -> Plan:
+    """The plan with its age to the millisecond (rounded down, as Age is: never older than Age says)."""
+    if plan.born is None:
+        return plan
+    age = f"{max(0, int((now - plan.born) * 1000)) / 1000:.3f}"
+    fields = Fields(plan.fields.status, (*plan.fields.headers, (AGE_HEADER, age)))
+    return Plan(fields, plan.body, plan.length, plan.born, plan.cache, plan.release)

@@ -17,15 +17,15 @@ import json
 import logging
 import os
 import sqlite3
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from livecdn import metrics
-from livecdn.cache.disk import DiskStore
+from livecdn.cache.disk import DiskStore, DiskUnusable
 from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
+from livecdn.cache.health import Health
 from livecdn.cache.memory import MemoryStore
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
@@ -64,6 +64,7 @@ class CacheNode(Lifecycle):
     """
 
     role = "cache"
+    front_kind: type[PlayerFront] = PlayerFront  # how it answers: players (edge) or the tier below (shield)
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
                  access_log: bool = True, reuse_port: bool = False, purge_dir: str | None = None) -> None:
@@ -78,10 +79,15 @@ class CacheNode(Lifecycle):
         self.front: PlayerFront | None = None
         self.policy: Policy | None = None
         self._disk: DiskStore | None = None
+        self.disk_state = "none"  # /healthz: "ok", "none" (memory only by config) or "off: <why>"
         self._session: aiohttp.ClientSession | None = None
         self._players: PlayerServer | None = None
         self._sites = Sites()
         self._admin_port = 0
+        cache = config.cache
+        # Kept across reloads: an upstream still in the topology keeps its record.
+        self.upstream_health = Health(cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
+        self._upstreams: Upstreams | None = None
 
     # --- what a node kind decides ---
 
@@ -94,6 +100,10 @@ class CacheNode(Lifecycle):
 
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
+
+    def upstream_waits(self) -> tuple[float, float, float]:
+        """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
+        return self.config.cache.waits
 
     def connection_limit(self) -> ConnectionLimit | None:
         """Open player connections allowed per client address (None: unlimited)."""
@@ -116,6 +126,9 @@ class CacheNode(Lifecycle):
             self.front.flush_hits()
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
+        if self._upstreams is not None:
+            for upstream, entry in self._upstreams.report().items():
+                metrics.UPSTREAM_UP.labels(self.config.name, upstream).set(int(entry["state"] == "up"))
 
     def health(self) -> dict[str, object]:
         """What `/healthz` reports; an `overloaded` that is true makes it a 503 (`_healthz`).
@@ -127,8 +140,10 @@ class CacheNode(Lifecycle):
         assert front is not None and engine is not None and players is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
+                "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
-                "max_connections": players.max_connections, "refused_connections": players.refused}
+                "max_connections": players.max_connections, "refused_connections": players.refused,
+                "disk": self.disk_state}
 
     def connections_overloaded(self) -> bool:
         """Whether open player connections reached `OVERLOAD_SHARE` of this process's bound."""
@@ -162,12 +177,20 @@ class CacheNode(Lifecycle):
         cache: CacheSettings = self.config.cache
         memory = MemoryStore(cache.memory_bytes)
         if cache.disk_path and cache.disk_bytes:
-            Path(cache.disk_path).mkdir(parents=True, exist_ok=True)
-            self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
+            try:
+                self._disk = DiskStore(cache.disk_path, cache.disk_bytes)
+            except DiskUnusable as e:  # a node on a broken disk still serves, from memory
+                self.disk_state = f"off: {e}"
+                log.error("%s %s: disk tier %s unusable (%s): serving from memory only", self.role,
+                          self.config.name, cache.disk_path, e)
+            else:
+                self.disk_state = "ok"
         rules = Rules.of(cache)
-        ups = self.upstreams(self.topology)
+        ups = self._upstreams = self.upstreams(self.topology)
+        ups.health = self.upstream_health
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, cache.upstream_timeout, ups.headers)
+                             cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health)
+        self.engine.tier = ups.tier
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
@@ -177,7 +200,7 @@ class CacheNode(Lifecycle):
         self.purges.open()
         self.engine.on_restart(self._restarted)
         self.policy = self.make_policy(self.engine)
-        self.front = PlayerFront(self.engine, self.config.name, self.policy, self.origins(self.topology))
+        self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None)
         listen = self.config.listen
@@ -222,8 +245,9 @@ class CacheNode(Lifecycle):
         self.require_running()
         assert self.engine is not None
         self.topology = topology
-        ups = self.upstreams(topology)
-        self.engine.upstreams, self.engine.upstream_headers = ups.order, ups.headers
+        ups = self._upstreams = self.upstreams(topology)
+        ups.health = self.upstream_health
+        self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
         assert self.front is not None
         self.front.route(self.origins(topology))
         log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
