@@ -22,6 +22,7 @@ from livecdn.cache.fill import (
     Respond,
     SendBytes,
     ServeStored,
+    StaleTimer,
     StartFetch,
     StoreObject,
     UpstreamChunk,
@@ -39,7 +40,7 @@ from tests.parses import count_loads
 from tests.playbook import Placeholder, Playbook, take_unfinished
 
 T0 = 1_700_000_000.0
-RULES = Rules()
+RULES = Rules(error_ttl=0)  # failures are not remembered here: tests/test_error_storm.py has that memory
 SEG = cache_key("/live/cam/seg7.ts")
 PLAYLIST = cache_key("/live/cam/index.m3u8")
 UPSTREAMS = ("http://shield-a", "http://shield-b")
@@ -431,6 +432,7 @@ def test_stale_if_error_within_its_bound(after: float, served_stale: bool) -> No
     pb = (Playbook(fill)
           >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
               ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+          << StaleTimer(RULES.stale_after)
           >> ClientRequested(2)
           >> UpstreamFailed("connection refused", T0 + after))
     if served_stale:
@@ -455,7 +457,7 @@ def test_start_fetch_carries_validators_of_the_stale_copy(
     fill = make_fill(stale=stale_copy(headers=headers))
     assert (
         Playbook(fill)
-        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, conditional)
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, conditional) << StaleTimer(RULES.stale_after)
         >> UpstreamFailed("refused", T0 + 11) << StartFetch(UPSTREAMS[1], 1, conditional)
     )
 
@@ -468,6 +470,7 @@ def test_304_revalidates_the_stale_copy_for_everyone() -> None:
         Playbook(fill)
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
             ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+        << StaleTimer(RULES.stale_after)
         >> ClientRequested(2)
         >> UpstreamResponded(304, (("etag", '"v1"'), ("cache-control", "max-age=5"), ("age", "2"),
                                    ("server", "x")), T0 + 100)
@@ -501,6 +504,7 @@ def test_304_for_a_live_playlist_gets_its_manifests_lifetime(body: bytes, kept: 
     assert (
         Playbook(make_fill(PLAYLIST, stale=old))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"p1"'),))
+        << StaleTimer(2.0 if kept else RULES.stale_after)  # half of TARGETDURATION 4, when the copy says it
         >> UpstreamResponded(304, (("etag", '"p1"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
@@ -513,7 +517,7 @@ def test_304_for_a_stored_404_keeps_the_negative_ttl() -> None:
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(stale=old))
-        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"gone"'),))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"gone"'),)) << StaleTimer(1.0)
         >> UpstreamResponded(304, (("etag", '"gone"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
@@ -527,7 +531,7 @@ def test_304_without_cache_control_keeps_the_stored_one() -> None:
     fresh = Placeholder(Stored)
     assert (
         Playbook(make_fill(stale=old))
-        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"v1"'),))
+        >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (("if-none-match", '"v1"'),)) << StaleTimer(1.0)
         >> UpstreamResponded(304, (("etag", '"v1"'),), T0 + 50)
         << StoreObject(fresh) << ServeStored(1, fresh, CacheResult.MISS)
     )
@@ -540,7 +544,7 @@ def test_304_with_no_store_serves_without_storing() -> None:
     assert (
         Playbook(make_fill(stale=old))
         >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0, (
-            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
+            ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT"))) << StaleTimer(1.0)
         >> UpstreamResponded(304, (("cache-control", "no-store"),), T0 + 50)
         << ServeStored(1, fresh, CacheResult.MISS)
     )
@@ -711,7 +715,7 @@ def test_refresh_revalidates_and_a_client_may_join() -> None:
         Playbook(fill)
         >> RefreshRequested() << StartFetch(UPSTREAMS[0], 0, (
             ("if-none-match", '"v1"'), ("if-modified-since", "Tue, 14 Nov 2023 22:13:20 GMT")))
-        >> ClientRequested(9)
+        >> ClientRequested(9) << StaleTimer(1.0)  # the first client's wait for the upstream starts
         >> UpstreamResponded(304, (), T0 + 20) << StoreObject(fresh) << ServeStored(9, fresh, CacheResult.COALESCED)
     )
     with pytest.raises(RuntimeError, match="requested twice"):
@@ -829,7 +833,7 @@ def test_an_answer_behind_the_held_playlist_is_not_stored_and_the_held_copy_is_s
     held = stale_copy(PLAYLIST, body=newer, born=T0 - 3, fresh=2.0, manifest=read(PLAYLIST.path, newer),
                       headers=(M3U8_KEPT,))
     why = Placeholder(Log)
-    pb = fetching(playlist_fill(newer, T0 - 3, stale=held))
+    pb = fetching(playlist_fill(newer, T0 - 3, stale=held)) << StaleTimer(2.0)  # half of TARGETDURATION 4
     assert answered(pb, playlist_body(90, 3)) << why << ServeStored(1, held, CacheResult.STALE)
     assert "10 segments behind" in why().message and "lagging replica" in why().message
 

@@ -273,7 +273,9 @@ async def test_lagging_replica_is_not_stored(origin: FakeOrigin, caplog: pytest.
 async def test_playlist_cut_mid_line_is_not_served_or_cached(origin: FakeOrigin) -> None:
     whole = media(3, ["seg3.ts", "seg4.ts"])
     origin.routes["/cut/index.m3u8"] = body(whole + b"#EXTI", "application/vnd.apple.mpegurl")
-    async with started(Stack(origin.url)) as stack:
+    # Failures not remembered (error_ttl 0): each request reaches the origin, so a hit there proves nothing cached.
+    cache = CacheSettings(disk_path="", upstream_timeout=3.0, error_ttl=0)
+    async with started(Stack(origin.url, cache=cache)) as stack:
         for _ in range(2):
             status, headers, _ = await get(stack.edge + "/cut/index.m3u8")
             assert status == 502, headers

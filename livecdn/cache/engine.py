@@ -11,6 +11,11 @@ Code the engine calls but does not own (a node's admission policy, playlist
 observers) cannot break it: an exception there fails only the request that
 ran it, or is logged and forgotten, and the key stays usable. A fill whose own
 code raises is abandoned (its clients get an error) rather than left registered.
+
+A fill's timer (`StaleTimer`) is one `loop.call_later` handle, cancelled when
+the fill is forgotten. A failed fetch's error (`RememberFailure`) is kept in a
+small map beside the stores, never in them: for `error_ttl` the key's requests
+get the stale copy (within stale-if-error) or that error, and no new fetch.
 """
 
 from __future__ import annotations
@@ -44,9 +49,12 @@ from livecdn.cache.fill import (
     Held,
     Log,
     RefreshRequested,
+    RememberFailure,
     Respond,
     SendBytes,
     ServeStored,
+    StaleDeadline,
+    StaleTimer,
     StartFetch,
     StoreObject,
     UpstreamChunk,
@@ -80,6 +88,9 @@ GZIP_MIN_BYTES = 256
 # Objects whose origin's Vary is remembered (least recently learned are forgotten,
 # and learned again by one extra upstream request).
 MAX_VARIED = 10_000
+# Keys whose last fetch failed, remembered for `error_ttl` (a second or so): an error storm over more keys
+# than this costs the oldest ones an extra upstream request each, never unbounded memory.
+MAX_FAILURES = 10_000
 _NO_HEADERS: Mapping[bytes, bytes] = {}
 # A blocking LL-HLS request (`_HLS_msn`) is held by the origin until the part
 # it names exists: up to about 3 target durations, the hold players allow.
@@ -264,6 +275,8 @@ class Engine:
         self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
+        self._timers: dict[Fill, asyncio.TimerHandle] = {}  # a fill's one pending `StaleTimer`
+        self._failures: collections.OrderedDict[str, Stored] = collections.OrderedDict()  # key → its last error
         # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
         self.tier: Callable[[str], str] = lambda upstream: "upstream"
 
@@ -286,8 +299,19 @@ class Engine:
         return self.memory.get(k) or self._writing.get(k)
 
     def _held(self, k: str) -> bool:
-        """A copy in memory (fresh or not), a disk lookup or a fetch in flight: no new fetch is needed."""
-        return k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
+        """A copy in memory (fresh or not), a disk lookup, a fetch in flight or a failure remembered: no new fetch."""
+        return (k in self._fills or k in self._writing or k in self._looking or self.memory.get(k) is not None
+                or (bool(self._failures) and self._failure(k, time.time()) is not None))
+
+    def _failure(self, k: str, now: float) -> Stored | None:
+        """The error of `k`'s last fetch while it is remembered: meanwhile nobody asks the upstream again."""
+        if not self._failures:
+            return None
+        error = self._failures.get(k)
+        if error is None or error.fresh(now):
+            return error
+        del self._failures[k]
+        return None
 
     def on_playlist(self, observer: Callable[[Stored], None]) -> None:
         """Call `observer` with every playlist stored from upstream (status 200).
@@ -319,10 +343,13 @@ class Engine:
     async def refresh(self, key: CacheKey) -> None:
         """Fetch `key` again now, fresh or not, and return once it is stored.
 
-        Joins a fetch already in flight for the key instead of starting another.
+        Joins a fetch already in flight for the key instead of starting another,
+        and fetches nothing while the key's last failure is remembered.
         """
         fill = self._fills.get(key.key)
         if fill is None:
+            if self._failure(key.key, time.time()) is not None:
+                return  # it has just failed: asking again now is what an error storm is made of
             current = self.memory.get(key.key)
             done = self._background(key, current if current is not None and current.body else None)
         else:
@@ -389,6 +416,7 @@ class Engine:
                     del self._looking[k]
             if obj is None:  # a request that came first may have stored it meanwhile
                 obj = self._copy(k)
+        failed = self._failure(k, now) if k not in self._fills else None
         if obj is not None:
             if obj.fresh(now):
                 return _settled(ticket, Answer(CacheResult.HIT, obj, file))
@@ -396,10 +424,14 @@ class Engine:
                 # A file-backed copy has no body in hand to revalidate: refresh it whole.
                 self._refresh(key, obj if file is None else None)
                 return _settled(ticket, Answer(CacheResult.STALE, obj, file))
+            if failed is not None and obj.servable_on_error(now):
+                return _settled(ticket, Answer(CacheResult.STALE, obj, file))
             if file is not None:
                 # A file-backed copy cannot be revalidated in place: fetch it whole.
                 file.close()
                 obj = None
+        if failed is not None:
+            return _settled(ticket, Answer(CacheResult.ERROR, failed))
         if only_if_cached and k not in self._fills:
             raise BadRequest("not cached (only-if-cached)", 504)
         if obj is None and admission is not None and k not in self._fills:
@@ -457,7 +489,7 @@ class Engine:
         return fill
 
     def _refresh(self, key: CacheKey, stale: Stored | None) -> None:
-        if key.key not in self._fills:
+        if key.key not in self._fills and self._failure(key.key, time.time()) is None:
             self._background(key, stale)
 
     async def _attach(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Answer:
@@ -505,6 +537,9 @@ class Engine:
         """The fill is over (or abandoned): later requests start afresh; whoever waits for it is told."""
         if self._fills.get(fill.key.key) is fill:
             del self._fills[fill.key.key]
+        timer = self._timers.pop(fill, None)
+        if timer is not None:
+            timer.cancel()
         done = self._finished.pop(fill, None)
         if done is not None and not done.done():
             done.set_result(None)
@@ -549,6 +584,10 @@ class Engine:
                 att = self._clients[cmd.client]
                 att.error = cmd.reason
                 att.wake()
+            elif isinstance(cmd, StaleTimer):
+                self._timers[fill] = asyncio.get_running_loop().call_later(cmd.delay, self._deadline, fill)
+            elif isinstance(cmd, RememberFailure):
+                self._remember(cmd.error)
             elif isinstance(cmd, DropRun):
                 self._drop_run(cmd)
             elif isinstance(cmd, VaryLearned):
@@ -559,6 +598,17 @@ class Engine:
                 log.log(logging.getLevelName(cmd.level.upper()), "%s", cmd.message)
             else:
                 raise RuntimeError(f"unknown command {cmd!r}")
+
+    def _deadline(self, fill: Fill) -> None:
+        """A fill's `StaleTimer` fired (a forgotten fill's timer was cancelled)."""
+        del self._timers[fill]
+        self._feed(fill, StaleDeadline(time.time()))
+
+    def _remember(self, error: Stored) -> None:
+        self._failures.pop(error.key, None)
+        self._failures[error.key] = error
+        if len(self._failures) > MAX_FAILURES:
+            self._failures.popitem(last=False)
 
     def _learn_vary(self, key: CacheKey, names: tuple[str, ...]) -> None:
         base = dataclasses.replace(key, vary=()).key
@@ -663,6 +713,8 @@ class Engine:
                         reason)
 
     def _store(self, obj: Stored) -> None:
+        if self._failures:
+            self._failures.pop(obj.key, None)  # the upstream answers again
         if obj.manifest is not None and obj.size >= GZIP_MIN_BYTES:
             obj.gzipped = gzip.compress(obj.body, compresslevel=6, mtime=0)
         in_memory = self.memory.put(obj)
@@ -743,6 +795,8 @@ class Engine:
         in_memory = self._drop_memory(match)
         for k in [k for k in self._vary if match(k)]:  # learned again from the next answer, as by a new process
             del self._vary[k]
+        for k in [k for k in self._failures if match(k)]:  # a purged name is asked for afresh
+            del self._failures[k]
         return in_memory, on_disk
 
     async def close(self, timeout: float = 5.0) -> None:

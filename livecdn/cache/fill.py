@@ -7,6 +7,12 @@ client, let a client send bytes [start, end) of the shared body, store the
 object). It has no socket, no clock and no `await`: the engine shell turns its
 commands into I/O, and tests drive it with a playbook.
 
+A request with a stale copy does not wait long for a slow upstream: the fill
+asks the shell for a timer (`StaleTimer`) and, when it fires (`StaleDeadline`),
+answers its waiting clients with the copy while the fetch goes on. A fetch
+that fails is remembered (`RememberFailure`): the shell answers the key from
+that memory for `error_ttl`, so an error storm does not reach the upstream.
+
 A playlist's fill also compares the new read with the last one this process
 held (`Held`): a stream that restarted makes it drop the previous run's
 objects (`DropRun`) before the new playlist is stored, and an answer that lags
@@ -25,7 +31,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from livecdn.cache.freshness import Lifetime, Rules, lifetime
+from livecdn.cache.freshness import Lifetime, Rules, failure_lifetime, lifetime, stale_after
 from livecdn.cache.keys import ANY, CacheKey, vary_names
 from livecdn.cache.stored import KEPT_HEADERS, Stored
 from livecdn.media.kinds import CONTENT_TYPES, NameKind, is_hls_playlist
@@ -34,8 +40,8 @@ from livecdn.media.playlist import Change, MalformedPlaylist, Manifest, compare,
 
 __all__ = [
     "AbortResponse", "CacheResult", "ClientGone", "ClientRequested", "Command", "DropRun", "EndResponse", "Event",
-    "Fill", "Head", "Held", "Log", "RefreshRequested", "Respond", "SendBytes", "ServeStored",
-    "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
+    "Fill", "Head", "Held", "Log", "RefreshRequested", "RememberFailure", "Respond", "SendBytes", "ServeStored",
+    "StaleDeadline", "StaleTimer", "StartFetch", "StoreObject", "UpstreamChunk", "UpstreamDone", "UpstreamFailed",
     "UpstreamResponded", "VaryLearned", "AGE_HEADER", "ERROR_HEADER", "MAX_CLIENTS_PER_FILL", "REPLICA_PATIENCE",
     "RETRY_STATUSES", "UNFRAMED_HEADER",
 ]
@@ -157,6 +163,12 @@ class UpstreamFailed(Event):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class StaleDeadline(Event):
+    """The timer a `StaleTimer` asked for has fired."""
+    at: float
+
+
 # --- commands: what the shell must do --------------------------------------
 
 class Command:
@@ -233,6 +245,22 @@ class VaryLearned(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class StaleTimer(Command):
+    """Feed `StaleDeadline` in `delay` seconds, unless the fill is over by then (one timer per fill at a time)."""
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class RememberFailure(Command):
+    """The fetch failed: answer the key's requests from `error` (or a stale copy) while it is fresh.
+
+    `error` is what the fill's clients got (or would have), born when the
+    fetch failed, fresh for `error_ttl`, never stored: it never replaces a copy.
+    """
+    error: Stored
+
+
+@dataclass(frozen=True, slots=True)
 class Log(Command):
     """A log line that follows from the event just handled."""
     level: str
@@ -297,6 +325,8 @@ class Fill:
     _born: float = field(default=0.0, init=False)
     _framed: bool = field(default=True, init=False)
     _shared: bool = field(default=True, init=False)  # False: the answer is for its requests only (Vary)
+    _timer: bool = field(default=False, init=False)  # a `StaleTimer` was asked for
+    _serve_stale: bool = field(default=False, init=False)  # the wait is over: requests get the stale copy now
     _stale_above: bool = field(default=False, init=False)  # the tier above served a stale copy
 
     def __post_init__(self) -> None:
@@ -338,6 +368,8 @@ class Fill:
             case ClientGone(client):
                 self._clients.pop(client, None)
                 return []
+            case StaleDeadline(at):
+                return self._deadline(at)
             case UpstreamResponded(status, headers, at, framed):
                 self._expect(_State.WAITING, event)
                 return self._responded(status, headers, at, framed)
@@ -368,15 +400,50 @@ class Fill:
         if len(self._clients) >= MAX_CLIENTS_PER_FILL:
             return self._error(client, 503, f"more than {MAX_CLIENTS_PER_FILL} requests waiting for {self.key}")
         first = self._state is _State.IDLE
+        if self._serve_stale and self._undecided:
+            assert self.stale is not None
+            return [ServeStored(client, self.stale, CacheResult.STALE)]
         self._clients[client] = CacheResult.MISS if first else CacheResult.COALESCED
         if first:
-            return self._start(0)
+            return self._start(0) + self._stale_timer()
         if self._state is _State.BODY and not self._checked_whole:
             cmds: list[Command] = [Respond(client, self._head(client))]
             if self.size:
                 cmds.append(SendBytes(client, 0, self.size))
             return cmds
-        return []
+        return self._stale_timer()  # joined a fetch (a refresh, say) with no answer yet
+
+    @property
+    def _undecided(self) -> bool:
+        """Have the clients still to learn what their answer is (no head sent yet, none coming from what arrived)?"""
+        return self._state is _State.WAITING or (self._state is _State.BODY and self._checked_whole)
+
+    def _stale_timer(self) -> list[Command]:
+        """For the first client of a fill with a stale copy to fall back on: how long it may wait for the upstream.
+
+        A blocking playlist reload (LL-HLS `_HLS_msn`) waits by design, and gets no timer.
+        """
+        stale = self.stale
+        if self._timer or stale is None or not stale.lifetime.stale_if_error or "_HLS_msn" in self.key.query:
+            return []
+        self._timer = True
+        return [StaleTimer(stale_after(self.rules, stale.manifest.info if stale.manifest else None))]
+
+    def _deadline(self, at: float) -> list[Command]:
+        """The upstream is slow: the waiting clients get the stale copy, and so does any later one, while it lasts."""
+        stale = self.stale
+        if not self._undecided or stale is None:
+            return []
+        if not stale.servable_on_error(at):
+            self._serve_stale = False  # past its bound: later clients wait for the fetch
+            return []
+        self._serve_stale = True
+        cmds: list[Command] = [Log("info", f"{self.key}: upstream slow; serving the stale copy while the fetch"
+                                           " goes on")] if self._clients else []
+        cmds += [ServeStored(c, stale, CacheResult.STALE) for c in self._clients]
+        self._clients.clear()
+        until = stale.born + stale.lifetime.fresh + stale.lifetime.stale_if_error
+        return cmds + [StaleTimer(until - at)]  # then the copy is out of bound
 
     def _head(self, client: int, length: int | None = None) -> Head:
         return Head(self._status, self._headers, self._length if length is None else length,
@@ -392,13 +459,7 @@ class Fill:
         return self.tiers[self.attempt] if self.tiers else "upstream"
 
     def _error(self, client: int, status: int, reason: str, retry_after: str | None = None) -> list[Command]:
-        body = f"{status} {reason}\n".encode()
-        headers: tuple[tuple[str, str], ...] = (
-            ("content-type", "text/plain; charset=utf-8"), (ERROR_HEADER, _header_safe(reason)))
-        if retry_after:
-            headers += (("retry-after", _header_safe(retry_after)),)
-        head = Head(status, headers, len(body), CacheResult.ERROR, body=body)
-        return [Respond(client, head), EndResponse(client)]
+        return [Respond(client, _error_head(status, reason, retry_after)), EndResponse(client)]
 
     # --- upstream ---
 
@@ -447,7 +508,8 @@ class Fill:
         self._shared = vary == self.key.vary_names
         length = _int(hdrs.get("content-length"))
         if length is not None and length > self.max_bytes:
-            return self._fail_all(502, f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})")
+            reason = f"object of {length} bytes exceeds max_object_bytes ({self.max_bytes})"
+            return self._fail_all(_error_head(502, reason))
         kept = [(k, v) for k, v in headers if k in KEPT_HEADERS and k != "content-type"]
         ctype = hdrs.get("content-type")
         if status == 200 and self.key.extension in CONTENT_TYPES and (
@@ -470,7 +532,7 @@ class Fill:
         if self.size > self.max_bytes:
             reason = f"body exceeds max_object_bytes ({self.max_bytes})"
             # A playlist checked whole has sent no head yet: its clients get an error head, not a cut.
-            return self._fail_all(502, reason) if self._checked_whole else self._broken(reason)
+            return self._fail_all(_error_head(502, reason)) if self._checked_whole else self._broken(reason)
         if self._length is not None and self.size > self._length and not self._checked_whole:
             # Never let a client send past the Content-Length it was given.
             return self._broken(f"body longer than its content-length ({self._length})")
@@ -583,23 +645,42 @@ class Fill:
         if self.attempt + 1 < len(self.upstreams):
             nxt = self.upstreams[self.attempt + 1]
             return [Log("warning", f"{self.key}: {detail}; trying {nxt}")] + self._start(self.attempt + 1)
+        error = _error_head(status, why, retry_after)
         if self.stale is not None and self.stale.servable_on_error(at):
             self._state = _State.DONE
             return [Log("warning", f"{self.key}: {detail}; serving stale copy")] + [
-                ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients]
-        return [Log("warning", f"{self.key}: {detail}; answering {status}")] + self._fail_all(status, why, retry_after)
+                ServeStored(c, self.stale, CacheResult.STALE) for c in self._clients] + self._remember(error, at)
+        return [Log("warning", f"{self.key}: {detail}; answering {status}")] + self._fail_all(
+            error) + self._remember(error, at)
 
-    def _fail_all(self, status: int, reason: str, retry_after: str | None = None) -> list[Command]:
+    def _fail_all(self, head: Head) -> list[Command]:
         self._state = _State.FAILED
         cmds: list[Command] = []
         for c in self._clients:
-            cmds += self._error(c, status, reason, retry_after)
+            cmds += [Respond(c, head), EndResponse(c)]
         return cmds
+
+    def _remember(self, error: Head, at: float) -> list[Command]:
+        """The last upstream failed: remember its error briefly, so the next requests do not ask again at once."""
+        lt = failure_lifetime(self.rules)
+        if not lt.fresh:
+            return []
+        return [RememberFailure(Stored(self.key.key, error.status, error.headers, error.body, at, lt, self.kind))]
 
     def _broken(self, reason: str) -> list[Command]:
         self._state = _State.FAILED
         return [Log("warning", f"{self.key}: broken mid-body: {reason}; nothing stored")] + [
             AbortResponse(c, reason) for c in self._clients]
+
+
+def _error_head(status: int, reason: str, retry_after: str | None = None) -> Head:
+    """A generated error: the reason in the body and, made safe, in `ERROR_HEADER`."""
+    body = f"{status} {reason}\n".encode()
+    headers: tuple[tuple[str, str], ...] = (
+        ("content-type", "text/plain; charset=utf-8"), (ERROR_HEADER, _header_safe(reason)))
+    if retry_after:
+        headers += (("retry-after", _header_safe(retry_after)),)
+    return Head(status, headers, len(body), CacheResult.ERROR, body=body)
 
 
 def _age(hdrs: dict[str, str]) -> float:

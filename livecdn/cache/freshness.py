@@ -18,7 +18,8 @@ from livecdn.config.schema import YEAR, CacheSettings, PathRule
 from livecdn.media.kinds import ManifestKind, NameKind
 from livecdn.media.playlist import PlaylistInfo
 
-__all__ = ["YEAR", "Lifetime", "Rules", "parse_cache_control", "lifetime", "rule_for"]
+__all__ = ["YEAR", "Lifetime", "Rules", "failure_lifetime", "parse_cache_control", "lifetime", "rule_for",
+           "stale_after"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,9 @@ class Rules:
     negative_ttl: float = CacheSettings.negative_ttl
     stale_while_revalidate: float = CacheSettings.stale_while_revalidate
     stale_if_error: float = CacheSettings.stale_if_error
+    stale_after: float = CacheSettings.stale_after
+    stale_after_targets: float = CacheSettings.stale_after_targets
+    error_ttl: float = CacheSettings.error_ttl
     rules: tuple[PathRule, ...] = ()  # the operator's, first match wins
 
     @classmethod
@@ -139,3 +143,19 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
         rules.stale_while_revalidate if swr is None else min(swr, rules.stale_while_revalidate),
         rules.stale_if_error if sie is None else min(sie, rules.stale_if_error),
     )
+
+
+def stale_after(rules: Rules, playlist: PlaylistInfo | None) -> float:
+    """How long a request with a stale copy waits for a slow upstream before it gets the copy.
+
+    A live playlist waits a share of its target duration (the player's reload
+    period: waiting longer would stall it); anything else the fixed wait.
+    """
+    if playlist is not None and playlist.kind is ManifestKind.LIVE and playlist.target_duration:
+        return rules.stale_after_targets * playlist.target_duration
+    return rules.stale_after
+
+
+def failure_lifetime(rules: Rules) -> Lifetime:
+    """The lifetime of a remembered failure: fresh `error_ttl`, never stale, never stored."""
+    return Lifetime(rules.error_ttl, 0.0, 0.0, store=False)

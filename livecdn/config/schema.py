@@ -278,6 +278,15 @@ class CacheSettings(Checked):
     eject_backoff: Annotated[float, Seconds, Above(0)] = 1.0
     eject_max_backoff: Annotated[float, Seconds, Above(0)] = 30.0
     upstream_timeout: Annotated[float, Seconds, Above(0)] = 10.0
+    # A slow upstream does not hold a request that has a stale copy (within stale_if_error) for long: the copy
+    # is served after this wait while the fetch goes on (what it gets is stored). Live playlists wait
+    # `stale_after_targets` of their target duration (a player reloads about once a target duration); the rest
+    # `stale_after` seconds.
+    stale_after: Annotated[float, Seconds, Min(0)] = 1.0
+    stale_after_targets: Annotated[float, Min(0)] = 0.5
+    # A failed fetch (5xx, timeout, malformed playlist) is remembered this long: the key's requests get the
+    # stale copy or the same error, so an error storm costs the tier above one request per key per error_ttl.
+    error_ttl: Annotated[float, Seconds, Min(0)] = 1.0
     master_ttl: Annotated[float, Seconds, Min(0)] = 30.0  # master playlists change only with the ladder
     # ENDLIST playlists (and static MPDs): at most this, and never longer than one target duration, since an
     # ended stream can start again under the same URL; then revalidated (a 304 when nothing changed).
