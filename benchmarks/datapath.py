@@ -31,9 +31,7 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import re
-import shutil
 import statistics
 import sys
 import time
@@ -45,8 +43,9 @@ import aiohttp
 import httptools
 import psutil
 
+from lib.nginx import nginx_binary, start_nginx
 from lib.ports import free_port, url
-from lib.procs import BENCH, PY, Processes, wait_ready, workspace
+from lib.procs import BENCH, PY, Processes, workspace
 from lib.prom import scrape
 from lib.rawhttp import Connection, ConnectionClosed, Response
 from lib.report import header, save, without
@@ -164,31 +163,6 @@ def summarize_bursts(bursts: list[Burst]) -> dict[str, Any]:
     }
 
 
-def render_nginx(workdir: Path, listen: int, origin_port: int) -> Path:
-    """benchmarks/nginx/cache.conf.template rendered into `workdir/nginx`; the config path."""
-    prefix = workdir / "nginx"
-    prefix.mkdir()
-    text = (BENCH / "nginx" / "cache.conf.template").read_text()
-    for name, value in {"PREFIX": str(prefix), "LISTEN": f"127.0.0.1:{listen}",
-                        "ORIGIN": f"127.0.0.1:{origin_port}"}.items():
-        text = text.replace(f"@{name}@", value)
-    conf = prefix / "nginx.conf"
-    conf.write_text(text)
-    return conf
-
-
-async def start_nginx(procs: Processes, session: aiohttp.ClientSession, origin_port: int) -> int | None:
-    """nginx caching the bench origin on a free port, or None when nginx is not installed."""
-    binary = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
-    if binary is None:
-        return None
-    port = free_port()
-    conf = render_nginx(procs.workdir, port, origin_port)
-    procs.start("nginx", [binary, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"])
-    await wait_ready(procs, "nginx", url(port) + "/d0/nginx-ready/probe.ts", session)
-    return port
-
-
 async def start_livecdn(procs: Processes, session: aiohttp.ClientSession, origin: int, tree: Path | None,
                         n: int) -> tuple[int, list[str]]:
     """Shield-N and edge-N from `tree` in front of the bench origin, with a topology of their own; edge port, names."""
@@ -213,7 +187,8 @@ async def coalescing(procs: Processes, session: aiohttp.ClientSession, plan: Pla
             port, names = await start_livecdn(procs, session, origin, also, 2)
             started += names
             systems[label(also)] = port
-        nginx = await start_nginx(procs, session, origin)
+        nginx = (await start_nginx(procs, session, "nginx", "cache.conf.template", origin, "/d0/nginx-ready/probe.ts")
+                 if nginx_binary() is not None else None)
         if nginx is not None:
             started.append("nginx")
             systems["nginx"] = nginx

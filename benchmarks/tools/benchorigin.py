@@ -25,11 +25,12 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-__all__ = ["Handler", "application", "forwarding_handler", "object_body", "run", "synthetic_handler"]
+__all__ = ["Handler", "application", "forwarding_handler", "object_body", "pass_through_main", "run", "synthetic_handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 COUNTS = web.AppKey("counts", Counter)
@@ -133,6 +134,19 @@ def run(app: web.Application, host: str, port: int) -> None:
     """serve() until SIGTERM or Ctrl-C (aiohttp turns SIGTERM into a clean stop)."""
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(app, host, port))
+
+
+def pass_through_main(doc: str, handler: Callable[[argparse.Namespace], Handler],
+                      *options: tuple[str, dict[str, Any]]) -> None:
+    """The command line of a pass-through tool: --host, --port, --upstream and its own `options`, then run."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--upstream", required=True)
+    for flag, kw in options:
+        p.add_argument(flag, **kw)
+    a = p.parse_args()
+    run(application(handler(a), upstream=True), a.host, a.port)
 
 
 def main() -> None:

@@ -9,12 +9,11 @@ prefetch) is told apart from one that waited for the origin.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 from aiohttp import web
 
-from tools.benchorigin import Handler, application, forwarding_handler, run
+from tools.benchorigin import Handler, forwarding_handler, pass_through_main
 
 __all__ = ["delaying_handler"]
 
@@ -31,13 +30,8 @@ def delaying_handler(upstream: str, delay_ms: int) -> Handler:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--upstream", required=True)
-    p.add_argument("--delay-ms", type=int, default=0)
-    a = p.parse_args()
-    run(application(delaying_handler(a.upstream, a.delay_ms), upstream=True), a.host, a.port)
+    pass_through_main(__doc__, lambda a: delaying_handler(a.upstream, a.delay_ms),
+                      ("--delay-ms", {"type": int, "default": 0}))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ failing. `/_fail` is not counted; `/_counts` and `/_ready` are benchorigin's.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from aiohttp import web
 
-from tools.benchorigin import COUNTS, Handler, application, forwarding_handler, run
+from tools.benchorigin import COUNTS, Handler, forwarding_handler, pass_through_main
 
 __all__ = ["failing_handler"]
 
@@ -47,12 +46,7 @@ def failing_handler(upstream: str) -> Handler:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--upstream", required=True)
-    a = p.parse_args()
-    run(application(failing_handler(a.upstream), upstream=True), a.host, a.port)
+    pass_through_main(__doc__, lambda a: failing_handler(a.upstream))
 
 
 if __name__ == "__main__":
