@@ -36,6 +36,10 @@ class EdgeNode(CacheNode):
         shields = [s.listen.url for s in topology.shields.values()]
         return Upstreams(shields, topology.routes, self.config.origin_fallback)
 
+    def patience(self) -> float:
+        """A first-byte wait longer than a shield's own patience with a slow origin: the edge hears its answer."""
+        return super().patience() + self.config.cache.first_byte_timeout
+
     def make_policy(self, engine: Engine) -> EdgePolicy:
         return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
 

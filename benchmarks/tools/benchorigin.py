@@ -30,7 +30,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-__all__ = ["Handler", "application", "forwarding_handler", "object_body", "pass_through_main", "run", "synthetic_handler"]
+__all__ = ["Handler", "application", "forwarding_handler", "object_body", "pass_through_main", "run",
+           "synthetic_handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 COUNTS = web.AppKey("counts", Counter)

@@ -97,6 +97,9 @@ _NO_HEADERS: Mapping[bytes, bytes] = {}
 BLOCKING_HOLD = 3
 # The target duration assumed for a blocking request whose playlist this process never held (HLS's usual).
 BLOCKING_TARGET_GUESS = 6.0
+# Seconds an upstream that sent no head within the first-byte wait has to answer a probe (OPTIONS on a
+# connection of its own) to show it is slow, not hung: a shield waiting on a slow origin answers at once.
+PROBE_WAIT = 0.5
 
 
 class UpstreamBroken(Exception):
@@ -105,6 +108,10 @@ class UpstreamBroken(Exception):
 
 class EngineError(Exception):
     """The engine could not answer a request because of a bug of its own (logged with its traceback)."""
+
+
+class UpstreamSlow(TimeoutError):
+    """An upstream alive (it answers probes) sent no head within the engine's patience: slow, not hung."""
 
 
 class _AskAgain(Exception):
@@ -244,13 +251,16 @@ class Engine:
             upstreams (which origin a shield should ask; the Host an origin expects).
         health: told what every fetch found (answered, or failed to connect, timed
             out or broke), so that `upstreams` can leave out those found hung.
+        patience: how long to wait for a head from an upstream that is slow but
+            alive (it answers a probe after each first-byte wait): an origin
+            packaging just in time, a shield waiting on one.
     """
 
     def __init__(self, node: str, memory: MemoryStore, disk: DiskStore | None,
                  upstreams: Callable[[CacheKey], tuple[str, ...]], rules: Rules,
                  max_object_bytes: int, timeout: float | tuple[float, float, float],
                  upstream_headers: Callable[[CacheKey, str], tuple[tuple[str, str], ...]] | None = None,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, patience: float | None = None) -> None:
         self.node = node
         self.memory = memory
         self.disk = disk
@@ -260,6 +270,8 @@ class Engine:
         self.max_object_bytes = max_object_bytes
         self.waits = (timeout, timeout, timeout) if isinstance(timeout, float | int) else timeout
         self.health = health
+        # How long a head may take from an upstream that keeps answering probes (None: the first-byte wait).
+        self.patience = patience
         self._session: aiohttp.ClientSession | None = None
         self._fills: dict[str, Fill] = {}
         self._clients: dict[int, Attachment] = {}
@@ -653,11 +665,10 @@ class Engine:
         try:
             if self._session is None:
                 raise RuntimeError("engine.start(session) was not called")
-            # One deadline, moved on at each step: the status line within `first_byte` of sending (a new
-            # connection's `connect` included), then each body read within `read` of the last.
-            async with asyncio.timeout(first_byte) as deadline, self._session.get(
-                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
-                    allow_redirects=False, auto_decompress=True) as resp:
+            # The status line within `first_byte` of sending (a new connection's `connect` included), or
+            # later from an upstream that shows it is alive; then each body read within `read` of the last.
+            resp = await self._head(cmd.upstream, url, headers, connect, first_byte)
+            async with asyncio.timeout(read) as deadline, resp:
                 self._answered(cmd.upstream, loop.time() - sent)
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
                 # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
@@ -670,7 +681,7 @@ class Engine:
                 self._feed(fill, UpstreamResponded(resp.status, head, time.time(), framed))
                 if not current():
                     return
-                deadline.reschedule(loop.time() + read)
+                deadline.reschedule(loop.time() + read)  # feeding took its time
                 async for chunk in resp.content.iter_any():
                     self._feed(fill, UpstreamChunk(chunk))
                     if not current():
@@ -678,7 +689,8 @@ class Engine:
                     deadline.reschedule(loop.time() + read)
                 self._feed(fill, UpstreamDone(time.time()))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            if not isinstance(e, ValueError):  # a transport failure (a ValueError is a bad request of ours)
+            # A transport failure ejects (a ValueError is a bad request of ours; a slow upstream is alive).
+            if not isinstance(e, ValueError | UpstreamSlow):
                 self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
@@ -689,6 +701,47 @@ class Engine:
                 log.exception("%s: the fetch from %s failed", key, cmd.upstream)
                 self._abandon(fill, f"internal error: {_describe(e)}")
                 self._forget(fill)
+
+    async def _head(self, upstream: str, url: str, headers: dict[str, str], connect: float,
+                    first_byte: float) -> aiohttp.ClientResponse:
+        """The upstream's answer head: within `first_byte`, or later from an upstream that proves alive.
+
+        A slow upstream (an origin packaging just in time, a shield waiting on
+        a slow origin) answers a probe; a hung one (stopped, wedged) does not.
+        After each `first_byte` without a head the upstream is probed, and the
+        fetch fails as timed out when the probe goes unanswered or `patience` is spent.
+        """
+        assert self._session is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        bound = started + max(first_byte, self.patience or 0.0)
+        get = asyncio.ensure_future(self._session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
+            allow_redirects=False, auto_decompress=True))
+        try:
+            while True:
+                done, _ = await asyncio.wait({get}, timeout=min(first_byte, max(0.0, bound - loop.time())))
+                if done:
+                    return get.result()
+                if loop.time() >= bound:
+                    raise UpstreamSlow(f"no answer head within {bound - started:g} s")
+                if not await self._alive(upstream):
+                    raise TimeoutError(f"no answer head within {first_byte:g} s and no sign of life")
+        except BaseException:
+            if not get.done():
+                get.cancel()
+            elif not get.cancelled() and get.exception() is None:
+                get.result().release()  # it answered just as this fetch gave up
+            raise
+
+    async def _alive(self, upstream: str) -> bool:
+        """Does `upstream` answer anything at all, quickly? (Any HTTP status counts: it is not hung.)"""
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(PROBE_WAIT), self._session.options(upstream + "/", allow_redirects=False):
+                return True
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
 
     def _target_duration(self, key: CacheKey) -> float:
         """The target duration of the playlist a blocking request asks a later version of, as last held."""

@@ -105,6 +105,10 @@ class CacheNode(Lifecycle):
         """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
         return self.config.cache.waits
 
+    def patience(self) -> float:
+        """How long a head may take from an upstream that is slow but answers probes (`Engine._head`)."""
+        return self.config.cache.upstream_timeout
+
     def connection_limit(self) -> ConnectionLimit | None:
         """Open player connections allowed per client address (None: unlimited)."""
         return None
@@ -189,7 +193,8 @@ class CacheNode(Lifecycle):
         ups = self._upstreams = self.upstreams(self.topology)
         ups.health = self.upstream_health
         self.engine = Engine(self.config.name, memory, self._disk, ups.order, rules,
-                             cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health)
+                             cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health,
+                             patience=self.patience())
         self.engine.tier = ups.tier
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
