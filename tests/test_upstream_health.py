@@ -120,8 +120,8 @@ def test_bad_bounds_are_refused(args, problem):
 
 
 def test_cache_settings_cap_every_wait_by_upstream_timeout():
-    assert CacheSettings().waits == (1.0, 2.0, 5.0)
-    assert CacheSettings(upstream_timeout=1.5).waits == (1.0, 1.5, 1.5)
+    assert CacheSettings().waits == (1.0, 1.5, 5.0)
+    assert CacheSettings(upstream_timeout=1.2).waits == (1.0, 1.2, 1.2)
     with pytest.raises(ValueError, match="eject_backoff"):
         CacheSettings(eject_backoff=60.0, eject_max_backoff=30.0)
 

@@ -269,7 +269,7 @@ class CacheSettings(Checked):
     # `upstream_timeout` caps all three (files from before they existed keep meaning what they said), the
     # blocking wait excepted.
     connect_timeout: Annotated[float, Seconds, Above(0)] = 1.0
-    first_byte_timeout: Annotated[float, Seconds, Above(0)] = 2.0
+    first_byte_timeout: Annotated[float, Seconds, Above(0)] = 1.5
     read_timeout: Annotated[float, Seconds, Above(0)] = 5.0
     # Passive upstream health (livecdn/cache/health.py): this many connect failures or timeouts in a row take an
     # upstream out of every key's list for eject_backoff seconds, doubled per ejection in a row up to
