@@ -389,3 +389,31 @@ async def test_a_blocking_playlist_request_waits_three_target_durations_more():
         await origin.stop()
     assert status == 200 and body == LIVE
     assert waited >= hold
+
+
+@pytest.mark.asyncio
+async def test_a_slow_origin_is_waited_for_not_taken_for_hung():
+    """Slow is not hung: past the first-byte wait each tier probes the one above, finds it alive and waits.
+
+    Before: the shield gave up on its origin at 3/4 of the first-byte wait and every client got a 504.
+    """
+    origin = FakeOrigin()
+    origin.routes["/live/hi/seg1.ts"] = slow(2.5, b"slow but whole")  # past every first-byte wait, within patience
+    await origin.start()
+    stack = await Stack(origin.url, cache=CacheSettings(disk_path="", upstream_timeout=4.0)).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            answers = await asyncio.gather(*(fetch(http, f"{stack.edge}/live/hi/seg1.ts") for _ in range(5)))
+            async with http.get(f"{stack.edge_admin()}/healthz") as r:
+                report = (await r.json())["upstreams"]
+    finally:
+        await stack.stop()
+        await origin.stop()
+    assert answers == [(200, b"slow but whole")] * 5
+    assert origin.hits["/live/hi/seg1.ts"] == 1
+    assert [entry["state"] for entry in report.values()] == ["up"], report
+
+
+async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with http.get(url) as r:
+        return r.status, await r.read()
