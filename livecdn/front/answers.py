@@ -140,9 +140,10 @@ class PlayerFront:
             return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
         try:
             select = self._select
-            key = self._keys.get(request.target if select is None else select(request))
+            memo = request.target if select is None else select(request)
+            key = self._keys.get(memo)
             if key is None:
-                key = self._key(request)
+                key = self._key(request, memo)
             policy = self.policy
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
@@ -196,13 +197,13 @@ class PlayerFront:
             self._counters[CacheResult.HIT].inc(self.hits)
             self.hits = 0
 
-    def _key(self, request: Request) -> CacheKey:
-        """The cache key of a request the memo does not know, remembered (raises `BadRequest`)."""
+    def _key(self, request: Request, memo: Hashable) -> CacheKey:
+        """The cache key of a request the memo does not know, remembered under `memo` (raises `BadRequest`)."""
         origins = self._origins
         key = cache_key(request.target) if origins is None else origins.key(request)
         if len(self._keys) >= KEY_MEMO_BOUND:
             self._keys.clear()
-        self._keys[request.target if origins is None or origins.select is None else origins.select(request)] = key
+        self._keys[memo] = key
         return key
 
     # --- plans ---
