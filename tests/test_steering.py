@@ -302,7 +302,7 @@ def test_hlsjs_keeps_playing_when_its_edge_dies(steered: dict[str, Any], tmp_pat
     """The player starts on edge-1 (the router's choice for 127.0.0.1); edge-1 is killed, or hangs."""
     edge1 = steered["procs"]["edge-1"]
     dead = urllib.parse.urlsplit(node(steered, "edge-1")["url"]).netloc
-    r = play_through_failure(steered, f"kill -{how} -- -{edge1.pid}", tmp_path)
+    r = play_through_failure(steered, f"kill -{how} {edge1.pid}", tmp_path)
     figures = failover_figures(r, dead)
     report = json.dumps({**figures, "steering": r["steering"], "stalls": r["stalls"],
                          "errors": r["errors"][:20]}, indent=1)
@@ -322,7 +322,7 @@ def test_without_steering_a_killed_edge_stops_hlsjs(tmp_path: Path) -> None:
     config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
     with run_nodes(config) as cdn:
         dead = urllib.parse.urlsplit(node(cdn, "edge-1")["url"]).netloc
-        r = play_through_failure(cdn, f"kill -KILL -- -{cdn['procs']['edge-1'].pid}", tmp_path)
+        r = play_through_failure(cdn, f"kill -KILL {cdn['procs']['edge-1'].pid}", tmp_path)
     figures = failover_figures(r, dead)
     print(f"\nno steering, edge killed: {json.dumps(figures)}")
     assert not r["steering"], figures
