@@ -36,10 +36,14 @@ from .route import Router
 
 __all__ = ["SteeringManifests", "host_of", "steering_manifest"]
 
-# HLS Content Steering spec, "Steering Manifest": a Pathway ID is these characters ("." is the default pathway).
-PATHWAY = re.compile(r"[A-Za-z0-9._-]{1,64}")
-THROUGHPUT = re.compile(r"\d{1,15}")  # bits per second, as players report it
-KINDS = ("hls", "dash")
+# What players add to the request, by format: HLS one Pathway ID (HLS Content Steering spec: these characters,
+# "." the default pathway) and bits per second; DASH-IF every service location it knows, quoted and
+# comma-separated, best throughput first, and their throughputs in that order.
+_ID = r"[A-Za-z0-9._-]{1,64}"
+QUERY = {
+    "hls": (re.compile(_ID), re.compile(r"\d{1,15}")),
+    "dash": (re.compile(rf'"?(?:{_ID}(?:,{_ID}){{0,63}})?"?'), re.compile(r"(?:[\d.]{1,20}(?:,[\d.]{1,20}){0,63})?")),
+}
 
 
 def host_of(site: Site) -> str:
@@ -84,15 +88,16 @@ class SteeringManifests:
     async def manifest(self, request: web.Request) -> web.Response:
         kind, name = request.match_info["kind"], request.match_info["name"]
         sites = {s.name: s for s in self.router.sites}
-        if kind not in KINDS or not name.endswith(".json") or name[:-5] not in sites:
+        if kind not in QUERY or not name.endswith(".json") or name[:-5] not in sites:
             return _error(404, f"no steering manifest {request.path!r}: {STEERING_PATH}/{{hls,dash}}/EDGE.json"
                                f" for an edge of {', '.join(sorted(sites))}")
         base = name[:-5]
         prefix = "_HLS_" if kind == "hls" else "_DASH_"
         pathway, throughput = request.query.get(prefix + "pathway"), request.query.get(prefix + "throughput")
-        if pathway is not None and not PATHWAY.fullmatch(pathway):
+        pathways, throughputs = QUERY[kind]
+        if pathway is not None and not pathways.fullmatch(pathway):
             return _error(400, f"{prefix}pathway must be a Pathway ID, got {pathway[:80]!r}")
-        if throughput is not None and not THROUGHPUT.fullmatch(throughput):
+        if throughput is not None and not throughputs.fullmatch(throughput):
             return _error(400, f"{prefix}throughput must be bits per second, got {throughput[:80]!r}")
         order = self.router.priority(request.remote or "")
         body = steering_manifest([s.name for s in order], base if kind == "hls" else None,

@@ -18,6 +18,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ from livecdn.media.playlist import read
 from livecdn.media.steering import Steering, dress_master, dress_mpd
 from tests.cdn import free_port, run_nodes, topology_toml, wait_until
 from tests.playbook import Placeholder, Playbook
+from tests.test_dash import encoder, stop
 from tests.test_players import PLAYERS_DIR, edges_as_public, require_browser_harness, require_ffmpeg
 
 MASTER = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n"
@@ -105,9 +107,13 @@ def test_mpd_gets_a_base_url_per_edge_and_content_steering_before_its_period() -
     out = dress_mpd(MPD, "/live/cam/manifest.mpd", STEER)
     root = ET.fromstring(out)
     children = [c.tag.removeprefix(NS) for c in root]
-    assert children == ["ProgramInformation", "BaseURL", "BaseURL", "ContentSteering", "Period"]
+    assert children == ["ProgramInformation", "BaseURL", "BaseURL", "Location", "Location", "ContentSteering",
+                        "Period"]
     bases = {b.get("serviceLocation"): b.text for b in root.findall(f"{NS}BaseURL")}
     assert bases == {"edge-eu": "http://127.0.1.1:8080/live/cam/", "edge-us": "http://127.0.2.1:8080/live/cam/"}
+    locations = {b.get("serviceLocation"): b.text for b in root.findall(f"{NS}Location")}
+    assert locations == {"edge-eu": "http://127.0.1.1:8080/live/cam/manifest.mpd",
+                         "edge-us": "http://127.0.2.1:8080/live/cam/manifest.mpd"}
     steering = root.find(f"{NS}ContentSteering")
     assert steering is not None and steering.get("defaultServiceLocation") == "edge-eu"
     assert steering.text == "http://router.test:8000/steer/dash/edge-eu.json"
@@ -328,3 +334,39 @@ def test_without_steering_a_killed_edge_stops_hlsjs(tmp_path: Path) -> None:
     assert not r["steering"], figures
     assert figures["segments_elsewhere"] == 0 and figures["network_errors"] > 0, figures
     assert figures["fatal"] or figures["stalled_at_end"], figures
+
+
+@pytest.mark.slow
+def test_dashjs_plays_the_steered_mpd_and_asks_the_router(tmp_path: Path) -> None:
+    """dash.js 4.7 (DASH-IF content steering) on ffmpeg's live DASH through router and edge: it plays the
+    dressed MPD (BaseURLs and Locations per edge) from its defaultServiceLocation and reloads the steering
+    manifest. (Failover is not pinned: dash.js 4.7 never blacklists a Location that fails, so an MPD reload
+    that reaches a dead edge before the next steering reload is fatal; see README.)"""
+    root = tmp_path / "origin"
+    folder = root / "live" / "cam"
+    ffmpeg = encoder(folder, "timeline")
+    port = free_port()
+    origin = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: (folder / "manifest.mpd").exists()
+                          and len(list(folder.glob("chunk-*0-*.m4s"))) >= 3, 30, 0.1), "ffmpeg wrote no live MPD"
+        config = tmp_path / "cdn.toml"
+        config.write_text(topology_toml(origin=f"http://127.0.0.1:{port}", steering_ttl=TTL).replace(
+            'play_path = "/live/master.m3u8"', 'play_path = "/live/cam/manifest.mpd"'))
+        with run_nodes(config) as cdn:
+            edge1 = node(cdn, "edge-1")["url"]
+            status, _, body = get(edge1 + "/live/cam/manifest.mpd")
+            assert status == 200 and b"<ContentSteering" in body, body
+            r = play_through_failure(cdn, "true", tmp_path)
+            asked = [json.loads(line) for line in cdn["stderr"]().splitlines()
+                     if line.startswith("{") and '"node":"router"' in line and "/steer/dash/" in line]
+    finally:
+        origin.terminate()
+        origin.wait(10)
+        stop(ffmpeg)
+    report = json.dumps({"asked": asked[:5], "errors": r["errors"][:10], "frags": r["frags"][-5:]}, indent=1)
+    assert not [e for e in r["errors"] if e["fatal"]] and r["playedSeconds"] >= SECONDS_BEFORE, report
+    assert r["frags"] and {f["host"] for f in r["frags"]} == {urllib.parse.urlsplit(edge1).netloc}, report
+    assert {f["pathway"] for f in r["frags"]} == {"edge-1"}, report
+    assert len(asked) >= 2 and all(a["status"] == 200 for a in asked), report

@@ -11,9 +11,10 @@ pathway the player starts on:
   ones stay relative): the router's `PATHWAY-CLONES` make every other edge a
   pathway by replacing the host of the resolved URIs.
 - DASH (DASH-IF content steering): `<ContentSteering>` naming the manifest
-  and this edge as `defaultServiceLocation`, and one MPD-level `<BaseURL>`
-  per edge, its `serviceLocation` the edge's pathway, each the MPD's own
-  directory on that edge (DASH has no clones: every pathway is written out).
+  and this edge as `defaultServiceLocation`, and per edge one MPD-level
+  `<BaseURL>` (the MPD's directory there) and one `<Location>` (the MPD
+  there, for its reloads), their `serviceLocation` the edge's pathway (DASH
+  has no clones: every pathway is written out).
 
 A manifest the origin already steers (it has the tag, or MPD-level BaseURLs
 of its own) is left exactly as it is: the origin's pathways are not ours to
@@ -42,6 +43,7 @@ _VARIANT = re.compile(rb"^(#EXT-X-(?:I-FRAME-)?STREAM-INF:)(.*?)(\r?)$", re.MULT
 _HAS_PATHWAY = re.compile(rb"(^|,)PATHWAY-ID=")
 _MPD_OPEN = re.compile(rb"<MPD\b[^>]*>", re.DOTALL)
 _MPD_BASE_URL = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?BaseURL\b")
+_MPD_LOCATION = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Location\b")
 _MPD_STEERING = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?ContentSteering\b")
 _FIRST_PERIOD = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Period\b")
 
@@ -97,11 +99,11 @@ def dress_master(body: bytes, steering: Steering) -> bytes:
 
 
 def dress_mpd(body: bytes, path: str, steering: Steering) -> bytes:
-    """An MPD with one BaseURL per edge (serviceLocation = pathway) and `<ContentSteering>`, before its Periods.
+    """An MPD with a BaseURL and a Location per edge (serviceLocation = pathway) and `<ContentSteering>`.
 
-    ISO/IEC 23009-1 orders the MPD's children BaseURL before ContentSteering before Period.
+    ISO/IEC 23009-1 orders the MPD's children BaseURL, Location, ..., ContentSteering, Period.
     """
-    if _MPD_STEERING.search(body) or _MPD_BASE_URL.search(body):
+    if _MPD_STEERING.search(body) or _MPD_BASE_URL.search(body) or _MPD_LOCATION.search(body):
         return body
     open_tag = _MPD_OPEN.search(body)
     period = _FIRST_PERIOD.search(body)
@@ -109,6 +111,8 @@ def dress_mpd(body: bytes, path: str, steering: Steering) -> bytes:
         return body
     where = directory(path)
     lines = [f'<BaseURL serviceLocation="{_xml(p)}">{_xml(url + where)}</BaseURL>' for p, url in steering.edges]
+    # Where the MPD itself is reloaded from, per pathway too: else a player keeps refreshing it from a dead edge.
+    lines += [f'<Location serviceLocation="{_xml(p)}">{_xml(url + path)}</Location>' for p, url in steering.edges]
     lines.append(f'<ContentSteering defaultServiceLocation="{_xml(steering.pathway)}" queryBeforeStart="false">'
                  f"{_xml(steering.uri('dash'))}</ContentSteering>")
     # Just before the first Period: after whatever else the MPD says first (ProgramInformation, Location...).
