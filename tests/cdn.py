@@ -240,16 +240,21 @@ def run_cdn(config: Path, *args: str, timeout: float = 90.0) -> Iterator[dict[st
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _reap(proc)
         err.close()
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a process told to stop; past 30 s its whole group is killed."""
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextlib.contextmanager
-def run_nodes(config: Path, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+def run_nodes(config: Path) -> Iterator[dict[str, Any]]:
     """Every node of the topology as its own `livecdn ROLE` process, as `livecdn demo` starts them, but with
     no supervisor: a test may kill or SIGSTOP one node and the others go on (the demo stops them all).
 
@@ -279,11 +284,7 @@ def run_nodes(config: Path, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
                 proc.send_signal(signal.SIGCONT)  # a stopped node cannot drain
                 proc.send_signal(signal.SIGTERM)
         for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _reap(proc)
         err.close()
 
 
