@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,13 +77,16 @@ class SteeringManifests:
     Args:
         router: where players go, by address and edge health.
         ttl: the manifests' TTL, seconds.
+        client: the player's address for a request (the 302's own rule: the peer, or whom a trusted proxy names).
     """
 
-    __slots__ = ("router", "ttl")
+    __slots__ = ("router", "ttl", "client")
 
-    def __init__(self, router: Router, ttl: int) -> None:
+    def __init__(self, router: Router, ttl: int, client: Callable[[web.Request], str] = lambda r: r.remote or "") \
+            -> None:
         self.router = router
         self.ttl = ttl
+        self.client = client
 
     async def manifest(self, request: web.Request) -> web.Response:
         kind, name = request.match_info["kind"], request.match_info["name"]
@@ -99,7 +102,7 @@ class SteeringManifests:
             return _error(400, f"{prefix}pathway must be a Pathway ID, got {pathway[:80]!r}")
         if throughput is not None and not throughputs.fullmatch(throughput):
             return _error(400, f"{prefix}throughput must be bits per second, got {throughput[:80]!r}")
-        order = self.router.priority(request.remote or "")
+        order = self.router.priority(self.client(request))
         body = steering_manifest([s.name for s in order], base if kind == "hls" else None,
                                  {s.name: host_of(s) for s in order}, self.ttl, f"{STEERING_PATH}/{kind}/{name}")
         # Each player's own order (its address): never stored by a shared cache, asked again after TTL.
