@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from livecdn.config import OriginConfig, Rendition
 from livecdn.origin import encoder as enc
+from livecdn.origin.lowlatency import PART_SEGMENTS, Parts
 from livecdn.origin.synthetic import SegmentCache, etag_of
 from livecdn.origin.timeline import H264_AAC_CODECS, Timeline, master_playlist, media_playlist
 
-__all__ = ["Body", "Source", "SyntheticSource", "FfmpegSource", "RETAIN", "PLAYLIST", "SEGMENT"]
+__all__ = ["Body", "PartStream", "Source", "SyntheticSource", "FfmpegSource", "RETAIN", "PLAYLIST", "SEGMENT"]
 
 PLAYLIST = "application/vnd.apple.mpegurl"
 SEGMENT = "video/mp2t"
@@ -41,6 +43,20 @@ class Body:
     last_modified: float  # seconds since the epoch
 
 
+@dataclass(frozen=True, slots=True)
+class PartStream:
+    """A part still being made: its length, and its bytes as they are made (a preload hint's answer)."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+# Parts stay downloadable this many target durations after they leave the playlist (rfc8216bis 6.2.2).
+PART_KEPT_TARGETS = 3
+# A synthetic part being made is released in this many pieces over its duration, as an encoder writes it.
+PART_PIECES = 5
+
+
 class Source(Protocol):
     renditions: tuple[Rendition, ...]
 
@@ -50,6 +66,10 @@ class Source(Protocol):
     def master(self, stream: str) -> Body: ...
     async def media(self, stream: str, rendition: str) -> Body | None: ...
     async def segment(self, stream: str, rendition: str, seq: int) -> Body | None: ...
+    # Low-latency mode only:
+    def parts(self, stream: str, rendition: str) -> Parts | None: ...
+    async def changed(self, stream: str, rendition: str, timeout: float) -> None: ...
+    async def part(self, stream: str, rendition: str, msn: int, index: int) -> Body | PartStream | None: ...
 
 
 def _playlist_max_age(target_duration: float) -> int:
@@ -124,6 +144,62 @@ class SyntheticSource:
             return None
         data, etag = self._cache.get(stream, rendition, seq)
         return Body(data, SEGMENT, SEGMENT_MAX_AGE, etag, tl.published_at(seq))
+
+    # --- low latency: part I of segment N is made during [N*T + I*p, N*T + (I+1)*p) ---
+
+    @property
+    def _per_segment(self) -> int:
+        return round(self.config.target_duration / self.config.part_target)
+
+    def _part_start(self, msn: int, index: int) -> float:
+        return self.timeline.start + (msn * self._per_segment + index) * self.config.part_target
+
+    def parts(self, stream: str, rendition: str) -> Parts | None:
+        tl, p, per = self.timeline, self.config.part_target, self._per_segment
+        now = self._clock()
+        made = max(0, math.floor((now - tl.start) / p + 1e-9)) if now >= tl.start else 0
+        making, done = divmod(made, per)
+        listed = range(max(0, making - tl.window), making)
+        if not listed and not done:
+            return None
+        return Parts(listed.start, tuple((p,) * per for _ in listed), (p,) * done, tl.target_duration, p)
+
+    async def changed(self, stream: str, rendition: str, timeout: float) -> None:
+        # The next part is published at a known time: sleep until then (or `timeout`), no polling.
+        p = self.config.part_target
+        now = self._clock()
+        made = math.floor((now - self.timeline.start) / p + 1e-9)
+        await asyncio.sleep(max(0.0, min(timeout, self.timeline.start + (made + 1) * p - now)))
+
+    def _part_bytes(self, stream: str, rendition: str, msn: int, index: int) -> bytes:
+        data, _ = self._cache.get(stream, rendition, msn)
+        size, per = len(data), self._per_segment
+        return data[index * size // per:(index + 1) * size // per]
+
+    async def part(self, stream: str, rendition: str, msn: int, index: int) -> Body | PartStream | None:
+        if index >= self._per_segment:
+            return None
+        p, tl = self.config.part_target, self.timeline
+        begins = self._part_start(msn, index)
+        now = self._clock()
+        if now >= begins + p:
+            # Kept PART_KEPT_TARGETS past the moment it leaves the playlist, or while its segment is available.
+            gone = tl.published_at(msn + PART_SEGMENTS) + PART_KEPT_TARGETS * tl.target_duration
+            if now >= gone and not tl.is_available(msn, now):
+                return None
+            data = self._part_bytes(stream, rendition, msn, index)
+            return Body(data, SEGMENT, SEGMENT_MAX_AGE, etag_of(data), begins + p)
+        if begins - now > p:
+            return None  # not the part being made, nor the next one (the preload hint): it does not exist
+        data = self._part_bytes(stream, rendition, msn, index)
+        return PartStream(len(data), self._made(data, begins))
+
+    async def _made(self, data: bytes, begins: float) -> AsyncIterator[bytes]:
+        """`data` released piece by piece at the times the part's frames are made."""
+        step = -(-len(data) // PART_PIECES)
+        for k in range(PART_PIECES):
+            await asyncio.sleep(max(0.0, begins + (k + 1) * self.config.part_target / PART_PIECES - self._clock()))
+            yield data[k * step:(k + 1) * step]
 
 
 def _read(path: Path) -> tuple[bytes, os.stat_result] | None:
