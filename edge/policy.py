@@ -70,8 +70,8 @@ class EdgePolicy:
             self._refuse("request", wait)
 
     async def check(self, key: CacheKey, client: str) -> Admitted | None:
-        if key.query and (held := self._engine.held(key)) is not None and \
-                (why := too_far_ahead(key.query, held.manifest.run)) is not None:
+        if key.query and (held := self._engine.held(key)) is not None and (why := too_far_ahead(
+                key.query, held.manifest.run, time.time() - held.born, held.manifest.info.target_duration)):
             raise BadRequest(why)
         return await self.guard.check(key, client)
 

@@ -9,6 +9,7 @@ and answer the same 400).
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qsl
 
 from livecdn.media.playlist import Run
@@ -27,17 +28,19 @@ def blocking_msn(query: str) -> int | None:
     return None
 
 
-def too_far_ahead(query: str, run: Run | None) -> str | None:
-    """Why a blocking reload cannot be answered from the playlist read `run`, or None if it may be.
+def too_far_ahead(query: str, run: Run | None, age: float, target: float | None) -> str | None:
+    """Why a blocking reload cannot be answered from the playlist read `run`, `age` seconds ago, or None.
 
     The last segment is the playlist's newest one, the one whose parts are
     still being made included (its Media Sequence Number is the first one's
-    plus the segments listed or skipped, less one).
+    plus the segments listed or skipped, less one). The read may be old (LL-HLS
+    players reload by blocking requests, other keys): the stream has made a
+    segment per target duration since, so those count as made.
     """
     msn = blocking_msn(query)
-    if msn is None or run is None or run.media_sequence is None or not run.segments:
+    if msn is None or run is None or run.media_sequence is None or not run.segments or not target:
         return None
-    last = run.media_sequence + run.segments - 1
+    last = run.media_sequence + run.segments - 1 + math.ceil(max(0.0, age) / target)
     if msn > last + MAX_MSN_AHEAD:
         return (f"_HLS_msn={msn} is more than two segments ahead of the playlist's last ({last}) "
                 f"(rfc8216bis 6.2.5.2)")

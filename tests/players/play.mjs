@@ -21,8 +21,12 @@
 //   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
 //   console        page console errors
 //
+//   latency        hls.js only: its live latency (seconds behind the playlist's live edge), sampled
+//                  every second after startup: { mean, last, samples }
+//
 // Env: CHROMIUM (default /usr/bin/chromium); LIVECDN_HOST_RESOLVER_RULES, passed to
-// --host-resolver-rules so a CDN host name can be mapped to loopback.
+// --host-resolver-rules so a CDN host name can be mapped to loopback; LIVECDN_LOW_LATENCY=1
+// plays with hls.js lowLatencyMode (parts, blocking reloads, preload hints).
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -35,6 +39,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
 const [url, secondsArg] = process.argv.slice(2);
+const lowLatency = process.env.LIVECDN_LOW_LATENCY === '1';
 const seconds = Number(secondsArg ?? 20);
 if (!url || !(seconds > 0)) {
   console.error('usage: node play.mjs URL SECONDS');
@@ -92,7 +97,7 @@ try {
     return route.fulfill({ status: 200, contentType: 'text/html', body: page_html });
   });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash }) => {
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, lowLatency }) => {
     const r = { started: false, startupSeconds: null, stalls: [], errors: [],
                 mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
     if (dash) r.dashSupported = dashjs.supportsMediaSource();
@@ -113,7 +118,7 @@ try {
                         code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
       });
     } else {
-      hls = new Hls({ enableWorker: true });
+      hls = new Hls({ enableWorker: true, lowLatencyMode: lowLatency });
       hls.on(Hls.Events.ERROR, (_e, d) => {
         r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
                         url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
@@ -147,7 +152,17 @@ try {
     }
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     await Promise.race([started, sleep(startTimeoutMs)]);
-    if (r.started) await sleep(seconds * 1000);
+    const latencies = [];
+    if (r.started) {
+      for (let s = 0; s < seconds; s++) {
+        await sleep(1000);
+        if (hls && Number.isFinite(hls.latency) && s >= 2) latencies.push(hls.latency);  // past the start-up catch-up
+      }
+    }
+    if (latencies.length) {
+      r.latency = { mean: latencies.reduce((a, b) => a + b, 0) / latencies.length,
+                    last: latencies[latencies.length - 1], samples: latencies.length };
+    }
     let played = 0;
     for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
     r.playedSeconds = played;
@@ -159,7 +174,7 @@ try {
     if (hls) hls.destroy();
     if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, lowLatency });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);
