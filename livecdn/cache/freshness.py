@@ -25,7 +25,8 @@ BLOCKING_TARGETS = 6.0
 FAILURE_TARGETS = 1.0
 BLOCKING_FAILURE_TARGETS = 4.0
 
-__all__ = ["BLOCKING_TARGETS", "YEAR", "Lifetime", "Rules", "failure_lifetime", "parse_cache_control", "lifetime", "rule_for",
+__all__ = ["BLOCKING_TARGETS", "YEAR", "Lifetime", "Rules", "failure_lifetime", "parse_cache_control", "lifetime",
+           "rule_for",
            "stale_after"]
 
 

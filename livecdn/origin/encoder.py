@@ -84,8 +84,8 @@ def frame_rate_for(part_target: float | None) -> int:
     (0.5 s parts: 12.5 frames at 25 fps, 15 at 30), so every part can start with a keyframe."""
     if part_target is None:
         return FRAME_RATE
-    return next((fps for fps in (FRAME_RATE, 30, 24, 50, 60) if abs(part_target * fps - round(part_target * fps)) < 1e-6),
-                FRAME_RATE)
+    whole = (fps for fps in (FRAME_RATE, 30, 24, 50, 60) if abs(part_target * fps - round(part_target * fps)) < 1e-6)
+    return next(whole, FRAME_RATE)
 
 
 def ffmpeg_command(ffmpeg: str, out_dir: Path, renditions: Sequence[Rendition],
@@ -130,7 +130,8 @@ def ffmpeg_command(ffmpeg: str, out_dir: Path, renditions: Sequence[Rendition],
             "-c:a", "aac", "-b:a", str(AUDIO_BITRATE), "-ac", "2",
             "-f", "hls",
             "-hls_time", f"{cut:g}",
-            "-hls_list_size", str((window + 1) * per),
+            # Low latency: the window's parts and those of the segment being made.
+            "-hls_list_size", str((window + 1) * per if part_target else window),
             "-hls_delete_threshold", str(max(1, retain * per)),
             "-hls_flags", "delete_segments+temp_file+independent_segments",
             "-hls_segment_filename", str(out_dir / r.name / ("part%d.ts" if part_target else "seg%d.ts")),

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from livecdn.media.directives import MAX_MSN_AHEAD
 
-__all__ = ["BLOCKING_TARGETS", "HOLD_TARGETS", "PART_SEGMENTS", "SKIP_TARGETS", "Parts", "Report", "hold_back", "parse_part_uri", "part_uri",
-           "playlist"]
+__all__ = ["BLOCKING_TARGETS", "HOLD_TARGETS", "PART_SEGMENTS", "SKIP_TARGETS", "Parts", "Report", "hold_back",
+           "parse_part_uri", "part_uri", "playlist"]
 
 # Segments (before the one being made) whose parts the playlist lists: a player
 # joining PART-HOLD-BACK (3 parts) behind the end finds its parts listed.
