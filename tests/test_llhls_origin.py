@@ -211,3 +211,31 @@ async def test_ffmpeg_low_latency_parts_are_the_encoders_own_keyframed_files(tmp
     frames = [line.split(",") for line in probe.stdout.split()]
     assert frames and frames[0][0] == "1", probe.stdout[:200]  # the part starts with a keyframe
     assert 14 <= len(frames) <= 16, len(frames)  # 0.5 s at 30 fps
+
+
+@pytest.mark.slow
+def test_livecdn_demo_low_latency_serves_ll_hls_through_the_edges(tmp_path):
+    """`livecdn demo --low-latency`: the built-in origin's LL-HLS, blocking reloads held through an edge.
+
+    Before: the flag did not exist (exit 2) and the origin served plain HLS only.
+    """
+    import urllib.request
+
+    from tests.cdn import run_cdn, topology_toml
+
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin={"mode": "synthetic", "window": 10}))
+    with run_cdn(config, "--low-latency") as info:
+        edge = next(n for n in info["nodes"] if n["role"] == "edge")["url"]
+        time.sleep(2.2)
+        with urllib.request.urlopen(f"{edge}/live/720p/index.m3u8", timeout=10) as r:
+            doc = m3u8.loads(r.read().decode())
+        assert doc.part_inf.part_target == 0.5 and doc.server_control.can_block_reload == "YES"
+        hinted = ll.parse_part_uri(doc.preload_hint.uri)
+        assert hinted is not None
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{edge}/live/720p/index.m3u8?_HLS_msn={hinted[0]}&_HLS_part={hinted[1]}",
+                                    timeout=10) as r:
+            held = r.read().decode()
+        assert f'URI="{doc.preload_hint.uri}"' in held.split("PRELOAD-HINT")[0]  # the hinted part now listed
+        assert time.monotonic() - started < 0.5 + 0.3
