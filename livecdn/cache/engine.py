@@ -288,6 +288,8 @@ class Engine:
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
         self._hints: collections.OrderedDict[str, float] = collections.OrderedDict()  # hint key → target
+        # The newest read of each playlist, whichever version (plain, blocking, delta) brought it.
+        self._newest: collections.OrderedDict[str, Held] = collections.OrderedDict()
         self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
@@ -751,8 +753,9 @@ class Engine:
             return False
 
     def held(self, key: CacheKey) -> Held | None:
-        """The last read this process stored of the playlist `key` asks a version of (its query aside)."""
-        return self._runs.get(dataclasses.replace(key, query="").key)
+        """The newest read this process stored of the playlist `key` asks a version of: its plain
+        reload's, or a blocking or delta answer's when that one went further."""
+        return self._newest.get(dataclasses.replace(key, query="").key)
 
     def _held_target(self, key: CacheKey) -> float | None:
         held = self.held(key)
@@ -790,12 +793,26 @@ class Engine:
             if len(self._runs) > MAX_HELD_RUNS:
                 self._runs.popitem(last=False)
             self._learn_hints(obj)
+            self._keep_newest(obj)
             if self._playlist_observers:
                 self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj
             self._spawn(self._write_disk(obj))
+
+    def _keep_newest(self, obj: Stored) -> None:
+        assert obj.manifest is not None
+        base = obj.key.partition("?")[0]
+        run, before = obj.manifest.run, self._newest.get(base)
+        if before is not None and run.media_sequence is not None and before.manifest.run.media_sequence is not None \
+                and run.media_sequence + (run.segments or 0) < before.manifest.run.media_sequence + (
+                    before.manifest.run.segments or 0):
+            return  # an older version than the one held (a blocking answer for a part long made)
+        self._newest[base] = Held(obj.manifest, obj.born)
+        self._newest.move_to_end(base)
+        if len(self._newest) > MAX_HELD_RUNS:
+            self._newest.popitem(last=False)
 
     def _learn_hints(self, obj: Stored) -> None:
         """Remember the playlist's preload hints with its target duration (their fetches wait as blocking ones)."""

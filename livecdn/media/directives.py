@@ -35,12 +35,13 @@ def too_far_ahead(query: str, run: Run | None, age: float, target: float | None)
     still being made included (its Media Sequence Number is the first one's
     plus the segments listed or skipped, less one). The read may be old (LL-HLS
     players reload by blocking requests, other keys): the stream has made a
-    segment per target duration since, so those count as made.
+    segment per target duration since, so those count as made, and one more.
     """
     msn = blocking_msn(query)
     if msn is None or run is None or run.media_sequence is None or not run.segments or not target:
         return None
-    last = run.media_sequence + run.segments - 1 + math.ceil(max(0.0, age) / target)
+    # One more than the segments made since: the read's last segment may have been about to complete.
+    last = run.media_sequence + run.segments - 1 + math.floor(max(0.0, age) / target) + 1
     if msn > last + MAX_MSN_AHEAD:
         return (f"_HLS_msn={msn} is more than two segments ahead of the playlist's last ({last}) "
                 f"(rfc8216bis 6.2.5.2)")
