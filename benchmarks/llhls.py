@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -148,8 +147,9 @@ def procs_port(procs: Processes) -> int:
 
 def show_viewers(r: dict[str, Any]) -> None:
     print(f"{r['viewers']} LL viewers on {r['edges']} edges for {r['seconds']} s: {r['parts_fetched']} parts, "
-          f"origin requests per part {r['origin_requests_per_part']} (playlists {r['origin_playlist_requests_per_part']}),"
-          f" part ready to viewer {r['ready_to_viewer_ms']} over {r['answers']} answers, failures {r['failures']}")
+          f"origin requests per part {r['origin_requests_per_part']} "
+          f"(playlists {r['origin_playlist_requests_per_part']}), "
+          f"part ready to viewer {r['ready_to_viewer_ms']} over {r['answers']} answers, failures {r['failures']}")
 
 
 if __name__ == "__main__":

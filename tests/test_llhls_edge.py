@@ -17,7 +17,7 @@ from aiohttp import web
 
 from livecdn.config import CacheSettings
 from tests.cdn import Stack
-from tests.fakeorigin import FakeOrigin
+from tests.fakeorigin import FakeOrigin, dribble
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +42,6 @@ def held(hold: float, status: int = 200) -> object:
     return handler
 
 
-def hinted_part(hold: float, pieces: int, pause: float) -> object:
-    """A preload-hint part: held until it starts being made, then streamed as it is made."""
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(hold)
-        resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
-        await resp.prepare(request)  # chunked: its length is not known while it is made
-        step = len(PART) // pieces
-        for i in range(0, len(PART), step):
-            await resp.write(PART[i:i + step])
-            await asyncio.sleep(pause)
-        await resp.write_eof()
-        return resp
-    return handler
-
-
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes, float]:
     started = time.monotonic()
     async with http.get(url) as r:
@@ -77,7 +62,7 @@ async def test_holds_within_three_targets_outlive_the_upstream_timeout_at_both_t
     Before: the hint part, a name without `_HLS_msn`, got the plain 10 s patience at each tier (504).
     """
     origin, stack = await _stack({"/live/b/index.m3u8": held(11.0),
-                                  "/live/b/seg8.1.ts": hinted_part(10.5, 4, 0.3)})
+                                  "/live/b/seg8.1.ts": dribble(PART, 4, 0.3, hold=10.5, chunked=True)})
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=40)) as http:
             assert (await _get(http, f"{stack.edge}/live/b/index.m3u8"))[0] == 200  # the edge holds the playlist
