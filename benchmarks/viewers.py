@@ -265,12 +265,15 @@ class LowLatencyViewer:
             while hint is not None and not stop.is_set():
                 uri, msn, part = hint
                 reload = asyncio.ensure_future(self._get(http, f"{self.media}?_HLS_msn={msn}&_HLS_part={part}"))
+                # Stamped when the answer is in, not after the part fetch beside it.
+                reload.add_done_callback(lambda _f, name=f"{msn}.{part}": self.answered.__setitem__(
+                    name, time.monotonic()))
                 fetched = await self._get(http, urljoin(self.media, uri))
                 self.parts += fetched is not None
                 text = await reload
                 if text is None:
+                    self.answered.pop(f"{msn}.{part}", None)
                     return
-                self.answered[f"{msn}.{part}"] = time.monotonic()
                 hint = preload_hint(text.decode())
 
     async def _get(self, http: aiohttp.ClientSession, target: str) -> bytes | None:
