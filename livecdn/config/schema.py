@@ -406,6 +406,18 @@ class OriginConfig(Checked):
         Rendition("360p", 600_000, 640, 360),
     )
     work_dir: str = ""  # ffmpeg mode: where segments are written; empty: a temp dir
+    # Low-latency HLS (livecdn/origin/lowlatency.py): parts of `part_target` seconds, a whole number of them
+    # per segment, blocking reloads, preload hints, delta updates, rendition reports.
+    low_latency: bool = False
+    part_target: Annotated[float, Seconds, Above(0)] = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.low_latency:
+            per = self.target_duration / self.part_target
+            if per < 2 or abs(per - round(per)) > 1e-6:
+                raise FieldError("part_target", f"{self.part_target:g} s does not divide target_duration "
+                                                f"({self.target_duration:g} s) into two or more whole parts")
 
 
 def _prefix(text: str) -> str:

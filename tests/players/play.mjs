@@ -27,8 +27,12 @@
 // Env: LIVECDN_ACTION, a shell command run LIVECDN_ACTION_AFTER seconds (default 10) after playback
 // started (a test kills or stops an edge with it, timed on the page's own clock).
 //
+//   latency        hls.js only: its live latency (seconds behind the playlist's live edge), sampled
+//                  every second after startup: { mean, last, samples }
+//
 // Env: CHROMIUM (default /usr/bin/chromium); LIVECDN_HOST_RESOLVER_RULES, passed to
-// --host-resolver-rules so a CDN host name can be mapped to loopback.
+// --host-resolver-rules so a CDN host name can be mapped to loopback; LIVECDN_LOW_LATENCY=1
+// plays with hls.js lowLatencyMode (parts, blocking reloads, preload hints).
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -42,6 +46,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
 const [url, secondsArg] = process.argv.slice(2);
+const lowLatency = process.env.LIVECDN_LOW_LATENCY === '1';
 const seconds = Number(secondsArg ?? 20);
 if (!url || !(seconds > 0)) {
   console.error('usage: node play.mjs URL SECONDS');
@@ -102,7 +107,7 @@ try {
   const actionAfter = Number(process.env.LIVECDN_ACTION_AFTER ?? 10);
   if (action) await page.exposeFunction('livecdnAction', () => { execSync(action, { stdio: 'inherit' }); });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter }) => {
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter, lowLatency }) => {
     const r = { started: false, startupSeconds: null, stalls: [], errors: [], frags: [], steering: [],
                 mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
     if (dash) r.dashSupported = dashjs.supportsMediaSource();
@@ -130,7 +135,7 @@ try {
                         code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
       });
     } else {
-      hls = new Hls({ enableWorker: true });
+      hls = new Hls({ enableWorker: true, lowLatencyMode: lowLatency });
       hls.on(Hls.Events.ERROR, (_e, d) => {
         r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
                         url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
@@ -174,14 +179,28 @@ try {
     }
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     await Promise.race([started, sleep(startTimeoutMs)]);
+    const latencies = [];
+    const watch = async (secs) => {  // sleeps, sampling hls.js's live latency each second
+      for (let left = secs; left > 0; left -= 1) {
+        await sleep(Math.min(1, left) * 1000);
+        // past the start-up catch-up
+        if (hls && Number.isFinite(hls.latency) && (performance.now() - t0) / 1000 - r.startupSeconds >= 2) {
+          latencies.push(hls.latency);
+        }
+      }
+    };
     if (r.started && action) {
       const first = Math.min(actionAfter, seconds);
-      await sleep(first * 1000);
+      await watch(first);
       r.actionAt = (performance.now() - t0) / 1000;
       await window.livecdnAction();
-      await sleep((seconds - first) * 1000);
+      await watch(seconds - first);
     } else if (r.started) {
-      await sleep(seconds * 1000);
+      await watch(seconds);
+    }
+    if (latencies.length) {
+      r.latency = { mean: latencies.reduce((a, b) => a + b, 0) / latencies.length,
+                    last: latencies[latencies.length - 1], samples: latencies.length };
     }
     let played = 0;
     for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
@@ -194,7 +213,7 @@ try {
     if (hls) hls.destroy();
     if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter, lowLatency });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);
