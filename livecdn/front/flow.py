@@ -23,7 +23,13 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["FlowControl"]
+__all__ = ["FlowControl", "HIGH_WATER"]
+
+# Bytes a transport may buffer for one player before writers wait for it
+# to drain (aiohttp's StreamWriter LIMIT, uvicorn's HIGH_WATER_LIMIT): a slow
+# player then falls behind in its own coroutine, holding an offset into the
+# shared body rather than a copy of it. Both player protocols use it.
+HIGH_WATER = 64 << 10
 
 
 class FlowControl:
