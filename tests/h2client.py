@@ -17,6 +17,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 
 class Answer:
@@ -50,7 +51,8 @@ class H2Client:
         self.answers: dict[int, Answer] = {}
         self.server_settings: dict[int, int] = {}
         self.settings_acked = asyncio.Event()
-        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.goaway: GoAwayFrame | None = None  # the last GOAWAY the server sent
+        self._buf = b""  # received bytes not yet a whole frame
         self.closed = asyncio.Event()
         self.events: list[object] = []
         self.received = 0  # bytes the server sent in all
@@ -92,7 +94,7 @@ class H2Client:
                     break
                 self.received += len(data)
                 try:
-                    events = self.conn.receive_data(data)
+                    events = self.conn.receive_data(self._split_goaway(data))
                 except h2.exceptions.ProtocolError as e:
                     self.events.append(e)
                     break
@@ -108,6 +110,30 @@ class H2Client:
             self._changed.set()
             for a in self.answers.values():
                 a.ended.set()
+
+    def _split_goaway(self, data: bytes) -> bytes:
+        """The bytes without GOAWAY frames, which are recorded here.
+
+        h2 takes any GOAWAY for the end of the connection and fails on every
+        frame after it, so it could not show the streams a graceful GOAWAY
+        lets finish; real clients (nghttp2, browsers) read them.
+        """
+        self._buf += data
+        out = bytearray()
+        buf = self._buf
+        while len(buf) >= 9:
+            length = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + length:
+                break
+            frame, buf = buf[:9 + length], buf[9 + length:]
+            if frame[3] == 0x7:
+                goaway, _ = GoAwayFrame.parse_frame_header(memoryview(frame[:9]))
+                goaway.parse_body(memoryview(frame[9:]))
+                self.goaway = goaway  # type: ignore[assignment]
+            else:
+                out += frame
+        self._buf = buf
+        return bytes(out)
 
     def _event(self, ev: object) -> None:
         if isinstance(ev, h2.events.ResponseReceived):
@@ -127,8 +153,6 @@ class H2Client:
             self.server_settings = {int(k): v.new_value for k, v in ev.changed_settings.items()}
         elif isinstance(ev, h2.events.SettingsAcknowledged):
             self.settings_acked.set()
-        elif isinstance(ev, h2.events.ConnectionTerminated):
-            self.goaway = ev
 
     def request(self, path: str, *extra: tuple[str, str], method: str = "GET", authority: str = "edge",
                 end: bool = True) -> int:

@@ -220,9 +220,7 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> Request | ProtocolError:
     if count > MAX_HEADERS:
         return ProtocolError(431, f"more than {MAX_HEADERS} header fields")
     if authority:
-        fields[b"host"] = authority  # RFC 9113 §8.3.1: :authority stands for Host
-    elif b"host" not in fields:
-        return ProtocolError(400, "HTTP/2 request without :authority or Host")
+        fields[b"host"] = authority  # RFC 9113 §8.3.1: :authority stands for Host (h2 requires one of them)
     if len(path) > MAX_TARGET_BYTES:
         return ProtocolError(414, f"request target longer than {MAX_TARGET_BYTES} bytes")
     try:

@@ -352,8 +352,7 @@ class Http2Connection(asyncio.Protocol):
     def _went_idle(self) -> None:
         self._stall_since = None
         self._idle_since = self._loop.time()
-        if self._timer is None:
-            self._arm(self._idle_since + self.server.keepalive_timeout)
+        self._arm(self._idle_since + self.server.keepalive_timeout)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
