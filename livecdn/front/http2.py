@@ -371,6 +371,8 @@ class ServerConnection:
                    else RequestReceived(sid, parsed))  # type: ignore[arg-type]
 
     def _end(self, code: ErrorCodes, reason: str) -> ConnectionEnded:
+        """End the connection for abuse: what h2 queued in answer to this read (the flood's acks) is dropped."""
+        self.h2.data_to_send()
         self.h2.close_connection(code, reason.encode("ascii", "replace")[:200])
         self.ended = True
         self._out.clear()

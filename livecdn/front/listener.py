@@ -66,7 +66,7 @@ from typing import BinaryIO, Protocol
 from livecdn.logs import AccessLog
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
-from .flow import HIGH_WATER, FlowControl
+from .flow import HIGH_WATER, LINGER, FlowControl
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .http2 import PREFACE
 from .listener_h2 import Http2Connection
@@ -86,9 +86,6 @@ KEEPALIVE_TIMEOUT = 75.0
 # How long a request head may take from its first byte (and a new connection
 # to send one): players send a head in one packet (LimitSettings.header_timeout).
 HEADER_TIMEOUT = 10.0
-# How long a closing connection reads and drops what its client still sends,
-# after its last answer and a FIN: time for the client to read the answer.
-LINGER = 2.0
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10

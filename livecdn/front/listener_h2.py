@@ -42,7 +42,7 @@ from h2.errors import ErrorCodes
 from livecdn.logs import AccessLog
 
 from .connlimit import ConnectionLimit
-from .flow import HIGH_WATER, FlowControl
+from .flow import HIGH_WATER, LINGER, FlowControl
 from .http2 import ConnectionEnded, RequestReceived, RequestRejected, ServerConnection, StreamCancelled
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
@@ -135,7 +135,7 @@ class Http2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
-            return
+            return  # closing: what the client still sends is read and dropped
         events = self.h2.receive_data(data, self._loop.time())
         now = time.time()
         for ev in events:
@@ -345,7 +345,18 @@ class Http2Connection(asyncio.Protocol):
         for task in self.tasks.values():
             task.cancel()
         self._closed = True
-        self.transport.close()  # flushes what is buffered first
+        transport = self.transport
+        if self.server.closing or not transport.can_write_eof():
+            transport.close()  # flushes what is buffered first
+            return
+        # The GOAWAY, a FIN, then what the client still sends is read and dropped for
+        # at most LINGER s: closing over unread bytes would reset the connection and
+        # could destroy the GOAWAY (that says why) before the client reads it.
+        transport.write_eof()
+        self.flow.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(LINGER, transport.close)
 
     # --- time: one timer handle ---
 
