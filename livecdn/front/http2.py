@@ -334,11 +334,11 @@ class ServerConnection:
                                                                        f"{FLOOD_INTERVAL:g} s"))
                     return out
                 if kind is h2.events.RemoteSettingsChanged:
-                    self._ready.extend(s for s in self._out if s not in self._ready)  # windows may have grown
+                    self._requeue()  # the initial window may have grown
             elif kind is h2.events.WindowUpdated:
                 sid = ev.stream_id  # type: ignore[attr-defined]
                 if sid == 0:
-                    self._ready.extend(s for s in self._out if s not in self._ready)
+                    self._requeue()
                 elif sid in self._out and sid not in self._ready:
                     self._ready.append(sid)
             elif kind is h2.events.ConnectionTerminated:
@@ -348,6 +348,11 @@ class ServerConnection:
             if self.ended:
                 break
         return out
+
+    def _requeue(self) -> None:
+        """Every stream back in turn (a window they all share may have opened)."""
+        ready = self._ready
+        ready.extend([s for s in self._out if s not in ready])
 
     def _over(self, now: float, counter: str, bound: int) -> bool:
         if now - self._window_start >= FLOOD_INTERVAL:

@@ -301,9 +301,14 @@ class Http2Connection(asyncio.Protocol):
         if self._closed:
             return
         h2, transport = self.h2, self.transport
-        h2.pump(HIGH_WATER - transport.get_write_buffer_size())
-        data = h2.data_to_send()
-        if data:
+        while True:
+            # Room until the transport is over its high-water mark: then it has paused
+            # writing and `resume_writing()` flushes again. While the kernel takes all
+            # we write, frames are made for as long as windows and queues allow.
+            h2.pump(HIGH_WATER + 1 - transport.get_write_buffer_size())
+            data = h2.data_to_send()
+            if not data:
+                break
             transport.write(data)
         if self.waiters:
             for sid, waiter in list(self.waiters.items()):
