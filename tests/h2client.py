@@ -10,6 +10,7 @@ produce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import h2.config
@@ -200,7 +201,5 @@ class H2Client:
             self._writer.close()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass

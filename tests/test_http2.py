@@ -299,3 +299,16 @@ async def test_alpn_h2_makes_a_tls_connection_http2_and_http11_stays_http11(
         server.close()
         await players.shutdown(1.0)
 
+
+
+def test_h2c_is_on_unless_the_topology_turns_it_off_for_an_edge(tmp_path: Path) -> None:
+    from livecdn.config import ConfigError, load
+    from tests.test_config import MINIMAL
+    path = tmp_path / "cdn.toml"
+    path.write_text(MINIMAL)
+    assert load(path).edges["e"].h2c is True
+    path.write_text(MINIMAL.replace('admin = "127.0.1.1:9080"', 'admin = "127.0.1.1:9080"\nh2c = false'))
+    assert load(path).edges["e"].h2c is False
+    path.write_text(MINIMAL.replace('admin = "127.0.1.1:9080"', 'admin = "127.0.1.1:9080"\nh2c = "maybe"'))
+    with pytest.raises(ConfigError, match=r"edges\.e\.h2c: expected true or false, got 'maybe'"):
+        load(path)

@@ -191,6 +191,21 @@ async def test_ping_and_settings_floods_are_goaway_enhance_your_calm(stack: Stac
     assert len(acks) <= 1  # the flood's read is answered with GOAWAY alone (our SETTINGS' ACK aside)
 
 
+async def test_the_priority_each_request_carries_is_no_priority_flood(origin: FakeOrigin, client: H2Client) -> None:
+    origin.routes["/pr/a.ts"] = body(b"p")
+    await client.get("/pr/a.ts")
+    for n in range(MAX_CONTROL + 20):  # as Chrome and nghttp send them: HEADERS with the PRIORITY flag
+        sid = client.conn.get_next_available_stream_id()
+        client.answers[sid] = type(client.answers[1])()
+        client.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "edge"),
+                                       (":path", "/pr/a.ts")], end_stream=True, priority_weight=200,
+                                 priority_depends_on=0, priority_exclusive=True)
+        client._send()
+        await asyncio.wait_for(client.answers[sid].ended.wait(), 5)
+        assert bytes(client.answers[sid].body) == b"p", n
+    assert client.goaway is None
+
+
 async def test_a_continuation_flood_ends_at_the_header_block_bound(stack: Stack) -> None:
     piece = b"\x00" * 1000
     flood = frame(HEADERS, 0, 1, piece) + frame(CONTINUATION, 0, 1, piece) * 200  # 200 KB, never END_HEADERS

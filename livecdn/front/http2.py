@@ -35,8 +35,8 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from .http1 import Fields as _Fields
 from .http1 import MAX_FIELD_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES, ProtocolError
+from .http1 import Fields as _Fields
 from .request import Request
 
 __all__ = ["ConnectionEnded", "FLOOD_INTERVAL", "MAX_CONTROL", "MAX_HEADER_BLOCK", "MAX_HEADER_LIST",
@@ -310,43 +310,44 @@ class ServerConnection:
             self.ended = True
             return [ConnectionEnded(int(e.error_code), str(e)[:200] or type(e).__name__)]
         out: list[Event] = []
+        carried = None  # the priority a HEADERS frame carried: h2 reports it again, as if a PRIORITY frame
         for ev in received:
-            kind = type(ev)
-            if kind is h2.events.RequestReceived:
-                self._request(ev, out)  # type: ignore[arg-type]
-            elif kind is h2.events.DataReceived:
+            if isinstance(ev, h2.events.RequestReceived):
+                carried = ev.priority_updated
+                self._request(ev, out)
+            elif isinstance(ev, h2.events.DataReceived):
                 # A request body is never read (GET/HEAD/OPTIONS need none): its bytes are
                 # dropped and their window given back, so the connection does not stall.
-                if ev.flow_controlled_length:  # type: ignore[attr-defined]
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)  # type: ignore
-            elif kind is h2.events.StreamReset:
-                sid = ev.stream_id  # type: ignore[attr-defined]
+                if ev.flow_controlled_length and ev.stream_id is not None:
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                sid = ev.stream_id or 0
                 self._forget(sid)
                 out.append(StreamCancelled(sid))
                 if self._over(now, "_resets", self.max_resets):
                     out.append(self._end(ErrorCodes.ENHANCE_YOUR_CALM,
                                          f"more than {self.max_resets} stream resets in {FLOOD_INTERVAL:g} s"))
                     return out
-            elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged, h2.events.PriorityUpdated):
+            elif isinstance(ev, (h2.events.PingReceived, h2.events.RemoteSettingsChanged, h2.events.PriorityUpdated)):
+                if ev is carried:
+                    continue  # part of a request (browsers send one with each): not a control frame
                 if self._over(now, "_control", self.max_control):
                     out.append(self._end(ErrorCodes.ENHANCE_YOUR_CALM, f"more than {self.max_control} PING, "
                                                                        f"SETTINGS or PRIORITY frames in "
                                                                        f"{FLOOD_INTERVAL:g} s"))
                     return out
-                if kind is h2.events.RemoteSettingsChanged:
+                if isinstance(ev, h2.events.RemoteSettingsChanged):
                     self._requeue()  # the initial window may have grown
-            elif kind is h2.events.WindowUpdated:
-                sid = ev.stream_id  # type: ignore[attr-defined]
+            elif isinstance(ev, h2.events.WindowUpdated):
+                sid = ev.stream_id or 0
                 if sid == 0:
                     self._requeue()
                 elif sid in self._out and sid not in self._ready:
                     self._ready.append(sid)
-            elif kind is h2.events.ConnectionTerminated:
+            elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.ended = True
-                out.append(ConnectionEnded(ev.error_code or 0, "the client sent GOAWAY"))  # type: ignore
+                out.append(ConnectionEnded(int(ev.error_code or 0), "the client sent GOAWAY"))
                 return out
-            if self.ended:
-                break
         return out
 
     def _requeue(self) -> None:
@@ -371,9 +372,8 @@ class ServerConnection:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         self._out[sid] = _Out()
-        parsed = request_of(ev.headers or [])  # type: ignore[arg-type]
-        out.append(RequestRejected(sid, parsed) if type(parsed) is ProtocolError
-                   else RequestReceived(sid, parsed))  # type: ignore[arg-type]
+        parsed = request_of(ev.headers or [])
+        out.append(RequestRejected(sid, parsed) if isinstance(parsed, ProtocolError) else RequestReceived(sid, parsed))
 
     def _end(self, code: ErrorCodes, reason: str) -> ConnectionEnded:
         """End the connection for abuse: what h2 queued in answer to this read (the flood's acks) is dropped."""

@@ -32,6 +32,7 @@ WINDOW_UPDATE holds nothing for ever).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ from livecdn.logs import AccessLog
 
 from .connlimit import ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
-from .http2 import ConnectionEnded, RequestReceived, RequestRejected, ServerConnection, StreamCancelled
+from .http2 import RequestReceived, RequestRejected, ServerConnection, StreamCancelled
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -139,21 +140,20 @@ class Http2Connection(asyncio.Protocol):
         events = self.h2.receive_data(data, self._loop.time())
         now = time.time()
         for ev in events:
-            kind = type(ev)
-            if kind is RequestReceived:
+            if isinstance(ev, RequestReceived):
                 self._served = True
-                self._answer(ev.stream_id, ev.request, now)  # type: ignore[union-attr]
-            elif kind is RequestRejected:
+                self._answer(ev.stream_id, ev.request, now)
+            elif isinstance(ev, RequestRejected):
                 self._served = True
-                err = ev.error  # type: ignore[union-attr]
+                err = ev.error
                 self._send(ev.stream_id, None, self.handler.refuse(err.status, err.reason, err.headers))
-            elif kind is StreamCancelled:
-                task = self.tasks.pop(ev.stream_id, None)  # type: ignore[union-attr]
+            elif isinstance(ev, StreamCancelled):
+                task = self.tasks.pop(ev.stream_id, None)
                 if task is not None:
                     task.cancel()
-            elif kind is ConnectionEnded:
-                if ev.error_code:  # type: ignore[union-attr]
-                    log.info("HTTP/2 connection from %s ended: %s", self.peer, ev.reason)  # type: ignore
+            else:
+                if ev.error_code:
+                    log.info("HTTP/2 connection from %s ended: %s", self.peer, ev.reason)
                 self._end()
                 return
         self._flush()
@@ -179,7 +179,7 @@ class Http2Connection(asyncio.Protocol):
             plan = self._failed(request)
         if type(plan) is Later:
             task = self.tasks[sid] = self._loop.create_task(self._answer_later(sid, plan))
-            task.add_done_callback(lambda _t, sid=sid: self._task_done(sid, _t))
+            task.add_done_callback(functools.partial(self._task_done, sid))
             return
         self._send(sid, request, plan)  # type: ignore[arg-type]
 
@@ -196,7 +196,7 @@ class Http2Connection(asyncio.Protocol):
         """An answer whose body is in hand: queued whole (the shared bytes, by reference)."""
         body = plan.body
         assert type(body) is bytes or type(body) is memoryview, "a plan in hand carries its bytes"
-        self.h2.respond(sid, request, plan.fields, body, plan.born, time.time())  # type: ignore[arg-type]
+        self.h2.respond(sid, request, plan.fields, body, plan.born, time.time())
         if request is not None:
             self._log(request, plan, len(body) if request.method != "HEAD" and plan.fields.status != 304 else 0)
         plan.close()
