@@ -195,6 +195,17 @@ def _value(value: str) -> bytes:
         return value.encode("utf-8", "surrogateescape")
 
 
+def _fields_of(fields: _Fields) -> tuple[tuple[bytes, bytes], ...]:
+    """A status and fields as HTTP/2 sends them (built once per `Fields`, kept on it as `wire_h2`)."""
+    status = fields.status
+    out = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
+    for name, value in fields.headers:
+        name = name.lower()
+        if name not in _CONNECTION_SPECIFIC:
+            out.append((name.encode("latin-1"), _value(value)))
+    return tuple(out)
+
+
 def request_of(headers: list[tuple[bytes, bytes]]) -> Request | ProtocolError:
     """A stream's decoded header list as the front's `Request` (h2 has checked the pseudo-headers' grammar)."""
     method = path = authority = b""
@@ -255,7 +266,11 @@ class ServerConnection:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
         self.max_streams, self.max_resets, self.max_control = max_streams, max_resets, max_control
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What a client sends is checked by h2 (pseudo-headers, connection-specific fields, case);
+        # what we send is built valid here (`send_head`: lower-case names, no connection-specific
+        # fields, no line breaks), so h2's per-field checks of it, most of an answer's cost, are off.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
         self.closing = False  # GOAWAY sent for a drain: streams in flight finish, no new one is answered
         self.ended = False  # the connection is over: nothing more is read or answered
@@ -426,11 +441,10 @@ class ServerConnection:
         if out is None or self.ended:
             return  # reset meanwhile: nobody to answer
         status = fields.status
-        headers = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
-        for name, value in fields.headers:
-            name = name.lower()
-            if name not in _CONNECTION_SPECIFIC:
-                headers.append((name.encode("latin-1"), _value(value)))
+        base = fields.wire_h2
+        if type(base) is not tuple:
+            base = fields.wire_h2 = _fields_of(fields)
+        headers = list(base)
         if status not in _NO_BODY and length is not None:
             headers.append((b"content-length", b"%d" % length))
         if born is not None:

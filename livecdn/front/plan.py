@@ -30,16 +30,17 @@ class Fields:
     """A status and end-to-end header fields, names as they are sent.
 
     A stored object's fields are built once and shared by every hit on it, so
-    a protocol shell may keep its own serialized form in `wire` (whatever it
-    likes; the front never reads it).
+    each protocol shell may keep its own serialized form: HTTP/1.1 in `wire`,
+    HTTP/2 in `wire_h2` (whatever they like; the front never reads them).
     """
 
-    __slots__ = ("status", "headers", "wire")
+    __slots__ = ("status", "headers", "wire", "wire_h2")
 
     def __init__(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
         self.status = status
         self.headers = headers
         self.wire: object = None
+        self.wire_h2: object = None
 
     def __repr__(self) -> str:
         return f"Fields({self.status}, {len(self.headers)} headers)"
