@@ -11,7 +11,6 @@ import asyncio
 import gzip
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h2.settings
@@ -30,19 +29,10 @@ PLAYLIST = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n" + b"#E
 CONNECTION_SPECIFIC = {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"}
 
 
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[H2Client]:
-    c = await H2Client().connect(stack.edges[0].port)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-async def test_a_streamed_miss_then_a_memory_hit_with_the_same_fields(origin: FakeOrigin, client: H2Client) -> None:
+async def test_a_streamed_miss_then_a_memory_hit_with_the_same_fields(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/h/seg1.ts"] = dribble(SEG, 8, 0.02)  # arrives in pieces: the edge streams it
-    miss = await client.get("/h/seg1.ts")
-    hit = await client.get("/h/seg1.ts")
+    miss = await h2_client.get("/h/seg1.ts")
+    hit = await h2_client.get("/h/seg1.ts")
     for answer, cache in ((miss, "MISS"), (hit, "HIT")):
         h = answer.headers
         assert (answer.status, bytes(answer.body), h["x-cache"]) == (200, SEG, cache)
@@ -54,42 +44,42 @@ async def test_a_streamed_miss_then_a_memory_hit_with_the_same_fields(origin: Fa
     assert origin.hits["/h/seg1.ts"] == 1
 
 
-async def test_ranges_are_206_and_an_unsatisfiable_one_is_416(origin: FakeOrigin, client: H2Client) -> None:
+async def test_ranges_are_206_and_an_unsatisfiable_one_is_416(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/r/seg1.ts"] = body(SEG)
-    await client.get("/r/seg1.ts")
-    part = await client.get("/r/seg1.ts", ("range", "bytes=10-19"))
+    await h2_client.get("/r/seg1.ts")
+    part = await h2_client.get("/r/seg1.ts", ("range", "bytes=10-19"))
     assert (part.status, bytes(part.body)) == (206, SEG[10:20])
     assert part.headers["content-range"] == f"bytes 10-19/{len(SEG)}" and part.headers["content-length"] == "10"
-    tail = await client.get("/r/seg1.ts", ("range", "bytes=-4"))
+    tail = await h2_client.get("/r/seg1.ts", ("range", "bytes=-4"))
     assert (tail.status, bytes(tail.body)) == (206, SEG[-4:])
-    bad = await client.get("/r/seg1.ts", ("range", f"bytes={len(SEG)}-"))
+    bad = await h2_client.get("/r/seg1.ts", ("range", f"bytes={len(SEG)}-"))
     assert bad.status == 416 and bad.headers["content-range"] == f"bytes */{len(SEG)}"
 
 
-async def test_conditional_requests_are_304_with_no_body(origin: FakeOrigin, client: H2Client) -> None:
+async def test_conditional_requests_are_304_with_no_body(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/c/seg1.ts"] = body(b"c" * 100, headers={"ETag": '"v1"', "Last-Modified": "Tue, 01 Dec 2026 "
                                                                                            "10:00:00 GMT"})
-    first = await client.get("/c/seg1.ts")
+    first = await h2_client.get("/c/seg1.ts")
     assert first.status == 200 and first.headers["etag"] == '"v1"'
     for header in (("if-none-match", '"v1"'), ("if-modified-since", "Tue, 01 Dec 2026 10:00:00 GMT")):
-        answer = await client.get("/c/seg1.ts", header)
+        answer = await h2_client.get("/c/seg1.ts", header)
         assert (answer.status, bytes(answer.body)) == (304, b""), header
         assert "content-length" not in answer.headers and answer.headers["etag"] == '"v1"'
-    changed = await client.get("/c/seg1.ts", ("if-none-match", '"v0"'))
+    changed = await h2_client.get("/c/seg1.ts", ("if-none-match", '"v0"'))
     assert (changed.status, bytes(changed.body)) == (200, b"c" * 100)
 
 
-async def test_head_sends_the_length_and_no_body(origin: FakeOrigin, client: H2Client) -> None:
+async def test_head_sends_the_length_and_no_body(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/hd/seg1.ts"] = body(SEG)
-    miss = await client.get("/hd/seg1.ts", method="HEAD")  # a miss streamed from upstream: still no DATA
-    hit = await client.get("/hd/seg1.ts", method="HEAD")
+    miss = await h2_client.get("/hd/seg1.ts", method="HEAD")  # a miss streamed from upstream: still no DATA
+    hit = await h2_client.get("/hd/seg1.ts", method="HEAD")
     for answer in (miss, hit):
         assert (answer.status, bytes(answer.body), answer.reset) == (200, b"", None)
     assert hit.headers["content-length"] == str(len(SEG))
 
 
-async def test_cors_preflight_and_headers(client: H2Client) -> None:
-    answer = await client.get("/any/index.m3u8", ("origin", "https://player.example"),
+async def test_cors_preflight_and_headers(h2_client: H2Client) -> None:
+    answer = await h2_client.get("/any/index.m3u8", ("origin", "https://player.example"),
                               ("access-control-request-method", "GET"), method="OPTIONS")
     h = answer.headers
     assert answer.status == 204 and h["access-control-allow-origin"] == "*"
@@ -97,41 +87,42 @@ async def test_cors_preflight_and_headers(client: H2Client) -> None:
     assert h["access-control-max-age"] == "86400"
 
 
-async def test_playlists_are_gzipped_only_for_a_client_that_asks(origin: FakeOrigin, client: H2Client) -> None:
+async def test_playlists_are_gzipped_only_for_a_client_that_asks(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/g/index.m3u8"] = body(PLAYLIST, "application/vnd.apple.mpegurl")
-    await client.get("/g/index.m3u8")
-    zipped = await client.get("/g/index.m3u8", ("accept-encoding", "gzip, deflate, br"))
-    plain = await client.get("/g/index.m3u8", ("accept-encoding", "identity"))
+    await h2_client.get("/g/index.m3u8")
+    zipped = await h2_client.get("/g/index.m3u8", ("accept-encoding", "gzip, deflate, br"))
+    plain = await h2_client.get("/g/index.m3u8", ("accept-encoding", "identity"))
     assert zipped.headers["content-encoding"] == "gzip" and gzip.decompress(bytes(zipped.body)) == PLAYLIST
     assert zipped.headers["vary"] == "Accept-Encoding"
     assert int(zipped.headers["content-length"]) == len(zipped.body) < len(PLAYLIST)
     assert "content-encoding" not in plain.headers and bytes(plain.body) == PLAYLIST
 
 
-async def test_age_counts_from_the_answers_birth_upstream(origin: FakeOrigin, client: H2Client) -> None:
+async def test_age_counts_from_the_answers_birth_upstream(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/a/seg1.ts"] = body(b"a", headers={"Age": "30", "Cache-Control": "max-age=600"})
-    first = await client.get("/a/seg1.ts")
+    first = await h2_client.get("/a/seg1.ts")
     await asyncio.sleep(1.1)
-    second = await client.get("/a/seg1.ts")
+    second = await h2_client.get("/a/seg1.ts")
     assert int(first.headers["age"]) >= 30 and second.headers["x-cache"] == "HIT"
     assert int(second.headers["age"]) >= int(first.headers["age"]) + 1
 
 
-async def test_errors_have_their_status_and_reason_on_their_stream_only(origin: FakeOrigin, client: H2Client) -> None:
+async def test_errors_have_their_status_and_reason_on_their_stream_only(origin: FakeOrigin,
+                                                                       h2_client: H2Client) -> None:
     origin.routes["/e/busy.ts"] = status(503, "come back later\n", {"Retry-After": "7"})
-    not_found = await client.get("/e/none.ts")
+    not_found = await h2_client.get("/e/none.ts")
     assert not_found.status == 404
-    post = await client.get("/e/a.ts", method="POST")
+    post = await h2_client.get("/e/a.ts", method="POST")
     assert post.status == 405 and post.headers["allow"] == "GET, HEAD, OPTIONS" and b"POST" in post.body
-    bad = await client.get("/live/a/index.m3u8?_HLS_msn=%D9%A3")
+    bad = await h2_client.get("/live/a/index.m3u8?_HLS_msn=%D9%A3")
     assert bad.status == 400 and b"_HLS_msn" in bad.body and origin.hits["/live/a/index.m3u8"] == 0
-    busy = await client.get("/e/busy.ts")
+    busy = await h2_client.get("/e/busy.ts")
     assert busy.status == 503 and busy.headers["retry-after"] == "7"
-    huge = await client.get("/" + "a" * 9000)
+    huge = await h2_client.get("/" + "a" * 9000)
     assert huge.status == 414 and b"target" in huge.body
     origin.routes["/e/fine.ts"] = body(b"fine")
-    fine = await client.get("/e/fine.ts")  # the connection goes on after every error
-    assert (fine.status, bytes(fine.body)) == (200, b"fine") and client.goaway is None
+    fine = await h2_client.get("/e/fine.ts")  # the connection goes on after every error
+    assert (fine.status, bytes(fine.body)) == (200, b"fine") and h2_client.goaway is None
 
 
 async def test_disk_hits_are_read_in_steps_and_framed(origin: FakeOrigin, tmp_path: Path) -> None:
@@ -155,71 +146,53 @@ async def test_disk_hits_are_read_in_steps_and_framed(origin: FakeOrigin, tmp_pa
         await stack.stop()
 
 
-async def test_concurrent_streams_are_answered_each_at_its_own_pace(origin: FakeOrigin, client: H2Client) -> None:
+async def test_concurrent_streams_are_answered_each_at_its_own_pace(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/p/slow.ts"] = slow(0.5, b"slow")
     origin.routes["/p/fast.ts"] = body(b"fast")
-    await client.get("/p/fast.ts")
-    slow_id = client.request("/p/slow.ts")
-    fast = await client.get("/p/fast.ts", timeout=0.4)  # not behind the slow one (HTTP/1.1 would be)
+    await h2_client.get("/p/fast.ts")
+    slow_id = h2_client.request("/p/slow.ts")
+    fast = await h2_client.get("/p/fast.ts", timeout=0.4)  # not behind the slow one (HTTP/1.1 would be)
     assert (fast.status, bytes(fast.body)) == (200, b"fast")
-    await asyncio.wait_for(client.answers[slow_id].ended.wait(), 5)
-    assert bytes(client.answers[slow_id].body) == b"slow"
+    await asyncio.wait_for(h2_client.answers[slow_id].ended.wait(), 5)
+    assert bytes(h2_client.answers[slow_id].body) == b"slow"
 
 
 async def test_streams_past_the_advertised_bound_are_refused_not_the_connection(
-        origin: FakeOrigin, client: H2Client) -> None:
+        origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/m/slow.ts"] = slow(1.0, b"s")
-    assert await client.wait(lambda: client.server_settings)
-    assert client.server_settings[3] == MAX_STREAMS  # SETTINGS_MAX_CONCURRENT_STREAMS
+    assert await h2_client.wait(lambda: h2_client.server_settings)
+    assert h2_client.server_settings[3] == MAX_STREAMS  # SETTINGS_MAX_CONCURRENT_STREAMS
     # A client that ignores it:
-    client.conn.remote_settings = h2.settings.Settings(client=False, initial_values={
+    h2_client.conn.remote_settings = h2.settings.Settings(client=False, initial_values={
         h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 10 * MAX_STREAMS})
-    ids = [client.request(f"/m/slow.ts?n={i}") for i in range(MAX_STREAMS + 5)]
-    assert await client.wait(lambda: all(client.answers[i].ended.is_set() for i in ids), 10)
-    refused = [i for i in ids if client.answers[i].reset == 7]  # REFUSED_STREAM
-    answered = [i for i in ids if client.answers[i].reset is None]
-    assert len(refused) == 5 and len(answered) == MAX_STREAMS and client.goaway is None
-    assert all(bytes(client.answers[i].body) == b"s" for i in answered)
+    ids = [h2_client.request(f"/m/slow.ts?n={i}") for i in range(MAX_STREAMS + 5)]
+    assert await h2_client.wait(lambda: all(h2_client.answers[i].ended.is_set() for i in ids), 10)
+    refused = [i for i in ids if h2_client.answers[i].reset == 7]  # REFUSED_STREAM
+    answered = [i for i in ids if h2_client.answers[i].reset is None]
+    assert len(refused) == 5 and len(answered) == MAX_STREAMS and h2_client.goaway is None
+    assert all(bytes(h2_client.answers[i].body) == b"s" for i in answered)
 
 
-async def test_a_cancelled_stream_stops_and_the_shared_fetch_goes_on(origin: FakeOrigin, client: H2Client,
+async def test_a_cancelled_stream_stops_and_the_shared_fetch_goes_on(origin: FakeOrigin, h2_client: H2Client,
                                                                      stack: Stack) -> None:
     origin.routes["/x/seg1.ts"] = dribble(SEG, 10, 0.05)
-    sid = client.request("/x/seg1.ts")
-    assert await client.wait(lambda: len(client.answers[sid].body) > 0)
-    client.reset(sid)
+    sid = h2_client.request("/x/seg1.ts")
+    assert await h2_client.wait(lambda: len(h2_client.answers[sid].body) > 0)
+    h2_client.reset(sid)
     front = stack.edges[0].front
     assert front is not None
-    assert await client.wait(lambda: front.inflight == 0, 5)  # the stream's plan was released
-    again = await client.get("/x/seg1.ts")  # the fill went on: whole, one origin request
+    assert await h2_client.wait(lambda: front.inflight == 0, 5)  # the stream's plan was released
+    again = await h2_client.get("/x/seg1.ts")  # the fill went on: whole, one origin request
     assert bytes(again.body) == SEG and origin.hits["/x/seg1.ts"] == 1
 
 
 async def test_a_body_that_breaks_upstream_resets_the_stream_never_ends_it(origin: FakeOrigin,
-                                                                           client: H2Client) -> None:
+                                                                           h2_client: H2Client) -> None:
     origin.routes["/b/seg1.ts"] = reset_after(SEG, 100_000)
-    answer = await client.get("/b/seg1.ts")
+    answer = await h2_client.get("/b/seg1.ts")
     assert answer.reset is not None and len(answer.body) < len(SEG)
     origin.routes["/b/ok.ts"] = body(b"ok")
-    assert bytes((await client.get("/b/ok.ts")).body) == b"ok"  # only that stream
-
-
-async def test_shutdown_sends_goaway_and_finishes_the_streams_in_flight(origin: FakeOrigin) -> None:
-    stack = await Stack(origin.url).start()
-    c = await H2Client().connect(stack.edges[0].port)
-    try:
-        origin.routes["/s/slow.ts"] = slow(0.5, b"late")
-        sid = c.request("/s/slow.ts")
-        await asyncio.sleep(0.1)
-        stop = asyncio.create_task(stack.stop())
-        assert await c.wait(lambda: c.goaway is not None, 5)
-        assert c.goaway is not None and c.goaway.last_stream_id == sid and c.goaway.error_code == 0
-        await asyncio.wait_for(c.answers[sid].ended.wait(), 5)
-        assert bytes(c.answers[sid].body) == b"late"
-        await stop
-        assert await c.wait(lambda: c.closed.is_set(), 5)
-    finally:
-        await c.close()
+    assert bytes((await h2_client.get("/b/ok.ts")).body) == b"ok"  # only that stream
 
 
 async def test_an_idle_connection_ends_at_the_keepalive_timeout(origin: FakeOrigin, stack: Stack) -> None:

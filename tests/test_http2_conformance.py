@@ -8,7 +8,6 @@ checks the frames the edge answered with and when it closed the connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import h2.connection
 import pytest
@@ -17,7 +16,7 @@ from livecdn.front import listener_h2
 from livecdn.front.http2 import MAX_CONTROL, MAX_HEADER_BLOCK, MAX_HEADER_LIST, MAX_RESETS, MAX_STREAMS, PREFACE
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin, body, slow
-from tests.h2client import H2Client
+from tests.h2client import Answer, H2Client
 
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0, 1, 3, 6, 11
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 2, 3, 4, 6, 7, 8, 9
@@ -72,15 +71,6 @@ async def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[list[t
 def goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
     codes = [int.from_bytes(p[4:8], "big") for kind, _, _, p in frames if kind == GOAWAY]
     return codes[-1] if codes else None
-
-
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[H2Client]:
-    c = await H2Client().connect(stack.edges[0].port)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_the_server_preface_is_settings_with_our_bounds_and_it_acknowledges_ours(stack: Stack) -> None:
@@ -156,31 +146,31 @@ async def test_a_one_byte_window_is_never_exceeded(origin: FakeOrigin, stack: St
         await c.close()
 
 
-async def test_data_frames_keep_to_the_clients_max_frame_size(origin: FakeOrigin, client: H2Client) -> None:
+async def test_data_frames_keep_to_the_clients_max_frame_size(origin: FakeOrigin, h2_client: H2Client) -> None:
     import h2.events
     origin.routes["/f/a.ts"] = body(b"f" * (1 << 20))
-    await client.get("/f/a.ts")
-    sizes = [len(e.data) for e in client.events if isinstance(e, h2.events.DataReceived)]
+    await h2_client.get("/f/a.ts")
+    sizes = [len(e.data) for e in h2_client.events if isinstance(e, h2.events.DataReceived)]
     assert sum(sizes) == 1 << 20 and max(sizes) == 16384
 
 
-async def test_a_header_list_over_the_bound_ends_the_connection(client: H2Client) -> None:
+async def test_a_header_list_over_the_bound_ends_the_connection(h2_client: H2Client) -> None:
     big = [(f"x-pad-{i}", "v" * 1000) for i in range(MAX_HEADER_LIST // 1000 + 2)]
-    client.request("/c/a.ts", *big)
-    assert await client.wait(lambda: client.closed.is_set())
-    assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
+    h2_client.request("/c/a.ts", *big)
+    assert await h2_client.wait(lambda: h2_client.closed.is_set())
+    assert h2_client.goaway is not None and h2_client.goaway.error_code == ENHANCE_YOUR_CALM
 
 
-async def test_rapid_reset_is_goaway_enhance_your_calm(origin: FakeOrigin, client: H2Client, stack: Stack) -> None:
+async def test_rapid_reset_is_goaway_enhance_your_calm(origin: FakeOrigin, h2_client: H2Client, stack: Stack) -> None:
     origin.routes["/rr/slow.ts"] = slow(2.0, b"s")
     for i in range(MAX_RESETS + 10):
-        client.reset(client.request(f"/rr/slow.ts?n={i}"))  # what CVE-2023-44487's attacker sends
-    assert await client.wait(lambda: client.closed.is_set())
-    assert client.goaway is not None and client.goaway.error_code == ENHANCE_YOUR_CALM
-    assert b"resets" in client.goaway.additional_data
+        h2_client.reset(h2_client.request(f"/rr/slow.ts?n={i}"))  # what CVE-2023-44487's attacker sends
+    assert await h2_client.wait(lambda: h2_client.closed.is_set())
+    assert h2_client.goaway is not None and h2_client.goaway.error_code == ENHANCE_YOUR_CALM
+    assert b"resets" in h2_client.goaway.additional_data
     front = stack.edges[0].front
     assert front is not None
-    assert await client.wait(lambda: front.inflight == 0, 5)  # every cancelled answer was released
+    assert await h2_client.wait(lambda: front.inflight == 0, 5)  # every cancelled answer was released
 
 
 @pytest.mark.parametrize("flood", [frame(PING, 0, 0, b"12345678"), frame(SETTINGS, 0, 0)], ids=["ping", "settings"])
@@ -191,19 +181,19 @@ async def test_ping_and_settings_floods_are_goaway_enhance_your_calm(stack: Stac
     assert len(acks) <= 1  # the flood's read is answered with GOAWAY alone (our SETTINGS' ACK aside)
 
 
-async def test_the_priority_each_request_carries_is_no_priority_flood(origin: FakeOrigin, client: H2Client) -> None:
+async def test_the_priority_each_request_carries_is_no_priority_flood(origin: FakeOrigin, h2_client: H2Client) -> None:
     origin.routes["/pr/a.ts"] = body(b"p")
-    await client.get("/pr/a.ts")
+    await h2_client.get("/pr/a.ts")
     for n in range(MAX_CONTROL + 20):  # as Chrome and nghttp send them: HEADERS with the PRIORITY flag
-        sid = client.conn.get_next_available_stream_id()
-        client.answers[sid] = type(client.answers[1])()
-        client.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "edge"),
+        sid = h2_client.conn.get_next_available_stream_id()
+        h2_client.answers[sid] = Answer()
+        h2_client.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "edge"),
                                        (":path", "/pr/a.ts")], end_stream=True, priority_weight=200,
                                  priority_depends_on=0, priority_exclusive=True)
-        client._send()
-        await asyncio.wait_for(client.answers[sid].ended.wait(), 5)
-        assert bytes(client.answers[sid].body) == b"p", n
-    assert client.goaway is None
+        h2_client._send()
+        await asyncio.wait_for(h2_client.answers[sid].ended.wait(), 5)
+        assert bytes(h2_client.answers[sid].body) == b"p", n
+    assert h2_client.goaway is None
 
 
 async def test_a_continuation_flood_ends_at_the_header_block_bound(stack: Stack) -> None:
@@ -239,7 +229,7 @@ async def test_a_player_that_opens_no_window_is_let_go(origin: FakeOrigin, stack
         await c.close()
 
 
-async def test_new_streams_after_a_drain_goaway_are_refused(origin: FakeOrigin) -> None:
+async def test_a_drain_sends_goaway_finishes_the_streams_in_flight_and_refuses_new_ones(origin: FakeOrigin) -> None:
     stack = await Stack(origin.url).start()
     c = await H2Client().connect(stack.edges[0].port)
     try:
@@ -248,10 +238,12 @@ async def test_new_streams_after_a_drain_goaway_are_refused(origin: FakeOrigin) 
         await asyncio.sleep(0.1)
         stop = asyncio.create_task(stack.stop())
         assert await c.wait(lambda: c.goaway is not None)
+        assert c.goaway is not None and (c.goaway.last_stream_id, c.goaway.error_code) == (first, NO_ERROR)
         late = c.request("/g/slow.ts?late")  # past the GOAWAY's last stream id
         await asyncio.wait_for(c.answers[first].ended.wait(), 5)
         await asyncio.wait_for(c.answers[late].ended.wait(), 5)
         assert bytes(c.answers[first].body) == b"in flight" and c.answers[late].reset == 7  # REFUSED_STREAM
         await stop
+        assert await c.wait(lambda: c.closed.is_set(), 5)
     finally:
         await c.close()

@@ -61,10 +61,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import time
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from livecdn.logs import AccessLog
 
@@ -516,20 +515,11 @@ class PlayerConnection(asyncio.Protocol):
                 await self._loop.sendfile(transport, body.file, body.start, count, fallback=False)
             except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
                 # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
-                await self._copy_file(body.file, body.start, body.stop)
+                async for data in body.pieces(FILE_CHUNK):
+                    self._write(data)
+                    await self.flow.drain()
         h1.send_end()
         self._log(request, plan, count if h1.sends_body else 0)
-
-    async def _copy_file(self, file: BinaryIO, start: int, stop: int) -> None:
-        fd = file.fileno()
-        pos = start
-        while pos < stop:
-            data = await self._loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
-            if not data:
-                raise OSError(f"disk file ended at byte {pos} of {stop}")
-            self._write(data)
-            pos += len(data)
-            await self.flow.drain()
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer's one access line (when the node keeps them)."""

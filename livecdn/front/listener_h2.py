@@ -34,9 +34,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from h2.errors import ErrorCodes
 
@@ -251,22 +250,13 @@ class Http2Connection(asyncio.Protocol):
         h2.send_head(sid, request, plan.fields, count, plan.born, time.time())
         sends = h2.sends_body(sid)
         if sends and count:
-            await self._copy_file(sid, body.file, body.start, body.stop)
+            async for data in body.pieces(FILE_STEP):
+                h2.send_data(sid, data)
+                self._flush()
+                await self._drained(sid)
         h2.end(sid)
         self._flush()
         self._log(request, plan, count if sends else 0)
-
-    async def _copy_file(self, sid: int, file: BinaryIO, start: int, stop: int) -> None:
-        fd = file.fileno()
-        pos = start
-        while pos < stop:
-            data = await self._loop.run_in_executor(None, os.pread, fd, min(FILE_STEP, stop - pos), pos)
-            if not data:
-                raise OSError(f"disk file ended at byte {pos} of {stop}")
-            self.h2.send_data(sid, data)
-            pos += len(data)
-            self._flush()
-            await self._drained(sid)
 
     async def _drained(self, sid: int) -> None:
         """Wait until the stream's queue is under STREAM_BUFFER (raises if it is reset or stalls too long)."""
