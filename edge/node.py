@@ -60,6 +60,9 @@ class EdgeNode(CacheNode):
     def player_limits(self) -> LimitSettings:
         return self.config.limits
 
+    def h2c(self) -> bool:
+        return self.config.h2c
+
     def reload(self, topology: Topology) -> None:
         """The upstream list, and this edge's per-client limits (buckets start full again)."""
         super().reload(topology)

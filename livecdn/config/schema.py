@@ -488,6 +488,8 @@ class EdgeConfig(Checked):
     capacity: Annotated[int, Min(1)] = 10_000  # concurrent player requests before the node reports overload
     workers: Annotated[int, Min(1)] = 1
     origin_fallback: bool = False  # go to the origin directly when every shield fails
+    # HTTP/2 with prior knowledge on the plain listener (a connection that opens with the HTTP/2 preface)
+    h2c: bool = True
     cache: CacheSettings = field(default_factory=CacheSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)

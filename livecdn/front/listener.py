@@ -46,8 +46,13 @@ is paused meanwhile, so at most the transport's read size), and what the
 transport buffers toward the player (`HIGH_WATER`, past which writers wait).
 
 The listener defines the interface it calls (`Handler`) and imports nothing
-of the front that implements it: HTTP/2 will be a second shell over the same
-handler and plans.
+of the front that implements it. HTTP/2 is a second shell over the same
+handler and plans (`listener_h2.Http2Connection`): a connection becomes one
+when TLS negotiated ALPN "h2", or, with `h2c` on, when its first bytes are
+the HTTP/2 preface (prior knowledge, as nghttp, h2load and
+`curl --http2-prior-knowledge` send it; no HTTP/1.1 request begins so).
+HTTP/1.1's `Upgrade: h2c` is not offered: browsers never use it, and every
+HTTP/2 client that speaks cleartext knows the prior-knowledge form.
 """
 
 from __future__ import annotations
@@ -56,16 +61,17 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import time
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from livecdn.logs import AccessLog
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
-from .flow import FlowControl
+from .flow import HIGH_WATER, LINGER, FlowControl
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
+from .http2 import PREFACE
+from .listener_h2 import Http2Connection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -89,19 +95,11 @@ TURN = 4
 # Reading resumes once the queue of parsed requests (at most MAX_PENDING,
 # see http1) is down to this and nothing waits unparsed.
 RESUME_PIPELINED = 4
-# Bytes the transport may buffer for one player before writers wait for it
-# to drain (aiohttp's StreamWriter LIMIT, uvicorn's HIGH_WATER_LIMIT): a slow
-# player then falls behind in its own coroutine, holding an offset into the
-# shared body rather than a copy of it.
-HIGH_WATER = 64 << 10
 # How long a kept-alive connection may sit without a request (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
 # How long a request head may take from its first byte (and a new connection
 # to send one): players send a head in one packet (LimitSettings.header_timeout).
 HEADER_TIMEOUT = 10.0
-# How long a closing connection reads and drops what its client still sends,
-# after its last answer and a FIN: time for the client to read the answer.
-LINGER = 2.0
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
@@ -139,17 +137,19 @@ class PlayerServer:
             closing included; past it a new connection gets a 503 (`connlimit.OVERLOADED`).
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
+        h2c: whether a plain connection that begins with the HTTP/2 preface is served HTTP/2.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
+                 "access", "h2c", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
-                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
+                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
+                 h2c: bool = True) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -161,7 +161,8 @@ class PlayerServer:
         self.max_connections = max_connections
         self.connection_limit = connection_limit
         self.access = access_log
-        self.connections: set[PlayerConnection] = set()
+        self.h2c = h2c
+        self.connections: set[PlayerConnection | Http2Connection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
@@ -190,7 +191,7 @@ class PlayerServer:
         """Player connections this process holds now (those closing included)."""
         return len(self.connections) + len(self.lingering)
 
-    def closed(self, conn: PlayerConnection) -> None:
+    def closed(self, conn: PlayerConnection | Http2Connection) -> None:
         self.connections.discard(conn)
         self.lingering.discard(conn)
         if not self.connections and self._all_closed is not None and not self._all_closed.done():
@@ -269,11 +270,27 @@ class PlayerConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
         server.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._to_http2(b"")  # TLS negotiated HTTP/2 (asyncio calls this after the handshake)
+            return
         # A new connection must begin a request within the header timeout (`_idle_check`); the
         # timer first fires at the sooner of the two timeouts, as it is not re-armed per answer.
         self._idle_since = self._loop.time()
         self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
                                          self._idle_check)
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand the transport, its place in the server's books and what it read to an HTTP/2 connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        h2 = Http2Connection(self.server, self.transport, self.peer, self._counted)  # type: ignore[arg-type]
+        self._counted = False  # the HTTP/2 connection releases the address's count
+        self.server.connections.discard(self)
+        self.server.connections.add(h2)
+        self.transport.set_protocol(h2)  # type: ignore[union-attr]
+        h2.start(data)
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
@@ -304,6 +321,9 @@ class PlayerConnection(asyncio.Protocol):
         if h1 is _SILENT:
             if self._lingering:
                 return  # a refused connection: what it sends is dropped
+            if self.server.h2c and len(data) >= 3 and PREFACE.startswith(data[:len(PREFACE)]):
+                self._to_http2(data)  # HTTP/2 with prior knowledge: "PRI" begins no request we serve
+                return
             h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
@@ -495,20 +515,11 @@ class PlayerConnection(asyncio.Protocol):
                 await self._loop.sendfile(transport, body.file, body.start, count, fallback=False)
             except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
                 # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
-                await self._copy_file(body.file, body.start, body.stop)
+                async for data in body.pieces(FILE_CHUNK):
+                    self._write(data)
+                    await self.flow.drain()
         h1.send_end()
         self._log(request, plan, count if h1.sends_body else 0)
-
-    async def _copy_file(self, file: BinaryIO, start: int, stop: int) -> None:
-        fd = file.fileno()
-        pos = start
-        while pos < stop:
-            data = await self._loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
-            if not data:
-                raise OSError(f"disk file ended at byte {pos} of {stop}")
-            self._write(data)
-            pos += len(data)
-            await self.flow.drain()
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer's one access line (when the node keeps them)."""

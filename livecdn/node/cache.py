@@ -123,6 +123,10 @@ class CacheNode(Lifecycle):
         """The player listener's bounds (`max_connections`, `header_timeout`); a shield takes the defaults."""
         return LimitSettings()
 
+    def h2c(self) -> bool:
+        """Whether the player listener serves HTTP/2 with prior knowledge (a shield: yes, edges ask no more)."""
+        return True
+
     def apply_player_limits(self, limits: LimitSettings) -> None:
         """Bound the player listener by `limits` (at start, and on reload): open connections stay open."""
         assert self._players is not None
@@ -214,7 +218,8 @@ class CacheNode(Lifecycle):
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
-                               access_log=AccessLog(self.config.name) if self.access_log else None)
+                               access_log=AccessLog(self.config.name) if self.access_log else None,
+                               h2c=self.h2c())
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
