@@ -22,10 +22,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from urllib.parse import urlsplit
 
 __all__ = [
-    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
+    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Certificate", "Check", "Checked",
+    "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
+    "Seconds", "ShieldConfig", "TargetDuration", "TlsSettings", "Topology", "Unit", "Window", "YEAR", "dns_name",
+    "hints", "match",
     "optional", "split",
 ]
 
@@ -226,6 +228,10 @@ class Address:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def https_url(self) -> str:
+        return "https" + self.url.removeprefix("http")
+
     def __str__(self) -> str:
         return self.url.removeprefix("http://")
 
@@ -415,6 +421,9 @@ class OriginRoute(Checked):
     hosts: tuple[DnsName, ...] = ()
     prefix: Annotated[str, Check(_prefix)] = ""  # empty: any path
     host_header: Annotated[str, match(r"[A-Za-z0-9._:\[\]-]*", "a host name, with a port if need be")] = ""
+    # PEM CA bundle an https origin's certificate is verified against ("": the system's CAs); in the file,
+    # relative to the file. Never "don't verify": an untrusted certificate fails the fetch (a 502 saying so).
+    ca_file: str = ""
 
     @property
     def catch_all(self) -> bool:
@@ -438,22 +447,67 @@ DEFAULT_ORIGIN = "default"  # the name of the origin `[origin]` describes
 
 
 @dataclass(frozen=True)
+class Certificate(Checked):
+    """One certificate of a TLS listener: PEM files (in the file, relative to the file).
+
+    `names` are the host names (SNI) it is chosen for; empty: the DNS names of
+    its subjectAltName. A name may be a wildcard (`*.example.com`, one label).
+    """
+
+    cert: Annotated[str, NonEmpty]  # the leaf first, then its intermediates
+    key: Annotated[str, NonEmpty]  # unencrypted PEM private key matching `cert`
+    names: tuple[Annotated[str, match(r"(\*\.)?[A-Za-z0-9_.-]+", "a host name or *.domain")], ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsSettings(Checked):
+    """A node's HTTPS player listener (`[edges.NAME.tls]`, `[shields.NAME.tls]`, `[router.tls]`).
+
+    The first certificate is the default: for clients that send no SNI, or a
+    name no certificate is for. `plain` is what the node's plain `listen`
+    (router: `http`) address does beside it: serve as over HTTPS, redirect
+    there (301, 308 for methods other than GET and HEAD), or not listen at all.
+    Certificates are re-read on SIGHUP; open connections keep theirs.
+    """
+
+    listen: Address
+    certificates: Annotated[tuple[Certificate, ...], NonEmpty]
+    plain: Literal["serve", "redirect", "off"] = "serve"
+    # A shield's: the PEM CA bundle edges verify its certificate against ("": the system's CAs).
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class Region(Checked):
     name: str
     location: Location
 
 
+class _PlayerListener:
+    """What shields and edges share: a plain listener, and perhaps a TLS one."""
+
+    __slots__ = ()
+    listen: Address
+    tls: TlsSettings | None
+
+    @property
+    def base_url(self) -> str:
+        """Where the tier below (players, edges) reaches it: over HTTPS when it has TLS."""
+        return self.tls.listen.https_url if self.tls is not None else self.listen.url
+
+
 @dataclass(frozen=True)
-class ShieldConfig(Checked):
+class ShieldConfig(_PlayerListener, Checked):
     name: str
     listen: Address
     admin: Address
     workers: Annotated[int, Min(1)] = 1
+    tls: TlsSettings | None = None  # an HTTPS player listener beside (or instead of) `listen`
     cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 @dataclass(frozen=True)
-class EdgeConfig(Checked):
+class EdgeConfig(_PlayerListener, Checked):
     name: str
     region: str
     listen: Address
@@ -462,6 +516,7 @@ class EdgeConfig(Checked):
     capacity: Annotated[int, Min(1)] = 10_000  # concurrent player requests before the node reports overload
     workers: Annotated[int, Min(1)] = 1
     origin_fallback: bool = False  # go to the origin directly when every shield fails
+    tls: TlsSettings | None = None  # an HTTPS player listener beside (or instead of) `listen`
     cache: CacheSettings = field(default_factory=CacheSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -483,6 +538,7 @@ class RouterConfig(Checked):
     # edge → the addresses players reach it at; in the file, its listen address by default
     addresses: Mapping[str, Annotated[tuple[IpAddress, ...], NonEmpty]] = field(default_factory=dict)
     health: HealthSettings = field(default_factory=HealthSettings)
+    tls: TlsSettings | None = None  # an HTTPS listener beside (or instead of) `http`
 
 
 @dataclass(frozen=True)
