@@ -144,7 +144,9 @@ def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
             elif args.mode and node.role == "origin":
                 cmd += ["--mode", args.mode]
             children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
-        status = _wait_ready(nodes, children, [u for u in (play, https) if u], trust, lambda: stop_requested)
+        # The https play URL too when the demo made the CA (an operator's certificates: the system trusts them).
+        plays = [play, https] if https and trust else [play]
+        status = _wait_ready(nodes, children, plays, trust, lambda: stop_requested)
         if status is not None:
             return status
         router = topo.router

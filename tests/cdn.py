@@ -37,6 +37,7 @@ from livecdn.config import (
     ShieldConfig,
     Topology,
 )
+from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
 from shield import ShieldNode
 
 __all__ = ["Stack", "free_dns_port", "free_port", "free_port_on", "run_cdn", "sample", "topology_toml",
@@ -85,8 +86,9 @@ class Stack:
 
     def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
                  cache: CacheSettings | None = None, origin_fallback: bool = False,
-                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS) -> None:
+                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS, origin_ca: str = "") -> None:
         self.origin_url = origin_url
+        self.origin_ca = origin_ca  # the origin's ca_file (an https origin's CA bundle)
         self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
         self.guard, self.limits = guard, limits
         self.n_shields, self.n_edges = shields, edges
@@ -95,8 +97,9 @@ class Stack:
         self.edges: list[EdgeNode] = []
 
     def _topology(self, shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> Topology:
+        origins = {DEFAULT_ORIGIN: OriginRoute(DEFAULT_ORIGIN, self.origin_url, ca_file=self.origin_ca)}
         return Topology("(test)", "test", "cdn.test", self.origin_url, None,
-                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges)
+                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges, origins=origins)
 
     async def start(self) -> Stack:
         local = Address("127.0.0.1", 0)

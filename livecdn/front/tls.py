@@ -97,12 +97,13 @@ def _read(key: str, path: str) -> bytes:
 def _load(i: int, cert: Certificate, alpn: Sequence[str]) -> tuple[tuple[str, ...], ssl.SSLContext]:
     """One certificate's host names and context; CertificateError says which file is wrong and how."""
     at = f"certificates[{i}]"
+    cert_pem, key_pem = _read(f"{at}.cert", cert.cert), _read(f"{at}.key", cert.key)
     try:
-        chain = x509.load_pem_x509_certificates(_read(f"{at}.cert", cert.cert))
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
         raise CertificateError(f"{at}.cert", f"{cert.cert}: not a PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(_read(f"{at}.key", cert.key), password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise CertificateError(f"{at}.key", f"{cert.key}: the key is encrypted: give it unencrypted") from None
     except ValueError:
