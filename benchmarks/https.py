@@ -137,14 +137,15 @@ def start_nginx(procs: Processes, origin: int, cert: Path, key: Path) -> int:
 def negotiated(port: int, where: Path) -> dict[str, str]:
     """The suite each TLS version gets from the server at `port`, and whether its session resumes (s_client)."""
     out = {}
+    def s_client(version: str, *args: str) -> str:
+        return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", version, *args],
+                              input="GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                              capture_output=True, text=True, timeout=20).stdout
+
     for version in ("-tls1_3", "-tls1_2"):
-        def s_client(*args: str) -> str:
-            return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", version, *args],
-                                  input="GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                                  capture_output=True, text=True, timeout=20).stdout
-        first = s_client("-ign_eof", "-sess_out", str(where / "session.pem"))
+        first = s_client(version, "-ign_eof", "-sess_out", str(where / "session.pem"))
         m = re.search(r"Cipher is (\S+)", first)
-        again = s_client("-sess_in", str(where / "session.pem"))
+        again = s_client(version, "-sess_in", str(where / "session.pem"))
         out[version.lstrip("-")] = (m.group(1) if m else "?") + (", resumes" if "Reused," in again else
                                                                   ", does NOT resume")
     return out
