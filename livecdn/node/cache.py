@@ -264,8 +264,12 @@ class CacheNode(Lifecycle):
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_post("/purge", self._purge)
         self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
+        tls = self.config.tls
+        plain = "" if tls is not None and tls.plain == "off" else f"{self.config.listen}" + (
+            " (redirecting to https)" if tls is not None and tls.plain == "redirect" else "")
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
-                 self.config.listen, self.config.admin)
+                 ", ".join(filter(None, [plain, f"https://{tls.listen}" if tls is not None else ""])),
+                 self.config.admin)
 
     async def _listen(self, players: PlayerServer) -> None:
         """The player addresses: plain `listen` (serving, or redirecting to HTTPS) and/or `tls.listen`."""
