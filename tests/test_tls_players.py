@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import ssl
 import subprocess
@@ -94,3 +95,13 @@ def test_hlsjs_in_chromium_plays_over_https_through_router_and_edge(tls_video_cd
     assert_hlsjs_played(play_hlsjs(node, play, {**os.environ, "CHROMIUM": launcher}))
     redirects_after, _ = counts(tls_video_cdn)
     assert sum(redirects_after.values()) > sum(redirects_before.values())  # it started at the router
+
+
+def test_hlsjs_without_the_pin_cannot_load_the_https_play_url(tls_video_cdn: dict[str, Any], tmp_path: Path) -> None:
+    """The control of the test above: the same Chromium without the SPKI pin refuses the demo's certificate."""
+    node = require_browser_harness()
+    launcher = edges_as_public(tls_video_cdn, tmp_path, scheme="https")
+    proc = play_hlsjs(node, tls_video_cdn["https"]["play"], {**os.environ, "CHROMIUM": launcher})
+    result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert not result["started"], result
+    assert any(e["fatal"] and e["type"] == "networkError" for e in result["errors"]), result
