@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
             cfg = dataclasses.replace(cfg, workers=args.workers)
-        _check_tls(topo, cfg)
+        if isinstance(cfg, RouterConfig):
+            _check_tls(topo, cfg)  # a cache node's: in _run_cache_node, once its metrics directory is set
     except ConfigError as e:
         print(f"livecdn: {e}", file=sys.stderr)
         return 2
@@ -155,6 +156,11 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         # Must be set before prometheus_client is first imported (it picks its
         # value store at import), so every worker writes where /metrics reads.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"livecdn-metrics-{cfg.name}-")
+    try:
+        _check_tls(topo, cfg)  # after PROMETHEUS_MULTIPROC_DIR: the check imports the node, and so prometheus_client
+    except ConfigError as e:
+        print(f"livecdn: {e}", file=sys.stderr)
+        return 2
     # Where the workers find each other to purge every memory tier (livecdn/node/broadcast.py).
     purge_dir = tempfile.mkdtemp(prefix=f"livecdn-purge-{cfg.name}-") if workers > 1 else None
 
