@@ -20,7 +20,7 @@ import trustme
 from geo import GeoNode
 from livecdn.config import Address, Topology
 from livecdn.config.schema import Certificate, TlsSettings
-from tests.test_geo_node import FakeEdgeAdmin, edges, topology  # noqa: F401 - `edges` is a fixture
+from tests.test_geo_node import FakeEdgeAdmin, edges, running, topology  # noqa: F401 - `edges` is a fixture
 from tests.test_tls import issue, leaf_of, served
 
 pytestmark = pytest.mark.slow
@@ -48,14 +48,8 @@ def ca() -> trustme.CA:
 @pytest.fixture
 async def tls_router(edges: dict[str, FakeEdgeAdmin], tmp_path: Path,  # noqa: F811 - the fixture
                      ca: trustme.CA) -> AsyncIterator[GeoNode]:
-    topo = tls_topology(edges, tmp_path, ca)
-    assert topo.router is not None
-    node = GeoNode(topo, topo.router, access_log=False)
-    try:
-        await node.start()
+    async with running(tls_topology(edges, tmp_path, ca)) as node:
         yield node
-    finally:
-        await node.stop(1.0)
 
 
 async def test_the_router_redirects_over_https_to_an_edge_s_https_url(tls_router: GeoNode, ca: trustme.CA) -> None:
