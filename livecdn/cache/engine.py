@@ -72,6 +72,7 @@ from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.names import directory
+from livecdn.media.playlist import Manifest
 
 __all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -294,6 +295,8 @@ class Engine:
         self.tier: Callable[[str], str] = lambda upstream: "upstream"
         # How an https upstream's certificate is verified (its CA bundle's context); True: the system's CAs.
         self.upstream_ssl: Callable[[str], ssl.SSLContext | bool] = lambda upstream: True
+        # How this node dresses the manifests it stores (an edge's content steering), or None.
+        self.dress: Callable[[str, bytes, Manifest], bytes] | None = None
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -499,7 +502,7 @@ class Engine:
         upstreams = upstreams[:1] if only_if_cached else upstreams
         fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
                     held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
-                    tiers=tuple(self.tier(u) for u in upstreams))
+                    tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress)
         self._fills[key.key] = fill
         return fill
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import ssl
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +39,7 @@ from livecdn.front.origins import Origins
 from livecdn.front.redirect import HttpsRedirect
 from livecdn.front.tls import HTTP1_ALPN, CertificateError, ServerTls, client_context, read_certificates
 from livecdn.logs import AccessLog
+from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
@@ -137,6 +139,10 @@ class CacheNode(Lifecycle):
             except CertificateError as e:
                 raise ConfigError(topology.path, key, e.problem) from None
         return trust
+
+    def dresser(self, topology: Topology) -> Callable[[str, bytes, Manifest], bytes] | None:
+        """What this node writes into the manifests it stores (`Engine.dress`); a shield stores them as they are."""
+        return None
 
     def upstream_waits(self) -> tuple[float, float, float]:
         """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
@@ -243,6 +249,7 @@ class CacheNode(Lifecycle):
         self._trust = self._trusted_contexts(self.topology)
         self._tls = self._certificates(self.topology, None)
         self.engine.upstream_ssl = self._upstream_ssl
+        self.engine.dress = self.dresser(self.topology)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
