@@ -38,8 +38,8 @@ from livecdn.config import (
     Topology,
 )
 from livecdn.config.load import load
-from livecdn.demo import _wait_ready, plan, play_url
 from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
+from livecdn.demo import _wait_ready, plan, play_url
 from shield import ShieldNode
 
 __all__ = ["Stack", "free_dns_port", "free_port", "free_port_on", "run_cdn", "run_nodes", "sample", "topology_toml",

@@ -556,8 +556,9 @@ class RouterConfig(Checked):
 
     @property
     def steering_url(self) -> str:
-        """Where players fetch steering manifests: `steering.url`, else the router's HTTP listener."""
-        return self.steering.url or self.http.url
+        """Where players fetch steering manifests: `steering.url`, else the router's HTTPS listener when it
+        has one (an https page cannot load an http manifest), else its HTTP listener."""
+        return self.steering.url or (self.tls.listen.https_url if self.tls is not None else self.http.url)
 
 
 @dataclass(frozen=True)
