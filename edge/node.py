@@ -36,8 +36,14 @@ class EdgeNode(CacheNode):
     policy: EdgePolicy | None
 
     def upstreams(self, topology: Topology) -> Upstreams:
-        shields = [s.listen.url for s in topology.shields.values()]
+        shields = [s.base_url for s in topology.shields.values()]
         return Upstreams(shields, topology.routes, self.config.origin_fallback)
+
+    def trusted(self, topology: Topology) -> dict[str, tuple[str, str]]:
+        """Shields that serve TLS (with their `tls.ca_file`), and the origins when this edge may go there."""
+        origins = super().trusted(topology) if self.config.origin_fallback or not topology.shields else {}
+        return {**origins, **{s.base_url: (s.tls.ca_file, f"shields.{s.name}.tls.ca_file")
+                              for s in topology.shields.values() if s.tls is not None}}
 
     def patience(self) -> float:
         """A first-byte wait longer than a shield's own patience with a slow origin: the edge hears its answer."""

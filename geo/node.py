@@ -21,6 +21,9 @@ from aiohttp import web
 
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
+from livecdn.front.redirect import HttpsRedirect
+from livecdn.front.request import Request
+from livecdn.front.tls import ServerTls, read_certificates
 from livecdn.logs import AccessLog
 from livecdn.media.steering import STEERING_PATH
 from livecdn.node.lifecycle import Lifecycle
@@ -80,6 +83,8 @@ class GeoNode(Lifecycle):
         self._dns: DnsListener | None = None
         self._listeners = Sites()
         self._ports = (0, 0, 0)  # DNS, HTTP, admin: as bound
+        self._tls: ServerTls | None = None  # the HTTPS listener's certificates, re-read on reload
+        self.tls_port = 0  # the HTTPS port as bound (0: none)
 
     # --- bound addresses ---
 
@@ -131,11 +136,49 @@ class GeoNode(Lifecycle):
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self.http.route)
         self._access = AccessLog(cfg.name) if self.access_log else None
-        http_port = await self._listeners.open(player, cfg.http, access_log=self._access)
+        http_port = await self._open_player(player)
         admin_port = await self._listeners.open(admin, cfg.admin)
         self._ports = (dns_port, http_port, admin_port)
         log.info("router %s answering DNS for %s on %s (UDP+TCP), HTTP on %s, admin on %s", cfg.name,
                  self.topology.hostname, Address(cfg.dns.host, dns_port), cfg.http, cfg.admin)
+
+    def check_tls(self, topology: Topology) -> None:
+        """Read the HTTPS listener's certificates now (the CLI's check before start).
+
+        Raises:
+            ConfigError: a certificate or key that cannot be used (file, key, problem).
+        """
+        self._certificates(topology, None)
+
+    def _certificates(self, topology: Topology, running: ServerTls | None) -> ServerTls | None:
+        tls = topology.router.tls if topology.router is not None else None
+        return read_certificates(tls, running, path=topology.path, table="router.tls")
+
+    async def _open_player(self, player: web.Application) -> int:
+        """The player listener: plain `http`, and `tls.listen` over HTTPS (plain then serves, redirects or is off)."""
+        cfg = self.config
+        self._tls = self._certificates(self.topology, None)
+        if cfg.tls is None or self._tls is None:
+            return await self._listeners.open(player, cfg.http, access_log=self._access)
+        self.tls_port = await self._listeners.open(player, cfg.tls.listen, access_log=self._access,
+                                                   ssl_context=self._tls.context)
+        if cfg.tls.plain == "off":
+            return 0
+        if cfg.tls.plain == "serve":
+            return await self._listeners.open(player, cfg.http, access_log=self._access)
+        to_https = HttpsRedirect(self.tls_port)
+
+        async def redirect(request: web.Request) -> web.Response:
+            location = to_https.location(Request(request.method, request.raw_path, "1.1",
+                                                 {b"host": request.host.encode("latin-1")}, False))
+            if location is None:
+                return web.Response(status=400, text="a Host header is needed to redirect to https\n")
+            return web.Response(status=301 if request.method in ("GET", "HEAD") else 308,
+                                headers={"Location": location})
+
+        plain = web.Application()
+        plain.router.add_route("*", "/{tail:.*}", redirect)
+        return await self._listeners.open(plain, cfg.http, access_log=self._access)
 
     def _zone(self) -> Zone:
         cfg = self.config
@@ -180,6 +223,7 @@ class GeoNode(Lifecycle):
         if topology.router is None:
             raise RuntimeError(f"{topology.path} has no [router] for {self.config.name}")
         assert self.router is not None and self.answerer is not None
+        self._certificates(topology, self._tls)  # all read, or ConfigError and nothing changes
         locator = self.open_database(topology)
         old = self._locator
         self.topology = topology

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start a whole CDN on loopback and print the URL a player opens")
     d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: the demo's, configs/demo.toml)")
     d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
+    d.add_argument("--tls", action="store_true",
+                   help="make a throwaway CA and certificates, serve players over HTTPS too (prints the CA file)")
     _common(d)
     u = sub.add_parser("purge", help="drop objects from every shield and edge of the topology (shields first)",
                        description=f"The admin token is {TOKEN_ENV} from the environment, else [cdn] admin_token.")
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
             cfg = dataclasses.replace(cfg, workers=args.workers)
+        if isinstance(cfg, RouterConfig):
+            _check_tls(topo, cfg)  # a cache node's: in _run_cache_node, once its metrics directory is set
     except ConfigError as e:
         print(f"livecdn: {e}", file=sys.stderr)
         return 2
@@ -106,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, RouterConfig):
         return _run_geo(args, topo, cfg)
     return _run_cache_node(args, topo, cfg)
+
+
+def _check_tls(topo: Topology, cfg: OriginConfig | ShieldConfig | EdgeConfig | RouterConfig) -> None:
+    """Read the node's certificates and upstream CA files now: a bad one is a config error, not a failed handshake."""
+    if isinstance(cfg, RouterConfig):
+        from geo import GeoNode
+        GeoNode(topo, cfg).check_tls(topo)
+    elif isinstance(cfg, (ShieldConfig, EdgeConfig)):
+        from edge import EdgeNode
+        from shield import ShieldNode
+        (EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode)(topo, cfg).check_tls(topo)
 
 
 def _run_origin(cfg: OriginConfig) -> int:
@@ -148,6 +163,11 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         # Must be set before prometheus_client is first imported (it picks its
         # value store at import), so every worker writes where /metrics reads.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"livecdn-metrics-{cfg.name}-")
+    try:
+        _check_tls(topo, cfg)  # after PROMETHEUS_MULTIPROC_DIR: the check imports the node, and so prometheus_client
+    except ConfigError as e:
+        print(f"livecdn: {e}", file=sys.stderr)
+        return 2
     # Where the workers find each other to purge every memory tier (livecdn/node/broadcast.py).
     purge_dir = tempfile.mkdtemp(prefix=f"livecdn-purge-{cfg.name}-") if workers > 1 else None
 

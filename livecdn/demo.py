@@ -8,6 +8,11 @@ else at the first edge), one line per node and the play URL are printed.
 SIGINT or SIGTERM stops every child
 gracefully; children also die with the demo if it is killed outright.
 
+With `--tls` the demo first makes a throwaway CA and one certificate for
+every demo host (`livecdn.democerts`), runs a copy of the topology with a
+TLS listener on every shield, edge and the router, and prints the CA file
+(`"ca"`) and the https URLs (`"https"`: play and every node) as well.
+
 The demo prints the admin token of the purge API (`"admin_token"` in
 `--json`): the topology's (LIVECDN_ADMIN_TOKEN, else `[cdn] admin_token`),
 or a random one when it has none, handed to every node in its environment.
@@ -22,15 +27,18 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from livecdn.config import Topology
+from livecdn.config import Topology, load
 from livecdn.config.load import TOKEN_ENV
 
 __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
@@ -48,6 +56,7 @@ class DemoNode:
     name: str
     url: str  # where players (or the tier below) reach it
     admin: str  # where its health and metrics are
+    https: str | None = None  # where they reach it over HTTPS, when it serves TLS
 
 
 def plan(topo: Topology) -> list[DemoNode]:
@@ -56,19 +65,25 @@ def plan(topo: Topology) -> list[DemoNode]:
     if topo.origin is not None:
         url = topo.origin.listen.url
         nodes.append(DemoNode("origin", topo.origin.name, url, url))
-    nodes += [DemoNode("shield", s.name, s.listen.url, s.admin.url) for s in topo.shields.values()]
-    nodes += [DemoNode("edge", e.name, e.listen.url, e.admin.url) for e in topo.edges.values()]
-    if topo.router is not None:
+    nodes += [DemoNode("shield", s.name, s.listen.url, s.admin.url, s.base_url if s.tls else None)
+              for s in topo.shields.values()]
+    nodes += [DemoNode("edge", e.name, e.listen.url, e.admin.url, e.base_url if e.tls else None)
+              for e in topo.edges.values()]
+    if (r := topo.router) is not None:
         # Last: it checks the edges' health, so it starts once they are on their way.
-        nodes.append(DemoNode("geo", topo.router.name, topo.router.http.url, topo.router.admin.url))
+        nodes.append(DemoNode("geo", r.name, r.http.url, r.admin.url, r.tls.listen.https_url if r.tls else None))
     return nodes
 
 
-def play_url(topo: Topology) -> str:
-    """Where a player starts: the router (it redirects to the nearest edge), else the first edge."""
-    if topo.router is not None:
-        return topo.router.http.url + topo.play_path
-    return next(iter(topo.edges.values())).listen.url + topo.play_path
+def play_url(topo: Topology, https: bool = False) -> str | None:
+    """Where a player starts: the router (it redirects to the nearest edge), else the first edge.
+
+    With `https`: that place's https URL (None when it serves no TLS).
+    """
+    nodes = plan(topo)
+    start = nodes[-1] if topo.router is not None else next(n for n in nodes if n.role == "edge")
+    base = start.https if https else start.url
+    return None if base is None else base + topo.play_path
 
 
 def _die_with_parent() -> None:
@@ -76,9 +91,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -96,8 +111,20 @@ def _sees_every_edge(url: str) -> bool:
 
 def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
+    if not args.tls:
+        return _run(args, topo, None)
+    from livecdn.democerts import with_tls
+    with tempfile.TemporaryDirectory(prefix="livecdn-demo-tls-") as work:
+        config, ca = with_tls(topo, Path(work))
+        return _run(args, load(config), ca)
+
+
+def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
     nodes = plan(topo)
     play = play_url(topo)
+    assert play is not None
+    https = play_url(topo, https=True)
+    trust = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
     token = topo.admin_token or secrets.token_urlsafe(24)
     env = {**os.environ, TOKEN_ENV: token}
     stop_requested = False
@@ -119,7 +146,9 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
             if args.low_latency and node.role == "origin" and not args.origin:
                 cmd.append("--low-latency")
             children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
-        status = _wait_ready(nodes, children, play, lambda: stop_requested)
+        # The https play URL too when the demo made the CA (an operator's certificates: the system trusts them).
+        plays = [play, https] if https and trust else [play]
+        status = _wait_ready(nodes, children, plays, trust, lambda: stop_requested)
         if status is not None:
             return status
         router = topo.router
@@ -127,15 +156,21 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
             info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
             if router is not None:
                 info.update(dns=str(router.dns), hostname=topo.hostname)
+            if ca is not None:
+                info.update(ca=str(ca), https={"play": https, "nodes": {n.name: n.https for n in nodes if n.https}})
             print(json.dumps(info), flush=True)
         else:
             for n in nodes:
-                print(f"{n.role:<7} {n.name:<12} {n.url:<28} admin {n.admin}", flush=True)
+                print(f"{n.role:<7} {n.name:<12} {n.url:<28} admin {n.admin}"
+                      + (f"  https {n.https}" if n.https else ""), flush=True)
             if router is not None:
                 print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
                       f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
             print(f"\npurge: {TOKEN_ENV}={token} livecdn purge --config {topo.path} --prefix /live/", flush=True)
-            print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
+            print(f"\nplay: {play}", flush=True)
+            if ca is not None:
+                print(f"https: {https}\nca:    {ca}   (curl --cacert {ca} {https})", flush=True)
+            print("(Ctrl-C stops every node)", flush=True)
         while not stop_requested:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -149,8 +184,8 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
             signal.signal(s, h)
 
 
-def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[bytes]], play: str,
-                stopping: Callable[[], bool]) -> int | None:
+def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[bytes]], plays: list[str],
+                trust: ssl.SSLContext | None, stopping: Callable[[], bool]) -> int | None:
     deadline = time.monotonic() + READY_TIMEOUT
     pending = {n.name: n.admin + "/healthz" for n in nodes}
     ready = {n.name: _sees_every_edge if n.role == "geo" else _answers for n in nodes}
@@ -165,10 +200,10 @@ def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[byte
         for name, url in list(pending.items()):
             if ready[name](url):
                 del pending[name]
-        if not pending and _answers(play):
+        if not pending and all(_answers(play, trust) for play in plays):
             return None
         time.sleep(0.2)
-    waiting = ", ".join(pending) or f"the play URL {play}"
+    waiting = ", ".join(pending) or f"the play URLs {' '.join(plays)}"
     print(f"livecdn demo: not ready after {READY_TIMEOUT:.0f}s: {waiting}", file=sys.stderr)
     return 1
 

@@ -38,6 +38,7 @@ from livecdn.config import (
     Topology,
 )
 from livecdn.config.load import load
+from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
 from livecdn.demo import _wait_ready, plan, play_url
 from shield import ShieldNode
 
@@ -87,8 +88,9 @@ class Stack:
 
     def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
                  cache: CacheSettings | None = None, origin_fallback: bool = False,
-                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS) -> None:
+                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS, origin_ca: str = "") -> None:
         self.origin_url = origin_url
+        self.origin_ca = origin_ca  # the origin's ca_file (an https origin's CA bundle)
         self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
         self.guard, self.limits = guard, limits
         self.n_shields, self.n_edges = shields, edges
@@ -97,8 +99,9 @@ class Stack:
         self.edges: list[EdgeNode] = []
 
     def _topology(self, shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> Topology:
+        origins = {DEFAULT_ORIGIN: OriginRoute(DEFAULT_ORIGIN, self.origin_url, ca_file=self.origin_ca)}
         return Topology("(test)", "test", "cdn.test", self.origin_url, None,
-                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges)
+                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges, origins=origins)
 
     async def start(self) -> Stack:
         local = Address("127.0.0.1", 0)
@@ -275,7 +278,7 @@ def run_nodes(config: Path) -> Iterator[dict[str, Any]]:
                 [sys.executable, "-m", "livecdn", n.role, "--config", str(config), "--node", n.name,
                  "--log-level", "warning"], stdout=err, stderr=err, cwd=ROOT, start_new_session=True)
         # The demo's own readiness wait: every node healthy, the router seeing every edge, the play URL answering.
-        if _wait_ready(nodes, procs, play, lambda: False) is not None:
+        if _wait_ready(nodes, procs, [play], None, lambda: False) is not None:
             raise AssertionError(f"the nodes did not come up: {stderr()[-2000:]}")
         yield {"play": play, "nodes": [n.__dict__ for n in nodes], "procs": procs, "stderr": stderr}
     finally:

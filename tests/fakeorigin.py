@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -78,9 +79,10 @@ def status(code: int, text: str = "", headers: dict[str, str] | None = None) -> 
 
 
 class FakeOrigin:
-    """An aiohttp origin on 127.0.0.1, port 0. Unknown paths answer 404."""
+    """An aiohttp origin on 127.0.0.1, port 0 (over HTTPS with `ssl_context`). Unknown paths answer 404."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.routes: dict[str, Behaviour] = {}
         self.hits: Counter[str] = Counter()
         self.requests: list[web.Request] = []
@@ -89,14 +91,14 @@ class FakeOrigin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

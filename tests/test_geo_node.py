@@ -9,6 +9,7 @@ Clients are placed with MaxMind's test database: 81.2.69.142 London,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import shutil
@@ -93,9 +94,9 @@ def topology(edges: dict[str, FakeEdgeAdmin]) -> Topology:
                     router=router)
 
 
-@pytest.fixture
-async def router(edges: dict[str, FakeEdgeAdmin]) -> AsyncIterator[GeoNode]:
-    topo = topology(edges)
+@contextlib.asynccontextmanager
+async def running(topo: Topology) -> AsyncIterator[GeoNode]:
+    """The router of `topo`, started; stopped on the way out (twice: harmless)."""
     assert topo.router is not None
     node = GeoNode(topo, topo.router, access_log=False)
     try:
@@ -103,7 +104,13 @@ async def router(edges: dict[str, FakeEdgeAdmin]) -> AsyncIterator[GeoNode]:
         yield node
     finally:
         await node.stop(1.0)
-        await node.stop(1.0)  # twice is harmless
+        await node.stop(1.0)
+
+
+@pytest.fixture
+async def router(edges: dict[str, FakeEdgeAdmin]) -> AsyncIterator[GeoNode]:
+    async with running(topology(edges)) as node:
+        yield node
 
 
 async def dig(node: GeoNode, *args: str) -> str:

@@ -116,19 +116,21 @@ def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: di
     assert served[edge] >= SECONDS / 2, (redirected, served)
 
 
-def edges_as_public(cdn: dict[str, Any], tmp_path: Path) -> str:
+def edges_as_public(cdn: dict[str, Any], tmp_path: Path, *extra: str, scheme: str = "url") -> str:
     """A Chromium launcher that treats the edges' endpoints as public addresses, as they are in production.
 
     The harness page is served by interception, so Chromium cannot place it in
     an address space; when the router redirects hls.js to an edge on 127.0.N.1,
     Local Network Access then denies the request into the loopback space
     without a prompt. Real edges have public addresses, where that check does
-    not apply; `--ip-address-space-overrides` says so for these endpoints only.
+    not apply; `--ip-address-space-overrides` says so for these endpoints only
+    (`scheme`: the nodes' "url" or "https" ones). `extra`: more Chromium flags.
     """
-    endpoints = ",".join(f"{urllib.parse.urlsplit(n['url']).netloc}=public"
+    endpoints = ",".join(f"{urllib.parse.urlsplit(n[scheme]).netloc}=public"
                          for n in cdn["nodes"] if n["role"] == "edge")
     launcher = tmp_path / "chromium"
-    launcher.write_text(f'#!/bin/sh\nexec {CHROMIUM} "$@" --ip-address-space-overrides={endpoints}\n')
+    flags = " ".join([f"--ip-address-space-overrides={endpoints}", *extra])
+    launcher.write_text(f'#!/bin/sh\nexec {CHROMIUM} "$@" {flags}\n')
     launcher.chmod(0o755)
     return str(launcher)
 
@@ -137,8 +139,17 @@ def test_hlsjs_in_chromium_plays_without_stalling(play_url: str, video_cdn: dict
                                                   tmp_path: Path) -> None:
     node = require_browser_harness()
     env = {**os.environ, "CHROMIUM": edges_as_public(video_cdn, tmp_path)}
-    proc = subprocess.run([node, str(PLAYERS_DIR / "play.mjs"), play_url, str(SECONDS)],
+    assert_hlsjs_played(play_hlsjs(node, play_url, env))
+
+
+def play_hlsjs(node: str, url: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """hls.js in headless Chromium (`env["CHROMIUM"]`: its launcher) plays `url` for SECONDS."""
+    return subprocess.run([node, str(PLAYERS_DIR / "play.mjs"), url, str(SECONDS)],
                           cwd=PLAYERS_DIR, capture_output=True, text=True, timeout=SECONDS + 120, env=env)
+
+
+def assert_hlsjs_played(proc: subprocess.CompletedProcess[str]) -> None:
+    """play.mjs's report says the stream played SECONDS without a stall, a network error or a fatal one."""
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"play.mjs printed no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     r = json.loads(lines[-1])

@@ -27,6 +27,7 @@ import gzip
 import itertools
 import logging
 import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import BinaryIO, Protocol
@@ -298,6 +299,8 @@ class Engine:
         self._failures: collections.OrderedDict[str, Stored] = collections.OrderedDict()  # key → its last error
         # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
         self.tier: Callable[[str], str] = lambda upstream: "upstream"
+        # How an https upstream's certificate is verified (its CA bundle's context); True: the system's CAs.
+        self.upstream_ssl: Callable[[str], ssl.SSLContext | bool] = lambda upstream: True
         # How this node dresses the manifests it stores (an edge's content steering), or None.
         self.dress: Callable[[str, bytes, Manifest], bytes] | None = None
 
@@ -729,7 +732,7 @@ class Engine:
         bound = started + max(first_byte, self.patience or 0.0)
         get = asyncio.ensure_future(self._session.get(
             url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
-            allow_redirects=False, auto_decompress=True))
+            allow_redirects=False, auto_decompress=True, ssl=self.upstream_ssl(upstream)))
         try:
             while True:
                 done, _ = await asyncio.wait({get}, timeout=min(first_byte, max(0.0, bound - loop.time())))
@@ -750,7 +753,8 @@ class Engine:
         """Does `upstream` answer anything at all, quickly? (Any HTTP status counts: it is not hung.)"""
         assert self._session is not None
         try:
-            async with asyncio.timeout(PROBE_WAIT), self._session.options(upstream + "/", allow_redirects=False):
+            async with asyncio.timeout(PROBE_WAIT), self._session.options(
+                    upstream + "/", allow_redirects=False, ssl=self.upstream_ssl(upstream)):
                 return True
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
@@ -925,6 +929,10 @@ def _failure(e: BaseException) -> str:
     """What a failed fetch did, in words a player may read: exception texts name addresses, these never do."""
     if isinstance(e, TimeoutError):
         return "timed out"
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return "presented a TLS certificate that is not trusted (see its ca_file)"
+    if isinstance(e, aiohttp.ClientSSLError):
+        return "failed the TLS handshake"
     if isinstance(e, aiohttp.ClientConnectorError):
         return "could not be reached"
     if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionError)):

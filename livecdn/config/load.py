@@ -37,6 +37,7 @@ from livecdn.config.schema import (
     Region,
     RouterConfig,
     ShieldConfig,
+    TlsSettings,
     Topology,
     dns_name,
     hints,
@@ -196,11 +197,11 @@ def load(path: str | Path) -> Topology:
 def _origins(path: str, top: dict[str, Any]) -> tuple[OriginConfig | None, dict[str, OriginRoute]]:
     """`[origin]` (the default origin: `url`, or the built-in one) and `[origins.NAME]`, every origin by name."""
     origin = _table(path, "origin", top.get("origin", {}))
-    if unknown := next((k for k in origin if k not in ("url", "builtin", "host_header")), None):
+    if unknown := next((k for k in origin if k not in ("url", "builtin", "host_header", "ca_file")), None):
         raise ConfigError(path, f"origin.{unknown}", "unknown key")
     builtin = (_read(path, "origin.builtin", OriginConfig, origin["builtin"], fixed={"name": "origin"})
                if "builtin" in origin else None)
-    named = {n: _read(path, f"origins.{n}", OriginRoute, t, fixed={"name": n})
+    named = {n: _beside(path, _read(path, f"origins.{n}", OriginRoute, t, fixed={"name": n}))
              for n, t in _tables(path, top, "origins")}
     if "url" not in origin and builtin is None:
         if not named:
@@ -210,9 +211,9 @@ def _origins(path: str, top: dict[str, Any]) -> tuple[OriginConfig | None, dict[
         return None, named
     if DEFAULT_ORIGIN in named:
         raise ConfigError(path, f"origins.{DEFAULT_ORIGIN}", "that name is [origin]'s: choose another")
-    table = {k: origin[k] for k in ("url", "host_header") if k in origin}
+    table = {k: origin[k] for k in ("url", "host_header", "ca_file") if k in origin}
     table.setdefault("url", builtin.listen.url if builtin is not None else "")
-    default = _read(path, "origin", OriginRoute, table, fixed={"name": DEFAULT_ORIGIN})
+    default = _beside(path, _read(path, "origin", OriginRoute, table, fixed={"name": DEFAULT_ORIGIN}))
     return builtin, {DEFAULT_ORIGIN: default, **named}
 
 
@@ -226,7 +227,26 @@ def _node(path: str, key: str, cls: type[T], table: dict[str, Any], name: str, d
     node = _read(path, key, cls, table, fixed={"name": name}, defaults=defaults)
     cache: CacheSettings = node.cache  # type: ignore[attr-defined]
     return dataclasses.replace(node, cache=dataclasses.replace(  # type: ignore[type-var]
-        cache, disk_path=cache.disk_path.replace("{node}", name)))
+        cache, disk_path=cache.disk_path.replace("{node}", name)), tls=_tls_beside(path, node.tls))  # type: ignore
+
+
+T2 = TypeVar("T2", OriginRoute, TlsSettings)
+
+
+def _beside(path: str, value: T2) -> T2:
+    """`value`'s CA file relative to the topology file, as the router's database is (an absolute one stays)."""
+    if not value.ca_file:
+        return value
+    return dataclasses.replace(value, ca_file=str(Path(path).resolve().parent / value.ca_file))
+
+
+def _tls_beside(path: str, tls: TlsSettings | None) -> TlsSettings | None:
+    """A TLS listener's certificate, key and CA files relative to the topology file."""
+    if tls is None:
+        return None
+    here = Path(path).resolve().parent
+    certs = tuple(dataclasses.replace(c, cert=str(here / c.cert), key=str(here / c.key)) for c in tls.certificates)
+    return _beside(path, dataclasses.replace(tls, certificates=certs))
 
 
 def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) -> RouterConfig:
@@ -239,6 +259,7 @@ def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) 
     zone = table.get("zone", parent)  # read (and so checked) with the rest of the table
     router = _read(path, "router", RouterConfig, table, defaults={"zone": parent, "nameservers": (f"ns1.{zone}",)})
     database = str(Path(path).resolve().parent / router.database)  # an absolute one stays as it is
+    router = dataclasses.replace(router, tls=_tls_beside(path, router.tls))
     addresses = dict(router.addresses)
     for edge in edges.values():
         with contextlib.suppress(ValueError):  # a host name: players may not reach it by that; `_check` says so
@@ -310,10 +331,12 @@ def _nodes(t: Topology) -> list[tuple[str, Any]]:
 def _check_unique_listeners(t: Topology) -> None:
     seen: dict[Address, str] = {}
     for table, node in _nodes(t):
-        for f in dataclasses.fields(node):  # every Address of a node is one of its listeners
-            if not isinstance(addr := getattr(node, f.name), Address) or addr.port == 0 or \
-                    addr.host in ("0.0.0.0", "::"):
+        tls = getattr(node, "tls", None)
+        listeners = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+        for name, addr in listeners + ([("tls.listen", tls.listen)] if tls is not None else []):
+            # Every Address of a node is one of its listeners (its TLS one too).
+            if not isinstance(addr, Address) or addr.port == 0 or addr.host in ("0.0.0.0", "::"):
                 continue  # any free port, or every address of a node's own machine
             if addr in seen:
-                raise ConfigError(t.path, f"{table}.{f.name}", f"{addr} is already used by {seen[addr]}")
-            seen[addr] = f"{table}.{f.name}"
+                raise ConfigError(t.path, f"{table}.{name}", f"{addr} is already used by {seen[addr]}")
+            seen[addr] = f"{table}.{name}"

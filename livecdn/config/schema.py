@@ -22,11 +22,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from urllib.parse import urlsplit
 
 __all__ = [
-    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
+    "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Certificate", "Check", "Checked",
+    "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "SteeringSettings", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name",
-    "hints", "match", "optional", "split",
+    "Seconds", "ShieldConfig", "SteeringSettings", "TargetDuration", "TlsSettings", "Topology", "Unit", "Window",
+    "YEAR", "dns_name", "hints", "match", "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -226,6 +227,10 @@ class Address:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return "https" + self.url.removeprefix("http")
 
     def __str__(self) -> str:
         return self.url.removeprefix("http://")
@@ -441,6 +446,9 @@ class OriginRoute(Checked):
     hosts: tuple[DnsName, ...] = ()
     prefix: Annotated[str, Check(_prefix)] = ""  # empty: any path
     host_header: Annotated[str, match(r"[A-Za-z0-9._:\[\]-]*", "a host name, with a port if need be")] = ""
+    # PEM CA bundle an https origin's certificate is verified against ("": the system's CAs); in the file,
+    # relative to the file. Never "don't verify": an untrusted certificate fails the fetch (a 502 saying so).
+    ca_file: str = ""
 
     @property
     def catch_all(self) -> bool:
@@ -464,22 +472,67 @@ DEFAULT_ORIGIN = "default"  # the name of the origin `[origin]` describes
 
 
 @dataclass(frozen=True)
+class Certificate(Checked):
+    """One certificate of a TLS listener: PEM files (in the file, relative to the file).
+
+    `names` are the host names (SNI) it is chosen for; empty: the DNS names of
+    its subjectAltName. A name may be a wildcard (`*.example.com`, one label).
+    """
+
+    cert: Annotated[str, NonEmpty]  # the leaf first, then its intermediates
+    key: Annotated[str, NonEmpty]  # unencrypted PEM private key matching `cert`
+    names: tuple[Annotated[str, match(r"(\*\.)?[A-Za-z0-9_.-]+", "a host name or *.domain")], ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsSettings(Checked):
+    """A node's HTTPS player listener (`[edges.NAME.tls]`, `[shields.NAME.tls]`, `[router.tls]`).
+
+    The first certificate is the default: for clients that send no SNI, or a
+    name no certificate is for. `plain` is what the node's plain `listen`
+    (router: `http`) address does beside it: serve as over HTTPS, redirect
+    there (301, 308 for methods other than GET and HEAD), or not listen at all.
+    Certificates are re-read on SIGHUP; open connections keep theirs.
+    """
+
+    listen: Address
+    certificates: Annotated[tuple[Certificate, ...], NonEmpty]
+    plain: Literal["serve", "redirect", "off"] = "serve"
+    # A shield's: the PEM CA bundle edges verify its certificate against ("": the system's CAs).
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class Region(Checked):
     name: str
     location: Location
 
 
+class _PlayerListener:
+    """What shields and edges share: a plain listener, and perhaps a TLS one."""
+
+    __slots__ = ()
+    listen: Address
+    tls: TlsSettings | None
+
+    @property
+    def base_url(self) -> str:
+        """Where the tier below (players, edges) reaches it: over HTTPS when it has TLS."""
+        return self.tls.listen.https_url if self.tls is not None else self.listen.url
+
+
 @dataclass(frozen=True)
-class ShieldConfig(Checked):
+class ShieldConfig(_PlayerListener, Checked):
     name: str
     listen: Address
     admin: Address
     workers: Annotated[int, Min(1)] = 1
+    tls: TlsSettings | None = None  # an HTTPS player listener beside (or instead of) `listen`
     cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 @dataclass(frozen=True)
-class EdgeConfig(Checked):
+class EdgeConfig(_PlayerListener, Checked):
     name: str
     region: str
     listen: Address
@@ -490,6 +543,7 @@ class EdgeConfig(Checked):
     origin_fallback: bool = False  # go to the origin directly when every shield fails
     # HTTP/2 with prior knowledge on the plain listener (a connection that opens with the HTTP/2 preface)
     h2c: bool = True
+    tls: TlsSettings | None = None  # an HTTPS player listener beside (or instead of) `listen`
     cache: CacheSettings = field(default_factory=CacheSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -511,12 +565,14 @@ class RouterConfig(Checked):
     # edge → the addresses players reach it at; in the file, its listen address by default
     addresses: Mapping[str, Annotated[tuple[IpAddress, ...], NonEmpty]] = field(default_factory=dict)
     health: HealthSettings = field(default_factory=HealthSettings)
+    tls: TlsSettings | None = None  # an HTTPS listener beside (or instead of) `http`
     steering: SteeringSettings = field(default_factory=SteeringSettings)
 
     @property
     def steering_url(self) -> str:
-        """Where players fetch steering manifests: `steering.url`, else the router's HTTP listener."""
-        return self.steering.url or self.http.url
+        """Where players fetch steering manifests: `steering.url`, else the router's HTTPS listener when it
+        has one (an https page cannot load an http manifest), else its HTTP listener."""
+        return self.steering.url or (self.tls.listen.https_url if self.tls is not None else self.http.url)
 
 
 @dataclass(frozen=True)
@@ -568,10 +624,13 @@ class Topology(Checked):
         return tuple(self.origins.values()) or (OriginRoute(DEFAULT_ORIGIN, self.origin_url),)
 
     def edge_url(self, name: str) -> str:
-        """An edge's base URL as players reach it (its first router address, its listen port)."""
+        """An edge's base URL as players reach it (its first router address, its listen or TLS port)."""
         addresses = self.router.addresses.get(name) if self.router is not None else None
         edge = self.edges[name]
-        return Address(addresses[0], edge.listen.port).url if addresses else edge.listen.url
+        # Over HTTPS (its TLS port) when it serves TLS: an https page cannot load http media.
+        listen = edge.tls.listen if edge.tls is not None else edge.listen
+        base = Address(addresses[0], listen.port) if addresses else listen
+        return base.https_url if edge.tls is not None else base.url
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""

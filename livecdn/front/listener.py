@@ -59,10 +59,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
 import time
+from collections.abc import Callable
+from ssl import SSLContext
 from typing import Protocol
 
 from livecdn.logs import AccessLog
@@ -75,7 +78,7 @@ from .listener_h2 import Http2Connection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
-__all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
+__all__ = ["FILE_CHUNK", "HANDSHAKE_TIMEOUT", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
            "PlayerConnection", "PlayerServer"]
 
 log = logging.getLogger("livecdn.front.listener")
@@ -100,6 +103,9 @@ KEEPALIVE_TIMEOUT = 75.0
 # How long a request head may take from its first byte (and a new connection
 # to send one): players send a head in one packet (LimitSettings.header_timeout).
 HEADER_TIMEOUT = 10.0
+# How long a TLS handshake may take from the connection's start: as long as a request head, so a client
+# that opens connections and never handshakes holds each no longer than one that never sends a byte.
+HANDSHAKE_TIMEOUT = HEADER_TIMEOUT
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
@@ -144,7 +150,7 @@ class PlayerServer:
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "h2c", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
+                 "access", "h2c", "connections", "lingering", "refused", "closing", "_servers", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
@@ -167,24 +173,38 @@ class PlayerServer:
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
         self.closing = False  # shutdown began
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # one per address: plain, TLS
         self._all_closed: asyncio.Future[None] | None = None
 
     def __call__(self) -> PlayerConnection:
         return PlayerConnection(self)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
-        if self._server is not None:
-            raise RuntimeError("player server already started")
-        self._server = await asyncio.get_running_loop().create_server(
-            self, host, port, reuse_port=reuse_port or None, backlog=backlog)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024,
+                    ssl: SSLContext | None = None, handler: Handler | None = None) -> int:
+        """Listen on one more address: plain, or TLS with `ssl`; `handler` answers there instead of `handler`.
+
+        Every address shares this server's connections and bounds (a client's
+        connections count once whichever port they came in on) and its shutdown.
+
+        Returns:
+            The port actually bound (so port 0 works).
+        """
+        if self.closing:
+            raise RuntimeError("player server is shutting down")
+        factory: Callable[[], PlayerConnection] = self if handler is None else \
+            functools.partial(PlayerConnection, self, handler)
+        server = await asyncio.get_running_loop().create_server(
+            factory, host, port, reuse_port=reuse_port or None, backlog=backlog, ssl=ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl is not None else None)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     @property
     def port(self) -> int:
-        """The port actually bound (so port 0 works)."""
-        if self._server is None or not self._server.sockets:
+        """The port first bound (so port 0 works)."""
+        if not self._servers or not self._servers[0].sockets:
             raise RuntimeError("player server is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._servers[0].sockets[0].getsockname()[1])
 
     @property
     def open(self) -> int:
@@ -203,9 +223,8 @@ class PlayerServer:
         Safe to call twice.
         """
         self.closing = True
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        while self._servers:
+            self._servers.pop().close()
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -226,9 +245,9 @@ class PlayerConnection(asyncio.Protocol):
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
                  "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded")
 
-    def __init__(self, server: PlayerServer) -> None:
+    def __init__(self, server: PlayerServer, handler: Handler | None = None) -> None:
         self.server = server
-        self.handler = server.handler
+        self.handler = server.handler if handler is None else handler  # an address's own (`PlayerServer.start`)
         self.access = server.access
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -285,7 +304,8 @@ class PlayerConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        h2 = Http2Connection(self.server, self.transport, self.peer, self._counted)  # type: ignore[arg-type]
+        h2 = Http2Connection(self.server, self.transport, self.peer, self._counted,  # type: ignore[arg-type]
+                             self.handler)
         self._counted = False  # the HTTP/2 connection releases the address's count
         self.server.connections.discard(self)
         self.server.connections.add(h2)

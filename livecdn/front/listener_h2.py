@@ -84,9 +84,10 @@ class Http2Connection(asyncio.Protocol):
     __slots__ = ("server", "handler", "access", "transport", "peer", "h2", "flow", "tasks", "waiters", "_loop",
                  "_counted", "_timer", "_idle_since", "_served", "_busy", "_stall_since", "_closed")
 
-    def __init__(self, server: Server, transport: asyncio.Transport, peer: str, counted: bool) -> None:
+    def __init__(self, server: Server, transport: asyncio.Transport, peer: str, counted: bool,
+                 handler: Handler | None = None) -> None:
         self.server = server
-        self.handler = server.handler
+        self.handler = server.handler if handler is None else handler  # the listener's (a redirect, say)
         self.access = server.access
         self.transport = transport
         self.peer = peer

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import ssl
 from collections.abc import Callable
 
 import aiohttp
@@ -29,11 +30,14 @@ from livecdn.cache.freshness import Rules
 from livecdn.cache.health import Health
 from livecdn.cache.memory import MemoryStore
 from livecdn.cache.upstreams import Upstreams
-from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
+from livecdn.config import CacheSettings, ConfigError, EdgeConfig, LimitSettings, ShieldConfig, Topology
+from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
 from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_budget, per_process
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
+from livecdn.front.redirect import HttpsRedirect
+from livecdn.front.tls import PLAYER_ALPN, CertificateError, ServerTls, client_context, read_certificates
 from livecdn.logs import AccessLog
 from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
@@ -67,6 +71,7 @@ class CacheNode(Lifecycle):
 
     role = "cache"
     front_kind: type[PlayerFront] = PlayerFront  # how it answers: players (edge) or the tier below (shield)
+    alpn: tuple[str, ...] = PLAYER_ALPN  # what its TLS listener offers in ALPN: the protocols it speaks
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
                  access_log: bool = True, reuse_port: bool = False, purge_dir: str | None = None) -> None:
@@ -86,6 +91,9 @@ class CacheNode(Lifecycle):
         self._players: PlayerServer | None = None
         self._sites = Sites()
         self._admin_port = 0
+        self._tls: ServerTls | None = None  # the TLS listener's certificates, re-read on reload
+        self._ports: dict[str, int] = {}  # "http" and/or "https": the player ports as bound
+        self._trust: dict[str, ssl.SSLContext] = {}  # https upstream → how its certificate is verified
         cache = config.cache
         # Kept across reloads: an upstream still in the topology keeps its record.
         self.upstream_health = Health(cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
@@ -102,6 +110,35 @@ class CacheNode(Lifecycle):
 
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
+
+    def trusted(self, topology: Topology) -> dict[str, tuple[str, str]]:
+        """Each https upstream's CA file ("": the system's CAs) and the topology key that names it."""
+        return {r.url: (r.ca_file, _ca_key(r)) for r in topology.routes if r.url.startswith("https:")}
+
+    def check_tls(self, topology: Topology) -> None:
+        """Read every TLS file this node needs, as start does (the CLI calls this before forking workers).
+
+        Raises:
+            ConfigError: a certificate, key or CA file that cannot be used (file, key, problem).
+        """
+        self._trusted_contexts(topology)
+        self._certificates(topology, None)
+
+    def _certificates(self, topology: Topology, running: ServerTls | None) -> ServerTls | None:
+        """This node's TLS certificates read from their files: into `running` (a reload), or anew."""
+        config = topology.shields.get(self.config.name) or topology.edges.get(self.config.name) or self.config
+        return read_certificates(config.tls, running, path=topology.path, alpn=self.alpn,
+                                 table=f"{self.role}s.{self.config.name}.tls")
+
+    def _trusted_contexts(self, topology: Topology) -> dict[str, ssl.SSLContext]:
+        """How each https upstream's certificate is verified, its CA file read now."""
+        trust = {}
+        for upstream, (ca_file, key) in self.trusted(topology).items():
+            try:
+                trust[upstream] = client_context(ca_file)
+            except CertificateError as e:
+                raise ConfigError(topology.path, key, e.problem) from None
+        return trust
 
     def dresser(self, topology: Topology) -> Callable[[str, bytes, Manifest], bytes] | None:
         """What this node writes into the manifests it stores (`Engine.dress`); a shield stores them as they are."""
@@ -169,10 +206,9 @@ class CacheNode(Lifecycle):
 
     @property
     def port(self) -> int:
-        """The player port actually bound (so a config with port 0 works)."""
+        """The plain player port actually bound (so a config with port 0 works); with plain off, the TLS one."""
         self.require_running()
-        assert self._players is not None
-        return self._players.port
+        return self._ports.get("http") or self._ports["https"]
 
     @property
     def players(self) -> PlayerServer:
@@ -180,6 +216,14 @@ class CacheNode(Lifecycle):
         self.require_running()
         assert self._players is not None
         return self._players
+
+    @property
+    def tls_port(self) -> int:
+        """The HTTPS player port actually bound (RuntimeError when the node has no TLS listener)."""
+        self.require_running()
+        if "https" not in self._ports:
+            raise RuntimeError(f"{self.role} {self.config.name} has no TLS listener")
+        return self._ports["https"]
 
     @property
     def admin_port(self) -> int:
@@ -206,6 +250,9 @@ class CacheNode(Lifecycle):
                              cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health,
                              patience=self.patience())
         self.engine.tier = ups.tier
+        self._trust = self._trusted_contexts(self.topology)
+        self._tls = self._certificates(self.topology, None)
+        self.engine.upstream_ssl = self._upstream_ssl
         self.engine.dress = self.dresser(self.topology)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
@@ -220,8 +267,7 @@ class CacheNode(Lifecycle):
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None,
                                h2c=self.h2c())
-        listen = self.config.listen
-        await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
+        await self._listen(players)
         self._players = players
         self.apply_player_limits(self.player_limits())
         self.spawn(self._count(), "count hits")
@@ -230,8 +276,31 @@ class CacheNode(Lifecycle):
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_post("/purge", self._purge)
         self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
+        tls = self.config.tls
+        plain = "" if tls is not None and tls.plain == "off" else f"{self.config.listen}" + (
+            " (redirecting to https)" if tls is not None and tls.plain == "redirect" else "")
         log.info("%s %s serving players on %s, admin on %s", self.role, self.config.name,
-                 self.config.listen, self.config.admin)
+                 ", ".join(filter(None, [plain, f"https://{tls.listen}" if tls is not None else ""])),
+                 self.config.admin)
+
+    async def _listen(self, players: PlayerServer) -> None:
+        """The player addresses: plain `listen` (serving, or redirecting to HTTPS) and/or `tls.listen`."""
+        listen, tls, reuse = self.config.listen, self.config.tls, self.reuse_port
+        try:
+            if tls is not None and self._tls is not None:
+                self._ports["https"] = await players.start(tls.listen.host, tls.listen.port, reuse_port=reuse,
+                                                           ssl=self._tls.context)
+            if tls is None or tls.plain == "serve":
+                self._ports["http"] = await players.start(listen.host, listen.port, reuse_port=reuse)
+            elif tls.plain == "redirect":
+                self._ports["http"] = await players.start(listen.host, listen.port, reuse_port=reuse,
+                                                          handler=HttpsRedirect(self._ports["https"]))
+        except BaseException:
+            await players.shutdown(0)
+            raise
+
+    def _upstream_ssl(self, upstream: str) -> ssl.SSLContext | bool:
+        return self._trust.get(upstream, True)
 
     async def _stop(self, timeout: float) -> None:
         """Stop listening, drain in-flight responses for up to `timeout`, release everything."""
@@ -258,9 +327,15 @@ class CacheNode(Lifecycle):
         log.info("%s %s stopped", self.role, self.config.name)
 
     def reload(self, topology: Topology) -> None:
-        """Apply what can change without a restart: the origins and upstreams (an edge adds its limits)."""
+        """Apply what can change without a restart: the origins and upstreams (an edge adds its limits),
+        the TLS certificates (read again: new handshakes get them, open connections keep theirs) and
+        upstream CA files. A TLS file that cannot be used raises ConfigError before anything changes.
+        """
         self.require_running()
         assert self.engine is not None
+        trust = self._trusted_contexts(topology)
+        self._certificates(topology, self._tls)  # a new [*.tls] table needs a restart: it is only checked
+        self._trust = trust
         self.topology = topology
         ups = self._upstreams = self.upstreams(topology)
         ups.health = self.upstream_health
@@ -323,6 +398,10 @@ class CacheNode(Lifecycle):
         # 504: a sibling worker did not answer in time (or failed): its memory may still hold the objects.
         return _answer(200 if purged.complete else 504,
                        {"node": self.config.name, "role": self.role, **purged.to_json()})
+
+
+def _ca_key(route: OriginRoute) -> str:
+    return "origin.ca_file" if route.name == DEFAULT_ORIGIN else f"origins.{route.name}.ca_file"
 
 
 def _answer(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:

@@ -9,6 +9,8 @@ error.
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from livecdn.config import Address
@@ -39,8 +41,8 @@ class Sites:
         self._runners: list[web.AppRunner] = []
 
     async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
-                   reuse_port: bool = False) -> int:
-        """Serve `app` on `addr`, logging answers to `access_log`.
+                   reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Serve `app` on `addr` (over TLS with `ssl_context`), logging answers to `access_log`.
 
         Returns:
             The port actually bound, so an address with port 0 works.
@@ -51,7 +53,7 @@ class Sites:
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=self.shutdown_timeout,
                                **kwargs)  # type: ignore[arg-type]
         await runner.setup()
-        site = web.TCPSite(runner, addr.host, addr.port, reuse_port=reuse_port, backlog=1024)
+        site = web.TCPSite(runner, addr.host, addr.port, reuse_port=reuse_port, backlog=1024, ssl_context=ssl_context)
         try:
             await site.start()
         except BaseException:
