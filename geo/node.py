@@ -21,6 +21,7 @@ from aiohttp import web
 
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
+from livecdn.front.forwarded import ClientAddresses
 from livecdn.logs import AccessLog
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites
@@ -110,7 +111,7 @@ class GeoNode(Lifecycle):
         self._locator = self.open_database(self.topology)
         self.router = Router(self._locator, edge_sites(self.topology))
         self.answerer = Answerer(self._zone(), self.router)
-        self.http = Redirects(self.router)
+        self.http = Redirects(self.router, ClientAddresses(cfg.trusted_proxies, cfg.forwarded_header) or None)
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"livecdn/geo {cfg.name}"})
         self._start_health()
         metrics.watch_router(cfg.name, self._reading)

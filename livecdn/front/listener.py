@@ -35,6 +35,14 @@ player:
   bytes and destroys the answer with it (Apache's lingering close).
 - a request head must arrive whole within `header_timeout` of its first
   byte (else a 408), and a new connection must begin one within as long.
+- behind load balancers: a listener with `proxy_protocol` reads a PROXY
+  header (`proxyproto`) before anything else, within the header timeout, and
+  takes its source as the connection's peer (a connection without one is
+  closed and counted in `refused_proxy`); per-address connection limits count
+  that address, after the header. A connection from a trusted proxy
+  (`forwarded.ClientAddresses`) has each request's client read from its
+  forwarding header; such a peer is exempt from the per-address connection
+  limit (it carries many clients), not from `max_connections`.
 
 Memory per connection is bounded by name whatever a client writes: one
 incomplete head (`http1.MAX_HEAD_BYTES`), `http1.MAX_PENDING` parsed requests
@@ -62,8 +70,10 @@ from livecdn.logs import AccessLog
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import FlowControl
+from .forwarded import ClientAddresses
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
+from .proxyproto import ProxyHeaderError, ProxyHeaderParser
 from .request import Request
 
 __all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
@@ -124,17 +134,21 @@ class PlayerServer:
             closing included; past it a new connection gets a 503 (`connlimit.OVERLOADED`).
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
+        addresses: which peers are trusted proxies and which header names their clients; None: none.
+        proxy_protocol: every connection must begin with a PROXY header (v1 or v2).
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
+                 "access", "addresses", "proxy_protocol", "connections", "lingering", "refused",
+                 "refused_proxy", "closing", "_server", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
-                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
+                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
+                 addresses: ClientAddresses | None = None, proxy_protocol: bool = False) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -146,10 +160,13 @@ class PlayerServer:
         self.max_connections = max_connections
         self.connection_limit = connection_limit
         self.access = access_log
+        self.addresses = addresses if addresses else None  # None: no peer is trusted (one check per connection)
+        self.proxy_protocol = proxy_protocol
         self.connections: set[PlayerConnection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
+        self.refused_proxy = 0  # connections closed for a missing, bad or late PROXY header
         self.closing = False  # shutdown began
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Future[None] | None = None
@@ -208,7 +225,7 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
+                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_proxy", "_forwards")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
@@ -228,6 +245,8 @@ class PlayerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
+        self._proxy: ProxyHeaderParser | None = None  # reading the PROXY header (a listener that asks for it)
+        self._forwards = False  # the peer is a trusted proxy: each request names its client
 
     # --- asyncio.Protocol ---
 
@@ -241,12 +260,10 @@ class PlayerConnection(asyncio.Protocol):
             server.refused += 1
             self._refuse(OVERLOADED)
             return
-        limit = server.connection_limit
-        if limit is not None:
-            if not limit.opened(self.peer):
-                self._refuse(REFUSAL)
-                return
-            self._counted = True
+        if server.proxy_protocol:
+            self._proxy = ProxyHeaderParser()  # the peer, and its count, once the header is read
+        elif not self._admit():
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
@@ -258,6 +275,42 @@ class PlayerConnection(asyncio.Protocol):
         self._idle_since = self._loop.time()
         self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
                                          self._idle_check)
+
+    def _admit(self) -> bool:
+        """Count the connection against its address's limit (a trusted proxy's is not); False: refused."""
+        addresses, limit = self.server.addresses, self.server.connection_limit
+        self._forwards = addresses is not None and addresses.trusts(self.peer)
+        if limit is not None and not self._forwards:
+            if not limit.opened(self.peer):
+                self.server.connections.discard(self)  # refused after a PROXY header: lingering, not open
+                self._refuse(REFUSAL)
+                return False
+            self._counted = True
+        return True
+
+    def _proxied(self, data: bytes) -> bytes | None:
+        """Bytes while the PROXY header is read: what follows it, once it is whole (None: not yet, or refused).
+
+        The seam for TLS under a PROXY header: the header is read in plain, and
+        the bytes after it are the ClientHello (see README, "Real client addresses").
+        """
+        assert self._proxy is not None
+        try:
+            header = self._proxy.receive_data(data)
+        except ProxyHeaderError as e:
+            self.server.refused_proxy += 1
+            log.info("closing a connection from %s: %s", self.peer, e)
+            self._proxy = None
+            self._close()
+            return None
+        if header is None:
+            return None
+        self._proxy = None
+        if header.source is not None:
+            self.peer = header.source
+        if not self._admit():
+            return None
+        return header.rest
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
@@ -288,6 +341,11 @@ class PlayerConnection(asyncio.Protocol):
         if h1 is _SILENT:
             if self._lingering:
                 return  # a refused connection: what it sends is dropped
+            if self._proxy is not None:
+                rest = self._proxied(data)
+                if not rest:
+                    return
+                data = rest
             h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
@@ -342,7 +400,8 @@ class PlayerConnection(asyncio.Protocol):
                 event.received = time.perf_counter()  # type: ignore[union-attr]
             now = time.time()
             try:
-                plan = handler.answer_now(event, self.peer, now)  # type: ignore[arg-type]
+                plan = handler.answer_now(event, self._client(event) if self._forwards else self.peer,  # type: ignore
+                                          now)
             except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
                 plan = self._failed(event)  # type: ignore[arg-type]
             if type(plan) is Later:
@@ -364,9 +423,17 @@ class PlayerConnection(asyncio.Protocol):
         if self.access is not None:
             request.received = time.perf_counter()
         try:
-            return self.handler.answer_now(request, self.peer, time.time())
+            return self.handler.answer_now(request, self._client(request) if self._forwards else self.peer,
+                                           time.time())
         except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
             return self._failed(request)
+
+    def _client(self, request: Request) -> str:
+        """The client a trusted proxy names for this request (kept on it for the access log)."""
+        addresses = self.server.addresses
+        assert addresses is not None
+        client = request.client = addresses.resolve(self.peer, request.headers.get(addresses.header_bytes))
+        return client
 
     def _send(self, request: Request | None, plan: Plan) -> None:
         """Write an answer whose body is in hand."""
@@ -486,7 +553,8 @@ class PlayerConnection(asyncio.Protocol):
         """The answer's one access line (when the node keeps them)."""
         if self.access is not None:
             took = time.perf_counter() - request.received if request.received else 0.0
-            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
+            self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
+                              sent, took,
                               plan.cache.header if plan.cache is not None else "",
                               request.header(b"user-agent") or "")
 
@@ -588,6 +656,8 @@ class PlayerConnection(asyncio.Protocol):
         else:  # silent since it opened (not a byte yet), or idle since its last answer
             deadline = self._idle_since + (server.header_timeout if h1 is _SILENT else server.keepalive_timeout)
             if now >= deadline:
+                if self._proxy is not None:
+                    server.refused_proxy += 1  # no whole PROXY header within the header timeout
                 self._close()
                 return
         self._timer = self._loop.call_at(deadline, self._idle_check)

@@ -31,6 +31,7 @@ from livecdn.cache.upstreams import Upstreams
 from livecdn.config import CacheSettings, EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_budget, per_process
+from livecdn.front.forwarded import ClientAddresses
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
 from livecdn.logs import AccessLog
@@ -113,6 +114,14 @@ class CacheNode(Lifecycle):
         """Open player connections allowed per client address (None: unlimited)."""
         return None
 
+    def client_addresses(self) -> ClientAddresses | None:
+        """Which peers are trusted proxies naming their clients (None: none; a shield's peers are edges)."""
+        return None
+
+    def proxy_protocol(self) -> bool:
+        """Whether every player connection begins with a PROXY header."""
+        return False
+
     def player_limits(self) -> LimitSettings:
         """The player listener's bounds (`max_connections`, `header_timeout`); a shield takes the defaults."""
         return LimitSettings()
@@ -147,6 +156,7 @@ class CacheNode(Lifecycle):
                 "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
                 "max_connections": players.max_connections, "refused_connections": players.refused,
+                "refused_proxy_headers": players.refused_proxy,
                 "disk": self.disk_state}
 
     def connections_overloaded(self) -> bool:
@@ -207,7 +217,8 @@ class CacheNode(Lifecycle):
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
-                               access_log=AccessLog(self.config.name) if self.access_log else None)
+                               access_log=AccessLog(self.config.name) if self.access_log else None,
+                               addresses=self.client_addresses(), proxy_protocol=self.proxy_protocol())
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
