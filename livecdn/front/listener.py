@@ -35,11 +35,12 @@ player:
   bytes and destroys the answer with it (Apache's lingering close).
 - a request head must arrive whole within `header_timeout` of its first
   byte (else a 408), and a new connection must begin one within as long.
-- behind load balancers: a listener with `proxy_protocol` reads a PROXY
-  header (`proxyproto`) before anything else, within the header timeout, and
-  takes its source as the connection's peer (a connection without one is
-  closed and counted in `refused_proxy`); per-address connection limits count
-  that address, after the header. A connection from a trusted proxy
+- behind load balancers: a listener with `proxy_protocol` accepts through a
+  `ProxyAcceptor` (`proxyaccept.py`), which reads each connection's PROXY
+  header before anything else, within the header timeout, and only then
+  makes its `PlayerConnection` (under TLS, once the handshake is done), with
+  the header's source as its peer; per-address connection limits count that
+  address. A connection without a good header is closed and counted. A connection from a trusted proxy
   (`forwarded.ClientAddresses`) has each request's client read from its
   forwarding header; such a peer is exempt from the per-address connection
   limit (it carries many clients), not from `max_connections`.
@@ -63,6 +64,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 import time
 from typing import BinaryIO, Protocol
 
@@ -73,7 +75,7 @@ from .flow import FlowControl
 from .forwarded import ClientAddresses
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
-from .proxyproto import ProxyHeaderError, ProxyHeaderParser
+from .proxyaccept import ProxyAcceptor
 from .request import Request
 
 __all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
@@ -135,7 +137,7 @@ class PlayerServer:
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
         addresses: which peers are trusted proxies and which header names their clients; None: none.
-        proxy_protocol: every connection must begin with a PROXY header (v1 or v2).
+        proxy_protocol: every connection must begin with a PROXY header (v1 or v2), read before TLS.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
@@ -143,7 +145,7 @@ class PlayerServer:
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
                  "access", "addresses", "proxy_protocol", "connections", "lingering", "refused",
-                 "refused_proxy", "closing", "_server", "_all_closed")
+                 "closing", "_server", "_acceptor", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
@@ -166,31 +168,53 @@ class PlayerServer:
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
-        self.refused_proxy = 0  # connections closed for a missing, bad or late PROXY header
         self.closing = False  # shutdown began
         self._server: asyncio.Server | None = None
+        self._acceptor: ProxyAcceptor | None = None  # instead of `_server`, with `proxy_protocol`
         self._all_closed: asyncio.Future[None] | None = None
 
     def __call__(self) -> PlayerConnection:
         return PlayerConnection(self)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
-        if self._server is not None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024,
+                    ssl: ssl.SSLContext | None = None) -> None:
+        """Listen; with `ssl`, players speak TLS (under a PROXY header: after it)."""
+        if self._server is not None or self._acceptor is not None:
             raise RuntimeError("player server already started")
+        if self.proxy_protocol:
+            self._acceptor = ProxyAcceptor(lambda source, _: PlayerConnection(self, source),
+                                           lambda: self.header_timeout, self._proxy_capacity, ssl=ssl)
+            self._acceptor.open(host, port, reuse_port=reuse_port, backlog=backlog)
+            return
         self._server = await asyncio.get_running_loop().create_server(
-            self, host, port, reuse_port=reuse_port or None, backlog=backlog)
+            self, host, port, reuse_port=reuse_port or None, backlog=backlog, ssl=ssl)
+
+    def _proxy_capacity(self) -> bool:
+        """Room for one more connection whose PROXY header is still to come (`max_connections`)."""
+        if self.max_connections is not None and self.open >= self.max_connections:
+            self.refused += 1
+            return False
+        return True
 
     @property
     def port(self) -> int:
         """The port actually bound (so port 0 works)."""
+        if self._acceptor is not None:
+            return self._acceptor.port
         if self._server is None or not self._server.sockets:
             raise RuntimeError("player server is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def refused_proxy(self) -> int:
+        """Connections closed for a missing, bad or late PROXY header (or a failed TLS handshake after one)."""
+        return self._acceptor.refused if self._acceptor is not None else 0
+
+    @property
     def open(self) -> int:
-        """Player connections this process holds now (those closing included)."""
-        return len(self.connections) + len(self.lingering)
+        """Player connections this process holds now (those closing, and those awaiting a PROXY header, included)."""
+        pending = self._acceptor.pending if self._acceptor is not None else 0
+        return len(self.connections) + len(self.lingering) + pending
 
     def closed(self, conn: PlayerConnection) -> None:
         self.connections.discard(conn)
@@ -207,6 +231,8 @@ class PlayerServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._acceptor is not None:
+            await self._acceptor.close()  # kept: `port` and `refused_proxy` stay readable
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -225,14 +251,15 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_proxy", "_forwards")
+                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_forwards")
 
-    def __init__(self, server: PlayerServer) -> None:
+    def __init__(self, server: PlayerServer, peer: str = "") -> None:
+        """`peer`: the client a PROXY header named (`proxyaccept`); "": the socket's peer."""
         self.server = server
         self.handler = server.handler
         self.access = server.access
         self.transport: asyncio.Transport | None = None
-        self.peer = ""
+        self.peer = peer
         self.h1 = _SILENT  # its own at the first read (`data_received`)
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -245,7 +272,6 @@ class PlayerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
-        self._proxy: ProxyHeaderParser | None = None  # reading the PROXY header (a listener that asks for it)
         self._forwards = False  # the peer is a trusted proxy: each request names its client
 
     # --- asyncio.Protocol ---
@@ -253,16 +279,15 @@ class PlayerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
-        peername = transport.get_extra_info("peername")
-        self.peer = str(peername[0]) if peername else ""
         server = self.server
-        if server.max_connections is not None and server.open >= server.max_connections:
-            server.refused += 1
-            self._refuse(OVERLOADED)
-            return
-        if server.proxy_protocol:
-            self._proxy = ProxyHeaderParser()  # the peer, and its count, once the header is read
-        elif not self._admit():
+        if not self.peer:  # (a PROXY header's: the acceptor found room for it when it took the socket)
+            peername = transport.get_extra_info("peername")
+            self.peer = str(peername[0]) if peername else ""
+            if server.max_connections is not None and server.open >= server.max_connections:
+                server.refused += 1
+                self._refuse(OVERLOADED)
+                return
+        if not self._admit():
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -282,35 +307,10 @@ class PlayerConnection(asyncio.Protocol):
         self._forwards = addresses is not None and addresses.trusts(self.peer)
         if limit is not None and not self._forwards:
             if not limit.opened(self.peer):
-                self.server.connections.discard(self)  # refused after a PROXY header: lingering, not open
                 self._refuse(REFUSAL)
                 return False
             self._counted = True
         return True
-
-    def _proxied(self, data: bytes) -> bytes | None:
-        """Bytes while the PROXY header is read: what follows it, once it is whole (None: not yet, or refused).
-
-        The seam for TLS under a PROXY header: the header is read in plain, and
-        the bytes after it are the ClientHello (see README, "Real client addresses").
-        """
-        assert self._proxy is not None
-        try:
-            header = self._proxy.receive_data(data)
-        except ProxyHeaderError as e:
-            self.server.refused_proxy += 1
-            log.info("closing a connection from %s: %s", self.peer, e)
-            self._proxy = None
-            self._close()
-            return None
-        if header is None:
-            return None
-        self._proxy = None
-        if header.source is not None:
-            self.peer = header.source
-        if not self._admit():
-            return None
-        return header.rest
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
@@ -341,11 +341,6 @@ class PlayerConnection(asyncio.Protocol):
         if h1 is _SILENT:
             if self._lingering:
                 return  # a refused connection: what it sends is dropped
-            if self._proxy is not None:
-                rest = self._proxied(data)
-                if not rest:
-                    return
-                data = rest
             h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
@@ -656,8 +651,6 @@ class PlayerConnection(asyncio.Protocol):
         else:  # silent since it opened (not a byte yet), or idle since its last answer
             deadline = self._idle_since + (server.header_timeout if h1 is _SILENT else server.keepalive_timeout)
             if now >= deadline:
-                if self._proxy is not None:
-                    server.refused_proxy += 1  # no whole PROXY header within the header timeout
                 self._close()
                 return
         self._timer = self._loop.call_at(deadline, self._idle_check)

@@ -9,6 +9,11 @@ from it; bytes after the header are the player's (HTTP, or a TLS ClientHello).
 A listener that does not ask for it never looks: there, a "PROXY ..." line is
 just a bad HTTP request.
 
+`wanted` says how many bytes can be read without reading past the header's
+end. The listener reads exactly that much each time, so the player's first
+byte stays in the socket: under TLS it is the ClientHello, which the TLS
+layer must read itself (`loop.start_tls` takes no bytes already read).
+
 Bounds (whatever a client sends, the parser holds no more than these): a v1
 line is at most `V1_MAX` bytes (the spec's own bound, 107), a v2 header at
 most 16 bytes plus `V2_MAX_PAYLOAD`. What is not a header is refused as soon
@@ -23,13 +28,18 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-__all__ = ["NEED_DATA", "V1_MAX", "V1_SIGNATURE", "V2_MAX_PAYLOAD", "V2_SIGNATURE", "ProxyHeader",
+__all__ = ["NEED_DATA", "SHORTEST", "V1_MAX", "V1_SIGNATURE", "V2_MAX_PAYLOAD", "V2_SIGNATURE", "ProxyHeader",
            "ProxyHeaderError", "ProxyHeaderParser"]
 
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # A v1 line, "PROXY TCP6 <39> <39> 65535 65535\r\n" at its longest (spec 2.1).
 V1_MAX = 107
+# The shortest header of either version: "PROXY UNKNOWN\r\n" (a v2 one has 16 bytes).
+SHORTEST = 15
+# The shortest v1 line of each family once its name is read: its addresses and ports at their shortest.
+_V1_SHORTEST = {b"PROXY TCP4 ": len(b"PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n"),
+                b"PROXY TCP6 ": len(b"PROXY TCP6 :: :: 0 0\r\n")}
 # The v2 fixed part: signature, version/command, family/transport, length.
 V2_FIXED = 16
 # v2 bytes after the fixed part: the addresses (216 at most, for AF_UNIX) and
@@ -85,6 +95,18 @@ class ProxyHeaderParser:
 
     def __init__(self) -> None:
         self._buffer = b""
+
+    @property
+    def wanted(self) -> int:
+        """Bytes that are surely part of the header still to come (at least 1): read no more than these."""
+        buf = self._buffer
+        if len(buf) < SHORTEST:
+            return SHORTEST - len(buf)
+        if buf[:1] == b"\r":
+            if len(buf) < V2_FIXED:
+                return V2_FIXED - len(buf)
+            return max(1, V2_FIXED + int.from_bytes(buf[14:16], "big") - len(buf))
+        return max(1, _V1_SHORTEST.get(buf[:11], 0) - len(buf))
 
     def receive_data(self, data: bytes) -> ProxyHeader | None:
         """Take bytes that arrived.
