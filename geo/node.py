@@ -22,6 +22,7 @@ from aiohttp import web
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
 from livecdn.front.forwarded import ClientAddresses
+from livecdn.front.proxyaccept import NamedPeers
 from livecdn.logs import AccessLog
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites
@@ -111,7 +112,9 @@ class GeoNode(Lifecycle):
         self._locator = self.open_database(self.topology)
         self.router = Router(self._locator, edge_sites(self.topology))
         self.answerer = Answerer(self._zone(), self.router)
-        self.http = Redirects(self.router, ClientAddresses(cfg.trusted_proxies, cfg.forwarded_header) or None)
+        proxied = NamedPeers() if cfg.proxy_protocol else None
+        self.http = Redirects(self.router, ClientAddresses(cfg.trusted_proxies, cfg.forwarded_header) or None,
+                              proxied)
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"livecdn/geo {cfg.name}"})
         self._start_health()
         metrics.watch_router(cfg.name, self._reading)
@@ -127,7 +130,7 @@ class GeoNode(Lifecycle):
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self.http.route)
         self._access = AccessLog(cfg.name) if self.access_log else None
-        http_port = await self._listeners.open(player, cfg.http, access_log=self._access)
+        http_port = await self._listeners.open(player, cfg.http, access_log=self._access, proxied=proxied)
         admin_port = await self._listeners.open(admin, cfg.admin)
         self._ports = (dns_port, http_port, admin_port)
         log.info("router %s answering DNS for %s on %s (UDP+TCP), HTTP on %s, admin on %s", cfg.name,

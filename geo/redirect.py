@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from livecdn.front.forwarded import ClientAddresses
+from livecdn.front.proxyaccept import NamedPeers
 from livecdn.logs import CLIENT
 
 from .choose import distance_km
@@ -48,22 +49,27 @@ class Redirects:
     Args:
         router: decides which edge a client goes to.
         addresses: which peers are trusted proxies naming their clients; None: none.
+        proxied: the clients PROXY headers named, when the listener reads them; None: it does not.
     """
 
-    __slots__ = ("router", "counts", "addresses")
+    __slots__ = ("router", "counts", "addresses", "proxied")
 
-    def __init__(self, router: Router, addresses: ClientAddresses | None = None) -> None:
+    def __init__(self, router: Router, addresses: ClientAddresses | None = None,
+                 proxied: NamedPeers | None = None) -> None:
         self.router = router
         self.counts: Counter[str] = Counter()  # redirects per edge name
         self.addresses = addresses
+        self.proxied = proxied
 
     def client(self, request: web.Request) -> str:
-        """The player's address: the peer's, or the one a trusted proxy names."""
+        """The player's address: the peer's, the one its PROXY header named, or the one a trusted proxy names."""
         peer = request.remote or ""
-        if self.addresses is None:
-            return peer
-        client = request[CLIENT] = self.addresses.resolve(peer, request.headers.get(self.addresses.header))
-        return client
+        if self.proxied is not None and request.transport is not None:
+            peer = self.proxied.source(request.transport.get_extra_info("peername")) or peer
+        if self.addresses is not None:
+            peer = self.addresses.resolve(peer, request.headers.get(self.addresses.header))
+        request[CLIENT] = peer  # the access line's
+        return peer
 
     async def redirect(self, request: web.Request) -> web.Response:
         """A 302 to the chosen edge for GET and HEAD; a CORS preflight answer for OPTIONS."""

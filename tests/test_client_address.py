@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cdn import run_cdn, topology_toml, wait_until
+from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -272,7 +275,50 @@ def test_the_router_redirects_by_the_forwarded_address(cdn: dict[str, Any], sour
     assert headers["location"] == node(cdn, edge)["url"] + "/live/master.m3u8"
 
 
+def test_a_router_that_asks_for_proxy_redirects_by_the_headers_address(tmp_path: Path) -> None:
+    config = tmp_path / "cdn.toml"
+    config.write_text(topology_toml(origin="http://127.0.0.1:9").replace(
+        '[router]\nname = "router"\n', '[router]\nname = "router"\nproxy_protocol = true\n', 1))
+    http = re.search(r'http = "127.0.0.1:(\d+)"', config.read_text().split("[router]", 1)[1])
+    assert http is not None
+    port = int(http.group(1))
+    proc = subprocess.Popen([sys.executable, "-m", "livecdn", "geo", "--config", str(config), "--node", "router",
+                             "--log-level", "warning"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: _listening(port), 15), "the router did not come up"
+        # Every edge is down (nothing runs): the router still answers, with the nearest.
+        for header, edge in ((_v1("127.0.2.5"), "edge-2"), (_v2("127.0.1.5"), "edge-1"),
+                             (_v1("127.0.2.9"), "edge-2")):
+            s = _connected("127.0.0.1", port, "127.0.0.1")
+            try:
+                s.sendall(header + b"GET /live/master.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = _read_all(s)
+            finally:
+                s.close()
+            assert answer.startswith(b"HTTP/1.1 302 ") and f"X-Livecdn-Edge: {edge}\r\n".encode() in answer
+        s = _connected("127.0.0.1", port, "127.0.0.1")
+        try:  # no header: closed, nothing answered
+            s.sendall(b"GET /live/master.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_all(s) == b""
+        finally:
+            s.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith('{"time"') and '"remote"' in line]
+    assert [entry["remote"] for entry in lines] == ["127.0.2.5", "127.0.1.5", "127.0.2.9"]
+
+
 # --- helpers ---------------------------------------------------------------------------
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
 
 def _connected(host: str, port: int, source: str) -> socket.socket:
     s = socket.create_connection((host, port), timeout=5, source_address=(source, 0))

@@ -25,17 +25,23 @@ import asyncio
 import logging
 import socket
 import ssl as _ssl
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from .proxyproto import ProxyHeaderError, ProxyHeaderParser
 
-__all__ = ["ACCEPT_BATCH", "ProxyAcceptor"]
+__all__ = ["ACCEPT_BATCH", "NAMED_BOUND", "NamedPeers", "ProxyAcceptor"]
 
 log = logging.getLogger("livecdn.front.proxyaccept")
 
 # New connections accepted per wake-up of the listening socket; the rest wait for the next turn.
 ACCEPT_BATCH = 64
+
+# Connections remembered with the client their header named (`NamedPeers`), for a
+# protocol that cannot be told (aiohttp's): the oldest are forgotten first. Far
+# more than a router's listener holds open at once (its answers are 302s).
+NAMED_BOUND = 1 << 16
 
 # What makes a connection's protocol: (the client the header named, or the socket's peer when it named
 # none; the socket's own peer address, as the transport will report it).
@@ -182,3 +188,33 @@ class _HeaderRead:
         self._stop()
         self.sock.close()
         self.acceptor._reading.discard(self)
+
+
+class NamedPeers:
+    """The client each connection's PROXY header named, by the socket's peer address (the transport's `peername`).
+
+    For a protocol that is not made knowing its client (aiohttp's request
+    handler): its request looks itself up by `request.transport`'s peer. A
+    peer address is unique among open connections, and a new connection
+    from a reused one (same address and port) overwrites the old entry before
+    any request on it, so an entry is never another connection's.
+    """
+
+    __slots__ = ("_named",)
+
+    def __init__(self) -> None:
+        self._named: OrderedDict[Any, str] = OrderedDict()
+
+    def factory(self, make: Callable[[], asyncio.BaseProtocol]) -> Factory:
+        """A `ProxyAcceptor` factory that remembers each connection's client, then calls `make()`."""
+        def named(source: str, peer: Any) -> asyncio.BaseProtocol:
+            self._named[peer] = source
+            self._named.move_to_end(peer)
+            if len(self._named) > NAMED_BOUND:
+                self._named.popitem(last=False)
+            return make()
+        return named
+
+    def source(self, peer: Any) -> str | None:
+        """The client named for the connection from `peer`, or None (not one of ours, or forgotten)."""
+        return self._named.get(peer)
