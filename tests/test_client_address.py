@@ -35,13 +35,15 @@ BURST = 3
 PER_ADDRESS = 2  # open connections per client address
 HEADER_TIMEOUT = 1.0
 V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+# A trusted balancer the demo database places in the us (127.0.0.1 is placed nowhere: the default, eu).
+US_BALANCER = "127.0.2.250"
 
 
 @pytest.fixture(scope="module")
 def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config = tmp_path_factory.mktemp("addresses") / "cdn.toml"
     text = topology_toml(origin=SYNTHETIC)
-    text = text.replace('[cdn]\n', '[cdn]\ntrusted_proxies = ["127.0.0.1/32"]\n', 1)
+    text = text.replace('[cdn]\n', f'[cdn]\ntrusted_proxies = ["127.0.0.1/32", "{US_BALANCER}/32"]\n', 1)
     text = text.replace("[origin]\n", f"[limits]\nrequest_rate = 0.1\nrequest_burst = {BURST}\nmiss_rate = 0\n"
                                       f"connections_per_client = {PER_ADDRESS}\nheader_timeout = {HEADER_TIMEOUT}\n"
                                       "\n[origin]\n", 1)
@@ -263,10 +265,10 @@ def test_a_listener_that_does_not_ask_for_proxy_takes_it_for_a_bad_request(cdn: 
 # --- the router's 302 ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("source", "forwarded", "edge"), [
-    ("127.0.0.1", "127.0.2.5", "edge-2"),  # a trusted balancer, a player in the us range
-    ("127.0.0.1", "127.0.1.5", "edge-1"),
-    ("127.0.0.1", "127.0.2.5, 127.0.1.5", "edge-1"),  # the right-most untrusted hop, not the one on its left
-    ("127.0.2.7", "127.0.1.5", "edge-2"),  # untrusted: its own address decides (us)
+    ("127.0.0.1", "127.0.2.5", "edge-2"),  # a trusted balancer (placed in eu), a player in the us range
+    (US_BALANCER, "127.0.1.5", "edge-1"),  # a trusted balancer in the us, a player in eu
+    (US_BALANCER, "127.0.2.5, 127.0.1.5", "edge-1"),  # the right-most untrusted hop, not the one on its left
+    ("127.0.1.7", "127.0.2.5", "edge-1"),  # untrusted: its own address decides (eu)
 ])
 def test_the_router_redirects_by_the_forwarded_address(cdn: dict[str, Any], source: str, forwarded: str,
                                                        edge: str) -> None:

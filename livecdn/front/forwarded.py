@@ -33,10 +33,12 @@ FORWARDED = "forwarded"
 # real chain has; past them the walk stops (a header of thousands of entries
 # costs no more than this many parses).
 MAX_HOPS = 16
-# Addresses remembered with their canonical form and trust: a load balancer's
-# requests carry a few thousand distinct client addresses at a time, and each
-# parse costs about a microsecond. Bounded: a flood of distinct addresses
-# empties it rather than growing it.
+# Header values remembered with the client they name, and hop addresses with
+# their canonical form and trust: a balancer's requests carry a few thousand
+# distinct players at a time, each with the same value on every request, and a
+# walk costs several microseconds (a Forwarded parse, ipaddress) where a dict
+# lookup costs a tenth of one. Bounded: a flood of distinct values empties
+# them rather than growing them.
 MEMO_BOUND = 8192
 
 # An RFC 7239 forwarded-pair: token "=" ( token / quoted-string ), with the
@@ -142,7 +144,7 @@ class ClientAddresses:
         ValueError: a network or the header name is not one (the message names it).
     """
 
-    __slots__ = ("networks", "header", "header_bytes", "_parse", "_memo")
+    __slots__ = ("networks", "header", "header_bytes", "_parse", "_memo", "_named")
 
     def __init__(self, trusted: Iterable[str], header: str = X_FORWARDED_FOR) -> None:
         if header not in (X_FORWARDED_FOR, FORWARDED):
@@ -152,6 +154,7 @@ class ClientAddresses:
         self.header_bytes = header.encode("ascii")  # as the HTTP/1.1 shell keys its headers
         self._parse = x_forwarded_for if header == X_FORWARDED_FOR else forwarded_for
         self._memo: dict[str, tuple[str, bool] | None] = {}
+        self._named: dict[str | bytes, str | None] = {}  # header value → the client it names (None: the peer)
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -186,9 +189,22 @@ class ClientAddresses:
         """
         if value is None or not self.trusts(peer):
             return peer
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        client = peer
+        return self.forwarded(peer, value)
+
+    def forwarded(self, peer: str, value: str | bytes) -> str:
+        """As `resolve`, for a `peer` already known to be trusted (a listener asks once per connection)."""
+        named = self._named
+        try:
+            client = named[value]
+        except KeyError:
+            if len(named) >= MEMO_BOUND:
+                named.clear()
+            client = named[value] = self._walk(value.decode("latin-1") if isinstance(value, bytes) else value)
+        return peer if client is None else client
+
+    def _walk(self, value: str) -> str | None:
+        """The hop a value names as the client, walking from the right; None: not even the nearest is readable."""
+        client = None
         for hop in reversed(self._parse(value)[-MAX_HOPS:]):
             entry = None if hop is None else self._lookup(hop)
             if entry is None:

@@ -427,7 +427,10 @@ class PlayerConnection(asyncio.Protocol):
         """The client a trusted proxy names for this request (kept on it for the access log)."""
         addresses = self.server.addresses
         assert addresses is not None
-        client = request.client = addresses.resolve(self.peer, request.headers.get(addresses.header_bytes))
+        value = request.headers.get(addresses.header_bytes)
+        if value is None:
+            return self.peer
+        client = request.client = addresses.forwarded(self.peer, value)
         return client
 
     def _send(self, request: Request | None, plan: Plan) -> None:
