@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hitpath import measure
+from hitpath import measure, print_hits
 from lib.procs import ROOT
 from lib.report import header, save
 from lib.trees import add_also_tree, label
@@ -99,9 +99,8 @@ def main() -> int:
         if args.also_tree:
             hits[f"plain connection, {label(args.also_tree)}"] = measure(args.also_tree, args.quick, Path(tmp))
     report["hit_path"] = hits
-    print(f"\n{'hit path':44} {'instructions/hit':>17} {'us/hit':>8}")
-    for name, r in hits.items():
-        print(f"{name:44} {r.get('instructions_per_hit', '-'):>17} {r['us_per_hit']:>8}")
+    print()
+    print_hits("hit path", hits, 44)
     save("forwarded", report, "-quick" if args.quick else "")
     print(json.dumps(report))
     return 0

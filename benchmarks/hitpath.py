@@ -65,6 +65,13 @@ def measure(tree: Path, quick: bool, work: Path, extra: tuple[str, ...] = ()) ->
     return out
 
 
+def print_hits(title: str, rows: dict[str, dict[str, Any]], width: int) -> None:
+    """One line per `measure()` result: instructions and microseconds per hit."""
+    print(f"{title:{width}} {'instructions/hit':>17} {'us/hit':>8}")
+    for name, r in rows.items():
+        print(f"{name:{width}} {r.get('instructions_per_hit', '-'):>17} {r['us_per_hit']:>8}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer hits and passes")
@@ -75,9 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="livecdn-hitpath-") as tmp:
         for name, tree in trees.items():
             report["trees"][name] = measure(tree, args.quick, Path(tmp))
-    print(f"{'tree':24} {'instructions/hit':>17} {'us/hit':>8}")
-    for name, r in report["trees"].items():
-        print(f"{name:24} {r.get('instructions_per_hit', '-'):>17} {r['us_per_hit']:>8}")
+    print_hits("tree", report["trees"], 24)
     if args.also_tree and report["valgrind"]:
         ours, theirs = (report["trees"][n]["instructions_per_hit"] for n in trees)
         report["instructions_ratio"] = round(ours / theirs, 4)

@@ -7,7 +7,8 @@ anyone else the headers are ignored, or every client could pick its address
 the address it got the request from, so the list is read from the right: the
 right-most address that is not itself a trusted hop is the client. Entries to
 its left were written by that client (or its own proxies) and cannot be
-believed. What cannot be read (garbage, an `unknown` or obfuscated Forwarded
+believed, so they are not even read: a header is split from its right end,
+at most `MAX_HOPS` hops deep. What cannot be read (garbage, an `unknown` or obfuscated Forwarded
 identifier, RFC 7239 section 6.3) ends the walk: the address is then the last
 hop known, never a value the client chose.
 
@@ -21,8 +22,9 @@ Everything here is pure: `ClientAddresses.resolve(peer, value)` has no I/O.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["FORWARDED", "MAX_HOPS", "X_FORWARDED_FOR", "ClientAddresses", "canonical", "forwarded_for",
            "x_forwarded_for"]
@@ -80,20 +82,36 @@ def _port(text: str) -> bool:
 
 
 def x_forwarded_for(value: str) -> list[str]:
-    """The hops of an X-Forwarded-For value, left to right (a repeated header arrives joined by ", ")."""
-    return value.split(",")
+    """The last `MAX_HOPS` hops of an X-Forwarded-For value, right to left (repeated headers arrive joined)."""
+    return value.rsplit(",", MAX_HOPS)[::-1][:MAX_HOPS]  # past MAX_HOPS commas, the unsplit rest is dropped
 
 
-def forwarded_for(value: str) -> list[str | None]:
-    """The `for=` of each element of a Forwarded value, left to right.
+def forwarded_for(value: str) -> Iterator[str | None]:
+    """The `for=` of each element of a Forwarded value, right to left, read only as far as asked.
 
-    An element without `for`, or one that is not well-formed, is None: its
-    hop is unknown (and the walk from the right stops there).
+    Read from the right because only the right end was written by trusted
+    proxies: whatever a client wrote to the left of its own element (an
+    unterminated quote, kilobytes of junk) is never even scanned. An element
+    without `for`, or one that is not well-formed, is None: its hop is
+    unknown (and the walk stops there).
     """
-    hops: list[str | None] = []
-    for element in _elements(value):
-        hops.append(_for(element))
-    return hops
+    end, quoted = len(value), False
+    for i in range(len(value) - 1, -1, -1):
+        ch = value[i]
+        if ch == '"' and not _escaped(value, i):
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            yield _for(value[i + 1:end])
+            end = i
+    yield _for(value[:end])
+
+
+def _escaped(value: str, i: int) -> bool:
+    """Is the character at `i` a quoted-pair's (an odd run of backslashes before it)?"""
+    j = i
+    while j and value[j - 1] == "\\":
+        j -= 1
+    return (i - j) % 2 == 1
 
 
 def _for(element: str) -> str | None:
@@ -117,22 +135,6 @@ def _for(element: str) -> str | None:
     return found
 
 
-def _elements(value: str) -> Iterator[str]:
-    """Comma-separated elements, commas inside quoted strings kept."""
-    start, quoted, escaped = 0, False, False
-    for i, ch in enumerate(value):
-        if escaped:
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            yield value[start:i]
-            start = i + 1
-    yield value[start:]
-
-
 class ClientAddresses:
     """Who the client of a request is, given the connection's peer and the forwarding header.
 
@@ -144,7 +146,7 @@ class ClientAddresses:
         ValueError: a network or the header name is not one (the message names it).
     """
 
-    __slots__ = ("networks", "header", "header_bytes", "_parse", "_memo", "_named")
+    __slots__ = ("networks", "header", "header_bytes", "_hops", "_memo", "_named")
 
     def __init__(self, trusted: Iterable[str], header: str = X_FORWARDED_FOR) -> None:
         if header not in (X_FORWARDED_FOR, FORWARDED):
@@ -152,7 +154,8 @@ class ClientAddresses:
         self.networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in trusted)
         self.header = header
         self.header_bytes = header.encode("ascii")  # as the HTTP/1.1 shell keys its headers
-        self._parse = x_forwarded_for if header == X_FORWARDED_FOR else forwarded_for
+        self._hops: Callable[[str], Iterable[str | None]] = (
+            x_forwarded_for if header == X_FORWARDED_FOR else forwarded_for)
         self._memo: dict[str, tuple[str, bool] | None] = {}
         self._named: dict[str | bytes, str | None] = {}  # header value → the client it names (None: the peer)
 
@@ -205,7 +208,7 @@ class ClientAddresses:
     def _walk(self, value: str) -> str | None:
         """The hop a value names as the client, walking from the right; None: not even the nearest is readable."""
         client = None
-        for hop in reversed(self._parse(value)[-MAX_HOPS:]):
+        for hop in itertools.islice(self._hops(value), MAX_HOPS):
             entry = None if hop is None else self._lookup(hop)
             if entry is None:
                 break  # unreadable or unknown: nothing to its left can be believed
