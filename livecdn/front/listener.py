@@ -43,10 +43,11 @@ player:
   header before anything else, within the header timeout, and only then
   makes its `PlayerConnection` (under TLS, once the handshake is done), with
   the header's source as its peer; per-address connection limits count that
-  address. A connection without a good header is closed and counted. A connection from a trusted proxy
-  (`forwarded.ClientAddresses`) has each request's client read from its
-  forwarding header; such a peer is exempt from the per-address connection
-  limit (it carries many clients), not from `max_connections`.
+  address. A connection without a good header is closed and counted. A
+  connection from a trusted proxy (`forwarded.ClientAddresses`) has each
+  request's client read from its forwarding header; such a peer is exempt
+  from the per-address connection limit (it carries many clients), not from
+  `max_connections`.
 
 Memory per connection is bounded by name whatever a client writes: one
 incomplete head (`http1.MAX_HEAD_BYTES`), `http1.MAX_PENDING` parsed requests
@@ -67,8 +68,8 @@ import logging
 import math
 import os
 import socket
-import ssl
 import time
+from ssl import SSLContext
 from typing import BinaryIO, Protocol
 
 from livecdn.logs import AccessLog
@@ -192,7 +193,7 @@ class PlayerServer:
         return PlayerConnection(self)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024,
-                    ssl: ssl.SSLContext | None = None) -> None:
+                    ssl: SSLContext | None = None) -> None:
         """Listen; with `ssl`, players speak TLS (under a PROXY header: after it)."""
         if self._server is not None or self._acceptor is not None:
             raise RuntimeError("player server already started")

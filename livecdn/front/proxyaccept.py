@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl as _ssl
 from collections import OrderedDict
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import Any
 
 from .proxyproto import ProxyHeaderError, ProxyHeaderParser
@@ -61,7 +61,7 @@ class ProxyAcceptor:
     __slots__ = ("_factory", "_timeout", "_room", "_ssl", "_loop", "_listener", "_reading", "_tasks", "refused")
 
     def __init__(self, factory: Factory, header_timeout: Callable[[], float], room: Callable[[], bool], *,
-                 ssl: _ssl.SSLContext | None = None) -> None:
+                 ssl: SSLContext | None = None) -> None:
         self._factory, self._timeout, self._room, self._ssl = factory, header_timeout, room, ssl
         self._loop = asyncio.get_running_loop()
         self._listener: socket.socket | None = None
