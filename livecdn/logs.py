@@ -21,7 +21,7 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 __all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "report_death", "setup"]
 
@@ -31,7 +31,7 @@ FLUSH_BYTES = 64 << 10
 FLUSH_INTERVAL = 1.0
 # The key under which an aiohttp handler leaves the client address a trusted
 # proxy named (geo/redirect.py), for the access line's "remote".
-CLIENT = "livecdn.client"
+CLIENT = RequestKey("livecdn.client", str)
 
 
 class _JsonFormatter(logging.Formatter):
