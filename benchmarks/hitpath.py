@@ -33,10 +33,11 @@ BENCH = Path(__file__).resolve().parent
 RUN_TIMEOUT = 600.0  # one pass under callgrind runs ~50x slower than without
 
 
-def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None) -> dict[str, Any]:
+def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None,
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
     # A fixed hash seed: dictionary work, and so the instruction count, is then the same run to run.
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}", "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps)]
+    cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps), *extra]
     if callgrind is not None:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]
     elif shutil.which("taskset"):
@@ -51,16 +52,24 @@ def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None) 
     return result
 
 
-def measure(tree: Path, quick: bool, work: Path) -> dict[str, Any]:
+def measure(tree: Path, quick: bool, work: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Microseconds per hit and, with valgrind, instructions per hit; `extra`: hitloop's options."""
     few, many = (2_000, 12_000) if quick else (2_000, 22_000)
     out: dict[str, Any] = {"tree": str(tree), "revision": revision(tree)}
-    wall = hitloop(tree, 20_000 if quick else 100_000, 3 if quick else 7)
+    wall = hitloop(tree, 20_000 if quick else 100_000, 3 if quick else 7, extra=extra)
     out["us_per_hit"] = wall["us_per_hit"]
     if shutil.which("valgrind"):
-        a = hitloop(tree, few, 1, callgrind=work / "few.out")
-        b = hitloop(tree, many, 1, callgrind=work / "many.out")
+        a = hitloop(tree, few, 1, callgrind=work / "few.out", extra=extra)
+        b = hitloop(tree, many, 1, callgrind=work / "many.out", extra=extra)
         out["instructions_per_hit"] = round((b["instructions"] - a["instructions"]) / (many - few))
     return out
+
+
+def print_hits(title: str, rows: dict[str, dict[str, Any]], width: int) -> None:
+    """One line per `measure()` result: instructions and microseconds per hit."""
+    print(f"{title:{width}} {'instructions/hit':>17} {'us/hit':>8}")
+    for name, r in rows.items():
+        print(f"{name:{width}} {r.get('instructions_per_hit', '-'):>17} {r['us_per_hit']:>8}")
 
 
 def main() -> int:
@@ -73,9 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="livecdn-hitpath-") as tmp:
         for name, tree in trees.items():
             report["trees"][name] = measure(tree, args.quick, Path(tmp))
-    print(f"{'tree':24} {'instructions/hit':>17} {'us/hit':>8}")
-    for name, r in report["trees"].items():
-        print(f"{name:24} {r.get('instructions_per_hit', '-'):>17} {r['us_per_hit']:>8}")
+    print_hits("tree", report["trees"], 24)
     if args.also_tree and report["valgrind"]:
         ours, theirs = (report["trees"][n]["instructions_per_hit"] for n in trees)
         report["instructions_ratio"] = round(ours / theirs, 4)

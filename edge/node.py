@@ -19,6 +19,7 @@ from livecdn.cache.engine import Engine
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import EdgeConfig, LimitSettings, Topology
 from livecdn.front.connlimit import ConnectionLimit
+from livecdn.front.forwarded import ClientAddresses
 from livecdn.media.playlist import Manifest
 from livecdn.media.steering import STEERING_PATH, Steering
 from livecdn.node.cache import CacheNode
@@ -63,6 +64,12 @@ class EdgeNode(CacheNode):
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
 
+    def client_addresses(self) -> ClientAddresses:
+        return ClientAddresses(self.config.trusted_proxies, self.config.forwarded_header)
+
+    def proxy_protocol(self) -> bool:
+        return self.config.proxy_protocol
+
     def player_limits(self) -> LimitSettings:
         return self.config.limits
 
@@ -70,12 +77,18 @@ class EdgeNode(CacheNode):
         return self.config.h2c
 
     def reload(self, topology: Topology) -> None:
-        """The upstream list, and this edge's per-client limits (buckets start full again)."""
+        """The upstream list, this edge's per-client limits (buckets start full again) and trusted proxies."""
         super().reload(topology)
         assert self.policy is not None and self.engine is not None
         self.engine.dress = self.dresser(topology)  # manifests stored from now on; `purge` redoes those held
         self.policy.guard.only_if_cached = bool(topology.shields)
         new = topology.edges.get(self.config.name)
+        if new is not None and (new.trusted_proxies, new.forwarded_header) != \
+                (self.config.trusted_proxies, self.config.forwarded_header):
+            self.config = dataclasses.replace(self.config, trusted_proxies=new.trusted_proxies,
+                                              forwarded_header=new.forwarded_header)
+            self.players.addresses = self.client_addresses() or None  # new connections judge their peer by it
+            log.info("edge %s trusts proxies in %s now", self.config.name, ", ".join(new.trusted_proxies) or "none")
         if new is None or new.limits == self.config.limits:
             return
         self.config = dataclasses.replace(self.config, limits=new.limits)

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
+from livecdn.front.forwarded import ClientAddresses
+from livecdn.front.proxyaccept import NamedPeers
 from livecdn.front.redirect import HttpsRedirect
 from livecdn.front.request import Request
 from livecdn.front.tls import ServerTls, read_certificates
@@ -117,7 +119,9 @@ class GeoNode(Lifecycle):
         self._locator = self.open_database(self.topology)
         self.router = Router(self._locator, edge_sites(self.topology))
         self.answerer = Answerer(self._zone(), self.router)
-        self.http = Redirects(self.router)
+        proxied = NamedPeers() if cfg.proxy_protocol else None
+        self.http = Redirects(self.router, ClientAddresses(cfg.trusted_proxies, cfg.forwarded_header) or None,
+                              proxied)
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"livecdn/geo {cfg.name}"})
         self._start_health()
         metrics.watch_router(cfg.name, self._reading)
@@ -128,7 +132,7 @@ class GeoNode(Lifecycle):
         player = web.Application()
         player.router.add_get("/route", self.http.route)
         if cfg.steering.enabled:
-            self.steering = SteeringManifests(self.router, cfg.steering.ttl)
+            self.steering = SteeringManifests(self.router, cfg.steering.ttl, self.http.client)
             player.router.add_get(STEERING_PATH + "/{kind}/{name}", self.steering.manifest)
         player.router.add_route("*", "/{tail:.*}", self.http.redirect)
         admin = web.Application()
@@ -136,7 +140,7 @@ class GeoNode(Lifecycle):
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self.http.route)
         self._access = AccessLog(cfg.name) if self.access_log else None
-        http_port = await self._open_player(player)
+        http_port = await self._open_player(player, proxied)
         admin_port = await self._listeners.open(admin, cfg.admin)
         self._ports = (dns_port, http_port, admin_port)
         log.info("router %s answering DNS for %s on %s (UDP+TCP), HTTP on %s, admin on %s", cfg.name,
@@ -154,18 +158,18 @@ class GeoNode(Lifecycle):
         tls = topology.router.tls if topology.router is not None else None
         return read_certificates(tls, running, path=topology.path, table="router.tls")
 
-    async def _open_player(self, player: web.Application) -> int:
+    async def _open_player(self, player: web.Application, proxied: NamedPeers | None) -> int:
         """The player listener: plain `http`, and `tls.listen` over HTTPS (plain then serves, redirects or is off)."""
         cfg = self.config
         self._tls = self._certificates(self.topology, None)
         if cfg.tls is None or self._tls is None:
-            return await self._listeners.open(player, cfg.http, access_log=self._access)
+            return await self._listeners.open(player, cfg.http, access_log=self._access, proxied=proxied)
         self.tls_port = await self._listeners.open(player, cfg.tls.listen, access_log=self._access,
-                                                   ssl_context=self._tls.context)
+                                                   ssl_context=self._tls.context, proxied=proxied)
         if cfg.tls.plain == "off":
             return 0
         if cfg.tls.plain == "serve":
-            return await self._listeners.open(player, cfg.http, access_log=self._access)
+            return await self._listeners.open(player, cfg.http, access_log=self._access, proxied=proxied)
         to_https = HttpsRedirect(self.tls_port)
 
         async def redirect(request: web.Request) -> web.Response:
@@ -178,7 +182,7 @@ class GeoNode(Lifecycle):
 
         plain = web.Application()
         plain.router.add_route("*", "/{tail:.*}", redirect)
-        return await self._listeners.open(plain, cfg.http, access_log=self._access)
+        return await self._listeners.open(plain, cfg.http, access_log=self._access, proxied=proxied)
 
     def _zone(self) -> Zone:
         cfg = self.config

@@ -1,7 +1,9 @@
 """The router's HTTP answers: a 302 to the nearest healthy edge, and /route's explanation.
 
 Both ask the `Router` (geo/route.py) and turn its decision into a response;
-neither decides anything itself. Every answer carries CORS headers, so a web
+neither decides anything itself. The client is the connection's peer, or the
+address a trusted proxy names (`livecdn.front.forwarded`): behind a load
+balancer the 302 goes by the player's location, not the balancer's. Every answer carries CORS headers, so a web
 player on another origin can follow the redirect and read `/route`.
 """
 
@@ -14,6 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from livecdn.front.forwarded import ClientAddresses
+from livecdn.front.proxyaccept import NamedPeers
+from livecdn.logs import CLIENT
 
 from .choose import distance_km
 from .route import Route, Router
@@ -42,13 +48,28 @@ class Redirects:
 
     Args:
         router: decides which edge a client goes to.
+        addresses: which peers are trusted proxies naming their clients; None: none.
+        proxied: the clients PROXY headers named, when the listener reads them; None: it does not.
     """
 
-    __slots__ = ("router", "counts")
+    __slots__ = ("router", "counts", "addresses", "proxied")
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, addresses: ClientAddresses | None = None,
+                 proxied: NamedPeers | None = None) -> None:
         self.router = router
         self.counts: Counter[str] = Counter()  # redirects per edge name
+        self.addresses = addresses
+        self.proxied = proxied
+
+    def client(self, request: web.Request) -> str:
+        """The player's address: the peer's, the one its PROXY header named, or the one a trusted proxy names."""
+        peer = request.remote or ""
+        if self.proxied is not None and request.transport is not None:
+            peer = self.proxied.source(request.transport.get_extra_info("peername")) or peer
+        if self.addresses is not None:
+            peer = self.addresses.resolve(peer, request.headers.get(self.addresses.header))
+        request[CLIENT] = peer  # the access line's
+        return peer
 
     async def redirect(self, request: web.Request) -> web.Response:
         """A 302 to the chosen edge for GET and HEAD; a CORS preflight answer for OPTIONS."""
@@ -59,7 +80,7 @@ class Redirects:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, text="GET, HEAD or OPTIONS\n",
                                 headers={**CORS, "Allow": "GET, HEAD, OPTIONS"})
-        route = self.router.route(request.remote or "")
+        route = self.router.route(self.client(request))
         self.counts[route.edge.name] += 1
         # The whole path and query go along: the edge sees what the player asked
         # (of an absolute-form target, RFC 9112 §3.2.2, only its path and query).
@@ -69,7 +90,9 @@ class Redirects:
 
     async def route(self, request: web.Request) -> web.Response:
         """Where `?ip=` (default: the caller) would be sent, and why, as JSON."""
-        ip = request.query.get("ip", request.remote or "")
+        ip = request.query.get("ip")
+        if ip is None:
+            ip = self.client(request)
         try:
             ipaddress.ip_address(ip)
         except ValueError:

@@ -21,14 +21,17 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
-__all__ = ["AccessLog", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "report_death", "setup"]
+__all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "report_death", "setup"]
 
 # Access lines are held until this many bytes are waiting, or for FLUSH_INTERVAL
 # seconds after the first of them, whichever comes first; then one write.
 FLUSH_BYTES = 64 << 10
 FLUSH_INTERVAL = 1.0
+# The key under which an aiohttp handler leaves the client address a trusted
+# proxy named (geo/redirect.py), for the access line's "remote".
+CLIENT = RequestKey("livecdn.client", str)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -148,6 +151,6 @@ class JsonAccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
         access: AccessLog = self.logger  # type: ignore[assignment]
-        access.write(request.remote or "", request.method, request.raw_path, response.status,
+        access.write(request.get(CLIENT) or request.remote or "", request.method, request.raw_path, response.status,
                      response.body_length, duration, response.headers.get("X-Cache", ""),
                      request.headers.get("User-Agent", ""))

@@ -123,6 +123,11 @@ prefetch = false
      "router.addresses.e[0]: '10.0.0.300' does not appear to be an IPv4 or IPv6 address"),
     ("[shields.t]\nlisten = \"127.0.0.1:8300\"\nadmin = \"127.0.0.1:9301\"",
      "shields.t.listen: 127.0.0.1:8300 is already used by shields.s.listen"),
+    ('[cdn]\ntrusted_proxies = ["10.0.0.1/8"]',
+     "cdn.trusted_proxies[0]: not an IP network (ADDRESS/PREFIX, no host bits set): 10.0.0.1/8 has host bits set"),
+    ('[cdn]\ntrusted_proxies = "10.0.0.0/8"', "cdn.trusted_proxies: expected an array, got '10.0.0.0/8'"),
+    ('[cdn]\nforwarded_header = "x-real-ip"',
+     "cdn.forwarded_header: expected one of 'x-forwarded-for', 'forwarded', got 'x-real-ip'"),
 ])
 def test_each_error_names_file_key_and_problem(tmp_path: Path, extra: str, expected: str) -> None:
     assert problem(tmp_path, MINIMAL + extra + "\n") == expected
@@ -143,10 +148,33 @@ def test_each_error_names_file_key_and_problem(tmp_path: Path, extra: str, expec
     ('url = "http://127.0.0.1:9/"', 'url = "ftp://x"', "origin.url: expected an http(s) URL, got 'ftp://x'"),
     ('[edges.e]\nregion = "eu"\nlisten = "127.0.1.1:8080"', '[edges.e]\nregion = "eu"\nlisten = "127.0.0.1:8000"',
      "edges.e.listen: 127.0.0.1:8000 is already used by router.http"),
+    ('[edges.e]\n', '[edges.e]\ntrusted_proxies = ["fe80::/10", "nope"]\n',
+     "edges.e.trusted_proxies[1]: not an IP network (ADDRESS/PREFIX, no host bits set): "
+     "'nope' does not appear to be an IPv4 or IPv6 network"),
+    ('[router]\n', '[router]\nproxy_protocol = "yes"\n', "router.proxy_protocol: expected true or false, got 'yes'"),
 ])
 def test_cross_references_and_required_keys(tmp_path: Path, old: str, new: str, expected: str) -> None:
     assert old in MINIMAL
     assert problem(tmp_path, MINIMAL.replace(old, new, 1)) == expected
+
+
+def test_cdn_trusted_proxies_cascade_under_edges_and_router_unless_they_give_their_own(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[edges.e]\n", '[edges.e]\ntrusted_proxies = []\nproxy_protocol = true\n') + """
+[edges.f]
+region = "eu"
+listen = "127.0.1.2:8080"
+admin = "127.0.1.2:9080"
+[cdn]
+trusted_proxies = ["10.0.0.0/8", "2001:DB8::/32", "127.0.0.1"]
+forwarded_header = "forwarded"
+"""
+    topo = load(write(tmp_path, text))
+    e, f, router = topo.edges["e"], topo.edges["f"], topo.router
+    assert router is not None
+    assert (e.trusted_proxies, e.forwarded_header, e.proxy_protocol) == ((), "forwarded", True)
+    canonical = ("10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32")
+    assert (f.trusted_proxies, f.proxy_protocol) == (canonical, False)
+    assert (router.trusted_proxies, router.forwarded_header, router.proxy_protocol) == (canonical, "forwarded", False)
 
 
 def test_the_builtin_origin_is_read_by_the_same_reader(tmp_path: Path) -> None:

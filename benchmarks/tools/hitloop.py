@@ -6,6 +6,8 @@ Imports livecdn from whatever tree is first on the path (this layout or the
 flat one before issue 9), builds an edge's engine, front and policy (prefetch
 bookkeeping on, access log off, as `speed.py` runs it), puts one 1 KiB
 segment in the memory tier and feeds N one-request reads to one connection.
+With `--forwarded`, the connection is from a trusted proxy and each request
+names its client in X-Forwarded-For (issue 13's resolution on every hit).
 Prints one JSON line: microseconds per hit (median of R passes) and hits.
 """
 
@@ -70,17 +72,26 @@ class Transport:
     def resume_reading(self) -> None: ...
 
 
-async def loop(hits: int, reps: int) -> dict[str, float]:
+# What a load balancer in front of the edge adds: the player, and the balancer's own hop.
+FORWARDED = "X-Forwarded-For: 203.0.113.7, 10.0.0.2\r\n"
+
+
+async def loop(hits: int, reps: int, forwarded: bool = False) -> dict[str, float]:
     memory = MemoryStore(64 << 20)
     engine = Engine("bench", memory, None, lambda key: ("http://upstream.invalid",), Rules(), 1 << 24, 1.0)
     memory.put(Stored(KEY, 200, (("content-type", "video/mp2t"),), b"x" * 1024, time.time(),
                       Lifetime(3600, 0, 0), Kind.MEDIA))
     local = Address("127.0.0.1", 0)
     front = PlayerFront(engine, "bench", EdgePolicy(EdgeConfig("bench", "eu", local, local, (50.0, 8.0)), engine))
-    conn = PlayerServer(front)()
+    if forwarded:
+        from livecdn.front.forwarded import ClientAddresses  # issue 13's trees only
+        server = PlayerServer(front, addresses=ClientAddresses(["127.0.0.1/32", "10.0.0.0/8"]))
+    else:
+        server = PlayerServer(front)
+    conn = server()
     transport = Transport()
     conn.connection_made(transport)
-    request = f"GET {KEY} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n\r\n".encode()
+    request = f"GET {KEY} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n{FORWARDED if forwarded else ''}\r\n".encode()
     passes = []
     for _ in range(reps):
         started = time.perf_counter()
@@ -96,8 +107,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hits", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--forwarded", action="store_true", help="a trusted proxy's connection, X-Forwarded-For per request")
     args = p.parse_args()
-    print(json.dumps(uvloop.run(loop(args.hits, args.reps))))
+    print(json.dumps(uvloop.run(loop(args.hits, args.reps, args.forwarded))))
 
 
 if __name__ == "__main__":

@@ -182,8 +182,8 @@ def load(path: str | Path) -> Topology:
     for n, t in _tables(path, top, "edges"):
         # An unknown region lends no location; `_check` then names the region as the fault.
         place = next((r.location for r in regions.values() if r.name == t.get("region")), None)
-        edges[n] = _node(path, f"edges.{n}", EdgeConfig, t, n, {"location": place, **under})
-    router = _router(path, top["router"], cdn.hostname, edges) if "router" in top else None
+        edges[n] = _node(path, f"edges.{n}", EdgeConfig, t, n, {"location": place, **under, **_proxies(cdn)})
+    router = _router(path, top["router"], cdn, edges) if "router" in top else None
     try:
         topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router,
                             origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token)
@@ -249,15 +249,22 @@ def _tls_beside(path: str, tls: TlsSettings | None) -> TlsSettings | None:
     return _beside(path, dataclasses.replace(tls, certificates=certs))
 
 
-def _router(path: str, table: Any, hostname: str, edges: dict[str, EdgeConfig]) -> RouterConfig:
+def _proxies(cdn: CdnSettings) -> dict[str, Any]:
+    """What `[cdn]` says of load balancers, for every edge and the router that says nothing itself."""
+    return {"trusted_proxies": cdn.trusted_proxies, "forwarded_header": cdn.forwarded_header}
+
+
+def _router(path: str, table: Any, cdn: CdnSettings, edges: dict[str, EdgeConfig]) -> RouterConfig:
     """`[router]`: its zone, name servers and edge addresses default from the rest of the file."""
     table = _table(path, "router", table)
+    hostname = cdn.hostname
     try:
         parent = dns_name(hostname).split(".", 1)[-1]
     except ValueError as e:
         raise ConfigError(path, "cdn.hostname", str(e)) from None
     zone = table.get("zone", parent)  # read (and so checked) with the rest of the table
-    router = _read(path, "router", RouterConfig, table, defaults={"zone": parent, "nameservers": (f"ns1.{zone}",)})
+    router = _read(path, "router", RouterConfig, table,
+                   defaults={"zone": parent, "nameservers": (f"ns1.{zone}",), **_proxies(cdn)})
     database = str(Path(path).resolve().parent / router.database)  # an absolute one stays as it is
     router = dataclasses.replace(router, tls=_tls_beside(path, router.tls))
     addresses = dict(router.addresses)

@@ -128,6 +128,20 @@ OptionalUrl = Annotated[str, Check(lambda text: _http_url(text) if text else tex
 DnsName = Annotated[str, Check(dns_name)]
 IpAddress = Annotated[str, Check(lambda text: str(ipaddress.ip_address(text)))]
 HttpUrl = Annotated[str, Check(_http_url)]
+
+
+def _network(text: str) -> str:
+    """`"10.0.0.0/8"`, `"127.0.0.1"` (one address), `"::1/128"` → canonical; ValueError says what is wrong."""
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError as e:
+        raise ValueError(f"not an IP network (ADDRESS/PREFIX, no host bits set): {e}") from None
+
+
+# Behind load balancers (livecdn/front/forwarded.py, proxyproto.py): the networks whose
+# hops may name their client, and the header they write it in.
+TrustedProxies = tuple[Annotated[str, Check(_network)], ...]
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
 Location = tuple[Annotated[float, Degrees, Min(-90), Max(90)], Annotated[float, Degrees, Min(-180), Max(180)]]
 TargetDuration = Annotated[float, Seconds, Above(0)]  # the origin's and its timeline's
 Window = Annotated[int, Min(1)]  # segments in a live media playlist
@@ -547,6 +561,10 @@ class EdgeConfig(_PlayerListener, Checked):
     cache: CacheSettings = field(default_factory=CacheSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Real client addresses: in the file, [cdn]'s trusted_proxies and forwarded_header by default.
+    trusted_proxies: TrustedProxies = ()
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
+    proxy_protocol: bool = False  # every connection to `listen` begins with a PROXY header (v1/v2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -567,6 +585,10 @@ class RouterConfig(Checked):
     health: HealthSettings = field(default_factory=HealthSettings)
     tls: TlsSettings | None = None  # an HTTPS listener beside (or instead of) `http`
     steering: SteeringSettings = field(default_factory=SteeringSettings)
+    # As an edge's, for the `http` listener (its 302s go by the client's location).
+    trusted_proxies: TrustedProxies = ()
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
+    proxy_protocol: bool = False
 
     @property
     def steering_url(self) -> str:
@@ -583,6 +605,8 @@ class CdnSettings(Checked):
     hostname: str = "cdn.livecdn.test"  # the name players resolve (the router answers for it)
     play_path: Annotated[str, match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
     admin_token: AdminToken = ""  # bearer token of the purge API on every admin listener ("": purge disabled)
+    trusted_proxies: TrustedProxies = ()  # every edge's and the router's, unless a node gives its own
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,16 @@ player:
   bytes and destroys the answer with it (Apache's lingering close).
 - a request head must arrive whole within `header_timeout` of its first
   byte (else a 408), and a new connection must begin one within as long.
+- behind load balancers: a listener with `proxy_protocol` accepts through a
+  `ProxyAcceptor` (`proxyaccept.py`), which reads each connection's PROXY
+  header before anything else, within the header timeout, and only then
+  makes its `PlayerConnection` (under TLS, once the handshake is done), with
+  the header's source as its peer; per-address connection limits count that
+  address. A connection without a good header is closed and counted. A
+  connection from a trusted proxy (`forwarded.ClientAddresses`) has each
+  request's client read from its forwarding header; such a peer is exempt
+  from the per-address connection limit (it carries many clients), not from
+  `max_connections`.
 
 Memory per connection is bounded by name whatever a client writes: one
 incomplete head (`http1.MAX_HEAD_BYTES`), `http1.MAX_PENDING` parsed requests
@@ -72,10 +82,12 @@ from livecdn.logs import AccessLog
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
+from .forwarded import ClientAddresses
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
 from .http2 import PREFACE
 from .listener_h2 import Http2Connection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
+from .proxyaccept import ProxyAcceptor
 from .request import Request
 
 __all__ = ["FILE_CHUNK", "HANDSHAKE_TIMEOUT", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_TIMEOUT", "LINGER",
@@ -144,18 +156,22 @@ class PlayerServer:
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
         h2c: whether a plain connection that begins with the HTTP/2 preface is served HTTP/2.
+        addresses: which peers are trusted proxies and which header names their clients; None: none.
+        proxy_protocol: every connection must begin with a PROXY header (v1 or v2), read before TLS.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "h2c", "connections", "lingering", "refused", "closing", "_servers", "_all_closed")
+                 "access", "h2c", "addresses", "proxy_protocol", "connections", "lingering", "refused",
+                 "closing", "_servers", "_acceptors", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
                  connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
-                 h2c: bool = True) -> None:
+                 h2c: bool = True, addresses: ClientAddresses | None = None,
+                 proxy_protocol: bool = False) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -168,12 +184,15 @@ class PlayerServer:
         self.connection_limit = connection_limit
         self.access = access_log
         self.h2c = h2c
+        self.addresses = addresses if addresses else None  # None: no peer is trusted (one check per connection)
+        self.proxy_protocol = proxy_protocol
         self.connections: set[PlayerConnection | Http2Connection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
         self.closing = False  # shutdown began
         self._servers: list[asyncio.Server] = []  # one per address: plain, TLS
+        self._acceptors: list[ProxyAcceptor] = []  # instead of `_servers`, with `proxy_protocol`
         self._all_closed: asyncio.Future[None] | None = None
 
     def __call__(self) -> PlayerConnection:
@@ -181,7 +200,8 @@ class PlayerServer:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024,
                     ssl: SSLContext | None = None, handler: Handler | None = None) -> int:
-        """Listen on one more address: plain, or TLS with `ssl`; `handler` answers there instead of `handler`.
+        """Listen on one more address: plain, or TLS with `ssl` (under a PROXY header: after it);
+        `handler` answers there instead of `handler`.
 
         Every address shares this server's connections and bounds (a client's
         connections count once whichever port they came in on) and its shutdown.
@@ -191,6 +211,12 @@ class PlayerServer:
         """
         if self.closing:
             raise RuntimeError("player server is shutting down")
+        if self.proxy_protocol:
+            acceptor = ProxyAcceptor(lambda source, _: PlayerConnection(self, handler, source),
+                                     lambda: self.header_timeout, self._proxy_capacity, ssl=ssl)
+            acceptor.open(host, port, reuse_port=reuse_port, backlog=backlog)
+            self._acceptors.append(acceptor)
+            return acceptor.port
         factory: Callable[[], PlayerConnection] = self if handler is None else \
             functools.partial(PlayerConnection, self, handler)
         server = await asyncio.get_running_loop().create_server(
@@ -199,17 +225,32 @@ class PlayerServer:
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
+    def _proxy_capacity(self) -> bool:
+        """Room for one more connection whose PROXY header is still to come (`max_connections`)."""
+        if self.max_connections is not None and self.open >= self.max_connections:
+            self.refused += 1
+            return False
+        return True
+
     @property
     def port(self) -> int:
         """The port first bound (so port 0 works)."""
+        if self._acceptors:
+            return self._acceptors[0].port
         if not self._servers or not self._servers[0].sockets:
             raise RuntimeError("player server is not listening")
         return int(self._servers[0].sockets[0].getsockname()[1])
 
     @property
+    def refused_proxy(self) -> int:
+        """Connections closed for a missing, bad or late PROXY header (or a failed TLS handshake after one)."""
+        return sum(a.refused for a in self._acceptors)
+
+    @property
     def open(self) -> int:
-        """Player connections this process holds now (those closing included)."""
-        return len(self.connections) + len(self.lingering)
+        """Player connections this process holds now (those closing, and those awaiting a PROXY header, included)."""
+        pending = sum(a.pending for a in self._acceptors)
+        return len(self.connections) + len(self.lingering) + pending
 
     def closed(self, conn: PlayerConnection | Http2Connection) -> None:
         self.connections.discard(conn)
@@ -225,6 +266,8 @@ class PlayerServer:
         self.closing = True
         while self._servers:
             self._servers.pop().close()
+        for acceptor in self._acceptors:
+            await acceptor.close()  # kept: `port` and `refused_proxy` stay readable
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -243,14 +286,17 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded")
+                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded",
+                 "_forwards")
 
-    def __init__(self, server: PlayerServer, handler: Handler | None = None) -> None:
+    def __init__(self, server: PlayerServer, handler: Handler | None = None, peer: str = "") -> None:
+        """`handler`: the address's own (`PlayerServer.start`); `peer`: the client a PROXY header named
+        (`proxyaccept`), "": the socket's peer."""
         self.server = server
         self.handler = server.handler if handler is None else handler  # an address's own (`PlayerServer.start`)
         self.access = server.access
         self.transport: asyncio.Transport | None = None
-        self.peer = ""
+        self.peer = peer
         self.h1 = _SILENT  # its own at the first read (`data_received`)
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -264,25 +310,23 @@ class PlayerConnection(asyncio.Protocol):
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
         self._unsent_bounded = False  # TCP_NOTSENT_LOWAT set (`_bound_unsent`)
+        self._forwards = False  # the peer is a trusted proxy: each request names its client
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
-        peername = transport.get_extra_info("peername")
-        self.peer = str(peername[0]) if peername else ""
         server = self.server
-        if server.max_connections is not None and server.open >= server.max_connections:
-            server.refused += 1
-            self._refuse(OVERLOADED)
-            return
-        limit = server.connection_limit
-        if limit is not None:
-            if not limit.opened(self.peer):
-                self._refuse(REFUSAL)
+        if not self.peer:  # (a PROXY header's: the acceptor found room for it when it took the socket)
+            peername = transport.get_extra_info("peername")
+            self.peer = str(peername[0]) if peername else ""
+            if server.max_connections is not None and server.open >= server.max_connections:
+                server.refused += 1
+                self._refuse(OVERLOADED)
                 return
-            self._counted = True
+        if not self._admit():
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
@@ -311,6 +355,16 @@ class PlayerConnection(asyncio.Protocol):
         self.server.connections.add(h2)
         self.transport.set_protocol(h2)  # type: ignore[union-attr]
         h2.start(data)
+    def _admit(self) -> bool:
+        """Count the connection against its address's limit (a trusted proxy's is not); False: refused."""
+        addresses, limit = self.server.addresses, self.server.connection_limit
+        self._forwards = addresses is not None and addresses.trusts(self.peer)
+        if limit is not None and not self._forwards:
+            if not limit.opened(self.peer):
+                self._refuse(REFUSAL)
+                return False
+            self._counted = True
+        return True
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
@@ -400,7 +454,8 @@ class PlayerConnection(asyncio.Protocol):
                 event.received = time.perf_counter()  # type: ignore[union-attr]
             now = time.time()
             try:
-                plan = handler.answer_now(event, self.peer, now)  # type: ignore[arg-type]
+                plan = handler.answer_now(event, self._client(event) if self._forwards else self.peer,  # type: ignore
+                                          now)
             except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
                 plan = self._failed(event)  # type: ignore[arg-type]
             if type(plan) is Later:
@@ -422,9 +477,14 @@ class PlayerConnection(asyncio.Protocol):
         if self.access is not None:
             request.received = time.perf_counter()
         try:
-            return self.handler.answer_now(request, self.peer, time.time())
+            return self.handler.answer_now(request, self._client(request) if self._forwards else self.peer,
+                                           time.time())
         except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
             return self._failed(request)
+
+    def _client(self, request: Request) -> str:
+        """The client a trusted proxy names for this request."""
+        return self.server.addresses.client_of(self.peer, request)  # type: ignore[union-attr]  # `_forwards`
 
     def _send(self, request: Request | None, plan: Plan) -> None:
         """Write an answer whose body is in hand."""
@@ -545,7 +605,8 @@ class PlayerConnection(asyncio.Protocol):
         """The answer's one access line (when the node keeps them)."""
         if self.access is not None:
             took = time.perf_counter() - request.received if request.received else 0.0
-            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
+            self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
+                              sent, took,
                               plan.cache.header if plan.cache is not None else "",
                               request.header(b"user-agent") or "")
 

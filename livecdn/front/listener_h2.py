@@ -43,6 +43,7 @@ from livecdn.logs import AccessLog
 
 from .connlimit import ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
+from .forwarded import ClientAddresses
 from .http2 import RequestReceived, RequestRejected, ServerConnection, StreamCancelled
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
@@ -71,6 +72,7 @@ class Server(Protocol):
     access: AccessLog | None
     connections: set[Any]
     connection_limit: ConnectionLimit | None
+    addresses: ClientAddresses | None
     keepalive_timeout: float
     header_timeout: float
     closing: bool
@@ -82,7 +84,7 @@ class Http2Connection(asyncio.Protocol):
     """One HTTP/2 player connection: streams in, answers out, each at its own pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h2", "flow", "tasks", "waiters", "_loop",
-                 "_counted", "_timer", "_idle_since", "_served", "_busy", "_stall_since", "_closed")
+                 "_counted", "_timer", "_idle_since", "_served", "_busy", "_stall_since", "_closed", "_forwards")
 
     def __init__(self, server: Server, transport: asyncio.Transport, peer: str, counted: bool,
                  handler: Handler | None = None) -> None:
@@ -91,6 +93,8 @@ class Http2Connection(asyncio.Protocol):
         self.access = server.access
         self.transport = transport
         self.peer = peer
+        # The peer is a trusted proxy: each request names its client (as `PlayerConnection._admit` decides).
+        self._forwards = server.addresses is not None and server.addresses.trusts(peer)
         self.h2 = ServerConnection()
         self.flow = FlowControl(transport)
         self.tasks: dict[int, asyncio.Task[None]] = {}  # streams answered by a task (`Later` plans)
@@ -174,7 +178,9 @@ class Http2Connection(asyncio.Protocol):
         if self.access is not None:
             request.received = time.perf_counter()
         try:
-            plan = self.handler.answer_now(request, self.peer, now)
+            addresses = self.server.addresses
+            client = addresses.client_of(self.peer, request) if addresses is not None and self._forwards else self.peer
+            plan = self.handler.answer_now(request, client, now)
         except Exception:  # noqa: BLE001 - one request's bug must not wedge the connection
             plan = self._failed(request)
         if type(plan) is Later:
@@ -281,8 +287,8 @@ class Http2Connection(asyncio.Protocol):
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         if self.access is not None:
             took = time.perf_counter() - request.received if request.received else 0.0
-            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
-                              plan.cache.header if plan.cache is not None else "",
+            self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status, sent,
+                              took, plan.cache.header if plan.cache is not None else "",
                               request.header(b"user-agent") or "", "HTTP/2")
 
     # --- writing: the one place frames become bytes ---

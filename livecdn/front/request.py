@@ -13,9 +13,11 @@ class Request:
     stay open after the answer (HTTP/1.0 needs `Connection: keep-alive`; a
     request that carries a body is never kept: its body is not read).
     `received` is when the shell took the request, for the access log (0 when it does not time them).
+    `client` is the address a trusted proxy named for it (`livecdn.front.forwarded`); "" when the
+    connection's own peer is the client.
     """
 
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "received")
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "received", "client")
 
     def __init__(self, method: str, target: str, version: str, headers: dict[bytes, bytes],
                  keep_alive: bool) -> None:
@@ -25,6 +27,7 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.received = 0.0
+        self.client = ""
 
     def header(self, name: bytes) -> str | None:
         """A header's value as text, by lower-cased name."""

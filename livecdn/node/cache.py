@@ -34,6 +34,7 @@ from livecdn.config import CacheSettings, ConfigError, EdgeConfig, LimitSettings
 from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
 from livecdn.front.answers import PlayerFront, Policy
 from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_budget, per_process
+from livecdn.front.forwarded import ClientAddresses
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
 from livecdn.front.redirect import HttpsRedirect
@@ -156,6 +157,14 @@ class CacheNode(Lifecycle):
         """Open player connections allowed per client address (None: unlimited)."""
         return None
 
+    def client_addresses(self) -> ClientAddresses | None:
+        """Which peers are trusted proxies naming their clients (None: none; a shield's peers are edges)."""
+        return None
+
+    def proxy_protocol(self) -> bool:
+        """Whether every player connection begins with a PROXY header."""
+        return False
+
     def player_limits(self) -> LimitSettings:
         """The player listener's bounds (`max_connections`, `header_timeout`); a shield takes the defaults."""
         return LimitSettings()
@@ -194,6 +203,7 @@ class CacheNode(Lifecycle):
                 "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
                 "max_connections": players.max_connections, "refused_connections": players.refused,
+                "refused_proxy_headers": players.refused_proxy,
                 "disk": self.disk_state}
 
     def connections_overloaded(self) -> bool:
@@ -266,7 +276,8 @@ class CacheNode(Lifecycle):
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None,
-                               h2c=self.h2c())
+                               h2c=self.h2c(), addresses=self.client_addresses(),
+                               proxy_protocol=self.proxy_protocol())
         await self._listen(players)
         self._players = players
         self.apply_player_limits(self.player_limits())

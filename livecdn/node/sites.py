@@ -14,6 +14,7 @@ import ssl
 from aiohttp import web
 
 from livecdn.config import Address
+from livecdn.front.proxyaccept import NamedPeers, ProxyAcceptor
 from livecdn.logs import AccessLog, JsonAccessLogger
 
 __all__ = ["SITE_DRAIN", "Sites"]
@@ -32,17 +33,23 @@ class Sites:
         shutdown_timeout: seconds each listener waits for its answers in flight when closed.
     """
 
-    __slots__ = ("shutdown_timeout", "_runners")
+    __slots__ = ("shutdown_timeout", "_runners", "_acceptors")
 
     def __init__(self, shutdown_timeout: float = SITE_DRAIN) -> None:
         if shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout must not be negative, got {shutdown_timeout!r}")
         self.shutdown_timeout = shutdown_timeout
         self._runners: list[web.AppRunner] = []
+        self._acceptors: dict[web.AppRunner, ProxyAcceptor] = {}  # listeners that read a PROXY header first
 
     async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
-                   reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None) -> int:
+                   reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None,
+                   proxied: NamedPeers | None = None, header_timeout: float = 10.0) -> int:
         """Serve `app` on `addr` (over TLS with `ssl_context`), logging answers to `access_log`.
+
+        With `proxied`, every connection begins with a PROXY header (within
+        `header_timeout` seconds), read before aiohttp sees the connection;
+        `proxied` then knows each connection's client.
 
         Returns:
             The port actually bound, so an address with port 0 works.
@@ -53,6 +60,20 @@ class Sites:
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=self.shutdown_timeout,
                                **kwargs)  # type: ignore[arg-type]
         await runner.setup()
+        if proxied is not None:
+            # aiohttp's own request handler per connection, once its header is read; no site of aiohttp's.
+            server = runner.server
+            assert server is not None  # made by setup()
+            acceptor = ProxyAcceptor(proxied.factory(server), lambda: header_timeout, lambda: True,
+                                     ssl=ssl_context)
+            try:
+                acceptor.open(addr.host, addr.port, reuse_port=reuse_port, backlog=1024)
+            except BaseException:
+                await runner.cleanup()
+                raise
+            self._runners.append(runner)
+            self._acceptors[runner] = acceptor
+            return acceptor.port
         site = web.TCPSite(runner, addr.host, addr.port, reuse_port=reuse_port, backlog=1024, ssl_context=ssl_context)
         try:
             await site.start()
@@ -67,5 +88,8 @@ class Sites:
         while self._runners:
             # Forgotten only once cleaned up: a close cancelled part-way (a forced
             # stop) leaves the runner here for the next close to finish.
+            if (acceptor := self._acceptors.get(self._runners[-1])) is not None:
+                await acceptor.close()  # safe twice
             await self._runners[-1].cleanup()
+            self._acceptors.pop(self._runners[-1], None)
             self._runners.pop()
