@@ -41,7 +41,7 @@ class EdgeNode(CacheNode):
         return super().patience() + self.config.cache.first_byte_timeout
 
     def make_policy(self, engine: Engine) -> EdgePolicy:
-        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
+        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields), signing=self.topology.signing)
 
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
@@ -50,10 +50,11 @@ class EdgeNode(CacheNode):
         return self.config.limits
 
     def reload(self, topology: Topology) -> None:
-        """The upstream list, and this edge's per-client limits (buckets start full again)."""
+        """The upstream list, the signing keys, and this edge's per-client limits (buckets start full again)."""
         super().reload(topology)
         assert self.policy is not None
         self.policy.guard.only_if_cached = bool(topology.shields)
+        self.policy.sign(topology.signing)
         new = topology.edges.get(self.config.name)
         if new is None or new.limits == self.config.limits:
             return

@@ -1,6 +1,7 @@
 """What an edge decides about a request, in the order it decides it.
 
-Every request: the optional all-requests rate (`screen`). A request that would
+Every request: its signed URL's token, where the topology asks for them
+(`tokens`, edge/tokens.py: 403 with a reason); the optional all-requests rate (`screen`). A request that would
 cost a new upstream fetch (nothing in memory or on disk, no fetch in flight to
 join; the engine asks, `livecdn.cache.engine.Admission`): first the guard
 (`check`: names that cannot exist get a 404 with no upstream fetch; a name of
@@ -22,12 +23,13 @@ from livecdn.cache.engine import Admitted, Engine
 from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.stored import Stored
-from livecdn.config import EdgeConfig, LimitSettings
+from livecdn.config import EdgeConfig, LimitSettings, SigningSettings
 from livecdn.front.connlimit import ConnectionLimit
 
 from .guard import StreamGuard
 from .limits import ClientLimits
 from .prefetch import Prefetcher
+from .tokens import TokenGate
 
 __all__ = ["EdgePolicy"]
 
@@ -35,8 +37,10 @@ __all__ = ["EdgePolicy"]
 class EdgePolicy:
     """The edge's policy for the HTTP front (`livecdn.front.answers.Policy`) and the engine (`Admission`)."""
 
-    def __init__(self, config: EdgeConfig, engine: Engine, shields: bool = False) -> None:
-        """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not)."""
+    def __init__(self, config: EdgeConfig, engine: Engine, shields: bool = False,
+                 signing: SigningSettings | None = None) -> None:
+        """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not);
+        `signing`: the topology's signed URLs."""
         self.guard = StreamGuard(config.guard, engine, config.name, only_if_cached=shields)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
@@ -48,6 +52,8 @@ class EdgePolicy:
         self.screen: Callable[[str], None] | None = None
         self.limits: ClientLimits
         self.apply(config.limits)
+        self.tokens: TokenGate | None = None
+        self.sign(signing)
         engine.on_playlist(self._learn)
 
     def apply(self, limits: LimitSettings) -> None:
@@ -55,6 +61,10 @@ class EdgePolicy:
         self.limits = ClientLimits(limits)
         self.screen = self._screen if limits.request_rate else None
         self.connections.limit = limits.connections_per_client
+
+    def sign(self, signing: SigningSettings | None) -> None:
+        """Check signed URLs with these keys from now on (None: no tokens needed); verified tokens are forgotten."""
+        self.tokens = None if signing is None else TokenGate(signing)
 
     def _learn(self, obj: Stored) -> None:
         announced = self.guard.learn(obj)

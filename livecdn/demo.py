@@ -11,6 +11,10 @@ gracefully; children also die with the demo if it is killed outright.
 The demo prints the admin token of the purge API (`"admin_token"` in
 `--json`): the topology's (LIVECDN_ADMIN_TOKEN, else `[cdn] admin_token`),
 or a random one when it has none, handed to every node in its environment.
+With `--signed` edges need signed URLs, under a random key handed to the nodes
+the same way (LIVECDN_SIGNING_KEYS, printed as `"signing_keys"`); the play URL
+printed (`"play"`) is then signed. A topology with its own `[signing]` gets a
+signed play URL too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import secrets
@@ -30,8 +35,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from livecdn.config import Topology
-from livecdn.config.load import TOKEN_ENV
+from livecdn.config import SigningKey, SigningSettings, Topology
+from livecdn.config.load import SIGNING_ENV, TOKEN_ENV
+from livecdn.sign import base_url, signed_path
 
 __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 
@@ -40,6 +46,9 @@ __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1
+# A demo's signed play URL outlives an afternoon of trying it (a topology's own [signing] ttl aside).
+DEMO_TOKEN_TTL = 86400.0
+DEMO_KEY_ID = "demo"
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,18 @@ def plan(topo: Topology) -> list[DemoNode]:
 
 
 def play_url(topo: Topology) -> str:
-    """Where a player starts: the router (it redirects to the nearest edge), else the first edge."""
-    if topo.router is not None:
-        return topo.router.http.url + topo.play_path
-    return next(iter(topo.edges.values())).listen.url + topo.play_path
+    """Where a player starts: the router (it redirects to the nearest edge), else the first edge; signed
+    when the topology asks for tokens."""
+    if topo.signing is None:
+        return base_url(topo) + topo.play_path
+    return base_url(topo) + signed_path(topo, topo.play_path)
+
+
+def _signed(topo: Topology) -> tuple[Topology, str]:
+    """The topology with a random signing key (the only one), and that key as LIVECDN_SIGNING_KEYS says it."""
+    key = SigningKey(DEMO_KEY_ID, secrets.token_urlsafe(32))
+    settings = topo.signing or SigningSettings((key,), ttl=DEMO_TOKEN_TTL)
+    return dataclasses.replace(topo, signing=dataclasses.replace(settings, keys=(key,))), f"{key.id}:{key.secret}"
 
 
 def _die_with_parent() -> None:
@@ -97,9 +114,11 @@ def _sees_every_edge(url: str) -> bool:
 def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
     nodes = plan(topo)
-    play = play_url(topo)
     token = topo.admin_token or secrets.token_urlsafe(24)
     env = {**os.environ, TOKEN_ENV: token}
+    if args.signed:
+        topo, env[SIGNING_ENV] = _signed(topo)
+    play = play_url(topo)
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -123,6 +142,8 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
         router = topo.router
         if args.json:
             info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
+            if SIGNING_ENV in env:
+                info["signing_keys"] = env[SIGNING_ENV]
             if router is not None:
                 info.update(dns=str(router.dns), hostname=topo.hostname)
             print(json.dumps(info), flush=True)
@@ -133,6 +154,9 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
                 print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
                       f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
             print(f"\npurge: {TOKEN_ENV}={token} livecdn purge --config {topo.path} --prefix /live/", flush=True)
+            if SIGNING_ENV in env:
+                print(f"sign:  {SIGNING_ENV}={env[SIGNING_ENV]} livecdn sign --config {topo.path} "
+                      f"{topo.play_path}   (unsigned requests get 403)", flush=True)
             print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
         while not stop_requested:
             for name, child in children.items():

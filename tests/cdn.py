@@ -35,6 +35,7 @@ from livecdn.config import (
     LimitSettings,
     Region,
     ShieldConfig,
+    SigningSettings,
     Topology,
 )
 from shield import ShieldNode
@@ -85,8 +86,10 @@ class Stack:
 
     def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
                  cache: CacheSettings | None = None, origin_fallback: bool = False,
-                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS) -> None:
+                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS,
+                 signing: SigningSettings | None = None) -> None:
         self.origin_url = origin_url
+        self.signing = signing
         self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
         self.guard, self.limits = guard, limits
         self.n_shields, self.n_edges = shields, edges
@@ -96,7 +99,7 @@ class Stack:
 
     def _topology(self, shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> Topology:
         return Topology("(test)", "test", "cdn.test", self.origin_url, None,
-                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges)
+                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges, signing=self.signing)
 
     async def start(self) -> Stack:
         local = Address("127.0.0.1", 0)
