@@ -110,7 +110,7 @@ def parse(segment: str) -> Token:
     Raises:
         BadToken: "token malformed" for anything that is not five well-formed fields.
     """
-    parts = segment.split("~") if len(segment) <= MAX_TOKEN_CHARS else ()
+    parts = segment.split("~") if len(segment) <= MAX_TOKEN_CHARS else []
     if len(parts) != _FIELDS:
         raise BadToken("token malformed")
     key, expires, scope, address, mac = parts

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 

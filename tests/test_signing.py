@@ -20,7 +20,7 @@ from livecdn.config import SigningKey, SigningSettings, load
 from livecdn.config.load import SIGNING_ENV
 from livecdn.front.request import Request
 from livecdn.logs import redacted
-from livecdn.signing import BadToken, parse, sign
+from livecdn.signing import parse, sign
 from tests.cdn import ROOT
 from tests.test_config import MINIMAL, problem, write
 

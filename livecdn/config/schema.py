@@ -25,8 +25,8 @@ __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "SigningKey", "SigningSettings", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
-    "optional", "split",
+    "Seconds", "ShieldConfig", "SigningKey", "SigningSettings", "TargetDuration", "Topology", "Unit", "Window", "YEAR",
+    "dns_name", "hints", "match", "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]

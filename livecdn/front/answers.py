@@ -87,8 +87,9 @@ class Policy(Admission, Protocol):
     seen: Callable[[CacheKey, CacheResult], None] | None
     """A request was answered with this cache result."""
 
-    tokens: TokenCheck | None
-    """Signed URLs, when the topology asks for them: every request, first."""
+    @property
+    def tokens(self) -> TokenCheck | None:
+        """Signed URLs, when the topology asks for them: every request, first."""
 
 
 def _wants_gzip(request: Request) -> bool:
