@@ -24,7 +24,9 @@ player:
 - writing is flow-controlled by one `FlowControl` per connection (uvicorn's
   shape, shared with DNS over TCP): the transport's `pause_writing()` /
   `resume_writing()` flip it, and writers await its `drain()`, so a slow
-  player holds back only its own coroutine.
+  player holds back only its own coroutine. The kernel holds at most
+  `UNSENT_LOW` unsent bytes per player, so a client that reads nothing gets
+  a bounded share of answers, not every request it pipelined.
 - connections per client address are counted here (`ConnectionLimit`): past
   the limit a connection gets a ready-made 429 before a byte is parsed; past
   `max_connections` in all (a bound on file descriptors), a ready-made 503.
@@ -71,6 +73,18 @@ __all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_T
 
 log = logging.getLogger("livecdn.front.listener")
 
+# Bytes of answers the kernel may hold for one player before they are sent
+# (TCP_NOTSENT_LOWAT): past it a write blocks and the transport's own buffer,
+# then `pause_writing`, take over. Without it the kernel's autotuned send
+# buffer (up to tcp_wmem's 4 MiB) swallowed thousands of pipelined answers per
+# client that never reads, each costing the loop its work (issue 12: /healthz
+# 218 ms behind 100 such clients). Bytes in flight are not counted, so a fast
+# far player's window is not limited by it.
+UNSENT_LOW = 128 << 10
+# Answers one connection's task gives per turn of the loop when a client
+# pipelines more than one read's worth: with 100 such clients a turn costs
+# 100 × TURN answers before anyone else is served.
+TURN = 4
 # Reading resumes once the queue of parsed requests (at most MAX_PENDING,
 # see http1) is down to this and nothing waits unparsed.
 RESUME_PIPELINED = 4
@@ -251,6 +265,8 @@ class PlayerConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOW)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
         server.connections.add(self)
         # A new connection must begin a request within the header timeout (`_idle_check`); the
@@ -389,7 +405,7 @@ class PlayerConnection(asyncio.Protocol):
                 self._maybe_resume_reading()
                 await self.flow.drain()
                 turn += 1
-                if turn % MAX_PENDING == 0:
+                if turn % TURN == 0:
                     # A client's pipeline of answers in hand (hits, 404s) would otherwise hold the
                     # loop for all of its thousands: other players and /healthz get a turn per batch.
                     await asyncio.sleep(0)
