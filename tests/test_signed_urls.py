@@ -1,21 +1,18 @@
 """Signed URLs at real edges (`livecdn demo` processes: router, two edges, a shield) in front of a fake origin.
 
-The origin runs in a thread of this process so its request log can be read:
+The origin runs in a thread of this process (`origin_thread`) so its request log can be read:
 the origin, and the shield's access lines, must never hold a token. Players
 are tests/test_players.py (hls.js, ffmpeg) and tests/test_dash.py (dash.js).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +24,7 @@ import pytest
 
 from livecdn.signing import sign
 from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
-from tests.fakeorigin import FakeOrigin, body
+from tests.fakeorigin import FakeOrigin, body, origin_thread
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +43,8 @@ MPD = b"""<?xml version="1.0"?>
 """
 
 
-@contextlib.contextmanager
-def threaded_origin() -> Iterator[FakeOrigin]:
-    """A FakeOrigin on its own event loop thread (the demo's processes ask it while the test blocks)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    origin = FakeOrigin()
+def publish(origin: FakeOrigin) -> None:
+    """A live HLS stream under /live/ and a static DASH one under /dash/."""
     origin.routes.update({
         "/live/master.m3u8": body(MASTER, "application/vnd.apple.mpegurl"),
         "/live/720p/index.m3u8": body(MEDIA, "application/vnd.apple.mpegurl"),
@@ -62,14 +54,6 @@ def threaded_origin() -> Iterator[FakeOrigin]:
     origin.routes.update({f"/live/720p/seg{n}.ts": body(b"%d" % n * 1000) for n in range(3)})
     origin.routes.update({f"/dash/v0/chunk-{n:05d}.m4s": body(b"m%d" % n * 500, "video/iso.segment")
                           for n in range(1, 4)})
-    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
-    try:
-        yield origin
-    finally:
-        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def signing_table(*keys: str) -> str:
@@ -80,7 +64,8 @@ def signing_table(*keys: str) -> str:
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[FakeOrigin]:
-    with threaded_origin() as o:
+    with origin_thread() as o:
+        publish(o)
         yield o
 
 
