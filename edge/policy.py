@@ -53,6 +53,7 @@ class EdgePolicy:
         self.limits: ClientLimits
         self.apply(config.limits)
         self.tokens: TokenGate | None = None
+        self._name = config.name
         self.sign(signing)
         engine.on_playlist(self._learn)
 
@@ -64,7 +65,7 @@ class EdgePolicy:
 
     def sign(self, signing: SigningSettings | None) -> None:
         """Check signed URLs with these keys from now on (None: no tokens needed); verified tokens are forgotten."""
-        self.tokens = None if signing is None else TokenGate(signing)
+        self.tokens = None if signing is None else TokenGate(signing, self._name)
 
     def _learn(self, obj: Stored) -> None:
         announced = self.guard.learn(obj)

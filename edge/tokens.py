@@ -16,7 +16,9 @@ signature compare is constant-time (`hmac.compare_digest`).
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
+from livecdn import metrics
 from livecdn.cache.keys import BadRequest
 from livecdn.config import SigningSettings
 from livecdn.front.request import Request
@@ -33,9 +35,11 @@ _SKIP = len(MARK)
 class TokenGate:
     """Signed URLs at one edge process, with the keys and prefixes of one topology (a reload makes a new gate)."""
 
-    __slots__ = ("prefixes", "_secrets", "_verified")
+    __slots__ = ("prefixes", "node", "_secrets", "_verified")
 
-    def __init__(self, settings: SigningSettings) -> None:
+    def __init__(self, settings: SigningSettings, node: str = "") -> None:
+        """`node`: the edge's name, for the refusal counter."""
+        self.node = node
         self.prefixes = settings.prefixes  # normalized paths under these need a token (`require`)
         self._secrets = {k.id: k.secret.encode() for k in settings.keys}
         # token segment → (expires, scope, address): what its verified signature allows
@@ -60,30 +64,34 @@ class TokenGate:
             allowed = self._verify(segment)
         expires, scope, address = allowed
         if now > expires:
-            raise BadRequest("token expired", 403)
+            self._refuse("token expired")
         # The raw path against the (normalized) scope: normalizing can move no path out of a
         # directory it starts with ("..", encoded slashes are refused), only refuse odd spellings.
         if not rest.startswith(scope):
-            raise BadRequest("path out of token scope", 403)
+            self._refuse("path out of token scope")
         if address and address != peer:
-            raise BadRequest("token for another address", 403)
+            self._refuse("token for another address")
         return True
 
     def require(self, path: str) -> None:
         """A request without a token, for this normalized path: refused where the topology asks for tokens."""
         if path.startswith(self.prefixes):
-            raise BadRequest("token missing", 403)
+            self._refuse("token missing")
+
+    def _refuse(self, reason: str) -> NoReturn:
+        metrics.TOKEN_REFUSALS.labels(self.node, reason).inc()
+        raise BadRequest(reason, 403)
 
     def _verify(self, segment: str) -> tuple[int, str, str]:
         try:
             token = parse(segment)
         except BadToken as e:
-            raise BadRequest(e.reason, 403) from None
+            self._refuse(e.reason)
         secret = self._secrets.get(token.key)
         if secret is None:
-            raise BadRequest("token key unknown", 403)
+            self._refuse("token key unknown")
         if not hmac.compare_digest(signature(secret, token), token.mac):
-            raise BadRequest("token signature bad", 403)
+            self._refuse("token signature bad")
         verified = self._verified
         if len(verified) >= VERIFIED_BOUND:
             verified.clear()

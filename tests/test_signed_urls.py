@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from livecdn.signing import sign
-from tests.cdn import ROOT, run_cdn, topology_toml, wait_until
+from tests.cdn import ROOT, run_cdn, sample, topology_toml, wait_until
 from tests.fakeorigin import FakeOrigin, body, origin_thread
 
 pytestmark = pytest.mark.slow
@@ -128,12 +128,21 @@ def test_missing_malformed_tampered_expired_out_of_scope_tokens_get_403_with_the
         signed("/dash/manifest.mpd").replace("/dash/", "/live/", 1): "path out of token scope",
         sign("/live/master.m3u8", "k9", K1.encode(), int(time.time()) + 60): "token key unknown",
     }
+    admin = next(n["admin"] for n in cdn["nodes"] if n["url"] == e)
+
+    def refusals() -> dict[str, float]:
+        with urllib.request.urlopen(admin + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {reason: sample(text, "livecdn_token_refusals_total", reason=reason) for reason in cases.values()}
+    before = refusals()
     for path, reason in cases.items():
         status, text, headers = get(e + path)
         assert (status, text.decode()) == (403, f"403 {reason}\n"), path
         assert headers["access-control-allow-origin"] == "*"  # a web player can read why
     status, text, _ = get(e + good)
     assert (status, text) == (200, MASTER)
+    after = refusals()
+    assert {r: after[r] - before[r] for r in after} == {r: 1 if r != "token missing" else 2 for r in after}
 
 
 def test_relative_uris_from_a_signed_master_reach_every_segment_and_the_origin_sees_no_token(
