@@ -28,8 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 __all__ = [
     "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
-    "REQUESTS", "TOKEN_REFUSALS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP", "exposition",
-    "RouterReading", "forget_router", "watch_router",
+    "REQUESTS", "TOKEN_REFUSALS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP",
+    "exposition", "RouterReading", "forget_router", "watch_router",
 ]
 
 disable_created_metrics()  # the _created series only double the output of every counter
