@@ -33,10 +33,12 @@ BENCH = Path(__file__).resolve().parent
 RUN_TIMEOUT = 600.0  # one pass under callgrind runs ~50x slower than without
 
 
-def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None) -> dict[str, Any]:
+def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None, signed: bool = False) -> dict[str, Any]:
+    """`tools/hitloop.py` from `tree`; `signed`: every read carries a signed URL (`benchmarks/tokens.py`)."""
     # A fixed hash seed: dictionary work, and so the instruction count, is then the same run to run.
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}", "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps)]
+    cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps),
+           *(["--signed"] if signed else [])]
     if callgrind is not None:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]
     elif shutil.which("taskset"):
@@ -51,14 +53,14 @@ def hitloop(tree: Path, hits: int, reps: int, *, callgrind: Path | None = None) 
     return result
 
 
-def measure(tree: Path, quick: bool, work: Path) -> dict[str, Any]:
+def measure(tree: Path, quick: bool, work: Path, signed: bool = False) -> dict[str, Any]:
     few, many = (2_000, 12_000) if quick else (2_000, 22_000)
     out: dict[str, Any] = {"tree": str(tree), "revision": revision(tree)}
-    wall = hitloop(tree, 20_000 if quick else 100_000, 3 if quick else 7)
+    wall = hitloop(tree, 20_000 if quick else 100_000, 3 if quick else 7, signed=signed)
     out["us_per_hit"] = wall["us_per_hit"]
     if shutil.which("valgrind"):
-        a = hitloop(tree, few, 1, callgrind=work / "few.out")
-        b = hitloop(tree, many, 1, callgrind=work / "many.out")
+        a = hitloop(tree, few, 1, callgrind=work / "few.out", signed=signed)
+        b = hitloop(tree, many, 1, callgrind=work / "many.out", signed=signed)
         out["instructions_per_hit"] = round((b["instructions"] - a["instructions"]) / (many - few))
     return out
 

@@ -9,27 +9,27 @@ Three figures, each the median of several passes (pinned to one core when
 - the check of a token not seen yet (a viewer's first request: parse, HMAC-SHA256,
   constant-time compare);
 - a whole memory hit through the front and listener (`tools/hitloop.py`), with
-  and without signed URLs: their difference is what tokens add to a hit.
+  and without signed URLs: their difference is what tokens add to a hit, in
+  microseconds and (under callgrind, as `hitpath.py` counts them; the same
+  whatever else the machine does) in instructions, also converted to
+  microseconds at the unsigned hit's own rate.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from hitpath import measure
 from lib.procs import ROOT
 from lib.report import header, save
-
-BENCH = Path(__file__).resolve().parent
-RUN_TIMEOUT = 300.0
 
 
 def _passes(run: Any, n: int, reps: int) -> float:
@@ -74,32 +74,31 @@ def gate_figures(n: int, reps: int) -> dict[str, float]:
             "us_per_new_token": _passes(first, min(n, 20_000), reps)}
 
 
-def hitloop(hits: int, reps: int, signed: bool) -> float:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}", "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "tools.hitloop", "--hits", str(hits), "--reps", str(reps)]
-    if signed:
-        cmd.append("--signed")
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0", *cmd]
-    out = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_hit"])
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer calls and passes")
     args = p.parse_args()
     n, reps = (50_000, 3) if args.quick else (200_000, 7)
-    if shutil.which("taskset"):
-        os.sched_setaffinity(0, {0})
-    report = header(args.quick)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})  # the in-process figures; hitloop pins its own runs
+    report = header(args.quick, valgrind=bool(shutil.which("valgrind")))
     report.update(gate_figures(n, reps))
-    plain, signed = hitloop(n // 2, reps, False), hitloop(n // 2, reps, True)
-    report.update(us_per_hit_unsigned=plain, us_per_hit_signed=signed, us_added_per_hit=round(signed - plain, 3))
+    with tempfile.TemporaryDirectory(prefix="livecdn-tokens-") as tmp:
+        plain, signed = (measure(ROOT, args.quick, Path(tmp), signed=s) for s in (False, True))
+    report.update(unsigned_hit=plain, signed_hit=signed,
+                  us_added_per_hit=round(signed["us_per_hit"] - plain["us_per_hit"], 3))
     print(f"{'token check on a hit (remembered token)':44} {report['us_per_remembered_token']:>8} us")
     print(f"{'token check, first request (HMAC-SHA256)':44} {report['us_per_new_token']:>8} us")
-    print(f"{'whole memory hit, no signed URLs':44} {plain:>8} us")
-    print(f"{'whole memory hit, signed URL':44} {signed:>8} us   (+{report['us_added_per_hit']} us)")
+    print(f"{'whole memory hit, no signed URLs':44} {plain['us_per_hit']:>8} us"
+          f"  {plain.get('instructions_per_hit', '-'):>8} instructions")
+    print(f"{'whole memory hit, signed URL':44} {signed['us_per_hit']:>8} us"
+          f"  {signed.get('instructions_per_hit', '-'):>8} instructions")
+    if "instructions_per_hit" in plain:
+        added = signed["instructions_per_hit"] - plain["instructions_per_hit"]
+        rate = plain["us_per_hit"] / plain["instructions_per_hit"]
+        report.update(instructions_added_per_hit=added, us_added_per_hit_by_instructions=round(added * rate, 3))
+        print(f"{'signed URL adds to a hit':44} {report['us_added_per_hit_by_instructions']:>8} us"
+              f"  {added:>8} instructions (at the unsigned hit's us per instruction)")
     save("tokens", report, "-quick" if args.quick else "")
     return 0
 

@@ -1,15 +1,16 @@
 """What an edge decides about a request, in the order it decides it.
 
 Every request: its signed URL's token, where the topology asks for them
-(`tokens`, edge/tokens.py: 403 with a reason); the optional all-requests rate (`screen`). A request that would
-cost a new upstream fetch (nothing in memory or on disk, no fetch in flight to
-join; the engine asks, `livecdn.cache.engine.Admission`): first the guard
-(`check`: names that cannot exist get a 404 with no upstream fetch; a name of
-a stream never seen gets a try, settled by the engine with its answer: a 200
-gives it back), then the per-client miss bucket (`charge`: 429 with
-Retry-After) for what is left: real fetches. Every answered request: the
-stream is being watched (`seen`: prefetch follows it). Connections per client
-are counted by the listener against this policy's `connections`.
+(`tokens`, edge/tokens.py: 403 with a reason); the optional all-requests
+rate (`screen`). A request that would cost a new upstream fetch (nothing in
+memory or on disk, no fetch in flight to join; the engine asks,
+`livecdn.cache.engine.Admission`): first the guard (`check`: names that
+cannot exist get a 404 with no upstream fetch; a name of a stream never seen
+gets a try, settled by the engine with its answer: a 200 gives it back), then
+the per-client miss bucket (`charge`: 429 with Retry-After) for what is left:
+real fetches. Every answered request: the stream is being watched (`seen`:
+prefetch follows it). Connections per client are counted by the listener
+against this policy's `connections`.
 """
 
 from __future__ import annotations
