@@ -24,8 +24,10 @@ deps-video:
 
 # Real clients for the tests: ffmpeg, headless Chromium with hls.js, dig, curl.
 deps-test: deps-video
-	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v dig >/dev/null || \
-	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl bind9-dnsutils; }
+	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v dig >/dev/null && \
+	  command -v nghttp >/dev/null && command -v h2load >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl bind9-dnsutils \
+	    nghttp2-client; }
 	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/dashjs ] && [ -d tests/players/node_modules/playwright-core ] || \
 	  (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
 

@@ -26,6 +26,7 @@ from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.stored import Stored
 from livecdn.config import EdgeConfig, LimitSettings, SigningSettings
 from livecdn.front.connlimit import ConnectionLimit
+from livecdn.media.directives import too_far_ahead
 
 from .guard import StreamGuard
 from .limits import ClientLimits
@@ -42,6 +43,7 @@ class EdgePolicy:
                  signing: SigningSettings | None = None) -> None:
         """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not);
         `signing`: the topology's signed URLs."""
+        self._engine = engine
         self.guard = StreamGuard(config.guard, engine, config.name, only_if_cached=shields)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
         self._limited = {k: metrics.RATE_LIMITED.labels(config.name, k) for k in ("miss", "request", "connections")}
@@ -80,6 +82,9 @@ class EdgePolicy:
             self._refuse("request", wait)
 
     async def check(self, key: CacheKey, client: str) -> Admitted | None:
+        if key.query and (held := self._engine.held(key)) is not None and (why := too_far_ahead(
+                key.query, held.manifest.run, time.time() - held.born, held.manifest.info.target_duration)):
+            raise BadRequest(why)
         return await self.guard.check(key, client)
 
     def charge(self, key: CacheKey, client: str) -> None:

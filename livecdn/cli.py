@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--origin", metavar="URL", help="use this existing origin instead of the built-in one")
     p.add_argument("--mode", choices=("synthetic", "ffmpeg"), help="built-in origin mode (overrides the file)")
+    p.add_argument("--low-latency", action="store_true",
+                   help="built-in origin serves low-latency HLS (parts, blocking reloads; overrides the file)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -73,6 +75,11 @@ def _topology(args: argparse.Namespace) -> Topology:
             raise ConfigError(args.config, "--origin", str(e)) from None
     elif args.mode and topo.origin is not None:
         topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=args.mode))
+    if args.low_latency and topo.origin is not None and not topo.origin.low_latency:
+        try:
+            topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, low_latency=True))
+        except ValueError as e:
+            raise ConfigError(args.config, "--low-latency", str(e)) from None
     return topo
 
 

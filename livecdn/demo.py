@@ -135,6 +135,8 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
                 cmd += ["--origin", args.origin]
             elif args.mode and node.role == "origin":
                 cmd += ["--mode", args.mode]
+            if args.low_latency and node.role == "origin" and not args.origin:
+                cmd.append("--low-latency")
             children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
         status = _wait_ready(nodes, children, play, lambda: stop_requested)
         if status is not None:

@@ -93,12 +93,12 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, remote: str, method: str, path: str, status: int, sent: int, seconds: float,
-              cache: str, ua: str) -> None:
-        """One answer's line: the same fields whichever listener answered."""
+              cache: str, ua: str, proto: str = "HTTP/1.1") -> None:
+        """One answer's line: the same fields whichever listener answered (`proto`: HTTP/1.1 or HTTP/2)."""
         now = time.time()
         line = (f'{{"time":{now:.3f},"node":{self._node_json},"remote":{_json_str(remote)},'
                 f'"method":{_json_str(method)},"path":{_json_str(path)},"status":{status},"bytes":{sent},'
-                f'"ms":{seconds * 1000:.2f},"cache":{_json_str(cache)},"ua":{_json_str(ua)}}}\n')
+                f'"ms":{seconds * 1000:.2f},"cache":{_json_str(cache)},"proto":"{proto}","ua":{_json_str(ua)}}}\n')
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

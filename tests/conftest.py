@@ -8,6 +8,7 @@ import pytest
 
 from tests.cdn import Stack
 from tests.fakeorigin import FakeOrigin
+from tests.h2client import H2Client
 
 pytest_plugins = ["tests.playbook"]
 
@@ -30,3 +31,13 @@ async def stack(origin: FakeOrigin) -> AsyncIterator[Stack]:
         yield await s.start()
     finally:
         await s.stop()
+
+
+@pytest.fixture
+async def h2_client(stack: Stack) -> AsyncIterator[H2Client]:
+    """A raw HTTP/2 client (prior knowledge) connected to the stack's edge."""
+    c = await H2Client().connect(stack.edges[0].port)
+    try:
+        yield c
+    finally:
+        await c.close()

@@ -42,11 +42,14 @@ def slow(delay: float, data: bytes, content_type: str = "video/mp2t") -> Behavio
     return handler
 
 
-def dribble(data: bytes, pieces: int, pause: float) -> Behaviour:
-    """Send the body in `pieces` parts `pause` seconds apart (Content-Length known)."""
+def dribble(data: bytes, pieces: int, pause: float, hold: float = 0.0, chunked: bool = False) -> Behaviour:
+    """Send the body in `pieces` parts `pause` seconds apart (Content-Length known, unless `chunked`: a part
+    still being made), after holding the request `hold` seconds (a preload hint waits for its part)."""
     async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(hold)
         resp = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
-        resp.content_length = len(data)
+        if not chunked:
+            resp.content_length = len(data)
         await resp.prepare(request)
         step = -(-len(data) // pieces)
         for i in range(0, len(data), step):

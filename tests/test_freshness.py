@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from livecdn.cache.freshness import YEAR, Lifetime, Rules, lifetime, parse_cache_control
+from livecdn.cache.freshness import YEAR, Lifetime, Rules, failure_lifetime, lifetime, parse_cache_control
 from livecdn.cache.stored import Stored
 from livecdn.media.kinds import ManifestKind, NameKind, is_hls_playlist, is_playlist, kind_of
 from livecdn.media.playlist import PlaylistInfo
@@ -35,8 +35,8 @@ def test_parse_cache_control(value: str | None, parsed: dict[str, str | None]) -
     # by kind, no origin cache-control
     (NameKind.PLAYLIST, 200, None, LIVE4, 2.0),  # live: half the target duration
     (NameKind.PLAYLIST, 200, None, LIVE6, 3.0),
-    (NameKind.PLAYLIST, 200, None, LLHLS, 0.5),  # LL-HLS: half the part target
-    (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE, 1.0, 0.2), 0.2),  # never under 0.2 s
+    (NameKind.PLAYLIST, 200, None, LLHLS, 2.0),  # LL-HLS too: half the target (rfc8216bis Appendix B.1)
+    (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE, 0.3, 0.1), 0.2),  # never under 0.2 s
     (NameKind.PLAYLIST, 200, None, PlaylistInfo(ManifestKind.LIVE), 1.0),  # DASH default update period 2 s
     (NameKind.PLAYLIST, 200, None, MASTER, RULES.master_ttl),
     (NameKind.PLAYLIST, 200, None, ENDED, 6.0),  # ended: one target duration (it may start again)
@@ -195,3 +195,32 @@ def test_revalidated_keeps_body_and_updates_validators() -> None:
     assert new.headers == (("etag", '"y"'), ("cache-control", "max-age=5"))
     assert new.etag == '"y"'
     assert obj.etag == '"x"' and obj.born == BORN
+
+
+# --- rfc8216bis Appendix B.1: LL-HLS lifetimes (issue 15) ----------------------------------------
+
+@pytest.mark.parametrize(("status", "cc", "fresh"), [
+    (200, None, 6 * 4.0),  # a blocking answer names one future version: 6 targets
+    (200, "max-age=60", 60.0),  # the origin's longer max-age is honoured: that version never changes
+    (200, "max-age=1", 1.0),  # a shorter one too
+    (400, None, 4 * 4.0),  # too far ahead: every player behind asks the same
+    (503, "max-age=4", 4.0),  # never longer than the origin allows
+])
+def test_blocking_reload_answers_live_in_target_durations(status: int, cc: str | None, fresh: float) -> None:
+    headers = {"cache-control": cc} if cc is not None else {}
+    playlist = LLHLS if status == 200 else None
+    lt = lifetime(RULES, NameKind.PLAYLIST, status, headers, playlist, blocking=True, target=4.0)
+    assert lt.store and lt.fresh == pytest.approx(fresh)
+    assert lt.stale_while_revalidate == lt.stale_if_error == 0.0  # a stale version is not the one asked for
+
+
+def test_failures_of_playlists_live_one_target_and_blocking_ones_four() -> None:
+    assert failure_lifetime(RULES, 4.0).fresh == 4.0
+    assert failure_lifetime(RULES, 4.0, blocking=True).fresh == 16.0
+    assert failure_lifetime(RULES).fresh == RULES.error_ttl  # not a playlist, or never held
+    assert failure_lifetime(Rules(error_ttl=0.0), 4.0).fresh == 0.0  # remembering turned off
+
+
+def test_parts_and_hints_live_as_segments() -> None:
+    assert kind_of(".ts") is NameKind.MEDIA and kind_of(".m4s") is NameKind.MEDIA
+    assert lifetime(RULES, kind_of(".ts"), 200, {}).fresh == RULES.media_ttl

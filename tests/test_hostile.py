@@ -140,3 +140,24 @@ async def test_a_client_that_reads_nothing_gets_a_bounded_share_of_answers_until
     replies = [await read_reply(reader) for _ in range(n)]  # read, and every request is answered, in order
     assert all(r.status == 200 and r.body == b"b" * 10 for r in replies)
     writer.close()
+
+
+@pytest.mark.parametrize("first", ["/pl/c.ts", "/pl/miss.ts"])
+async def test_only_a_client_that_pipelines_past_one_batch_gets_its_unsent_bytes_bounded(
+        origin: FakeOrigin, stack: Stack, first: str) -> None:
+    # The bound is for pipelines past one batch (also behind a miss); a player asking one at a time keeps
+    # the kernel's whole send buffer for its segments.
+    origin.routes["/pl/c.ts"] = body(b"c" * 10)
+    origin.routes["/pl/miss.ts"] = body(b"m" * 10)
+    await warm(stack, "/pl/c.ts")
+    reader, writer = await connect(stack)
+    writer.write(get("/pl/c.ts"))
+    assert (await read_reply(reader)).status == 200
+    (conn,) = stack.edges[0].players.connections
+    sock = conn.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) != UNSENT_LOW
+    writer.write(get(first) + get("/pl/c.ts") * (256 * 1024 // len(get("/pl/c.ts"))))
+    await writer.drain()
+    await read_reply(reader)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == UNSENT_LOW
+    writer.close()

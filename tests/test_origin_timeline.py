@@ -200,3 +200,14 @@ def test_ffmpeg_command_keyframes_every_target_and_writes_each_rendition(tmp_pat
     assert str(tmp_path / "hi" / "index.m3u8") in argv
     assert str(tmp_path / "lo" / "seg%d.ts") in argv
     assert "delete_segments" in argv[argv.index("-hls_flags") + 1]
+
+
+def test_ffmpeg_command_for_low_latency_cuts_a_keyframed_file_per_part(tmp_path: Path):
+    rs = (Rendition("hi", 1_000_000, 640, 360),)
+    argv = ffmpeg_command("/usr/bin/ffmpeg", tmp_path, rs, target_duration=2.0, window=6, retain=2,
+                          part_target=0.5)
+    assert "testsrc2=size=640x360:rate=30" in " ".join(argv)  # 0.5 s is 15 whole frames at 30 fps (12.5 at 25)
+    assert argv[argv.index("-g") + 1] == "15" and "expr:gte(t,n_forced*0.5)" in argv
+    assert argv[argv.index("-hls_time") + 1] == "0.5"
+    assert argv[argv.index("-hls_list_size") + 1] == str(7 * 4)  # the window's parts and the segment being made
+    assert str(tmp_path / "hi" / "part%d.ts") in argv

@@ -65,12 +65,13 @@ from livecdn.cache.fill import (
 )
 from livecdn.cache.freshness import Rules
 from livecdn.cache.health import Health
-from livecdn.cache.keys import BadRequest, CacheKey, path_of
+from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.names import directory
+from livecdn.media.playlist import Manifest
 
 __all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -97,6 +98,9 @@ _NO_HEADERS: Mapping[bytes, bytes] = {}
 BLOCKING_HOLD = 3
 # The target duration assumed for a blocking request whose playlist this process never held (HLS's usual).
 BLOCKING_TARGET_GUESS = 6.0
+# Preload-hint names whose playlist's target duration is remembered (a few per live rendition): a hint
+# part is held upstream until it is made, as a blocking reload is.
+MAX_HINTS = 4096
 # Seconds an upstream that sent no head within the first-byte wait has to answer a probe (OPTIONS on a
 # connection of its own) to show it is slow, not hung: a shield waiting on a slow origin answers at once.
 PROBE_WAIT = 0.5
@@ -284,6 +288,9 @@ class Engine:
         self._restart_observers: list[Callable[[frozenset[str]], None]] = []
         self._observed: list[Stored] = []  # playlists stored by the dispatch under way, told after it
         self._runs: collections.OrderedDict[str, Held] = collections.OrderedDict()  # last read per playlist
+        self._hints: collections.OrderedDict[str, float] = collections.OrderedDict()  # hint key → target
+        # The newest read of each playlist, whichever version (plain, blocking, delta) brought it.
+        self._newest: collections.OrderedDict[str, Held] = collections.OrderedDict()
         self._dropping: list[Callable[[str], bool]] = []  # previous runs still being dropped from disk
         self._upstream_counter = metrics.UPSTREAM_REQUESTS.labels(node)
         self._vary: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # key → Vary names
@@ -291,6 +298,8 @@ class Engine:
         self._failures: collections.OrderedDict[str, Stored] = collections.OrderedDict()  # key → its last error
         # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
         self.tier: Callable[[str], str] = lambda upstream: "upstream"
+        # How this node dresses the manifests it stores (an edge's content steering), or None.
+        self.dress: Callable[[str, bytes, Manifest], bytes] | None = None
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -496,7 +505,8 @@ class Engine:
         upstreams = upstreams[:1] if only_if_cached else upstreams
         fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
                     held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
-                    tiers=tuple(self.tier(u) for u in upstreams))
+                    target=self._held_target(key) if kind is NameKind.PLAYLIST else None,
+                    tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress)
         self._fills[key.key] = fill
         return fill
 
@@ -655,6 +665,8 @@ class Engine:
         connect, first_byte, read = self.waits
         if "_HLS_msn=" in key.query:  # blocking: held upstream until the part exists
             first_byte += BLOCKING_HOLD * self._target_duration(key)
+        elif (hint_target := self._hints.get(key.key)) is not None:  # a preload hint: held until it is made
+            first_byte += BLOCKING_HOLD * hint_target
         self._upstream_counter.inc()
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -743,11 +755,18 @@ class Engine:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
+    def held(self, key: CacheKey) -> Held | None:
+        """The newest read this process stored of the playlist `key` asks a version of: its plain
+        reload's, or a blocking or delta answer's when that one went further."""
+        return self._newest.get(dataclasses.replace(key, query="").key)
+
+    def _held_target(self, key: CacheKey) -> float | None:
+        held = self.held(key)
+        return held.manifest.info.target_duration if held is not None else None
+
     def _target_duration(self, key: CacheKey) -> float:
         """The target duration of the playlist a blocking request asks a later version of, as last held."""
-        held = self._runs.get(dataclasses.replace(key, query="").key)
-        target = held.manifest.info.target_duration if held is not None else None
-        return target or BLOCKING_TARGET_GUESS
+        return self._held_target(key) or BLOCKING_TARGET_GUESS
 
     def _answered(self, upstream: str, seconds: float) -> None:
         """An upstream sent a status line: alive, whatever the status (the tier behind it may have failed)."""
@@ -776,12 +795,40 @@ class Engine:
             self._runs.move_to_end(obj.key)
             if len(self._runs) > MAX_HELD_RUNS:
                 self._runs.popitem(last=False)
+            self._learn_hints(obj)
+            self._keep_newest(obj)
             if self._playlist_observers:
                 self._observed.append(obj)
         if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj
             self._spawn(self._write_disk(obj))
+
+    def _keep_newest(self, obj: Stored) -> None:
+        assert obj.manifest is not None
+        base = obj.key.partition("?")[0]
+        run, before = obj.manifest.run, self._newest.get(base)
+        if before is not None and run.media_sequence is not None and before.manifest.run.media_sequence is not None \
+                and run.media_sequence + (run.segments or 0) < before.manifest.run.media_sequence + (
+                    before.manifest.run.segments or 0):
+            return  # an older version than the one held (a blocking answer for a part long made)
+        self._newest[base] = Held(obj.manifest, obj.born)
+        self._newest.move_to_end(base)
+        if len(self._newest) > MAX_HELD_RUNS:
+            self._newest.popitem(last=False)
+
+    def _learn_hints(self, obj: Stored) -> None:
+        """Remember the playlist's preload hints with its target duration (their fetches wait as blocking ones)."""
+        target = obj.manifest.info.target_duration if obj.manifest is not None else None
+        announced = obj.manifest.announced if obj.manifest is not None else None
+        if not target or announced is None or not announced.hints:
+            return
+        origin = origin_of(obj.key)
+        for hint in announced.hints:
+            self._hints[origin + hint] = target
+            self._hints.move_to_end(origin + hint)
+        while len(self._hints) > MAX_HINTS:
+            self._hints.popitem(last=False)
 
     async def _write_disk(self, obj: Stored) -> None:
         assert self.disk is not None

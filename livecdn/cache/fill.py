@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livecdn.cache.freshness import Lifetime, Rules, failure_lifetime, lifetime, stale_after
@@ -301,6 +302,8 @@ class Fill:
             address; "upstream" for each when not given.
         held: the playlist this process stored last for the key (its copy may be gone), to tell
             a restart or a lagging replica from a stream that went on.
+        target: the target duration of the playlist the key names a version of, as last held
+            (None: not a playlist, or never held): its failures live in target durations.
     """
 
     key: CacheKey
@@ -312,6 +315,10 @@ class Fill:
     only_if_cached: bool = False
     held: Held | None = None
     tiers: tuple[str, ...] = ()
+    target: float | None = None
+    # A manifest's body as this node serves it (the edge's content steering, `livecdn.media.steering`):
+    # applied once, when the body has arrived whole, so the stored copy and every answer carry it.
+    dress: Callable[[str, bytes, Manifest], bytes] | None = None
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -332,6 +339,11 @@ class Fill:
     def __post_init__(self) -> None:
         if not self.upstreams:
             raise ValueError(f"fill for {self.key} needs at least one upstream")
+
+    @property
+    def blocking(self) -> bool:
+        """An LL-HLS blocking reload: its URL names a playlist version that may not exist yet."""
+        return "_HLS_msn=" in self.key.query
 
     @property
     def finished(self) -> bool:
@@ -491,9 +503,12 @@ class Fill:
             said = hdrs.get(ERROR_HEADER)  # a livecdn tier above said why
             why = f"{self._tier} answered {status}" + (f" ({ADDRESS.sub('(address)', said)})" if said else "")
             detail = f"{self.upstreams[self.attempt]} answered {status}" + (f" ({said})" if said else "")
-            # The last upstream's 503 (with its Retry-After) and 504 reach the player as they are.
+            # The last upstream's 503 (with its Retry-After) and 504 reach the player as they are. A blocking
+            # reload's 503 is the origin's hold running out (RFC 8216bis 6.2.5.2): another upstream would hold
+            # the player as long again, so it is the answer.
             return self._failover(at, status if status in (503, 504) else 502, why, detail,
-                                  hdrs.get("retry-after") if status == 503 else None)
+                                  hdrs.get("retry-after") if status == 503 else None,
+                                  final=status == 503 and self.blocking)
         vary = vary_names(hdrs.get("vary"))
         learned: list[Command] = []
         if vary != self.key.vary_names and vary != ANY:
@@ -568,6 +583,9 @@ class Fill:
                 store = False
                 cmds.append(Log("info", f"{self.key}: body ended by the upstream closing the connection"
                                         " (no Content-Length, not chunked); passed on, not stored"))
+        if manifest is not None and self.dress is not None:
+            data = self.dress(self.key.path, data, manifest)
+            self.body, self.size = [data], len(data)
         if manifest is not None and self.held is not None:
             change, why = compare(self.held.manifest, manifest)
             if change is Change.BEHIND:
@@ -581,7 +599,8 @@ class Fill:
                                         f" objects under {', '.join(sorted(dirs))}"),
                          DropRun(self.key.origin, dirs, self.key.key)]
         lt = _not_fresh_if_stale(
-            lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path),
+            lifetime(self.rules, self.kind, self._status, hdrs, manifest.info if manifest else None, self.key.path,
+                     blocking=self.blocking, target=self.target),
             self._stale_above, at - self._born)
         if not self._shared:
             lt = dataclasses.replace(lt, store=False)
@@ -637,12 +656,12 @@ class Fill:
         return stale.revalidated(hdrs, born, lt, manifest)
 
     def _failover(self, at: float, status: int, why: str, detail: str,
-                  retry_after: str | None = None) -> list[Command]:
-        """The upstream tried failed: try the next, else serve the stale copy, else answer `status`.
+                  retry_after: str | None = None, final: bool = False) -> list[Command]:
+        """The upstream tried failed: try the next (unless `final`), else serve the stale copy, else answer `status`.
 
         Players are told `why` (the tier, never an address); the log gets `detail`.
         """
-        if self.attempt + 1 < len(self.upstreams):
+        if not final and self.attempt + 1 < len(self.upstreams):
             nxt = self.upstreams[self.attempt + 1]
             return [Log("warning", f"{self.key}: {detail}; trying {nxt}")] + self._start(self.attempt + 1)
         error = _error_head(status, why, retry_after)
@@ -662,7 +681,7 @@ class Fill:
 
     def _remember(self, error: Head, at: float) -> list[Command]:
         """The last upstream failed: remember its error briefly, so the next requests do not ask again at once."""
-        lt = failure_lifetime(self.rules)
+        lt = failure_lifetime(self.rules, self.target, self.blocking)
         if not lt.fresh:
             return []
         return [RememberFailure(Stored(self.key.key, error.status, error.headers, error.body, at, lt, self.kind))]

@@ -18,7 +18,15 @@ from livecdn.config.schema import YEAR, CacheSettings, PathRule
 from livecdn.media.kinds import ManifestKind, NameKind
 from livecdn.media.playlist import PlaylistInfo
 
-__all__ = ["YEAR", "Lifetime", "Rules", "failure_lifetime", "parse_cache_control", "lifetime", "rule_for",
+# rfc8216bis Appendix B.1, in target durations: a blocking reload's answer is kept long, since its URL
+# names one future version of the playlist, which never changes once it exists; a failure of one is kept
+# longer than a plain playlist's (the same future state is asked again by every player behind it).
+BLOCKING_TARGETS = 6.0
+FAILURE_TARGETS = 1.0
+BLOCKING_FAILURE_TARGETS = 4.0
+
+__all__ = ["BLOCKING_TARGETS", "YEAR", "Lifetime", "Rules", "failure_lifetime", "parse_cache_control", "lifetime",
+           "rule_for",
            "stale_after"]
 
 
@@ -89,7 +97,8 @@ def rule_for(rules: Rules, path: str) -> PathRule | None:
 
 
 def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, str],
-             playlist: PlaylistInfo | None = None, path: str = "") -> Lifetime:
+             playlist: PlaylistInfo | None = None, path: str = "", *, blocking: bool = False,
+             target: float | None = None) -> Lifetime:
     """The lifetime of an upstream answer.
 
     Args:
@@ -99,11 +108,15 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
         headers: upstream headers, names lower-cased.
         playlist: what the body said, for playlists.
         path: the object's normalized path, for the operator's path rules.
+        blocking: an LL-HLS blocking reload's answer (`_HLS_msn`): rfc8216bis Appendix B.1 lifetimes.
+        target: the target duration of the playlist as last held, for a blocking reload's 4xx.
     """
     cc = parse_cache_control(headers.get("cache-control"))
     rule = rule_for(rules, path) if rules.rules else None
     if "no-store" in cc or "private" in cc or (rule is not None and not rule.store):
         return Lifetime(0.0, 0.0, 0.0, store=False)
+    if blocking and rule is None:
+        return _blocking(status, cc, playlist.target_duration if playlist is not None else target)
     if status in (404, 410):
         ours = rules.negative_ttl if rule is None or rule.negative_ttl is None else rule.negative_ttl
     elif status != 200:
@@ -118,9 +131,9 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
             # at most, so the players' next reload after a restart sees it live.
             ours = min(rules.ended_ttl, playlist.target_duration or rules.ended_ttl)
         else:
-            # Half the target (or part target for LL-HLS): a player reloads about once a
-            # target duration, so a viewer never sees a playlist older than half of one.
-            ours = max(0.2, (playlist.part_target or playlist.target_duration or 2.0) / 2)
+            # Half the target (rfc8216bis Appendix B.1, LL-HLS too: its players reload by blocking
+            # requests, each its own key): a viewer never sees a playlist older than half of one.
+            ours = max(0.2, (playlist.target_duration or 2.0) / 2)
     elif kind is NameKind.MEDIA:
         ours = rules.media_ttl
     else:
@@ -145,6 +158,27 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
     )
 
 
+def _blocking(status: int, cc: Mapping[str, str | None], target: float | None) -> Lifetime:
+    """A blocking reload's answer: the version its URL names, or the failure to make it, for every player.
+
+    Its 200 never changes, so the origin's own max-age is honoured even when
+    longer than ours (Appendix B.1's 6 targets is the default, not a cap); a
+    4xx/5xx lives 4 targets, never more than the origin allows. Never served
+    stale: a stale version is the previous one, which the player did not ask for.
+    """
+    theirs = _seconds(cc.get("s-maxage")) if "s-maxage" in cc else _seconds(cc.get("max-age"))
+    if "no-cache" in cc:
+        theirs = 0.0
+    if not target:
+        return Lifetime(0.0, 0.0, 0.0, store=False)  # not a playlist answer anyone can date
+    if status == 200:
+        return Lifetime(BLOCKING_TARGETS * target if theirs is None else theirs, 0.0, 0.0)
+    if 400 <= status < 600:
+        ours = BLOCKING_FAILURE_TARGETS * target
+        return Lifetime(ours if theirs is None else min(ours, theirs), 0.0, 0.0)
+    return Lifetime(0.0, 0.0, 0.0, store=False)
+
+
 def stale_after(rules: Rules, playlist: PlaylistInfo | None) -> float:
     """How long a request with a stale copy waits for a slow upstream before it gets the copy.
 
@@ -156,6 +190,14 @@ def stale_after(rules: Rules, playlist: PlaylistInfo | None) -> float:
     return rules.stale_after
 
 
-def failure_lifetime(rules: Rules) -> Lifetime:
-    """The lifetime of a remembered failure: fresh `error_ttl`, never stale, never stored."""
+def failure_lifetime(rules: Rules, target: float | None = None, blocking: bool = False) -> Lifetime:
+    """The lifetime of a remembered failure: fresh `error_ttl`, never stale, never stored.
+
+    A playlist's, when its target duration is known, lives target durations
+    instead (rfc8216bis Appendix B.1): one for a plain reload, four for a
+    blocking one. `error_ttl` = 0 turns remembering off for all.
+    """
+    if target and rules.error_ttl:
+        return Lifetime((BLOCKING_FAILURE_TARGETS if blocking else FAILURE_TARGETS) * target, 0.0, 0.0,
+                        store=False)
     return Lifetime(rules.error_ttl, 0.0, 0.0, store=False)

@@ -155,6 +155,8 @@ def target(raw_path: str) -> tuple[str, str]:
             if not _VALID_DIRECTIVE[name](value):
                 raise BadRequest(f"bad {name} value {value[:32]!r}")
             kept[name] = value
+        if "_HLS_part" in kept and "_HLS_msn" not in kept:  # RFC 8216bis 6.2.5.2: no playlist can answer it
+            raise BadRequest("_HLS_part without _HLS_msn")
     return normalized, urlencode(sorted(kept.items()))
 
 

@@ -25,8 +25,8 @@ __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "SigningKey", "SigningSettings", "TargetDuration", "Topology", "Unit", "Window", "YEAR",
-    "dns_name", "hints", "match", "optional", "split",
+    "Seconds", "ShieldConfig", "SigningKey", "SigningSettings", "SteeringSettings", "TargetDuration", "Topology",
+    "Unit", "Window", "YEAR", "dns_name", "hints", "match", "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -123,6 +123,7 @@ def _http_url(text: str) -> str:
 
 
 NonEmpty = Check(_non_empty)
+OptionalUrl = Annotated[str, Check(lambda text: _http_url(text) if text else text)]  # "": a default applies
 DnsName = Annotated[str, Check(dns_name)]
 IpAddress = Annotated[str, Check(lambda text: str(ipaddress.ip_address(text)))]
 HttpUrl = Annotated[str, Check(_http_url)]
@@ -366,6 +367,19 @@ class HealthSettings(Checked):
 
 
 @dataclass(frozen=True)
+class SteeringSettings(Checked):
+    """Content Steering (HLS Content Steering spec, DASH-IF content steering): when enabled, edges name
+    the router's steering manifests in the master playlists and MPDs they serve, so players move to
+    another edge without waiting for DNS or a redirect."""
+
+    enabled: bool = False
+    # Seconds a player keeps a steering manifest: how long a dead edge can stay first in its list.
+    ttl: Annotated[int, Seconds, Min(1), Max(MAX_TTL)] = 10
+    # The router's base URL as players reach it; empty: its `http` listen address.
+    url: OptionalUrl = ""
+
+
+@dataclass(frozen=True)
 class Rendition(Checked):
     """One variant of the built-in origin's stream."""
 
@@ -392,6 +406,18 @@ class OriginConfig(Checked):
         Rendition("360p", 600_000, 640, 360),
     )
     work_dir: str = ""  # ffmpeg mode: where segments are written; empty: a temp dir
+    # Low-latency HLS (livecdn/origin/lowlatency.py): parts of `part_target` seconds, a whole number of them
+    # per segment, blocking reloads, preload hints, delta updates, rendition reports.
+    low_latency: bool = False
+    part_target: Annotated[float, Seconds, Above(0)] = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.low_latency:
+            per = self.target_duration / self.part_target
+            if per < 2 or abs(per - round(per)) > 1e-6:
+                raise FieldError("part_target", f"{self.part_target:g} s does not divide target_duration "
+                                                f"({self.target_duration:g} s) into two or more whole parts")
 
 
 def _prefix(text: str) -> str:
@@ -462,6 +488,8 @@ class EdgeConfig(Checked):
     capacity: Annotated[int, Min(1)] = 10_000  # concurrent player requests before the node reports overload
     workers: Annotated[int, Min(1)] = 1
     origin_fallback: bool = False  # go to the origin directly when every shield fails
+    # HTTP/2 with prior knowledge on the plain listener (a connection that opens with the HTTP/2 preface)
+    h2c: bool = True
     cache: CacheSettings = field(default_factory=CacheSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -483,6 +511,12 @@ class RouterConfig(Checked):
     # edge → the addresses players reach it at; in the file, its listen address by default
     addresses: Mapping[str, Annotated[tuple[IpAddress, ...], NonEmpty]] = field(default_factory=dict)
     health: HealthSettings = field(default_factory=HealthSettings)
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
+
+    @property
+    def steering_url(self) -> str:
+        """Where players fetch steering manifests: `steering.url`, else the router's HTTP listener."""
+        return self.steering.url or self.http.url
 
 
 @dataclass(frozen=True)
@@ -572,6 +606,12 @@ class Topology(Checked):
     def routes(self) -> tuple[OriginRoute, ...]:
         """Every origin, the catch-all among them."""
         return tuple(self.origins.values()) or (OriginRoute(DEFAULT_ORIGIN, self.origin_url),)
+
+    def edge_url(self, name: str) -> str:
+        """An edge's base URL as players reach it (its first router address, its listen port)."""
+        addresses = self.router.addresses.get(name) if self.router is not None else None
+        edge = self.edges[name]
+        return Address(addresses[0], edge.listen.port).url if addresses else edge.listen.url
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""

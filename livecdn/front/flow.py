@@ -23,7 +23,18 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["FlowControl"]
+__all__ = ["FlowControl", "HIGH_WATER", "LINGER"]
+
+# Bytes a transport may buffer for one player before writers wait for it
+# to drain (aiohttp's StreamWriter LIMIT, uvicorn's HIGH_WATER_LIMIT): a slow
+# player then falls behind in its own coroutine, holding an offset into the
+# shared body rather than a copy of it. Both player protocols use it.
+HIGH_WATER = 64 << 10
+# How long a closing player connection reads and drops what its client still
+# sends, after its last answer and a FIN: time for the client to read the
+# answer (closing over unread bytes makes the kernel reset the connection,
+# which can destroy the answer before it is read).
+LINGER = 2.0
 
 
 class FlowControl:

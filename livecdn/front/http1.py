@@ -317,6 +317,7 @@ class Fields(Protocol):
     status: int
     headers: tuple[tuple[str, str], ...]
     wire: Any  # this module keeps the serialized fields here (a `_Wire`)
+    wire_h2: Any  # the HTTP/2 connection keeps its own here
 
 
 class _Wire:

@@ -24,9 +24,10 @@ player:
 - writing is flow-controlled by one `FlowControl` per connection (uvicorn's
   shape, shared with DNS over TCP): the transport's `pause_writing()` /
   `resume_writing()` flip it, and writers await its `drain()`, so a slow
-  player holds back only its own coroutine. The kernel holds at most
-  `UNSENT_LOW` unsent bytes per player, so a client that reads nothing gets
-  a bounded share of answers, not every request it pipelined.
+  player holds back only its own coroutine. Once a client pipelines more
+  than one batch, the kernel holds at most `UNSENT_LOW` unsent bytes for it,
+  so a client that reads nothing gets a bounded share of answers, not every
+  request it pipelined.
 - connections per client address are counted here (`ConnectionLimit`): past
   the limit a connection gets a ready-made 429 before a byte is parsed; past
   `max_connections` in all (a bound on file descriptors), a ready-made 503.
@@ -45,8 +46,13 @@ is paused meanwhile, so at most the transport's read size), and what the
 transport buffers toward the player (`HIGH_WATER`, past which writers wait).
 
 The listener defines the interface it calls (`Handler`) and imports nothing
-of the front that implements it: HTTP/2 will be a second shell over the same
-handler and plans.
+of the front that implements it. HTTP/2 is a second shell over the same
+handler and plans (`listener_h2.Http2Connection`): a connection becomes one
+when TLS negotiated ALPN "h2", or, with `h2c` on, when its first bytes are
+the HTTP/2 preface (prior knowledge, as nghttp, h2load and
+`curl --http2-prior-knowledge` send it; no HTTP/1.1 request begins so).
+HTTP/1.1's `Upgrade: h2c` is not offered: browsers never use it, and every
+HTTP/2 client that speaks cleartext knows the prior-knowledge form.
 """
 
 from __future__ import annotations
@@ -55,16 +61,17 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import time
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from livecdn.logs import AccessLog
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
-from .flow import FlowControl
+from .flow import HIGH_WATER, LINGER, FlowControl
 from .http1 import MAX_PENDING, NEED_DATA, PARSE_SLICE, ProtocolError, ServerConnection
+from .http2 import PREFACE
+from .listener_h2 import Http2Connection
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
@@ -73,13 +80,13 @@ __all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_T
 
 log = logging.getLogger("livecdn.front.listener")
 
-# Bytes of answers the kernel may hold for one player before they are sent
-# (TCP_NOTSENT_LOWAT): past it a write blocks and the transport's own buffer,
-# then `pause_writing`, take over. Without it the kernel's autotuned send
-# buffer (up to tcp_wmem's 4 MiB) swallowed thousands of pipelined answers per
-# client that never reads, each costing the loop its work (issue 12: /healthz
-# 218 ms behind 100 such clients). Bytes in flight are not counted, so a fast
-# far player's window is not limited by it.
+# Bytes of answers the kernel may hold unsent for a client that pipelines more
+# than one batch (TCP_NOTSENT_LOWAT): past it a write blocks and the
+# transport's own buffer, then `pause_writing`, take over. Without it the
+# kernel's autotuned send buffer (up to tcp_wmem's 4 MiB) swallowed thousands
+# of pipelined answers per client that never reads, each costing the loop its
+# work (issue 12: /healthz 218 ms behind 100 such clients). Only such clients:
+# on every connection it cost 1 MiB segment hits more wake-ups per body.
 UNSENT_LOW = 128 << 10
 # Answers one connection's task gives per turn of the loop when a client
 # pipelines more than one read's worth: with 100 such clients a turn costs
@@ -88,19 +95,11 @@ TURN = 4
 # Reading resumes once the queue of parsed requests (at most MAX_PENDING,
 # see http1) is down to this and nothing waits unparsed.
 RESUME_PIPELINED = 4
-# Bytes the transport may buffer for one player before writers wait for it
-# to drain (aiohttp's StreamWriter LIMIT, uvicorn's HIGH_WATER_LIMIT): a slow
-# player then falls behind in its own coroutine, holding an offset into the
-# shared body rather than a copy of it.
-HIGH_WATER = 64 << 10
 # How long a kept-alive connection may sit without a request (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
 # How long a request head may take from its first byte (and a new connection
 # to send one): players send a head in one packet (LimitSettings.header_timeout).
 HEADER_TIMEOUT = 10.0
-# How long a closing connection reads and drops what its client still sends,
-# after its last answer and a FIN: time for the client to read the answer.
-LINGER = 2.0
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
@@ -138,17 +137,19 @@ class PlayerServer:
             closing included; past it a new connection gets a 503 (`connlimit.OVERLOADED`).
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
+        h2c: whether a plain connection that begins with the HTTP/2 preface is served HTTP/2.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
+                 "access", "h2c", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
-                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
+                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
+                 h2c: bool = True) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -160,7 +161,8 @@ class PlayerServer:
         self.max_connections = max_connections
         self.connection_limit = connection_limit
         self.access = access_log
-        self.connections: set[PlayerConnection] = set()
+        self.h2c = h2c
+        self.connections: set[PlayerConnection | Http2Connection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
         self.refused = 0  # connections refused for `max_connections` (per address: `connection_limit`)
@@ -189,7 +191,7 @@ class PlayerServer:
         """Player connections this process holds now (those closing included)."""
         return len(self.connections) + len(self.lingering)
 
-    def closed(self, conn: PlayerConnection) -> None:
+    def closed(self, conn: PlayerConnection | Http2Connection) -> None:
         self.connections.discard(conn)
         self.lingering.discard(conn)
         if not self.connections and self._all_closed is not None and not self._all_closed.done():
@@ -222,7 +224,7 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
+                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
@@ -242,6 +244,7 @@ class PlayerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
+        self._unsent_bounded = False  # TCP_NOTSENT_LOWAT set (`_bound_unsent`)
 
     # --- asyncio.Protocol ---
 
@@ -265,15 +268,29 @@ class PlayerConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # answers are whole heads plus bodies: never wait to coalesce
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOW)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[union-attr]
         server.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._to_http2(b"")  # TLS negotiated HTTP/2 (asyncio calls this after the handshake)
+            return
         # A new connection must begin a request within the header timeout (`_idle_check`); the
         # timer first fires at the sooner of the two timeouts, as it is not re-armed per answer.
         self._idle_since = self._loop.time()
         self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
                                          self._idle_check)
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand the transport, its place in the server's books and what it read to an HTTP/2 connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        h2 = Http2Connection(self.server, self.transport, self.peer, self._counted)  # type: ignore[arg-type]
+        self._counted = False  # the HTTP/2 connection releases the address's count
+        self.server.connections.discard(self)
+        self.server.connections.add(h2)
+        self.transport.set_protocol(h2)  # type: ignore[union-attr]
+        h2.start(data)
 
     def _refuse(self, answer: bytes) -> None:
         """A ready-made refusal before a byte is parsed, then a graceful close while there is room for one."""
@@ -304,6 +321,9 @@ class PlayerConnection(asyncio.Protocol):
         if h1 is _SILENT:
             if self._lingering:
                 return  # a refused connection: what it sends is dropped
+            if self.server.h2c and len(data) >= 3 and PREFACE.startswith(data[:len(PREFACE)]):
+                self._to_http2(data)  # HTTP/2 with prior knowledge: "PRI" begins no request we serve
+                return
             h1 = self.h1 = ServerConnection()
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
@@ -343,7 +363,9 @@ class PlayerConnection(asyncio.Protocol):
             if not events:
                 if h1.backlog:
                     # More pipelined than one batch: the rest is answered in turn with
-                    # other connections (`_answer_in_order`), never all in this call.
+                    # other connections (`_answer_in_order`), never all in this call,
+                    # and only as fast as the client reads.
+                    self._bound_unsent()
                     self._start_task(None)
                     return
                 break
@@ -392,6 +414,14 @@ class PlayerConnection(asyncio.Protocol):
             self._log(request, plan, len(buffers[1]) if len(buffers) > 1 else 0)
         plan.close()
 
+    def _bound_unsent(self) -> None:
+        if not self._unsent_bounded:
+            self._unsent_bounded = True
+            sock = self.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOW)
+
     def _start_task(self, first: Later | None) -> None:
         self.task = self._loop.create_task(self._answer_in_order(first))
 
@@ -408,6 +438,8 @@ class PlayerConnection(asyncio.Protocol):
                 if turn % TURN == 0:
                     # A client's pipeline of answers in hand (hits, 404s) would otherwise hold the
                     # loop for all of its thousands: other players and /healthz get a turn per batch.
+                    if h1.backlog:
+                        self._bound_unsent()  # a pipeline behind a miss: bounded as in `_answer_ready`
                     await asyncio.sleep(0)
                 event = h1.next_event()
                 if event is NEED_DATA:
@@ -483,20 +515,11 @@ class PlayerConnection(asyncio.Protocol):
                 await self._loop.sendfile(transport, body.file, body.start, count, fallback=False)
             except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
                 # uvloop has no loop.sendfile: read the file off the loop, write at the player's pace.
-                await self._copy_file(body.file, body.start, body.stop)
+                async for data in body.pieces(FILE_CHUNK):
+                    self._write(data)
+                    await self.flow.drain()
         h1.send_end()
         self._log(request, plan, count if h1.sends_body else 0)
-
-    async def _copy_file(self, file: BinaryIO, start: int, stop: int) -> None:
-        fd = file.fileno()
-        pos = start
-        while pos < stop:
-            data = await self._loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, stop - pos), pos)
-            if not data:
-                raise OSError(f"disk file ended at byte {pos} of {stop}")
-            self._write(data)
-            pos += len(data)
-            await self.flow.drain()
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer's one access line (when the node keeps them)."""

@@ -11,6 +11,8 @@ HTTP/1.1: no Content-Length, Date, Connection or chunking.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
@@ -30,16 +32,17 @@ class Fields:
     """A status and end-to-end header fields, names as they are sent.
 
     A stored object's fields are built once and shared by every hit on it, so
-    a protocol shell may keep its own serialized form in `wire` (whatever it
-    likes; the front never reads it).
+    each protocol shell may keep its own serialized form: HTTP/1.1 in `wire`,
+    HTTP/2 in `wire_h2` (whatever they like; the front never reads them).
     """
 
-    __slots__ = ("status", "headers", "wire")
+    __slots__ = ("status", "headers", "wire", "wire_h2")
 
     def __init__(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
         self.status = status
         self.headers = headers
         self.wire: object = None
+        self.wire_h2: object = None
 
     def __repr__(self) -> str:
         return f"Fields({self.status}, {len(self.headers)} headers)"
@@ -52,6 +55,17 @@ class FileRange:
 
     def __init__(self, file: BinaryIO, start: int, stop: int) -> None:
         self.file, self.start, self.stop = file, start, stop
+
+    async def pieces(self, step: int) -> AsyncIterator[bytes]:
+        """The bytes read off the loop, `step` at a time (where sendfile cannot be used)."""
+        loop = asyncio.get_running_loop()
+        fd, pos, stop = self.file.fileno(), self.start, self.stop
+        while pos < stop:
+            data = await loop.run_in_executor(None, os.pread, fd, min(step, stop - pos), pos)
+            if not data:
+                raise OSError(f"disk file ended at byte {pos} of {stop}")
+            yield data
+            pos += len(data)
 
 
 class Stream:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +35,7 @@ from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
 from livecdn.logs import AccessLog
+from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
@@ -101,6 +103,10 @@ class CacheNode(Lifecycle):
     def make_policy(self, engine: Engine) -> Policy | None:
         return None
 
+    def dresser(self, topology: Topology) -> Callable[[str, bytes, Manifest], bytes] | None:
+        """What this node writes into the manifests it stores (`Engine.dress`); a shield stores them as they are."""
+        return None
+
     def upstream_waits(self) -> tuple[float, float, float]:
         """Seconds to wait for an upstream to connect, to send its status line, and between body reads."""
         return self.config.cache.waits
@@ -116,6 +122,10 @@ class CacheNode(Lifecycle):
     def player_limits(self) -> LimitSettings:
         """The player listener's bounds (`max_connections`, `header_timeout`); a shield takes the defaults."""
         return LimitSettings()
+
+    def h2c(self) -> bool:
+        """Whether the player listener serves HTTP/2 with prior knowledge (a shield: yes, edges ask no more)."""
+        return True
 
     def apply_player_limits(self, limits: LimitSettings) -> None:
         """Bound the player listener by `limits` (at start, and on reload): open connections stay open."""
@@ -196,6 +206,7 @@ class CacheNode(Lifecycle):
                              cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health,
                              patience=self.patience())
         self.engine.tier = ups.tier
+        self.engine.dress = self.dresser(self.topology)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
@@ -207,7 +218,8 @@ class CacheNode(Lifecycle):
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
-                               access_log=AccessLog(self.config.name) if self.access_log else None)
+                               access_log=AccessLog(self.config.name) if self.access_log else None,
+                               h2c=self.h2c())
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players

@@ -37,6 +37,7 @@ __all__ = [
     "encoded_renditions",
     "ffmpeg_command",
     "find_ffmpeg",
+    "frame_rate_for",
     "tone_for",
 ]
 
@@ -78,16 +79,33 @@ def encoded_renditions(renditions: Sequence[Rendition]) -> tuple[Rendition, ...]
                  for r in renditions)
 
 
+def frame_rate_for(part_target: float | None) -> int:
+    """25 fps, or for low latency the first usual rate at which a part is a whole number of frames
+    (0.5 s parts: 12.5 frames at 25 fps, 15 at 30), so every part can start with a keyframe."""
+    if part_target is None:
+        return FRAME_RATE
+    whole = (fps for fps in (FRAME_RATE, 30, 24, 50, 60) if abs(part_target * fps - round(part_target * fps)) < 1e-6)
+    return next(whole, FRAME_RATE)
+
+
 def ffmpeg_command(ffmpeg: str, out_dir: Path, renditions: Sequence[Rendition],
                    target_duration: float, window: int, retain: int,
-                   tone_hz: int = 440) -> list[str]:
+                   tone_hz: int = 440, part_target: float | None = None) -> list[str]:
     """The ffmpeg argv writing `out_dir/<rendition>/index.m3u8` and `seg<N>.ts` for each rendition.
 
     A keyframe every target duration, so every segment is exactly one target long and
     starts with a keyframe; segments are written as .tmp and renamed when complete, and
     deleted once `retain` segments past the window.
+
+    With `part_target` (low latency), ffmpeg cuts parts instead: a keyframe and a file
+    `part<K>.ts` every part target, its playlist listing the parts; the origin groups
+    them into segments (`livecdn.origin.sources.FfmpegSource`). Each part is then a
+    complete, independently decodable MPEG-TS file made by the encoder itself.
     """
-    gop = max(1, round(target_duration * FRAME_RATE))
+    fps = frame_rate_for(part_target)
+    cut = part_target or target_duration
+    per = round(target_duration / cut)
+    gop = max(1, round(cut * fps))
     width = max(r.width for r in renditions)
     height = max(r.height for r in renditions)
     n = len(renditions)
@@ -95,7 +113,7 @@ def ffmpeg_command(ffmpeg: str, out_dir: Path, renditions: Sequence[Rendition],
     scales = [f"[s{i}]scale={r.width}:{r.height},setsar=1[v{i}]" for i, r in enumerate(renditions)]
     cmd = [
         ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "warning",
-        "-re", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={FRAME_RATE}",
+        "-re", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}",
         "-re", "-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=48000",
         "-filter_complex", ";".join([split, *scales]),
     ]
@@ -106,16 +124,17 @@ def ffmpeg_command(ffmpeg: str, out_dir: Path, renditions: Sequence[Rendition],
             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
             "-profile:v", "baseline", "-level:v", "3.1", "-pix_fmt", "yuv420p",
             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-            "-force_key_frames", f"expr:gte(t,n_forced*{target_duration:g})",
+            "-force_key_frames", f"expr:gte(t,n_forced*{cut:g})",
             "-b:v", str(video_bps), "-maxrate", str(video_bps), "-bufsize", str(2 * video_bps),
             "-threads", "1",
             "-c:a", "aac", "-b:a", str(AUDIO_BITRATE), "-ac", "2",
             "-f", "hls",
-            "-hls_time", f"{target_duration:g}",
-            "-hls_list_size", str(window),
-            "-hls_delete_threshold", str(max(1, retain)),
+            "-hls_time", f"{cut:g}",
+            # Low latency: the window's parts and those of the segment being made.
+            "-hls_list_size", str((window + 1) * per if part_target else window),
+            "-hls_delete_threshold", str(max(1, retain * per)),
             "-hls_flags", "delete_segments+temp_file+independent_segments",
-            "-hls_segment_filename", str(out_dir / r.name / "seg%d.ts"),
+            "-hls_segment_filename", str(out_dir / r.name / ("part%d.ts" if part_target else "seg%d.ts")),
             str(out_dir / r.name / "index.m3u8"),
         ]
     return cmd
@@ -134,12 +153,13 @@ class Encoder:
     __slots__ = ("stream", "out_dir", "renditions", "_argv", "_proc", "_log_path", "_log_file")
 
     def __init__(self, ffmpeg: str, stream: str, out_dir: Path, renditions: Sequence[Rendition],
-                 target_duration: float, window: int, retain: int, tone_hz: int = 440) -> None:
+                 target_duration: float, window: int, retain: int, tone_hz: int = 440,
+                 part_target: float | None = None) -> None:
         self.stream = stream
         self.out_dir = out_dir
         self.renditions = tuple(renditions)
         self._argv = ffmpeg_command(ffmpeg, out_dir, self.renditions, target_duration, window,
-                                    retain, tone_hz)
+                                    retain, tone_hz, part_target)
         self._proc: asyncio.subprocess.Process | None = None
         self._log_path = out_dir / "ffmpeg.log"
         self._log_file: BinaryIO | None = None
@@ -164,7 +184,7 @@ class Encoder:
             d.mkdir(parents=True, exist_ok=True)
             # Stale segments from an earlier run would be served as this run's.
             for f in d.iterdir():
-                if f.name.startswith(("seg", "index.m3u8")):
+                if f.name.startswith(("seg", "part", "index.m3u8")):
                     f.unlink(missing_ok=True)
         self._log_file = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._proc = await asyncio.create_subprocess_exec(

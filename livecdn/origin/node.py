@@ -11,6 +11,7 @@ URL layout: `/{stream}/master.m3u8`, `/{stream}/{rendition}/index.m3u8`,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import hdrs, web
@@ -20,7 +21,9 @@ from livecdn.front.http1 import http_date
 from livecdn.front.negotiate import etag_matches
 from livecdn.node.lifecycle import Lifecycle, State
 from livecdn.node.sites import Sites
-from livecdn.origin.sources import SEGMENT, Body, FfmpegSource, Source, SyntheticSource
+from livecdn.origin import lowlatency as ll
+from livecdn.origin.sources import SEGMENT, SEGMENT_MAX_AGE, Body, FfmpegSource, PartStream, Source, SyntheticSource
+from livecdn.origin.synthetic import etag_of
 from livecdn.origin.timeline import parse_segment_uri
 
 __all__ = ["OriginNode"]
@@ -28,6 +31,15 @@ __all__ = ["OriginNode"]
 log = logging.getLogger("livecdn.origin")
 
 _ALLOWED = "GET, HEAD"
+
+
+def _directive(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 12):
+        raise ValueError(f"bad {name} value {value[:32]!r}")
+    return int(value)
 
 
 def _not_found(reason: str) -> web.Response:
@@ -127,7 +139,16 @@ class OriginNode(Lifecycle):
             body = self._source.master(stream)
         elif len(parts) == 3 and parts[1] in self._renditions:
             rendition, name = parts[1], parts[2]
-            if name == "index.m3u8":
+            if name == "index.m3u8" and self.config.low_latency:
+                return await self._low_latency_media(request, stream, rendition)
+            if (part := ll.parse_part_uri(name)) is not None and self.config.low_latency:
+                got = await self._source.part(stream, rendition, *part)
+                if got is None:
+                    return _not_found(f"part {part[0]}.{part[1]} is not available")
+                if isinstance(got, PartStream):
+                    return await self._stream(request, got)
+                body = got
+            elif name == "index.m3u8":
                 body = await self._source.media(stream, rendition)
                 if body is None:
                     return _not_found("no segment published yet")
@@ -140,6 +161,62 @@ class OriginNode(Lifecycle):
         else:
             return _not_found("no such rendition or file")
         return self._respond(request, body)
+
+    # --- low latency (rfc8216bis 6.2.5) ----------------------------------------
+
+    async def _low_latency_media(self, request: web.Request, stream: str, rendition: str) -> web.StreamResponse:
+        """The LL-HLS playlist; a blocking reload (`_HLS_msn`, `_HLS_part`) is held until its part exists."""
+        try:
+            msn, part = _directive(request, "_HLS_msn"), _directive(request, "_HLS_part")
+        except ValueError as e:
+            return web.Response(status=400, text=f"400 {e}\n")
+        if part is not None and msn is None:
+            return web.Response(status=400, text="400 _HLS_part without _HLS_msn\n")
+        skip = request.query.get("_HLS_skip") in ("YES", "v2")
+        target = self.config.target_duration
+        hold = ll.HOLD_TARGETS * target
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold
+        while True:
+            parts = self._source.parts(stream, rendition)
+            if msn is None and parts is not None:
+                break
+            if msn is not None and parts is not None:
+                if parts.too_far(msn):
+                    return web.Response(status=400, text=f"400 _HLS_msn={msn} is more than two segments ahead "
+                                                         f"of the playlist's last ({parts.last_msn})\n")
+                if parts.has(msn, part):
+                    break
+            left = deadline - loop.time()
+            if left <= 0:
+                if msn is None:
+                    return _not_found("no part published yet")
+                return web.Response(status=503, text=f"503 _HLS_msn={msn} not made within {hold:g} s\n",
+                                    headers={hdrs.CACHE_CONTROL: f"max-age={int(target)}"})
+            await self._source.changed(stream, rendition, left)
+        reports = [ll.Report(f"../{r.name}/index.m3u8", *last) for r in self._source.renditions
+                   if r.name != rendition and (other := self._source.parts(stream, r.name)) is not None
+                   and (last := other.last_part())]
+        data = ll.playlist(parts, skip=skip, reports=reports).encode()
+        # rfc8216bis Appendix B.1: a blocking answer names one version for ever; a plain one half a target.
+        max_age = int(ll.BLOCKING_TARGETS * target) if msn is not None else max(1, int(target / 2))
+        return web.Response(body=data, content_type="application/vnd.apple.mpegurl", headers={
+            hdrs.CACHE_CONTROL: f"max-age={max_age}", hdrs.ETAG: etag_of(data),
+            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*"})
+
+    @staticmethod
+    async def _stream(request: web.Request, part: PartStream) -> web.StreamResponse:
+        """A part being made (a preload hint): its head now, its bytes as they are made."""
+        resp = web.StreamResponse(headers={hdrs.CACHE_CONTROL: f"max-age={SEGMENT_MAX_AGE}",
+                                           hdrs.CONTENT_TYPE: SEGMENT, hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*"})
+        resp.content_length = part.size
+        await resp.prepare(request)
+        if request.method != hdrs.METH_HEAD:
+            async for chunk in part.chunks:
+                if chunk:
+                    await resp.write(chunk)
+        await resp.write_eof()
+        return resp
 
     @staticmethod
     def _respond(request: web.Request, body: Body) -> web.Response:

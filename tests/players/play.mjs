@@ -20,9 +20,19 @@
 //   currentTime    video.currentTime at the end
 //   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
 //   console        page console errors
+//   frags          every media segment loaded: when, from which host (HLS: and pathway)
+//   steering       HLS: every steering manifest loaded: when, and its PATHWAY-PRIORITY
+//   actionAt       when LIVECDN_ACTION ran (see below); stalls carry `until` once playback resumed
+//
+// Env: LIVECDN_ACTION, a shell command run LIVECDN_ACTION_AFTER seconds (default 10) after playback
+// started (a test kills or stops an edge with it, timed on the page's own clock).
+//
+//   latency        hls.js only: its live latency (seconds behind the playlist's live edge), sampled
+//                  every second after startup: { mean, last, samples }
 //
 // Env: CHROMIUM (default /usr/bin/chromium); LIVECDN_HOST_RESOLVER_RULES, passed to
-// --host-resolver-rules so a CDN host name can be mapped to loopback.
+// --host-resolver-rules so a CDN host name can be mapped to loopback; LIVECDN_LOW_LATENCY=1
+// plays with hls.js lowLatencyMode (parts, blocking reloads, preload hints).
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -30,11 +40,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import { execSync } from 'node:child_process';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
 const [url, secondsArg] = process.argv.slice(2);
+const lowLatency = process.env.LIVECDN_LOW_LATENCY === '1';
 const seconds = Number(secondsArg ?? 20);
 if (!url || !(seconds > 0)) {
   console.error('usage: node play.mjs URL SECONDS');
@@ -91,9 +103,12 @@ try {
     }
     return route.fulfill({ status: 200, contentType: 'text/html', body: page_html });
   });
+  const action = process.env.LIVECDN_ACTION || null;
+  const actionAfter = Number(process.env.LIVECDN_ACTION_AFTER ?? 10);
+  if (action) await page.exposeFunction('livecdnAction', () => { execSync(action, { stdio: 'inherit' }); });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash }) => {
-    const r = { started: false, startupSeconds: null, stalls: [], errors: [],
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter, lowLatency }) => {
+    const r = { started: false, startupSeconds: null, stalls: [], errors: [], frags: [], steering: [],
                 mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
     if (dash) r.dashSupported = dashjs.supportsMediaSource();
     else r.hlsSupported = Hls.isSupported();
@@ -108,12 +123,19 @@ try {
       // suggestedPresentationDelay is one segment, which leaves no margin and stalls even at the origin.
       dashPlayer.updateSettings({ streaming: { delay: { liveDelayFragmentCount: 3,
                                                         useSuggestedPresentationDelay: false } } });
+      dashPlayer.on(dashjs.MediaPlayer.events.FRAGMENT_LOADING_COMPLETED, (e) => {
+        const req = e.request;
+        if (req && req.type === 'MediaSegment' && req.url) {
+          r.frags.push({ at: (performance.now() - t0) / 1000, host: new URL(req.url).host,
+                         pathway: req.serviceLocation ?? null, ok: !e.error });
+        }
+      });
       dashPlayer.on(dashjs.MediaPlayer.events.ERROR, (e) => {
         r.errors.push({ fatal: true, type: 'dash', details: e.error?.message ?? String(e.error),
                         code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
       });
     } else {
-      hls = new Hls({ enableWorker: true });
+      hls = new Hls({ enableWorker: true, lowLatencyMode: lowLatency });
       hls.on(Hls.Events.ERROR, (_e, d) => {
         r.errors.push({ fatal: d.fatal, type: d.type, details: d.details,
                         url: d.frag?.url ?? d.context?.url ?? d.url ?? null,
@@ -121,12 +143,22 @@ try {
                         error: d.error ? String(d.error) : null,
                         at: (performance.now() - t0) / 1000 });
       });
+      hls.on(Hls.Events.FRAG_LOADED, (_e, d) => {
+        r.frags.push({ at: (performance.now() - t0) / 1000, host: new URL(d.frag.url).host, sn: d.frag.sn,
+                       pathway: hls.levels[d.frag.level]?.pathwayId ?? null });
+      });
+      hls.on(Hls.Events.STEERING_MANIFEST_LOADED, (_e, d) => {
+        r.steering.push({ at: (performance.now() - t0) / 1000,
+                          priority: d.steeringManifest['PATHWAY-PRIORITY'] ?? null });
+      });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
         { fatal: true, type: 'play', details: String(e) })); });
     }
     let playing;
     const started = new Promise((resolve) => { playing = resolve; });
     video.addEventListener('playing', () => {
+      const last = r.stalls[r.stalls.length - 1];
+      if (last && last.until === undefined) last.until = (performance.now() - t0) / 1000;
       if (!r.started) {
         r.started = true;
         r.startupSeconds = (performance.now() - t0) / 1000;
@@ -147,7 +179,29 @@ try {
     }
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     await Promise.race([started, sleep(startTimeoutMs)]);
-    if (r.started) await sleep(seconds * 1000);
+    const latencies = [];
+    const watch = async (secs) => {  // sleeps, sampling hls.js's live latency each second
+      for (let left = secs; left > 0; left -= 1) {
+        await sleep(Math.min(1, left) * 1000);
+        // past the start-up catch-up
+        if (hls && Number.isFinite(hls.latency) && (performance.now() - t0) / 1000 - r.startupSeconds >= 2) {
+          latencies.push(hls.latency);
+        }
+      }
+    };
+    if (r.started && action) {
+      const first = Math.min(actionAfter, seconds);
+      await watch(first);
+      r.actionAt = (performance.now() - t0) / 1000;
+      await window.livecdnAction();
+      await watch(seconds - first);
+    } else if (r.started) {
+      await watch(seconds);
+    }
+    if (latencies.length) {
+      r.latency = { mean: latencies.reduce((a, b) => a + b, 0) / latencies.length,
+                    last: latencies[latencies.length - 1], samples: latencies.length };
+    }
     let played = 0;
     for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
     r.playedSeconds = played;
@@ -159,7 +213,7 @@ try {
     if (hls) hls.destroy();
     if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter, lowLatency });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);

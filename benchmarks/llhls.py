@@ -1,0 +1,157 @@
+"""Low-latency HLS through the CDN (issue 15): what the CDN adds to a low-latency player, and to many.
+
+    cd benchmarks && python llhls.py [--quick] [--only latency,viewers] [--head | --tree DIR]
+
+Figures:
+
+- `latency`: hls.js in `lowLatencyMode` (tests/players/play.mjs, headless
+  Chromium) plays the built-in ffmpeg origin's LL-HLS (0.5 s parts, 2 s
+  segments) straight from the origin, then through shield and edge, in the
+  same run (same origin, same encoder): hls.js's own live latency, each, and
+  what the CDN adds (goal: at most 0.1 s).
+- `viewers`: simulated LL viewers (`viewers.LowLatencyViewer`, asyncio, one
+  process) on two edges behind one shield, in front of the synthetic origin's
+  LL-HLS behind a counting pass-through: each viewer holds a blocking reload
+  for the next part and fetches the preload-hint part beside it, as hls.js
+  does. Origin requests per part (goal 1.00: one fetch of each part for every
+  viewer, and one blocking reload per part and rendition), and, per part, the
+  delay from the moment it is ready (a probe holding blocking reloads at the
+  origin itself, uncounted, sees it) to each viewer's blocking reload
+  answer (goal: p99 at most 50 ms).
+
+Both runs are bounded (`--quick`: shorter and fewer viewers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from lib.figures import Figure, main
+from lib.ports import free_port, url
+from lib.procs import ROOT, Processes
+from lib.topology import Node, origin_counts, start_builtin_origin, start_counting, start_nodes, write_topology
+from viewers import LowLatencyViewer, client_address, part_ready_probe, percentile
+
+PLAYERS = ROOT / "tests" / "players"
+CACHE = {"disk_path": "", "upstream_timeout": 10}
+LL_ORIGIN = {"low_latency": True, "target_duration": 2, "part_target": 0.5, "window": 10}
+
+
+async def _cdn(procs: Processes, session: aiohttp.ClientSession, mode: str, edges: int,
+               counted: bool) -> tuple[str, list[Node]]:
+    """The built-in LL origin (behind a counting pass-through when `counted`), a shield and `edges` edges."""
+    port = free_port()
+    nodes = [Node.new("shields", "shield-1")] + [Node.new("edges", f"edge-{i}") for i in range(1, edges + 1)]
+    config = procs.workdir / f"{mode}.toml"
+    builtin = {"listen": f"127.0.0.1:{port}", "mode": mode, **LL_ORIGIN}
+    write_topology(config, url(port), nodes, CACHE, builtin=builtin)
+    await start_builtin_origin(procs, session, config, port)
+    upstream = url(port)
+    if counted:
+        upstream = url(await start_counting(procs, session, "counter", "benchorigin", ["--upstream", url(port)]))
+    cdn = procs.workdir / f"{mode}-cdn.toml"
+    write_topology(cdn, upstream, nodes, CACHE, guard={"prefetch": False})
+    await start_nodes(procs, session, cdn, nodes)
+    return url(port), nodes
+
+
+def _play(master: str, seconds: int) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed: run `make test` (it installs the players)")
+    proc = subprocess.run([node, str(PLAYERS / "play.mjs"), master, str(seconds)], cwd=PLAYERS,
+                          capture_output=True, text=True, timeout=seconds + 120,
+                          env={**os.environ, "LIVECDN_LOW_LATENCY": "1"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"play.mjs printed nothing (exit {proc.returncode}): {proc.stderr[-500:]}")
+    r: dict[str, Any] = json.loads(lines[-1])
+    return {"latency": r.get("latency"), "stalls": len(r.get("stalls", [])), "started": r.get("started"),
+            "errors": [e.get("details") for e in r.get("errors", [])], "played": r.get("playedSeconds")}
+
+
+async def latency(procs: Processes, session: aiohttp.ClientSession, quick: bool) -> dict[str, Any]:
+    origin, nodes = await _cdn(procs, session, "ffmpeg", 1, counted=False)
+    edge = next(n for n in nodes if n.kind == "edges")
+    seconds = 15 if quick else 30
+    loop = asyncio.get_running_loop()
+    direct = await loop.run_in_executor(None, _play, origin + "/live/master.m3u8", seconds)
+    cdn = await loop.run_in_executor(None, _play, url(edge.port) + "/live/master.m3u8", seconds)
+    out: dict[str, Any] = {"seconds": seconds, "direct": direct, "cdn": cdn}
+    if direct["latency"] and cdn["latency"]:
+        out["added"] = round(cdn["latency"]["mean"] - direct["latency"]["mean"], 3)
+    return out
+
+
+def show_latency(r: dict[str, Any]) -> None:
+    def mean(side: dict[str, Any]) -> str:
+        return f"{side['latency']['mean']:.2f} s" if side.get("latency") else "n/a"
+    print(f"hls.js lowLatencyMode, {r['seconds']} s each: direct {mean(r['direct'])} "
+          f"(stalls {r['direct']['stalls']}), through shield+edge {mean(r['cdn'])} (stalls {r['cdn']['stalls']}); "
+          f"CDN adds {r.get('added', 'n/a')} s")
+
+
+async def viewers(procs: Processes, session: aiohttp.ClientSession, quick: bool) -> dict[str, Any]:
+    origin, nodes = await _cdn(procs, session, "synthetic", 2, counted=True)
+    edges = [n for n in nodes if n.kind == "edges"]
+    count, duration = (int(os.environ.get("LLHLS_VIEWERS", 200)), 10.0) if quick else (1000, 20.0)
+    ready: dict[str, float] = {}  # "msn.part" → when the origin had it (monotonic)
+    delays: list[float] = []
+    failures = 0
+    stop = asyncio.Event()
+    probe = asyncio.ensure_future(part_ready_probe(session, origin + "/live/360p/index.m3u8", ready, stop))
+    players = [LowLatencyViewer(url(edges[i % 2].port) + "/live/360p/index.m3u8", client_address("127.102", i))
+               for i in range(count)]
+    before = await origin_counts(session, procs_port(procs))
+    started = time.monotonic()
+    tasks = [asyncio.ensure_future(v.run(stop)) for v in players]
+    await asyncio.sleep(duration)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    after = await origin_counts(session, procs_port(procs))
+    await probe
+    for v in players:
+        failures += v.failures
+        delays += [at - ready[name] for name, at in v.answered.items() if name in ready]
+    parts = {p: after.get(p, 0) - before.get(p, 0) for p in after if p.count(".") == 2 and p.endswith(".ts")}
+    parts = {p: n for p, n in parts.items() if n}
+    playlist = after.get("/live/360p/index.m3u8", 0) - before.get("/live/360p/index.m3u8", 0)
+    return {
+        "viewers": count, "edges": 2, "seconds": round(time.monotonic() - started, 1), "failures": failures,
+        "parts_fetched": len(parts),
+        "origin_requests_per_part": round(statistics.fmean(parts.values()), 3) if parts else None,
+        "origin_playlist_requests_per_part": round(playlist / len(parts), 3) if parts else None,
+        "answers": len(delays),
+        "ready_to_viewer_ms": {"p50": round(percentile(delays, 50) * 1000, 1),
+                               "p99": round(percentile(delays, 99) * 1000, 1),
+                               "max": round(max(delays) * 1000, 1)} if delays else None,
+    }
+
+
+def procs_port(procs: Processes) -> int:
+    """The counting pass-through's port (its command line says it)."""
+    cmd = procs.running["counter"].args
+    assert isinstance(cmd, list)
+    return int(cmd[cmd.index("--port") + 1])
+
+
+def show_viewers(r: dict[str, Any]) -> None:
+    print(f"{r['viewers']} LL viewers on {r['edges']} edges for {r['seconds']} s: {r['parts_fetched']} parts, "
+          f"origin requests per part {r['origin_requests_per_part']} "
+          f"(playlists {r['origin_playlist_requests_per_part']}), "
+          f"part ready to viewer {r['ready_to_viewer_ms']} over {r['answers']} answers, failures {r['failures']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main("llhls", [Figure("latency", latency, show_latency, details=()),
+                            Figure("viewers", viewers, show_viewers, details=())], __doc__ or ""))
