@@ -59,7 +59,7 @@ class EdgeNode(CacheNode):
         return Steering(self.config.name, router.steering_url + STEERING_PATH, edges).dress
 
     def make_policy(self, engine: Engine) -> EdgePolicy:
-        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
+        return EdgePolicy(self.config, engine, shields=bool(self.topology.shields), signing=self.topology.signing)
 
     def connection_limit(self) -> ConnectionLimit | None:
         return None if self.policy is None else self.policy.connections
@@ -77,11 +77,13 @@ class EdgeNode(CacheNode):
         return self.config.h2c
 
     def reload(self, topology: Topology) -> None:
-        """The upstream list, this edge's per-client limits (buckets start full again) and trusted proxies."""
+        """The upstream list, the signing keys, this edge's per-client limits (buckets start full again) and
+        trusted proxies."""
         super().reload(topology)
         assert self.policy is not None and self.engine is not None
         self.engine.dress = self.dresser(topology)  # manifests stored from now on; `purge` redoes those held
         self.policy.guard.only_if_cached = bool(topology.shields)
+        self.policy.sign(topology.signing)
         new = topology.edges.get(self.config.name)
         if new is not None and (new.trusted_proxies, new.forwarded_header) != \
                 (self.config.trusted_proxies, self.config.forwarded_header):

@@ -1,14 +1,16 @@
 """What an edge decides about a request, in the order it decides it.
 
-Every request: the optional all-requests rate (`screen`). A request that would
-cost a new upstream fetch (nothing in memory or on disk, no fetch in flight to
-join; the engine asks, `livecdn.cache.engine.Admission`): first the guard
-(`check`: names that cannot exist get a 404 with no upstream fetch; a name of
-a stream never seen gets a try, settled by the engine with its answer: a 200
-gives it back), then the per-client miss bucket (`charge`: 429 with
-Retry-After) for what is left: real fetches. Every answered request: the
-stream is being watched (`seen`: prefetch follows it). Connections per client
-are counted by the listener against this policy's `connections`.
+Every request: its signed URL's token, where the topology asks for them
+(`tokens`, edge/tokens.py: 403 with a reason); the optional all-requests
+rate (`screen`). A request that would cost a new upstream fetch (nothing in
+memory or on disk, no fetch in flight to join; the engine asks,
+`livecdn.cache.engine.Admission`): first the guard (`check`: names that
+cannot exist get a 404 with no upstream fetch; a name of a stream never seen
+gets a try, settled by the engine with its answer: a 200 gives it back), then
+the per-client miss bucket (`charge`: 429 with Retry-After) for what is left:
+real fetches. Every answered request: the stream is being watched (`seen`:
+prefetch follows it). Connections per client are counted by the listener
+against this policy's `connections`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from livecdn.cache.engine import Admitted, Engine
 from livecdn.cache.fill import CacheResult
 from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.stored import Stored
-from livecdn.config import EdgeConfig, LimitSettings
+from livecdn.config import EdgeConfig, LimitSettings, SigningSettings
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.media.directives import too_far_ahead
 
 from .guard import StreamGuard
 from .limits import ClientLimits
 from .prefetch import Prefetcher
+from .tokens import TokenGate
 
 __all__ = ["EdgePolicy"]
 
@@ -36,8 +39,10 @@ __all__ = ["EdgePolicy"]
 class EdgePolicy:
     """The edge's policy for the HTTP front (`livecdn.front.answers.Policy`) and the engine (`Admission`)."""
 
-    def __init__(self, config: EdgeConfig, engine: Engine, shields: bool = False) -> None:
-        """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not)."""
+    def __init__(self, config: EdgeConfig, engine: Engine, shields: bool = False,
+                 signing: SigningSettings | None = None) -> None:
+        """`shields`: the edge's upstreams are shields (they answer only-if-cached; an origin would not);
+        `signing`: the topology's signed URLs."""
         self._engine = engine
         self.guard = StreamGuard(config.guard, engine, config.name, only_if_cached=shields)
         self.prefetcher = Prefetcher(config.guard, engine, config.name) if config.guard.prefetch else None
@@ -50,6 +55,9 @@ class EdgePolicy:
         self.screen: Callable[[str], None] | None = None
         self.limits: ClientLimits
         self.apply(config.limits)
+        self.tokens: TokenGate | None = None
+        self._name = config.name
+        self.sign(signing)
         engine.on_playlist(self._learn)
 
     def apply(self, limits: LimitSettings) -> None:
@@ -57,6 +65,10 @@ class EdgePolicy:
         self.limits = ClientLimits(limits)
         self.screen = self._screen if limits.request_rate else None
         self.connections.limit = limits.connections_per_client
+
+    def sign(self, signing: SigningSettings | None) -> None:
+        """Check signed URLs with these keys from now on (None: no tokens needed); verified tokens are forgotten."""
+        self.tokens = None if signing is None else TokenGate(signing, self._name)
 
     def _learn(self, obj: Stored) -> None:
         announced = self.guard.learn(obj)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from livecdn.config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
-from livecdn.config.load import TOKEN_ENV
+from livecdn.config.load import SIGNING_ENV, TOKEN_ENV
 
 __all__ = ["main"]
 
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
     d.add_argument("--tls", action="store_true",
                    help="make a throwaway CA and certificates, serve players over HTTPS too (prints the CA file)")
+    d.add_argument("--signed", action="store_true",
+                   help="edges need signed URLs, under a random key; prints a signed play URL")
     _common(d)
     u = sub.add_parser("purge", help="drop objects from every shield and edge of the topology (shields first)",
                        description=f"The admin token is {TOKEN_ENV} from the environment, else [cdn] admin_token.")
@@ -47,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--prefix", metavar="P", help="every object whose path starts with P")
     what.add_argument("--stream", metavar="S", help="a whole stream: the directory of playlist S, and all under it")
     u.add_argument("--json", action="store_true", help="print every node's answer as one JSON object")
+    g = sub.add_parser("sign", help="print a signed URL for a path: its directory and all under it",
+                       description=f"The keys are {SIGNING_ENV} from the environment, else [signing] keys; "
+                                   f"the first signs.")
+    g.add_argument("--config", required=True, help="topology file (TOML)")
+    g.add_argument("path", metavar="PATH", help="a path such as /live/master.m3u8 (or a URL: its host is ignored)")
+    g.add_argument("--ttl", type=float, metavar="S", help="seconds the URL is good for (default: [signing] ttl)")
+    g.add_argument("--address", default="", metavar="IP", help="the one client address the URL is good for")
+    g.add_argument("--scope", metavar="DIR", help="the directory the URL allows (default: PATH's directory)")
     return p
 
 
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "purge":
             from livecdn.purge import run_purge
             return run_purge(args, load(args.config))
+        if args.command == "sign":
+            from livecdn.sign import run_sign
+            return run_sign(args, load(args.config))
         topo = _topology(args)
         if args.command == "demo":
             from livecdn.demo import run_demo

@@ -16,6 +16,10 @@ TLS listener on every shield, edge and the router, and prints the CA file
 The demo prints the admin token of the purge API (`"admin_token"` in
 `--json`): the topology's (LIVECDN_ADMIN_TOKEN, else `[cdn] admin_token`),
 or a random one when it has none, handed to every node in its environment.
+With `--signed` edges need signed URLs, under a random key handed to the nodes
+the same way (LIVECDN_SIGNING_KEYS, printed as `"signing_keys"`); the play URL
+printed (`"play"`) is then signed. A topology with its own `[signing]` gets a
+signed play URL too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import secrets
@@ -38,8 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from livecdn.config import Topology, load
-from livecdn.config.load import TOKEN_ENV
+from livecdn.config import SigningKey, SigningSettings, Topology, load
+from livecdn.config.load import SIGNING_ENV, TOKEN_ENV
+from livecdn.sign import signed_path
 
 __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 
@@ -48,6 +54,9 @@ __all__ = ["run_demo", "DemoNode", "plan", "play_url"]
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1
+# A demo's signed play URL outlives an afternoon of trying it (a topology's own [signing] ttl aside).
+DEMO_TOKEN_TTL = 86400.0
+DEMO_KEY_ID = "demo"
 
 
 @dataclass(frozen=True)
@@ -76,14 +85,24 @@ def plan(topo: Topology) -> list[DemoNode]:
 
 
 def play_url(topo: Topology, https: bool = False) -> str | None:
-    """Where a player starts: the router (it redirects to the nearest edge), else the first edge.
+    """Where a player starts: the router (it redirects to the nearest edge), else the first edge; signed
+    when the topology asks for tokens.
 
     With `https`: that place's https URL (None when it serves no TLS).
     """
     nodes = plan(topo)
     start = nodes[-1] if topo.router is not None else next(n for n in nodes if n.role == "edge")
     base = start.https if https else start.url
-    return None if base is None else base + topo.play_path
+    if base is None:
+        return None
+    return base + (topo.play_path if topo.signing is None else signed_path(topo, topo.play_path))
+
+
+def _signed(topo: Topology) -> tuple[Topology, str]:
+    """The topology with a random signing key (the only one), and that key as LIVECDN_SIGNING_KEYS says it."""
+    key = SigningKey(DEMO_KEY_ID, secrets.token_urlsafe(32))
+    settings = topo.signing or SigningSettings((key,), ttl=DEMO_TOKEN_TTL)
+    return dataclasses.replace(topo, signing=dataclasses.replace(settings, keys=(key,))), f"{key.id}:{key.secret}"
 
 
 def _die_with_parent() -> None:
@@ -121,12 +140,14 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
 
 def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
     nodes = plan(topo)
+    token = topo.admin_token or secrets.token_urlsafe(24)
+    env = {**os.environ, TOKEN_ENV: token}
+    if args.signed:
+        topo, env[SIGNING_ENV] = _signed(topo)
     play = play_url(topo)
     assert play is not None
     https = play_url(topo, https=True)
     trust = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
-    token = topo.admin_token or secrets.token_urlsafe(24)
-    env = {**os.environ, TOKEN_ENV: token}
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -154,6 +175,8 @@ def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
         router = topo.router
         if args.json:
             info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
+            if SIGNING_ENV in env:
+                info["signing_keys"] = env[SIGNING_ENV]
             if router is not None:
                 info.update(dns=str(router.dns), hostname=topo.hostname)
             if ca is not None:
@@ -167,6 +190,9 @@ def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
                 print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
                       f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
             print(f"\npurge: {TOKEN_ENV}={token} livecdn purge --config {topo.path} --prefix /live/", flush=True)
+            if SIGNING_ENV in env:
+                print(f"sign:  {SIGNING_ENV}={env[SIGNING_ENV]} livecdn sign --config {topo.path} "
+                      f"{topo.play_path}   (unsigned requests get 403)", flush=True)
             print(f"\nplay: {play}", flush=True)
             if ca is not None:
                 print(f"https: {https}\nca:    {ca}   (curl --cacert {ca} {https})", flush=True)

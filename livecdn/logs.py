@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
-__all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "report_death", "setup"]
+__all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "redacted", "report_death",
+           "setup"]
 
 # Access lines are held until this many bytes are waiting, or for FLUSH_INTERVAL
 # seconds after the first of them, whichever comes first; then one write.
@@ -32,6 +33,8 @@ FLUSH_INTERVAL = 1.0
 # The key under which an aiohttp handler leaves the client address a trusted
 # proxy named (geo/redirect.py), for the access line's "remote".
 CLIENT = RequestKey("livecdn.client", str)
+# A signed URL's token segment starts so (`livecdn.signing.MARK`): an access line never holds a token.
+_SIGNED = "/~"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -142,6 +145,17 @@ class AccessLog:
                 return
 
 
+def redacted(target: str) -> str:
+    """A request target fit for a log line: a signed URL's token replaced by "redacted".
+
+    (The edge takes tokens off before it logs; the router logs what players ask it.)
+    """
+    if not target.startswith(_SIGNED):
+        return target
+    end = target.find("/", len(_SIGNED))
+    return _SIGNED + "redacted" + (target[end:] if end > 0 else "")
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     """aiohttp's access-logger hook, writing through an `AccessLog`.
 
@@ -151,6 +165,7 @@ class JsonAccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, duration: float) -> None:
         access: AccessLog = self.logger  # type: ignore[assignment]
-        access.write(request.get(CLIENT) or request.remote or "", request.method, request.raw_path, response.status,
+        access.write(request.get(CLIENT) or request.remote or "", request.method, redacted(request.raw_path),
+                     response.status,
                      response.body_length, duration, response.headers.get("X-Cache", ""),
                      request.headers.get("User-Agent", ""))

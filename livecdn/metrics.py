@@ -28,8 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 __all__ = [
     "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
-    "REQUESTS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP", "exposition",
-    "RouterReading", "forget_router", "watch_router",
+    "REQUESTS", "TOKEN_REFUSALS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP",
+    "exposition", "RouterReading", "forget_router", "watch_router",
 ]
 
 disable_created_metrics()  # the _created series only double the output of every counter
@@ -70,6 +70,8 @@ PREFETCH_HITS = Counter("livecdn_prefetch_hits_total",
                         "Prefetched objects whose first player request found them cached", ["node"])
 PREFETCH_DROPPED = Counter("livecdn_prefetch_dropped_total", "Prefetches dropped: queue full", ["node"])
 RATE_LIMITED = Counter("livecdn_rate_limited_total", "Requests answered 429, by limit", ["node", "limit"])
+TOKEN_REFUSALS = Counter("livecdn_token_refusals_total", "Requests answered 403 for their signed-URL token, "
+                         "by reason", ["node", "reason"])
 
 
 # --- the geo router (geo/) ---

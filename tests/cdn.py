@@ -35,6 +35,7 @@ from livecdn.config import (
     LimitSettings,
     Region,
     ShieldConfig,
+    SigningSettings,
     Topology,
 )
 from livecdn.config.load import load
@@ -88,9 +89,11 @@ class Stack:
 
     def __init__(self, origin_url: str, *, shields: int = 1, edges: int = 1,
                  cache: CacheSettings | None = None, origin_fallback: bool = False,
-                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS, origin_ca: str = "") -> None:
+                 guard: GuardSettings = OPEN_GUARD, limits: LimitSettings = NO_LIMITS, origin_ca: str = "",
+                 signing: SigningSettings | None = None) -> None:
         self.origin_url = origin_url
         self.origin_ca = origin_ca  # the origin's ca_file (an https origin's CA bundle)
+        self.signing = signing
         self.cache = cache or CacheSettings(disk_path="", upstream_timeout=3.0)
         self.guard, self.limits = guard, limits
         self.n_shields, self.n_edges = shields, edges
@@ -101,7 +104,7 @@ class Stack:
     def _topology(self, shields: dict[str, ShieldConfig], edges: dict[str, EdgeConfig]) -> Topology:
         origins = {DEFAULT_ORIGIN: OriginRoute(DEFAULT_ORIGIN, self.origin_url, ca_file=self.origin_ca)}
         return Topology("(test)", "test", "cdn.test", self.origin_url, None,
-                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges, origins=origins)
+                        {"eu": Region("eu", (50.0, 8.0))}, shields, edges, origins=origins, signing=self.signing)
 
     async def start(self) -> Stack:
         local = Address("127.0.0.1", 0)

@@ -8,14 +8,17 @@ the CDN made of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
+import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-__all__ = ["FakeOrigin", "FileOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status"]
+__all__ = ["FakeOrigin", "FileOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status",
+           "origin_thread"]
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,6 +117,23 @@ class FakeOrigin:
         if behaviour is None:
             return web.Response(status=404, text="not here\n")
         return await behaviour(request)
+
+
+@contextlib.contextmanager
+def origin_thread() -> Iterator[FakeOrigin]:
+    """A FakeOrigin on its own loop in a thread: the CDN's processes block this test's thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    origin = FakeOrigin()
+    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
+    try:
+        yield origin
+    finally:
+        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 class FileOrigin(FakeOrigin):

@@ -12,11 +12,13 @@ few of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,7 +26,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from livecdn.config import GuardSettings, LimitSettings
+from livecdn.config import GuardSettings, LimitSettings, SigningKey, SigningSettings
+from livecdn.signing import sign
 from tests.cdn import Stack, sample
 from tests.fakeorigin import FakeOrigin, FileOrigin, body
 from tests.test_players import CHROMIUM, INSTALL_HINT, PLAYERS_DIR, require_browser_harness, require_ffmpeg
@@ -147,27 +150,33 @@ class Cdn:
         return sample(await self.metrics(), "livecdn_guard_rejections_total")
 
 
-async def start_cdn(folder: Path) -> Cdn:
+async def start_cdn(folder: Path, signing: SigningSettings | None = None) -> Cdn:
     origin = GrowingFileOrigin(str(folder.parent.parent))
     await origin.start()
-    stack = await Stack(origin.url, guard=GuardSettings(), limits=LimitSettings()).start()
+    stack = await Stack(origin.url, guard=GuardSettings(), limits=LimitSettings(), signing=signing).start()
     return Cdn(origin, stack)
 
 
-@pytest.fixture(params=sorted(SHAPES))
-async def live(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cdn]:
+@contextlib.asynccontextmanager
+async def live_cdn(tmp_path: Path, shape: str, signing: SigningSettings | None = None) -> AsyncIterator[Cdn]:
     folder = tmp_path / "live" / "cam"
-    proc = encoder(folder, request.param)
+    proc = encoder(folder, shape)
     cdn = None
     try:
         await live_mpd(folder, proc, segments=5)  # players start a few segments behind live
-        cdn = await start_cdn(folder)
+        cdn = await start_cdn(folder, signing)
         yield cdn
     finally:
         if cdn is not None:
             await cdn.stack.stop()
             await cdn.origin.stop()
         stop(proc)
+
+
+@pytest.fixture(params=sorted(SHAPES))
+async def live(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cdn]:
+    async with live_cdn(tmp_path, request.param) as cdn:
+        yield cdn
 
 
 async def test_ffmpeg_plays_live_dash_through_the_edge_with_no_guard_rejection(live: Cdn) -> None:
@@ -262,29 +271,51 @@ def public_chromium(endpoint: str, tmp_path: Path) -> str:
     return str(launcher)
 
 
-async def test_dashjs_in_chromium_plays_live_dash_through_the_edge(live: Cdn, tmp_path: Path) -> None:
+async def play_dashjs(cdn: Cdn, url: str, tmp_path: Path) -> tuple[dict[str, object], str]:
+    """dash.js in Chromium plays `url` for SECONDS; its result (and the guard's rejections meanwhile), as a report."""
     node = require_browser_harness()
     if not (PLAYERS_DIR / "node_modules" / "dashjs" / "package.json").exists():
         pytest.fail(f"missing tests/players/node_modules/dashjs: {INSTALL_HINT}", pytrace=False)
-    before = await live.rejections()
-    endpoint = live.stack.edge.removeprefix("http://")
+    before = await cdn.rejections()
+    endpoint = cdn.stack.edge.removeprefix("http://")
     env = {**os.environ, "CHROMIUM": public_chromium(endpoint, tmp_path)}
     proc = await asyncio.create_subprocess_exec(
-        node, str(PLAYERS_DIR / "play.mjs"), live.url, str(SECONDS), cwd=PLAYERS_DIR, env=env,
+        node, str(PLAYERS_DIR / "play.mjs"), url, str(SECONDS), cwd=PLAYERS_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), SECONDS + 120)
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
     assert lines, f"play.mjs printed no result (exit {proc.returncode}):\n{out.decode()}\n{err.decode()}"
     r = json.loads(lines[-1])
-    r["guardRejections"] = await live.rejections() - before
+    r["guardRejections"] = await cdn.rejections() - before
     report = json.dumps(r, indent=1)
     assert proc.returncode == 0 and "harnessError" not in r, report
+    return r, report
+
+
+def assert_played(r: dict[str, object], report: str) -> None:
     assert r["player"] == "dash.js" and r["dashSupported"] and r["mse"], report
     assert r["started"], f"playback never started:\n{report}"
     assert r["guardRejections"] == 0, report
-    assert r["playedSeconds"] >= SECONDS - 2, report
+    assert r["playedSeconds"] >= SECONDS - 2, report  # type: ignore[operator]
     assert r["errors"] == [], report
 
+
+async def test_dashjs_in_chromium_plays_live_dash_through_the_edge(live: Cdn, tmp_path: Path) -> None:
+    assert_played(*await play_dashjs(live, live.url, tmp_path))
+
+
+async def test_dashjs_plays_a_signed_mpd_url_and_unsigned_requests_get_403(tmp_path: Path) -> None:
+    # dash.js resolves the SegmentTemplate's init and media names against the MPD's URL: the token
+    # segment leading it is kept, so every segment request carries it.
+    key = SigningKey("k1", "dash-secret-0123456789abcdef")
+    async with live_cdn(tmp_path, "number", SigningSettings((key,))) as cdn:
+        signed = sign(STREAM, key.id, key.secret.encode(), int(time.time()) + 600)
+        async with aiohttp.ClientSession() as s, s.get(cdn.stack.edge + STREAM) as r:
+            assert (r.status, await r.text()) == (403, "403 token missing\n")
+        r, report = await play_dashjs(cdn, cdn.stack.edge + signed, tmp_path)
+        assert_played(r, report)
+        seen = list(cdn.origin.hits)
+        assert any(p.endswith(".m4s") for p in seen) and not any("~" in p for p in seen), seen
 
 
 async def test_an_unknown_dash_name_costs_one_mpd_refresh_then_a_404() -> None:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -88,10 +89,10 @@ def counts(cdn: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
             {e: sample(metrics(n), "livecdn_requests_total") for e, n in edges.items()})
 
 
-def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: dict[str, Any]) -> None:
+def ffmpeg_reads(play_url: str, cdn: dict[str, Any]) -> None:
     """ffmpeg starts at the router, is redirected once, then reads everything from that edge."""
     ffmpeg = require_ffmpeg()
-    redirects_before, served_before = counts(video_cdn)
+    redirects_before, served_before = counts(cdn)
     started = time.monotonic()
     proc = subprocess.run(
         [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-i", play_url, "-t", str(SECONDS),
@@ -105,7 +106,7 @@ def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: di
     assert proc.stderr.strip() == "", report
     assert progress.get("progress") == "end", report
     assert out_seconds >= SECONDS - 0.5, report
-    redirects_after, served_after = counts(video_cdn)
+    redirects_after, served_after = counts(cdn)
     redirected = {e: redirects_after[e] - redirects_before[e] for e in redirects_after}
     served = {e: served_after[e] - served_before[e] for e in served_after}
     edge = max(redirected, key=lambda e: redirected[e])
@@ -114,6 +115,10 @@ def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: di
     # against the redirected URL: 20 s of 2 s segments is 10 segments at least.
     assert 1 <= sum(redirected.values()) <= 3, (redirected, served)
     assert served[edge] >= SECONDS / 2, (redirected, served)
+
+
+def test_ffmpeg_reads_the_live_stream_without_error(play_url: str, video_cdn: dict[str, Any]) -> None:
+    ffmpeg_reads(play_url, video_cdn)
 
 
 def edges_as_public(cdn: dict[str, Any], tmp_path: Path, *extra: str, scheme: str = "url") -> str:
@@ -135,10 +140,9 @@ def edges_as_public(cdn: dict[str, Any], tmp_path: Path, *extra: str, scheme: st
     return str(launcher)
 
 
-def test_hlsjs_in_chromium_plays_without_stalling(play_url: str, video_cdn: dict[str, Any],
-                                                  tmp_path: Path) -> None:
+def hlsjs_plays(play_url: str, cdn: dict[str, Any], tmp_path: Path) -> None:
     node = require_browser_harness()
-    env = {**os.environ, "CHROMIUM": edges_as_public(video_cdn, tmp_path)}
+    env = {**os.environ, "CHROMIUM": edges_as_public(cdn, tmp_path)}
     assert_hlsjs_played(play_hlsjs(node, play_url, env))
 
 
@@ -167,3 +171,41 @@ def assert_hlsjs_played(proc: subprocess.CompletedProcess[str]) -> None:
     assert not bad, f"hls.js network errors or buffer stalls:\n{report}"
     assert r["stalls"] == [], f"playback stalled after it started:\n{report}"
     assert r["playedSeconds"] >= SECONDS - 2, f"played too little:\n{report}"
+
+
+def test_hlsjs_in_chromium_plays_without_stalling(play_url: str, video_cdn: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    hlsjs_plays(play_url, video_cdn, tmp_path)
+
+
+# --- signed URLs: `livecdn demo --signed` -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The video CDN with `--signed`: its play URL carries a token, and every edge wants one."""
+    require_ffmpeg()
+    config = tmp_path_factory.mktemp("signed-players") / "cdn.toml"
+    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
+    with run_cdn(config, "--signed") as info:
+        yield info
+
+
+def test_the_signed_demo_refuses_an_unsigned_request(signed_cdn: dict[str, Any]) -> None:
+    play = signed_cdn["play"]
+    key_id = signed_cdn["signing_keys"].split(":")[0]
+    assert urllib.parse.urlsplit(play).path.startswith(f"/~{key_id}~")
+    unsigned = urllib.parse.urljoin(play, "/live/master.m3u8")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(unsigned, timeout=10)  # the router redirects; the edge refuses
+    assert (info.value.code, info.value.read()) == (403, b"403 token missing\n")
+    with urllib.request.urlopen(play, timeout=10) as r:
+        assert r.status == 200
+
+
+def test_ffmpeg_reads_a_signed_play_url(signed_cdn: dict[str, Any]) -> None:
+    ffmpeg_reads(signed_cdn["play"], signed_cdn)
+
+
+def test_hlsjs_plays_a_signed_play_url(signed_cdn: dict[str, Any], tmp_path: Path) -> None:
+    hlsjs_plays(signed_cdn["play"], signed_cdn, tmp_path)

@@ -7,18 +7,14 @@ before the purge, so an old copy served afterwards is told apart.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,7 @@ from livecdn.config import ConfigError, load
 from livecdn.node.broadcast import ANSWER_TIMEOUT
 from livecdn.node.purge import Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
 from tests.cdn import ROOT, Stack, free_port, run_cdn, topology_toml, wait_until
-from tests.fakeorigin import FakeOrigin, body
+from tests.fakeorigin import FakeOrigin, body, origin_thread
 
 TOKEN = "purge-test-token-0123456789"
 LADDER = ("720p", "360p")
@@ -131,23 +127,6 @@ def test_the_token_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest
 
 def with_token(toml: str, token: str) -> str:
     return toml.replace("[cdn]\n", f'[cdn]\nadmin_token = "{token}"\n', 1)
-
-
-@contextlib.contextmanager
-def origin_thread() -> Iterator[FakeOrigin]:
-    """A FakeOrigin on its own loop in a thread: the CDN's processes block this test's thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    origin = FakeOrigin()
-    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
-    try:
-        yield origin
-    finally:
-        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def publish(origin: FakeOrigin, run: str) -> None:

@@ -1,6 +1,6 @@
 """One edge process's hit path, in-process: memory hits fed to a player connection on a fake transport.
 
-    cd benchmarks && PYTHONPATH=TREE python -m tools.hitloop --hits N [--reps R]
+    cd benchmarks && PYTHONPATH=TREE python -m tools.hitloop --hits N [--reps R] [--signed]
 
 Imports livecdn from whatever tree is first on the path (this layout or the
 flat one before issue 9), builds an edge's engine, front and policy (prefetch
@@ -9,6 +9,8 @@ segment in the memory tier and feeds N one-request reads to one connection.
 With `--forwarded`, the connection is from a trusted proxy and each request
 names its client in X-Forwarded-For (issue 13's resolution on every hit).
 Prints one JSON line: microseconds per hit (median of R passes) and hits.
+With `--signed` the edge wants signed URLs and every read carries one token
+(a viewer's, remembered after its first check).
 """
 
 from __future__ import annotations
@@ -72,17 +74,30 @@ class Transport:
     def resume_reading(self) -> None: ...
 
 
+def signed(config: EdgeConfig) -> tuple[EdgeConfig, dict[str, Any], str]:
+    """The policy's signing keyword and a signed target (trees without signed URLs cannot run this)."""
+    from livecdn.config import SigningKey, SigningSettings
+    from livecdn.signing import sign
+
+    key = SigningKey("bench", "bench-secret-0123456789")
+    target = sign(KEY, key.id, key.secret.encode(), int(time.time()) + 3600)
+    return config, {"signing": SigningSettings((key,))}, target
+
+
 # What a load balancer in front of the edge adds: the player, and the balancer's own hop.
 FORWARDED = "X-Forwarded-For: 203.0.113.7, 10.0.0.2\r\n"
 
 
-async def loop(hits: int, reps: int, forwarded: bool = False) -> dict[str, float]:
+async def loop(hits: int, reps: int, forwarded: bool = False, signing: bool = False) -> dict[str, float]:
     memory = MemoryStore(64 << 20)
     engine = Engine("bench", memory, None, lambda key: ("http://upstream.invalid",), Rules(), 1 << 24, 1.0)
     memory.put(Stored(KEY, 200, (("content-type", "video/mp2t"),), b"x" * 1024, time.time(),
                       Lifetime(3600, 0, 0), Kind.MEDIA))
     local = Address("127.0.0.1", 0)
-    front = PlayerFront(engine, "bench", EdgePolicy(EdgeConfig("bench", "eu", local, local, (50.0, 8.0)), engine))
+    config, extra, target = EdgeConfig("bench", "eu", local, local, (50.0, 8.0)), {}, KEY
+    if signing:
+        config, extra, target = signed(config)
+    front = PlayerFront(engine, "bench", EdgePolicy(config, engine, **extra))
     if forwarded:
         from livecdn.front.forwarded import ClientAddresses  # issue 13's trees only
         server = PlayerServer(front, addresses=ClientAddresses(["127.0.0.1/32", "10.0.0.0/8"]))
@@ -91,7 +106,7 @@ async def loop(hits: int, reps: int, forwarded: bool = False) -> dict[str, float
     conn = server()
     transport = Transport()
     conn.connection_made(transport)
-    request = f"GET {KEY} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n{FORWARDED if forwarded else ''}\r\n".encode()
+    request = f"GET {target} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n{FORWARDED if forwarded else ''}\r\n".encode()
     passes = []
     for _ in range(reps):
         started = time.perf_counter()
@@ -108,8 +123,9 @@ def main() -> None:
     p.add_argument("--hits", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--forwarded", action="store_true", help="a trusted proxy's connection, X-Forwarded-For per request")
+    p.add_argument("--signed", action="store_true", help="the edge wants signed URLs; every read has one")
     args = p.parse_args()
-    print(json.dumps(uvloop.run(loop(args.hits, args.reps, args.forwarded))))
+    print(json.dumps(uvloop.run(loop(args.hits, args.reps, args.forwarded, args.signed))))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ from livecdn.config.schema import (
     Rendition,
     RouterConfig,
     ShieldConfig,
+    SigningKey,
+    SigningSettings,
     Topology,
 )
 
 __all__ = [
     "Address", "CacheSettings", "CdnSettings", "ConfigError", "EdgeConfig", "GuardSettings", "HealthSettings",
-    "LimitSettings", "OriginConfig", "PathRule", "Region", "Rendition", "RouterConfig", "ShieldConfig", "Topology",
+    "LimitSettings", "OriginConfig", "PathRule", "Region", "Rendition", "RouterConfig", "ShieldConfig", "SigningKey",
+    "SigningSettings", "Topology",
     "load", "parse_size",
 ]

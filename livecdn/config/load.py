@@ -37,6 +37,7 @@ from livecdn.config.schema import (
     Region,
     RouterConfig,
     ShieldConfig,
+    SigningSettings,
     TlsSettings,
     Topology,
     dns_name,
@@ -45,18 +46,22 @@ from livecdn.config.schema import (
     split,
 )
 
-__all__ = ["TOKEN_ENV", "load", "parse_size"]
+__all__ = ["SIGNING_ENV", "TOKEN_ENV", "load", "parse_size"]
 
 # The admin token from the environment wins over the file's `[cdn] admin_token`:
 # a secret is better kept out of a file every node and operator reads.
 TOKEN_ENV = "LIVECDN_ADMIN_TOKEN"
+# Likewise the URL-signing keys, `ID:SECRET[,ID:SECRET...]`, the first signing: they replace
+# `[signing]`'s keys, and turn signing on (with its defaults) for a file without that table.
+SIGNING_ENV = "LIVECDN_SIGNING_KEYS"
 
 T = TypeVar("T")
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
           "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_TOP = ("cdn", "cache", "guard", "limits", "origin", "origins", "regions", "shields", "edges", "router")
+_TOP = ("cdn", "cache", "guard", "limits", "origin", "origins", "regions", "shields", "edges", "router",
+        "signing")
 
 
 def parse_size(value: Any) -> int:
@@ -186,12 +191,49 @@ def load(path: str | Path) -> Topology:
     router = _router(path, top["router"], cdn, edges) if "router" in top else None
     try:
         topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router,
-                            origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token)
+                            origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token,
+                            signing=_signing(path, top.get("signing"), os.environ.get(SIGNING_ENV)))
     except FieldError as e:  # the origins are the topology's own rules; [cdn] checked the file's token already
         key = f"{TOKEN_ENV} (environment)" if e.field == "admin_token" else e.field
         raise ConfigError(path, key, e.problem) from None
     _check(topology)
     return topology
+
+
+def _signing(path: str, raw: Any, env: str | None) -> SigningSettings | None:
+    """`[signing]`, its keys' `file`s read (relative to the topology file), or SIGNING_ENV's keys."""
+    if raw is None and not env:
+        return None
+    table = dict(_table(path, "signing", raw if raw is not None else {}))
+    if not env:
+        if isinstance(keys := table.get("keys"), list):
+            table["keys"] = [_key_file(path, f"signing.keys[{i}]", k) for i, k in enumerate(keys)]
+        return _read(path, "signing", SigningSettings, table)
+    items = [item.strip().partition(":") for item in env.split(",")]
+    if (bad := next((i for i, (_, colon, _) in enumerate(items) if not colon), None)) is not None:
+        raise ConfigError(path, f"{SIGNING_ENV} (environment)", f"item {bad + 1} is not ID:SECRET")
+    table["keys"] = [{"id": kid, "secret": secret} for kid, _, secret in items]
+    try:
+        return _read(path, "signing", SigningSettings, table)
+    except ConfigError as e:
+        if not e.key.startswith("signing.keys"):
+            raise
+        raise ConfigError(path, f"{SIGNING_ENV} (environment)", f"{e.key.removeprefix('signing.')}: {e.problem}") \
+            from None
+
+
+def _key_file(path: str, key: str, raw: Any) -> Any:
+    """A `[[signing.keys]]` table with `file` replaced by the secret it holds (trailing newline dropped)."""
+    if not isinstance(raw, dict) or "file" not in raw:
+        return raw
+    if "secret" in raw:
+        raise ConfigError(path, f"{key}.file", "give secret or file, not both")
+    where = Path(path).resolve().parent / str(raw["file"])
+    try:
+        secret = where.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, f"{key}.file", f"{where}: {getattr(e, 'strerror', None) or e}") from None
+    return {k: v for k, v in raw.items() if k != "file"} | {"secret": secret}
 
 
 def _origins(path: str, top: dict[str, Any]) -> tuple[OriginConfig | None, dict[str, OriginRoute]]:

@@ -26,8 +26,8 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "SteeringSettings", "TargetDuration", "TlsSettings", "Topology", "Unit", "Window",
-    "YEAR", "dns_name", "hints", "match", "optional", "split",
+    "Seconds", "ShieldConfig", "SigningKey", "SigningSettings", "SteeringSettings", "TargetDuration", "TlsSettings",
+    "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match", "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -609,6 +609,45 @@ class CdnSettings(Checked):
     forwarded_header: ForwardedHeader = "x-forwarded-for"
 
 
+# A shorter signing secret could be found by trying keys against one signed URL.
+MIN_SIGNING_SECRET_CHARS = 16
+
+
+def _secret(text: str) -> str:
+    if len(text) < MIN_SIGNING_SECRET_CHARS:
+        raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters, got {len(text)}")
+    return text
+
+
+@dataclass(frozen=True)
+class SigningKey(Checked):
+    """One key signed URLs are checked with: its id (named in every token it signs) and its secret."""
+
+    id: Annotated[str, match(r"[A-Za-z0-9_-]{1,32}", "1 to 32 letters, digits, '_' or '-'")]
+    secret: Annotated[str, Check(_secret)] = field(repr=False)  # in the file: `secret`, or `file` holding it
+
+
+@dataclass(frozen=True)
+class SigningSettings(Checked):
+    """`[signing]`: edges answer 403 to requests under `prefixes` without a valid token (livecdn/signing.py).
+
+    Every key listed is accepted; the first signs (`livecdn sign`, the demo),
+    so a rotation lists the new key first and drops the old one a TTL later.
+    """
+
+    keys: Annotated[tuple[SigningKey, ...], NonEmpty]
+    prefixes: Annotated[tuple[Annotated[str, Check(_prefix)], ...], NonEmpty] = ("/",)  # paths that need a token
+    ttl: Annotated[float, Seconds, Above(0)] = 3600.0  # how long a URL `livecdn sign` prints is good for
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ids = [k.id for k in self.keys]
+        if dup := next((i for n, i in enumerate(ids) if i in ids[:n]), None):
+            raise FieldError("keys", f"key id {dup!r} is given twice")
+        if "" in self.prefixes:
+            raise FieldError("prefixes", "an empty prefix: write \"/\" for every path")
+
+
 @dataclass(frozen=True)
 class Topology(Checked):
     path: str
@@ -625,6 +664,7 @@ class Topology(Checked):
     # one origin, `origin_url`. Either way `origin_url` is the catch-all's URL.
     origins: Mapping[str, OriginRoute] = field(default_factory=dict)
     admin_token: AdminToken = ""  # [cdn] admin_token, or LIVECDN_ADMIN_TOKEN from the environment (it wins)
+    signing: SigningSettings | None = None  # [signing], or LIVECDN_SIGNING_KEYS (its keys win); None: no tokens
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -36,7 +36,7 @@ from .origins import Origins
 from .plan import Fields, FileRange, Later, Plan, Stream
 from .request import Request
 
-__all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront", "ShieldFront"]
+__all__ = ["CORS", "PREFLIGHT", "Policy", "PlayerFront", "ShieldFront", "TokenCheck"]
 
 log = logging.getLogger("livecdn.front")
 
@@ -64,6 +64,16 @@ _PLAIN = ("content-type", "text/plain; charset=utf-8")
 HIT = CacheResult.HIT
 
 
+class TokenCheck(Protocol):
+    """Signed URLs (the edge's `edge.tokens.TokenGate`): the token comes off a request before its key is made."""
+
+    def unwrap(self, request: Request, peer: str, now: float) -> bool:
+        """Take the token off `request.target`; True if it had one that allows it; raises `BadRequest` (403)."""
+
+    def require(self, path: str) -> None:
+        """A request without a token for this normalized path: raises `BadRequest` (403) where one is needed."""
+
+
 class Policy(Admission, Protocol):
     """A node's say over requests (the edge has one): the engine's `Admission`, plus two per-request hooks.
 
@@ -76,6 +86,10 @@ class Policy(Admission, Protocol):
 
     seen: Callable[[CacheKey, CacheResult], None] | None
     """A request was answered with this cache result."""
+
+    @property
+    def tokens(self) -> TokenCheck | None:
+        """Signed URLs, when the topology asks for them: every request, first."""
 
 
 def _wants_gzip(request: Request) -> bool:
@@ -131,20 +145,26 @@ class PlayerFront:
     def answer_now(self, request: Request, peer: str, now: float) -> Plan | Later:
         """The plan for `request` if it needs no waiting, else `Later` (the policy's `screen` already ran).
 
-        `now` is the shell's wall clock (freshness is judged against it).
+        `now` is the shell's wall clock (freshness is judged against it). A
+        signed URL's token is off `request.target` once this returns (the
+        shell's access line then shows the path without it).
         """
-        method = request.method
-        if method != "GET" and method != "HEAD":
-            if method == "OPTIONS":
-                return self._preflight
-            return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
+        policy = self.policy
         try:
+            tokens = None if policy is None else policy.tokens
+            signed = tokens is not None and tokens.unwrap(request, peer, now)
+            method = request.method
+            if method != "GET" and method != "HEAD":
+                if method == "OPTIONS":
+                    return self._preflight
+                return self.refuse(405, f"method {method} not allowed", (("allow", ALLOW),))
             select = self._select
             memo = request.target if select is None else select(request)
             key = self._keys.get(memo)
             if key is None:
                 key = self._key(request, memo)
-            policy = self.policy
+            if tokens is not None and not signed:
+                tokens.require(key.path)
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
             obj = self.engine.hit(key, now)
