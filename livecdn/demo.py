@@ -8,6 +8,16 @@ else at the first edge), one line per node and the play URL are printed.
 SIGINT or SIGTERM stops every child
 gracefully; children also die with the demo if it is killed outright.
 
+`--origin URL` puts the CDN in front of an existing origin: the URL of a
+playlist (the play URL is that path through the router), or the origin's
+base URL (the demo's play path when the origin has it; otherwise the demo is
+ready once its nodes are and prints the router and edge URLs to put a stream's
+path after). The origin is asked once before anything starts, so one that
+cannot be reached or lacks the playlist is said at once, not after a wait.
+
+Access lines go to a file the demo names (`--access-log -`: the terminal),
+so the terminal keeps the play URL and the nodes' messages at `--log-level`.
+
 The demo prints the admin token of the purge API (`"admin_token"` in
 `--json`): the topology's (LIVECDN_ADMIN_TOKEN, else `[cdn] admin_token`),
 or a random one when it has none, handed to every node in its environment.
@@ -18,28 +28,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from livecdn.config import Topology
+from livecdn.config import ConfigError, Topology
 from livecdn.config.load import TOKEN_ENV
 
-__all__ = ["run_demo", "DemoNode", "plan", "play_url"]
+__all__ = ["run_demo", "DemoNode", "OriginProbe", "plan", "play_url", "probe_origin", "split_origin"]
 
 # The built-in ffmpeg origin needs its first segments encoded before the
 # stream plays; everything else is up in about a second.
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1
+# The one request that asks an existing origin, before any node starts, whether it is there.
+PROBE_TIMEOUT = 5.0
+PLAYLISTS = (".m3u8", ".mpd")
 
 
 @dataclass(frozen=True)
@@ -64,11 +80,48 @@ def plan(topo: Topology) -> list[DemoNode]:
     return nodes
 
 
-def play_url(topo: Topology) -> str:
+def play_url(topo: Topology, path: str | None = None) -> str:
     """Where a player starts: the router (it redirects to the nearest edge), else the first edge."""
     if topo.router is not None:
-        return topo.router.http.url + topo.play_path
-    return next(iter(topo.edges.values())).listen.url + topo.play_path
+        return topo.router.http.url + (topo.play_path if path is None else path)
+    return next(iter(topo.edges.values())).listen.url + (topo.play_path if path is None else path)
+
+
+def split_origin(url: str) -> tuple[str, str | None]:
+    """An `--origin` URL → (the origin's base URL, the playlist path to play or None for a base URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path.lower().endswith(PLAYLISTS):
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", "")), path
+    return url.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}", None
+
+
+@dataclass(frozen=True)
+class OriginProbe:
+    """What one request to an existing origin found: the path to play (None: none known), or why not."""
+
+    play_path: str | None
+    problem: str | None = None  # set: the demo cannot start in front of this origin
+    note: str = ""  # said beside the play line
+
+
+def probe_origin(base: str, path: str | None, default_path: str) -> OriginProbe:
+    """Ask the origin for the playlist given (or the demo's play path) once, before any node starts."""
+    url = base + (path or default_path)
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return OriginProbe(None, f"cannot reach the origin: GET {url}: {reason}")
+    if status == 200:
+        return OriginProbe(path or default_path)
+    if path is not None:
+        return OriginProbe(None, f"the origin answered {status} to GET {url}")
+    return OriginProbe(None, note=f"the origin answered {status} for {default_path}: put a stream's path after the "
+                                  f"router URL (for an nginx-rtmp origin, /hls/NAME.m3u8)")
 
 
 def _die_with_parent() -> None:
@@ -94,12 +147,45 @@ def _sees_every_edge(url: str) -> bool:
     return isinstance(body, dict) and body.get("edges_up") == len(body.get("edges", ()))
 
 
+def _in_front_of(args: argparse.Namespace, topo: Topology) -> tuple[Topology, OriginProbe]:
+    """The topology with `--origin` (or `--mode`) applied, and what to play; ConfigError for a bad URL."""
+    if not args.origin:
+        if args.mode and topo.origin is not None:
+            topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=args.mode))
+        return topo, OriginProbe(topo.play_path)
+    base, path = split_origin(args.origin)
+    try:
+        topo = topo.with_origin(base)
+    except ValueError as e:
+        raise ConfigError(args.config, "--origin", str(e)) from None
+    return topo, probe_origin(base, path, topo.play_path)
+
+
+def _command(topo: Topology, node: DemoNode, args: argparse.Namespace, origin: str | None,
+             access_log: str) -> list[str]:
+    """The node's own command line, with only the options its role takes."""
+    cmd = [sys.executable, "-m", "livecdn", node.role, "--config", topo.path, "--node", node.name,
+           "--log-level", args.log_level]
+    if origin and node.role in ("shield", "edge"):
+        cmd += ["--origin", origin]
+    elif args.mode and node.role == "origin":
+        cmd += ["--mode", args.mode]
+    if access_log != "-" and node.role != "origin":
+        cmd += ["--access-log", access_log]
+    return cmd
+
+
 def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
+    topo, found = _in_front_of(args, topo)
+    if found.problem is not None:
+        print(f"livecdn demo: {found.problem}", file=sys.stderr)
+        return 1
     nodes = plan(topo)
-    play = play_url(topo)
+    play = play_url(topo, found.play_path) if found.play_path is not None else None
     token = topo.admin_token or secrets.token_urlsafe(24)
     env = {**os.environ, TOKEN_ENV: token}
+    access_log = args.access_log or os.path.join(tempfile.mkdtemp(prefix="livecdn-demo-"), "access.log")
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -109,20 +195,17 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        base = split_origin(args.origin)[0] if args.origin else None
         for node in nodes:
-            cmd = [sys.executable, "-m", "livecdn", node.role, "--config", topo.path, "--node", node.name,
-                   "--log-level", args.log_level]
-            if args.origin:
-                cmd += ["--origin", args.origin]
-            elif args.mode and node.role == "origin":
-                cmd += ["--mode", args.mode]
-            children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
+            children[node.name] = subprocess.Popen(_command(topo, node, args, base, access_log),
+                                                   start_new_session=True, preexec_fn=_die_with_parent, env=env)
         status = _wait_ready(nodes, children, play, lambda: stop_requested)
         if status is not None:
             return status
         router = topo.router
         if args.json:
-            info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
+            info: dict[str, object] = {"play": play, "router": play_url(topo, ""), "nodes": [n.__dict__ for n in nodes],
+                                       "admin_token": token, "access_log": access_log}
             if router is not None:
                 info.update(dns=str(router.dns), hostname=topo.hostname)
             print(json.dumps(info), flush=True)
@@ -133,7 +216,13 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
                 print(f"\ndns:  dig @{router.dns.host} -p {router.dns.port} {topo.hostname}"
                       f"   (add -b 127.0.2.5 to ask from another region)", flush=True)
             print(f"\npurge: {TOKEN_ENV}={token} livecdn purge --config {topo.path} --prefix /live/", flush=True)
-            print(f"\nplay: {play}\n(Ctrl-C stops every node)", flush=True)
+            if access_log != "-":
+                print(f"\naccess log: {access_log}", flush=True)
+            if play is not None:
+                print(f"\nplay: {play}", flush=True)
+            else:
+                print(f"\nplay: {play_url(topo, '')}/PATH   ({found.note})", flush=True)
+            print("(Ctrl-C stops every node)", flush=True)
         while not stop_requested:
             for name, child in children.items():
                 if child.poll() is not None:
@@ -147,7 +236,7 @@ def run_demo(args: argparse.Namespace, topo: Topology) -> int:
             signal.signal(s, h)
 
 
-def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[bytes]], play: str,
+def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[bytes]], play: str | None,
                 stopping: Callable[[], bool]) -> int | None:
     deadline = time.monotonic() + READY_TIMEOUT
     pending = {n.name: n.admin + "/healthz" for n in nodes}
@@ -163,7 +252,7 @@ def _wait_ready(nodes: list[DemoNode], children: dict[str, subprocess.Popen[byte
         for name, url in list(pending.items()):
             if ready[name](url):
                 del pending[name]
-        if not pending and _answers(play):
+        if not pending and (play is None or _answers(play)):
             return None
         time.sleep(0.2)
     waiting = ", ".join(pending) or f"the play URL {play}"

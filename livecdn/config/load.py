@@ -184,7 +184,8 @@ def load(path: str | Path) -> Topology:
     router = _router(path, top["router"], cdn.hostname, edges) if "router" in top else None
     try:
         topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router,
-                            origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token)
+                            origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token,
+                            drain_timeout=cdn.drain_timeout)
     except FieldError as e:  # the origins are the topology's own rules; [cdn] checked the file's token already
         key = f"{TOKEN_ENV} (environment)" if e.field == "admin_token" else e.field
         raise ConfigError(path, key, e.problem) from None

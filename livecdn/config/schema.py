@@ -493,6 +493,8 @@ class CdnSettings(Checked):
     hostname: str = "cdn.livecdn.test"  # the name players resolve (the router answers for it)
     play_path: Annotated[str, match(r"/.*", "a path starting with '/'")] = "/live/master.m3u8"
     admin_token: AdminToken = ""  # bearer token of the purge API on every admin listener ("": purge disabled)
+    # On SIGTERM, how long answers in flight (a player's segment) may take before they are cut.
+    drain_timeout: Annotated[float, Seconds, Min(0)] = 10.0
 
 
 @dataclass(frozen=True)
@@ -511,6 +513,7 @@ class Topology(Checked):
     # one origin, `origin_url`. Either way `origin_url` is the catch-all's URL.
     origins: Mapping[str, OriginRoute] = field(default_factory=dict)
     admin_token: AdminToken = ""  # [cdn] admin_token, or LIVECDN_ADMIN_TOKEN from the environment (it wins)
+    drain_timeout: float = CdnSettings.drain_timeout
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -58,7 +58,7 @@ import socket
 import time
 from typing import BinaryIO, Protocol
 
-from livecdn.logs import AccessLog
+from livecdn.logs import AccessLog, request_id
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import FlowControl
@@ -486,9 +486,11 @@ class PlayerConnection(asyncio.Protocol):
         """The answer's one access line (when the node keeps them)."""
         if self.access is not None:
             took = time.perf_counter() - request.received if request.received else 0.0
+            h = request.headers.get
             self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
                               plan.cache.header if plan.cache is not None else "",
-                              request.header(b"user-agent") or "")
+                              _text(h(b"user-agent")), _text(h(b"host")), _text(h(b"referer")), _text(h(b"range")),
+                              f"HTTP/{request.version}", request_id(request.header(b"x-request-id")))
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:
@@ -611,3 +613,7 @@ class PlayerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         return task
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("latin-1")

@@ -39,8 +39,10 @@ class Sites:
         self._runners: list[web.AppRunner] = []
 
     async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
-                   reuse_port: bool = False) -> int:
+                   reuse_port: bool = True) -> int:
         """Serve `app` on `addr`, logging answers to `access_log`.
+
+        SO_REUSEPORT by default: a node's new process binds beside the old one, which then drains.
 
         Returns:
             The port actually bound, so an address with port 0 works.
