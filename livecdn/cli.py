@@ -104,8 +104,9 @@ def _node_config(topo: Topology, args: argparse.Namespace) -> OriginConfig | Shi
     for option, roles in APPLIES.items():
         if getattr(args, option, None) not in (None, False) and actual not in roles:
             flag = "--" + option.replace("_", "-")
-            raise ConfigError(topo.path, flag, f"node {args.node!r} is a {actual} node: {flag} is only for "
-                                               f"{' and '.join(roles)} nodes")
+            article = "an" if actual[0] in "aeiou" else "a"
+            raise ConfigError(topo.path, flag, f"node {args.node!r} is {article} {actual} node: {flag} is only "
+                                               f"for {', '.join(roles)} nodes")
     if isinstance(cfg, (ShieldConfig, EdgeConfig)) and args.workers is not None:
         if args.workers < 1:
             raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
