@@ -10,13 +10,12 @@ players elsewhere.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from livecdn import metrics
 from livecdn.cache.engine import Engine
 from livecdn.cache.upstreams import Upstreams
-from livecdn.config import EdgeConfig, LimitSettings, Topology
+from livecdn.config import EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.node.cache import CacheNode
 
@@ -49,18 +48,27 @@ class EdgeNode(CacheNode):
     def player_limits(self) -> LimitSettings:
         return self.config.limits
 
+    # Prefetch runs as tasks started with the node: turning it on or off, or its concurrency, is a restart.
+    RESTART_ONLY = (*CacheNode.RESTART_ONLY, "guard.prefetch", "guard.prefetch_concurrency")
+
     def reload(self, topology: Topology) -> None:
-        """The upstream list, and this edge's per-client limits (buckets start full again)."""
+        """The upstream list and cache settings (`CacheNode.reload`), this edge's limits and guard."""
         super().reload(topology)
         assert self.policy is not None
         self.policy.guard.only_if_cached = bool(topology.shields)
-        new = topology.edges.get(self.config.name)
-        if new is None or new.limits == self.config.limits:
-            return
-        self.config = dataclasses.replace(self.config, limits=new.limits)
-        self.policy.apply(new.limits)
-        self.apply_player_limits(new.limits)
-        log.info("edge %s applied new client limits: %s", self.config.name, new.limits)
+
+    def apply(self, config: EdgeConfig | ShieldConfig) -> None:
+        """Limits and guard settings too: their buckets start full again."""
+        assert isinstance(config, EdgeConfig) and self.policy is not None
+        old = self.config
+        super().apply(config)
+        if config.limits != old.limits:
+            self.policy.apply(config.limits)
+            self.apply_player_limits(config.limits)
+            log.info("edge %s applied new client limits: %s", config.name, config.limits)
+        if config.guard != old.guard:
+            self.policy.guard.configure(config.guard)
+            log.info("edge %s applied new guard settings: %s", config.name, config.guard)
 
     async def start(self) -> None:
         await super().start()

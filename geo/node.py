@@ -11,6 +11,7 @@ wires them to sockets and to the lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -34,6 +35,9 @@ from .redirect import Redirects, json_response
 from .route import Router
 
 __all__ = ["GeoNode", "edge_sites"]
+
+# Sockets and the zone's answers are made at start: a reload keeps them as they run.
+RESTART_ONLY = ("dns", "http", "admin", "zone", "ttl", "nameservers")
 
 log = logging.getLogger("livecdn.geo")
 
@@ -177,8 +181,9 @@ class GeoNode(Lifecycle):
         assert self.router is not None and self.answerer is not None
         locator = self.open_database(topology)
         old = self._locator
+        restart = [k for k in RESTART_ONLY if getattr(topology.router, k) != getattr(self.config, k)]
         self.topology = topology
-        self.config = topology.router
+        self.config = dataclasses.replace(topology.router, **{k: getattr(self.config, k) for k in restart})
         self.router.replace(locator, edge_sites(topology))
         self.answerer.sites_changed()
         self._locator = locator
@@ -187,7 +192,8 @@ class GeoNode(Lifecycle):
         if self._health is not None:
             self._health.cancel()  # its tasks end at their next await, before reporting anything
         self._start_health()
-        log.info("router %s reloaded %s", self.config.name, topology.path)
+        log.info("router %s reloaded %s%s", self.config.name, topology.path,
+                 f"; needs a restart to change: {', '.join(restart)} (running on with the old)" if restart else "")
 
     # --- admin ---
 

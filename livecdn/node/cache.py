@@ -13,10 +13,12 @@ requests and how many connections one client may hold.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -245,17 +247,44 @@ class CacheNode(Lifecycle):
             disk.close()
         log.info("%s %s stopped", self.role, self.config.name)
 
+    # What a reload cannot change in a running process: new sockets, new processes, another disk tier.
+    RESTART_ONLY: tuple[str, ...] = ("listen", "admin", "workers", "cache.disk_path", "cache.disk_bytes")
+
     def reload(self, topology: Topology) -> None:
-        """Apply what can change without a restart: the origins and upstreams (an edge adds its limits)."""
+        """Apply what can change without new sockets: the origins and upstreams, and this node's cache
+        settings (memory size, object bound, freshness rules, upstream waits and health); an edge adds its
+        guard and limits. What needs a restart is said in the log line, and keeps its running value.
+        """
         self.require_running()
-        assert self.engine is not None
+        assert self.engine is not None and self.front is not None
         self.topology = topology
+        new = (topology.edges if self.role == "edge" else topology.shields).get(self.config.name)
+        restart = [] if new is None else [k for k in self.RESTART_ONLY if _field(self.config, k) != _field(new, k)]
+        if new is not None:
+            for k in restart:  # kept as they run
+                new = _replaced(new, k, _field(self.config, k))
+            self.apply(new)
         ups = self._upstreams = self.upstreams(topology)
         ups.health = self.upstream_health
         self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
-        assert self.front is not None
         self.front.route(self.origins(topology))
-        log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
+        log.info("%s %s reloaded %s%s", self.role, self.config.name, topology.path,
+                 f"; needs a restart to change: {', '.join(restart)} (running on with the old)" if restart else "")
+
+    def apply(self, config: EdgeConfig | ShieldConfig) -> None:
+        """Take a new config of this node whose restart-only fields are the running ones."""
+        old, self.config = self.config, config
+        engine, cache = self.engine, config.cache
+        assert engine is not None
+        if cache != old.cache:
+            engine.memory.resize(cache.memory_bytes)
+            engine.max_object_bytes = cache.max_object_bytes
+            engine.rules = Rules.of(cache)
+            engine.waits = self.upstream_waits()
+            engine.patience = self.patience()
+            health = self.upstream_health
+            health.eject_after, health.backoff, health.max_backoff = (
+                cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
 
     def _restarted(self, directories: frozenset[str]) -> None:
         """A stream restarted: sibling workers drop what their memory holds under its directories too.
@@ -315,3 +344,15 @@ class CacheNode(Lifecycle):
 
 def _answer(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
+
+
+def _field(cfg: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _replaced(cfg: Any, dotted: str, value: object) -> Any:
+    """`cfg` (a config dataclass) with the field at `dotted` (e.g. "cache.disk_path") set to `value`."""
+    head, _, rest = dotted.partition(".")
+    return dataclasses.replace(cfg, **{head: _replaced(getattr(cfg, head), rest, value) if rest else value})
