@@ -4,7 +4,7 @@
 
 Imports livecdn from whatever tree is first on the path (this layout or the
 flat one before issue 9), builds an edge's engine, front and policy (prefetch
-bookkeeping on, access log off, as `speed.py` runs it), puts one 1 KiB
+bookkeeping on, access log off, metrics tally on: as `speed.py` runs it), puts one 1 KiB
 segment in the memory tier and feeds N one-request reads to one connection.
 Prints one JSON line: microseconds per hit (median of R passes) and hits.
 """
@@ -77,7 +77,12 @@ async def loop(hits: int, reps: int) -> dict[str, float]:
                       Lifetime(3600, 0, 0), Kind.MEDIA))
     local = Address("127.0.0.1", 0)
     front = PlayerFront(engine, "bench", EdgePolicy(EdgeConfig("bench", "eu", local, local, (50.0, 8.0)), engine))
-    conn = PlayerServer(front)()
+    try:  # as a node runs it: every answer tallied for the metrics (issue 14)
+        from livecdn.metrics import Tally
+        server = PlayerServer(front, tally=Tally("bench", "edge"))
+    except ImportError:  # a tree from before
+        server = PlayerServer(front)
+    conn = server()
     transport = Transport()
     conn.connection_made(transport)
     request = f"GET {KEY} HTTP/1.1\r\nHost: cdn\r\nUser-Agent: wrk\r\n\r\n".encode()

@@ -669,7 +669,7 @@ class Engine:
             # later from an upstream that shows it is alive; then each body read within `read` of the last.
             resp = await self._head(cmd.upstream, url, headers, connect, first_byte)
             async with asyncio.timeout(read) as deadline, resp:
-                self._answered(cmd.upstream, loop.time() - sent)
+                self._answered(cmd.upstream, loop.time() - sent, resp.status)
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
                 # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
                 framed = resp.status in (204, 304) or "content-length" in resp.headers or \
@@ -691,6 +691,9 @@ class Engine:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
             # A transport failure ejects (a ValueError is a bad request of ours; a slow upstream is alive).
             if not isinstance(e, ValueError | UpstreamSlow):
+                error = "timeout" if isinstance(e, TimeoutError) else \
+                    "connect" if isinstance(e, aiohttp.ClientConnectorError) else "broken"
+                metrics.UPSTREAM_ERRORS.labels(self.node, cmd.upstream, error).inc()
                 self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
@@ -749,9 +752,10 @@ class Engine:
         target = held.manifest.info.target_duration if held is not None else None
         return target or BLOCKING_TARGET_GUESS
 
-    def _answered(self, upstream: str, seconds: float) -> None:
+    def _answered(self, upstream: str, seconds: float, status: int) -> None:
         """An upstream sent a status line: alive, whatever the status (the tier behind it may have failed)."""
         metrics.UPSTREAM_SECONDS.labels(self.node, upstream).observe(seconds)
+        metrics.UPSTREAM_RESPONSES.labels(self.node, upstream, f"{min(max(status // 100, 1), 5)}xx").inc()
         if self.health is not None and self.health.succeeded(upstream):
             log.warning("upstream %s answers again: back in the ring", upstream)
 

@@ -59,6 +59,7 @@ import time
 from typing import BinaryIO, Protocol
 
 from livecdn.logs import AccessLog, request_id
+from livecdn.metrics import Tally
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import FlowControl
@@ -124,17 +125,19 @@ class PlayerServer:
             closing included; past it a new connection gets a 503 (`connlimit.OVERLOADED`).
         connection_limit: open connections per client address, or None.
         access_log: where one line per answer goes, or None.
+        tally: where each answer is counted for the metrics (status, bytes, seconds), or None.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
+                 "access", "tally", "connections", "lingering", "refused", "closing", "_server", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
-                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None) -> None:
+                 connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
+                 tally: Tally | None = None) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -146,6 +149,7 @@ class PlayerServer:
         self.max_connections = max_connections
         self.connection_limit = connection_limit
         self.access = access_log
+        self.tally = tally
         self.connections: set[PlayerConnection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
@@ -207,13 +211,15 @@ class PlayerServer:
 class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
-    __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
+    __slots__ = ("server", "handler", "access", "tally", "timed", "transport", "peer", "h1", "task", "_loop",
+                 "_counted", "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
         self.handler = server.handler
         self.access = server.access
+        self.tally = server.tally
+        self.timed = self.access is not None or self.tally is not None  # each answer is timed and told
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.h1 = _SILENT  # its own at the first read (`data_received`)
@@ -321,7 +327,7 @@ class PlayerConnection(asyncio.Protocol):
 
         This is the hit path: one request, one plan, one `writelines`.
         """
-        h1, handler, transport, access, flow = self.h1, self.handler, self.transport, self.access, self.flow
+        h1, handler, transport, timed, flow = self.h1, self.handler, self.transport, self.timed, self.flow
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while not h1.must_close:
             if not events:
@@ -338,7 +344,7 @@ class PlayerConnection(asyncio.Protocol):
             if type(event) is ProtocolError:
                 self._send(None, handler.refuse(event.status, event.reason, event.headers))
                 break
-            if access is not None:
+            if timed:
                 event.received = time.perf_counter()  # type: ignore[union-attr]
             now = time.time()
             try:
@@ -350,7 +356,7 @@ class PlayerConnection(asyncio.Protocol):
                 return
             buffers = h1.respond(event, plan.fields, plan.body, plan.born, now)  # type: ignore
             transport.writelines(buffers)  # type: ignore[union-attr]
-            if access is not None:
+            if timed:
                 self._log(event, plan, len(buffers[1]) if len(buffers) > 1 else 0)  # type: ignore
             if plan.release is not None:  # type: ignore[union-attr]
                 plan.close()  # type: ignore[union-attr]
@@ -361,7 +367,7 @@ class PlayerConnection(asyncio.Protocol):
         return self.handler.refuse(500, "internal error")
 
     def _plan(self, request: Request) -> Plan | Later:
-        if self.access is not None:
+        if self.timed:
             request.received = time.perf_counter()
         try:
             return self.handler.answer_now(request, self.peer, time.time())
@@ -372,7 +378,7 @@ class PlayerConnection(asyncio.Protocol):
         """Write an answer whose body is in hand."""
         buffers = self.h1.respond(request, plan.fields, plan.body, plan.born, time.time())  # type: ignore[arg-type]
         self.transport.writelines(buffers)  # type: ignore[union-attr]
-        if self.access is not None and request is not None:
+        if self.timed and request is not None:
             self._log(request, plan, len(buffers[1]) if len(buffers) > 1 else 0)
         plan.close()
 
@@ -483,9 +489,11 @@ class PlayerConnection(asyncio.Protocol):
             await self.flow.drain()
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
-        """The answer's one access line (when the node keeps them)."""
+        """The answer counted for the metrics, and its one access line (when the node keeps them)."""
+        took = time.perf_counter() - request.received if request.received else 0.0
+        if self.tally is not None:
+            self.tally.add(plan.fields.status, sent, took, plan.cache or "none")
         if self.access is not None:
-            took = time.perf_counter() - request.received if request.received else 0.0
             h = request.headers.get
             self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
                               plan.cache.header if plan.cache is not None else "",

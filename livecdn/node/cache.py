@@ -130,6 +130,10 @@ class CacheNode(Lifecycle):
         """Bring gauges (and the hit counter) up to date before they are read."""
         if self.front is not None:
             self.front.flush_hits()
+        if self._players is not None:
+            assert self._players.tally is not None
+            self._players.tally.flush()
+            metrics.CONNECTIONS.labels(self.config.name).set(self._players.open)
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
         if self._upstreams is not None:
@@ -209,7 +213,8 @@ class CacheNode(Lifecycle):
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
-                               access_log=AccessLog(self.config.name) if self.access_log else None)
+                               access_log=AccessLog(self.config.name) if self.access_log else None,
+                               tally=metrics.Tally(self.config.name, self.role))
         listen = self.config.listen
         await players.start(listen.host, listen.port, reuse_port=self.reuse_port, backlog=1024)
         self._players = players
@@ -300,6 +305,8 @@ class CacheNode(Lifecycle):
         while True:
             await asyncio.sleep(COUNT_INTERVAL)  # a housekeeping tick, not a data-path wait
             self.front.flush_hits()
+            if self._players is not None and self._players.tally is not None:
+                self._players.tally.flush()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.update_gauges()
@@ -310,6 +317,9 @@ class CacheNode(Lifecycle):
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.update_gauges()
+        if self._disk is not None:  # a read of the disk tier's database: off the loop
+            used = await asyncio.get_running_loop().run_in_executor(None, self._disk.volume)
+            metrics.DISK_BYTES.labels(self.config.name).set(used)
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
