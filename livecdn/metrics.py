@@ -31,7 +31,7 @@ from livecdn import __version__
 
 __all__ = [
     "BUILD_INFO", "CONNECTIONS", "DISK_BYTES", "RESPONSE_BUCKETS", "RESPONSE_SECONDS", "RESPONSES", "SENT_BYTES",
-    "Tally", "UPSTREAM_ERRORS", "UPSTREAM_RESPONSES",
+    "Tally", "UPSTREAM_ERRORS", "UPSTREAM_RESPONSES", "status_class",
     "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
     "REQUESTS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP", "exposition",
@@ -81,6 +81,11 @@ RESPONSES = Counter("livecdn_responses_total", "Answers to clients by status cla
 SENT_BYTES = Counter("livecdn_sent_bytes_total", "Body bytes sent to clients", ["node", "tier"])
 CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _BOUNDS = (*RESPONSE_BUCKETS, float("inf"))
+
+
+def status_class(status: int) -> str:
+    """A status's label: "2xx" and so on (anything outside 100..599 counts with the nearest class)."""
+    return CODES[min(max(status // 100, 1), 5) - 1]
 
 
 class Tally:

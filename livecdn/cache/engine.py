@@ -755,7 +755,7 @@ class Engine:
     def _answered(self, upstream: str, seconds: float, status: int) -> None:
         """An upstream sent a status line: alive, whatever the status (the tier behind it may have failed)."""
         metrics.UPSTREAM_SECONDS.labels(self.node, upstream).observe(seconds)
-        metrics.UPSTREAM_RESPONSES.labels(self.node, upstream, f"{min(max(status // 100, 1), 5)}xx").inc()
+        metrics.UPSTREAM_RESPONSES.labels(self.node, upstream, metrics.status_class(status)).inc()
         if self.health is not None and self.health.succeeded(upstream):
             log.warning("upstream %s answers again: back in the ring", upstream)
 
