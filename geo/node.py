@@ -24,7 +24,7 @@ from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
 from livecdn.logs import AccessLog
 from livecdn.node.lifecycle import Lifecycle
-from livecdn.node.sites import Sites
+from livecdn.node.sites import Sites, live
 
 from .choose import EdgeState, Site
 from .dns import Answerer, Zone
@@ -127,6 +127,7 @@ class GeoNode(Lifecycle):
         player.router.add_route("*", "/{tail:.*}", self.http.redirect)
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
+        admin.router.add_get("/livez", live)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self.http.route)
         self._access = AccessLog(cfg.name) if self.access_log else None

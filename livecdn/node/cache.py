@@ -39,7 +39,7 @@ from livecdn.logs import AccessLog
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
-from livecdn.node.sites import Sites
+from livecdn.node.sites import Sites, live
 
 __all__ = ["CacheNode"]
 
@@ -222,6 +222,7 @@ class CacheNode(Lifecycle):
         self.spawn(self._count(), "count hits")
         admin = web.Application(client_max_size=MAX_MESSAGE)
         admin.router.add_get("/healthz", self._healthz)
+        admin.router.add_get("/livez", live)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_post("/purge", self._purge)
         self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from livecdn import logs
 from livecdn.config import ConfigError, Topology
+from livecdn.node import notify
 
 __all__ = ["Node", "captured_signals", "run", "serve"]
 
@@ -88,9 +89,11 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
     with captured_signals(handlers):
         try:
             await node.start()
+            notify.ready()  # systemd's Type=notify: bound and answering
             if on_ready is not None:
                 on_ready()
             await stopping.wait()
+            notify.stopping()
             stop = asyncio.ensure_future(node.stop(drain_timeout))
             force = asyncio.ensure_future(forced.wait())
             await asyncio.wait([stop, force], return_when=asyncio.FIRST_COMPLETED)

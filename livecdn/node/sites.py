@@ -14,7 +14,7 @@ from aiohttp import web
 from livecdn.config import Address
 from livecdn.logs import AccessLog, JsonAccessLogger
 
-__all__ = ["SITE_DRAIN", "Sites"]
+__all__ = ["SITE_DRAIN", "Sites", "live"]
 
 # How long a closing listener waits for the answers in flight on it. What
 # these listeners answer (/healthz, /metrics, a 302, one origin segment) is
@@ -69,3 +69,10 @@ class Sites:
             # stop) leaves the runner here for the next close to finish.
             await self._runners[-1].cleanup()
             self._runners.pop()
+
+
+async def live(request: web.Request) -> web.Response:
+    """`/livez`: 200 whenever the node's loop answers at all. Unlike /healthz, never a 503 for
+    overload: a liveness probe restarts what fails it, and an overloaded node needs fewer players,
+    not a restart."""
+    return web.Response(text="ok\n")
