@@ -11,7 +11,9 @@ playlist and the router's probe fetches `/healthz`, both on new connections:
    per-address cap, that never send a byte (opened by 4 client processes:
    one process cannot hold them all);
 2. pipelines: N connections (100) that each write 256 KiB of GETs and never
-   read an answer;
+   read an answer; the player and `/healthz` are asked every 20 ms from the
+   first pipelined byte on (the burst is what hurts), and the edge's CPU
+   seconds meanwhile say how much work such clients buy;
 3. fuzz: N requests (2,000), valid ones mutated with a fixed seed, each on
    its own connection, half-closed after sending; every answer is parsed and
    compared with what livecdn's own parser (`livecdn.front.http1`) makes of
@@ -33,6 +35,7 @@ import multiprocessing
 import random
 import resource
 import socket
+import statistics
 import sys
 import time
 from collections import Counter
@@ -53,6 +56,7 @@ SOURCES = [f"127.0.{10 + i // 200}.{1 + i % 200}" for i in range(42)]  # the iss
 CLIENTS = 4  # processes holding the idle connections
 PIPELINE_BYTES = 256 << 10
 PROBES = 5  # player and /healthz answers timed per load
+WATCH, WATCH_EVERY = 3.0, 0.02  # pipelines: probes for this long from the start, this far apart
 SEED = 12
 WAIT = 5.0  # seconds any one answer may take before it counts as unanswered
 
@@ -96,6 +100,12 @@ def rss_mb(proc: Any) -> float:
     return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 1e6
 
 
+def cpu_s(proc: Any) -> float:
+    """CPU seconds (user + system) a process and its children have used so far."""
+    p = psutil.Process(proc.pid)
+    return sum(sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)])
+
+
 async def timed_get(host: str, port: int, target: str) -> tuple[int, float]:
     """One GET on a new connection: (status, milliseconds); status 0 when not answered within WAIT."""
     started = time.perf_counter()
@@ -107,6 +117,18 @@ async def timed_get(host: str, port: int, target: str) -> tuple[int, float]:
         return int(data.split(b" ", 2)[1]), (time.perf_counter() - started) * 1000
     except (OSError, TimeoutError, IndexError, ValueError):
         return 0, (time.perf_counter() - started) * 1000
+
+
+async def watch(seconds: float, edge: int, admin: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """A player GET and a /healthz check, each on a new connection, every WATCH_EVERY s for `seconds`."""
+    players: list[tuple[int, float]] = []
+    checks: list[tuple[int, float]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        players.append(await timed_get("127.0.0.1", edge, "/live/720p/index.m3u8"))
+        checks.append(await timed_get("127.0.0.1", admin, "/healthz"))
+        await asyncio.sleep(WATCH_EVERY)
+    return players, checks
 
 
 async def probe(edge: int, admin: int) -> dict[str, Any]:
@@ -187,6 +209,7 @@ async def pipeline_load(n: int, edge: int, admin: int, proc: Any) -> dict[str, A
     request = b"GET /live/master.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"  # a memory hit: answers as fast as they come
     payload = request * (PIPELINE_BYTES // len(request))
     socks, sent = [], 0
+    cpu_before = cpu_s(proc)
 
     async def one() -> None:
         nonlocal sent
@@ -204,16 +227,15 @@ async def pipeline_load(n: int, edge: int, admin: int, proc: Any) -> dict[str, A
             except BlockingIOError:
                 await asyncio.sleep(0.05)
     senders = asyncio.gather(*(one() for _ in range(n)))
-    during = [await probe(edge, admin)]  # while the pipelines are written and answered
-    while not senders.done():
-        during.append(await probe(edge, admin))
+    players, checks = await watch(WATCH, edge, admin)  # from the first pipelined byte on: the burst is what hurts
     await senders
-    await asyncio.sleep(1.0)
-    during.append(await probe(edge, admin))
     figures = {"connections": n, "sent_kib": sent >> 10, "rss_mb": round(rss_mb(proc), 1),
-               "player_ms": max(p["player_ms"] for p in during), "healthz_ms": max(p["healthz_ms"] for p in during),
-               "player_status": sorted({s for p in during for s in p["player_status"]}),
-               "healthz_status": sorted({s for p in during for s in p["healthz_status"]}), "probes": len(during)}
+               "edge_cpu_s": round(cpu_s(proc) - cpu_before, 2), "probes": len(players),
+               "player_ms": round(max(ms for _, ms in players), 1),
+               "player_p90_ms": round(statistics.quantiles([ms for _, ms in players], n=10)[-1], 1),
+               "healthz_ms": round(max(ms for _, ms in checks), 1),
+               "healthz_p90_ms": round(statistics.quantiles([ms for _, ms in checks], n=10)[-1], 1),
+               "player_status": sorted({s for s, _ in players}), "healthz_status": sorted({s for s, _ in checks})}
     for s in socks:
         s.close()
     return figures

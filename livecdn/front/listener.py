@@ -24,7 +24,10 @@ player:
 - writing is flow-controlled by one `FlowControl` per connection (uvicorn's
   shape, shared with DNS over TCP): the transport's `pause_writing()` /
   `resume_writing()` flip it, and writers await its `drain()`, so a slow
-  player holds back only its own coroutine.
+  player holds back only its own coroutine. Once a client pipelines more
+  than one batch, the kernel holds at most `UNSENT_LOW` unsent bytes for it,
+  so a client that reads nothing gets a bounded share of answers, not every
+  request it pipelined.
 - connections per client address are counted here (`ConnectionLimit`): past
   the limit a connection gets a ready-made 429 before a byte is parsed; past
   `max_connections` in all (a bound on file descriptors), a ready-made 503.
@@ -72,6 +75,18 @@ __all__ = ["FILE_CHUNK", "HEADER_TIMEOUT", "HIGH_WATER", "Handler", "KEEPALIVE_T
 
 log = logging.getLogger("livecdn.front.listener")
 
+# Bytes of answers the kernel may hold unsent for a client that pipelines more
+# than one batch (TCP_NOTSENT_LOWAT): past it a write blocks and the
+# transport's own buffer, then `pause_writing`, take over. Without it the
+# kernel's autotuned send buffer (up to tcp_wmem's 4 MiB) swallowed thousands
+# of pipelined answers per client that never reads, each costing the loop its
+# work (issue 12: /healthz 218 ms behind 100 such clients). Only such clients:
+# on every connection it cost 1 MiB segment hits more wake-ups per body.
+UNSENT_LOW = 128 << 10
+# Answers one connection's task gives per turn of the loop when a client
+# pipelines more than one read's worth: with 100 such clients a turn costs
+# 100 × TURN answers before anyone else is served.
+TURN = 4
 # Reading resumes once the queue of parsed requests (at most MAX_PENDING,
 # see http1) is down to this and nothing waits unparsed.
 RESUME_PIPELINED = 4
@@ -212,7 +227,7 @@ class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
     __slots__ = ("server", "handler", "access", "tally", "timed", "transport", "peer", "h1", "task", "_loop",
-                 "_counted", "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering")
+                 "_counted", "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded")
 
     def __init__(self, server: PlayerServer) -> None:
         self.server = server
@@ -234,6 +249,7 @@ class PlayerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False  # the player half-closed: close once its requests are answered
         self._lingering = False  # closing gracefully: the last answer and a FIN sent, reads dropped
+        self._unsent_bounded = False  # TCP_NOTSENT_LOWAT set (`_bound_unsent`)
 
     # --- asyncio.Protocol ---
 
@@ -333,7 +349,9 @@ class PlayerConnection(asyncio.Protocol):
             if not events:
                 if h1.backlog:
                     # More pipelined than one batch: the rest is answered in turn with
-                    # other connections (`_answer_in_order`), never all in this call.
+                    # other connections (`_answer_in_order`), never all in this call,
+                    # and only as fast as the client reads.
+                    self._bound_unsent()
                     self._start_task(None)
                     return
                 break
@@ -382,6 +400,14 @@ class PlayerConnection(asyncio.Protocol):
             self._log(request, plan, len(buffers[1]) if len(buffers) > 1 else 0)
         plan.close()
 
+    def _bound_unsent(self) -> None:
+        if not self._unsent_bounded:
+            self._unsent_bounded = True
+            sock = self.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_LOW)
+
     def _start_task(self, first: Later | None) -> None:
         self.task = self._loop.create_task(self._answer_in_order(first))
 
@@ -395,9 +421,11 @@ class PlayerConnection(asyncio.Protocol):
                 self._maybe_resume_reading()
                 await self.flow.drain()
                 turn += 1
-                if turn % MAX_PENDING == 0:
+                if turn % TURN == 0:
                     # A client's pipeline of answers in hand (hits, 404s) would otherwise hold the
                     # loop for all of its thousands: other players and /healthz get a turn per batch.
+                    if h1.backlog:
+                        self._bound_unsent()  # a pipeline behind a miss: bounded as in `_answer_ready`
                     await asyncio.sleep(0)
                 event = h1.next_event()
                 if event is NEED_DATA:
