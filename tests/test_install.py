@@ -11,11 +11,8 @@ whose play URL plays.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -27,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cdn import ROOT, topology_toml
+from tests.cdn import ROOT, run_cdn, topology_toml
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 20_000}
 # What a copy of the tree leaves out: environments, caches and builds, none of them the project's.
@@ -100,23 +97,11 @@ def test_an_installed_livecdn_runs_its_demo_from_anywhere(venv: Path, tmp_path: 
     # The demo itself, on free ports (the shipped file's fixed ones may be taken on a shared machine).
     config = tmp_path / "cdn.toml"
     config.write_text(topology_toml(origin=SYNTHETIC))
-    env = clean_env()
-    err = (tmp_path / "stderr").open("wb")
-    proc = subprocess.Popen([str(venv / "bin" / "livecdn"), "demo", "--config", str(config), "--json"],
-                            stdout=subprocess.PIPE, stderr=err, cwd=elsewhere, env=env, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 90)
-        line = proc.stdout.readline() if ready else b""
-        assert line, (tmp_path / "stderr").read_text()[-2000:]
-        info = json.loads(line)
-        with urllib.request.urlopen(info["play"], timeout=10) as r:
-            assert r.status == 200 and r.read().startswith(b"#EXTM3U")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        err.close()
+    with run_cdn(config, livecdn=[str(venv / "bin" / "livecdn")], cwd=elsewhere, env=clean_env()) as info:
+        status, playlist = fetch(info["play"])
+    assert status == 200 and playlist.startswith(b"#EXTM3U")
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()

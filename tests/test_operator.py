@@ -10,8 +10,6 @@ before the old process leaves.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import signal
@@ -29,7 +27,7 @@ import pytest
 
 from livecdn import __version__
 from tests.cdn import ROOT, free_port, run_cdn, topology_toml, wait_until
-from tests.fakeorigin import FileOrigin
+from tests.fakeorigin import FileOrigin, in_thread
 
 SYNTHETIC = {"mode": "synthetic", "target_duration": 1, "window": 4, "segment_bytes": 20_000}
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -158,23 +156,6 @@ def _status(url: str) -> int:
 # --- the demo in front of a packager's origin ---
 
 
-@contextlib.contextmanager
-def file_origin(root: Path) -> Iterator[FileOrigin]:
-    """A FileOrigin on its own loop in a thread: the test's blocking calls must not stall it."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    origin = FileOrigin(str(root))
-    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
-    try:
-        yield origin
-    finally:
-        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 @pytest.fixture
 def rtmp_style(tmp_path: Path) -> Iterator[FileOrigin]:
     """What nginx-rtmp writes as the tutorials set it up: /hls/NAME.m3u8 and its segments, nothing else."""
@@ -185,7 +166,7 @@ def rtmp_style(tmp_path: Path) -> Iterator[FileOrigin]:
                                      + "".join(f"#EXTINF:2.000,\nstream-{i}.ts\n" for i in (7, 8, 9)))
     for i in (7, 8, 9):
         (hls / f"stream-{i}.ts").write_bytes(bytes([0x47]) + bytes(187) * 1)
-    with file_origin(tmp_path / "www") as origin:
+    with in_thread(FileOrigin(str(tmp_path / "www"))) as origin:
         yield origin
 
 

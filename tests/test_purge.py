@@ -7,18 +7,14 @@ before the purge, so an old copy served afterwards is told apart.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,7 @@ from livecdn.config import ConfigError, load
 from livecdn.node.broadcast import ANSWER_TIMEOUT
 from livecdn.node.purge import Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
 from tests.cdn import ROOT, Stack, free_port, run_cdn, topology_toml, wait_until
-from tests.fakeorigin import FakeOrigin, body
+from tests.fakeorigin import FakeOrigin, body, in_thread
 
 TOKEN = "purge-test-token-0123456789"
 LADDER = ("720p", "360p")
@@ -133,23 +129,6 @@ def with_token(toml: str, token: str) -> str:
     return toml.replace("[cdn]\n", f'[cdn]\nadmin_token = "{token}"\n', 1)
 
 
-@contextlib.contextmanager
-def origin_thread() -> Iterator[FakeOrigin]:
-    """A FakeOrigin on its own loop in a thread: the CDN's processes block this test's thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    origin = FakeOrigin()
-    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
-    try:
-        yield origin
-    finally:
-        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 def publish(origin: FakeOrigin, run: str) -> None:
     """An ended HLS stream under /live/ (master, renditions, segments) and one under /other/; bytes name `run`."""
     # Ended playlists stay fresh one target duration: 20 s keeps every one on the disk tier
@@ -217,7 +196,7 @@ def workers_holding(admin: str, count: int) -> bool:
 
 @pytest.mark.slow
 def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path: Path) -> None:
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=2, workers=2), TOKEN))
@@ -269,7 +248,7 @@ def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path:
 @pytest.mark.slow
 def test_the_purge_api_wants_the_token_and_a_valid_selector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LIVECDN_ADMIN_TOKEN", raising=False)
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(cdn_toml(origin, tmp_path, edges=1, workers=1))  # no token in the file
@@ -337,7 +316,7 @@ def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Pat
     temp = tmp_path / "t"  # the nodes' temporary directories, the workers' purge sockets among them
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=1, workers=2), TOKEN))
