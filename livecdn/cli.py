@@ -22,6 +22,7 @@ ROLES = ("origin", "shield", "edge", "geo")
 # The node options and the roles they mean something for (`run` takes them all and refuses the rest).
 APPLIES = {"origin": ("shield", "edge"), "mode": ("origin",), "workers": ("shield", "edge"),
            "no_access_log": ("shield", "edge", "geo"), "access_log": ("shield", "edge", "geo")}
+LEVELS = ("debug", "info", "warning", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,9 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--stream", metavar="S", help="a whole stream: the directory of playlist S, and all under it")
     u.add_argument("--json", action="store_true", help="print every node's answer as one JSON object")
     return p
-
-
-LEVELS = ("debug", "info", "warning", "error")
 
 
 def _node_options(s: argparse.ArgumentParser, role: str | None) -> None:
