@@ -348,8 +348,10 @@ def test_the_drain_timeout_is_a_setting(tmp_path: Path) -> None:
         with socket.create_connection((host, int(port))) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             # A segment read by a player that stops reading: its answer stays in flight.
-            playlist = fetch(edge + "/live/720p/playlist.m3u8")[1].decode()
-            segment = next(ln for ln in playlist.splitlines() if ln.endswith(".ts"))
+            names: list[str] = []
+            assert wait_until(lambda: bool(names.extend(ln for ln in fetch(edge + "/live/720p/index.m3u8")[1]
+                                                        .decode().splitlines() if ln.endswith(".ts")) or names), 15)
+            segment = names[0]
             s.sendall(f"GET /live/720p/{segment} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 200)
             time.sleep(0.5)
             started = time.monotonic()

@@ -519,12 +519,12 @@ class PlayerConnection(asyncio.Protocol):
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer counted for the metrics, and its one access line (when the node keeps them)."""
         took = time.perf_counter() - request.received if request.received else 0.0
+        cache = plan.cache.header if plan.cache is not None else ""
         if self.tally is not None:
-            self.tally.add(plan.fields.status, sent, took, plan.cache or "none")
+            self.tally.add(plan.fields.status, sent, took, cache or "NONE")
         if self.access is not None:
             h = request.headers.get
-            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took,
-                              plan.cache.header if plan.cache is not None else "",
+            self.access.write(self.peer, request.method, request.target, plan.fields.status, sent, took, cache,
                               _text(h(b"user-agent")), _text(h(b"host")), _text(h(b"referer")), _text(h(b"range")),
                               f"HTTP/{request.version}", request_id(request.header(b"x-request-id")))
 

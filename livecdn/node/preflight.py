@@ -98,7 +98,7 @@ def preflight(topo: Topology, cfg: NodeConfig, *, ports: bool = True, disk: bool
         import maxminddb
         try:
             maxminddb.open_database(cfg.database).close()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
             problems.append(ConfigError(topo.path, "router.database", f"{cfg.database}: {e}"))
     has_disk = isinstance(cfg, (ShieldConfig, EdgeConfig)) and bool(cfg.cache.disk_path and cfg.cache.disk_bytes)
     if disk and has_disk and (problem := disk_problem(cfg.cache.disk_path)):  # type: ignore[union-attr]
