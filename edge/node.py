@@ -11,12 +11,15 @@ players elsewhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from livecdn import metrics
 from livecdn.cache.engine import Engine
 from livecdn.cache.upstreams import Upstreams
 from livecdn.config import EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.front.connlimit import ConnectionLimit
+from livecdn.media.playlist import Manifest
+from livecdn.media.steering import STEERING_PATH, Steering
 from livecdn.node.cache import CacheNode
 
 from .policy import EdgePolicy
@@ -39,6 +42,14 @@ class EdgeNode(CacheNode):
         """A first-byte wait longer than a shield's own patience with a slow origin: the edge hears its answer."""
         return super().patience() + self.config.cache.first_byte_timeout
 
+    def dresser(self, topology: Topology) -> Callable[[str, bytes, Manifest], bytes] | None:
+        """With the topology's steering on: this edge's pathway and the router's manifests, in masters and MPDs."""
+        router = topology.router
+        if router is None or not router.steering.enabled or self.config.name not in topology.edges:
+            return None
+        edges = tuple((name, topology.edge_url(name)) for name in topology.edges)
+        return Steering(self.config.name, router.steering_url + STEERING_PATH, edges).dress
+
     def make_policy(self, engine: Engine) -> EdgePolicy:
         return EdgePolicy(self.config, engine, shields=bool(self.topology.shields))
 
@@ -54,7 +65,8 @@ class EdgeNode(CacheNode):
     def reload(self, topology: Topology) -> None:
         """The upstream list and cache settings (`CacheNode.reload`), this edge's limits and guard."""
         super().reload(topology)
-        assert self.policy is not None
+        assert self.policy is not None and self.engine is not None
+        self.engine.dress = self.dresser(topology)  # manifests stored from now on; `purge` redoes those held
         self.policy.guard.only_if_cached = bool(topology.shields)
 
     def apply(self, config: EdgeConfig | ShieldConfig) -> None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Decision", "EdgeState", "REASONS", "Site", "UNKNOWN", "choose", "distance_km", "rank"]
+__all__ = ["Decision", "EdgeState", "REASONS", "Site", "UNKNOWN", "choose", "distance_km", "priority", "rank"]
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 
@@ -102,3 +102,20 @@ def choose(location: tuple[float, float], sites: Sequence[Site],
             return Decision(site, "all-overloaded", km, tuple(p for p in passed if p[0] != site.name))
     km, site = ranked[0]
     return Decision(site, "all-down", km, tuple(passed[1:]))
+
+
+def priority(location: tuple[float, float], sites: Sequence[Site],
+             states: Mapping[str, EdgeState]) -> list[Site]:
+    """Every site in the order `choose` would try them: up and not overloaded by distance, then the
+    overloaded ones that are up, then the down ones (a content steering PATHWAY-PRIORITY).
+
+    Its first site is always the edge `choose` picks, so steering and DNS agree.
+    """
+    def tier(site: Site) -> int:
+        state = states.get(site.name, UNKNOWN)
+        return 0 if state.up and not state.overloaded else 1 if state.up else 2
+
+    ranked = rank(location, sites)
+    if all(tier(s) == 2 for _, s in ranked):
+        return [s for _, s in ranked]  # all down: nearest first, as `choose` answers then
+    return [s for _, s in sorted(ranked, key=lambda pair: tier(pair[1]))]  # stable: distance within a tier

@@ -23,6 +23,7 @@ from aiohttp import web
 from livecdn import metrics
 from livecdn.config import Address, RouterConfig, Topology
 from livecdn.logs import AccessLog
+from livecdn.media.steering import STEERING_PATH
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.sites import Sites, live
 
@@ -33,6 +34,7 @@ from .health import HealthChecker
 from .locate import Locator
 from .redirect import Redirects, json_response
 from .route import Router
+from .steering import SteeringManifests
 
 __all__ = ["GeoNode", "edge_sites"]
 
@@ -50,8 +52,7 @@ def edge_sites(topology: Topology) -> list[Site]:
     out = []
     for e in topology.edges.values():
         addresses = router.addresses[e.name]
-        first = addresses[0]
-        out.append(Site(e.name, e.location, Address(first, e.listen.port).url,
+        out.append(Site(e.name, e.location, topology.edge_url(e.name),
                         tuple(a for a in addresses if ":" not in a), tuple(a for a in addresses if ":" in a)))
     return out
 
@@ -75,6 +76,7 @@ class GeoNode(Lifecycle):
         self.router: Router | None = None
         self.answerer: Answerer | None = None
         self.http: Redirects | None = None
+        self.steering: SteeringManifests | None = None  # with [router.steering] enabled
         self._locator: Locator | None = None
         self._health: HealthChecker | None = None
         self._access: AccessLog | None = None
@@ -124,6 +126,9 @@ class GeoNode(Lifecycle):
 
         player = web.Application()
         player.router.add_get("/route", self.http.route)
+        if cfg.steering.enabled:
+            self.steering = SteeringManifests(self.router, cfg.steering.ttl)
+            player.router.add_get(STEERING_PATH + "/{kind}/{name}", self.steering.manifest)
         player.router.add_route("*", "/{tail:.*}", self.http.redirect)
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
@@ -186,6 +191,8 @@ class GeoNode(Lifecycle):
         self.topology = topology
         self.config = dataclasses.replace(topology.router, **{k: getattr(self.config, k) for k in restart})
         self.router.replace(locator, edge_sites(topology))
+        if self.steering is not None:
+            self.steering.ttl = topology.router.steering.ttl
         self.answerer.sites_changed()
         self._locator = locator
         if old is not None:

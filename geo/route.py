@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .choose import UNKNOWN, Decision, EdgeState, Site, choose
+from .choose import UNKNOWN, Decision, EdgeState, Site, choose, priority
 from .locate import Location, Locator, subnet_address
 
 __all__ = ["MAX_ROUTES", "Route", "Router"]
@@ -83,6 +83,10 @@ class Router:
             route = self._remember(key, self._compute(self.locator.locate(ip)))
         self.decisions[route.key] += 1
         return route
+
+    def priority(self, address: str) -> list[Site]:
+        """Every edge for a client address, best first (content steering); its first is `route`'s edge."""
+        return priority(self._locate(address).point, self.sites, self.states)
 
     def explain(self, address: str) -> Route:
         """The route for `address` without counting it as handed out (for /route)."""

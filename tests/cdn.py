@@ -37,9 +37,11 @@ from livecdn.config import (
     ShieldConfig,
     Topology,
 )
+from livecdn.config.load import load
+from livecdn.demo import _wait_ready, plan, play_url
 from shield import ShieldNode
 
-__all__ = ["Stack", "free_dns_port", "free_port", "free_port_on", "run_cdn", "sample", "topology_toml",
+__all__ = ["Stack", "free_dns_port", "free_port", "free_port_on", "run_cdn", "run_nodes", "sample", "topology_toml",
            "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,12 +171,14 @@ def free_dns_port(host: str = "127.0.0.1") -> int:
 
 
 def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int = 2,
-                  workers: int = 1, cache: dict[str, Any] | None = None, router: bool = True) -> str:
+                  workers: int = 1, cache: dict[str, Any] | None = None, router: bool = True,
+                  steering_ttl: int | None = None) -> str:
     """A topology file with free loopback ports; edges on 127.0.N.1 like the demo.
 
     As in the demo, every edge listens on the same port of its own address (so
     a DNS answer, an address, is all a player needs), and the router places
     127.0.1.0/24 in eu and 127.0.2.0/24 in us (configs/demo-geo.mmdb).
+    `steering_ttl` turns content steering on with that TTL.
     """
     lines = ['[cdn]', 'name = "test"', 'play_path = "/live/master.m3u8"', "", "[cache]"]
     for k, v in {"disk_path": "", "upstream_timeout": 5, **(cache or {})}.items():
@@ -200,6 +204,8 @@ def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int 
                   f'http = "127.0.0.1:{free_port()}"', f'admin = "127.0.0.1:{free_port()}"',
                   f'database = "{ROOT / "configs" / "demo-geo.mmdb"}"', 'default_region = "eu"', "ttl = 5",
                   "[router.health]", "interval = 0.5", "timeout = 1", "failures = 3", "rise = 2"]
+        if steering_ttl is not None:
+            lines += ["[router.steering]", "enabled = true", f"ttl = {steering_ttl}"]
     return "\n".join(lines) + "\n"
 
 
@@ -236,11 +242,51 @@ def run_cdn(config: Path, *args: str, timeout: float = 90.0, livecdn: list[str] 
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _reap(proc)
+        err.close()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a process told to stop; past 30 s its whole group is killed."""
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def run_nodes(config: Path) -> Iterator[dict[str, Any]]:
+    """Every node of the topology as its own `livecdn ROLE` process, as `livecdn demo` starts them, but with
+    no supervisor: a test may kill or SIGSTOP one node and the others go on (the demo stops them all).
+
+    Yields the demo's JSON shape (`play`, `nodes`) plus `procs` (node name → Popen) and `stderr()`.
+    """
+    topo = load(config)
+    nodes, play = plan(topo), play_url(topo)
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def stderr() -> str:
+        err.seek(0)
+        return err.read().decode(errors="replace")
+
+    try:
+        for n in nodes:
+            procs[n.name] = subprocess.Popen(
+                [sys.executable, "-m", "livecdn", n.role, "--config", str(config), "--node", n.name,
+                 "--log-level", "warning"], stdout=err, stderr=err, cwd=ROOT, start_new_session=True)
+        # The demo's own readiness wait: every node healthy, the router seeing every edge, the play URL answering.
+        if _wait_ready(nodes, procs, play, lambda: False) is not None:
+            raise AssertionError(f"the nodes did not come up: {stderr()[-2000:]}")
+        yield {"play": play, "nodes": [n.__dict__ for n in nodes], "procs": procs, "stderr": stderr}
+    finally:
+        for proc in reversed(procs.values()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped node cannot drain
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            _reap(proc)
         err.close()
 
 

@@ -71,6 +71,7 @@ from livecdn.cache.stored import Stored
 from livecdn.logs import report_death
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.names import directory
+from livecdn.media.playlist import Manifest
 
 __all__ = ["Admission", "Admitted", "Answer", "Attachment", "Engine", "EngineError", "UpstreamBroken"]
 
@@ -291,6 +292,8 @@ class Engine:
         self._failures: collections.OrderedDict[str, Stored] = collections.OrderedDict()  # key → its last error
         # What players are told an upstream is (its tier, "shield" or "origin"): never its address.
         self.tier: Callable[[str], str] = lambda upstream: "upstream"
+        # How this node dresses the manifests it stores (an edge's content steering), or None.
+        self.dress: Callable[[str, bytes, Manifest], bytes] | None = None
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -496,7 +499,7 @@ class Engine:
         upstreams = upstreams[:1] if only_if_cached else upstreams
         fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
                     held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
-                    tiers=tuple(self.tier(u) for u in upstreams))
+                    tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress)
         self._fills[key.key] = fill
         return fill
 

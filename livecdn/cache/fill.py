@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livecdn.cache.freshness import Lifetime, Rules, failure_lifetime, lifetime, stale_after
@@ -312,6 +313,9 @@ class Fill:
     only_if_cached: bool = False
     held: Held | None = None
     tiers: tuple[str, ...] = ()
+    # A manifest's body as this node serves it (the edge's content steering, `livecdn.media.steering`):
+    # applied once, when the body has arrived whole, so the stored copy and every answer carry it.
+    dress: Callable[[str, bytes, Manifest], bytes] | None = None
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)
@@ -568,6 +572,9 @@ class Fill:
                 store = False
                 cmds.append(Log("info", f"{self.key}: body ended by the upstream closing the connection"
                                         " (no Content-Length, not chunked); passed on, not stored"))
+        if manifest is not None and self.dress is not None:
+            data = self.dress(self.key.path, data, manifest)
+            self.body, self.size = [data], len(data)
         if manifest is not None and self.held is not None:
             change, why = compare(self.held.manifest, manifest)
             if change is Change.BEHIND:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit
 
 from livecdn.config.schema import (
     DEFAULT_ORIGIN,
@@ -270,6 +271,30 @@ def _check(t: Topology) -> None:
             if e.name not in r.addresses:
                 raise ConfigError(t.path, f"router.addresses.{e.name}",
                                   f"edge listens on {e.listen.host!r}: give the addresses players reach it at")
+        if r.steering.enabled:
+            _check_steering(t, r)
+
+
+# What the HLS Content Steering spec allows in a Pathway ID: edges are pathways under their own names.
+PATHWAY_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _check_steering(t: Topology, r: RouterConfig) -> None:
+    """Steering needs edge names that are Pathway IDs, one player port (clones replace the host only)
+    and a router URL players can reach."""
+    for e in t.edges.values():
+        if not PATHWAY_ID.fullmatch(e.name):
+            raise ConfigError(t.path, f"edges.{e.name}", "with router.steering on, an edge's name is its Pathway ID:"
+                                                         " letters, digits, '.', '-' or '_' only")
+    ports = {e.listen.port for e in t.edges.values()}
+    if len(ports) > 1:
+        raise ConfigError(t.path, "router.steering.enabled",
+                          f"edges listen on ports {sorted(ports)}: steering clones a pathway by its host name"
+                          " alone, so players must reach every edge on one port")
+    host = urlsplit(r.steering_url).hostname or ""
+    if host in ("0.0.0.0", "::"):
+        raise ConfigError(t.path, "router.steering.url", f"router.http listens on {host}: give the URL"
+                                                           " players reach the router at")
 
 
 def _known(path: str, key: str, name: str, table: Mapping[str, Any], what: str) -> None:

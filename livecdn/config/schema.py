@@ -25,8 +25,8 @@ __all__ = [
     "Above", "Address", "Below", "Bound", "Bytes", "CacheSettings", "CdnSettings", "Check", "Checked", "ConfigError",
     "DEFAULT_ORIGIN", "Degrees", "EdgeConfig", "FieldError", "GuardSettings", "HealthSettings", "LimitSettings", "Max",
     "Min", "NonEmpty", "OriginConfig", "OriginRoute", "PathRule", "PerSecond", "Region", "Rendition", "RouterConfig",
-    "Seconds", "ShieldConfig", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name", "hints", "match",
-    "optional", "split",
+    "Seconds", "ShieldConfig", "SteeringSettings", "TargetDuration", "Topology", "Unit", "Window", "YEAR", "dns_name",
+    "hints", "match", "optional", "split",
 ]
 
 Role = Literal["origin", "shield", "edge", "geo"]
@@ -123,6 +123,7 @@ def _http_url(text: str) -> str:
 
 
 NonEmpty = Check(_non_empty)
+OptionalUrl = Annotated[str, Check(lambda text: _http_url(text) if text else text)]  # "": a default applies
 DnsName = Annotated[str, Check(dns_name)]
 IpAddress = Annotated[str, Check(lambda text: str(ipaddress.ip_address(text)))]
 HttpUrl = Annotated[str, Check(_http_url)]
@@ -366,6 +367,19 @@ class HealthSettings(Checked):
 
 
 @dataclass(frozen=True)
+class SteeringSettings(Checked):
+    """Content Steering (HLS Content Steering spec, DASH-IF content steering): when enabled, edges name
+    the router's steering manifests in the master playlists and MPDs they serve, so players move to
+    another edge without waiting for DNS or a redirect."""
+
+    enabled: bool = False
+    # Seconds a player keeps a steering manifest: how long a dead edge can stay first in its list.
+    ttl: Annotated[int, Seconds, Min(1), Max(MAX_TTL)] = 10
+    # The router's base URL as players reach it; empty: its `http` listen address.
+    url: OptionalUrl = ""
+
+
+@dataclass(frozen=True)
 class Rendition(Checked):
     """One variant of the built-in origin's stream."""
 
@@ -483,6 +497,12 @@ class RouterConfig(Checked):
     # edge → the addresses players reach it at; in the file, its listen address by default
     addresses: Mapping[str, Annotated[tuple[IpAddress, ...], NonEmpty]] = field(default_factory=dict)
     health: HealthSettings = field(default_factory=HealthSettings)
+    steering: SteeringSettings = field(default_factory=SteeringSettings)
+
+    @property
+    def steering_url(self) -> str:
+        """Where players fetch steering manifests: `steering.url`, else the router's HTTP listener."""
+        return self.steering.url or self.http.url
 
 
 @dataclass(frozen=True)
@@ -535,6 +555,12 @@ class Topology(Checked):
     def routes(self) -> tuple[OriginRoute, ...]:
         """Every origin, the catch-all among them."""
         return tuple(self.origins.values()) or (OriginRoute(DEFAULT_ORIGIN, self.origin_url),)
+
+    def edge_url(self, name: str) -> str:
+        """An edge's base URL as players reach it (its first router address, its listen port)."""
+        addresses = self.router.addresses.get(name) if self.router is not None else None
+        edge = self.edges[name]
+        return Address(addresses[0], edge.listen.port).url if addresses else edge.listen.url
 
     def node(self, name: str) -> tuple[Role, OriginConfig | ShieldConfig | EdgeConfig | RouterConfig]:
         """Find a node by name; raises ConfigError when the file has no such node."""

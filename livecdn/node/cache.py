@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,7 @@ from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_
 from livecdn.front.listener import PlayerServer
 from livecdn.front.origins import Origins
 from livecdn.logs import AccessLog
+from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
@@ -101,6 +103,10 @@ class CacheNode(Lifecycle):
         return Origins(topology.routes)
 
     def make_policy(self, engine: Engine) -> Policy | None:
+        return None
+
+    def dresser(self, topology: Topology) -> Callable[[str, bytes, Manifest], bytes] | None:
+        """What this node writes into the manifests it stores (`Engine.dress`); a shield stores them as they are."""
         return None
 
     def upstream_waits(self) -> tuple[float, float, float]:
@@ -202,6 +208,7 @@ class CacheNode(Lifecycle):
                              cache.max_object_bytes, self.upstream_waits(), ups.headers, self.upstream_health,
                              patience=self.patience())
         self.engine.tier = ups.tier
+        self.engine.dress = self.dresser(self.topology)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, enable_cleanup_closed=True),
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},

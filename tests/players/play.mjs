@@ -20,6 +20,12 @@
 //   currentTime    video.currentTime at the end
 //   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
 //   console        page console errors
+//   frags          every media segment loaded: when, from which host (HLS: and pathway)
+//   steering       HLS: every steering manifest loaded: when, and its PATHWAY-PRIORITY
+//   actionAt       when LIVECDN_ACTION ran (see below); stalls carry `until` once playback resumed
+//
+// Env: LIVECDN_ACTION, a shell command run LIVECDN_ACTION_AFTER seconds (default 10) after playback
+// started (a test kills or stops an edge with it, timed on the page's own clock).
 //
 // Env: CHROMIUM (default /usr/bin/chromium); LIVECDN_HOST_RESOLVER_RULES, passed to
 // --host-resolver-rules so a CDN host name can be mapped to loopback.
@@ -30,6 +36,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import { execSync } from 'node:child_process';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -91,9 +98,12 @@ try {
     }
     return route.fulfill({ status: 200, contentType: 'text/html', body: page_html });
   });
+  const action = process.env.LIVECDN_ACTION || null;
+  const actionAfter = Number(process.env.LIVECDN_ACTION_AFTER ?? 10);
+  if (action) await page.exposeFunction('livecdnAction', () => { execSync(action, { stdio: 'inherit' }); });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash }) => {
-    const r = { started: false, startupSeconds: null, stalls: [], errors: [],
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter }) => {
+    const r = { started: false, startupSeconds: null, stalls: [], errors: [], frags: [], steering: [],
                 mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
     if (dash) r.dashSupported = dashjs.supportsMediaSource();
     else r.hlsSupported = Hls.isSupported();
@@ -108,6 +118,13 @@ try {
       // suggestedPresentationDelay is one segment, which leaves no margin and stalls even at the origin.
       dashPlayer.updateSettings({ streaming: { delay: { liveDelayFragmentCount: 3,
                                                         useSuggestedPresentationDelay: false } } });
+      dashPlayer.on(dashjs.MediaPlayer.events.FRAGMENT_LOADING_COMPLETED, (e) => {
+        const req = e.request;
+        if (req && req.type === 'MediaSegment' && req.url) {
+          r.frags.push({ at: (performance.now() - t0) / 1000, host: new URL(req.url).host,
+                         pathway: req.serviceLocation ?? null, ok: !e.error });
+        }
+      });
       dashPlayer.on(dashjs.MediaPlayer.events.ERROR, (e) => {
         r.errors.push({ fatal: true, type: 'dash', details: e.error?.message ?? String(e.error),
                         code: e.error?.code ?? null, at: (performance.now() - t0) / 1000 });
@@ -121,12 +138,22 @@ try {
                         error: d.error ? String(d.error) : null,
                         at: (performance.now() - t0) / 1000 });
       });
+      hls.on(Hls.Events.FRAG_LOADED, (_e, d) => {
+        r.frags.push({ at: (performance.now() - t0) / 1000, host: new URL(d.frag.url).host, sn: d.frag.sn,
+                       pathway: hls.levels[d.frag.level]?.pathwayId ?? null });
+      });
+      hls.on(Hls.Events.STEERING_MANIFEST_LOADED, (_e, d) => {
+        r.steering.push({ at: (performance.now() - t0) / 1000,
+                          priority: d.steeringManifest['PATHWAY-PRIORITY'] ?? null });
+      });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
         { fatal: true, type: 'play', details: String(e) })); });
     }
     let playing;
     const started = new Promise((resolve) => { playing = resolve; });
     video.addEventListener('playing', () => {
+      const last = r.stalls[r.stalls.length - 1];
+      if (last && last.until === undefined) last.until = (performance.now() - t0) / 1000;
       if (!r.started) {
         r.started = true;
         r.startupSeconds = (performance.now() - t0) / 1000;
@@ -147,7 +174,15 @@ try {
     }
     const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
     await Promise.race([started, sleep(startTimeoutMs)]);
-    if (r.started) await sleep(seconds * 1000);
+    if (r.started && action) {
+      const first = Math.min(actionAfter, seconds);
+      await sleep(first * 1000);
+      r.actionAt = (performance.now() - t0) / 1000;
+      await window.livecdnAction();
+      await sleep((seconds - first) * 1000);
+    } else if (r.started) {
+      await sleep(seconds * 1000);
+    }
     let played = 0;
     for (let i = 0; i < video.played.length; i++) played += video.played.end(i) - video.played.start(i);
     r.playedSeconds = played;
@@ -159,7 +194,7 @@ try {
     if (hls) hls.destroy();
     if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);

@@ -1,0 +1,66 @@
+"""hls.js or dash.js through a real CDN while one edge fails: the harness of the steering tests and of
+benchmarks/steering.py (which also runs it on trees without steering: nothing here needs it)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from tests.test_players import PLAYERS_DIR, edges_as_public, require_browser_harness
+
+__all__ = ["SECONDS_AFTER", "SECONDS_BEFORE", "failover_figures", "get", "node", "play_through_failure"]
+
+SECONDS_BEFORE = 12  # played before the edge fails: the player's buffer is full (3 segments behind live)
+SECONDS_AFTER = 24
+
+
+def get(url: str, source: str = "127.0.0.1", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str],
+                                                                                             bytes]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def node(cdn: dict[str, Any], name: str) -> dict[str, Any]:
+    return dict(next(n for n in cdn["nodes"] if n["name"] == name))
+
+
+def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path) -> dict[str, Any]:
+    """hls.js plays the router's URL; `action` (a shell command) runs after SECONDS_BEFORE of playback."""
+    harness = require_browser_harness()
+    env = {**os.environ, "CHROMIUM": edges_as_public(cdn, tmp_path), "LIVECDN_ACTION": action,
+           "LIVECDN_ACTION_AFTER": str(SECONDS_BEFORE)}
+    seconds = SECONDS_BEFORE + SECONDS_AFTER
+    proc = subprocess.run([harness, str(PLAYERS_DIR / "play.mjs"), cdn["play"], str(seconds)], cwd=PLAYERS_DIR,
+                          capture_output=True, text=True, timeout=seconds + 120, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"play.mjs printed no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    assert proc.returncode == 0 and "harnessError" not in result, json.dumps(result, indent=1)
+    assert result["started"] and "actionAt" in result, json.dumps(result, indent=1)
+    return result
+
+
+def failover_figures(r: dict[str, Any], dead_host: str) -> dict[str, Any]:
+    """What a viewer saw after the edge failed: longest stall, time to the first segment from another edge."""
+    at, end = r["actionAt"], SECONDS_BEFORE + SECONDS_AFTER + r["startupSeconds"]
+    after = [f for f in r["frags"] if f["at"] >= at]
+    moved = [f for f in after if f["host"] != dead_host]
+    stalls = [(s["at"], s.get("until", end)) for s in r["stalls"] if s.get("until", end) >= at]
+    errors = [e for e in r["errors"] if e["at"] >= at and e["type"] == "networkError"]
+    return {"switch_s": round(moved[0]["at"] - at, 2) if moved else None,
+            "longest_stall_s": round(max((u - max(a, at) for a, u in stalls), default=0.0), 2),
+            "network_errors": len(errors), "errors_first_3s": sum(e["at"] < at + 3 for e in errors),
+            "segments_after": len(after), "segments_elsewhere": len(moved),
+            "fatal": [e["details"] for e in r["errors"] if e["fatal"]],
+            "stalled_at_end": bool(r["stalls"]) and "until" not in r["stalls"][-1]}
