@@ -22,12 +22,15 @@ $(VENV)/.bench: $(STAMP)
 deps-video:
 	@command -v ffmpeg >/dev/null || { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq ffmpeg; }
 
-# Real clients for the tests: ffmpeg, headless Chromium with hls.js, dig, curl.
+# Real clients for the tests: ffmpeg, headless Chromium with hls.js, dig, curl; Prometheus's promtool
+# (checks /metrics) and systemd-analyze (checks deploy/systemd).
 deps-test: deps-video
 	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v dig >/dev/null && \
 	  command -v nghttp >/dev/null && command -v h2load >/dev/null || \
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium curl bind9-dnsutils \
 	    nghttp2-client; }
+	@command -v promtool >/dev/null && command -v systemd-analyze >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends prometheus systemd; }
 	@[ -d tests/players/node_modules/hls.js ] && [ -d tests/players/node_modules/dashjs ] && [ -d tests/players/node_modules/playwright-core ] || \
 	  (cd tests/players && npm ci --no-audit --no-fund --loglevel=error)
 

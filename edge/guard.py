@@ -131,22 +131,27 @@ class StreamGuard:
     """
 
     def __init__(self, settings: GuardSettings, engine: Engine, node: str, only_if_cached: bool = False) -> None:
-        self.settings = settings
         self.engine = engine
         self.node = node
         self.only_if_cached = only_if_cached
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
-        self._unknown = TokenBucket(settings.unknown_burst, time.monotonic())
-        self._probes = TokenBucket(settings.unknown_probe_burst, time.monotonic())
         self._spent_logged = float("-inf")
-        # One client must not spend every try the edge allows for unknown names.
-        self._per_client = Buckets(settings.unknown_client_rate, settings.unknown_client_burst, CLIENTS_TRACKED)
+        self.configure(settings)
         self._rejected = {r: metrics.GUARD_REJECTIONS.labels(node, r)
                           for r in ("bad_name", "not_announced", "unknown_stream")}
         self._tried = {(asked, found): metrics.GUARD_UNKNOWN.labels(node, asked, found)
                        for asked in ("fetch", "only_if_cached") for found in ("yes", "no")}
         self._refreshes = metrics.GUARD_REFRESHES.labels(node)
         self._streams_gauge = metrics.GUARD_STREAMS.labels(node)
+
+    def configure(self, settings: GuardSettings) -> None:
+        """Take `settings` (at start and on reload): the budgets start full; streams already known keep
+        their filters' geometry, new ones take the new one."""
+        self.settings = settings
+        self._unknown = TokenBucket(settings.unknown_burst, time.monotonic())
+        self._probes = TokenBucket(settings.unknown_probe_burst, time.monotonic())
+        # One client must not spend every try the edge allows for unknown names.
+        self._per_client = Buckets(settings.unknown_client_rate, settings.unknown_client_burst, CLIENTS_TRACKED)
 
     @property
     def streams(self) -> int:

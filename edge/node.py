@@ -10,14 +10,13 @@ players elsewhere.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
 from livecdn import metrics
 from livecdn.cache.engine import Engine
 from livecdn.cache.upstreams import Upstreams
-from livecdn.config import EdgeConfig, LimitSettings, Topology
+from livecdn.config import EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.front.connlimit import ConnectionLimit
 from livecdn.front.forwarded import ClientAddresses
 from livecdn.media.playlist import Manifest
@@ -76,27 +75,34 @@ class EdgeNode(CacheNode):
     def h2c(self) -> bool:
         return self.config.h2c
 
+    # Prefetch runs as tasks started with the node: turning it on or off, or its concurrency, is a restart;
+    # so are the plain listener's protocols (h2c, PROXY headers), fixed when it opens.
+    RESTART_ONLY = (*CacheNode.RESTART_ONLY, "guard.prefetch", "guard.prefetch_concurrency", "h2c", "proxy_protocol")
+
     def reload(self, topology: Topology) -> None:
-        """The upstream list, the signing keys, this edge's per-client limits (buckets start full again) and
-        trusted proxies."""
+        """The upstream list and cache settings (`CacheNode.reload`), this edge's limits, guard, signing keys
+        and trusted proxies."""
         super().reload(topology)
         assert self.policy is not None and self.engine is not None
         self.engine.dress = self.dresser(topology)  # manifests stored from now on; `purge` redoes those held
         self.policy.guard.only_if_cached = bool(topology.shields)
         self.policy.sign(topology.signing)
-        new = topology.edges.get(self.config.name)
-        if new is not None and (new.trusted_proxies, new.forwarded_header) != \
-                (self.config.trusted_proxies, self.config.forwarded_header):
-            self.config = dataclasses.replace(self.config, trusted_proxies=new.trusted_proxies,
-                                              forwarded_header=new.forwarded_header)
+
+    def apply(self, config: EdgeConfig | ShieldConfig) -> None:
+        """Limits, guard settings and trusted proxies too: their buckets start full again."""
+        assert isinstance(config, EdgeConfig) and self.policy is not None
+        old = self.config
+        super().apply(config)
+        if config.limits != old.limits:
+            self.policy.apply(config.limits)
+            self.apply_player_limits(config.limits)
+            log.info("edge %s applied new client limits: %s", config.name, config.limits)
+        if config.guard != old.guard:
+            self.policy.guard.configure(config.guard)
+            log.info("edge %s applied new guard settings: %s", config.name, config.guard)
+        if (config.trusted_proxies, config.forwarded_header) != (old.trusted_proxies, old.forwarded_header):
             self.players.addresses = self.client_addresses() or None  # new connections judge their peer by it
-            log.info("edge %s trusts proxies in %s now", self.config.name, ", ".join(new.trusted_proxies) or "none")
-        if new is None or new.limits == self.config.limits:
-            return
-        self.config = dataclasses.replace(self.config, limits=new.limits)
-        self.policy.apply(new.limits)
-        self.apply_player_limits(new.limits)
-        log.info("edge %s applied new client limits: %s", self.config.name, new.limits)
+            log.info("edge %s trusts proxies in %s now", config.name, ", ".join(config.trusted_proxies) or "none")
 
     async def start(self) -> None:
         await super().start()

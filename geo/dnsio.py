@@ -241,11 +241,15 @@ class DnsListener:
         attempts = 0
         while True:
             attempts += 1
-            udp, _ = await loop.create_datagram_endpoint(lambda: DnsUdp(self.answer), local_addr=(host, port))
+            # SO_REUSEPORT on a named port: a new router process binds beside the old one, which then
+            # drains (a port 0 pick must stay this process's own).
+            udp, _ = await loop.create_datagram_endpoint(lambda: DnsUdp(self.answer), local_addr=(host, port),
+                                                         reuse_port=bool(port) or None)
             bound = int(udp.get_extra_info("sockname")[1])
             try:
                 self._tcp = await loop.create_server(lambda: DnsTcp(self.connections, self.answer), host, bound,
-                                                     reuse_address=True, backlog=1024)
+                                                     reuse_address=True, reuse_port=bool(port) or None,
+                                                     backlog=1024)
             except OSError:
                 udp.close()
                 if port or attempts >= DNS_BIND_ATTEMPTS:

@@ -113,15 +113,25 @@ class HealthChecker:
     async def _watch(self, session: aiohttp.ClientSession, name: str, url: str) -> None:
         loop = asyncio.get_running_loop()
         tracker = self.trackers[name]
+        # Until an edge has once been up, failures are its start (the router and its edges start
+        # together): it is only said to be down once it has failed as many checks in a row as take
+        # an up edge down.
+        starting, failed = True, 0
         while True:
             started = loop.time()
             ok, overloaded, load = await self._check(session, name, url)
             before = tracker.state
             state = tracker.observe(ok, overloaded, load)
+            if starting:
+                starting, failed = not ok, failed + 1
+                if failed == tracker.failures and not ok:
+                    log.warning("edge %s is down: %s", name, self.last_error.get(name))
+                elif ok:
+                    log.info("edge %s is up", name)
+            elif state != before and state.up != before.up:  # type: ignore[union-attr]  # set once up
+                log.log(logging.INFO if state.up else logging.WARNING, "edge %s is %s%s", name,
+                        "up" if state.up else "down", "" if state.up else f": {self.last_error.get(name)}")
             if state != before:
-                if before is None or state.up != before.up:
-                    log.log(logging.INFO if state.up else logging.WARNING, "edge %s is %s%s", name,
-                            "up" if state.up else "down", "" if state.up else f": {self.last_error.get(name)}")
                 self.on_change(name, state)
             # A fixed cadence (a housekeeping tick, not a data-path wait): a slow
             # check shortens the pause after it instead of stretching the period.

@@ -11,6 +11,7 @@ wires them to sockets and to the lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -29,7 +30,7 @@ from livecdn.front.tls import ServerTls, read_certificates
 from livecdn.logs import AccessLog
 from livecdn.media.steering import STEERING_PATH
 from livecdn.node.lifecycle import Lifecycle
-from livecdn.node.sites import Sites
+from livecdn.node.sites import Sites, live
 
 from .choose import EdgeState, Site
 from .dns import Answerer, Zone
@@ -41,6 +42,9 @@ from .route import Router
 from .steering import SteeringManifests
 
 __all__ = ["GeoNode", "edge_sites"]
+
+# Sockets and the zone's answers are made at start: a reload keeps them as they run.
+RESTART_ONLY = ("dns", "http", "admin", "zone", "ttl", "nameservers")
 
 log = logging.getLogger("livecdn.geo")
 
@@ -137,6 +141,7 @@ class GeoNode(Lifecycle):
         player.router.add_route("*", "/{tail:.*}", self.http.redirect)
         admin = web.Application()
         admin.router.add_get("/healthz", self._healthz)
+        admin.router.add_get("/livez", live)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_get("/route", self.http.route)
         self._access = AccessLog(cfg.name) if self.access_log else None
@@ -230,8 +235,9 @@ class GeoNode(Lifecycle):
         self._certificates(topology, self._tls)  # all read, or ConfigError and nothing changes
         locator = self.open_database(topology)
         old = self._locator
+        restart = [k for k in RESTART_ONLY if getattr(topology.router, k) != getattr(self.config, k)]
         self.topology = topology
-        self.config = topology.router
+        self.config = dataclasses.replace(topology.router, **{k: getattr(self.config, k) for k in restart})
         self.router.replace(locator, edge_sites(topology))
         if self.steering is not None:
             self.steering.ttl = topology.router.steering.ttl
@@ -242,7 +248,8 @@ class GeoNode(Lifecycle):
         if self._health is not None:
             self._health.cancel()  # its tasks end at their next await, before reporting anything
         self._start_health()
-        log.info("router %s reloaded %s", self.config.name, topology.path)
+        log.info("router %s reloaded %s%s", self.config.name, topology.path,
+                 f"; needs a restart to change: {', '.join(restart)} (running on with the old)" if restart else "")
 
     # --- admin ---
 

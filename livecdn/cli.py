@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from livecdn import __version__
 from livecdn.config import ConfigError, EdgeConfig, OriginConfig, RouterConfig, ShieldConfig, Topology, load
 from livecdn.config.load import SIGNING_ENV, TOKEN_ENV
 
@@ -18,29 +19,43 @@ __all__ = ["main"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.toml"  # package data; configs/demo.toml links to it
 ROLES = ("origin", "shield", "edge", "geo")
+# The node options and the roles they mean something for (`run` takes them all and refuses the rest).
+APPLIES = {"origin": ("shield", "edge"), "mode": ("origin",), "workers": ("shield", "edge"),
+           "no_access_log": ("shield", "edge", "geo"), "access_log": ("shield", "edge", "geo"),
+           "low_latency": ("origin",)}
+LEVELS = ("debug", "info", "warning", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livecdn",
                                 description="Live video CDN: origin, shield and edge nodes, and the geo router.")
+    p.add_argument("--version", action="version", version=f"livecdn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one node of the topology file, in the role the file gives it")
+    _node_options(r, None)
     for role in ROLES:
-        s = sub.add_parser(role, help=f"run one {role} node from the topology file")
-        s.add_argument("--config", required=True, help="topology file (TOML)")
-        s.add_argument("--node", required=True, help="this node's name in the topology file")
-        _common(s)
-        if role in ("shield", "edge"):
-            s.add_argument("--workers", type=int, help="worker processes sharing the port (overrides the file)")
-        if role != "origin":
-            s.add_argument("--no-access-log", action="store_true", help="do not log each request")
+        _node_options(sub.add_parser(role, help=f"run one {role} node from the topology file"), role)
+    c = sub.add_parser("check", help="validate a topology file, as nginx -t does, and say what each node runs",
+                       description="Prints what each node would run and 'ok', or one line per problem "
+                                   "(file: key: problem) and exits 2. With --node, also that this machine "
+                                   "can run it: its addresses are local and free, its disk tier usable.")
+    c.add_argument("--config", required=True, help="topology file (TOML)")
+    c.add_argument("--node", help="check this node for this machine too")
     d = sub.add_parser("demo", help="start a whole CDN on loopback and print the URL a player opens")
     d.add_argument("--config", default=str(DEMO_CONFIG), help="topology file (default: the demo's, configs/demo.toml)")
     d.add_argument("--json", action="store_true", help="print the nodes and play URL as one JSON object")
+    d.add_argument("--origin", metavar="URL", help="an existing origin instead of the built-in one: its base "
+                                                   "URL, or the URL of the playlist to play")
+    d.add_argument("--mode", choices=("synthetic", "ffmpeg"), help="built-in origin mode (overrides the file)")
+    d.add_argument("--low-latency", action="store_true",
+                   help="built-in origin serves low-latency HLS (parts, blocking reloads; overrides the file)")
     d.add_argument("--tls", action="store_true",
                    help="make a throwaway CA and certificates, serve players over HTTPS too (prints the CA file)")
     d.add_argument("--signed", action="store_true",
                    help="edges need signed URLs, under a random key; prints a signed play URL")
-    _common(d)
+    d.add_argument("--access-log", metavar="FILE", help="where the nodes' access lines go ('-': this terminal; "
+                                                        "default: a file the demo names)")
+    d.add_argument("--log-level", default="info", choices=LEVELS)
     u = sub.add_parser("purge", help="drop objects from every shield and edge of the topology (shields first)",
                        description=f"The admin token is {TOKEN_ENV} from the environment, else [cdn] admin_token.")
     u.add_argument("--config", required=True, help="topology file (TOML)")
@@ -60,24 +75,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--origin", metavar="URL", help="use this existing origin instead of the built-in one")
-    p.add_argument("--mode", choices=("synthetic", "ffmpeg"), help="built-in origin mode (overrides the file)")
-    p.add_argument("--low-latency", action="store_true",
-                   help="built-in origin serves low-latency HLS (parts, blocking reloads; overrides the file)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+def _node_options(s: argparse.ArgumentParser, role: str | None) -> None:
+    """The options of a node command: those that mean something for `role` (None: `run`, any role)."""
+    def takes(option: str) -> bool:
+        return role is None or role in APPLIES[option]
+
+    s.add_argument("--config", required=True, help="topology file (TOML)")
+    s.add_argument("--node", required=True, help="this node's name in the topology file")
+    s.add_argument("--log-level", default="info", choices=LEVELS)
+    if takes("origin"):
+        s.add_argument("--origin", metavar="URL", help="fetch from this origin instead of the file's")
+    if takes("mode"):
+        s.add_argument("--mode", choices=("synthetic", "ffmpeg"), help="built-in origin mode (overrides the file)")
+    if takes("workers"):
+        s.add_argument("--workers", type=int, help="worker processes sharing the port (overrides the file)")
+    if takes("no_access_log"):
+        s.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    if takes("access_log"):
+        s.add_argument("--access-log", metavar="FILE",
+                       help="append access lines to FILE (reopened on SIGUSR1, for logrotate) instead of stderr")
+    if takes("low_latency"):
+        s.add_argument("--low-latency", action="store_true",
+                       help="built-in origin serves low-latency HLS (parts, blocking reloads; overrides the file)")
 
 
 def _topology(args: argparse.Namespace) -> Topology:
     topo = load(args.config)
-    if args.origin:
+    origin, mode = getattr(args, "origin", None), getattr(args, "mode", None)
+    if origin:
         try:
-            topo = topo.with_origin(args.origin)
+            topo = topo.with_origin(origin)
         except ValueError as e:
             raise ConfigError(args.config, "--origin", str(e)) from None
-    elif args.mode and topo.origin is not None:
-        topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=args.mode))
-    if args.low_latency and topo.origin is not None and not topo.origin.low_latency:
+    elif mode and topo.origin is not None:
+        topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=mode))
+    if getattr(args, "low_latency", False) and topo.origin is not None and not topo.origin.low_latency:
         try:
             topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, low_latency=True))
         except ValueError as e:
@@ -85,10 +117,21 @@ def _topology(args: argparse.Namespace) -> Topology:
     return topo
 
 
-def _node_config(topo: Topology, role: str, name: str) -> OriginConfig | ShieldConfig | EdgeConfig | RouterConfig:
-    actual, cfg = topo.node(name)
-    if actual != role:
-        raise ConfigError(topo.path, "--node", f"node {name!r} is a {actual} node, not {role}")
+def _node_config(topo: Topology, args: argparse.Namespace) -> OriginConfig | ShieldConfig | EdgeConfig | RouterConfig:
+    """The node `--node` names; its role is the file's (`run`) or must be the command's."""
+    actual, cfg = topo.node(args.node)
+    if args.command != "run" and actual != args.command:
+        raise ConfigError(topo.path, "--node", f"node {args.node!r} is a {actual} node, not {args.command}")
+    for option, roles in APPLIES.items():
+        if getattr(args, option, None) not in (None, False) and actual not in roles:
+            flag = "--" + option.replace("_", "-")
+            article = "an" if actual[0] in "aeiou" else "a"
+            raise ConfigError(topo.path, flag, f"node {args.node!r} is {article} {actual} node: {flag} is only "
+                                               f"for {', '.join(roles)} nodes")
+    if isinstance(cfg, (ShieldConfig, EdgeConfig)) and args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
+        cfg = dataclasses.replace(cfg, workers=args.workers)
     return cfg
 
 
@@ -101,15 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sign":
             from livecdn.sign import run_sign
             return run_sign(args, load(args.config))
-        topo = _topology(args)
+        if args.command == "check":
+            from livecdn.check import run_check
+            return run_check(args.config, args.node)
         if args.command == "demo":
             from livecdn.demo import run_demo
-            return run_demo(args, topo)
-        cfg = _node_config(topo, args.command, args.node)
-        if isinstance(cfg, (ShieldConfig, EdgeConfig)) and args.workers is not None:
-            if args.workers < 1:
-                raise ConfigError(args.config, "--workers", f"must be at least 1, got {args.workers}")
-            cfg = dataclasses.replace(cfg, workers=args.workers)
+            return run_demo(args, load(args.config))  # the demo reads --origin (a base or a playlist URL)
+        topo = _topology(args)
+        cfg = _node_config(topo, args)
+        from livecdn.node.preflight import preflight
+        if problems := preflight(topo, cfg):
+            raise problems[0]
         if isinstance(cfg, RouterConfig):
             _check_tls(topo, cfg)  # a cache node's: in _run_cache_node, once its metrics directory is set
     except ConfigError as e:
@@ -117,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = getattr(logging, args.log_level.upper())
     from livecdn import logs
-    logs.setup(cfg.name, level)
+    logs.setup(cfg.name, level, access_file=getattr(args, "access_log", None))
     if isinstance(cfg, OriginConfig):
-        return _run_origin(cfg)
+        return _run_origin(cfg, topo.drain_timeout)
     if isinstance(cfg, RouterConfig):
         return _run_geo(args, topo, cfg)
     return _run_cache_node(args, topo, cfg)
@@ -136,12 +181,12 @@ def _check_tls(topo: Topology, cfg: OriginConfig | ShieldConfig | EdgeConfig | R
         (EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode)(topo, cfg).check_tls(topo)
 
 
-def _run_origin(cfg: OriginConfig) -> int:
+def _run_origin(cfg: OriginConfig, drain_timeout: float) -> int:
     from livecdn.node.serve import run, serve
     from livecdn.origin import OriginNode
 
     try:
-        run(lambda: serve(OriginNode(cfg)))
+        run(lambda: serve(OriginNode(cfg), drain_timeout=drain_timeout))
     except RuntimeError as e:
         print(f"livecdn: origin {cfg.name}: {e}", file=sys.stderr)
         return 1
@@ -153,17 +198,12 @@ def _run_geo(args: argparse.Namespace, topo: Topology, cfg: RouterConfig) -> int
     from livecdn.node.serve import run, serve
 
     node = GeoNode(topo, cfg, access_log=not args.no_access_log)
-    try:
-        node.open_database(topo).close()  # a bad database is a config error: say so before binding
-    except (OSError, ValueError) as e:
-        print(f"livecdn: {ConfigError(topo.path, 'router.database', f'{cfg.database}: {e}')}", file=sys.stderr)
-        return 2
 
     def reload() -> Topology:
         return _topology(args)
 
     try:
-        run(lambda: serve(node, reload))
+        run(lambda: serve(node, reload, drain_timeout=topo.drain_timeout))
     except OSError as e:
         print(f"livecdn: {cfg.name}: cannot listen: {e}", file=sys.stderr)
         return 1
@@ -190,12 +230,13 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
         from shield import ShieldNode
 
         kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
-        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=workers > 1, purge_dir=purge_dir)
+        # SO_REUSEPORT with one worker too: a new process can take the port over before this one drains.
+        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=True, purge_dir=purge_dir)
 
         def reload() -> Topology:
             return _topology(args)
 
-        run(lambda: serve(node, reload))
+        run(lambda: serve(node, reload, drain_timeout=topo.drain_timeout))
 
     if workers == 1:
         try:

@@ -8,6 +8,16 @@ else at the first edge), one line per node and the play URL are printed.
 SIGINT or SIGTERM stops every child
 gracefully; children also die with the demo if it is killed outright.
 
+`--origin URL` puts the CDN in front of an existing origin: the URL of a
+playlist (the play URL is that path through the router), or the origin's
+base URL (the demo's play path when the origin has it; otherwise the demo is
+ready once its nodes are and prints the router and edge URLs to put a stream's
+path after). The origin is asked once before anything starts, so one that
+cannot be reached or lacks the playlist is said at once, not after a wait.
+
+Access lines go to a file the demo names (`--access-log -`: the terminal),
+so the terminal keeps the play URL and the nodes' messages at `--log-level`.
+
 With `--tls` the demo first makes a throwaway CA and one certificate for
 every demo host (`livecdn.democerts`), runs a copy of the topology with a
 TLS listener on every shield, edge and the router, and prints the CA file
@@ -38,16 +48,17 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from livecdn.config import SigningKey, SigningSettings, Topology, load
+from livecdn.config import ConfigError, SigningKey, SigningSettings, Topology, load
 from livecdn.config.load import SIGNING_ENV, TOKEN_ENV
 from livecdn.sign import signed_path
 
-__all__ = ["run_demo", "DemoNode", "plan", "play_url"]
+__all__ = ["run_demo", "DemoNode", "OriginProbe", "plan", "play_url", "probe_origin", "split_origin"]
 
 # The built-in ffmpeg origin needs its first segments encoded before the
 # stream plays; everything else is up in about a second.
@@ -57,6 +68,9 @@ PR_SET_PDEATHSIG = 1
 # A demo's signed play URL outlives an afternoon of trying it (a topology's own [signing] ttl aside).
 DEMO_TOKEN_TTL = 86400.0
 DEMO_KEY_ID = "demo"
+# The one request that asks an existing origin, before any node starts, whether it is there.
+PROBE_TIMEOUT = 5.0
+PLAYLISTS = (".m3u8", ".mpd")
 
 
 @dataclass(frozen=True)
@@ -84,9 +98,9 @@ def plan(topo: Topology) -> list[DemoNode]:
     return nodes
 
 
-def play_url(topo: Topology, https: bool = False) -> str | None:
-    """Where a player starts: the router (it redirects to the nearest edge), else the first edge; signed
-    when the topology asks for tokens.
+def play_url(topo: Topology, path: str | None = None, https: bool = False) -> str | None:
+    """Where a player starts: the router (it redirects to the nearest edge), else the first edge, then
+    `path` (default: the play path; "": none), signed when the topology asks for tokens.
 
     With `https`: that place's https URL (None when it serves no TLS).
     """
@@ -95,7 +109,8 @@ def play_url(topo: Topology, https: bool = False) -> str | None:
     base = start.https if https else start.url
     if base is None:
         return None
-    return base + (topo.play_path if topo.signing is None else signed_path(topo, topo.play_path))
+    path = topo.play_path if path is None else path
+    return base + (signed_path(topo, path) if topo.signing is not None and path else path)
 
 
 def _signed(topo: Topology) -> tuple[Topology, str]:
@@ -103,6 +118,43 @@ def _signed(topo: Topology) -> tuple[Topology, str]:
     key = SigningKey(DEMO_KEY_ID, secrets.token_urlsafe(32))
     settings = topo.signing or SigningSettings((key,), ttl=DEMO_TOKEN_TTL)
     return dataclasses.replace(topo, signing=dataclasses.replace(settings, keys=(key,))), f"{key.id}:{key.secret}"
+
+
+def split_origin(url: str) -> tuple[str, str | None]:
+    """An `--origin` URL → (the origin's base URL, the playlist path to play or None for a base URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path.lower().endswith(PLAYLISTS):
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", "")), path
+    return url.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}", None
+
+
+@dataclass(frozen=True)
+class OriginProbe:
+    """What one request to an existing origin found: the path to play (None: none known), or why not."""
+
+    play_path: str | None
+    problem: str | None = None  # set: the demo cannot start in front of this origin
+    note: str = ""  # said beside the play line
+
+
+def probe_origin(base: str, path: str | None, default_path: str) -> OriginProbe:
+    """Ask the origin for the playlist given (or the demo's play path) once, before any node starts."""
+    url = base + (path or default_path)
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return OriginProbe(None, f"cannot reach the origin: GET {url}: {reason}")
+    if status == 200:
+        return OriginProbe(path or default_path)
+    if path is not None:
+        return OriginProbe(None, f"the origin answered {status} to GET {url}")
+    return OriginProbe(None, note=f"the origin answered {status} for {default_path}: put a stream's path after the "
+                                  f"router URL (for an nginx-rtmp origin, /hls/NAME.m3u8)")
 
 
 def _die_with_parent() -> None:
@@ -128,26 +180,60 @@ def _sees_every_edge(url: str) -> bool:
     return isinstance(body, dict) and body.get("edges_up") == len(body.get("edges", ()))
 
 
+def _in_front_of(args: argparse.Namespace, topo: Topology) -> tuple[Topology, OriginProbe]:
+    """The topology with `--origin` (or `--mode`) applied, and what to play; ConfigError for a bad URL."""
+    if not args.origin:
+        if args.mode and topo.origin is not None:
+            topo = dataclasses.replace(topo, origin=dataclasses.replace(topo.origin, mode=args.mode))
+        return topo, OriginProbe(topo.play_path)
+    base, path = split_origin(args.origin)
+    try:
+        topo = topo.with_origin(base)
+    except ValueError as e:
+        raise ConfigError(args.config, "--origin", str(e)) from None
+    return topo, probe_origin(base, path, topo.play_path)
+
+
+def _command(topo: Topology, node: DemoNode, args: argparse.Namespace, origin: str | None,
+             access_log: str) -> list[str]:
+    """The node's own command line, with only the options its role takes."""
+    cmd = [sys.executable, "-m", "livecdn", node.role, "--config", topo.path, "--node", node.name,
+           "--log-level", args.log_level]
+    if origin and node.role in ("shield", "edge"):
+        cmd += ["--origin", origin]
+    elif args.mode and node.role == "origin":
+        cmd += ["--mode", args.mode]
+    if args.low_latency and node.role == "origin" and not origin:
+        cmd.append("--low-latency")
+    if access_log != "-" and node.role != "origin":
+        cmd += ["--access-log", access_log]
+    return cmd
+
+
 def run_demo(args: argparse.Namespace, topo: Topology) -> int:
     """Start the CDN, print where it is, run until signalled; returns the exit status."""
+    topo, found = _in_front_of(args, topo)
+    if found.problem is not None:
+        print(f"livecdn demo: {found.problem}", file=sys.stderr)
+        return 1
     if not args.tls:
-        return _run(args, topo, None)
+        return _run(args, topo, found, None)
     from livecdn.democerts import with_tls
     with tempfile.TemporaryDirectory(prefix="livecdn-demo-tls-") as work:
         config, ca = with_tls(topo, Path(work))
-        return _run(args, load(config), ca)
+        return _run(args, load(config), found, ca)
 
 
-def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
+def _run(args: argparse.Namespace, topo: Topology, found: OriginProbe, ca: Path | None) -> int:
     nodes = plan(topo)
     token = topo.admin_token or secrets.token_urlsafe(24)
     env = {**os.environ, TOKEN_ENV: token}
     if args.signed:
         topo, env[SIGNING_ENV] = _signed(topo)
-    play = play_url(topo)
-    assert play is not None
-    https = play_url(topo, https=True)
+    play = play_url(topo, found.play_path) if found.play_path is not None else None
+    https = play_url(topo, found.play_path, https=True) if found.play_path is not None else None
     trust = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    access_log = args.access_log or os.path.join(tempfile.mkdtemp(prefix="livecdn-demo-"), "access.log")
     stop_requested = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -157,24 +243,19 @@ def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        base = split_origin(args.origin)[0] if args.origin else None
         for node in nodes:
-            cmd = [sys.executable, "-m", "livecdn", node.role, "--config", topo.path, "--node", node.name,
-                   "--log-level", args.log_level]
-            if args.origin:
-                cmd += ["--origin", args.origin]
-            elif args.mode and node.role == "origin":
-                cmd += ["--mode", args.mode]
-            if args.low_latency and node.role == "origin" and not args.origin:
-                cmd.append("--low-latency")
-            children[node.name] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env)
+            children[node.name] = subprocess.Popen(_command(topo, node, args, base, access_log),
+                                                   start_new_session=True, preexec_fn=_die_with_parent, env=env)
         # The https play URL too when the demo made the CA (an operator's certificates: the system trusts them).
-        plays = [play, https] if https and trust else [play]
+        plays = [u for u in (play, https if trust else None) if u is not None]
         status = _wait_ready(nodes, children, plays, trust, lambda: stop_requested)
         if status is not None:
             return status
         router = topo.router
         if args.json:
-            info: dict[str, object] = {"play": play, "nodes": [n.__dict__ for n in nodes], "admin_token": token}
+            info: dict[str, object] = {"play": play, "router": play_url(topo, ""), "nodes": [n.__dict__ for n in nodes],
+                                       "admin_token": token, "access_log": access_log}
             if SIGNING_ENV in env:
                 info["signing_keys"] = env[SIGNING_ENV]
             if router is not None:
@@ -193,8 +274,13 @@ def _run(args: argparse.Namespace, topo: Topology, ca: Path | None) -> int:
             if SIGNING_ENV in env:
                 print(f"sign:  {SIGNING_ENV}={env[SIGNING_ENV]} livecdn sign --config {topo.path} "
                       f"{topo.play_path}   (unsigned requests get 403)", flush=True)
-            print(f"\nplay: {play}", flush=True)
-            if ca is not None:
+            if access_log != "-":
+                print(f"\naccess log: {access_log}", flush=True)
+            if play is not None:
+                print(f"\nplay: {play}", flush=True)
+            else:
+                print(f"\nplay: {play_url(topo, '')}/PATH   ({found.note})", flush=True)
+            if ca is not None and https is not None:
                 print(f"https: {https}\nca:    {ca}   (curl --cacert {ca} {https})", flush=True)
             print("(Ctrl-C stops every node)", flush=True)
         while not stop_requested:

@@ -8,7 +8,10 @@ The sans-io core never imports this module; the shells count what happened.
 
 from __future__ import annotations
 
+import collections
 import os
+import platform
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -25,7 +28,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from livecdn import __version__
+
 __all__ = [
+    "BUILD_INFO", "CONNECTIONS", "DISK_BYTES", "RESPONSE_BUCKETS", "RESPONSE_SECONDS", "RESPONSES", "SENT_BYTES",
+    "Tally", "UPSTREAM_ERRORS", "UPSTREAM_RESPONSES", "status_class",
     "GUARD_FILTER_BYTES", "GUARD_REFRESHES", "GUARD_REJECTIONS", "GUARD_STREAMS", "GUARD_UNKNOWN",
     "INFLIGHT", "MEMORY_BYTES", "PREFETCHES", "PREFETCH_DROPPED", "PREFETCH_HITS", "RATE_LIMITED",
     "REQUESTS", "TOKEN_REFUSALS", "UPSTREAM_EJECTIONS", "UPSTREAM_REQUESTS", "UPSTREAM_SECONDS", "UPSTREAM_UP",
@@ -51,6 +58,112 @@ UPSTREAM_SECONDS = Histogram("livecdn_upstream_first_byte_seconds",
                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0))
 MEMORY_BYTES = Gauge("livecdn_memory_cache_bytes", "Bytes held by the memory tier", ["node"],
                      multiprocess_mode="livesum")
+DISK_BYTES = Gauge("livecdn_disk_cache_bytes", "Bytes the disk tier holds (shared by the node's workers)", ["node"],
+                   multiprocess_mode="livemax")
+CONNECTIONS = Gauge("livecdn_open_connections", "Client connections open on the player listener", ["node"],
+                    multiprocess_mode="livesum")
+UPSTREAM_RESPONSES = Counter("livecdn_upstream_responses_total", "Answers from each upstream, by status class",
+                             ["node", "upstream", "code"])
+UPSTREAM_ERRORS = Counter("livecdn_upstream_errors_total", "Upstream requests that got no answer, by what happened "
+                          "(connect, timeout, broken)", ["node", "upstream", "error"])
+BUILD_INFO = Gauge("livecdn_build_info", "Always 1: the version running", ["version", "python"],
+                   multiprocess_mode="max")
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+# --- what the player listener answered (livecdn/front/listener.py), counted in batches by `Tally` ---
+# A memory hit is answered in tens of microseconds: the low buckets resolve it, the high ones a
+# segment streamed from upstream to a slow player.
+RESPONSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0)
+RESPONSE_SECONDS = Histogram("livecdn_response_seconds", "From a request's head to its answer's last byte "
+                             "handed to the socket, by tier and cache result", ["node", "tier", "cache"],
+                             buckets=RESPONSE_BUCKETS)
+RESPONSES = Counter("livecdn_responses_total", "Answers to clients by status class", ["node", "tier", "code"])
+SENT_BYTES = Counter("livecdn_sent_bytes_total", "Body bytes sent to clients", ["node", "tier"])
+CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_BOUNDS = (*RESPONSE_BUCKETS, float("inf"))
+# Answers a Tally holds before it flushes on its own: at a few hundred thousand answers a second, the
+# once-a-second flush would otherwise let it grow past a few MiB.
+MAX_TALLIED = 65536
+
+
+def status_class(status: int) -> str:
+    """A status's label: "2xx" and so on (anything outside 100..599 counts with the nearest class)."""
+    return CODES[min(max(status // 100, 1), 5) - 1]
+
+
+class Tally:
+    """One listener's answers, kept as plain lists and added to the metrics above in one go (`flush`).
+
+    The hit path only appends a duration and a status: a histogram
+    observation takes a lock per call (and in multiprocess mode writes a
+    memory-mapped file), and even bucketing each duration in Python would
+    be a tenth of a hit. `flush` sorts each cache result's durations and
+    counts them per bucket with a bisection per bound (C does the work); the
+    node flushes every second and before /metrics is read, as
+    `PlayerFront.flush_hits`.
+
+    Args:
+        node: the node's name; tier: its role (edge, shield).
+    """
+
+    __slots__ = ("node", "tier", "sent", "_times", "_statuses")
+
+    def __init__(self, node: str, tier: str) -> None:
+        self.node, self.tier = node, tier
+        self.sent = 0
+        self._times: dict[str, list[float]] = {}  # X-Cache value (a bounded set) -> seconds of each answer
+        self._statuses: list[int] = []
+
+    def add(self, status: int, sent: int, seconds: float, cache: str) -> None:
+        """One answer: its status, body bytes, seconds taken and cache result as X-Cache says it."""
+        times = self._times.get(cache)
+        if times is None:
+            times = self._times[cache] = []
+        times.append(seconds)
+        statuses = self._statuses
+        statuses.append(status)
+        self.sent += sent
+        if len(statuses) >= MAX_TALLIED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the Prometheus metrics."""
+        node, tier = self.node, self.tier
+        for cache, times in self._times.items():
+            if times:
+                times.sort()
+                counts, below = [], 0
+                for bound in _BOUNDS:  # cumulative: answers within each bound
+                    within = bisect_right(times, bound)
+                    counts.append(within - below)
+                    below = within
+                _observe_many(RESPONSE_SECONDS.labels(node, tier, cache.lower()), counts, sum(times))
+                times.clear()
+        if self._statuses:
+            classes: collections.Counter[str] = collections.Counter()
+            for status, n in collections.Counter(self._statuses).items():
+                classes[status_class(status)] += n
+            for code, n in classes.items():
+                RESPONSES.labels(node, tier, code).inc(n)
+            self._statuses.clear()
+        if self.sent:
+            SENT_BYTES.labels(node, tier).inc(self.sent)
+            self.sent = 0
+
+
+def _observe_many(child: Histogram, counts: list[int], total: float) -> None:
+    """Add bucket counts and a sum to a histogram child as that many `observe()` calls would.
+
+    prometheus-client has no public call for it; its histogram keeps one value
+    per bucket (not cumulative, summed at collection) and one for the sum,
+    the same objects in multiprocess mode. tests/test_metrics.py checks the
+    exposition against the answers made, so a change there is caught.
+    """
+    for i, n in enumerate(counts):
+        if n:
+            child._buckets[i].inc(n)  # noqa: SLF001 - see above
+    child._sum.inc(total)  # noqa: SLF001
 
 # --- the edge's knowledge of its streams (edge/) ---
 GUARD_REJECTIONS = Counter("livecdn_guard_rejections_total",

@@ -216,16 +216,18 @@ def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int 
 
 
 @contextlib.contextmanager
-def run_cdn(config: Path, *args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+def run_cdn(config: Path, *args: str, timeout: float = 90.0, livecdn: list[str] | None = None,
+            cwd: Path = ROOT, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """`livecdn demo --json` with this topology; yields its JSON, then stops it with SIGTERM.
 
+    `livecdn` is the command (this tree's by default; an installed one for tests/test_install.py).
     Its stderr (access lines, logs) goes to a file, never a pipe nobody reads:
     a full pipe would block the nodes mid-test. `info["stderr"]` reads it so far.
     """
     err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen([sys.executable, "-m", "livecdn", "demo", "--config", str(config), "--json",
-                             "--log-level", "warning", *args],
-                            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, start_new_session=True)
+    command = livecdn or [sys.executable, "-m", "livecdn"]
+    proc = subprocess.Popen([*command, "demo", "--config", str(config), "--json", "--log-level", "warning", *args],
+                            stdout=subprocess.PIPE, stderr=err, cwd=cwd, env=env, start_new_session=True)
 
     def stderr() -> str:
         err.seek(0)

@@ -14,11 +14,11 @@ import ssl
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 from aiohttp import web
 
-__all__ = ["FakeOrigin", "FileOrigin", "Behaviour", "body", "slow", "dribble", "reset_after", "status",
-           "origin_thread"]
+__all__ = ["FakeOrigin", "FileOrigin", "Behaviour", "in_thread", "body", "slow", "dribble", "reset_after", "status"]
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,23 +119,6 @@ class FakeOrigin:
         return await behaviour(request)
 
 
-@contextlib.contextmanager
-def origin_thread() -> Iterator[FakeOrigin]:
-    """A FakeOrigin on its own loop in a thread: the CDN's processes block this test's thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    origin = FakeOrigin()
-    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
-    try:
-        yield origin
-    finally:
-        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 class FileOrigin(FakeOrigin):
     """An origin serving a directory as a packager's web server would (what ffmpeg writes, for instance).
 
@@ -162,3 +145,22 @@ class FileOrigin(FakeOrigin):
 def _cache_control(path: str) -> str:
     """What a typical packager's web server says: playlists short-lived, segments long."""
     return "max-age=1" if path.endswith((".m3u8", ".mpd")) else "max-age=3600"
+
+
+OriginT = TypeVar("OriginT", bound=FakeOrigin)
+
+
+@contextlib.contextmanager
+def in_thread(origin: OriginT) -> Iterator[OriginT]:
+    """Run `origin` on its own loop in a thread, for tests whose own thread blocks (on CDN processes)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(origin.start(), loop).result(10)
+    try:
+        yield origin
+    finally:
+        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -171,8 +171,9 @@ def play_busy(config: Path, origin_port: int) -> None:
         assert (code, headers.get("Retry-After")) == (503, "3"), (code, data)
         assert_no_address(headers, data, origin_port)
 
-        def access_line() -> dict[str, object] | None:
-            for line in info["stderr"]().splitlines():
+        def access_line() -> dict[str, object] | None:  # in the file the demo names (issue 14)
+            log = Path(info["access_log"])
+            for line in (log.read_text() if log.exists() else "").splitlines():
                 if line.startswith("{") and '"path":"/busy/seg1.ts"' in line and '"node":"edge-1"' in line:
                     return json.loads(line)  # type: ignore[no-any-return]
             return None

@@ -29,7 +29,8 @@ async def test_a_full_batch_is_written_at_once_in_whole_lines_and_in_order(tmp_p
     assert [r["path"] for r in records] == [f"/s/seg{i}.ts" for i in range(n)] + ["/s/last.ts"]
     assert records[0] == {"time": records[0]["time"], "node": "edge-1", "remote": "192.0.2.7", "method": "GET",
                           "path": "/s/seg0.ts", "status": 200, "bytes": 0, "ms": 1.0, "cache": "HIT",
-                          "proto": "HTTP/1.1", "ua": "ua\u00e9\n"}
+                          "ua": "ua\u00e9\n", "host": "", "protocol": "HTTP/1.1", "range": "", "referer": "",
+                          "request_id": ""}
 
 
 async def test_lines_go_out_in_writes_no_larger_than_a_pipe_keeps_whole(

@@ -27,7 +27,7 @@ from livecdn.config import ConfigError, load
 from livecdn.node.broadcast import ANSWER_TIMEOUT
 from livecdn.node.purge import Ask, BadMessage, BadSelector, Selector, Tally, Told, authorized, decode
 from tests.cdn import ROOT, Stack, free_port, run_cdn, topology_toml, wait_until
-from tests.fakeorigin import FakeOrigin, body, origin_thread
+from tests.fakeorigin import FakeOrigin, body, in_thread
 
 TOKEN = "purge-test-token-0123456789"
 LADDER = ("720p", "360p")
@@ -196,7 +196,7 @@ def workers_holding(admin: str, count: int) -> bool:
 
 @pytest.mark.slow
 def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path: Path) -> None:
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=2, workers=2), TOKEN))
@@ -248,7 +248,7 @@ def test_purge_of_a_prefix_reaches_every_worker_and_disk_of_every_node(tmp_path:
 @pytest.mark.slow
 def test_the_purge_api_wants_the_token_and_a_valid_selector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LIVECDN_ADMIN_TOKEN", raising=False)
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(cdn_toml(origin, tmp_path, edges=1, workers=1))  # no token in the file
@@ -316,7 +316,7 @@ def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Pat
     temp = tmp_path / "t"  # the nodes' temporary directories, the workers' purge sockets among them
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
-    with origin_thread() as origin:
+    with in_thread(FakeOrigin()) as origin:
         publish(origin, "old")
         config = tmp_path / "cdn.toml"
         config.write_text(with_token(cdn_toml(origin, tmp_path, edges=1, workers=2), TOKEN))

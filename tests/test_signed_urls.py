@@ -1,6 +1,6 @@
 """Signed URLs at real edges (`livecdn demo` processes: router, two edges, a shield) in front of a fake origin.
 
-The origin runs in a thread of this process (`origin_thread`) so its request log can be read:
+The origin runs in a thread of this process (`in_thread`) so its request log can be read:
 the origin, and the shield's access lines, must never hold a token. Players
 are tests/test_players.py (hls.js, ffmpeg) and tests/test_dash.py (dash.js).
 """
@@ -24,7 +24,7 @@ import pytest
 
 from livecdn.signing import sign
 from tests.cdn import ROOT, run_cdn, sample, topology_toml, wait_until
-from tests.fakeorigin import FakeOrigin, body, origin_thread
+from tests.fakeorigin import FakeOrigin, body, in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def signing_table(*keys: str) -> str:
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[FakeOrigin]:
-    with origin_thread() as o:
+    with in_thread(FakeOrigin()) as o:
         publish(o)
         yield o
 

@@ -4,7 +4,7 @@
 
 Imports livecdn from whatever tree is first on the path (this layout or the
 flat one before issue 9), builds an edge's engine, front and policy (prefetch
-bookkeeping on, access log off, as `speed.py` runs it), puts one 1 KiB
+bookkeeping on, access log off, metrics tally on: as `speed.py` runs it), puts one 1 KiB
 segment in the memory tier and feeds N one-request reads to one connection.
 With `--forwarded`, the connection is from a trusted proxy and each request
 names its client in X-Forwarded-For (issue 13's resolution on every hit).
@@ -98,11 +98,16 @@ async def loop(hits: int, reps: int, forwarded: bool = False, signing: bool = Fa
     if signing:
         config, extra, target = signed(config)
     front = PlayerFront(engine, "bench", EdgePolicy(config, engine, **extra))
+    options: dict[str, Any] = {}
     if forwarded:
         from livecdn.front.forwarded import ClientAddresses  # issue 13's trees only
-        server = PlayerServer(front, addresses=ClientAddresses(["127.0.0.1/32", "10.0.0.0/8"]))
-    else:
-        server = PlayerServer(front)
+        options["addresses"] = ClientAddresses(["127.0.0.1/32", "10.0.0.0/8"])
+    try:  # as a node runs it: every answer tallied for the metrics (issue 14)
+        from livecdn.metrics import Tally
+        options["tally"] = Tally("bench", "edge")
+    except ImportError:  # a tree from before
+        pass
+    server = PlayerServer(front, **options)
     conn = server()
     transport = Transport()
     conn.connection_made(transport)

@@ -91,6 +91,10 @@ class DiskStore:
         """Remove every object whose key `match` accepts; returns how many (a scan of every key, off the loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._drop, match)
 
+    def volume(self) -> int:
+        """Bytes the tier holds, as diskcache counts them (its database and files); blocking."""
+        return int(self._cache.volume())
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._cache.close()

@@ -684,7 +684,7 @@ class Engine:
             # later from an upstream that shows it is alive; then each body read within `read` of the last.
             resp = await self._head(cmd.upstream, url, headers, connect, first_byte)
             async with asyncio.timeout(read) as deadline, resp:
-                self._answered(cmd.upstream, loop.time() - sent)
+                self._answered(cmd.upstream, loop.time() - sent, resp.status)
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
                 # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
                 framed = resp.status in (204, 304) or "content-length" in resp.headers or \
@@ -706,6 +706,9 @@ class Engine:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
             # A transport failure ejects (a ValueError is a bad request of ours; a slow upstream is alive).
             if not isinstance(e, ValueError | UpstreamSlow):
+                error = "timeout" if isinstance(e, TimeoutError) else \
+                    "connect" if isinstance(e, aiohttp.ClientConnectorError) else "broken"
+                metrics.UPSTREAM_ERRORS.labels(self.node, cmd.upstream, error).inc()
                 self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
@@ -772,9 +775,10 @@ class Engine:
         """The target duration of the playlist a blocking request asks a later version of, as last held."""
         return self._held_target(key) or BLOCKING_TARGET_GUESS
 
-    def _answered(self, upstream: str, seconds: float) -> None:
+    def _answered(self, upstream: str, seconds: float, status: int) -> None:
         """An upstream sent a status line: alive, whatever the status (the tier behind it may have failed)."""
         metrics.UPSTREAM_SECONDS.labels(self.node, upstream).observe(seconds)
+        metrics.UPSTREAM_RESPONSES.labels(self.node, upstream, metrics.status_class(status)).inc()
         if self.health is not None and self.health.succeeded(upstream):
             log.warning("upstream %s answers again: back in the ring", upstream)
 

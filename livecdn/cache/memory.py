@@ -36,6 +36,13 @@ class MemoryStore:
         self.used = 0
         self._items: OrderedDict[str, Stored] = OrderedDict()
 
+    def resize(self, budget: int) -> None:
+        """A new byte budget (a reload): the least recently used go until the rest fits."""
+        if budget < 0:
+            raise ValueError(f"memory budget must not be negative, got {budget}")
+        self.budget, self.max_entry = budget, budget // 4
+        self._evict()
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -55,10 +62,13 @@ class MemoryStore:
             return False
         self._items[obj.key] = obj
         self.used += _cost(obj)
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
         while self.used > self.budget and self._items:
             _, old = self._items.popitem(last=False)
             self.used -= _cost(old)
-        return True
 
     def remove(self, key: str) -> None:
         old = self._items.pop(key, None)

@@ -192,7 +192,8 @@ def load(path: str | Path) -> Topology:
     try:
         topology = Topology(path, cdn.name, cdn.hostname, url, builtin, regions, shields, edges, cdn.play_path, router,
                             origins, admin_token=os.environ.get(TOKEN_ENV) or cdn.admin_token,
-                            signing=_signing(path, top.get("signing"), os.environ.get(SIGNING_ENV)))
+                            signing=_signing(path, top.get("signing"), os.environ.get(SIGNING_ENV)),
+                            drain_timeout=cdn.drain_timeout)
     except FieldError as e:  # the origins are the topology's own rules; [cdn] checked the file's token already
         key = f"{TOKEN_ENV} (environment)" if e.field == "admin_token" else e.field
         raise ConfigError(path, key, e.problem) from None

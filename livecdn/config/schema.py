@@ -607,6 +607,8 @@ class CdnSettings(Checked):
     admin_token: AdminToken = ""  # bearer token of the purge API on every admin listener ("": purge disabled)
     trusted_proxies: TrustedProxies = ()  # every edge's and the router's, unless a node gives its own
     forwarded_header: ForwardedHeader = "x-forwarded-for"
+    # On SIGTERM, how long answers in flight (a player's segment) may take before they are cut.
+    drain_timeout: Annotated[float, Seconds, Min(0)] = 10.0
 
 
 # A shorter signing secret could be found by trying keys against one signed URL.
@@ -665,6 +667,7 @@ class Topology(Checked):
     origins: Mapping[str, OriginRoute] = field(default_factory=dict)
     admin_token: AdminToken = ""  # [cdn] admin_token, or LIVECDN_ADMIN_TOKEN from the environment (it wins)
     signing: SigningSettings | None = None  # [signing], or LIVECDN_SIGNING_KEYS (its keys win); None: no tokens
+    drain_timeout: float = CdnSettings.drain_timeout
 
     def __post_init__(self) -> None:
         super().__post_init__()

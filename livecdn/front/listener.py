@@ -78,7 +78,8 @@ from collections.abc import Callable
 from ssl import SSLContext
 from typing import Protocol
 
-from livecdn.logs import AccessLog
+from livecdn.logs import AccessLog, request_id
+from livecdn.metrics import Tally
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
@@ -158,20 +159,21 @@ class PlayerServer:
         h2c: whether a plain connection that begins with the HTTP/2 preface is served HTTP/2.
         addresses: which peers are trusted proxies and which header names their clients; None: none.
         proxy_protocol: every connection must begin with a PROXY header (v1 or v2), read before TLS.
+        tally: where each answer is counted for the metrics (status, bytes, seconds), or None.
 
     Raises:
         ValueError: a timeout is not positive or `max_connections` is below 1 (the message names it).
     """
 
     __slots__ = ("handler", "keepalive_timeout", "header_timeout", "max_connections", "connection_limit",
-                 "access", "h2c", "addresses", "proxy_protocol", "connections", "lingering", "refused",
+                 "access", "h2c", "addresses", "proxy_protocol", "tally", "connections", "lingering", "refused",
                  "closing", "_servers", "_acceptors", "_all_closed")
 
     def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
                  connection_limit: ConnectionLimit | None = None, access_log: AccessLog | None = None,
                  h2c: bool = True, addresses: ClientAddresses | None = None,
-                 proxy_protocol: bool = False) -> None:
+                 proxy_protocol: bool = False, tally: Tally | None = None) -> None:
         for name, value in (("keepalive_timeout", keepalive_timeout), ("header_timeout", header_timeout)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -186,6 +188,7 @@ class PlayerServer:
         self.h2c = h2c
         self.addresses = addresses if addresses else None  # None: no peer is trusted (one check per connection)
         self.proxy_protocol = proxy_protocol
+        self.tally = tally
         self.connections: set[PlayerConnection | Http2Connection] = set()
         # Refused connections closing gracefully (not in `connections`): at most MAX_LINGERING.
         self.lingering: set[PlayerConnection] = set()
@@ -285,8 +288,8 @@ class PlayerServer:
 class PlayerConnection(asyncio.Protocol):
     """One player connection: requests in, answers out, in order, at the player's pace."""
 
-    __slots__ = ("server", "handler", "access", "transport", "peer", "h1", "task", "_loop", "_counted",
-                 "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded",
+    __slots__ = ("server", "handler", "access", "tally", "timed", "transport", "peer", "h1", "task", "_loop",
+                 "_counted", "flow", "_idle_since", "_head_since", "_timer", "_eof", "_lingering", "_unsent_bounded",
                  "_forwards")
 
     def __init__(self, server: PlayerServer, handler: Handler | None = None, peer: str = "") -> None:
@@ -295,6 +298,8 @@ class PlayerConnection(asyncio.Protocol):
         self.server = server
         self.handler = server.handler if handler is None else handler  # an address's own (`PlayerServer.start`)
         self.access = server.access
+        self.tally = server.tally
+        self.timed = self.access is not None or self.tally is not None  # each answer is timed and told
         self.transport: asyncio.Transport | None = None
         self.peer = peer
         self.h1 = _SILENT  # its own at the first read (`data_received`)
@@ -431,7 +436,7 @@ class PlayerConnection(asyncio.Protocol):
 
         This is the hit path: one request, one plan, one `writelines`.
         """
-        h1, handler, transport, access, flow = self.h1, self.handler, self.transport, self.access, self.flow
+        h1, handler, transport, timed, flow = self.h1, self.handler, self.transport, self.timed, self.flow
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while not h1.must_close:
             if not events:
@@ -450,7 +455,7 @@ class PlayerConnection(asyncio.Protocol):
             if type(event) is ProtocolError:
                 self._send(None, handler.refuse(event.status, event.reason, event.headers))
                 break
-            if access is not None:
+            if timed:
                 event.received = time.perf_counter()  # type: ignore[union-attr]
             now = time.time()
             try:
@@ -463,7 +468,7 @@ class PlayerConnection(asyncio.Protocol):
                 return
             buffers = h1.respond(event, plan.fields, plan.body, plan.born, now)  # type: ignore
             transport.writelines(buffers)  # type: ignore[union-attr]
-            if access is not None:
+            if timed:
                 self._log(event, plan, len(buffers[1]) if len(buffers) > 1 else 0)  # type: ignore
             if plan.release is not None:  # type: ignore[union-attr]
                 plan.close()  # type: ignore[union-attr]
@@ -474,7 +479,7 @@ class PlayerConnection(asyncio.Protocol):
         return self.handler.refuse(500, "internal error")
 
     def _plan(self, request: Request) -> Plan | Later:
-        if self.access is not None:
+        if self.timed:
             request.received = time.perf_counter()
         try:
             return self.handler.answer_now(request, self._client(request) if self._forwards else self.peer,
@@ -490,7 +495,7 @@ class PlayerConnection(asyncio.Protocol):
         """Write an answer whose body is in hand."""
         buffers = self.h1.respond(request, plan.fields, plan.body, plan.born, time.time())  # type: ignore[arg-type]
         self.transport.writelines(buffers)  # type: ignore[union-attr]
-        if self.access is not None and request is not None:
+        if self.timed and request is not None:
             self._log(request, plan, len(buffers[1]) if len(buffers) > 1 else 0)
         plan.close()
 
@@ -602,13 +607,17 @@ class PlayerConnection(asyncio.Protocol):
         self._log(request, plan, count if h1.sends_body else 0)
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
-        """The answer's one access line (when the node keeps them)."""
+        """The answer counted for the metrics, and its one access line (when the node keeps them)."""
+        took = time.perf_counter() - request.received if request.received else 0.0
+        cache = plan.cache.header if plan.cache is not None else ""
+        if self.tally is not None:
+            self.tally.add(plan.fields.status, sent, took, cache or "NONE")
         if self.access is not None:
-            took = time.perf_counter() - request.received if request.received else 0.0
+            h = request.headers.get
             self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
-                              sent, took,
-                              plan.cache.header if plan.cache is not None else "",
-                              request.header(b"user-agent") or "")
+                              sent, took, cache, _text(h(b"user-agent")), _text(h(b"host")), _text(h(b"referer")),
+                              _text(h(b"range")), f"HTTP/{request.version}",
+                              request_id(request.header(b"x-request-id")))
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:
@@ -731,3 +740,7 @@ class PlayerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         return task
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("latin-1")

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from h2.errors import ErrorCodes
 
-from livecdn.logs import AccessLog
+from livecdn.logs import AccessLog, request_id
+from livecdn.metrics import Tally
 
 from .connlimit import ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
@@ -73,6 +74,7 @@ class Server(Protocol):
     connections: set[Any]
     connection_limit: ConnectionLimit | None
     addresses: ClientAddresses | None
+    tally: Tally | None
     keepalive_timeout: float
     header_timeout: float
     closing: bool
@@ -175,7 +177,7 @@ class Http2Connection(asyncio.Protocol):
     # --- answering, per stream ---
 
     def _answer(self, sid: int, request: Request, now: float) -> None:
-        if self.access is not None:
+        if self.access is not None or self.server.tally is not None:
             request.received = time.perf_counter()
         try:
             addresses = self.server.addresses
@@ -285,11 +287,17 @@ class Http2Connection(asyncio.Protocol):
             raise ConnectionResetError(f"stream {sid} was reset")
 
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
+        """The answer counted for the metrics, and its one access line, as `PlayerConnection._log` does."""
+        took = time.perf_counter() - request.received if request.received else 0.0
+        cache = plan.cache.header if plan.cache is not None else ""
+        tally = self.server.tally
+        if tally is not None:
+            tally.add(plan.fields.status, sent, took, cache or "NONE")
         if self.access is not None:
-            took = time.perf_counter() - request.received if request.received else 0.0
+            h = request.header
             self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status, sent,
-                              took, plan.cache.header if plan.cache is not None else "",
-                              request.header(b"user-agent") or "", "HTTP/2")
+                              took, cache, h(b"user-agent") or "", h(b"host") or "", h(b"referer") or "",
+                              h(b"range") or "", "HTTP/2", request_id(h(b"x-request-id")))
 
     # --- writing: the one place frames become bytes ---
 

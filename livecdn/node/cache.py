@@ -13,12 +13,14 @@ requests and how many connections one client may hold.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -44,7 +46,7 @@ from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
-from livecdn.node.sites import Sites
+from livecdn.node.sites import Sites, live
 
 __all__ = ["CacheNode"]
 
@@ -184,6 +186,10 @@ class CacheNode(Lifecycle):
         """Bring gauges (and the hit counter) up to date before they are read."""
         if self.front is not None:
             self.front.flush_hits()
+        if self._players is not None:
+            assert self._players.tally is not None
+            self._players.tally.flush()
+            metrics.CONNECTIONS.labels(self.config.name).set(self._players.open)
         if self.engine is not None:
             metrics.MEMORY_BYTES.labels(self.config.name).set(self.engine.memory.used)
         if self._upstreams is not None:
@@ -277,13 +283,14 @@ class CacheNode(Lifecycle):
         players = PlayerServer(self.front, connection_limit=self.connection_limit(),
                                access_log=AccessLog(self.config.name) if self.access_log else None,
                                h2c=self.h2c(), addresses=self.client_addresses(),
-                               proxy_protocol=self.proxy_protocol())
+                               proxy_protocol=self.proxy_protocol(), tally=metrics.Tally(self.config.name, self.role))
         await self._listen(players)
         self._players = players
         self.apply_player_limits(self.player_limits())
         self.spawn(self._count(), "count hits")
         admin = web.Application(client_max_size=MAX_MESSAGE)
         admin.router.add_get("/healthz", self._healthz)
+        admin.router.add_get("/livez", live)
         admin.router.add_get("/metrics", self._metrics)
         admin.router.add_post("/purge", self._purge)
         self._admin_port = await self._sites.open(admin, self.config.admin, reuse_port=self.reuse_port)
@@ -337,23 +344,50 @@ class CacheNode(Lifecycle):
             disk.close()
         log.info("%s %s stopped", self.role, self.config.name)
 
+    # What a reload cannot change in a running process: new sockets, new processes, another disk tier.
+    RESTART_ONLY: tuple[str, ...] = ("listen", "admin", "workers", "cache.disk_path", "cache.disk_bytes")
+
     def reload(self, topology: Topology) -> None:
-        """Apply what can change without a restart: the origins and upstreams (an edge adds its limits),
-        the TLS certificates (read again: new handshakes get them, open connections keep theirs) and
-        upstream CA files. A TLS file that cannot be used raises ConfigError before anything changes.
+        """Apply what can change without new sockets: the origins and upstreams, this node's cache
+        settings (memory size, object bound, freshness rules, upstream waits and health), the TLS
+        certificates (read again: new handshakes get them, open connections keep theirs) and upstream CA
+        files; an edge adds its guard, limits, signing keys and trusted proxies. A TLS file that cannot be
+        used raises ConfigError before anything changes; what needs a restart is said in the log line, and
+        keeps its running value.
         """
         self.require_running()
-        assert self.engine is not None
+        assert self.engine is not None and self.front is not None
         trust = self._trusted_contexts(topology)
         self._certificates(topology, self._tls)  # a new [*.tls] table needs a restart: it is only checked
         self._trust = trust
         self.topology = topology
+        new = (topology.edges if self.role == "edge" else topology.shields).get(self.config.name)
+        restart = [] if new is None else [k for k in self.RESTART_ONLY if _field(self.config, k) != _field(new, k)]
+        if new is not None:
+            for k in restart:  # kept as they run
+                new = _replaced(new, k, _field(self.config, k))
+            self.apply(new)
         ups = self._upstreams = self.upstreams(topology)
         ups.health = self.upstream_health
         self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
-        assert self.front is not None
         self.front.route(self.origins(topology))
-        log.info("%s %s reloaded %s", self.role, self.config.name, topology.path)
+        log.info("%s %s reloaded %s%s", self.role, self.config.name, topology.path,
+                 f"; needs a restart to change: {', '.join(restart)} (running on with the old)" if restart else "")
+
+    def apply(self, config: EdgeConfig | ShieldConfig) -> None:
+        """Take a new config of this node whose restart-only fields are the running ones."""
+        old, self.config = self.config, config
+        engine, cache = self.engine, config.cache
+        assert engine is not None
+        if cache != old.cache:
+            engine.memory.resize(cache.memory_bytes)
+            engine.max_object_bytes = cache.max_object_bytes
+            engine.rules = Rules.of(cache)
+            engine.waits = self.upstream_waits()
+            engine.patience = self.patience()
+            health = self.upstream_health
+            health.eject_after, health.backoff, health.max_backoff = (
+                cache.eject_after, cache.eject_backoff, cache.eject_max_backoff)
 
     def _restarted(self, directories: frozenset[str]) -> None:
         """A stream restarted: sibling workers drop what their memory holds under its directories too.
@@ -369,6 +403,8 @@ class CacheNode(Lifecycle):
         while True:
             await asyncio.sleep(COUNT_INTERVAL)  # a housekeeping tick, not a data-path wait
             self.front.flush_hits()
+            if self._players is not None and self._players.tally is not None:
+                self._players.tally.flush()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.update_gauges()
@@ -379,6 +415,9 @@ class CacheNode(Lifecycle):
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.update_gauges()
+        if self._disk is not None:  # a read of the disk tier's database: off the loop
+            used = await asyncio.get_running_loop().run_in_executor(None, self._disk.volume)
+            metrics.DISK_BYTES.labels(self.config.name).set(used)
         body, ctype = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
@@ -417,3 +456,15 @@ def _ca_key(route: OriginRoute) -> str:
 
 def _answer(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
+
+
+def _field(cfg: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _replaced(cfg: Any, dotted: str, value: object) -> Any:
+    """`cfg` (a config dataclass) with the field at `dotted` (e.g. "cache.disk_path") set to `value`."""
+    head, _, rest = dotted.partition(".")
+    return dataclasses.replace(cfg, **{head: _replaced(getattr(cfg, head), rest, value) if rest else value})

@@ -2,7 +2,8 @@
 
 Signal handlers only set state. SIGTERM or SIGINT starts a graceful stop
 (stop listening, drain in-flight responses, close the stores); a second
-SIGINT forces it; SIGHUP re-reads the topology file and applies it. The
+SIGINT forces it; SIGHUP re-reads the topology file and applies it; SIGUSR1
+reopens the access log file (logrotate). The
 original handlers are restored on the way out (`captured_signals`, as
 uvicorn's `capture_signals`).
 """
@@ -17,13 +18,15 @@ import signal
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
+from livecdn import logs
 from livecdn.config import ConfigError, Topology
+from livecdn.node import notify
 
 __all__ = ["Node", "captured_signals", "run", "serve"]
 
 log = logging.getLogger("livecdn.node.serve")
 
-# How long in-flight responses may take to finish once a stop is asked for.
+# How long in-flight responses may take to finish once a stop is asked for ([cdn] drain_timeout).
 DRAIN_TIMEOUT = 10.0
 
 
@@ -58,8 +61,8 @@ def captured_signals(handlers: Mapping[signal.Signals, Callable[[], None]]) -> I
 
 
 async def serve(node: Node, reload: Callable[[], Topology] | None = None,
-                on_ready: Callable[[], None] | None = None) -> None:
-    """Start `node`, wait for a stop signal, stop it gracefully."""
+                on_ready: Callable[[], None] | None = None, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+    """Start `node`, wait for a stop signal, stop it gracefully (answers in flight get `drain_timeout`)."""
     stopping = asyncio.Event()
     forced = asyncio.Event()
 
@@ -81,14 +84,17 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
         signal.SIGTERM: functools.partial(on_stop, signal.SIGTERM),
         signal.SIGINT: functools.partial(on_stop, signal.SIGINT),
         signal.SIGHUP: on_hup,
+        signal.SIGUSR1: logs.reopen,  # logrotate's contract, as nginx's USR1: the access log file anew
     }
     with captured_signals(handlers):
         try:
             await node.start()
+            notify.ready()  # systemd's Type=notify: bound and answering
             if on_ready is not None:
                 on_ready()
             await stopping.wait()
-            stop = asyncio.ensure_future(node.stop(DRAIN_TIMEOUT))
+            notify.stopping()
+            stop = asyncio.ensure_future(node.stop(drain_timeout))
             force = asyncio.ensure_future(forced.wait())
             await asyncio.wait([stop, force], return_when=asyncio.FIRST_COMPLETED)
             if not stop.done():

@@ -17,7 +17,7 @@ from livecdn.config import Address
 from livecdn.front.proxyaccept import NamedPeers, ProxyAcceptor
 from livecdn.logs import AccessLog, JsonAccessLogger
 
-__all__ = ["SITE_DRAIN", "Sites"]
+__all__ = ["SITE_DRAIN", "Sites", "live"]
 
 # How long a closing listener waits for the answers in flight on it. What
 # these listeners answer (/healthz, /metrics, a 302, one origin segment) is
@@ -43,13 +43,15 @@ class Sites:
         self._acceptors: dict[web.AppRunner, ProxyAcceptor] = {}  # listeners that read a PROXY header first
 
     async def open(self, app: web.Application, addr: Address, *, access_log: AccessLog | None = None,
-                   reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None,
+                   reuse_port: bool = True, ssl_context: ssl.SSLContext | None = None,
                    proxied: NamedPeers | None = None, header_timeout: float = 10.0) -> int:
         """Serve `app` on `addr` (over TLS with `ssl_context`), logging answers to `access_log`.
 
         With `proxied`, every connection begins with a PROXY header (within
         `header_timeout` seconds), read before aiohttp sees the connection;
         `proxied` then knows each connection's client.
+
+        SO_REUSEPORT by default: a node's new process binds beside the old one, which then drains.
 
         Returns:
             The port actually bound, so an address with port 0 works.
@@ -93,3 +95,10 @@ class Sites:
             await self._runners[-1].cleanup()
             self._acceptors.pop(self._runners[-1], None)
             self._runners.pop()
+
+
+async def live(request: web.Request) -> web.Response:
+    """`/livez`: 200 whenever the node's loop answers at all. Unlike /healthz, never a 503 for
+    overload: a liveness probe restarts what fails it, and an overloaded node needs fewer players,
+    not a restart."""
+    return web.Response(text="ok\n")

@@ -27,7 +27,7 @@ log = logging.getLogger("livecdn.node.workers")
 # loop: something is wrong with the node, not with one process.
 MIN_UPTIME = 2.0
 # What the parent forwards to every worker; SIGTERM and SIGINT also mean "stopping".
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 class Exit(enum.Enum):

@@ -6,16 +6,19 @@ anything but GET and HEAD. It holds no policy beyond that; the CDN's job is to
 protect it.
 
 URL layout: `/{stream}/master.m3u8`, `/{stream}/{rendition}/index.m3u8`,
-`/{stream}/{rendition}/seg{N}.ts`, and `/healthz`.
+`/{stream}/{rendition}/seg{N}.ts`, `/healthz`, and `/metrics` (its answers by status class and the bytes
+sent, tier "origin", as the caches count theirs: a dashboard shows what reached the origin beside them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from livecdn import metrics
 from livecdn.config import OriginConfig, Rendition
 from livecdn.front.http1 import http_date
 from livecdn.front.negotiate import etag_matches
@@ -77,11 +80,27 @@ class OriginNode(Lifecycle):
                 message says what to do).
             OSError: the listen address cannot be bound.
         """
-        app = web.Application()
+        app = web.Application(middlewares=[self._counted])
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{path:.*}", self._handle)
         self._port = await self._sites.open(app, self.config.listen)
         await self._source.start()
         log.info("origin %s serving %s mode on %s", self.config.name, self.config.mode, self._base_url())
+
+    @web.middleware
+    async def _counted(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        response = await handler(request)
+        if request.path != "/metrics":
+            name = self.config.name
+            metrics.RESPONSES.labels(name, "origin", metrics.status_class(response.status)).inc()
+            if request.method != "HEAD":
+                metrics.SENT_BYTES.labels(name, "origin").inc(response.content_length or 0)  # as declared
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, ctype = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def _stop(self, timeout: float) -> None:
         """Stop listening, then stop the source (ffmpeg: terminate, kill after `timeout`)."""
