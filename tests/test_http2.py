@@ -219,7 +219,7 @@ async def test_access_lines_say_http2(origin: FakeOrigin, stack: Stack, capfd: p
         await c.close()
     players.access.flush()
     lines = [line for line in capfd.readouterr().err.splitlines() if '"/l/a.ts"' in line]
-    assert len(lines) == 2 and all('"proto":"HTTP/2"' in line and '"bytes":10' in line for line in lines)
+    assert len(lines) == 2 and all('"protocol":"HTTP/2"' in line and '"bytes":10' in line for line in lines)
 
 
 async def test_without_h2c_the_preface_is_an_http1_error(stack: Stack) -> None:
