@@ -10,6 +10,7 @@ command to run (`make test` installs all of them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,14 +59,20 @@ def require_browser_harness() -> str:
     return node
 
 
+@contextlib.contextmanager
+def video_demo(tmp_path_factory: pytest.TempPathFactory, name: str, *flags: str) -> Iterator[dict[str, Any]]:
+    """The whole CDN (`livecdn demo` with `flags`): the built-in origin encoding real H.264/AAC, one
+    shield, two edges on their own loopback addresses."""
+    require_ffmpeg()
+    config = tmp_path_factory.mktemp(name) / "cdn.toml"
+    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
+    with run_cdn(config, *flags) as info:
+        yield info
+
+
 @pytest.fixture(scope="module")
 def video_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The whole CDN (`livecdn demo`): the built-in origin encoding real H.264/AAC, one shield,
-    two edges on their own loopback addresses."""
-    require_ffmpeg()
-    config = tmp_path_factory.mktemp("players") / "cdn.toml"
-    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
-    with run_cdn(config) as info:
+    with video_demo(tmp_path_factory, "players") as info:
         yield info
 
 
@@ -184,10 +191,7 @@ def test_hlsjs_in_chromium_plays_without_stalling(play_url: str, video_cdn: dict
 @pytest.fixture(scope="module")
 def signed_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The video CDN with `--signed`: its play URL carries a token, and every edge wants one."""
-    require_ffmpeg()
-    config = tmp_path_factory.mktemp("signed-players") / "cdn.toml"
-    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
-    with run_cdn(config, "--signed") as info:
+    with video_demo(tmp_path_factory, "signed-players", "--signed") as info:
         yield info
 
 

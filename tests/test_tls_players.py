@@ -24,7 +24,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.cdn import run_cdn, topology_toml
 from tests.test_players import (
     SECONDS,
     assert_hlsjs_played,
@@ -33,6 +32,7 @@ from tests.test_players import (
     play_hlsjs,
     require_browser_harness,
     require_ffmpeg,
+    video_demo,
 )
 
 pytestmark = pytest.mark.slow
@@ -41,10 +41,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tls_video_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`livecdn demo --tls` over the built-in origin encoding real H.264/AAC, one shield, two edges."""
-    require_ffmpeg()
-    config = tmp_path_factory.mktemp("tls-players") / "cdn.toml"
-    config.write_text(topology_toml(origin={"mode": "ffmpeg", "target_duration": 2, "window": 6}))
-    with run_cdn(config, "--tls") as info:
+    with video_demo(tmp_path_factory, "tls-players", "--tls") as info:
         yield info
 
 

@@ -613,11 +613,10 @@ class PlayerConnection(asyncio.Protocol):
         if self.tally is not None:
             self.tally.add(plan.fields.status, sent, took, cache or "NONE")
         if self.access is not None:
-            h = request.headers.get
+            h = request.header
             self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
-                              sent, took, cache, _text(h(b"user-agent")), _text(h(b"host")), _text(h(b"referer")),
-                              _text(h(b"range")), f"HTTP/{request.version}",
-                              request_id(request.header(b"x-request-id")))
+                              sent, took, cache, h(b"user-agent") or "", h(b"host") or "", h(b"referer") or "",
+                              h(b"range") or "", f"HTTP/{request.version}", request_id(h(b"x-request-id")))
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:
@@ -740,7 +739,3 @@ class PlayerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         return task
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("latin-1")
