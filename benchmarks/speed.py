@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.ports import free_port
-from lib.procs import BENCH, LIVECDN, PY, ROOT, Processes, wait_http, workspace
+from lib.procs import BENCH, LIVECDN, PY, READY_TIMEOUT, ROOT, Processes, wait_http, workspace
 from lib.report import result_path, save
 from lib.trees import add_also_tree
 from lib.trees import label as tree_label
@@ -182,7 +182,9 @@ class Servers:
         self.procs.start("origin", [PY, str(SPEED / "origin.py"), "--port", str(self.origin_port)], cpus="1")
         wait_http(self.procs, "origin", f"http://127.0.0.1:{self.origin_port}/static/live.m3u8")
 
-    def start(self, name: str, workers: int, cpus: str | None) -> None:
+    def start(self, name: str, workers: int, cpus: str | None, *, wrap: tuple[str, ...] = (),
+              ready_timeout: float = READY_TIMEOUT) -> None:
+        """Start a server; `wrap`: a command livecdn runs under (valgrind), readiness waited for that long."""
         port = self.ports[name] = free_port()
         run = self.tmp / f"{name}-{workers}w"
         shutil.rmtree(run, ignore_errors=True)
@@ -213,8 +215,8 @@ class Servers:
                    "-n", str(run / "varnish"), "-p", f"thread_pools={workers}", "-p", "thread_pool_min=50"]
         else:
             raise ValueError(name)
-        self.running[name] = self.procs.start(name, cmd, tree=tree, cpus=cpus)
-        wait_http(self.procs, name, self.url(name, "/static/live.m3u8"))
+        self.running[name] = self.procs.start(name, [*wrap, *cmd] if tree is not None else cmd, tree=tree, cpus=cpus)
+        wait_http(self.procs, name, self.url(name, "/static/live.m3u8"), ready_timeout)
 
     def stop(self, name: str) -> None:
         if self.running.pop(name, None) is not None:
@@ -489,7 +491,15 @@ def report(data: dict[str, Any], path: Path) -> None:
               f"Raw figures: `{data['json']}`.", ""]
     if data.get("notes"):
         lines += ["## Notes", "", *data["notes"], ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_sections(path, lines[0]))
+
+
+def kept_sections(path: Path, title: str) -> str:
+    """The other top-level sections of RESULTS.md (other scripts' dated ones), kept below this report."""
+    if not path.exists():
+        return ""
+    sections = re.split(r"(?m)^(?=# )", path.read_text())
+    return "".join("\n" + s for s in sections if s.strip() and not s.startswith(title))
 
 
 # --- main ------------------------------------------------------------------------------------------
