@@ -85,6 +85,8 @@ _BOUNDS = (*RESPONSE_BUCKETS, float("inf"))
 # Answers a Tally holds before it flushes on its own: at a few hundred thousand answers a second, the
 # once-a-second flush would otherwise let it grow past a few MiB.
 MAX_TALLIED = 65536
+# Fields a Tally remembers the lane of: stored objects' hit fields, and refusals' own until it empties.
+MAX_LANES = 4096
 
 
 def status_class(status: int) -> str:
@@ -95,58 +97,76 @@ def status_class(status: int) -> str:
 class Tally:
     """One listener's answers, kept as plain lists and added to the metrics above in one go (`flush`).
 
-    The hit path only appends a duration and a status: a histogram
+    An answer only appends its duration to the list of its (cache result,
+    status), its *lane*, and adds its body bytes to `sent`: a histogram
     observation takes a lock per call (and in multiprocess mode writes a
     memory-mapped file), and even bucketing each duration in Python would
-    be a tenth of a hit. `flush` sorts each cache result's durations and
-    counts them per bucket with a bisection per bound (C does the work); the
-    node flushes every second and before /metrics is read, as
-    `PlayerFront.flush_hits`.
+    be a tenth of a hit. The hit path finds its lane in `lanes` by the
+    answer's `Fields` (shared by every hit on a stored object: one
+    dictionary lookup by identity, no key to build); anything else calls
+    `add`. `flush` sorts each cache result's durations and counts them per
+    bucket with a bisection per bound (C does the work); the node flushes
+    every second and before /metrics is read, as `PlayerFront.flush_hits`.
+    Counts are exact: every answer is in one lane until the flush adds it.
 
     Args:
         node: the node's name; tier: its role (edge, shield).
     """
 
-    __slots__ = ("node", "tier", "sent", "_times", "_statuses")
+    __slots__ = ("node", "tier", "sent", "lanes", "_kinds")
 
     def __init__(self, node: str, tier: str) -> None:
         self.node, self.tier = node, tier
         self.sent = 0
-        self._times: dict[str, list[float]] = {}  # X-Cache value (a bounded set) -> seconds of each answer
-        self._statuses: list[int] = []
+        # An answer's fields (by identity) -> its lane; bounded by MAX_LANES, emptied when full.
+        self.lanes: dict[object, list[float]] = {}
+        # (X-Cache value, status) -> seconds of each answer since the last flush: a bounded set of lanes.
+        self._kinds: dict[tuple[str, int], list[float]] = {}
 
     def add(self, status: int, sent: int, seconds: float, cache: str) -> None:
         """One answer: its status, body bytes, seconds taken and cache result as X-Cache says it."""
-        times = self._times.get(cache)
-        if times is None:
-            times = self._times[cache] = []
+        times = self.lane(status, cache)
         times.append(seconds)
-        statuses = self._statuses
-        statuses.append(status)
         self.sent += sent
-        if len(statuses) >= MAX_TALLIED:
+        if len(times) >= MAX_TALLIED:
             self.flush()
 
+    def lane(self, status: int, cache: str) -> list[float]:
+        """The list answers of this status and cache result append their seconds to (emptied by `flush`)."""
+        kind = (cache, status)
+        times = self._kinds.get(kind)
+        if times is None:
+            times = self._kinds[kind] = []
+        return times
+
+    def lane_of(self, fields: object, status: int, cache: str) -> list[float]:
+        """`lane()`, remembered in `lanes` under `fields` (the hit path looks there first)."""
+        lanes = self.lanes
+        if len(lanes) >= MAX_LANES:
+            lanes.clear()  # answers' own fields (refusals) fill it; the shared ones of hits come back at once
+        times = lanes[fields] = self.lane(status, cache)
+        return times
+
     def flush(self) -> None:
-        """Add what was counted since the last flush to the Prometheus metrics."""
+        """Add what was counted since the last flush to the Prometheus metrics (lanes stay, emptied)."""
         node, tier = self.node, self.tier
-        for cache, times in self._times.items():
+        by_cache: dict[str, list[float]] = {}
+        classes: collections.Counter[str] = collections.Counter()
+        for (cache, status), times in self._kinds.items():
             if times:
-                times.sort()
-                counts, below = [], 0
-                for bound in _BOUNDS:  # cumulative: answers within each bound
-                    within = bisect_right(times, bound)
-                    counts.append(within - below)
-                    below = within
-                _observe_many(RESPONSE_SECONDS.labels(node, tier, cache.lower()), counts, sum(times))
+                by_cache.setdefault(cache, []).extend(times)
+                classes[status_class(status)] += len(times)
                 times.clear()
-        if self._statuses:
-            classes: collections.Counter[str] = collections.Counter()
-            for status, n in collections.Counter(self._statuses).items():
-                classes[status_class(status)] += n
-            for code, n in classes.items():
-                RESPONSES.labels(node, tier, code).inc(n)
-            self._statuses.clear()
+        for cache, times in by_cache.items():
+            times.sort()
+            counts, below = [], 0
+            for bound in _BOUNDS:  # cumulative: answers within each bound
+                within = bisect_right(times, bound)
+                counts.append(within - below)
+                below = within
+            _observe_many(RESPONSE_SECONDS.labels(node, tier, cache.lower()), counts, sum(times))
+        for code, n in classes.items():
+            RESPONSES.labels(node, tier, code).inc(n)
         if self.sent:
             SENT_BYTES.labels(node, tier).inc(self.sent)
             self.sent = 0

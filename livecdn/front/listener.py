@@ -79,7 +79,7 @@ from ssl import SSLContext
 from typing import Protocol
 
 from livecdn.logs import AccessLog, request_id
-from livecdn.metrics import Tally
+from livecdn.metrics import MAX_TALLIED, Tally
 
 from .connlimit import MAX_LINGERING, OVERLOADED, REFUSAL, ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
@@ -436,7 +436,8 @@ class PlayerConnection(asyncio.Protocol):
 
         This is the hit path: one request, one plan, one `writelines`.
         """
-        h1, handler, transport, timed, flow = self.h1, self.handler, self.transport, self.timed, self.flow
+        h1, handler, transport, timed, flow, tally = self.h1, self.handler, self.transport, self.timed, self.flow, \
+            self.tally
         events = h1.events  # taken from directly: `next_event()` without its call, on the hit path
         while not h1.must_close:
             if not events:
@@ -466,13 +467,30 @@ class PlayerConnection(asyncio.Protocol):
             if type(plan) is Later:
                 self._start_task(plan)
                 return
-            buffers = h1.respond(event, plan.fields, plan.body, plan.born, now)  # type: ignore
+            fields = plan.fields  # type: ignore[union-attr]
+            buffers = h1.respond(event, fields, plan.body, plan.born, now)  # type: ignore
             transport.writelines(buffers)  # type: ignore[union-attr]
             if timed:
-                self._log(event, plan, len(buffers[1]) if len(buffers) > 1 else 0)  # type: ignore
+                # `_log` without its call: the answer's lane found by its fields (see `Tally`).
+                took = time.perf_counter() - event.received  # type: ignore[union-attr]
+                sent = len(buffers[1]) if len(buffers) > 1 else 0
+                if tally is not None:
+                    lane = tally.lanes.get(fields)
+                    if lane is None:
+                        cache = plan.cache  # type: ignore[union-attr]
+                        lane = tally.lane_of(fields, fields.status, cache.header if cache is not None else "NONE")
+                    lane.append(took)
+                    tally.sent += sent
+                    if len(lane) >= MAX_TALLIED:
+                        tally.flush()
+                if self.access is not None:
+                    self._access_line(event, plan, sent, took)  # type: ignore[arg-type]
             if plan.release is not None:  # type: ignore[union-attr]
                 plan.close()  # type: ignore[union-attr]
-        self._answered()
+        if h1.must_close or self._eof or flow.reading_paused or self._timer is None:
+            self._answered()
+        else:
+            self._idle_since = self._loop.time()  # `_answered()` of a kept connection whose timer is armed
 
     def _failed(self, request: Request) -> Plan:
         log.exception("answering %s %s for %s failed", request.method, request.target[:200], self.peer)
@@ -609,14 +627,18 @@ class PlayerConnection(asyncio.Protocol):
     def _log(self, request: Request, plan: Plan, sent: int) -> None:
         """The answer counted for the metrics, and its one access line (when the node keeps them)."""
         took = time.perf_counter() - request.received if request.received else 0.0
-        cache = plan.cache.header if plan.cache is not None else ""
         if self.tally is not None:
-            self.tally.add(plan.fields.status, sent, took, cache or "NONE")
+            self.tally.add(plan.fields.status, sent, took, plan.cache.header if plan.cache is not None else "NONE")
         if self.access is not None:
-            h = request.header
-            self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
-                              sent, took, cache, h(b"user-agent") or "", h(b"host") or "", h(b"referer") or "",
-                              h(b"range") or "", f"HTTP/{request.version}", request_id(h(b"x-request-id")))
+            self._access_line(request, plan, sent, took)
+
+    def _access_line(self, request: Request, plan: Plan, sent: int, took: float) -> None:
+        assert self.access is not None
+        h = request.header
+        self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
+                          sent, took, plan.cache.header if plan.cache is not None else "", h(b"user-agent") or "",
+                          h(b"host") or "", h(b"referer") or "", h(b"range") or "", f"HTTP/{request.version}",
+                          request_id(h(b"x-request-id")))
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:
