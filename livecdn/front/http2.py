@@ -35,6 +35,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from . import hpackout
 from .http1 import MAX_FIELD_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES, ProtocolError
 from .http1 import Fields as _Fields
 from .request import Request
@@ -195,15 +196,19 @@ def _value(value: str) -> bytes:
         return value.encode("utf-8", "surrogateescape")
 
 
-def _fields_of(fields: _Fields) -> tuple[tuple[bytes, bytes], ...]:
-    """A status and fields as HTTP/2 sends them (built once per `Fields`, kept on it as `wire_h2`)."""
-    status = fields.status
-    out = [(b":status", _STATUS.get(status) or str(status).encode("ascii"))]
-    for name, value in fields.headers:
-        name = name.lower()
-        if name not in _CONNECTION_SPECIFIC:
-            out.append((name.encode("latin-1"), _value(value)))
-    return tuple(out)
+class _Wire:
+    """One `Fields`' HTTP/2 form, kept on it as `wire_h2`: its `:status`, and its other fields HPACK-encoded."""
+
+    __slots__ = ("status", "block")
+
+    def __init__(self, fields: _Fields) -> None:
+        self.status = _STATUS.get(fields.status) or str(fields.status).encode("ascii")
+        pairs = []
+        for name, value in fields.headers:
+            name = name.lower()
+            if name not in _CONNECTION_SPECIFIC:
+                pairs.append((name.encode("latin-1"), _value(value)))
+        self.block = hpackout.block(pairs)
 
 
 def request_of(headers: list[tuple[bytes, bytes]]) -> Request | ProtocolError:
@@ -272,6 +277,7 @@ class ServerConnection:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
+        self.h2.encoder = hpackout.Encoder()  # type: ignore[assignment]  # h2's interface, no dynamic table
         self.closing = False  # GOAWAY sent for a drain: streams in flight finish, no new one is answered
         self.ended = False  # the connection is over: nothing more is read or answered
         self.last_stream = 0  # the last stream a drain's GOAWAY promised to answer
@@ -441,17 +447,20 @@ class ServerConnection:
         if out is None or self.ended:
             return  # reset meanwhile: nobody to answer
         status = fields.status
-        base = fields.wire_h2
-        if type(base) is not tuple:
-            base = fields.wire_h2 = _fields_of(fields)
-        headers = list(base)
+        wire = fields.wire_h2
+        if type(wire) is not _Wire:
+            wire = fields.wire_h2 = _Wire(fields)
+        # h2 gets `:status` and one field of the rest encoded already (see `hpackout.ENCODED`).
+        encoded = [wire.block]
+        field = hpackout.field
         if status not in _NO_BODY and length is not None:
-            headers.append((b"content-length", b"%d" % length))
+            encoded.append(field(b"content-length", b"%d" % length))
         if born is not None:
-            headers.append((b"age", b"%d" % (int(now - born) if now > born else 0)))
-        headers.append((b"date", _date(now)))
+            encoded.append(field(b"age", b"%d" % (int(now - born) if now > born else 0)))
+        encoded.append(field(b"date", _date(now)))
         out.body = status not in _NO_BODY and (request is None or request.method != "HEAD")
-        self.h2.send_headers(sid, headers, end_stream=not out.body)
+        self.h2.send_headers(sid, [(b":status", wire.status), (hpackout.ENCODED, b"".join(encoded))],
+                             end_stream=not out.body)
         if not out.body:
             del self._out[sid]
 
