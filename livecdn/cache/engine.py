@@ -313,11 +313,6 @@ class Engine:
     def inflight_fetches(self) -> int:
         return len(self._fills)
 
-    def hit(self, key: CacheKey, now: float) -> Stored | None:
-        """A fresh answer from the memory tier, or None: the whole cost of a hit."""
-        obj = self.memory.get(key.key)
-        return obj if obj is not None and obj.fresh(now) else None
-
     def _copy(self, k: str) -> Stored | None:
         """The copy this process has of `k`: in memory, or on its way to disk only."""
         return self.memory.get(k) or self._writing.get(k)

@@ -52,6 +52,14 @@ class MemoryStore:
             self._items.move_to_end(key)
         return obj
 
+    def hit(self, key: str, now: float) -> Stored | None:
+        """`get()`, if the object is fresh at `now` (`Stored.fresh`): a memory hit in one call."""
+        obj = self._items.get(key)
+        if obj is None:
+            return None
+        self._items.move_to_end(key)
+        return obj if now < obj.born + obj.lifetime.fresh else None
+
     def admits(self, obj: Stored) -> bool:
         return _cost(obj) <= self.max_entry
 

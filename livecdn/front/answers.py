@@ -134,6 +134,8 @@ class PlayerFront:
         # never outlives the bytes it describes.
         self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
         self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, None)
+        # A hit is a fresh object in the engine's memory tier, asked directly: one call.
+        self._memory_hit = engine.memory.hit
 
     def route(self, origins: Origins | None) -> None:
         """Route requests to these origins from now on (a reload): keys remembered for the old ones go."""
@@ -167,12 +169,23 @@ class PlayerFront:
                 tokens.require(key.path)
             if policy is not None and policy.screen is not None:
                 policy.screen(peer)
-            obj = self.engine.hit(key, now)
+            obj = self._memory_hit(key.key, now)
             if obj is None:
                 return Later(request, peer, key)
             self.hits += 1
             if policy is not None and policy.seen is not None:
                 policy.seen(key, HIT)
+            headers = request.headers
+            if obj.status == 200 and headers.keys().isdisjoint(NEGOTIATING):
+                # `_stored()` of a whole 200 hit without its call: the object's shared plans.
+                plans = self._hit_plans.get(obj.key)
+                if plans is None or plans[0]() is not obj:
+                    plans = self._hit(obj)
+                if plans[2] is not None:
+                    value = headers.get(b"accept-encoding")
+                    if value is not None and accepts_gzip(value):
+                        return plans[2]
+                return plans[1]
             return self._stored(request, obj, HIT)
         except BadRequest as e:
             return self.refuse(e.status, e.reason, e.headers)
