@@ -239,3 +239,51 @@ def test_an_unread_pipeline_is_parsed_no_further_than_its_bound(requests: list[t
         answered += 1
         assert conn.pending <= MAX_PENDING + PARSE_SLICE // SHORTEST
     assert answered == copies * max(1, len(kept))  # and every one of them still comes out, in time
+
+
+# --- the process's memo of requests read (`RequestParser`): the same bytes from the same place, the same request ---
+
+_READS = [
+    b"GET /live/720p/index.m3u8 HTTP/1.1\r\nHost: cdn\r\nUser-Agent: p\r\n\r\n",
+    b"HEAD /live/720p/seg1.ts HTTP/1.1\r\nHost: cdn\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n",
+    b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",  # 27 bytes: the body of the one before, after it
+    b"GET /c HTTP/1.0\r\n\r\n",
+    b"GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /e HTTP/1.1\r\nHost: x\r\n\r\nGET /f HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /g HTTP/1.1\r\nHost: x\r\n\r\nG",
+    b"ET /h HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /i HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"0\r\n\r\n",
+    b"GET /j HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n",
+    b"BREW /k HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /l HTTP/1.1\r\n",
+    b"Host: x\r\n\r\n",
+]
+
+
+def _events_of(reads: list[bytes], memo: bool) -> list[tuple[object, ...]]:
+    # One byte more than the default head bound: a parser without the process's memo (`_known`).
+    conn = ServerConnection() if memo else ServerConnection(max_head=MAX_HEAD_BYTES + 1)
+    for data in reads:
+        conn.receive_data(data)
+    return _summary(list(conn.events))
+
+
+def _summary(events: list[Request | ProtocolError]) -> list[tuple[object, ...]]:
+    return [(e.method, e.target, e.version, e.headers, e.keep_alive) if isinstance(e, Request) else (e.status,)
+            for e in events]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(_READS), max_size=8))
+def test_a_request_read_before_is_read_again_as_llhttp_reads_it(reads: list[bytes]) -> None:
+    """Every read has been seen whole before (the memo holds what it can), and still means what llhttp says."""
+    for data in _READS:
+        _events_of([data], memo=True)  # each read, fresh, into the memo where it is one whole request
+    assert _events_of(reads, memo=True) == _events_of(reads, memo=False)
+
+
+def test_bytes_after_a_request_with_a_body_are_its_body_even_when_known() -> None:
+    _events_of([_READS[3]], memo=True)  # known: a whole request when a connection begins with it
+    assert [e[1] for e in _events_of(_READS[2:4], memo=True)] == ["/a"]

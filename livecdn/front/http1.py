@@ -10,7 +10,10 @@ for an HTTP/1.0 body of unknown length), HEAD and 304 without a body,
 keep-alive (the client's wish, an error, a shutdown, a broken body), and one
 answer at a time in request order. `RequestParser` is its request half:
 `httptools` (llhttp) for the grammar, plus what llhttp leaves to its user:
-bounded buffering, the version rule (and RTSP, which llhttp also reads), `Expect`. Nothing here knows about
+bounded buffering, the version rule (and RTSP, which llhttp also reads), `Expect`;
+and a memo of the requests it read whole, by their bytes, for the next
+connection that sends the same (the viewers of one stream do), taken only
+where llhttp waits for a request's first byte. Nothing here knows about
 sockets, the event loop or the clock: `livecdn/front/listener.py` is the I/O
 shell around it.
 """
@@ -49,6 +52,12 @@ ALLOW = "GET, HEAD, OPTIONS"
 _BODY_OR_EXPECT = frozenset({b"expect", b"content-length", b"transfer-encoding"})
 # Methods as llhttp reports them, decoded once.
 _METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")}
+# Requests read before, by their bytes, for every connection of the process (`RequestParser._known`): the
+# viewers of a stream send the same playlist and segment requests byte for byte. Bounded in entries and in
+# the bytes of each (a flood of distinct requests empties it rather than growing it).
+MEMO_ENTRIES = 1024
+MEMO_BYTES = 1024
+_known: dict[bytes, Request] = {}
 
 
 class _NeedData:
@@ -96,7 +105,8 @@ class RequestParser:
     """
 
     __slots__ = ("max_target", "max_field", "max_headers", "max_head", "_parser", "_events", "_url",
-                 "_headers", "_head_size", "_in_head", "_tail", "_partial", "_error", "_data")
+                 "_headers", "_head_size", "_in_head", "_tail", "_partial", "_error", "_data", "_at_start",
+                 "_clean", "_memo")
 
     def __init__(self, *, max_target: int = MAX_TARGET_BYTES, max_field: int = MAX_FIELD_BYTES,
                  max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_BYTES,
@@ -117,6 +127,13 @@ class RequestParser:
         self._partial = 0  # bytes received since the last blank line
         self._error = False
         self._data = b""  # the bytes being fed, while they are: llhttp does not say which protocol it read
+        # llhttp waits for a request's first byte: everything fed so far ended a bodiless kept request's head.
+        self._at_start = True
+        self._clean = True  # every request read so far was bodiless and kept the connection
+        # The process's memo of requests read (`_known`), for parsers with the default limits (the
+        # listener's): from where llhttp waits for a request, the same bytes are the same request.
+        defaults = (MAX_TARGET_BYTES, MAX_FIELD_BYTES, MAX_HEADERS, MAX_HEAD_BYTES)
+        self._memo = _known if (max_target, max_field, max_headers, max_head) == defaults else None
 
     # --- the public side ---
 
@@ -129,6 +146,14 @@ class RequestParser:
         """
         if self._error or not data:
             return
+        events, memo = self._events, self._memo if self._at_start else None
+        if memo is not None:
+            known = memo.get(data)
+            if known is not None:  # read before from where llhttp is now: llhttp would say the same again
+                events.append(Request(known.method, known.target, "1.1", dict(known.headers), True))
+                return
+        self._at_start = False
+        before = len(events)
         self._data = data
         try:
             self._parser.feed_data(data)
@@ -156,6 +181,17 @@ class RequestParser:
             return
         finally:
             self._data = b""  # not kept: an idle connection holds no read
+        if self._clean and not self._in_head and data[-4:] == b"\r\n\r\n":
+            self._at_start = True  # llhttp is where it was before the first request
+            if memo is not None and len(events) == before + 1 and len(data) <= MEMO_BYTES:
+                # Read whole from where llhttp waits for a request, and it left llhttp there again.
+                if len(memo) >= MEMO_ENTRIES:
+                    memo.clear()
+                request = events[-1]
+                if type(request) is Request:
+                    memo[data] = Request(request.method, request.target, request.version, dict(request.headers),
+                                         True)
+            return
         if self._in_head:
             # llhttp buffers nothing itself, but httptools holds a header field
             # until it is complete: bound what an unfinished head can make us keep.
@@ -259,6 +295,9 @@ class RequestParser:
             # such a request ends the connection, so no `100 Continue` is ever owed.
             if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
                 keep = False
+            self._clean = False  # a body llhttp may expect: from here on only llhttp knows where it is
+        if not keep or version != "1.1":
+            self._clean = False
         method = parser.get_method()
         self._events.append(Request(_METHODS.get(method) or method.decode("ascii"), target, version, headers, keep))
 
