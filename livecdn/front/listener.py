@@ -616,7 +616,8 @@ class PlayerConnection(asyncio.Protocol):
             h = request.header
             self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
                               sent, took, cache, h(b"user-agent") or "", h(b"host") or "", h(b"referer") or "",
-                              h(b"range") or "", f"HTTP/{request.version}", request_id(h(b"x-request-id")))
+                              h(b"range") or "", f"HTTP/{request.version}",
+                              request.rid or request_id(h(b"x-request-id")), plan.upstream)
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:
