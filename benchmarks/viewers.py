@@ -46,7 +46,7 @@ LIVE_SYNC_SEGMENTS = 3  # hls.js liveSyncDurationCount: start this many segments
 REQUEST_TIMEOUT = 10.0
 LAG_TICK = 0.05
 
-__all__ = ["LIVE_SYNC_SEGMENTS", "Buffer", "FetchFailed", "LowLatencyViewer", "Request", "Stats", "Viewer",
+__all__ = ["LIVE_SYNC_SEGMENTS", "Buffer", "FetchFailed", "Request", "Stats", "Viewer",
            "client_address", "parse_master", "parse_media", "part_ready_probe", "percentile", "preload_hint",
            "simulate", "watch_loop_lag"]
 
@@ -240,52 +240,6 @@ def preload_hint(text: str) -> tuple[str, int, int] | None:
     """(URI, msn, part) of an LL-HLS playlist's part preload hint (the built-in origin's part names)."""
     m = _HINT.search(text)
     return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
-
-
-class LowLatencyViewer:
-    """One simulated LL-HLS player, as hls.js in lowLatencyMode at the live edge: it holds a blocking
-    reload for the next part (`_HLS_msn`/`_HLS_part` of the preload hint) and fetches the hinted part
-    beside it; each answer names the next hint. `answered` keeps, per part ("msn.part"), when its blocking
-    reload was answered (monotonic)."""
-
-    def __init__(self, media: str, source: str) -> None:
-        self.media = media
-        self.source = source
-        self.answered: dict[str, float] = {}
-        self.parts = 0
-        self.failures = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Follow the live edge until `stop` is set (a request in flight then is finished, not cut)."""
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.source, 0)),
-                                         timeout=timeout) as http:
-            async with http.get(self.media) as r:
-                hint = preload_hint(await r.text())
-            while hint is not None and not stop.is_set():
-                uri, msn, part = hint
-                reload = asyncio.ensure_future(self._get(http, f"{self.media}?_HLS_msn={msn}&_HLS_part={part}"))
-                # Stamped when the answer is in, not after the part fetch beside it.
-                reload.add_done_callback(lambda _f, name=f"{msn}.{part}": self.answered.__setitem__(
-                    name, time.monotonic()))
-                fetched = await self._get(http, urljoin(self.media, uri))
-                self.parts += fetched is not None
-                text = await reload
-                if text is None:
-                    self.answered.pop(f"{msn}.{part}", None)
-                    return
-                hint = preload_hint(text.decode())
-
-    async def _get(self, http: aiohttp.ClientSession, target: str) -> bytes | None:
-        try:
-            async with http.get(target) as r:
-                body = await r.read()
-                if r.status == 200:
-                    return body
-        except (TimeoutError, aiohttp.ClientError):
-            pass
-        self.failures += 1
-        return None
 
 
 async def part_ready_probe(session: aiohttp.ClientSession, media: str, ready: dict[str, float],

@@ -3,9 +3,9 @@
 Every playlist the edge stores tells it which names exist right now: its
 segments, parts, init sections, preload hints, keys, child playlists. The
 guard keeps them per stream (the directory they live in) in Bloom filters
-(`pybloom-live`). A media name that no playlist announced costs at most one
-coalesced, rate-limited refresh of its stream's playlists, then a 404 with no
-upstream fetch. Names of streams never seen get a bounded number of upstream
+(`pybloom-live`). A media name that no playlist announced waits for the
+stream's next coalesced, rate-limited refresh of its playlists, then gets a
+404 with no upstream fetch. Names of streams never seen get a bounded number of upstream
 tries, and only names that turn out not to exist spend them: a try is paid
 when it is admitted and given back when the answer is a 200 (the first
 viewers of a real stream cost nothing). Once the tries are spent, such names
@@ -270,20 +270,30 @@ class StreamGuard:
                          (("retry-after", str(max(1, round(wait)))),))
 
     async def _refresh(self, stream: _Stream, origin: str) -> bool:
-        """One coalesced refresh of the stream's playlists (at `origin`, the asking key's); False when rate-limited."""
-        if stream.refreshing is not None:
-            await asyncio.shield(stream.refreshing)
-            return True
-        now = time.monotonic()
-        if not stream.playlists or now - stream.last_refresh < self.settings.refresh_interval:
-            return False
-        stream.last_refresh = now
-        done = stream.refreshing = asyncio.get_running_loop().create_future()
-        self._refreshes.inc()
+        """One coalesced refresh of the stream's playlists (at `origin`, the asking key's); False with none to refresh.
+
+        At most one per `refresh_interval`: asked sooner, the next one is set for
+        when the interval is up and every request meanwhile waits for it. A name
+        this worker has not seen yet is often real (a sibling worker stored the
+        playlist naming it, an LL-HLS part is a moment old): refusing it would fail
+        a player, and waiting costs the origin nothing more.
+        """
+        if stream.refreshing is None:
+            if not stream.playlists:
+                return False
+            # A task of its own: a player that gives up waiting must not cancel it for the others.
+            stream.refreshing = asyncio.ensure_future(self._refresh_when_due(stream, origin))
+        await asyncio.shield(stream.refreshing)
+        return True
+
+    async def _refresh_when_due(self, stream: _Stream, origin: str) -> None:
         try:
+            wait = stream.last_refresh + self.settings.refresh_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            stream.last_refresh = time.monotonic()
+            self._refreshes.inc()
             await asyncio.gather(*(self.engine.refresh(cache_key(p, origin)) for p in stream.playlists),
                                  return_exceptions=True)
         finally:
             stream.refreshing = None
-            done.set_result(None)
-        return True

@@ -157,17 +157,28 @@ def main(argv: list[str] | None = None) -> int:
             raise problems[0]
         if isinstance(cfg, RouterConfig):
             _check_tls(topo, cfg)  # a cache node's: in _run_cache_node, once its metrics directory is set
+        access_file = getattr(args, "access_log", None)
+        if access_file:
+            _check_writable(access_file)
     except ConfigError as e:
         print(f"livecdn: {e}", file=sys.stderr)
         return 2
     level = getattr(logging, args.log_level.upper())
     from livecdn import logs
-    logs.setup(cfg.name, level, access_file=getattr(args, "access_log", None))
+    logs.setup(cfg.name, level, access_file=access_file)
     if isinstance(cfg, OriginConfig):
         return _run_origin(cfg, topo.drain_timeout)
     if isinstance(cfg, RouterConfig):
         return _run_geo(args, topo, cfg)
     return _run_cache_node(args, topo, cfg)
+
+
+def _check_writable(path: str) -> None:
+    """An access log the node could not open is one line before it starts, not a traceback from a worker."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+    except OSError as e:
+        raise ConfigError(path, "--access-log", f"cannot open for writing: {e.strerror}") from None
 
 
 def _check_tls(topo: Topology, cfg: OriginConfig | ShieldConfig | EdgeConfig | RouterConfig) -> None:

@@ -1,7 +1,9 @@
 """`livecdn demo`: every node of a topology as child processes on this machine.
 
 Each node runs exactly as an operator would run it (`livecdn ROLE --config
-FILE --node NAME`), so the demo exercises the real thing. Once every node
+FILE --node NAME`), so the demo exercises the real thing. The router starts
+once the other nodes answer (its checks would find edges still starting
+"down"). Once every node
 answers its health check (the router's once it sees every edge up) and the
 play URL answers (through the router's 302 when the topology has a router,
 else at the first edge), one line per node and the play URL are printed.
@@ -244,7 +246,13 @@ def _run(args: argparse.Namespace, topo: Topology, found: OriginProbe, ca: Path 
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         base = split_origin(args.origin)[0] if args.origin else None
+        # The router last, once the edges answer: checks of edges still starting would warn they are down.
+        tiers = [n for n in nodes if n.role != "geo"]
         for node in nodes:
+            if node.role == "geo":
+                status = _wait_ready(tiers, children, [], trust, lambda: stop_requested)
+                if status is not None:
+                    return status
             children[node.name] = subprocess.Popen(_command(topo, node, args, base, access_log),
                                                    start_new_session=True, preexec_fn=_die_with_parent, env=env)
         # The https play URL too when the demo made the CA (an operator's certificates: the system trusts them).

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import select
 import sys
@@ -31,8 +32,8 @@ from typing import Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
-__all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "iso_time", "redacted", "reopen",
-           "report_death", "request_id", "setup"]
+__all__ = ["AccessLog", "CLIENT", "FLUSH_BYTES", "FLUSH_INTERVAL", "JsonAccessLogger", "iso_time",
+           "redacted", "reopen", "report_death", "request_id", "setup"]
 
 # Access lines are held until this many bytes are waiting, or for FLUSH_INTERVAL
 # seconds after the first of them, whichever comes first; then one write.
@@ -69,14 +70,18 @@ _ids = itertools.count(1)
 
 
 def request_id(given: str | None) -> str:
-    """The client's X-Request-Id (bounded, as it is logged), or a new one."""
-    if given:
-        return given[:MAX_REQUEST_ID]
+    """The client's X-Request-Id when it is a plain token of at most 128 characters, else a new one.
+
+    The id is logged and passed to the tier above, so one that could bloat every
+    line or smuggle odd bytes upstream is replaced, not trimmed.
+    """
+    if given and _GOOD_ID.match(given):
+        return given
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
-# A client's X-Request-Id is logged as given up to this length: a long one would only bloat every line.
-MAX_REQUEST_ID = 128
+# What a client's X-Request-Id may be to be kept: the usual id alphabets (UUIDs, hex, base64, ULIDs), bounded.
+_GOOD_ID = re.compile(r"[A-Za-z0-9._~:+/=@-]{1,128}\Z")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -152,13 +157,24 @@ class AccessLog:
 
     def write(self, remote: str, method: str, path: str, status: int, sent: int, seconds: float,
               cache: str, ua: str, host: str = "", referer: str = "", range_: str = "",
-              protocol: str = "HTTP/1.1", rid: str = "") -> None:
-        """One answer's line: the same fields whichever listener answered (`range_`: the request's Range)."""
+              protocol: str = "HTTP/1.1", rid: str = "",
+              upstream: tuple[str, int, float, str] | None = None) -> None:
+        """One answer's line: the same fields whichever listener answered (`range_`: the request's Range).
+
+        An answer that asked the tier above (`upstream`: `livecdn.cache.fill.Asked`) names it, its
+        status, how long its head took and the request id it carried, as nginx's `$upstream_*` do.
+        """
+        if upstream is None:
+            tail = "}\n"
+        else:
+            where, status, took, asked_id = upstream
+            tail = (f',"upstream":{_json_str(where)},"upstream_status":{status},"upstream_ms":{took * 1000:.2f},'
+                    f'"upstream_request_id":{_json_str(asked_id)}}}\n')
         line = (f'{{"time":"{iso_time(time.time())}","node":{self._node_json},"remote":{_json_str(remote)},'
                 f'"method":{_json_str(method)},"host":{_json_str(host)},"path":{_json_str(path)},'
                 f'"protocol":"{protocol}","status":{status},"bytes":{sent},"ms":{seconds * 1000:.2f},'
                 f'"cache":{_json_str(cache)},"range":{_json_str(range_)},"referer":{_json_str(referer)},'
-                f'"ua":{_json_str(ua)},"request_id":{_json_str(rid)}}}\n')
+                f'"ua":{_json_str(ua)},"request_id":{_json_str(rid)}{tail}')
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -38,6 +38,7 @@ from livecdn import metrics
 from livecdn.cache.disk import DiskStore
 from livecdn.cache.fill import (
     AbortResponse,
+    Asked,
     CacheResult,
     ClientGone,
     ClientRequested,
@@ -69,7 +70,7 @@ from livecdn.cache.health import Health
 from livecdn.cache.keys import BadRequest, CacheKey, origin_of, path_of
 from livecdn.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from livecdn.cache.stored import Stored
-from livecdn.logs import report_death
+from livecdn.logs import report_death, request_id
 from livecdn.media.kinds import NameKind, kind_of
 from livecdn.media.names import directory
 from livecdn.media.playlist import Manifest
@@ -211,20 +212,22 @@ class Answer:
 
     Exactly one of `obj` (a complete stored answer, its body in memory or in
     `file`) or `head` + `stream` (a streamed answer from an upstream fetch).
-    `cache` says how it was answered (`CacheResult`). `close()` must always be
-    called: it releases the file and detaches the request from its fill.
+    `cache` says how it was answered (`CacheResult`); `upstream`, the fetch
+    behind it when it asked the tier above. `close()` must always be called:
+    it releases the file and detaches the request from its fill.
     """
 
-    __slots__ = ("cache", "obj", "file", "head", "stream", "_release")
+    __slots__ = ("cache", "obj", "file", "head", "stream", "upstream", "_release")
 
     def __init__(self, cache: CacheResult, obj: Stored | None = None, file: BinaryIO | None = None,
                  head: Head | None = None, stream: Attachment | None = None,
-                 release: Callable[[], None] | None = None) -> None:
+                 release: Callable[[], None] | None = None, upstream: Asked | None = None) -> None:
         self.cache = cache
         self.obj = obj
         self.file = file
         self.head = head
         self.stream = stream
+        self.upstream = upstream
         self._release = release
 
     @property
@@ -384,7 +387,8 @@ class Engine:
         return done
 
     async def get(self, key: CacheKey, client: str = "", admission: Admission | None = None,
-                  headers: Mapping[bytes, bytes] = _NO_HEADERS, only_if_cached: bool = False) -> Answer:
+                  headers: Mapping[bytes, bytes] = _NO_HEADERS, only_if_cached: bool = False,
+                  rid: str = "") -> Answer:
         """Answer a request for `key`; the caller must `close()` the answer.
 
         Args:
@@ -395,6 +399,7 @@ class Engine:
                 varies is answered by the variant for the ones its Vary names.
             only_if_cached: the request said so (RFC 9111 5.2.1.7): a stored copy or a fetch in
                 flight, never a fetch of its own.
+            rid: the request's id: a fetch it starts carries it upstream as X-Request-Id.
 
         Raises:
             BadRequest: the admission refused the request (its status says why); 504 for an
@@ -405,12 +410,13 @@ class Engine:
             names = self._vary.get(key.key) if self._vary else None
             try:
                 return await self._get(key.varied(names, headers) if names else key, client, admission,
-                                       only_if_cached)
+                                       only_if_cached, rid)
             except _AskAgain:
                 continue
         raise EngineError(f"{key}: the origin's Vary changed while answering")
 
-    async def _get(self, key: CacheKey, client: str, admission: Admission | None, only_if_cached: bool) -> Answer:
+    async def _get(self, key: CacheKey, client: str, admission: Admission | None, only_if_cached: bool,
+                   rid: str) -> Answer:
         now = time.time()
         k = key.key
         obj = self._copy(k)
@@ -463,7 +469,7 @@ class Engine:
                     return _settled(ticket, Answer(CacheResult.HIT, late))
             if k not in self._fills:
                 admission.charge(key, client)  # no `await` from here to the fill's creation
-        return _settled(ticket, await self._attach(key, obj, ticket is not None and ticket.only_if_cached))
+        return _settled(ticket, await self._attach(key, obj, ticket is not None and ticket.only_if_cached, rid))
 
     async def _from_disk(self, k: str, now: float) -> tuple[Stored | None, BinaryIO | None]:
         """The disk tier's copy of `k`, as a memory object when it fits, else as an open file."""
@@ -495,7 +501,7 @@ class Engine:
             self.memory.put(obj)
         return obj, file
 
-    def _new_fill(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Fill:
+    def _new_fill(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False, rid: str = "") -> Fill:
         # Only-if-cached asks the key's own upstream (the shield its hash picks:
         # the one holding it if any does), never the origin behind the others.
         upstreams = self.upstreams(key)
@@ -504,7 +510,8 @@ class Engine:
         fill = Fill(key, kind, upstreams, self.rules, self.max_object_bytes, stale, only_if_cached,
                     held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
                     target=self._held_target(key) if kind is NameKind.PLAYLIST else None,
-                    tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress)
+                    tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress,
+                    request_id=rid or request_id(None))  # a refresh or prefetch gets an id of its own
         self._fills[key.key] = fill
         return fill
 
@@ -512,8 +519,9 @@ class Engine:
         if key.key not in self._fills and self._failure(key.key, time.time()) is None:
             self._background(key, stale)
 
-    async def _attach(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False) -> Answer:
-        fill = self._fills.get(key.key) or self._new_fill(key, stale, only_if_cached)
+    async def _attach(self, key: CacheKey, stale: Stored | None, only_if_cached: bool = False,
+                      rid: str = "") -> Answer:
+        fill = self._fills.get(key.key) or self._new_fill(key, stale, only_if_cached, rid)
         att = Attachment(fill, next(self._ids))
         self._clients[att.client] = att
 
@@ -528,12 +536,12 @@ class Engine:
             release()
             raise
         if isinstance(result, Head):
-            return Answer(result.cache, head=result, stream=att, release=release)
+            return Answer(result.cache, head=result, stream=att, release=release, upstream=fill.asked)
         release()
         if result is None:
             raise _AskAgain
         obj, cache = result
-        return Answer(cache, obj)
+        return Answer(cache, obj, upstream=fill.asked if cache is not CacheResult.HIT else None)
 
     # --- the shell: events in, commands out ---
 
@@ -660,6 +668,7 @@ class Engine:
                    **dict(cmd.headers)}
         if self.upstream_headers is not None:
             headers.update(self.upstream_headers(key, cmd.upstream))
+        headers["X-Request-Id"] = fill.request_id
         connect, first_byte, read = self.waits
         if "_HLS_msn=" in key.query:  # blocking: held upstream until the part exists
             first_byte += BLOCKING_HOLD * self._target_duration(key)
@@ -680,6 +689,8 @@ class Engine:
             resp = await self._head(cmd.upstream, url, headers, connect, first_byte)
             async with asyncio.timeout(read) as deadline, resp:
                 self._answered(cmd.upstream, loop.time() - sent, resp.status)
+                if current():
+                    fill.asked = Asked(cmd.upstream, resp.status, loop.time() - sent, fill.request_id)
                 head = tuple((k.lower(), v) for k, v in resp.headers.items())
                 # Without a length and not chunked, the body ends when the connection does: a cut looks complete.
                 framed = resp.status in (204, 304) or "content-length" in resp.headers or \
@@ -707,6 +718,8 @@ class Engine:
                 self._unreachable(cmd.upstream, "timed out" if isinstance(e, TimeoutError) else _describe(e))
             if current():
                 timed_out = isinstance(e, asyncio.TimeoutError)
+                if fill.asked is None or fill.asked.upstream != cmd.upstream:  # no head from this upstream
+                    fill.asked = Asked(cmd.upstream, 504 if timed_out else 502, loop.time() - sent, fill.request_id)
                 self._feed(fill, UpstreamFailed(_failure(e), time.time(), timed_out,
                                                 "timed out" if timed_out else _describe(e)))
         except Exception as e:  # noqa: BLE001 - a bug here must not strand the fill's clients

@@ -31,6 +31,7 @@ import enum
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from livecdn.cache.freshness import Lifetime, Rules, failure_lifetime, lifetime, stale_after
 from livecdn.cache.keys import ANY, CacheKey, vary_names
@@ -284,6 +285,18 @@ class _State(enum.Enum):
     FAILED = "failed"
 
 
+class Asked(NamedTuple):
+    """The fetch from the tier above behind an answer, as its access line tells it.
+
+    `status` is what that tier answered, or 502/504 (as nginx's `$upstream_status`) when it
+    sent no head (refused, broken, timed out); `seconds` until its head or its failure.
+    """
+    upstream: str
+    status: int
+    seconds: float
+    request_id: str
+
+
 @dataclass(eq=False)
 class Fill:
     """The state of one coalesced upstream fetch.
@@ -319,6 +332,10 @@ class Fill:
     # A manifest's body as this node serves it (the edge's content steering, `livecdn.media.steering`):
     # applied once, when the body has arrived whole, so the stored copy and every answer carry it.
     dress: Callable[[str, bytes, Manifest], bytes] | None = None
+    # The X-Request-Id its fetches carry upstream: the id of the request that started it.
+    request_id: str = ""
+    # Set by the shell: the last fetch's upstream, its status and time, for the access lines of its answers.
+    asked: Asked | None = field(default=None, init=False)
     # What the fill has received so far, read by the shell's attachments.
     body: list[bytes] = field(default_factory=list, init=False)
     size: int = field(default=0, init=False)

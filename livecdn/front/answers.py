@@ -29,6 +29,7 @@ from livecdn.cache.fill import AGE_HEADER, CacheResult, Head
 from livecdn.cache.freshness import parse_cache_control
 from livecdn.cache.keys import BadRequest, CacheKey, cache_key
 from livecdn.cache.stored import Stored
+from livecdn.logs import request_id
 
 from .http1 import ALLOW
 from .negotiate import accepts_gzip, negotiate
@@ -198,8 +199,10 @@ class PlayerFront:
         self.inflight += 1
         self._inflight_gauge.inc()
         answer: Answer | None = None
+        request.rid = rid = request_id(request.header(b"x-request-id"))
         try:
-            answer = await self.engine.get(key, later.peer, self.policy, request.headers, _only_if_cached(request))
+            answer = await self.engine.get(key, later.peer, self.policy, request.headers, _only_if_cached(request),
+                                           rid)
             self._counters[answer.cache].inc()
             policy = self.policy
             if policy is not None and policy.seen is not None:
@@ -213,7 +216,8 @@ class PlayerFront:
             self._finished(answer)
             raise
         # A plan of its own (never a shared hit plan): it carries this answer's release.
-        return Plan(plan.fields, plan.body, plan.length, plan.born, plan.cache, lambda: self._finished(answer))
+        return Plan(plan.fields, plan.body, plan.length, plan.born, plan.cache, lambda: self._finished(answer),
+                    answer.upstream if answer is not None else None)
 
     def refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Plan:
         """A plain-text refusal (a 4xx for a request we do not serve; the listener's for bad bytes)."""
@@ -377,4 +381,4 @@ def _aged(plan: Plan, now: float) -> Plan:
         return plan
     age = f"{max(0, int((now - plan.born) * 1000)) / 1000:.3f}"
     fields = Fields(plan.fields.status, (*plan.fields.headers, (AGE_HEADER, age)))
-    return Plan(fields, plan.body, plan.length, plan.born, plan.cache, plan.release)
+    return Plan(fields, plan.body, plan.length, plan.born, plan.cache, plan.release, plan.upstream)

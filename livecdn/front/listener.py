@@ -638,7 +638,7 @@ class PlayerConnection(asyncio.Protocol):
         self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status,
                           sent, took, plan.cache.header if plan.cache is not None else "", h(b"user-agent") or "",
                           h(b"host") or "", h(b"referer") or "", h(b"range") or "", f"HTTP/{request.version}",
-                          request_id(h(b"x-request-id")))
+                          request.rid or request_id(h(b"x-request-id")), plan.upstream)
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.flow.lost:

@@ -297,7 +297,7 @@ class Http2Connection(asyncio.Protocol):
             h = request.header
             self.access.write(request.client or self.peer, request.method, request.target, plan.fields.status, sent,
                               took, cache, h(b"user-agent") or "", h(b"host") or "", h(b"referer") or "",
-                              h(b"range") or "", "HTTP/2", request_id(h(b"x-request-id")))
+                              h(b"range") or "", "HTTP/2", request.rid or request_id(h(b"x-request-id")), plan.upstream)
 
     # --- writing: the one place frames become bytes ---
 

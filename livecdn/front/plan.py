@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
 from livecdn.cache.engine import Attachment, UpstreamBroken
-from livecdn.cache.fill import CacheResult
+from livecdn.cache.fill import Asked, CacheResult
 from livecdn.cache.keys import CacheKey
 
 from .request import Request
@@ -95,18 +95,20 @@ class Plan:
             Age from it (the one place Age is computed); None: no Age field.
         cache: how the request was answered, for the access log (None: not a cache answer, e.g. CORS preflight).
         release: called once the answer is sent or abandoned (closes a file, leaves a fill).
+        upstream: the fetch from the tier above behind the answer, for the access log (None: none asked).
     """
 
-    __slots__ = ("fields", "body", "length", "born", "cache", "release")
+    __slots__ = ("fields", "body", "length", "born", "cache", "release", "upstream")
 
     def __init__(self, fields: Fields, body: Body, length: int | None, born: float | None, cache: CacheResult | None,
-                 release: Callable[[], None] | None = None) -> None:
+                 release: Callable[[], None] | None = None, upstream: Asked | None = None) -> None:
         self.fields = fields
         self.body = body
         self.length = length
         self.born = born
         self.cache = cache
         self.release = release
+        self.upstream = upstream
 
     def close(self) -> None:
         """Release what the answer holds; safe to call twice."""

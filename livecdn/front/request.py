@@ -14,10 +14,11 @@ class Request:
     request that carries a body is never kept: its body is not read).
     `received` is when the shell took the request, for the access log (0 when it does not time them).
     `client` is the address a trusted proxy named for it (`livecdn.front.forwarded`); "" when the
-    connection's own peer is the client.
+    connection's own peer is the client. `rid` is its request id once one was settled (a request
+    that asks the tier above carries it there); "" until then.
     """
 
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "received", "client")
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "received", "client", "rid")
 
     def __init__(self, method: str, target: str, version: str, headers: dict[bytes, bytes],
                  keep_alive: bool) -> None:
@@ -28,6 +29,7 @@ class Request:
         self.keep_alive = keep_alive
         self.received = 0.0
         self.client = ""
+        self.rid = ""
 
     def header(self, name: bytes) -> str | None:
         """A header's value as text, by lower-cased name."""
