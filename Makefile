@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test test-fast lint bench bench-dns speed faults geodb deps-video deps-test clean
+.PHONY: demo test test-fast lint bench bench-dns speed hitspeed hitprofile faults geodb deps-video deps-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -66,6 +66,19 @@ speed: $(VENV)/.bench
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || \
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx varnish wrk; }
 	$(PY) benchmarks/speed.py
+
+# Cached playlist hits over HTTP/1.1 and h2c beside nginx with open_file_cache (issue 16).
+hitspeed: $(VENV)/.bench
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v h2load >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx wrk nghttp2-client; }
+	$(PY) benchmarks/hitspeed.py
+
+# Instructions per cached playlist hit of a running edge and where they go (callgrind, py-spy from the bench extra).
+hitprofile: $(VENV)/.bench
+	@command -v valgrind >/dev/null && command -v wrk >/dev/null && command -v h2load >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq valgrind wrk nghttp2-client; }
+	$(PY) benchmarks/hitprofile.py
+	$(PY) benchmarks/hitprofile.py --h2
 
 # Viewers through a hung shield, a hung origin, an origin 500 storm; nginx use_stale beside (needs nginx).
 faults: $(VENV)/.bench
