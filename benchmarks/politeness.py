@@ -62,7 +62,7 @@ async def player(session: aiohttp.ClientSession, edge: str, media: str, until: f
                     await r.read()
             else:
                 errors.append(f"{media}: {r.status}")
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, TimeoutError) as e:
             errors.append(f"{media}: {e!r}"[:200])
         await asyncio.sleep(TARGET / 2 * random.uniform(0.8, 1.2))
 
