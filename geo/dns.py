@@ -144,6 +144,17 @@ MemoKey = tuple[int, bytes, int, bool, bytes | None, str]
 ExactKey = tuple[bytes, str, bool]
 
 
+class Remembered:
+    """A fast-path reply in the memo: its bytes after the ID, its route and metric labels, and how many
+    times it was given from the memo since `Answerer.tally` last counted them."""
+
+    __slots__ = ("tail", "route", "stat", "hits")
+
+    def __init__(self, tail: bytes, route: tuple[str, str], stat: tuple[str, str]) -> None:
+        self.tail, self.route, self.stat = tail, route, stat
+        self.hits = 0
+
+
 @dataclass(frozen=True)
 class Zone:
     """What the router is authoritative for.
@@ -284,7 +295,9 @@ class Answerer:
     """Answers DNS messages for one zone from a `Router`'s decisions.
 
     Counts what it answered in `counts` ((qtype, rcode) label pairs),
-    `truncated` and `dropped`; the node exports them as metrics.
+    `truncated` and `dropped`; the node exports them as metrics, after
+    `tally()` has added the replies given from the memo (to the router's
+    decisions too).
     """
 
     def __init__(self, zone: Zone, router: Router) -> None:
@@ -306,9 +319,8 @@ class Answerer:
         self._soa_rr = self._soa_wire()
         self._tails: dict[str, dict[bytes, Tail]] = {}
         # A short query's bytes (`ExactKey`), or what decides a longer one's reply (`MemoKey`) →
-        # (reply after its ID, route key, stat), for the current router generation; `_memo_bytes`
-        # counts its size.
-        self._replies: dict[MemoKey | ExactKey, tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        # the reply, for the current router generation; `_memo_bytes` counts its size.
+        self._replies: dict[MemoKey | ExactKey, Remembered] = {}
         self._memo_bytes = 0
         self._generation = router.generation
         self.sites_changed()
@@ -342,10 +354,8 @@ class Answerer:
             exact = (query[ID_BYTES:], client, udp)
             hit = replies.get(exact)
             if hit is not None:
-                tail, route_key, stat = hit
-                router.decisions[route_key] += 1
-                self.counts[stat] += 1
-                return query[:ID_BYTES] + tail
+                hit.hits += 1
+                return query[:ID_BYTES] + hit.tail
         common = self._parse_common(query)
         if common is None:
             return self.answer_general(query, client, udp)
@@ -359,10 +369,8 @@ class Answerer:
                    "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix places the query
             hit = replies.get(key)
             if hit is not None:
-                tail, route_key, stat = hit
-                router.decisions[route_key] += 1
-                self.counts[stat] += 1
-                return query[:ID_BYTES] + tail
+                hit.hits += 1
+                return query[:ID_BYTES] + hit.tail
         decided = self._decide(client, edns, ecs)
         if decided is None:
             return self.answer_general(query, client, udp)
@@ -377,7 +385,7 @@ class Answerer:
             size += len(exact[0])
         if self._memo_bytes + size > MAX_MEMO_BYTES:
             self._forget()
-        replies[key] = (tail, route.key, stat)
+        replies[key] = Remembered(tail, route.key, stat)
         self._memo_bytes += size
         return query[:ID_BYTES] + tail
 
@@ -386,7 +394,21 @@ class Answerer:
         """The memo's size as counted against `MAX_MEMO_BYTES`."""
         return self._memo_bytes
 
+    def tally(self) -> None:
+        """Add the replies given from the memo since the last tally to `counts` and the router's decisions.
+
+        A hit only counts itself in its entry (two Counter updates would cost a
+        tenth of the whole answer); whoever reads the counts tallies first.
+        """
+        decisions, counts = self.router.decisions, self.counts
+        for reply in self._replies.values():
+            if reply.hits:
+                decisions[reply.route] += reply.hits
+                counts[reply.stat] += reply.hits
+                reply.hits = 0
+
     def _forget(self) -> None:
+        self.tally()
         self._replies.clear()
         self._memo_bytes = 0
 

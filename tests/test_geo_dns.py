@@ -209,6 +209,21 @@ def test_the_next_answer_sees_a_health_change_though_the_same_bytes_were_answere
     assert addresses(ask(answerer, wire, client=london)) == ["127.0.2.1"]
 
 
+def test_replies_from_the_memo_are_counted_once_tallied(answerer: Answerer) -> None:
+    """Every reply counts in the metrics, the memo's too: `tally()` adds them (the node does before each reading)."""
+    wire = query(ecs=("81.2.69.142", 32))
+    for _ in range(3):
+        assert addresses(ask(answerer, wire)) == ["127.0.1.1"]
+    answerer.tally()
+    assert answerer.counts["A", "NOERROR"] == 3
+    assert sum(n for (edge, _), n in answerer.router.decisions.items() if edge == "edge-lon") == 3
+    answerer.tally()  # nothing counted twice
+    assert answerer.counts["A", "NOERROR"] == 3
+    answerer.router.update("edge-sea", EdgeState(False))  # the memo is emptied: its hits are counted first
+    assert addresses(ask(answerer, wire)) == ["127.0.1.1"]
+    assert answerer.counts["A", "NOERROR"] == 4
+
+
 def test_responses_and_runts_are_dropped(answerer: Answerer) -> None:
     reply = answerer.answer(query(), "127.0.0.1")
     assert reply is not None
