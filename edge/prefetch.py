@@ -149,6 +149,11 @@ class Prefetcher:
         if not self._watched(directory(playlist)):
             return  # nobody watches any more: the chain ends until a viewer comes back
         last = self._last.get(playlist)
+        if last is not None and last[1] is not None and last[1] > time.monotonic():
+            # Stored again since this poll was set (a viewer came back while the refresh was in flight and
+            # set another): refreshing now would ask upstream twice in one expiry. Wait for this copy's.
+            self._schedule(playlist)
+            return
         task = asyncio.ensure_future(self.engine.refresh(cache_key(playlist, last[2] if last else "")))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)

@@ -6,11 +6,15 @@ for a packet that must be dropped).
 
 Two paths give the same answers:
 
-- the fast path parses by hand the one query shape that nearly all traffic
-  has, one A or AAAA question for the CDN host name, with or without EDNS and
-  an ECS option (`_parse_common`), then finds its reply in a memo keyed by
-  what decides it, or routes it (`_decide`) and joins pre-built byte strings
-  for the reply (`_emit`);
+- the fast path first looks a short query up in a memo by its bytes after
+  the ID (with the client's address and the transport): a resolver asking
+  again costs a slice, a dict lookup and the ID patched in. Otherwise it
+  parses by hand the one query shape that nearly all traffic has, one A or
+  AAAA question for the CDN host name, with or without EDNS and an ECS option
+  (`_parse_common`), looks a longer (padded) query up by what decides its
+  reply, or routes it (`_decide`) and joins pre-built byte strings for the
+  reply (`_emit`). The memo is bounded in bytes and emptied whenever the
+  router's routes are (health, edges, database);
 - everything else goes through `dnslib`, which knows the whole wire format:
   SOA and NS for the zone (with glue for its in-zone name servers), NXDOMAIN
   for unknown names in it, REFUSED outside it, FORMERR for malformed
@@ -109,6 +113,10 @@ SOA_TIMERS = (3600, 600, 86400)  # refresh, retry, expire: no secondaries pull t
 # questions between two health changes (which empty it anyway).
 MAX_MEMO_BYTES = 4 << 20
 MEMO_ENTRY_OVERHEAD = 700  # measured with tracemalloc: key and value tuples, bytes headers, dict slots
+# Queries up to this size are remembered by their bytes (a question for the host name with
+# EDNS, an IPv6 ECS subnet and a cookie is about 90): no parse at all on a hit. Larger ones
+# carry padding, which must not make a memo entry of its own.
+MAX_EXACT_QUERY = 128
 # Bounds of a query's shape, checked before dnslib parses it (RFC 1035 2.3.4).
 MAX_NAME_BYTES = 255  # a name on the wire, length bytes and root included
 MAX_LABEL_BYTES = 63  # a length byte above this is a pointer or a reserved label type
@@ -132,6 +140,19 @@ Subnet = tuple[int, int, bytes]
 # reply echoes its case), the UDP limit (0 over TCP), whether it has EDNS, its ECS data,
 # and the client's address unless an ECS source prefix places it instead.
 MemoKey = tuple[int, bytes, int, bool, bytes | None, str]
+# A short query's memo key: its bytes after the ID, the client's address, whether over UDP.
+ExactKey = tuple[bytes, str, bool]
+
+
+class Remembered:
+    """A fast-path reply in the memo: its bytes after the ID, its route and metric labels, and how many
+    times it was given from the memo since `Answerer.tally` last counted them."""
+
+    __slots__ = ("tail", "route", "stat", "hits")
+
+    def __init__(self, tail: bytes, route: tuple[str, str], stat: tuple[str, str]) -> None:
+        self.tail, self.route, self.stat = tail, route, stat
+        self.hits = 0
 
 
 @dataclass(frozen=True)
@@ -274,7 +295,9 @@ class Answerer:
     """Answers DNS messages for one zone from a `Router`'s decisions.
 
     Counts what it answered in `counts` ((qtype, rcode) label pairs),
-    `truncated` and `dropped`; the node exports them as metrics.
+    `truncated` and `dropped`; the node exports them as metrics, after
+    `tally()` has added the replies given from the memo (to the router's
+    decisions too).
     """
 
     def __init__(self, zone: Zone, router: Router) -> None:
@@ -295,9 +318,9 @@ class Answerer:
                       for rr in self._address_rrs(DNSLabel(name), zone.ns_addresses, QTYPE.ANY)]
         self._soa_rr = self._soa_wire()
         self._tails: dict[str, dict[bytes, Tail]] = {}
-        # What decides a fast-path reply (`MemoKey`) → (reply after its ID, route key, stat),
-        # for the current router generation; `_memo_bytes` counts its size.
-        self._replies: dict[MemoKey, tuple[bytes, tuple[str, str], tuple[str, str]]] = {}
+        # A short query's bytes (`ExactKey`), or what decides a longer one's reply (`MemoKey`) →
+        # the reply, for the current router generation; `_memo_bytes` counts its size.
+        self._replies: dict[MemoKey | ExactKey, Remembered] = {}
         self._memo_bytes = 0
         self._generation = router.generation
         self.sites_changed()
@@ -315,26 +338,39 @@ class Answerer:
         Returns:
             The reply's bytes, or None for a message that gets no reply.
         """
-        common = self._parse_common(query)
-        if common is None:
-            return self.answer_general(query, client, udp)
-        qtype, end, limit, edns, ecs = common
         # The same question from the same place gets the same reply until health
-        # changes: resolvers repeat themselves all day. The key is what decides
-        # the reply, never the whole message (whose padding a client chooses).
+        # changes: resolvers repeat themselves all day. A short query is looked up
+        # by its own bytes after the ID (with the client and transport, which
+        # place and bound its reply), before any parsing: the reply is the same
+        # function of them every time. A longer one, padded as its client chose,
+        # is looked up by what decides its reply, once parsed.
         router = self.router
         if self._generation != router.generation:
             self._forget()
             self._generation = router.generation
+        replies = self._replies
+        exact: ExactKey | None = None
+        if len(query) <= MAX_EXACT_QUERY:
+            exact = (query[ID_BYTES:], client, udp)
+            hit = replies.get(exact)
+            if hit is not None:
+                hit.hits += 1
+                return query[:ID_BYTES] + hit.tail
+        common = self._parse_common(query)
+        if common is None:
+            return self.answer_general(query, client, udp)
+        qtype, end, limit, edns, ecs = common
         question = query[HEADER_BYTES:end]
-        key = (query[2] & RD | query[3] & CD, question, limit if udp else 0, edns, ecs,
-               "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix, which places the query
-        hit = self._replies.get(key)
-        if hit is not None:
-            tail, route_key, stat = hit
-            router.decisions[route_key] += 1
-            self.counts[stat] += 1
-            return query[:ID_BYTES] + tail
+        key: MemoKey | ExactKey
+        if exact is not None:
+            key = exact
+        else:
+            key = (query[2] & RD | query[3] & CD, question, limit if udp else 0, edns, ecs,
+                   "" if ecs is not None and ecs[2] else client)  # ecs[2]: a source prefix places the query
+            hit = replies.get(key)
+            if hit is not None:
+                hit.hits += 1
+                return query[:ID_BYTES] + hit.tail
         decided = self._decide(client, edns, ecs)
         if decided is None:
             return self.answer_general(query, client, udp)
@@ -344,10 +380,12 @@ class Answerer:
         if udp and len(tail) + ID_BYTES > limit:
             return self._truncate(query, end, opt, qtype)
         self.counts[stat] += 1
-        size = len(question) + len(ecs or b"") + len(key[5]) + len(tail) + MEMO_ENTRY_OVERHEAD
+        size = len(question) + len(ecs or b"") + len(client) + len(tail) + MEMO_ENTRY_OVERHEAD
+        if exact is not None:
+            size += len(exact[0])
         if self._memo_bytes + size > MAX_MEMO_BYTES:
             self._forget()
-        self._replies[key] = (tail, route.key, stat)
+        replies[key] = Remembered(tail, route.key, stat)
         self._memo_bytes += size
         return query[:ID_BYTES] + tail
 
@@ -356,7 +394,21 @@ class Answerer:
         """The memo's size as counted against `MAX_MEMO_BYTES`."""
         return self._memo_bytes
 
+    def tally(self) -> None:
+        """Add the replies given from the memo since the last tally to `counts` and the router's decisions.
+
+        A hit only counts itself in its entry (two Counter updates would cost a
+        tenth of the whole answer); whoever reads the counts tallies first.
+        """
+        decisions, counts = self.router.decisions, self.counts
+        for reply in self._replies.values():
+            if reply.hits:
+                decisions[reply.route] += reply.hits
+                counts[reply.stat] += reply.hits
+                reply.hits = 0
+
     def _forget(self) -> None:
+        self.tally()
         self._replies.clear()
         self._memo_bytes = 0
 

@@ -269,6 +269,7 @@ class GeoNode(Lifecycle):
     def _reading(self) -> metrics.RouterReading:
         assert self.router is not None and self.answerer is not None and self.http is not None
         a, r = self.answerer, self.router
+        a.tally()
         return metrics.RouterReading(
             dns=dict(a.counts), dropped=a.dropped, truncated=a.truncated,
             decisions=dict(r.decisions),

@@ -187,6 +187,43 @@ def test_health_changes_reach_the_answers(answerer: Answerer) -> None:
     assert answerer.router.decisions["edge-sea", "spill-down"] == 1
 
 
+@pytest.mark.parametrize("wire", [query(id=7), query(id=7, ecs=("81.2.69.142", 32)), query(id=7, edns=True)],
+                         ids=["plain", "ecs", "edns"])
+def test_the_next_answer_sees_a_health_change_though_the_same_bytes_were_answered(answerer: Answerer,
+                                                                                  wire: bytes) -> None:
+    """The memo keeps replies by the query's own bytes: the very same query, asked again after an edge goes
+    down, comes back up, is overloaded or the edge list changes, is answered as the router now routes it."""
+    london = "81.2.69.142"  # placed in London by its address (plain queries) or by its ECS subnet
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.1.1"]
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.1.1"]  # now from the memo
+    answerer.router.update("edge-lon", EdgeState(False))
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.2.1"]
+    answerer.router.update("edge-lon", EdgeState(True))
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.1.1"]
+    answerer.router.update("edge-lon", EdgeState(True, overloaded=True))
+    assert addresses(ask(answerer, wire, client=london)) != ["127.0.1.1"]
+    answerer.router.update("edge-lon", EdgeState(True))
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.1.1"]
+    answerer.router.replace(answerer.router.locator, sites()[1:])  # London leaves the edge list
+    answerer.sites_changed()
+    assert addresses(ask(answerer, wire, client=london)) == ["127.0.2.1"]
+
+
+def test_replies_from_the_memo_are_counted_once_tallied(answerer: Answerer) -> None:
+    """Every reply counts in the metrics, the memo's too: `tally()` adds them (the node does before each reading)."""
+    wire = query(ecs=("81.2.69.142", 32))
+    for _ in range(3):
+        assert addresses(ask(answerer, wire)) == ["127.0.1.1"]
+    answerer.tally()
+    assert answerer.counts["A", "NOERROR"] == 3
+    assert sum(n for (edge, _), n in answerer.router.decisions.items() if edge == "edge-lon") == 3
+    answerer.tally()  # nothing counted twice
+    assert answerer.counts["A", "NOERROR"] == 3
+    answerer.router.update("edge-sea", EdgeState(False))  # the memo is emptied: its hits are counted first
+    assert addresses(ask(answerer, wire)) == ["127.0.1.1"]
+    assert answerer.counts["A", "NOERROR"] == 4
+
+
 def test_responses_and_runts_are_dropped(answerer: Answerer) -> None:
     reply = answerer.answer(query(), "127.0.0.1")
     assert reply is not None

@@ -32,10 +32,11 @@ class Node:
     name: str
     port: int
     admin: int
+    workers: int = 1
 
     @classmethod
-    def new(cls, kind: str, name: str) -> Node:
-        return cls(kind, name, free_port(), free_port())
+    def new(cls, kind: str, name: str, workers: int = 1) -> Node:
+        return cls(kind, name, free_port(), free_port(), workers)
 
     @property
     def role(self) -> str:
@@ -71,6 +72,8 @@ def write_topology(path: Path, origin_url: str, nodes: list[Node], cache: dict[s
         values: dict[str, Any] = {"listen": f"127.0.0.1:{n.port}", "admin": f"127.0.0.1:{n.admin}"}
         if n.kind == "edges":
             values.update(region="local", origin_fallback=fallback)
+        if n.workers != 1:
+            values["workers"] = n.workers
         parts.append(_table(f"{n.kind}.{n.name}", values))
     path.write_text("\n".join(parts))
 

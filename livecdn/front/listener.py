@@ -586,20 +586,28 @@ class PlayerConnection(asyncio.Protocol):
     async def _send_stream(self, request: Request, plan: Plan, body: Stream) -> None:
         """An answer arriving from upstream: written piece by piece at the player's pace."""
         h1 = self.h1
-        self._write(h1.send_head(request, plan.fields, plan.length, plan.born, time.time()))
+        # The head goes out with the first body bytes: one send per client, not two, on a fan-out of
+        # hundreds (a head alone is of no use to a player); alone only when no body byte follows.
+        head = h1.send_head(request, plan.fields, plan.length, plan.born, time.time())
         sent = 0
         if h1.sends_body:
             try:
                 async for piece in body.chunks():
-                    self._write_all(h1.send_data(piece))
+                    framed = h1.send_data(piece)
+                    self._write_all((head, *framed) if head else framed)
+                    head = b""
                     sent += len(piece)
                     await self.flow.drain()
             except BodyBroken:
+                if head:
+                    self._write(head)
                 # Never let a truncated body pass for a whole one: cut the connection.
                 h1.send_failed()
                 self._cut()
                 self._log(request, plan, sent)
                 return
+        if head:
+            self._write(head)
         end = h1.send_end()
         if end:
             self._write(end)
