@@ -328,6 +328,8 @@ def summarize(results: dict[str, Any], base: str, others: list[str]) -> dict[str
                           "client_cores": statistics.median(r["client_cores"] for r in runs) if runs else 0.0,
                           "per_server_core": statistics.median(r["rps"] / r["server_cores"] for r in runs
                                                                if r["server_cores"]) if runs else 0.0,
+                          "per_core": statistics.median(r[metric] / r["server_cores"] for r in runs
+                                                        if r["server_cores"]) if runs else 0.0,
                           "p99_ms": statistics.median(r["p99_ms"] for r in runs) if runs else 0.0,
                           "origin_playlist": statistics.median(r["origin_playlist"] for r in runs) if runs else 0,
                           "origin_segment": statistics.median(r["origin_segment"] for r in runs) if runs else 0,
@@ -428,16 +430,18 @@ def block_tables(summary: dict[str, Any], base: str, labels: list[str]) -> list[
     for sname, r in summary.items():
         ratios = " | ".join(f"{r[f'ratio_{label}']:.2f}" for label in anchors_)
         lines.append(f"| {SCENARIOS[sname]['label']} | {ratios} | **{r['ratio_best']:.2f}** ({name_of(r['best'])}) |")
-    lines += ["", "wrk's p99 latency (median over runs), and origin requests per run (playlist + segment, "
-              "median; the origin counts each cache's requests on a port of its own):", "",
-              "| scenario | " + " | ".join(f"{name_of(label)} p99" for label in labels) + " | "
-              + " | ".join(f"{name_of(label)} origin" for label in labels) + " |",
-              "|---|" + "---:|" * (2 * len(labels))]
+    lines += ["", "wrk's p99 latency, throughput per core the server kept busy (its CPU seconds over wall seconds: "
+              "this machine is shared, and a pinned server gets at most its core), and origin requests per run "
+              "(playlist + segment; the origin counts each cache's requests on a port of its own); medians "
+              "over runs:", "",
+              "| scenario | " + " | ".join(name_of(label) for label in labels) + " |",
+              "|---|" + "---:|" * len(labels)]
     for sname, r in summary.items():
-        lines.append(f"| {SCENARIOS[sname]['label']} | "
-                     + " | ".join(f"{r[label]['p99_ms']:.2f} ms" for label in labels) + " | "
-                     + " | ".join(f"{r[label]['origin_playlist']:.0f} + {r[label]['origin_segment']:.0f}"
-                                  for label in labels) + " |")
+        for what, cell in (("p99", lambda x: f"{x['p99_ms']:.2f} ms"),
+                           ("per busy core", lambda x, m=r["metric"]: fmt(x["per_core"], m)),
+                           ("origin requests", lambda x: f"{x['origin_playlist']:.0f} + {x['origin_segment']:.0f}")):
+            lines.append(f"| {SCENARIOS[sname]['label']}, {what} | " + " | ".join(cell(r[label]) for label in labels)
+                         + " |")
     lines += ["", "Per-run ratios: " + "; ".join(
         f"{sname} " + ", ".join(f"÷ {name_of(label)} {r[f'ratios_{label}']}" for label in anchors_)
         for sname, r in summary.items()) + "."]
