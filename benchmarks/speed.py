@@ -48,7 +48,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,8 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from lib import anchors
-from lib.ports import free_port
-from lib.procs import BENCH, LIVECDN, PY, ROOT, Processes, wait_http, workspace
+from lib.edges import Servers
+from lib.procs import BENCH, ROOT, workspace
 from lib.report import add_section, result_path, save
 from lib.trees import add_also_tree
 from lib.trees import label as tree_label
@@ -156,62 +155,6 @@ def wait_for_quiet(limit: float) -> None:
         time.sleep(15)
     if busy:
         log(f"still running after {limit:.0f} s, measuring anyway: {busy}")
-
-
-# --- the servers ---------------------------------------------------------------------
-
-class Servers:
-    """The origin and the caches in front of it (livecdn from each tree, the anchors), in a temp dir."""
-
-    def __init__(self, procs: Processes, trees: dict[str, Path], names: list[str]) -> None:
-        self.procs, self.tmp = procs, procs.workdir
-        self.trees = trees  # livecdn server name -> the source tree it runs from
-        self.origin_ports = {name: free_port() for name in names}  # the origin's port for each cache
-        self.ports: dict[str, int] = {}
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start_origin(self) -> None:
-        ports = [arg for port in self.origin_ports.values() for arg in ("--port", str(port))]
-        self.procs.start("origin", [PY, str(SPEED / "origin.py"), *ports], cpus="1")
-        first = next(iter(self.origin_ports.values()))
-        wait_http(self.procs, "origin", f"http://127.0.0.1:{first}/static/live.m3u8")
-
-    def origin_requests(self) -> dict[str, dict[str, int]]:
-        """Requests the origin has had from each cache so far: {name: {"playlist": n, "segment": n}}."""
-        first = next(iter(self.origin_ports.values()))
-        with urllib.request.urlopen(f"http://127.0.0.1:{first}/_counts", timeout=10) as r:
-            counts = json.load(r)
-        return {name: counts.get(str(port), {}) for name, port in self.origin_ports.items()}
-
-    def start(self, name: str, workers: int, cpus: str | None) -> None:
-        port = self.ports[name] = free_port()
-        run = self.tmp / f"{name}-{workers}w"
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(mode=0o755)
-        tree = self.trees.get(name)
-        origin_port = self.origin_ports[name]
-        if tree is not None:
-            config = run / "cdn.toml"
-            config.write_text(
-                '[cdn]\nname = "speed"\nplay_path = "/live/master.m3u8"\n\n'
-                f'[cache]\nmemory_bytes = "512MiB"\ndisk_bytes = "1GiB"\ndisk_path = "{run}/disk-{{node}}"\n\n'
-                f'[origin]\nurl = "http://127.0.0.1:{origin_port}"\n\n'
-                '[regions.eu]\nlocation = [50.1, 8.7]\n\n'
-                f'[edges.edge-1]\nregion = "eu"\nlisten = "127.0.0.1:{port}"\n'
-                f'admin = "127.0.0.1:{free_port()}"\norigin_fallback = true\nworkers = {workers}\n')
-            cmd = LIVECDN + ["edge", "--config", str(config), "--node", "edge-1",
-                             "--no-access-log", "--log-level", "warning"]
-        else:
-            cmd = anchors.command(name, run, port, origin_port, workers)
-        self.running[name] = self.procs.start(name, cmd, tree=tree, cpus=cpus)
-        wait_http(self.procs, name, self.url(name, "/static/live.m3u8"))
-
-    def stop(self, name: str) -> None:
-        if self.running.pop(name, None) is not None:
-            self.procs.stop([name])
-
-    def url(self, name: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}{path}"
 
 
 # --- measuring -------------------------------------------------------------------------
