@@ -34,7 +34,7 @@ def save(name: str, report: dict[str, Any], suffix: str = "", path: Path | None 
 def add_section(path: Path, title: str, body: str) -> None:
     """Put `## title` and `body` at the top of the Markdown file `path` (under its `#` preamble).
 
-    RESULTS.md keeps every run's dated section, newest first; a section of the same title is replaced.
+    RESULTS.md keeps every run's dated section, newest first; one of the same title is replaced (and moves up).
     """
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     preamble, *sections = text.split("\n## ")
