@@ -86,7 +86,7 @@ def segment_path() -> str:
 
 async def timed_get(conn: Connection, path: str, tally: Tally, kind: list[float]) -> None:
     started = time.perf_counter()
-    r = await asyncio.wait_for(conn.get(path), TIMEOUT)
+    r = await conn.get(path)
     if r.status != 200:
         raise ConnectionError(f"{path}: {r.status}")
     if tally.measuring:
@@ -94,44 +94,51 @@ async def timed_get(conn: Connection, path: str, tally: Tally, kind: list[float]
         tally.body_bytes += r.received
 
 
-async def viewer(host: str, port: int, source: str, phase: float, tally: Tally, stop: asyncio.Event) -> None:
-    """One player: a keep-alive connection, a playlist then a segment every period, until `stop`."""
+async def viewer(host: str, port: int, source: str, phase: float, tally: Tally) -> None:
+    """One player: a keep-alive connection, a playlist then a segment every period, until cancelled.
+
+    No task per request (no wait_for): a period's answers get a timer that closes the connection
+    after TIMEOUT, which fails the request in flight; the client spends its core on the viewers.
+    """
+    loop = asyncio.get_running_loop()
     conn: Connection | None = None
     next_at = time.monotonic() + phase
-    while not stop.is_set():
-        try:
-            if conn is not None and conn.closed:  # the server closed it between two periods
-                tally.reconnects += 1
-                tally.connected -= 1
+    try:
+        while True:
+            try:
+                if conn is not None and conn.closed:  # the server closed it between two periods
+                    tally.reconnects += 1
+                    tally.connected -= 1
+                    conn = None
+                if conn is None:
+                    conn = await Connection.open(host, port, source)
+                    tally.connected += 1
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif tally.measuring and -delay > PERIOD / 2:
+                    tally.late += 1
+                next_at = max(next_at + PERIOD, time.monotonic())
+                if tally.measuring:
+                    tally.periods += 1
+                watchdog = loop.call_later(TIMEOUT, conn.close)
+                try:
+                    await timed_get(conn, PLAYLIST, tally, tally.playlist)
+                    await timed_get(conn, segment_path(), tally, tally.segment)
+                finally:
+                    watchdog.cancel()
+            except (OSError, ConnectionClosed, httptools.HttpParserError):
+                if tally.measuring:
+                    tally.errors += 1
+                if conn is not None:
+                    conn.close()
+                    tally.connected -= 1
+                    tally.reconnects += 1
                 conn = None
-            if conn is None:
-                conn = await asyncio.wait_for(Connection.open(host, port, source), TIMEOUT)
-                tally.connected += 1
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    break
-            elif tally.measuring and -delay > PERIOD / 2:
-                tally.late += 1
-            next_at = max(next_at + PERIOD, time.monotonic())
-            if tally.measuring:
-                tally.periods += 1
-            await timed_get(conn, PLAYLIST, tally, tally.playlist)
-            await timed_get(conn, segment_path(), tally, tally.segment)
-        except (OSError, TimeoutError, ConnectionClosed, httptools.HttpParserError):
-            if tally.measuring:
-                tally.errors += 1
-            if conn is not None:
-                conn.close()
-                tally.connected -= 1
-                tally.reconnects += 1
-            conn = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), PERIOD / 4)
-    if conn is not None:
-        conn.close()
+                await asyncio.sleep(PERIOD / 4)
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def group_memory(pgid: int) -> tuple[int, int]:
@@ -162,13 +169,13 @@ async def hold(servers: Servers, name: str, viewers: int, steady: float) -> dict
     port, pgid = servers.ports[name], servers.running[name].pid
     rss_before, _ = group_memory(pgid)
     sources = [f"127.0.{100 + i // 250}.{1 + i % 250}" for i in range(math.ceil(viewers / PER_ADDRESS))]
-    tally, stop = Tally(), asyncio.Event()
+    tally = Tally()
     rng = random.Random(SEED)
     tasks: list[asyncio.Task[None]] = []
     ramp_started = time.monotonic()
     for i in range(viewers):
         tasks.append(asyncio.create_task(viewer("127.0.0.1", port, sources[i % len(sources)],
-                                                rng.uniform(0, PERIOD), tally, stop)))
+                                                rng.uniform(0, PERIOD), tally)))
         if (i + 1) % OPEN_BATCH == 0:
             await asyncio.sleep(OPEN_PAUSE)
     while tally.connected < viewers and time.monotonic() - ramp_started < 60:
@@ -191,7 +198,8 @@ async def hold(servers: Servers, name: str, viewers: int, steady: float) -> dict
     _, cpu_after = group_memory(pgid)
     client_cpu = sum(me.cpu_times()[:2]) - client_before
     connected = tally.connected
-    stop.set()
+    for task in tasks:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     rss = statistics.median(rss_samples)
     server_cores = (cpu_after - cpu_before) / wall
