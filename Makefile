@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test test-fast lint bench bench-dns speed hitspeed hitprofile faults geodb deps-video deps-test clean
+.PHONY: demo test test-fast lint bench bench-dns speed hitspeed hitprofile viewers10k faults geodb deps-video deps-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,10 +61,12 @@ bench-dns: $(VENV)/.bench
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq dnsperf gdnsd bind9-dnsutils; }
 	$(PY) benchmarks/dns_bench.py
 
-# Hits per second beside nginx proxy_cache and Varnish (installs nginx, varnish, wrk): benchmarks/RESULTS.md.
+# Hits per second beside nginx proxy_cache (plain and with open_file_cache), Varnish and Traffic Server
+# (installs nginx, varnish, trafficserver, wrk): a dated section of benchmarks/RESULTS.md.
 speed: $(VENV)/.bench
-	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || \
-	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx varnish wrk; }
+	@PATH="$$PATH:/usr/sbin"; command -v nginx >/dev/null && command -v varnishd >/dev/null && \
+	  command -v traffic_server >/dev/null && command -v wrk >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx varnish trafficserver wrk; }
 	$(PY) benchmarks/speed.py
 
 # Cached playlist hits over HTTP/1.1 and h2c beside nginx with open_file_cache (issue 16).
@@ -79,6 +81,12 @@ hitprofile: $(VENV)/.bench
 	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq valgrind wrk nghttp2-client; }
 	$(PY) benchmarks/hitprofile.py
 	$(PY) benchmarks/hitprofile.py --h2
+
+# 10,000 keep-alive viewers on one edge process, then on nginx (installs nginx): p99, RSS and CPU per viewer.
+viewers10k: $(VENV)/.bench
+	@PATH="$$PATH:/usr/sbin"; command -v nginx >/dev/null || \
+	  { $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nginx; }
+	$(PY) benchmarks/viewers10k.py
 
 # Viewers through a hung shield, a hung origin, an origin 500 storm; nginx use_stale beside (needs nginx).
 faults: $(VENV)/.bench

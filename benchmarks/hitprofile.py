@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lib.edges import Servers
 from lib.procs import ROOT, workspace
 from lib.report import header, save
 from lib.trees import add_also_tree, label
-from speed import Servers
 
 PLAYLIST = "/static/live.m3u8"
 CONNECTIONS = 8
@@ -193,7 +193,7 @@ def main() -> int:
     report = header(False, protocol="h2c" if args.h2 else "HTTP/1.1", duration=args.duration,
                     connections=CONNECTIONS, trees={})
     with workspace("livecdn-hitprofile-") as procs:
-        servers = Servers(procs, trees)
+        servers = Servers(procs, trees, list(trees))
         servers.start_origin()
         for name in trees:
             report["trees"][name] = {**instructions(servers, name, args.duration, args.h2),

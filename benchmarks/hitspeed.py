@@ -25,18 +25,19 @@ import time
 from typing import Any
 
 from h2speed import h2load
+from lib import anchors
+from lib.edges import Servers
 from lib.ports import free_port
 from lib.procs import ROOT, wait_http, workspace
 from lib.report import header, save
 from lib.trees import add_also_tree, label
-from speed import SPEED, Servers, log, parse_wrk
+from speed import log, parse_wrk
 
 PLAYLIST = "/static/live.m3u8"
-TUNED = "open_file_cache max=10000 inactive=60s;\n    open_file_cache_valid 1s;\n    sendfile on;"
 
 
 class TunedServers(Servers):
-    """speed.py's servers; nginx with open_file_cache, as `nginx` (HTTP/1.1) and `nginx-h2` (h2c)."""
+    """The speed servers; nginx tuned with open_file_cache (`lib.anchors`): `nginx` (HTTP/1.1), `nginx-h2` (h2c)."""
 
     def start(self, name: str, workers: int, cpus: str | None, *, wrap: tuple[str, ...] = (),
               ready_timeout: float = 30.0) -> None:
@@ -47,16 +48,13 @@ class TunedServers(Servers):
         run = self.tmp / f"{name}-{workers}w"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(mode=0o755)
-        text = (SPEED / "nginx.conf.template").read_text().format(
-            workers=workers, tmp=run, port=port, origin_port=self.origin_port)
-        assert "    sendfile on;" in text, "speed/nginx.conf.template's sendfile line changed"
-        text = text.replace("sendfile on;", TUNED, 1)
+        cmd = anchors.command("nginx-ofc", run, port, self.origin_ports[name], workers, self.connections)
         if name == "nginx-h2":
-            text = text.replace(f"listen 127.0.0.1:{port} ", f"listen 127.0.0.1:{port} http2 ", 1)
-        conf = run / "nginx.conf"
-        conf.write_text(text)
-        self.running[name] = self.procs.start(name, ["nginx", "-c", str(conf), "-p", str(run), "-e",
-                                                     str(run / "nginx-error.log")], cpus=cpus)
+            conf = run / "nginx.conf"
+            text = conf.read_text()
+            assert f"listen 127.0.0.1:{port} " in text, "speed/nginx.conf.template's listen line changed"
+            conf.write_text(text.replace(f"listen 127.0.0.1:{port} ", f"listen 127.0.0.1:{port} http2 ", 1))
+        self.running[name] = self.procs.start(name, cmd, cpus=cpus)
         if name == "nginx":
             wait_http(self.procs, name, self.url(name, PLAYLIST), ready_timeout)
             return
@@ -84,7 +82,7 @@ def main() -> int:
     names = {"http/1.1": [*trees, "nginx"], "h2c": [*trees, "nginx-h2"]}
     raw: dict[str, dict[str, list[dict[str, float]]]] = {p: {n: [] for n in ns} for p, ns in names.items()}
     with workspace("livecdn-hitspeed-") as procs:
-        servers = TunedServers(procs, trees)
+        servers = TunedServers(procs, trees, [*trees, "nginx", "nginx-h2"])
         servers.start_origin()
         for name in {n for ns in names.values() for n in ns}:
             servers.start(name, 1, "0")

@@ -16,7 +16,7 @@ import pytest
 
 from lib.prom import Metrics
 from lib.rawhttp import Connection, ConnectionClosed
-from lib.report import without
+from lib.report import add_section, without
 from lib.topology import Node, write_topology
 from viewers import Buffer
 
@@ -117,6 +117,20 @@ def test_without_drops_per_run_details_at_any_depth() -> None:
     out = without(report, [("a", "systems", "*", "*", "bursts"), ("b", "runs"), ("absent", "runs")])
     assert out == {"a": {"systems": {"x": {"0.3s": {"runs": 1}}, "y": {"6s": {}}}}, "b": {"cases": {}}}
     assert report["b"]["runs"] == [3]  # the full report is left whole
+
+
+def test_results_keep_each_run_as_a_dated_section_newest_first(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nNewest first.\n\n## Speed, day 1\n\nold figures\n")
+    add_section(results, "Speed, day 2", "new figures\n\n### a table\n")
+    add_section(results, "Viewers, day 2", "viewer figures")
+    add_section(results, "Speed, day 2", "new figures, run again")
+    text = results.read_text()
+    # the run made again replaces its section and, being the newest, comes first
+    assert text.startswith("# Benchmark results\n\nNewest first.\n\n## Speed, day 2\n\nnew figures, run again\n\n")
+    assert text.count("## Speed, day 2") == 1 and "### a table" not in text
+    assert text.index("## Speed, day 2") < text.index("## Viewers, day 2") < text.index("## Speed, day 1")
+    assert text.endswith("## Speed, day 1\n\nold figures\n")
 
 
 def test_buffer_tells_each_stall_when_it_ran_dry_and_when_it_was_refilled() -> None:

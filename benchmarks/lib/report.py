@@ -11,7 +11,7 @@ from typing import Any
 
 from lib.procs import BENCH
 
-__all__ = ["RESULTS", "header", "result_path", "save", "without"]
+__all__ = ["RESULTS", "add_section", "header", "result_path", "save", "without"]
 
 RESULTS = BENCH / "results"
 
@@ -29,6 +29,17 @@ def save(name: str, report: dict[str, Any], suffix: str = "", path: Path | None 
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten to {path.relative_to(BENCH.parent)}")
     return path
+
+
+def add_section(path: Path, title: str, body: str) -> None:
+    """Put `## title` and `body` at the top of the Markdown file `path` (under its `#` preamble).
+
+    RESULTS.md keeps every run's dated section, newest first; one of the same title is replaced (and moves up).
+    """
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    preamble, *sections = text.split("\n## ")
+    sections = [s for s in sections if s.split("\n", 1)[0] != title]
+    path.write_text("\n## ".join([preamble.rstrip("\n") + "\n", f"{title}\n\n{body.strip()}\n", *sections]))
 
 
 def header(quick: bool, **extra: Any) -> dict[str, Any]:

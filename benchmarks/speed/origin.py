@@ -1,6 +1,6 @@
-"""The speed benchmark's origin: the same bytes for livecdn, nginx and Varnish.
+"""The speed benchmark's origin: the same bytes for livecdn and every anchor.
 
-    origin.py --port N
+    origin.py --port N [--port M ...] [--segment-bytes B]
 
 - `/static/live.m3u8`: a 1 KiB live media playlist (target duration 2 s, no
   ENDLIST, no Cache-Control: each cache applies its own live-playlist TTL).
@@ -12,14 +12,20 @@
   of synthetic MPEG-TS packets (`livecdn.origin.synthetic`).
 
 No caching headers on segments either: every cache keeps them long (livecdn
-by its own rules, nginx and Varnish by their configs in this directory).
+by its own rules, the anchors by their configs in this directory).
+
+Each cache gets a port of its own, so `GET /_counts` (on any port) can say
+how often each one asked: `{"PORT": {"playlist": n, "segment": n}}`, requests
+(revalidations included) since the start.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import time
+from collections import Counter
 
 from aiohttp import web
 
@@ -49,6 +55,8 @@ STATIC = {
 }
 MASTER = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=2000000,RESOLUTION=1280x720\n720p/index.m3u8\n"
 _segments: dict[int, bytes] = {}
+_counts: dict[int, Counter[str]] = {}
+segment_bytes = SEGMENT_BYTES
 
 
 def _answer(request: web.Request, body: bytes, ctype: str) -> web.Response:
@@ -60,6 +68,10 @@ def _answer(request: web.Request, body: bytes, ctype: str) -> web.Response:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
+    if path == "/_counts":
+        return web.json_response({str(port): dict(c) for port, c in _counts.items()})
+    port = request.transport.get_extra_info("sockname")[1] if request.transport else 0
+    _counts.setdefault(port, Counter())["playlist" if path.endswith(".m3u8") else "segment"] += 1
     if path in STATIC:
         return _answer(request, *STATIC[path])
     newest = int(time.time() // TARGET)
@@ -79,20 +91,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if newest - 30 <= n <= newest:
             body = _segments.get(n)
             if body is None:
-                body = _segments[n] = segment_body("live", "720p", n, SEGMENT_BYTES)
+                body = _segments[n] = segment_body("live", "720p", n, segment_bytes)
                 for old in [k for k in _segments if k < newest - 30]:
                     del _segments[old]
             return _answer(request, body, "video/mp2t")
     return web.Response(status=404, text="not here\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    args = p.parse_args()
+async def serve(ports: list[int]) -> None:
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for port in ports:
+        _counts[port] = Counter()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()  # until SIGTERM
+
+
+def main() -> None:
+    global segment_bytes
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, action="append", required=True, help="one per cache (repeat)")
+    p.add_argument("--segment-bytes", type=int, default=SEGMENT_BYTES, help="size of the /live/ segments")
+    args = p.parse_args()
+    segment_bytes = args.segment_bytes
+    asyncio.run(serve(args.port))
 
 
 if __name__ == "__main__":
