@@ -26,7 +26,7 @@ from typing import Any
 import m3u8
 import pytest
 
-from geo.choose import UNKNOWN, EdgeState, Site, choose, priority
+from geo.choose import UNKNOWN, EdgeState, Site, choose, priority, rank, settled, standing
 from geo.steering import steering_manifest
 from livecdn.cache.fill import (
     CacheResult,
@@ -125,7 +125,8 @@ def test_mpd_gets_a_base_url_per_edge_and_content_steering_before_its_period() -
 
 SITES = [Site("eu", (50.1, 8.7), "http://127.0.1.1:8080"), Site("us", (39.0, -77.5), "http://127.0.2.1:8080"),
          Site("ap", (1.3, 103.8), "http://127.0.3.1:8080"), Site("sa", (-23.5, -46.6), "http://127.0.4.1:8080")]
-STATES = [UNKNOWN, EdgeState(up=False), EdgeState(up=True, overloaded=True)]
+SUSPECT = EdgeState(up=True, suspect=True, settled=False)
+STATES = [UNKNOWN, EdgeState(up=False), EdgeState(up=True, overloaded=True), SUSPECT]
 
 
 def test_priority_starts_with_the_edge_choose_picks_and_orders_the_rest_by_health_then_distance() -> None:
@@ -136,9 +137,34 @@ def test_priority_starts_with_the_edge_choose_picks_and_orders_the_rest_by_healt
         order = priority(where, SITES, health)
         assert sorted(s.name for s in order) == sorted(s.name for s in SITES)
         assert order[0] == choose(where, SITES, health).edge
-        tiers = [0 if health[s.name].up and not health[s.name].overloaded else 1 if health[s.name].up else 2
-                 for s in order]
-        assert tiers == sorted(tiers) or all(t == 2 for t in tiers)
+        tiers = [0 if health[s.name].healthy else 1 if health[s.name].up and not health[s.name].overloaded
+                 else 2 if health[s.name].up else 3 for s in order]
+        assert tiers == sorted(tiers)  # healthy, suspect, overloaded, down: a down edge listed last, not dropped
+
+
+def test_a_suspect_edge_goes_behind_the_healthy_ones_and_keeps_the_order_unsettled() -> None:
+    eu = (50.1, 8.7)
+    assert [s.name for s in priority(eu, SITES, {"eu": SUSPECT})] == ["us", "sa", "ap", "eu"]
+    assert [s.name for s in priority(eu, SITES, {"eu": SUSPECT, "us": EdgeState(False)})] == ["sa", "ap", "eu", "us"]
+    healthy = {s.name: EdgeState(True) for s in SITES}
+    assert settled(eu, SITES, healthy)
+    assert not settled(eu, SITES, {**healthy, "eu": SUSPECT})  # the nearest may come back, or go down: ask soon
+    assert not settled(eu, SITES, {**healthy, "eu": EdgeState(False, settled=False)})  # on its way back
+    assert settled(eu, SITES, {**healthy, "eu": EdgeState(False)})  # down, and staying so: us is the answer
+    assert settled(eu, SITES, {**healthy, "ap": SUSPECT})  # farther than the one the player uses
+    assert not settled(eu, SITES, {})  # never checked yet
+
+
+def test_settled_looks_at_the_first_and_every_nearer_edge() -> None:
+    rng = random.Random(16)
+    for states in itertools.product([*STATES, EdgeState(True), EdgeState(False, settled=False)], repeat=len(SITES)):
+        where = (rng.uniform(-60, 60), rng.uniform(-180, 180))
+        health = {s.name: st for s, st in zip(SITES, states, strict=True)}
+        first = priority(where, SITES, health)[0]
+        ranked = [s for _, s in rank(where, SITES)]
+        used = ranked[:ranked.index(first) + 1]
+        assert settled(where, SITES, health) == all(health[s.name].settled for s in used)
+        assert standing(health[first.name]) == min(standing(st) for st in states)
 
 
 def test_steering_manifest_shape() -> None:
