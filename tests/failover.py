@@ -52,7 +52,8 @@ def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path) -> di
 
 
 def failover_figures(r: dict[str, Any], dead_host: str) -> dict[str, Any]:
-    """What a viewer saw after the edge failed: longest stall, time to the first segment from another edge."""
+    """What a viewer saw after the edge failed: longest stall, time to the first segment from another edge,
+    and the media it had buffered ahead when the edge failed (what it could play while switching)."""
     at, end = r["actionAt"], SECONDS_BEFORE + SECONDS_AFTER + r["startupSeconds"]
     after = [f for f in r["frags"] if f["at"] >= at]
     moved = [f for f in after if f["host"] != dead_host]
@@ -60,6 +61,7 @@ def failover_figures(r: dict[str, Any], dead_host: str) -> dict[str, Any]:
     errors = [e for e in r["errors"] if e["at"] >= at and e["type"] == "networkError"]
     return {"switch_s": round(moved[0]["at"] - at, 2) if moved else None,
             "longest_stall_s": round(max((u - max(a, at) for a, u in stalls), default=0.0), 2),
+            "buffer_ahead_s": round(r.get("bufferAheadAtAction", 0.0), 2),
             "network_errors": len(errors), "errors_first_3s": sum(e["at"] < at + 3 for e in errors),
             "segments_after": len(after), "segments_elsewhere": len(moved),
             "fatal": [e["details"] for e in r["errors"] if e["fatal"]],

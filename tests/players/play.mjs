@@ -23,6 +23,7 @@
 //   frags          every media segment loaded: when, from which host (HLS: and pathway)
 //   steering       HLS: every steering manifest loaded: when, and its PATHWAY-PRIORITY
 //   actionAt       when LIVECDN_ACTION ran (see below); stalls carry `until` once playback resumed
+//   bufferAheadAtAction  seconds of media buffered ahead of the playhead just before the action ran
 //
 // Env: LIVECDN_ACTION, a shell command run LIVECDN_ACTION_AFTER seconds (default 10) after playback
 // started (a test kills or stops an edge with it, timed on the page's own clock).
@@ -192,6 +193,9 @@ try {
     if (r.started && action) {
       const first = Math.min(actionAfter, seconds);
       await watch(first);
+      const ahead = [...Array(video.buffered.length).keys()].find(
+        (i) => video.buffered.start(i) <= video.currentTime && video.currentTime <= video.buffered.end(i));
+      r.bufferAheadAtAction = ahead === undefined ? 0 : video.buffered.end(ahead) - video.currentTime;
       r.actionAt = (performance.now() - t0) / 1000;
       await window.livecdnAction();
       await watch(seconds - first);
