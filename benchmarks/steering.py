@@ -7,7 +7,8 @@ two edges, the router; every node its own process, `tests/cdn.py run_nodes`),
 plays the router's play URL in headless Chromium with hls.js for 12 s, fails
 edge-1 (`kill -KILL` or `kill -STOP`), plays 24 s more, and reports what the
 viewer saw after the failure: the time to the first segment from another
-edge, the longest stall, network errors (and those in the first 3 s).
+edge, the longest stall, the media buffered ahead when the edge failed,
+network errors (and those in the first 3 s); then the median of each case.
 `plain-kill` is the before-state: the same CDN without steering. The harness
 and the figures are the tests' own (`tests/failover.py`), so the script
 measures exactly what the tests pin. Nothing in the harness needs steering:
@@ -22,6 +23,7 @@ import json
 import sys
 import tempfile
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,15 @@ from tests.failover import failover_figures, play_through_failure  # noqa: E402
 
 CASES = {"steer-kill": (True, "KILL"), "steer-stop": (True, "STOP"), "plain-kill": (False, "KILL")}
 MAX_RUNS = 5  # each run is a CDN start and a 36 s play: a shared 2-core machine's patience
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median, a run that never switched (None) counting as the longest."""
+    known = list(values)
+    if not known:
+        return None
+    ordered = sorted(known, key=lambda v: float("inf") if v is None else v)
+    return ordered[len(ordered) // 2]
 
 
 def run(case: str, ttl: int) -> dict[str, Any]:
@@ -62,9 +73,16 @@ def main() -> int:
             figures = run(case, args.ttl)
             rows.append({"case": case, "run": i + 1, **figures})
             print(f"{case:<11} run {i + 1}: switch {figures['switch_s']} s, longest stall "
-                  f"{figures['longest_stall_s']} s, network errors {figures['network_errors']} "
-                  f"({figures['errors_first_3s']} in the first 3 s), fatal {figures['fatal'] or 'none'}", flush=True)
-    report = {**header(False, ttl=args.ttl, segment_s=2, played_before_s=12, played_after_s=24), "runs": rows}
+                  f"{figures['longest_stall_s']} s (buffer ahead {figures['buffer_ahead_s']} s), network errors "
+                  f"{figures['network_errors']} ({figures['errors_first_3s']} in the first 3 s), fatal "
+                  f"{figures['fatal'] or 'none'}", flush=True)
+    medians = {case: {k: median(r[k] for r in rows if r["case"] == case)
+                      for k in ("switch_s", "longest_stall_s", "buffer_ahead_s")} for case in cases}
+    for case, m in medians.items():
+        print(f"{case:<11} median of {args.runs}: switch {m['switch_s']} s, longest stall {m['longest_stall_s']} s, "
+              f"buffer ahead {m['buffer_ahead_s']} s")
+    report = {**header(False, ttl=args.ttl, segment_s=2, played_before_s=12, played_after_s=24), "runs": rows,
+              "medians": medians}
     save("steering", report)
     print(json.dumps(report))
     return 0
