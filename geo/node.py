@@ -274,7 +274,7 @@ class GeoNode(Lifecycle):
             dns=dict(a.counts), dropped=a.dropped, truncated=a.truncated,
             decisions=dict(r.decisions),
             redirects=dict(self.http.counts),
-            edges={n: (s.up, s.overloaded, s.load) for n, s in r.states.items()})
+            edges={n: (s.up, s.overloaded, s.suspect, s.load) for n, s in r.states.items()})
 
 
 def _specific(host: str) -> bool:

@@ -311,6 +311,7 @@ async def test_an_overloaded_edge_spills_to_the_next(router: GeoNode, edges: dic
         async with s.get(f"http://127.0.0.1:{router.admin_port}/healthz") as r:
             health = await r.json()
     assert sample(text, "livecdn_edge_overloaded", edge="edge-lon") == 1
+    assert sample(text, "livecdn_edge_suspect", edge="edge-lon") == 0
     assert sample(text, "livecdn_edge_load", edge="edge-lon") == 1.3
     assert sample(text, "livecdn_route_decisions_total", edge="edge-sea", reason="spill-overloaded") >= 1
     assert sample(text, "livecdn_dns_queries_total", qtype="A", rcode="NOERROR") >= 1
