@@ -2,10 +2,12 @@
 
 Edges are ranked by great-circle distance from the player, ties broken by
 name, so the same location and the same health state always give the same
-answer. The nearest edge that is up and not overloaded wins; an edge that is
-down or reports itself overloaded passes the player on to the next nearest.
+answer. The nearest healthy edge wins (up, not overloaded, not suspect); an
+edge that is down, reports itself overloaded or is suspect (its last check was
+slow or failed: it may be hanging) passes the player on to the next nearest.
 When no edge qualifies the router still answers (the checker itself may be
-the one cut off): the nearest overloaded edge that is up, else the nearest.
+the one cut off): the nearest suspect edge, else the nearest overloaded one
+that is up, else the nearest.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Decision", "EdgeState", "REASONS", "Site", "UNKNOWN", "choose", "distance_km", "priority", "rank"]
+__all__ = ["Decision", "EdgeState", "REASONS", "Site", "UNKNOWN", "choose", "distance_km", "priority", "rank",
+           "settled", "standing"]
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 
 # Why an edge was chosen; also the `reason` label of the route metric.
-REASONS = ("nearest", "spill-down", "spill-overloaded", "all-overloaded", "all-down")
+REASONS = ("nearest", "spill-down", "spill-overloaded", "spill-suspect", "all-suspect", "all-overloaded", "all-down")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +43,20 @@ class EdgeState:
     up: bool
     overloaded: bool = False
     load: float | None = None
+    # Up, but its newest check was slow, failed, or is late: it may be hanging, so players go elsewhere first.
+    suspect: bool = False
+    # Nothing under way could change it soon (no streak towards up or down, not suspect): steering may be cached.
+    settled: bool = True
+
+    @property
+    def healthy(self) -> bool:
+        return self.up and not self.overloaded and not self.suspect
 
 
 # Before its first check an edge is taken as up: a router that starts
 # beside a running fleet must not answer "all down" for its first second.
-UNKNOWN = EdgeState(up=True)
+# It is not settled: steering asks again soon.
+UNKNOWN = EdgeState(up=True, settled=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +84,18 @@ def rank(location: tuple[float, float], sites: Sequence[Site]) -> list[tuple[flo
     return ranked
 
 
+def standing(state: EdgeState) -> tuple[bool, bool, bool]:
+    """An edge's health as a sort key, best first: up, then not overloaded, then not suspect."""
+    return (True, False, False) if not state.up else (False, state.overloaded, state.suspect)
+
+
+def _why(state: EdgeState) -> str:
+    return "down" if not state.up else "overloaded" if state.overloaded else "suspect"
+
+
 def choose(location: tuple[float, float], sites: Sequence[Site],
            states: Mapping[str, EdgeState]) -> Decision:
-    """The edge for a player at `location`.
+    """The edge for a player at `location`: the first of `priority`.
 
     Args:
         location: latitude, longitude of the player.
@@ -90,32 +111,37 @@ def choose(location: tuple[float, float], sites: Sequence[Site],
     if not sites:
         raise ValueError("choose() needs at least one site")
     ranked = rank(location, sites)
-    passed: list[tuple[str, str]] = []
-    for km, site in ranked:
-        state = states.get(site.name, UNKNOWN)
-        if state.up and not state.overloaded:
-            reason = "nearest" if not passed else f"spill-{passed[0][1]}"
-            return Decision(site, reason, km, tuple(passed))
-        passed.append((site.name, "overloaded" if state.up else "down"))
-    for km, site in ranked:
-        if states.get(site.name, UNKNOWN).up:
-            return Decision(site, "all-overloaded", km, tuple(p for p in passed if p[0] != site.name))
-    km, site = ranked[0]
-    return Decision(site, "all-down", km, tuple(passed[1:]))
+    at = min(range(len(ranked)), key=lambda i: standing(states.get(ranked[i][1].name, UNKNOWN)))  # nearest of the best
+    km, site = ranked[at]
+    state = states.get(site.name, UNKNOWN)
+    if state.healthy:  # every nearer edge is unhealthy
+        passed = tuple((s.name, _why(states.get(s.name, UNKNOWN))) for _, s in ranked[:at])
+        return Decision(site, "nearest" if not passed else f"spill-{passed[0][1]}", km, passed)
+    # Every edge is unhealthy: all the others were passed over.
+    passed = tuple((s.name, _why(states.get(s.name, UNKNOWN))) for _, s in ranked if s is not site)
+    reason = "all-down" if not state.up else "all-overloaded" if state.overloaded else "all-suspect"
+    return Decision(site, reason, km, passed)
 
 
 def priority(location: tuple[float, float], sites: Sequence[Site],
              states: Mapping[str, EdgeState]) -> list[Site]:
-    """Every site in the order `choose` would try them: up and not overloaded by distance, then the
-    overloaded ones that are up, then the down ones (a content steering PATHWAY-PRIORITY).
+    """Every site in the order `choose` would try them (a content steering PATHWAY-PRIORITY): by
+    `standing` (healthy, then suspect, then overloaded, then down: a down edge stays listed, last, as a
+    player's fallback), by distance within each.
 
     Its first site is always the edge `choose` picks, so steering and DNS agree.
     """
-    def tier(site: Site) -> int:
-        state = states.get(site.name, UNKNOWN)
-        return 0 if state.up and not state.overloaded else 1 if state.up else 2
-
     ranked = rank(location, sites)
-    if all(tier(s) == 2 for _, s in ranked):
-        return [s for _, s in ranked]  # all down: nearest first, as `choose` answers then
-    return [s for _, s in sorted(ranked, key=lambda pair: tier(pair[1]))]  # stable: distance within a tier
+    return [s for _, s in sorted(ranked, key=lambda pair: standing(states.get(pair[1].name, UNKNOWN)))]
+
+
+def settled(location: tuple[float, float], sites: Sequence[Site], states: Mapping[str, EdgeState]) -> bool:
+    """Whether a player's `priority` may be kept for long: every edge it might use soon (its first, and the
+    nearer ones it would move back to) is settled. A suspect edge, or one on its way up or down, is not."""
+    first = priority(location, sites, states)[0]
+    for _, site in rank(location, sites):
+        if not states.get(site.name, UNKNOWN).settled:
+            return False
+        if site is first:
+            return True
+    raise AssertionError("priority's first site is one of the sites")

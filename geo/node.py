@@ -199,7 +199,7 @@ class GeoNode(Lifecycle):
         h = self.config.health
         targets = {e.name: e.admin.url + "/healthz" for e in self.topology.edges.values()}
         self._health = HealthChecker(targets, self._on_health, interval=h.interval, timeout=h.timeout,
-                                     failures=h.failures, rise=h.rise)
+                                     slow=h.slow, failures=h.failures, rise=h.rise)
         self._health.start(self._session)
 
     def _on_health(self, edge: str, state: EdgeState) -> None:
@@ -258,7 +258,8 @@ class GeoNode(Lifecycle):
         states = self.router.states
         return json_response({"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
                               "database": self._locator.database_type,
-                              "edges": {n: {"up": s.up, "overloaded": s.overloaded, "load": s.load}
+                              "edges": {n: {"up": s.up, "overloaded": s.overloaded, "suspect": s.suspect,
+                                            "load": s.load}
                                         for n, s in states.items()},
                               "edges_up": sum(s.up for s in states.values())})
 
@@ -274,7 +275,7 @@ class GeoNode(Lifecycle):
             dns=dict(a.counts), dropped=a.dropped, truncated=a.truncated,
             decisions=dict(r.decisions),
             redirects=dict(self.http.counts),
-            edges={n: (s.up, s.overloaded, s.load) for n, s in r.states.items()})
+            edges={n: (s.up, s.overloaded, s.suspect, s.load) for n, s in r.states.items()})
 
 
 def _specific(host: str) -> bool:

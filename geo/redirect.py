@@ -111,5 +111,6 @@ class Redirects:
             "passed": [{"edge": name, "why": why} for name, why in d.passed],
             "edges": [{"edge": s.name, "distance_km": round(distance_km(loc.point, s.location), 3),
                        "up": states[s.name].up, "overloaded": states[s.name].overloaded,
+                       "suspect": states[s.name].suspect,
                        "load": states[s.name].load} for s in self.router.sites],
         }

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .choose import UNKNOWN, Decision, EdgeState, Site, choose, priority
+from .choose import UNKNOWN, Decision, EdgeState, Site, choose, priority, settled
 from .locate import Location, Locator, subnet_address
 
 __all__ = ["MAX_ROUTES", "Route", "Router"]
@@ -84,9 +84,11 @@ class Router:
         self.decisions[route.key] += 1
         return route
 
-    def priority(self, address: str) -> list[Site]:
-        """Every edge for a client address, best first (content steering); its first is `route`'s edge."""
-        return priority(self._locate(address).point, self.sites, self.states)
+    def priority(self, address: str) -> tuple[list[Site], bool]:
+        """Every edge for a client address, best first (content steering; its first is `route`'s edge), and
+        whether that order is settled (`choose.settled`: else the player should ask again soon)."""
+        point = self._locate(address).point
+        return priority(point, self.sites, self.states), settled(point, self.sites, self.states)
 
     def explain(self, address: str) -> Route:
         """The route for `address` without counting it as handed out (for /route)."""
@@ -111,7 +113,7 @@ class Router:
         old = self.states[name]
         self.states[name] = state
         # Load alone changes every check; only what `choose` reads forgets routes.
-        if (old.up, old.overloaded) == (state.up, state.overloaded):
+        if (old.up, old.overloaded, old.suspect) == (state.up, state.overloaded, state.suspect):
             return False
         self._forget()
         return True

@@ -7,11 +7,15 @@ the same JSON): a player whose master playlist or MPD names
 `_HLS_pathway`/`_DASH_pathway` (the pathway it is on) and
 `_HLS_throughput`/`_DASH_throughput`. `PATHWAY-PRIORITY` is
 `Router.priority`: the same geo and health state as the DNS and 302 answers,
-so an edge failing its checks drops to the end of every list within one check
-interval, and players leave it at their next reload (or at their first errors,
-since they know where to go). For HLS, `PATHWAY-CLONES` turns the one master
-the player has (its variants are the serving edge's pathway) into a pathway
-per edge by replacing the host, so relative variant URIs work on every edge.
+so an edge whose checks fail or run slow (suspect) drops behind the healthy
+ones within one check interval and its `slow`, and a down edge stays listed,
+last, as a fallback. Players leave it at their next reload (or at their first
+errors, since they know where to go). While an edge the player might use is
+unsettled (suspect, or on its way up or down) the `TTL` is `UNSETTLED_TTL`, so
+the player hears the outcome within a second; once settled, the configured one.
+For HLS, `PATHWAY-CLONES` turns the one master the player has (its variants
+are the serving edge's pathway) into a pathway per edge by replacing the host,
+so relative variant URIs work on every edge.
 `RELOAD-URI` keeps the base pathway in the path: that is all the router needs
 next time, whatever pathway the player has moved to.
 
@@ -34,7 +38,9 @@ from .choose import Site
 from .redirect import CORS
 from .route import Router
 
-__all__ = ["SteeringManifests", "host_of", "steering_manifest"]
+__all__ = ["UNSETTLED_TTL", "SteeringManifests", "host_of", "steering_manifest"]
+
+UNSETTLED_TTL = 1  # seconds: the TTL while the player's order may change soon
 
 # What players add to the request, by format: HLS one Pathway ID (HLS Content Steering spec: these characters,
 # "." the default pathway) and bits per second; DASH-IF every service location it knows, quoted and
@@ -76,7 +82,7 @@ class SteeringManifests:
 
     Args:
         router: where players go, by address and edge health.
-        ttl: the manifests' TTL, seconds.
+        ttl: the manifests' TTL once settled, seconds.
         client: the player's address for a request (the 302's own rule: the peer, or whom a trusted proxy names).
     """
 
@@ -102,9 +108,10 @@ class SteeringManifests:
             return _error(400, f"{prefix}pathway must be a Pathway ID, got {pathway[:80]!r}")
         if throughput is not None and not throughputs.fullmatch(throughput):
             return _error(400, f"{prefix}throughput must be bits per second, got {throughput[:80]!r}")
-        order = self.router.priority(self.client(request))
+        order, settled = self.router.priority(self.client(request))
+        ttl = self.ttl if settled else min(self.ttl, UNSETTLED_TTL)
         body = steering_manifest([s.name for s in order], base if kind == "hls" else None,
-                                 {s.name: host_of(s) for s in order}, self.ttl, f"{STEERING_PATH}/{kind}/{name}")
+                                 {s.name: host_of(s) for s in order}, ttl, f"{STEERING_PATH}/{kind}/{name}")
         # Each player's own order (its address): never stored by a shared cache, asked again after TTL.
         return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json",
                             headers={**CORS, "Cache-Control": "no-store"})

@@ -221,7 +221,7 @@ class RouterReading:
     truncated: int  # UDP answers sent with TC
     decisions: Mapping[tuple[str, str], int]  # (edge, reason) → routes handed out (DNS and HTTP)
     redirects: Mapping[str, int]  # edge → HTTP 302s
-    edges: Mapping[str, tuple[bool, bool, float | None]]  # edge → up, overloaded, load
+    edges: Mapping[str, tuple[bool, bool, bool, float | None]]  # edge → up, overloaded, suspect, load
 
 
 class _RouterCollector:
@@ -249,6 +249,8 @@ class _RouterCollector:
                                labels=["node", "edge"])
         overloaded = GaugeMetricFamily("livecdn_edge_overloaded", "1 while the edge reports itself overloaded",
                                        labels=["node", "edge"])
+        suspect = GaugeMetricFamily("livecdn_edge_suspect", "1 while the edge's newest health check is slow, late "
+                                    "or failed (still up: players go elsewhere first)", labels=["node", "edge"])
         load = GaugeMetricFamily("livecdn_edge_load", "The edge's last reported load (1 = capacity)",
                                  labels=["node", "edge"])
         for node, read in list(self._sources.items()):
@@ -261,12 +263,13 @@ class _RouterCollector:
                 decisions.add_metric([node, edge, reason], n)
             for edge, n in r.redirects.items():
                 redirects.add_metric([node, edge], n)
-            for edge, (is_up, is_overloaded, edge_load) in r.edges.items():
+            for edge, (is_up, is_overloaded, is_suspect, edge_load) in r.edges.items():
                 up.add_metric([node, edge], int(is_up))
                 overloaded.add_metric([node, edge], int(is_overloaded))
+                suspect.add_metric([node, edge], int(is_suspect))
                 if edge_load is not None:
                     load.add_metric([node, edge], edge_load)
-        yield from (queries, dropped, truncated, decisions, redirects, up, overloaded, load)
+        yield from (queries, dropped, truncated, decisions, redirects, up, overloaded, suspect, load)
 
 
 _ROUTER = _RouterCollector()

@@ -35,11 +35,15 @@ def node(cdn: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(next(n for n in cdn["nodes"] if n["name"] == name))
 
 
-def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path) -> dict[str, Any]:
-    """hls.js plays the router's URL; `action` (a shell command) runs after SECONDS_BEFORE of playback."""
+def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path,
+                         steering_phase: float | None = None) -> dict[str, Any]:
+    """hls.js plays the router's URL; `action` (a shell command) runs after SECONDS_BEFORE of playback, or
+    with `steering_phase` that many seconds after the next steering manifest load after that (play.mjs)."""
     harness = require_browser_harness()
     env = {**os.environ, "CHROMIUM": edges_as_public(cdn, tmp_path), "LIVECDN_ACTION": action,
            "LIVECDN_ACTION_AFTER": str(SECONDS_BEFORE)}
+    if steering_phase is not None:
+        env["LIVECDN_ACTION_STEERING_PHASE"] = str(steering_phase)
     seconds = SECONDS_BEFORE + SECONDS_AFTER
     proc = subprocess.run([harness, str(PLAYERS_DIR / "play.mjs"), cdn["play"], str(seconds)], cwd=PLAYERS_DIR,
                           capture_output=True, text=True, timeout=seconds + 120, env=env)
@@ -52,14 +56,17 @@ def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path) -> di
 
 
 def failover_figures(r: dict[str, Any], dead_host: str) -> dict[str, Any]:
-    """What a viewer saw after the edge failed: longest stall, time to the first segment from another edge."""
-    at, end = r["actionAt"], SECONDS_BEFORE + SECONDS_AFTER + r["startupSeconds"]
+    """What a viewer saw after the edge failed: longest stall, time to the first segment from another edge,
+    and the media it had buffered ahead when the edge failed (what it could play while switching)."""
+    at = r["actionAt"]
+    end = at + SECONDS_AFTER
     after = [f for f in r["frags"] if f["at"] >= at]
     moved = [f for f in after if f["host"] != dead_host]
     stalls = [(s["at"], s.get("until", end)) for s in r["stalls"] if s.get("until", end) >= at]
     errors = [e for e in r["errors"] if e["at"] >= at and e["type"] == "networkError"]
     return {"switch_s": round(moved[0]["at"] - at, 2) if moved else None,
             "longest_stall_s": round(max((u - max(a, at) for a, u in stalls), default=0.0), 2),
+            "buffer_ahead_s": round(r.get("bufferAheadAtAction", 0.0), 2),
             "network_errors": len(errors), "errors_first_3s": sum(e["at"] < at + 3 for e in errors),
             "segments_after": len(after), "segments_elsewhere": len(moved),
             "fatal": [e["details"] for e in r["errors"] if e["fatal"]],

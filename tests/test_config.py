@@ -108,6 +108,8 @@ prefetch = false
     ('[cache]\nmax_object_bytes = 0', "cache.max_object_bytes: must be at least 1 B, got 0"),
     ('[edges.e.guard]\nfalse_positive_rate = 0.5', "edges.e.guard.false_positive_rate: must be below 0.5, got 0.5"),
     ('[router.health]\ntimeout = 0', "router.health.timeout: must be above 0 s, got 0.0"),
+    ('[router.health]\nslow = 0', "router.health.slow: must be above 0 s, got 0.0"),
+    ('[router.health]\ntimeout = 0.5\nslow = 0.5', "router.health.slow: must be below timeout (0.5 s), got 0.5"),
     ('[regions.us]\nlocation = [95, 0]', "regions.us.location[0]: must be at most 90°, got 95.0"),
     ('[regions.us]\nlocation = [1, 2, 3]', "regions.us.location: expected an array of 2, got [1, 2, 3]"),
     ('[cdn]\nnmae = "typo"', "cdn.nmae: unknown key"),

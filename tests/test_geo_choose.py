@@ -13,6 +13,7 @@ FRANKFURT, ASHBURN = (50.11, 8.68), (39.04, -77.49)
 SITES = [Site("edge-lon", LONDON, "http://a"), Site("edge-sea", SEATTLE, "http://b"),
          Site("edge-tyo", TOKYO, "http://c")]
 UP, DOWN, BUSY = EdgeState(True), EdgeState(False), EdgeState(True, overloaded=True, load=1.2)
+SUSPECT = EdgeState(True, suspect=True, settled=False)  # its last check was slow or failed: it may be hanging
 
 
 def test_distances_are_great_circle() -> None:
@@ -43,6 +44,15 @@ def test_down_or_overloaded_spills_to_the_next_nearest() -> None:
     d = choose(LONDON, SITES, {"edge-lon": BUSY, "edge-sea": DOWN})
     assert (d.edge.name, d.reason, d.passed) == ("edge-tyo", "spill-overloaded",
                                                  (("edge-lon", "overloaded"), ("edge-sea", "down")))
+
+
+def test_a_suspect_edge_is_passed_over_before_an_overloaded_or_down_one() -> None:
+    d = choose(LONDON, SITES, {"edge-lon": SUSPECT})
+    assert (d.edge.name, d.reason, d.passed) == ("edge-sea", "spill-suspect", (("edge-lon", "suspect"),))
+    d = choose(LONDON, SITES, {"edge-lon": DOWN, "edge-sea": BUSY, "edge-tyo": SUSPECT})
+    assert (d.edge.name, d.reason) == ("edge-tyo", "all-suspect")  # may answer: better than one that says no
+    d = choose(LONDON, SITES, {n.name: SUSPECT for n in SITES})
+    assert (d.edge.name, d.reason) == ("edge-lon", "all-suspect")
 
 
 def test_when_nothing_qualifies_the_router_still_answers() -> None:

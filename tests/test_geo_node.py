@@ -279,9 +279,16 @@ async def test_a_failed_edge_leaves_the_answers_and_comes_back(router: GeoNode,
     assert await london_gets("127.0.1.1")
     await edges["edge-lon"].stop()  # connections refused from now on
     gone = await wait_for(lambda: london_gets("127.0.2.1"), 10)  # next nearest to London: Seattle
-    # Not at the first refused check: `failures` checks in a row, `interval` apart, are
-    # (failures - 1) intervals; half an interval less covers a check already under way.
-    assert gone >= (HEALTH.failures - 1.5) * HEALTH.interval, f"gone after {gone:.2f}s"
+    # At its first refused check it is suspect (answers go elsewhere), yet still up: down takes `failures`
+    # checks in a row, `interval` apart, (failures - 1) intervals; half an interval less covers a check
+    # already under way.
+    assert gone <= HEALTH.interval + 0.25, f"gone after {gone:.2f}s"
+
+    async def london_reason_is_down() -> bool:
+        return (await route_of(router, LONDON))["reason"] == "spill-down"
+
+    down = gone + await wait_for(london_reason_is_down, 10)
+    assert down >= (HEALTH.failures - 1.5) * HEALTH.interval, f"down after {down:.2f}s"
     body = await route_of(router, LONDON)
     assert (body["edge"], body["reason"], body["passed"]) == ("edge-sea", "spill-down",
                                                               [{"edge": "edge-lon", "why": "down"}])
@@ -304,11 +311,12 @@ async def test_an_overloaded_edge_spills_to_the_next(router: GeoNode, edges: dic
         async with s.get(f"http://127.0.0.1:{router.admin_port}/healthz") as r:
             health = await r.json()
     assert sample(text, "livecdn_edge_overloaded", edge="edge-lon") == 1
+    assert sample(text, "livecdn_edge_suspect", edge="edge-lon") == 0
     assert sample(text, "livecdn_edge_load", edge="edge-lon") == 1.3
     assert sample(text, "livecdn_route_decisions_total", edge="edge-sea", reason="spill-overloaded") >= 1
     assert sample(text, "livecdn_dns_queries_total", qtype="A", rcode="NOERROR") >= 1
     assert sample(text, "livecdn_edge_up") == 3
-    assert health["edges"]["edge-lon"] == {"up": True, "overloaded": True, "load": 1.3}
+    assert health["edges"]["edge-lon"] == {"up": True, "overloaded": True, "suspect": False, "load": 1.3}
     edges["edge-lon"].health.update(overloaded=False, load=0.4)  # relieved: London's players come back
     await wait_for(lambda: london_gets("127.0.1.1"), 5)
     assert (await route_of(router, LONDON))["reason"] == "nearest"

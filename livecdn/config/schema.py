@@ -376,13 +376,20 @@ class LimitSettings(Checked):
 
 @dataclass(frozen=True)
 class HealthSettings(Checked):
-    """How the router checks edges: an edge that fails leaves its answers within
-    about `interval * (failures - 1) + timeout` seconds."""
+    """How the router checks edges: an edge that hangs or fails is behind the others in its answers
+    within about `interval + slow` seconds (suspect), and is down after `interval * (failures - 1) + timeout`."""
 
     interval: Annotated[float, Seconds, Above(0)] = 1.0
     timeout: Annotated[float, Seconds, Above(0)] = 1.0
     failures: Annotated[int, Min(1)] = 3  # failed checks in a row that take an edge out
     rise: Annotated[int, Min(1)] = 2  # good checks in a row that bring it back
+    # A check not answered this soon makes its edge suspect: players go elsewhere first.
+    slow: Annotated[float, Seconds, Above(0)] = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.slow >= self.timeout:
+            raise FieldError("slow", f"must be below timeout ({self.timeout:g} s), got {self.slow:g}")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,12 @@
 //   frags          every media segment loaded: when, from which host (HLS: and pathway)
 //   steering       HLS: every steering manifest loaded: when, and its PATHWAY-PRIORITY
 //   actionAt       when LIVECDN_ACTION ran (see below); stalls carry `until` once playback resumed
+//   bufferAheadAtAction  seconds of media buffered ahead of the playhead just before the action ran
 //
 // Env: LIVECDN_ACTION, a shell command run LIVECDN_ACTION_AFTER seconds (default 10) after playback
-// started (a test kills or stops an edge with it, timed on the page's own clock).
+// started (a test kills or stops an edge with it, timed on the page's own clock). With
+// LIVECDN_ACTION_STEERING_PHASE=S (hls.js), it runs S seconds after the next steering manifest load
+// after that: where in the steering TTL the edge fails is then the caller's choice, not chance.
 //
 //   latency        hls.js only: its live latency (seconds behind the playlist's live edge), sampled
 //                  every second after startup: { mean, last, samples }
@@ -105,9 +108,12 @@ try {
   });
   const action = process.env.LIVECDN_ACTION || null;
   const actionAfter = Number(process.env.LIVECDN_ACTION_AFTER ?? 10);
+  const actionPhase = process.env.LIVECDN_ACTION_STEERING_PHASE ? Number(process.env.LIVECDN_ACTION_STEERING_PHASE)
+                                                                : null;
   if (action) await page.exposeFunction('livecdnAction', () => { execSync(action, { stdio: 'inherit' }); });
   await page.goto(`${base}index.html`);
-  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter, lowLatency }) => {
+  const out = await page.evaluate(async ({ url, seconds, startTimeoutMs, codecs, dash, action, actionAfter, actionPhase,
+                                            lowLatency }) => {
     const r = { started: false, startupSeconds: null, stalls: [], errors: [], frags: [], steering: [],
                 mse: typeof MediaSource !== 'undefined' && MediaSource.isTypeSupported(codecs) };
     if (dash) r.dashSupported = dashjs.supportsMediaSource();
@@ -116,6 +122,7 @@ try {
     const video = document.getElementById('v');
     const t0 = performance.now();
     let hls = null;
+    let onSteering = null;  // resolves the wait for the next steering manifest (LIVECDN_ACTION_STEERING_PHASE)
     let dashPlayer = null;
     if (dash) {
       dashPlayer = dashjs.MediaPlayer().create();
@@ -149,7 +156,8 @@ try {
       });
       hls.on(Hls.Events.STEERING_MANIFEST_LOADED, (_e, d) => {
         r.steering.push({ at: (performance.now() - t0) / 1000,
-                          priority: d.steeringManifest['PATHWAY-PRIORITY'] ?? null });
+                          priority: d.steeringManifest['PATHWAY-PRIORITY'] ?? null, ttl: d.steeringManifest.TTL });
+        if (onSteering) onSteering();
       });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch((e) => r.errors.push(
         { fatal: true, type: 'play', details: String(e) })); });
@@ -192,6 +200,14 @@ try {
     if (r.started && action) {
       const first = Math.min(actionAfter, seconds);
       await watch(first);
+      if (actionPhase !== null && hls) {
+        await new Promise((resolve) => { onSteering = resolve; });
+        onSteering = null;
+        await sleep(actionPhase * 1000);
+      }
+      const ahead = [...Array(video.buffered.length).keys()].find(
+        (i) => video.buffered.start(i) <= video.currentTime && video.currentTime <= video.buffered.end(i));
+      r.bufferAheadAtAction = ahead === undefined ? 0 : video.buffered.end(ahead) - video.currentTime;
       r.actionAt = (performance.now() - t0) / 1000;
       await window.livecdnAction();
       await watch(seconds - first);
@@ -213,7 +229,8 @@ try {
     if (hls) hls.destroy();
     if (dashPlayer) dashPlayer.reset();
     return r;
-  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter, lowLatency });
+  }, { url, seconds, startTimeoutMs: START_TIMEOUT_MS, codecs: CODECS, dash, action, actionAfter, actionPhase,
+       lowLatency });
   Object.assign(result, out);
 } catch (e) {
   result.harnessError = String(e && e.stack || e);
