@@ -147,6 +147,28 @@ def _cache_control(path: str) -> str:
     return "max-age=1" if path.endswith((".m3u8", ".mpd")) else "max-age=3600"
 
 
+class FakeAdmin:
+    """A node's admin listener as the router's health checks see it: only /healthz, on 127.0.0.1, port 0.
+
+    Subclasses say how it answers (`_healthz`); `runner.cleanup()` stops it.
+    """
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/healthz"
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+
 OriginT = TypeVar("OriginT", bound=FakeOrigin)
 
 

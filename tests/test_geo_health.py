@@ -12,6 +12,7 @@ from aiohttp import web
 
 from geo.choose import UNKNOWN, EdgeState
 from geo.health import HealthChecker, Tracker, Watch
+from tests.fakeorigin import FakeAdmin
 
 
 def test_the_first_result_decides_at_once() -> None:
@@ -99,22 +100,13 @@ def test_an_edge_not_yet_checked_is_up_but_unsettled_and_late_checks_of_it_are_s
 
 # --- the shell: a fixed schedule no hung check holds up -------------------------------------------------
 
-class Admin:
+class Admin(FakeAdmin):
     """A `/healthz` that answers at once or, while `hung`, never (as a SIGSTOPped edge's)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.hung = False
         self.asked: list[float] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/healthz"
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.asked.append(time.monotonic())

@@ -29,7 +29,7 @@ from livecdn.config import LimitSettings
 from livecdn.front.connlimit import MAX_LINGERING, OVERLOAD_SHARE, connection_budget, per_process
 from livecdn.node.cache import UPSTREAM_CONNECTIONS
 from tests.cdn import ROOT, Stack, free_port, wait_until
-from tests.fakeorigin import FakeOrigin, body
+from tests.fakeorigin import FakeAdmin, FakeOrigin, body
 from tests.test_http1_sockets import Reply, connect, get, read_reply, warm
 
 
@@ -296,22 +296,13 @@ async def test_a_connection_that_sends_nothing_closes_at_the_header_timeout_but_
 
 # --- the router's health check: a fresh connection each time ---------------------------
 
-class CountingAdmin:
+class CountingAdmin(FakeAdmin):
     """An admin listener answering /healthz with `answer`, remembering each connection's client port."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.answer: tuple[int, dict[str, Any]] = (200, {"status": "ok", "overloaded": False, "load": 0.1})
         self.peers: list[int] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/healthz"
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self.peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
