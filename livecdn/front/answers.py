@@ -176,17 +176,8 @@ class PlayerFront:
             self.hits += 1
             if policy is not None and policy.seen is not None:
                 policy.seen(key, HIT)
-            headers = request.headers
-            if obj.status == 200 and headers.keys().isdisjoint(NEGOTIATING):
-                # `_stored()` of a whole 200 hit without its call: the object's shared plans.
-                plans = self._hit_plans.get(obj.key)
-                if plans is None or plans[0]() is not obj:
-                    plans = self._hit(obj)
-                if plans[2] is not None:
-                    value = headers.get(b"accept-encoding")
-                    if value is not None and accepts_gzip(value):
-                        return plans[2]
-                return plans[1]
+            if obj.status == 200 and request.headers.keys().isdisjoint(NEGOTIATING):
+                return self._whole_hit(request, obj)
             return self._stored(request, obj, HIT)
         except BadRequest as e:
             return self.refuse(e.status, e.reason, e.headers)
@@ -279,12 +270,7 @@ class PlayerFront:
     def _stored(self, request: Request, obj: Stored, cache: CacheResult) -> Plan:
         """A stored answer whose body is in memory."""
         if obj.status == 200 and cache is HIT and request.headers.keys().isdisjoint(NEGOTIATING):
-            plans = self._hit_plans.get(obj.key)
-            if plans is None or plans[0]() is not obj:
-                plans = self._hit(obj)
-            if plans[2] is not None and _wants_gzip(request):
-                return plans[2]
-            return plans[1]
+            return self._whole_hit(request, obj)
         headers = self._headers(obj.headers, cache)
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
@@ -300,6 +286,15 @@ class PlayerFront:
         else:
             body = memoryview(obj.body)[start:stop]
         return Plan(Fields(status, tuple(headers.items())), body, len(body), obj.born, cache)
+
+    def _whole_hit(self, request: Request, obj: Stored) -> Plan:
+        """A whole 200 hit: the object's shared plan (identity, or gzip when asked and kept)."""
+        plans = self._hit_plans.get(obj.key)
+        if plans is None or plans[0]() is not obj:
+            plans = self._hit(obj)
+        if plans[2] is not None and _wants_gzip(request):
+            return plans[2]
+        return plans[1]
 
     def _hit(self, obj: Stored) -> tuple[weakref.ref[Stored], Plan, Plan | None]:
         """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
