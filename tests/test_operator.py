@@ -270,9 +270,30 @@ def test_access_lines_carry_what_log_pipelines_expect_and_reopen_on_sigusr1(tmp_
 # --- restarts without a refused connection ---
 
 
+@pytest.fixture
+def migrating_accept_queue() -> Iterator[None]:
+    """net.ipv4.tcp_migrate_req = 1 for the test (put back after): the kernel hands the connections
+    waiting in a closing listener's accept queue to its SO_REUSEPORT sibling instead of resetting them.
+    Without it no server can take a port over losing nothing (README "Restarts")."""
+    knob = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+    try:
+        before = knob.read_text()
+        knob.write_text("1")
+    except OSError as e:
+        pytest.skip(f"cannot set {knob} ({e.strerror}): needs Linux 5.14+ and root")
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
 @pytest.mark.slow
-def test_a_new_process_takes_the_port_over_before_the_old_one_leaves(tmp_path: Path) -> None:
-    """SO_REUSEPORT with one worker too: start the new edge, stop the old, no request fails (under load)."""
+def test_a_new_process_takes_the_port_over_before_the_old_one_leaves(tmp_path: Path,
+                                                                      migrating_accept_queue: None) -> None:
+    """SO_REUSEPORT with one worker too: start the new edge, stop the old, no request fails (under load).
+
+    A connection the old process accepted as its sockets closed, or that had sent nothing yet, is
+    answered once, not closed unread (1-2 of ~7,500 requests were lost that way)."""
     text = topology_toml(origin=SYNTHETIC, edges=1, router=False)
     config = tmp_path / "cdn.toml"
     config.write_text(text)

@@ -410,7 +410,8 @@ class ServerConnection:
     __slots__ = ("events", "backlog", "must_close", "max_pending", "parser", "parse", "_closing", "_framing",
                  "_answering")
 
-    def __init__(self, *, max_pending: int = MAX_PENDING, **limits: int) -> None:
+    def __init__(self, *, max_pending: int = MAX_PENDING, last: bool = False, **limits: int) -> None:
+        """`last`: opened during a graceful shutdown, its first answer is its last ("Connection: close")."""
         if max_pending < 1:
             raise ValueError(f"max_pending must be positive, got {max_pending!r}")
         # Parsed requests in order; `next_event()` takes from the left, and so may
@@ -425,7 +426,7 @@ class ServerConnection:
         self.parser = RequestParser(events=self.events, **limits)
         self.parse = self.parser.receive_data
         self.must_close = False  # the connection ends after the answer being sent
-        self._closing = False
+        self._closing = last
         self._framing = _Framing.NONE
         self._answering = False
 

@@ -119,6 +119,11 @@ HEADER_TIMEOUT = 10.0
 # How long a TLS handshake may take from the connection's start: as long as a request head, so a client
 # that opens connections and never handshakes holds each no longer than one that never sends a byte.
 HANDSHAKE_TIMEOUT = HEADER_TIMEOUT
+# How long a drain waits for a connection that has sent nothing yet: a new
+# connection's request is usually on its way (the client connected a moment
+# ago), and closing it unread loses that request (the takeover of issue 14 lost
+# 1-2 in 7,500 that way). Its one answer says "Connection: close".
+SILENT_GRACE = 1.0
 # Bytes read from a disk-tier file per step where the loop has no sendfile
 # (uvloop): one step is written and drained before the next is read.
 FILE_CHUNK = 256 << 10
@@ -271,6 +276,9 @@ class PlayerServer:
             self._servers.pop().close()
         for acceptor in self._acceptors:
             await acceptor.close()  # kept: `port` and `refused_proxy` stay readable
+        # Connections the loop accepted before the sockets closed are made on its next turn
+        # (`connection_made` is scheduled): they are drained like the others, not dropped at exit.
+        await asyncio.sleep(0)
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -342,9 +350,12 @@ class PlayerConnection(asyncio.Protocol):
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             self._to_http2(b"")  # TLS negotiated HTTP/2 (asyncio calls this after the handshake)
             return
+        self._idle_since = self._loop.time()
+        if server.closing:  # accepted just before the drain closed the sockets
+            self.shutdown()
+            return
         # A new connection must begin a request within the header timeout (`_idle_check`); the
         # timer first fires at the sooner of the two timeouts, as it is not re-armed per answer.
-        self._idle_since = self._loop.time()
         self._timer = self._loop.call_at(self._idle_since + min(server.header_timeout, server.keepalive_timeout),
                                          self._idle_check)
 
@@ -403,7 +414,7 @@ class PlayerConnection(asyncio.Protocol):
             if self.server.h2c and len(data) >= 3 and PREFACE.startswith(data[:len(PREFACE)]):
                 self._to_http2(data)  # HTTP/2 with prior knowledge: "PRI" begins no request we serve
                 return
-            h1 = self.h1 = ServerConnection()
+            h1 = self.h1 = ServerConnection(last=self.server.closing)  # first bytes during a drain: one answer
         if h1.backlog or len(data) > PARSE_SLICE:
             h1.receive_data(data)  # parsed as far as the queue's bound, the rest held
         else:
@@ -744,6 +755,9 @@ class PlayerConnection(asyncio.Protocol):
                 self._linger()
                 return
         else:  # silent since it opened (not a byte yet), or idle since its last answer
+            if h1 is _SILENT and server.closing:  # the drain's grace is over (`shutdown` armed this check)
+                self._close()
+                return
             deadline = self._idle_since + (server.header_timeout if h1 is _SILENT else server.keepalive_timeout)
             if now >= deadline:
                 self._close()
@@ -753,9 +767,12 @@ class PlayerConnection(asyncio.Protocol):
     # --- shutdown ---
 
     def shutdown(self) -> None:
-        """Graceful: an idle connection closes now, a busy one after the answer in flight."""
+        """Graceful: an idle connection closes now, a busy one after the answer in flight, a silent one
+        after its first answer or SILENT_GRACE."""
         if self.h1 is _SILENT:
-            self._close()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(min(SILENT_GRACE, self.server.header_timeout), self._idle_check)
             return
         self.h1.start_closing()
         if self.task is None and not self.h1.events and not self.h1.backlog:
