@@ -6,17 +6,25 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
+import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.test_players import PLAYERS_DIR, edges_as_public, require_browser_harness
 
-__all__ = ["SECONDS_AFTER", "SECONDS_BEFORE", "failover_figures", "get", "node", "play_through_failure"]
+__all__ = ["JOIN_SEGMENTS", "SECONDS_AFTER", "SECONDS_BEFORE", "failover_figures", "get", "join_running_stream", "node",
+           "play_through_failure"]
 
 SECONDS_BEFORE = 12  # played before the edge fails: the player's buffer is full (3 segments behind live)
 SECONDS_AFTER = 24
+# hls.js starts 3 target durations behind the live edge (liveSyncDurationCount): with this many segments listed it
+# can, and holds 2-3 segments ahead from then on. Joined when the stream has fewer, it starts at the first segment
+# and plays within one of the live edge all along (0.8 s buffered ahead), a player no failover can spare a stall.
+JOIN_SEGMENTS = 4
 
 
 def get(url: str, source: str = "127.0.0.1", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str],
@@ -40,6 +48,7 @@ def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path,
     """hls.js plays the router's URL; `action` (a shell command) runs after SECONDS_BEFORE of playback, or
     with `steering_phase` that many seconds after the next steering manifest load after that (play.mjs)."""
     harness = require_browser_harness()
+    join_running_stream(cdn["play"])
     env = {**os.environ, "CHROMIUM": edges_as_public(cdn, tmp_path), "LIVECDN_ACTION": action,
            "LIVECDN_ACTION_AFTER": str(SECONDS_BEFORE)}
     if steering_phase is not None:
@@ -53,6 +62,24 @@ def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path,
     assert proc.returncode == 0 and "harnessError" not in result, json.dumps(result, indent=1)
     assert result["started"] and "actionAt" in result, json.dumps(result, indent=1)
     return result
+
+
+def join_running_stream(play: str, timeout: float = 30.0) -> None:
+    """Wait, as a viewer arriving at a running stream would find it, until an HLS play URL's first variant lists
+    JOIN_SEGMENTS segments (a DASH URL: at once; its player's delay is set in play.mjs)."""
+    if urllib.parse.urlsplit(play).path.endswith(".mpd"):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(play, timeout=10) as r:  # the router's 302, then the edge's master
+            master, base = r.read().decode(), r.url
+        variant = next(ln for ln in master.splitlines() if ln and not ln.startswith("#"))
+        with urllib.request.urlopen(urllib.parse.urljoin(base, variant), timeout=10) as r:
+            listed = len(re.findall(r"^#EXTINF:", r.read().decode(), re.MULTILINE))
+        if listed >= JOIN_SEGMENTS:
+            return
+        assert time.monotonic() < deadline, f"{play}: {listed} segments listed after {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 def failover_figures(r: dict[str, Any], dead_host: str) -> dict[str, Any]:

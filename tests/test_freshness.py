@@ -123,6 +123,10 @@ def test_rules_are_used() -> None:
     # An ended playlist is revalidated before it is served again: stale, it would hide a restart.
     assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_while_revalidate == 0.0
     assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, ENDED).stale_if_error == RULES.stale_if_error
+    # So is a live one: stale, it is a segment behind its sibling renditions. A failing upstream still gets it used.
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, LIVE4).stale_while_revalidate == 0.0
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, LIVE4).stale_if_error == RULES.stale_if_error
+    assert lifetime(RULES, NameKind.PLAYLIST, 200, {}, MASTER).stale_while_revalidate == RULES.stale_while_revalidate
     assert lifetime(rules, NameKind.MEDIA, 200, {}).fresh == 9.0
     assert lifetime(rules, NameKind.OTHER, 200, {}).fresh == 3.0
     assert lifetime(rules, NameKind.MEDIA, 404, {}).fresh == 0.5

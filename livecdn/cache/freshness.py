@@ -147,9 +147,12 @@ def lifetime(rules: Rules, kind: NameKind, status: int, headers: Mapping[str, st
     if status != 200 or "must-revalidate" in cc or "proxy-revalidate" in cc:
         # A stale 404 would hide a segment that has just been published.
         return Lifetime(fresh, 0.0, 0.0)
-    if playlist is not None and playlist.kind is ManifestKind.ENDED:
-        # Revalidated before it is served again (a 304 is quick): served stale
-        # while revalidating, at each tier, it would hide a restart for more rounds.
+    if playlist is not None and playlist.kind in (ManifestKind.LIVE, ManifestKind.ENDED):
+        # Revalidated before it is served again (a 304 is quick). A live playlist served stale while
+        # revalidating is a segment behind, and behind its sibling renditions: hls.js, switching to a
+        # variant whose copy starts a segment before the one it left, aligns it a segment off and stalls
+        # (seen after a content-steering failover: 7-8 s). An ended one, stale, would hide a restart.
+        # A slow upstream still gets the stale copy after `stale_after` (stale-if-error).
         swr = 0.0
     return Lifetime(
         fresh,
