@@ -4,9 +4,13 @@ Each viewer does what hls.js does in lowLatencyMode at the live edge: it
 holds a blocking reload for the next part (`_HLS_msn`/`_HLS_part` of the
 preload hint) on one connection and fetches the hinted part beside it on
 another; each answer names the next hint. It records, per part
-("msn.part"), when its blocking reload was sent and when it was answered
-(CLOCK_MONOTONIC, the same in every process of the machine, so a driver can
-set these against when the origin had the part).
+("msn.part"), when its blocking reload was sent, when its answer was whole
+(stamped by the parser in the read callback) and when the viewer's task
+resumed with it (CLOCK_MONOTONIC, the same in every process of the machine,
+so a driver can set these against when the origin had the part). The two
+answer stamps differ by the simulator's own queue: 500 viewers answered in the
+same millisecond each run a task (send the next reload, fetch the next part)
+one after the other, and the last resumes ~60 ms after its answer arrived.
 
 The viewers use the raw httptools client (`lib.rawhttp`) on uvloop, and a
 driver runs them in several processes: with aiohttp's client in one
@@ -25,6 +29,7 @@ import asyncio
 import json
 import resource
 import time
+from typing import NamedTuple
 from urllib.parse import urljoin
 
 import httptools
@@ -44,7 +49,8 @@ class LowLatencyViewer:
 
     def __init__(self, host: str, port: int, media: str, source: str) -> None:
         self.host, self.port, self.media, self.source = host, port, media, source
-        self.answered: dict[str, tuple[float, float]] = {}  # part → (reload sent, answered)
+        # part → (reload sent, its answer whole in the read callback, the viewer's task resumed with it)
+        self.answered: dict[str, tuple[float, float, float]] = {}
         self.parts = 0
         self.failures = 0
 
@@ -53,29 +59,29 @@ class LowLatencyViewer:
         reloads = await Connection.open(self.host, self.port, self.source, keep_body=True)
         parts = await Connection.open(self.host, self.port, self.source)
         try:
-            text = await self._get(reloads, self.media)
-            hint = preload_hint(text) if text is not None else None
+            first = await self._get(reloads, self.media)
+            hint = preload_hint(first.text) if first is not None else None
             while hint is not None and not stop.is_set():
                 uri, msn, part = hint
                 name, sent = f"{msn}.{part}", time.monotonic()
                 reload = asyncio.ensure_future(self._get(reloads, f"{self.media}?_HLS_msn={msn}&_HLS_part={part}"))
-                # Stamped when the answer is in, not after the part fetch beside it.
-                reload.add_done_callback(
-                    lambda _f, name=name, sent=sent: self.answered.__setitem__(name, (sent, time.monotonic())))
+                # The task's stamp: when the answer is in, not after the part fetch beside it.
+                resumed: list[float] = []
+                reload.add_done_callback(lambda _f, resumed=resumed: resumed.append(time.monotonic()))
                 if parts.closed:
                     parts = await Connection.open(self.host, self.port, self.source)
                 self.parts += await self._get(parts, urljoin(self.media, uri)) is not None
-                text = await reload
-                if text is None:
-                    self.answered.pop(name, None)
+                answer = await reload
+                if answer is None:
                     return
-                hint = preload_hint(text)
+                self.answered[name] = (sent, answer.completed, resumed[0])
+                hint = preload_hint(answer.text)
         finally:
             reloads.close()
             parts.close()
 
-    async def _get(self, conn: Connection, target: str) -> str | None:
-        """The answer's body as text when it is a 200; None (and a failure counted) otherwise."""
+    async def _get(self, conn: Connection, target: str) -> Answer | None:
+        """The answer when it is a 200; None (and a failure counted) otherwise."""
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 r = await conn.get(target)
@@ -86,7 +92,12 @@ class LowLatencyViewer:
         if r.status != 200:
             self.failures += 1
             return None
-        return b"".join(r.chunks).decode()
+        return Answer(b"".join(r.chunks).decode(), r.completed)
+
+
+class Answer(NamedTuple):
+    text: str
+    completed: float  # CLOCK_MONOTONIC: the answer whole, in the read callback
 
 
 async def run_viewers(edges: list[tuple[str, int]], media: str, count: int, seconds: float, source: str,
@@ -99,7 +110,7 @@ async def run_viewers(edges: list[tuple[str, int]], media: str, count: int, seco
     await asyncio.sleep(seconds)
     stop.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
-    return {"answered": [[name, sent, at] for v in viewers for name, (sent, at) in v.answered.items()],
+    return {"answered": [[name, *times] for v in viewers for name, times in v.answered.items()],
             "parts": sum(v.parts for v in viewers), "failures": sum(v.failures for v in viewers),
             "errors": sorted({repr(e)[:200] for e in done if isinstance(e, BaseException)})}
 

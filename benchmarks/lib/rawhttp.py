@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 import httptools
@@ -30,6 +31,9 @@ class Response:
     chunks: list[bytes] = field(default_factory=list)
     received: int = 0  # body bytes, kept or not
     complete: bool = False
+    # CLOCK_MONOTONIC when the parser saw the answer's end: in the read callback, before any task the client
+    # runs for it (a client with hundreds of connections answered at once queues those tasks behind each other).
+    completed: float = 0.0
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower().encode(), b"").decode("latin-1").strip()
@@ -117,6 +121,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.response.complete = True
+        self.response.completed = time.monotonic()
         if not self.parser.should_keep_alive():
             self.close()
         if self.waiter is not None and not self.waiter.done():

@@ -212,7 +212,7 @@ class OriginNode(Lifecycle):
                     return _not_found("no part published yet")
                 return web.Response(status=503, text=f"503 _HLS_msn={msn} not made within {hold:g} s\n",
                                     headers={hdrs.CACHE_CONTROL: f"max-age={int(target)}"})
-            await self._source.changed(stream, rendition, left)
+            await self._source.changed(stream, rendition, left, parts)
         reports = [ll.Report(f"../{r.name}/index.m3u8", *last) for r in self._source.renditions
                    if r.name != rendition and (other := self._source.parts(stream, r.name)) is not None
                    and (last := other.last_part())]

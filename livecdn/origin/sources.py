@@ -71,7 +71,8 @@ class Source(Protocol):
     async def segment(self, stream: str, rendition: str, seq: int) -> Body | None: ...
     # Low-latency mode only:
     def parts(self, stream: str, rendition: str) -> Parts | None: ...
-    async def changed(self, stream: str, rendition: str, timeout: float) -> None: ...
+    async def changed(self, stream: str, rendition: str, timeout: float, seen: Parts | None) -> None:
+        """Return once the rendition's parts are past `seen` (what the caller read), or after `timeout`."""
     async def part(self, stream: str, rendition: str, msn: int, index: int) -> Body | PartStream | None: ...
 
 
@@ -167,12 +168,14 @@ class SyntheticSource:
             return None
         return Parts(listed.start, tuple((p,) * per for _ in listed), (p,) * done, tl.target_duration, p)
 
-    async def changed(self, stream: str, rendition: str, timeout: float) -> None:
-        # The next part is published at a known time: sleep until then (or `timeout`), no polling.
-        p = self.config.part_target
-        now = self._clock()
-        made = math.floor((now - self.timeline.start) / p + 1e-9)
-        await asyncio.sleep(max(0.0, min(timeout, self.timeline.start + (made + 1) * p - now)))
+    async def changed(self, stream: str, rendition: str, timeout: float, seen: Parts | None) -> None:
+        # The part after `seen` is published at a known time: sleep until then (or `timeout`), no polling. Counted
+        # from `seen`, not from now: a caller that read the state just before a part's time and asks just after
+        # would otherwise sleep a whole part more (one blocking reload in ~150 was answered 500 ms late).
+        made = seen.making * self._per_segment + len(seen.current) if seen is not None else 0
+        left = self.timeline.start + (made + 1) * self.config.part_target - self._clock()
+        if left > 0:
+            await asyncio.sleep(min(timeout, left))
 
     def _part_bytes(self, stream: str, rendition: str, msn: int, index: int) -> bytes:
         data, _ = self._cache.get(stream, rendition, msn)
@@ -358,7 +361,9 @@ class FfmpegSource:
     def parts(self, stream: str, rendition: str) -> Parts | None:
         return self._parts.get((stream, rendition))
 
-    async def changed(self, stream: str, rendition: str, timeout: float) -> None:
+    async def changed(self, stream: str, rendition: str, timeout: float, seen: Parts | None) -> None:
+        if self._parts.get((stream, rendition)) is not seen:
+            return  # the watcher read a newer state after the caller's (while it read a file, say)
         event = self._changes.setdefault((stream, rendition), asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
@@ -371,17 +376,18 @@ class FfmpegSource:
         if index >= per:
             return None
         k = msn * per + index
+        parts = self.parts(stream, rendition)  # read before the file: what `changed` waits to pass
         got = await self._part_file(stream, rendition, k)
         if got is None:
             # The part being made or the next one (a preload hint): held until ffmpeg has finished it.
-            parts = self.parts(stream, rendition)
             newest = parts.making * per + len(parts.current) - 1 if parts is not None else -1
             if not newest < k <= newest + 2:
                 return None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + HOLD_TARGETS * self.config.target_duration
             while got is None and (left := deadline - loop.time()) > 0:
-                await self.changed(stream, rendition, left)
+                await self.changed(stream, rendition, left, parts)
+                parts = self.parts(stream, rendition)
                 got = await self._part_file(stream, rendition, k)
             if got is None:
                 return None
