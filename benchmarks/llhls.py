@@ -91,6 +91,16 @@ async def latency(procs: Processes, session: aiohttp.ClientSession, quick: bool)
     origin, nodes = await _cdn(procs, session, "ffmpeg", 1, counted=False)
     edge = next(n for n in nodes if n.kind == "edges")
     seconds = 15 if quick else 30
+    # Both players join a running stream: before ffmpeg's first whole segment the playlist holds parts only,
+    # and an hls.js started then played 6 s behind (3 segments, as without low latency) in one run of four.
+    deadline = time.monotonic() + 30
+    while True:
+        async with session.get(origin + "/live/720p/index.m3u8") as r:
+            if r.status == 200 and "#EXTINF" in await r.text():
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the origin listed no whole segment within 30 s")
+        await asyncio.sleep(0.2)
     loop = asyncio.get_running_loop()
     direct = await loop.run_in_executor(None, _play, origin + "/live/master.m3u8", seconds)
     cdn = await loop.run_in_executor(None, _play, url(edge.port) + "/live/master.m3u8", seconds)

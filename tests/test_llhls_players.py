@@ -74,6 +74,9 @@ def test_hlsjs_low_latency_plays_through_router_and_edge_without_stalling(ll_cdn
     bad = [e for e in r["errors"] if e["type"] == "networkError" or e["details"] == "bufferStalledError"]
     assert not bad, f"hls.js network errors or buffer stalls:\n{report}"
     assert r["stalls"] == [], f"playback stalled after it started:\n{report}"
+    # An exception thrown in hls.js or in the harness's event handlers (the harness's own was one, every run).
+    assert not [e for e in r["errors"] if e["details"] == "internalException"], report
+    assert any(f["part"] is not None for f in r["frags"]), f"hls.js loaded no parts:\n{report}"
     assert r["playedSeconds"] >= SECONDS - 2, f"played too little:\n{report}"
     assert r.get("latency"), f"hls.js reported no live latency:\n{report}"
     print(f"hls.js lowLatencyMode through router and edge: latency mean {r['latency']['mean']:.2f} s, "

@@ -20,7 +20,7 @@
 //   currentTime    video.currentTime at the end
 //   mse            MediaSource.isTypeSupported for the H.264/AAC codecs we serve
 //   console        page console errors
-//   frags          every media segment loaded: when, from which host (HLS: and pathway)
+//   frags          every media segment loaded: when, from which host (HLS: and pathway; low latency: each part)
 //   steering       HLS: every steering manifest loaded: when, and its PATHWAY-PRIORITY
 //   actionAt       when LIVECDN_ACTION ran (see below); stalls carry `until` once playback resumed
 //   bufferAheadAtAction  seconds of media buffered ahead of the playhead just before the action ran
@@ -151,8 +151,11 @@ try {
                         at: (performance.now() - t0) / 1000 });
       });
       hls.on(Hls.Events.FRAG_LOADED, (_e, d) => {
-        r.frags.push({ at: (performance.now() - t0) / 1000, host: new URL(d.frag.url).host, sn: d.frag.sn,
-                       pathway: hls.levels[d.frag.level]?.pathwayId ?? null });
+        // A low-latency part (d.part) of a segment still being made: the segment has no URL yet (new URL('')
+        // threw here, which hls.js reported as its own internalException).
+        const loaded = d.part?.url || d.frag.url;
+        r.frags.push({ at: (performance.now() - t0) / 1000, host: loaded ? new URL(loaded).host : null,
+                       sn: d.frag.sn, part: d.part?.index ?? null, pathway: hls.levels[d.frag.level]?.pathwayId ?? null });
       });
       hls.on(Hls.Events.STEERING_MANIFEST_LOADED, (_e, d) => {
         r.steering.push({ at: (performance.now() - t0) / 1000,
