@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,34 @@ async def test_late_joiner_gets_bytes_so_far_then_the_rest(origin: FakeOrigin, s
     assert early[2] == late[2] == SEG
     assert late[1]["X-Cache"] == "COALESCED"
     assert origin.hits["/live/a/seg3.ts"] == 1
+
+
+@pytest.mark.slow
+async def test_a_player_that_stops_reading_mid_stream_gets_every_byte_in_order_and_holds_back_no_one(
+        origin: FakeOrigin, stack: Stack) -> None:
+    """Bytes that arrive while a player keeps up are written from the fill's dispatch; one whose socket fills
+    (here: a 4 KiB receive buffer, not read for a second) falls back to its own task, which drains and goes on."""
+    big = hashlib.sha256(b"x").digest() * (16 << 20 >> 5)  # 16 MiB, no two 32-byte runs alike in order
+    origin.routes["/live/a/seg9.ts"] = dribble(big, pieces=32, pause=0.03)
+    host, port = stack.edge.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, b"GET /live/a/seg9.ts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    started = time.monotonic()
+    fast = await asyncio.gather(*(get(stack.edge + "/live/a/seg9.ts") for _ in range(3)))
+    took = time.monotonic() - started
+    assert all(s == 200 and b == big for s, _, b in fast)
+    await asyncio.sleep(max(0.0, 1.0 - took))  # the slow player has not read a byte yet
+    received = bytearray()
+    while data := await loop.sock_recv(sock, 1 << 16):
+        received += data
+    sock.close()
+    head, _, payload = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and payload == big
+    assert origin.hits["/live/a/seg9.ts"] == 1
 
 
 async def test_a_client_leaving_does_not_cancel_the_shared_fetch(origin: FakeOrigin, stack: Stack) -> None:

@@ -600,29 +600,38 @@ class PlayerConnection(asyncio.Protocol):
         # The head goes out with the first body bytes: one send per client, not two, on a fan-out of
         # hundreds (a head alone is of no use to a player); alone only when no body byte follows.
         head = h1.send_head(request, plan.fields, plan.length, plan.born, time.time())
-        sent = 0
+        unsent = [head] if head else []
         if h1.sends_body:
+            transport, flow = self.transport, self.flow
+
+            def push(piece: memoryview) -> bool:
+                """Bytes that arrive while the player keeps up, written from the fill's dispatch (no task wake)."""
+                if flow.lost:
+                    return False
+                framed = h1.send_data(piece)
+                transport.writelines((unsent.pop(), *framed) if unsent else framed)  # type: ignore[union-attr]
+                return not flow.writing_paused
+
             try:
-                async for piece in body.chunks():
-                    framed = h1.send_data(piece)
-                    self._write_all((head, *framed) if head else framed)
-                    head = b""
-                    sent += len(piece)
-                    await self.flow.drain()
+                async for piece in body.chunks(push):
+                    if piece:  # else `push` filled the transport: drain it
+                        framed = h1.send_data(piece)
+                        self._write_all((unsent.pop(), *framed) if unsent else framed)
+                    await flow.drain()
             except BodyBroken:
-                if head:
-                    self._write(head)
+                if unsent:
+                    self._write(unsent.pop())
                 # Never let a truncated body pass for a whole one: cut the connection.
                 h1.send_failed()
                 self._cut()
-                self._log(request, plan, sent)
+                self._log(request, plan, body.sent)
                 return
-        if head:
-            self._write(head)
+        if unsent:
+            self._write(unsent.pop())
         end = h1.send_end()
         if end:
             self._write(end)
-        self._log(request, plan, sent)
+        self._log(request, plan, body.sent if h1.sends_body else 0)
 
     async def _send_file(self, request: Request, plan: Plan, body: FileRange) -> None:
         """A body the disk tier keeps as a file: the head, then sendfile (or reads off the loop)."""

@@ -76,9 +76,18 @@ class Stream:
     def __init__(self, attachment: Attachment, start: int, stop: int | None) -> None:
         self.attachment, self.start, self.stop = attachment, start, stop
 
-    def chunks(self) -> AsyncIterator[memoryview]:
-        """The body's pieces at the fill's pace; raises `BodyBroken` if the upstream body breaks."""
-        return self.attachment.chunks(self.start, self.stop)
+    def chunks(self, writer: Callable[[memoryview], bool] | None = None) -> AsyncIterator[memoryview]:
+        """The body's pieces at the fill's pace; raises `BodyBroken` if the upstream body breaks.
+
+        `writer` writes what arrives while the caller waits (see `Attachment.chunks`): an empty piece then
+        means its transport is full.
+        """
+        return self.attachment.chunks(self.start, self.stop, writer)
+
+    @property
+    def sent(self) -> int:
+        """The body bytes handed out so far (to the caller and its writer)."""
+        return self.attachment.pos - self.start
 
 
 Body = bytes | memoryview | FileRange | Stream
