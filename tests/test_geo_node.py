@@ -240,6 +240,14 @@ async def test_an_absolute_form_target_is_redirected_by_its_path(router: GeoNode
 ])
 async def test_route_explains_the_choice(router: GeoNode, ip: str, edge: str, source: str, name: str) -> None:
     async with aiohttp.ClientSession() as s:
+        # "nearest" needs every edge healthy: a first check that the router's own start-up held past `slow` makes
+        # an edge suspect until the next one (CI saw "all-suspect" once).
+        for _ in range(50):
+            async with s.get(f"http://127.0.0.1:{router.admin_port}/healthz") as r:
+                states = (await r.json())["edges"]
+            if all(e["up"] and not e["suspect"] for e in states.values()):
+                break
+            await asyncio.sleep(0.1)
         for port in (router.http_port, router.admin_port):
             async with s.get(f"http://127.0.0.1:{port}/route", params={"ip": ip}) as r:
                 body = await r.json()
