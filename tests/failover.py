@@ -64,19 +64,23 @@ def play_through_failure(cdn: dict[str, Any], action: str, tmp_path: Path,
     return result
 
 
-def join_running_stream(play: str, timeout: float = 30.0) -> None:
+def join_running_stream(play: str, segments: int = JOIN_SEGMENTS, timeout: float = 30.0) -> None:
     """Wait, as a viewer arriving at a running stream would find it, until an HLS play URL's first variant lists
-    JOIN_SEGMENTS segments (a DASH URL: at once; its player's delay is set in play.mjs)."""
+    `segments` whole segments (a DASH URL: at once; its player's delay is set in play.mjs)."""
     if urllib.parse.urlsplit(play).path.endswith(".mpd"):
         return
     deadline = time.monotonic() + timeout
     while True:
-        with urllib.request.urlopen(play, timeout=10) as r:  # the router's 302, then the edge's master
-            master, base = r.read().decode(), r.url
-        variant = next(ln for ln in master.splitlines() if ln and not ln.startswith("#"))
-        with urllib.request.urlopen(urllib.parse.urljoin(base, variant), timeout=10) as r:
-            listed = len(re.findall(r"^#EXTINF:", r.read().decode(), re.MULTILINE))
-        if listed >= JOIN_SEGMENTS:
+        listed = 0
+        try:
+            with urllib.request.urlopen(play, timeout=10) as r:  # the router's 302, then the edge's master
+                master, base = r.read().decode(), r.url
+            variant = next(ln for ln in master.splitlines() if ln and not ln.startswith("#"))
+            with urllib.request.urlopen(urllib.parse.urljoin(base, variant), timeout=10) as r:
+                listed = len(re.findall(r"^#EXTINF:", r.read().decode(), re.MULTILINE))
+        except OSError:
+            pass  # nothing to play yet (the encoder is starting)
+        if listed >= segments:
             return
         assert time.monotonic() < deadline, f"{play}: {listed} segments listed after {timeout:.0f} s"
         time.sleep(0.2)

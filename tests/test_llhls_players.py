@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cdn import run_cdn, topology_toml, wait_until
+from tests.cdn import run_cdn, topology_toml
+from tests.failover import join_running_stream
 from tests.test_players import PLAYERS_DIR, edges_as_public, require_browser_harness, require_ffmpeg
 
 pytestmark = pytest.mark.slow
@@ -34,17 +34,8 @@ def ll_cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with run_cdn(config) as info:
         # A player joining a running stream: ffmpeg's first whole segment exists (before it, the
         # playlist holds parts only, which hls.js reports as levelEmptyError).
-        media = info["play"].rsplit("/", 1)[0] + "/720p/index.m3u8"
-        assert wait_until(lambda: b"#EXTINF" in _read(media), 30), f"no whole segment in {media}"
+        join_running_stream(info["play"], segments=1)
         yield info
-
-
-def _read(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return bytes(r.read())
-    except OSError:
-        return b""
 
 
 def play_low_latency(url: str, env: dict[str, str], seconds: int = SECONDS) -> dict[str, Any]:

@@ -605,7 +605,11 @@ class PlayerConnection(asyncio.Protocol):
             transport, flow = self.transport, self.flow
 
             def push(piece: memoryview) -> bool:
-                """Bytes that arrive while the player keeps up, written from the fill's dispatch (no task wake)."""
+                """Write a piece (the head first, once); may the next follow without waiting for a drain?
+
+                The fill's dispatch calls it for bytes that arrive while the player keeps up (no task wake);
+                the task below for the rest. A lost connection is written nothing: `drain` then raises.
+                """
                 if flow.lost:
                     return False
                 framed = h1.send_data(piece)
@@ -615,8 +619,7 @@ class PlayerConnection(asyncio.Protocol):
             try:
                 async for piece in body.chunks(push):
                     if piece:  # else `push` filled the transport: drain it
-                        framed = h1.send_data(piece)
-                        self._write_all((unsent.pop(), *framed) if unsent else framed)
+                        push(piece)
                     await flow.drain()
             except BodyBroken:
                 if unsent:
