@@ -273,6 +273,7 @@ class GeoNode(Lifecycle):
         a.tally()
         return metrics.RouterReading(
             dns=dict(a.counts), dropped=a.dropped, truncated=a.truncated,
+            unsent=self._dns.unsent if self._dns is not None else 0,
             decisions=dict(r.decisions),
             redirects=dict(self.http.counts),
             edges={n: (s.up, s.overloaded, s.suspect, s.load) for n, s in r.states.items()})

@@ -219,6 +219,7 @@ class RouterReading:
     dns: Mapping[tuple[str, str], int]  # (qtype, rcode) → messages answered
     dropped: int  # messages not answered (responses, runts)
     truncated: int  # UDP answers sent with TC
+    unsent: int  # UDP replies the socket would not take (send buffer full) or could not send
     decisions: Mapping[tuple[str, str], int]  # (edge, reason) → routes handed out (DNS and HTTP)
     redirects: Mapping[str, int]  # edge → HTTP 302s
     edges: Mapping[str, tuple[bool, bool, bool, float | None]]  # edge → up, overloaded, suspect, load
@@ -242,6 +243,8 @@ class _RouterCollector:
                                       "response code", labels=["node", "qtype", "rcode"])
         dropped = CounterMetricFamily("livecdn_dns_dropped", "DNS messages dropped unanswered", labels=["node"])
         truncated = CounterMetricFamily("livecdn_dns_truncated", "UDP answers truncated (TC)", labels=["node"])
+        unsent = CounterMetricFamily("livecdn_dns_unsent", "UDP replies lost on the way out (the socket's send "
+                                     "buffer full, the client unreachable)", labels=["node"])
         decisions = CounterMetricFamily("livecdn_route_decisions", "Routes handed out (DNS answers and "
                                         "redirects), by edge and reason", labels=["node", "edge", "reason"])
         redirects = CounterMetricFamily("livecdn_redirects", "HTTP 302s to an edge", labels=["node", "edge"])
@@ -259,6 +262,7 @@ class _RouterCollector:
                 queries.add_metric([node, qtype, rcode], n)
             dropped.add_metric([node], r.dropped)
             truncated.add_metric([node], r.truncated)
+            unsent.add_metric([node], r.unsent)
             for (edge, reason), n in r.decisions.items():
                 decisions.add_metric([node, edge, reason], n)
             for edge, n in r.redirects.items():
@@ -269,7 +273,7 @@ class _RouterCollector:
                 suspect.add_metric([node, edge], int(is_suspect))
                 if edge_load is not None:
                     load.add_metric([node, edge], edge_load)
-        yield from (queries, dropped, truncated, decisions, redirects, up, overloaded, suspect, load)
+        yield from (queries, dropped, truncated, unsent, decisions, redirects, up, overloaded, suspect, load)
 
 
 _ROUTER = _RouterCollector()

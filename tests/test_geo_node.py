@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 
 from geo import GeoNode
-from geo.dnsio import DnsListener, TcpConnections
+from geo.dnsio import UDP_BATCH, DnsListener, TcpConnections
 from livecdn.config import Address, EdgeConfig, HealthSettings, Region, RouterConfig, Topology
 from tests.cdn import ROOT, sample
 
@@ -386,6 +386,38 @@ async def test_dns_tcp_connections_past_the_limit_are_closed_and_leave_their_pla
         assert await third_r.readexactly(4) == b"\x00\x02ok"  # the place was given back
         third_w.close()
     finally:
+        await echo.close()
+
+
+async def test_dns_udp_answers_every_datagram_of_bursts_past_one_batch_and_survives_an_answerer_bug() -> None:
+    """The UDP side reads its socket dry per wake-up: bursts longer than a batch are all answered, in order
+    of arrival, a message the answerer fails on is dropped alone, and None means no reply."""
+    def answer(message: bytes, client: str, udp: bool) -> bytes | None:
+        assert udp and client == "127.0.0.1"
+        if message == b"boom":
+            raise RuntimeError("an answerer bug")
+        return None if message == b"quiet" else b"re:" + message
+
+    echo = DnsListener(answer)
+    port = await echo.open("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    client.setblocking(False)
+    client.connect(("127.0.0.1", port))
+    burst = 3 * UDP_BATCH
+    try:
+        for round_ in range(3):
+            sent = [f"{round_}-{i}".encode() for i in range(burst)]
+            for message in [*sent[:10], b"boom", b"quiet", *sent[10:]]:
+                client.send(message)  # all queued before the listener's next turn of the loop
+            replies = [await asyncio.wait_for(loop.sock_recv(client, 100), 5) for _ in sent]
+            assert replies == [b"re:" + m for m in sent]
+        with pytest.raises(TimeoutError):  # nothing for "quiet", nothing for "boom"
+            await asyncio.wait_for(loop.sock_recv(client, 100), 0.3)
+        assert echo.unsent == 0
+    finally:
+        client.close()
         await echo.close()
 
 
