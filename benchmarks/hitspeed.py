@@ -28,12 +28,14 @@ from h2speed import h2load
 from lib import anchors
 from lib.edges import Servers
 from lib.ports import free_port
-from lib.procs import ROOT, wait_http, workspace
+from lib.procs import BENCH, PY, ROOT, wait_http, workspace
 from lib.report import header, save
 from lib.trees import add_also_tree, label
 from speed import log, parse_wrk
 
 PLAYLIST = "/static/live.m3u8"
+# The ceiling (`--bare`): tools/bareserver.py, taking a read that ends a head as a request, and parsing with httptools.
+BARE = {"bare": (), "bare-httptools": ("--parse",)}
 
 
 class TunedServers(Servers):
@@ -41,6 +43,13 @@ class TunedServers(Servers):
 
     def start(self, name: str, workers: int, cpus: str | None, *, wrap: tuple[str, ...] = (),
               ready_timeout: float = 30.0) -> None:
+        if name in BARE:
+            port = self.ports[name] = free_port()
+            origin = f"http://127.0.0.1:{self.origin_ports[name]}{PLAYLIST}"
+            cmd = [PY, "-m", "tools.bareserver", "--port", str(port), "--origin", origin, *BARE[name]]
+            self.running[name] = self.procs.start(name, cmd, cpus=cpus, cwd=BENCH)
+            wait_http(self.procs, name, self.url(name, PLAYLIST), ready_timeout)
+            return
         if name not in ("nginx", "nginx-h2"):
             super().start(name, workers, cpus, wrap=wrap, ready_timeout=ready_timeout)
             return
@@ -76,19 +85,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--bare", action="store_true",
+                   help="also the Python ceiling: tools/bareserver.py, HTTP/1.1 only (without and with httptools)")
     add_also_tree(p)
     args = p.parse_args()
     trees = {"livecdn": ROOT, **({label(args.also_tree): args.also_tree} if args.also_tree else {})}
-    names = {"http/1.1": [*trees, "nginx"], "h2c": [*trees, "nginx-h2"]}
+    bare = list(BARE) if args.bare else []
+    names = {"http/1.1": [*trees, *bare, "nginx"], "h2c": [*trees, "nginx-h2"]}
     raw: dict[str, dict[str, list[dict[str, float]]]] = {p: {n: [] for n in ns} for p, ns in names.items()}
     with workspace("livecdn-hitspeed-") as procs:
-        servers = TunedServers(procs, trees, [*trees, "nginx", "nginx-h2"])
+        servers = TunedServers(procs, trees, [*trees, *bare, "nginx", "nginx-h2"])
         servers.start_origin()
         for name in {n for ns in names.values() for n in ns}:
             servers.start(name, 1, "0")
-        for name in [*trees, "nginx"]:  # warm: cached, plans and heads built, both protocols' code paths run
+        for name in [*trees, *bare, "nginx"]:  # warm: cached, plans and heads built, both protocols' code paths run
             wrk_run(servers.url(name, PLAYLIST), 1.0)
-            h2load(servers.url(name, PLAYLIST), 4, 4, None, requests=500)
+            if name not in BARE:
+                h2load(servers.url(name, PLAYLIST), 4, 4, None, requests=500)
         for run in range(args.runs):
             for protocol, ns in names.items():
                 for name in ns:
@@ -103,7 +116,7 @@ def main() -> int:
             "rps": {n: statistics.median(r["rps"] for r in rs) for n, rs in by_server.items()},
             "ratio_to_nginx": {n: round(statistics.median(a["rps"] / b["rps"] for a, b in
                                                           zip(by_server[n], by_server[anchor], strict=True)), 3)
-                               for n in trees},
+                               for n in by_server if n != anchor},
             "bad": {n: sum(r.get("non2xx", 0) + r.get("errors", 0) + r.get("failed", 0) for r in rs)
                     for n, rs in by_server.items()}}
     data = {**header(False), "pinned": "server core 0, client core 1", "runs": args.runs, "duration": args.duration,
