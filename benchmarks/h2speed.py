@@ -29,11 +29,11 @@ from typing import Any
 
 from lib.nginx import nginx_binary
 from lib.ports import free_port
-from lib.procs import ROOT, workspace
+from lib.procs import READY_TIMEOUT, ROOT, workspace
 from lib.report import header, save
 from speed import SPEED, Servers, log
 
-SCENARIOS = {
+SCENARIOS: dict[str, dict[str, Any]] = {
     "playlist": {"path": "/static/live.m3u8", "clients": 32, "streams": 10, "label": "(a) 1 KiB live playlist"},
     "segment": {"path": "/static/seg.ts", "clients": 8, "streams": 4, "label": "(b) 1 MiB segment"},
 }
@@ -45,16 +45,17 @@ RUN_SLACK = 30.0
 class H2Servers(Servers):
     """speed.py's servers; nginx's listener speaks HTTP/2 (h2c, prior knowledge only, so it is probed so)."""
 
-    def start(self, name: str, workers: int, cpus: str | None) -> None:
+    def start(self, name: str, workers: int, cpus: str | None, *, wrap: tuple[str, ...] = (),
+              ready_timeout: float = READY_TIMEOUT) -> None:
         if name != "nginx":
-            super().start(name, workers, cpus)
+            super().start(name, workers, cpus, wrap=wrap, ready_timeout=ready_timeout)
             return
         port = self.ports[name] = free_port()
         run = self.tmp / f"{name}-{workers}w"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(mode=0o755)
         text = (SPEED / "nginx.conf.template").read_text().format(
-            workers=workers, tmp=run, port=port, origin_port=self.origin_port)
+            workers=workers, tmp=run, port=port, origin_port=self.origin_ports[name])
         listen = f"listen 127.0.0.1:{port} backlog=1024 reuseport;"
         assert listen in text, "speed/nginx.conf.template's listen line changed"
         conf = run / "nginx.conf"
@@ -97,7 +98,7 @@ def main() -> int:
     runs, duration = (2, 5.0) if args.quick else (3, 10.0)
     raw: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in SERVERS} for s in SCENARIOS}
     with workspace("h2speed") as procs:
-        servers = H2Servers(procs, {"livecdn": ROOT})
+        servers = H2Servers(procs, {"livecdn": ROOT}, list(SERVERS))
         servers.start_origin()
         for name in SERVERS:
             servers.start(name, 1, "0")

@@ -73,7 +73,7 @@ MAX_RETRIES = 2
 SERVERS = ("livecdn", *anchors.ANCHORS)  # an --also-tree livecdn goes after this checkout's
 NAMES = {"livecdn": "livecdn", "nginx": "nginx", "nginx-ofc": "nginx + open_file_cache", "varnish": "Varnish",
          "trafficserver": "Traffic Server"}
-SCENARIOS = {
+SCENARIOS: dict[str, dict[str, Any]] = {
     "playlist": {"path": "/static/live.m3u8", "threads": 1, "script": None,
                  "label": "(a) 1 KiB live playlist"},
     "segment": {"path": "/static/seg.ts", "threads": 2, "script": None, "label": "(b) 1 MiB segment"},
