@@ -27,11 +27,11 @@ import sys
 import time
 from typing import Any
 
+from lib import anchors
 from lib.nginx import nginx_binary
-from lib.ports import free_port
 from lib.procs import READY_TIMEOUT, ROOT, workspace
 from lib.report import header, save
-from speed import SPEED, Servers, log
+from speed import Servers, log
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "playlist": {"path": "/static/live.m3u8", "clients": 32, "streams": 10, "label": "(a) 1 KiB live playlist"},
@@ -50,23 +50,19 @@ class H2Servers(Servers):
         if name != "nginx":
             super().start(name, workers, cpus, wrap=wrap, ready_timeout=ready_timeout)
             return
-        port = self.ports[name] = free_port()
-        run = self.tmp / f"{name}-{workers}w"
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(mode=0o755)
-        text = (SPEED / "nginx.conf.template").read_text().format(
-            workers=workers, tmp=run, port=port, origin_port=self.origin_ports[name])
-        listen = f"listen 127.0.0.1:{port} backlog=1024 reuseport;"
-        assert listen in text, "speed/nginx.conf.template's listen line changed"
-        conf = run / "nginx.conf"
-        conf.write_text(text.replace(listen, f"listen 127.0.0.1:{port} http2 backlog=1024 reuseport;"))
-        self.running[name] = self.procs.start(name, ["nginx", "-c", str(conf), "-p", str(run), "-e",
-                                                     str(run / "nginx-error.log")], cpus=cpus)
-        deadline = time.monotonic() + 20
-        while h2load(self.url(name, "/static/live.m3u8"), 1, 1, None, requests=1)["succeeded"] < 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not answer HTTP/2: {self.procs.log_tail(name)}")
-            time.sleep(0.2)
+        port, run = self.place(name, workers)
+        cmd = anchors.command("nginx", run, port, self.origin_ports[name], workers, self.connections, http2=True)
+        self.running[name] = self.procs.start(name, cmd, cpus=cpus)
+        wait_h2(self, name, "/static/live.m3u8", ready_timeout)
+
+
+def wait_h2(servers: Servers, name: str, path: str, timeout: float) -> None:
+    """Until server `name` answers one request over h2c (it speaks nothing else, so `wait_http` cannot ask)."""
+    deadline = time.monotonic() + timeout
+    while h2load(servers.url(name, path), 1, 1, None, requests=1)["succeeded"] < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer HTTP/2: {servers.procs.log_tail(name)}")
+        time.sleep(0.2)
 
 
 def h2load(url: str, clients: int, streams: int, duration: float | None, *, requests: int = 0,

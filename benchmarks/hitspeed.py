@@ -17,17 +17,14 @@ benchmarks/results/hitspeed-<date>.json.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
-from h2speed import h2load
+from h2speed import h2load, wait_h2
 from lib import anchors
 from lib.edges import Servers
-from lib.ports import free_port
 from lib.procs import BENCH, PY, ROOT, wait_http, workspace
 from lib.report import header, save
 from lib.trees import add_also_tree, label
@@ -44,7 +41,7 @@ class TunedServers(Servers):
     def start(self, name: str, workers: int, cpus: str | None, *, wrap: tuple[str, ...] = (),
               ready_timeout: float = 30.0) -> None:
         if name in BARE:
-            port = self.ports[name] = free_port()
+            port, _ = self.place(name, workers)
             origin = f"http://127.0.0.1:{self.origin_ports[name]}{PLAYLIST}"
             cmd = [PY, "-m", "tools.bareserver", "--port", str(port), "--origin", origin, *BARE[name]]
             self.running[name] = self.procs.start(name, cmd, cpus=cpus, cwd=BENCH)
@@ -53,25 +50,14 @@ class TunedServers(Servers):
         if name not in ("nginx", "nginx-h2"):
             super().start(name, workers, cpus, wrap=wrap, ready_timeout=ready_timeout)
             return
-        port = self.ports[name] = free_port()
-        run = self.tmp / f"{name}-{workers}w"
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(mode=0o755)
-        cmd = anchors.command("nginx-ofc", run, port, self.origin_ports[name], workers, self.connections)
-        if name == "nginx-h2":
-            conf = run / "nginx.conf"
-            text = conf.read_text()
-            assert f"listen 127.0.0.1:{port} " in text, "speed/nginx.conf.template's listen line changed"
-            conf.write_text(text.replace(f"listen 127.0.0.1:{port} ", f"listen 127.0.0.1:{port} http2 ", 1))
+        port, run = self.place(name, workers)
+        cmd = anchors.command("nginx-ofc", run, port, self.origin_ports[name], workers, self.connections,
+                              http2=name == "nginx-h2")
         self.running[name] = self.procs.start(name, cmd, cpus=cpus)
         if name == "nginx":
             wait_http(self.procs, name, self.url(name, PLAYLIST), ready_timeout)
-            return
-        deadline = time.monotonic() + ready_timeout
-        while h2load(self.url(name, PLAYLIST), 1, 1, None, requests=1)["succeeded"] < 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not answer HTTP/2: {self.procs.log_tail(name)}")
-            time.sleep(0.2)
+        else:
+            wait_h2(self, name, PLAYLIST, ready_timeout)
 
 
 def wrk_run(url: str, duration: float) -> dict[str, float]:

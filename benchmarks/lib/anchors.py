@@ -62,17 +62,23 @@ def versions() -> dict[str, str]:
 
 
 def command(name: str, run: Path, port: int, origin_port: int, workers: int = 1,
-            connections: int = 4096) -> list[str]:
+            connections: int = 4096, *, http2: bool = False) -> list[str]:
     """Render anchor `name`'s configs into `run` (an empty dir) and return its foreground command.
 
     `workers` is nginx's worker processes, Varnish's thread pools, ATS's exec threads;
-    `connections` the client connections each worker may hold.
+    `connections` the client connections each worker may hold; `http2`: nginx's listener speaks
+    h2c (prior knowledge, and nothing else: nginx's cleartext `http2` does not also take HTTP/1.1).
     """
     if name in ("nginx", "nginx-ofc"):
         conf = run / "nginx.conf"
-        conf.write_text((SPEED / "nginx.conf.template").read_text().format(
+        text = (SPEED / "nginx.conf.template").read_text().format(
             workers=workers, tmp=run, port=port, origin_port=origin_port, connections=connections,
-            nofile=connections * 2 + 64, tuning=OPEN_FILE_CACHE if name == "nginx-ofc" else ""))
+            nofile=connections * 2 + 64, tuning=OPEN_FILE_CACHE if name == "nginx-ofc" else "")
+        if http2:
+            listen = f"listen 127.0.0.1:{port} "
+            assert listen in text, "speed/nginx.conf.template's listen line changed"
+            text = text.replace(listen, f"{listen}http2 ", 1)
+        conf.write_text(text)
         return [binary("nginx") or "nginx", "-c", str(conf), "-p", str(run), "-e", str(run / "nginx-error.log")]
     if name == "varnish":
         vcl = run / "edge.vcl"

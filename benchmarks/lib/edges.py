@@ -57,10 +57,7 @@ class Servers:
 
         `wrap`: a command livecdn's edge runs under (valgrind), its readiness waited for `ready_timeout`.
         """
-        port = self.ports[name] = free_port()
-        run = self.tmp / f"{name}-{workers}w"
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(mode=0o755)
+        port, run = self.place(name, workers)
         tree = self.trees.get(name)
         origin_port = self.origin_ports[name]
         if tree is not None:
@@ -78,6 +75,14 @@ class Servers:
             cmd = anchors.command(name, run, port, origin_port, workers, self.connections)
         self.running[name] = self.procs.start(name, [*wrap, *cmd] if tree is not None else cmd, tree=tree, cpus=cpus)
         wait_http(self.procs, name, self.url(name, "/static/live.m3u8"), ready_timeout)
+
+    def place(self, name: str, workers: int) -> tuple[int, Path]:
+        """A free port for server `name` (remembered for `url`) and an empty run dir of its own."""
+        port = self.ports[name] = free_port()
+        run = self.tmp / f"{name}-{workers}w"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(mode=0o755)
+        return port, run
 
     def stop(self, name: str) -> None:
         if self.running.pop(name, None) is not None:
