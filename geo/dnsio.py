@@ -1,8 +1,9 @@
 """The I/O shell around the sans-io `geo/dns.py`: DNS over UDP and TCP on one port.
 
-The transports are thin: they hand each message to an `answer(message, client,
-over_udp)` callable (`Answerer.answer`) and send back what it returns; nothing
-here decides what to answer. `DnsListener` binds the UDP endpoint and its TCP
+Both sides are thin: UDP reads its socket itself (`DnsUdp`, many datagrams
+per wake-up), TCP is an asyncio protocol (`DnsTcp`); each hands every message
+to an `answer(message, client, over_udp)` callable (`Answerer.answer`) and
+sends back what it returns; nothing here decides what to answer. `DnsListener` binds the UDP endpoint and its TCP
 twin, and owns the open TCP connections through a `TcpConnections` registry
 that each connection asks to join and leave, so no connection reaches into
 its listener.
@@ -119,12 +120,12 @@ class DnsUdp:
     message, never the endpoint.
     """
 
-    __slots__ = ("answer", "sock", "dropped", "_loop")
+    __slots__ = ("answer", "sock", "unsent", "_loop")
 
     def __init__(self, answer: Answer, sock: socket.socket) -> None:
         self.answer = answer
         self.sock = sock
-        self.dropped = 0  # replies the socket would not take (EAGAIN) or could not send
+        self.unsent = 0  # replies the socket would not take (EAGAIN) or could not send
         self._loop = asyncio.get_running_loop()
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -165,7 +166,7 @@ class DnsUdp:
                 try:
                     sock.sendto(reply, addr)
                 except OSError:  # EAGAIN (send buffer full) or the client's address unreachable: a lost datagram
-                    self.dropped += 1
+                    self.unsent += 1
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
@@ -305,8 +306,8 @@ class DnsListener:
 
     @property
     def unsent(self) -> int:
-        """UDP replies lost on the way out so far (`DnsUdp.dropped`)."""
-        return self._udp.dropped if self._udp is not None else 0
+        """UDP replies lost on the way out so far (`DnsUdp.unsent`)."""
+        return self._udp.unsent if self._udp is not None else 0
 
     async def close(self) -> None:
         """Stop accepting, close every open TCP connection, then the UDP endpoint."""
