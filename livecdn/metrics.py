@@ -84,8 +84,8 @@ CODES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _BOUNDS = (*RESPONSE_BUCKETS, float("inf"))
 # Answers a lane holds before the Tally flushes on its own (besides the node's once a second): a
 # flush sorts them, and this many floats sort in tens of microseconds and stay in the CPU's cache.
-# At 65536 each flush held the loop ~8 ms and the 2 MiB of floats evicted the hit path's own data:
-# a cached playlist's p99 under wrk was 3.6-5.3 ms, against 1.5-2.4 ms at 1024 (issue 16).
+# At 65536 each flush held the loop ~8 ms (and its 2 MiB of floats competed with the hit path for
+# the caches): a cached playlist's p99 under wrk was 3.6-5.3 ms, against 1.5-2.4 ms at 1024 (issue 16).
 MAX_TALLIED = 1024
 # Fields a Tally remembers the lane of: stored objects' hit fields, and refusals' own until it empties.
 MAX_LANES = 4096
