@@ -3,10 +3,10 @@
 Both sides are thin: UDP reads its socket itself (`DnsUdp`, many datagrams
 per wake-up), TCP is an asyncio protocol (`DnsTcp`); each hands every message
 to an `answer(message, client, over_udp)` callable (`Answerer.answer`) and
-sends back what it returns; nothing here decides what to answer. `DnsListener` binds the UDP endpoint and its TCP
-twin, and owns the open TCP connections through a `TcpConnections` registry
-that each connection asks to join and leave, so no connection reaches into
-its listener.
+sends back what it returns; nothing here decides what to answer.
+`DnsListener` binds the UDP endpoint and its TCP twin, and owns the open TCP
+connections through a `TcpConnections` registry that each connection asks to
+join and leave, so no connection reaches into its listener.
 
 No client can hold the TCP side for others: one address (in IPv6, one /64)
 gets at most `MAX_TCP_PER_CLIENT` of the `MAX_TCP_CONNECTIONS` places, and a
