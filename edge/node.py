@@ -37,7 +37,7 @@ class EdgeNode(CacheNode):
 
     def upstreams(self, topology: Topology) -> Upstreams:
         shields = [s.base_url for s in topology.shields.values()]
-        return Upstreams(shields, topology.routes, self.config.origin_fallback)
+        return Upstreams(shields, topology.routes, self.config.origin_fallback, self.workers)
 
     def trusted(self, topology: Topology) -> dict[str, tuple[str, str]]:
         """Shields that serve TLS (with their `tls.ca_file`), and the origins when this edge may go there."""

@@ -232,17 +232,19 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
     except ConfigError as e:
         print(f"livecdn: {e}", file=sys.stderr)
         return 2
-    # Where the workers find each other to purge every memory tier (livecdn/node/broadcast.py).
-    purge_dir = tempfile.mkdtemp(prefix=f"livecdn-purge-{cfg.name}-") if workers > 1 else None
+    # Where the workers find each other: to purge every memory tier (livecdn/node/broadcast.py), to ask
+    # the owner of a key (livecdn/node/siblings.py).
+    workers_dir = tempfile.mkdtemp(prefix=f"livecdn-workers-{cfg.name}-") if workers > 1 else None
 
-    def child() -> None:
+    def child(slot: int = 0) -> None:
         from edge import EdgeNode
         from livecdn.node.serve import run, serve
         from shield import ShieldNode
 
         kind = EdgeNode if isinstance(cfg, EdgeConfig) else ShieldNode
         # SO_REUSEPORT with one worker too: a new process can take the port over before this one drains.
-        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=True, purge_dir=purge_dir)
+        node = kind(topo, cfg, access_log=not args.no_access_log, reuse_port=True, workers_dir=workers_dir,
+                    slot=slot)
 
         def reload() -> Topology:
             return _topology(args)
@@ -260,8 +262,8 @@ def _run_cache_node(args: argparse.Namespace, topo: Topology, cfg: ShieldConfig 
     try:
         return supervise(workers, child)
     finally:
-        assert purge_dir is not None
-        shutil.rmtree(purge_dir, ignore_errors=True)
+        assert workers_dir is not None
+        shutil.rmtree(workers_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ class ShieldNode(CacheNode):
     front_kind = ShieldFront
 
     def upstreams(self, topology: Topology) -> Upstreams:
-        return Upstreams([], topology.routes)
+        return Upstreams([], topology.routes, workers=self.workers)
 
     def origins(self, topology: Topology) -> Origins:
         return Origins(topology.routes, named=True)

@@ -178,13 +178,14 @@ def free_dns_port(host: str = "127.0.0.1") -> int:
 
 def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int = 2,
                   workers: int = 1, cache: dict[str, Any] | None = None, router: bool = True,
-                  steering_ttl: int | None = None) -> str:
+                  steering_ttl: int | None = None, shield_workers: int = 1) -> str:
     """A topology file with free loopback ports; edges on 127.0.N.1 like the demo.
 
     As in the demo, every edge listens on the same port of its own address (so
     a DNS answer, an address, is all a player needs), and the router places
     127.0.1.0/24 in eu and 127.0.2.0/24 in us (configs/demo-geo.mmdb).
-    `steering_ttl` turns content steering on with that TTL.
+    `steering_ttl` turns content steering on with that TTL. `workers` is each edge's worker
+    processes, `shield_workers` each shield's.
     """
     lines = ['[cdn]', 'name = "test"', 'play_path = "/live/master.m3u8"', "", "[cache]"]
     for k, v in {"disk_path": "", "upstream_timeout": 5, **(cache or {})}.items():
@@ -198,7 +199,7 @@ def topology_toml(*, origin: str | dict[str, Any], shields: int = 1, edges: int 
     lines += ["", "[regions.eu]", "location = [50.1, 8.7]", "[regions.us]", "location = [39.0, -77.5]"]
     for i in range(1, shields + 1):
         lines += [f"[shields.shield-{i}]", f'listen = "127.0.0.1:{free_port()}"',
-                  f'admin = "127.0.0.1:{free_port()}"']
+                  f'admin = "127.0.0.1:{free_port()}"', f"workers = {shield_workers}"]
     hosts = [f"127.0.{i}.1" for i in range(1, edges + 1)]
     port = free_port_on(hosts)
     for i, host in enumerate(hosts, 1):

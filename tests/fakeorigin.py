@@ -14,7 +14,7 @@ import ssl
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
@@ -169,7 +169,14 @@ class FakeAdmin:
         raise NotImplementedError
 
 
-OriginT = TypeVar("OriginT", bound=FakeOrigin)
+class Served(Protocol):
+    """Anything a test serves from a loop of its own: an origin, a relay in front of one."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+OriginT = TypeVar("OriginT", bound=Served)
 
 
 @contextlib.contextmanager

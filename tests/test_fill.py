@@ -365,6 +365,35 @@ def test_failover_is_logged() -> None:
     )
 
 
+SIBLING = "http://worker-1"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_sibling_workers_error_is_the_answer(status: int) -> None:
+    """It asked the node's upstreams itself: asking them again would double their load and the player's wait."""
+    fill = Fill(SEG, kind_of(SEG.extension), (SIBLING, *UPSTREAMS), RULES, 1 << 20,
+                tiers=("worker", "shield", "shield"), siblings=frozenset({SIBLING}))
+    h = Placeholder(Head)
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(SIBLING, 0)
+        >> UpstreamResponded(status, (("x-livecdn-error", "shield timed out"),), T0)
+        << Respond(1, h) << EndResponse(1)
+    )
+    assert h().status == (status if status in (503, 504) else 502)
+
+
+@pytest.mark.parametrize("failure", [FAILURES["refused"], FAILURES["timeout"]], ids=["dead", "hung"])
+def test_a_sibling_that_does_not_answer_is_passed_over(failure: UpstreamFailed) -> None:
+    fill = Fill(SEG, kind_of(SEG.extension), (SIBLING, *UPSTREAMS), RULES, 1 << 20,
+                siblings=frozenset({SIBLING}))
+    assert (
+        Playbook(fill)
+        >> ClientRequested(1) << StartFetch(SIBLING, 0)
+        >> failure << StartFetch(UPSTREAMS[0], 1)
+    )
+
+
 def error_headers(reason: str) -> tuple[tuple[str, str], ...]:
     return (("content-type", "text/plain; charset=utf-8"), ("x-livecdn-error", reason))
 

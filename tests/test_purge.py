@@ -313,7 +313,7 @@ def purge_once(admin: str, token: str, selector: dict[str, str], timeout: float)
 @pytest.mark.slow
 def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    temp = tmp_path / "t"  # the nodes' temporary directories, the workers' purge sockets among them
+    temp = tmp_path / "t"  # the nodes' temporary directories, the workers' sockets among them
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
     with in_thread(FakeOrigin()) as origin:
@@ -344,9 +344,9 @@ def test_a_stuck_worker_bounds_the_purge_and_a_dead_one_is_skipped(tmp_path: Pat
             status, answer = purge_once(edge["admin"], TOKEN, {"prefix": "/live/"}, timeout=ANSWER_TIMEOUT + 3)
             assert status == 200 and len(answer["memory"]) == 2 and str(stuck) not in answer["memory"], answer
             # One socket per live worker: the dead one's was removed by that purge.
-            sockets = {int(p.stem) for p in temp.glob("livecdn-purge-edge-1-*/*.sock")}
+            sockets = {int(p.stem) for p in temp.glob("livecdn-workers-edge-1-*/*.sock")}
             assert sockets == worker_pids(edge["admin"]) and stuck not in sockets
-        assert list(temp.glob("livecdn-purge-*")) == []  # removed when the node stopped
+        assert list(temp.glob("livecdn-workers-*")) == []  # removed when the node stopped
 
 
 async def test_a_purged_url_forgets_what_its_vary_taught(origin: FakeOrigin, stack: Stack) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import http.client
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,8 +27,9 @@ import pytest
 from aiohttp import web
 
 from livecdn.config import CacheSettings
-from tests.cdn import Stack, run_cdn, topology_toml
-from tests.fakeorigin import FakeOrigin, FileOrigin, body
+from livecdn.node.purge import Ask, Selector, decode
+from tests.cdn import Stack, run_cdn, topology_toml, wait_until
+from tests.fakeorigin import FakeOrigin, FileOrigin, body, in_thread
 
 TARGET = 1  # seconds: a short target duration keeps the encoder test quick
 FFMPEG = shutil.which("ffmpeg")
@@ -320,3 +324,64 @@ async def test_close_delimited_body_is_passed_on_not_cached(origin: FakeOrigin) 
         status, headers, data = await get(stack.edge + "/c/index.m3u8")
         assert (headers["X-Cache"], data) == ("HIT", playlist)
         assert origin.hits["/c/index.m3u8"] == 1
+
+
+@pytest.mark.slow
+def test_a_worker_told_of_a_restart_reads_none_of_the_old_run_back_from_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real processes; the test plays the sibling worker that found the restart.
+
+    Seen once on CI (`test_encoder_restart_with_two_edge_workers_and_a_disk_tier`): a previous run's
+    segment served for the new run, X-Cache HIT, Age 6. The worker that found the restart drops the
+    shared disk tier in the background and tells its siblings; a sibling dropped only its memory,
+    and its next miss read the old copy back from the disk the drop had not reached yet.
+    """
+    temp = tmp_path / "t"  # the workers' directory is made here
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    name = "/live/a/seg_00000.ts"
+    with in_thread(FakeOrigin()) as origin:
+        origin.routes[name] = body(b"old run " * 512, headers={"Cache-Control": "max-age=60"})
+        origin.routes["/live/master.m3u8"] = body(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\na/index.m3u8\n",
+                                                  "application/vnd.apple.mpegurl")  # the demo's play URL
+        origin.routes["/live/a/index.m3u8"] = body(media(0, ["seg_00000.ts"], ended=True, target=20),
+                                                   "application/vnd.apple.mpegurl")
+        config = tmp_path / "cdn.toml"
+        disk = tmp_path / "disk"
+        toml = topology_toml(origin=origin.url, shields=0, edges=1, workers=2, router=False,
+                             cache={"disk_path": str(disk / "{node}")})  # no shield would keep the old run
+        config.write_text(toml.replace("[edges.edge-1]\n", "[edges.edge-1]\norigin_fallback = true\n"))
+        with run_cdn(config) as info:
+            edge = next(n for n in info["nodes"] if n["role"] == "edge")
+            for _ in range(10):  # new connections: each worker's guard learns the name from the playlist
+                fetch(edge["url"], "/live/a/index.m3u8")
+            assert fetch(edge["url"], name)[1] == b"old run " * 512
+            assert wait_until(lambda: any(p.stat().st_size >= 4096 for p in disk.rglob("*") if p.is_file()))
+            origin.routes[name] = body(b"new run " * 512, headers={"Cache-Control": "max-age=60"})
+            sockets = list(temp.glob("livecdn-workers-edge-1-*/*.sock"))
+            assert len(sockets) == 2
+            # A sibling's word that /live/a/ restarted, its drop of the disk still under way (here: never made).
+            tell = Ask("test.1", Selector("prefix", "/live/a/"), restart=True).encode()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sibling:
+                sibling.bind(str(temp / "sibling.sock"))
+                for path in sockets:
+                    sibling.sendto(tell, str(path))
+                sibling.settimeout(5)
+                answered = [decode(sibling.recv(65536)) for _ in sockets]  # each answers once it has dropped
+                assert [a.id for a in answered] == ["test.1"] * 2
+            answers = [fetch(edge["url"], name) for _ in range(10)]  # new connections: both workers
+    assert [data[:8] for _, data in answers] == [b"new run "] * 10, [headers for headers, _ in answers]
+
+
+def fetch(base: str, path: str) -> tuple[dict[str, str], bytes]:
+    """GET on a new connection (SO_REUSEPORT may pick either worker)."""
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        data = r.read()
+        assert r.status == 200, (r.getheaders(), data)
+        return dict(r.getheaders()), data
+    finally:
+        conn.close()

@@ -106,6 +106,9 @@ MAX_HINTS = 4096
 # Seconds an upstream that sent no head within the first-byte wait has to answer a probe (OPTIONS on a
 # connection of its own) to show it is slow, not hung: a shield waiting on a slow origin answers at once.
 PROBE_WAIT = 0.5
+# How often a sibling worker with no head yet is probed: it answers at once, so one that does not is dead or
+# stopped, and its keys should go to the node's upstreams without a whole first-byte wait.
+SIBLING_STEP = 0.5
 
 
 class UpstreamBroken(Exception):
@@ -358,6 +361,10 @@ class Engine:
         self.upstream_ssl: Callable[[str], ssl.SSLContext | bool] = lambda upstream: True
         # How this node dresses the manifests it stores (an edge's content steering), or None.
         self.dress: Callable[[str, bytes, Manifest], bytes] | None = None
+        # The node's other workers, each with the session over its socket (`livecdn.node.siblings`). One
+        # asks every upstream after it itself (its answer is final, and long in coming when they are slow),
+        # stores to the shared disk tier itself, and answers a probe at once when alive.
+        self.siblings: dict[str, aiohttp.ClientSession] = {}
 
     def start(self, session: aiohttp.ClientSession) -> None:
         if self._session is not None:
@@ -563,6 +570,7 @@ class Engine:
                     held=self._runs.get(key.key) if kind is NameKind.PLAYLIST else None,
                     target=self._held_target(key) if kind is NameKind.PLAYLIST else None,
                     tiers=tuple(self.tier(u) for u in upstreams), dress=self.dress,
+                    siblings=frozenset(self.siblings).intersection(upstreams) if self.siblings else frozenset(),
                     request_id=rid or request_id(None))  # a refresh or prefetch gets an id of its own
         self._fills[key.key] = fill
         return fill
@@ -657,7 +665,7 @@ class Engine:
             elif isinstance(cmd, StartFetch):
                 self._spawn(self._fetch(fill, cmd))
             elif isinstance(cmd, StoreObject):
-                self._store(cmd.obj)
+                self._store(cmd.obj, disk=fill.upstreams[fill.attempt] not in self.siblings)
             elif isinstance(cmd, ServeStored):
                 self._resolve(cmd.client, (cmd.obj, cmd.cache))
             elif isinstance(cmd, AbortResponse):
@@ -726,6 +734,12 @@ class Engine:
             first_byte += BLOCKING_HOLD * self._target_duration(key)
         elif (hint_target := self._hints.get(key.key)) is not None:  # a preload hint: held until it is made
             first_byte += BLOCKING_HOLD * hint_target
+        step, bound = first_byte, max(first_byte, self.patience or 0.0)
+        if cmd.upstream in self.siblings:
+            # It waits on each upstream after it in turn, and on each of their body reads: heard out while it
+            # answers probes, and always a first-byte wait longer, so that its own verdict arrives first.
+            step, bound = SIBLING_STEP, bound * max(1, len(fill.upstreams) - cmd.attempt - 1) + self.waits[1]
+            read += self.waits[1]
         self._upstream_counter.inc()
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -738,7 +752,7 @@ class Engine:
                 raise RuntimeError("engine.start(session) was not called")
             # The status line within `first_byte` of sending (a new connection's `connect` included), or
             # later from an upstream that shows it is alive; then each body read within `read` of the last.
-            resp = await self._head(cmd.upstream, url, headers, connect, first_byte)
+            resp = await self._head(cmd.upstream, url, headers, connect, step, bound)
             async with asyncio.timeout(read) as deadline, resp:
                 self._answered(cmd.upstream, loop.time() - sent, resp.status)
                 if current():
@@ -781,30 +795,29 @@ class Engine:
                 self._forget(fill)
 
     async def _head(self, upstream: str, url: str, headers: dict[str, str], connect: float,
-                    first_byte: float) -> aiohttp.ClientResponse:
-        """The upstream's answer head: within `first_byte`, or later from an upstream that proves alive.
+                    step: float, patience: float) -> aiohttp.ClientResponse:
+        """The upstream's answer head: within `step`, or later from an upstream that proves alive.
 
         A slow upstream (an origin packaging just in time, a shield waiting on
         a slow origin) answers a probe; a hung one (stopped, wedged) does not.
-        After each `first_byte` without a head the upstream is probed, and the
-        fetch fails as timed out when the probe goes unanswered or `patience` is spent.
+        After each `step` without a head the upstream is probed, and the fetch
+        fails as timed out when the probe goes unanswered or `patience` is spent.
         """
-        assert self._session is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        bound = started + max(first_byte, self.patience or 0.0)
-        get = asyncio.ensure_future(self._session.get(
+        bound = started + patience
+        get = asyncio.ensure_future(self._session_for(upstream).get(
             url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect),
             allow_redirects=False, auto_decompress=True, ssl=self.upstream_ssl(upstream)))
         try:
             while True:
-                done, _ = await asyncio.wait({get}, timeout=min(first_byte, max(0.0, bound - loop.time())))
+                done, _ = await asyncio.wait({get}, timeout=min(step, max(0.0, bound - loop.time())))
                 if done:
                     return get.result()
                 if loop.time() >= bound:
                     raise UpstreamSlow(f"no answer head within {bound - started:g} s")
                 if not await self._alive(upstream):
-                    raise TimeoutError(f"no answer head within {first_byte:g} s and no sign of life")
+                    raise TimeoutError(f"no answer head within {step:g} s and no sign of life")
         except BaseException:
             if not get.done():
                 get.cancel()
@@ -814,13 +827,20 @@ class Engine:
 
     async def _alive(self, upstream: str) -> bool:
         """Does `upstream` answer anything at all, quickly? (Any HTTP status counts: it is not hung.)"""
-        assert self._session is not None
         try:
-            async with asyncio.timeout(PROBE_WAIT), self._session.options(
+            async with asyncio.timeout(PROBE_WAIT), self._session_for(upstream).options(
                     upstream + "/", allow_redirects=False, ssl=self.upstream_ssl(upstream)):
                 return True
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
+
+    def _session_for(self, upstream: str) -> aiohttp.ClientSession:
+        """The session `upstream` is asked on: a sibling worker's own, else the node's."""
+        session = self.siblings.get(upstream)
+        if session is None:
+            session = self._session
+        assert session is not None
+        return session
 
     def held(self, key: CacheKey) -> Held | None:
         """The newest read this process stored of the playlist `key` asks a version of: its plain
@@ -852,7 +872,8 @@ class Engine:
             log.warning("upstream %s ejected for %.1f s (%s): its keys go to the next upstream", upstream, out,
                         reason)
 
-    def _store(self, obj: Stored) -> None:
+    def _store(self, obj: Stored, disk: bool = True) -> None:
+        """Keep `obj` in memory, and on disk unless told not to (a sibling worker wrote it there)."""
         if self._failures:
             self._failures.pop(obj.key, None)  # the upstream answers again
         if obj.manifest is not None and obj.size >= GZIP_MIN_BYTES:
@@ -867,7 +888,7 @@ class Engine:
             self._keep_newest(obj)
             if self._playlist_observers:
                 self._observed.append(obj)
-        if self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
+        if disk and self.disk is not None and obj.lifetime.fresh >= DISK_MIN_LIFETIME:
             if not in_memory:
                 self._writing[obj.key] = obj
             self._spawn(self._write_disk(obj))
@@ -914,7 +935,7 @@ class Engine:
         def match(k: str) -> bool:  # a key is its origin's identity, then the path (`CacheKey.key`)
             return k != cmd.keep and k[:k.find("/")] == cmd.origin and directory(path_of(k)) in cmd.directories
 
-        in_memory = self._drop_memory(match)
+        in_memory = self.drop_run(match)
         log.info("dropped %d objects of a previous run under %s from memory", in_memory,
                  ", ".join(sorted(cmd.directories)))
         for observer in self._restart_observers:
@@ -922,9 +943,22 @@ class Engine:
                 observer(cmd.directories)
             except Exception:  # noqa: BLE001 - telling others must not break this fill's dispatch
                 log.exception("restart observer %r failed", observer)
+
+    def drop_run(self, match: Callable[[str], bool]) -> int:
+        """Drop a previous run's objects: from memory now, from disk soon, read from disk by nobody meanwhile.
+
+        Called when this process finds a restart, and when a sibling worker tells
+        it of one (its disk drop may still be under way: this one's read of the
+        shared disk would find the old copies, and keep them in memory).
+
+        Returns:
+            How many objects left this process's memory tier.
+        """
+        in_memory = self._drop_memory(match)
         if self.disk is not None:
             self._dropping.append(match)  # until the disk drop is done, disk hits it matches are misses
             self._spawn(self._drop_disk(match))
+        return in_memory
 
     async def _drop_disk(self, match: Callable[[str], bool]) -> None:
         assert self.disk is not None

@@ -317,6 +317,8 @@ class Fill:
             a restart or a lagging replica from a stream that went on.
         target: the target duration of the playlist the key names a version of, as last held
             (None: not a playlist, or never held): its failures live in target durations.
+        siblings: those of `upstreams` that are other workers of this node: each asks every
+            upstream after it itself, so an answer from one, whatever its status, is final.
     """
 
     key: CacheKey
@@ -329,6 +331,7 @@ class Fill:
     held: Held | None = None
     tiers: tuple[str, ...] = ()
     target: float | None = None
+    siblings: frozenset[str] = frozenset()
     # A manifest's body as this node serves it (the edge's content steering, `livecdn.media.steering`):
     # applied once, when the body has arrived whole, so the stored copy and every answer carry it.
     dress: Callable[[str, bytes, Manifest], bytes] | None = None
@@ -522,10 +525,11 @@ class Fill:
             detail = f"{self.upstreams[self.attempt]} answered {status}" + (f" ({said})" if said else "")
             # The last upstream's 503 (with its Retry-After) and 504 reach the player as they are. A blocking
             # reload's 503 is the origin's hold running out (RFC 8216bis 6.2.5.2): another upstream would hold
-            # the player as long again, so it is the answer.
+            # the player as long again, so it is the answer; so is a sibling worker's, which tried the rest.
             return self._failover(at, status if status in (503, 504) else 502, why, detail,
                                   hdrs.get("retry-after") if status == 503 else None,
-                                  final=status == 503 and self.blocking)
+                                  final=status == 503 and self.blocking or
+                                  self.upstreams[self.attempt] in self.siblings)
         vary = vary_names(hdrs.get("vary"))
         learned: list[Command] = []
         if vary != self.key.vary_names and vary != ANY:

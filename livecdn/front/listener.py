@@ -233,6 +233,12 @@ class PlayerServer:
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
+    async def start_unix(self, path: str, *, backlog: int = 1024) -> None:
+        """Listen on a Unix stream socket at `path` too (a node's sibling workers ask there): plain HTTP/1.1."""
+        if self.closing:
+            raise RuntimeError("player server is shutting down")
+        self._servers.append(await asyncio.get_running_loop().create_unix_server(self, path, backlog=backlog))
+
     def _proxy_capacity(self) -> bool:
         """Room for one more connection whose PROXY header is still to come (`max_connections`)."""
         if self.max_connections is not None and self.open >= self.max_connections:

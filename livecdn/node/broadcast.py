@@ -130,9 +130,11 @@ class Purges:
 
         For what this worker found out itself (a stream restarted): its own
         memory and the disk tier are already being dropped, and a sibling's
-        answer would change nothing here.
+        answer would change nothing here. Each sibling drops the run as if it
+        had found the restart itself (`Engine.drop_run`), its disk reads of
+        the run misses until the disk holds none of it.
         """
-        self._send(Ask(f"{self._pid}.{next(self._ids)}", selector))
+        self._send(Ask(f"{self._pid}.{next(self._ids)}", selector, restart=True))
 
     async def _purge(self, selector: Selector) -> Purged:
         started = time.monotonic()
@@ -203,7 +205,10 @@ class Purges:
 
     async def _answer(self, ask: Ask, sender: str) -> None:
         try:
-            mine, _ = await self.engine.purge(ask.selector.matches, disk=False)
+            if ask.restart:
+                mine = self.engine.drop_run(ask.selector.matches)
+            else:
+                mine, _ = await self.engine.purge(ask.selector.matches, disk=False)
             answer = Told(ask.id, self._pid, mine)
         except Exception as e:  # noqa: BLE001 - the asking worker reports it; this one keeps serving
             log.exception("purge %s failed in this worker", ask.selector.to_json())

@@ -2,8 +2,9 @@
 
 `CacheNode` is the node shared by `EdgeNode` and `ShieldNode`, on the common
 `Lifecycle` (livecdn/node/lifecycle.py): `_start()` opens the stores, the
-upstream session, its place among its sibling workers (`Purges`) and the two
-listeners (players: livecdn's own HTTP/1.1 server, `livecdn/front/listener.py`;
+upstream session, its place among its sibling workers (`Purges`, and
+`Siblings`: the keys it owns it fetches for them, the others it asks the owner
+for) and the two listeners (players: livecdn's own HTTP/1.1 server, `livecdn/front/listener.py`;
 admin: aiohttp, with /healthz, /metrics and the authenticated POST /purge);
 `_stop(timeout)` releases them one by one in reverse, draining in-flight
 responses first. A subclass says where its upstreams are, what policy screens
@@ -31,10 +32,10 @@ from livecdn.cache.engine import Engine
 from livecdn.cache.freshness import Rules
 from livecdn.cache.health import Health
 from livecdn.cache.memory import MemoryStore
-from livecdn.cache.upstreams import Upstreams
+from livecdn.cache.upstreams import Upstreams, Workers
 from livecdn.config import CacheSettings, ConfigError, EdgeConfig, LimitSettings, ShieldConfig, Topology
 from livecdn.config.schema import DEFAULT_ORIGIN, OriginRoute
-from livecdn.front.answers import PlayerFront, Policy
+from livecdn.front.answers import PlayerFront, Policy, ShieldFront
 from livecdn.front.connlimit import OVERLOAD_SHARE, ConnectionLimit, connection_budget, per_process
 from livecdn.front.forwarded import ClientAddresses
 from livecdn.front.listener import PlayerServer
@@ -46,6 +47,7 @@ from livecdn.media.playlist import Manifest
 from livecdn.node.broadcast import Busy, Purges
 from livecdn.node.lifecycle import Lifecycle
 from livecdn.node.purge import MAX_MESSAGE, BadSelector, Selector, authorized
+from livecdn.node.siblings import Siblings
 from livecdn.node.sites import Sites, live
 
 __all__ = ["CacheNode"]
@@ -72,8 +74,10 @@ class CacheNode(Lifecycle):
         config: this node's entry in it.
         access_log: write a JSON access line per request.
         reuse_port: bind with SO_REUSEPORT so sibling worker processes share the port.
-        purge_dir: where the node's worker processes find each other to purge them all
-            (`livecdn.node.purge`; None: this process is the node's only worker).
+        workers_dir: where the node's worker processes find each other, to purge them all
+            (`livecdn.node.broadcast`) and to ask each key's owner (`livecdn.node.siblings`);
+            None: this process is the node's only worker.
+        slot: this worker's slot, 0 to `config.workers` - 1 (its socket's name there).
     """
 
     role = "cache"
@@ -81,15 +85,20 @@ class CacheNode(Lifecycle):
     alpn: tuple[str, ...] = PLAYER_ALPN  # what its TLS listener offers in ALPN: the protocols it speaks
 
     def __init__(self, topology: Topology, config: EdgeConfig | ShieldConfig, *,
-                 access_log: bool = True, reuse_port: bool = False, purge_dir: str | None = None) -> None:
+                 access_log: bool = True, reuse_port: bool = False, workers_dir: str | None = None,
+                 slot: int = 0) -> None:
         super().__init__(config.name)
         self.topology = topology
         self.config = config
         self.access_log = access_log
         self.reuse_port = reuse_port
-        self.purge_dir = purge_dir
+        self.workers_dir = workers_dir
+        # This process's place among the node's workers (None: the only one).
+        self.workers = Workers(slot, config.workers) if workers_dir is not None and config.workers > 1 else None
         self.engine: Engine | None = None
         self.purges: Purges | None = None  # `purges.purge(selector)` drops objects in every worker of the node
+        self.siblings: Siblings | None = None
+        self._sibling_front: ShieldFront | None = None
         self.front: PlayerFront | None = None
         self.policy: Policy | None = None
         self._disk: DiskStore | None = None
@@ -209,6 +218,7 @@ class CacheNode(Lifecycle):
         front, engine, players = self.front, self.engine, self._players
         assert front is not None and engine is not None and players is not None
         return {"status": "ok", "role": self.role, "node": self.config.name, "pid": os.getpid(),
+                "worker": self.workers.slot if self.workers is not None else 0,
                 "inflight": front.inflight, "fetches": engine.inflight_fetches,
                 "upstreams": self._upstreams.report() if self._upstreams is not None else {},
                 "memory_bytes": engine.memory.used, "connections": players.open,
@@ -280,8 +290,16 @@ class CacheNode(Lifecycle):
             headers={"User-Agent": f"livecdn/{self.role} {self.config.name}"},
         )
         self.engine.start(self._session)
-        self.purges = Purges(self.engine, self.purge_dir)
+        self.purges = Purges(self.engine, self.workers_dir)
         self.purges.open()
+        if self.workers is not None and self.workers_dir is not None:
+            # Answers siblings as a shield answers edges: by the origin they name, no policy, precise ages.
+            self._sibling_front = ShieldFront(self.engine, f"{self.config.name}/workers", None,
+                                              Origins(self.topology.routes, named=True))
+            self.siblings = Siblings(self.workers_dir, self.workers, f"livecdn/{self.role} {self.config.name}",
+                                     UPSTREAM_READ)
+            await self.siblings.open(self._sibling_front)
+            self.engine.siblings = self.siblings.sessions
         self.engine.on_restart(self._restarted)
         self.policy = self.make_policy(self.engine)
         self.front = self.front_kind(self.engine, self.config.name, self.policy, self.origins(self.topology))
@@ -335,6 +353,8 @@ class CacheNode(Lifecycle):
             if self._players.access is not None:
                 self._players.access.flush()
             self._players = None
+        if self.siblings is not None:
+            await self.siblings.drain(timeout)
         if self.front is not None:
             self.front.flush_hits()
         if self.purges is not None:
@@ -344,6 +364,8 @@ class CacheNode(Lifecycle):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        if self.siblings is not None:
+            await self.siblings.close()
         disk, self._disk = self._disk, None
         if disk is not None:
             disk.close()
@@ -376,6 +398,8 @@ class CacheNode(Lifecycle):
         ups.health = self.upstream_health
         self.engine.upstreams, self.engine.upstream_headers, self.engine.tier = ups.order, ups.headers, ups.tier
         self.front.route(self.origins(topology))
+        if self._sibling_front is not None:
+            self._sibling_front.route(Origins(topology.routes, named=True))
         log.info("%s %s reloaded %s%s", self.role, self.config.name, topology.path,
                  f"; needs a restart to change: {', '.join(restart)} (running on with the old)" if restart else "")
 

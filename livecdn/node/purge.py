@@ -148,13 +148,19 @@ def authorized(header: str | None, token: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Ask:
-    """A worker asks a sibling to drop what `selector` names from its memory tier."""
+    """A worker asks a sibling to drop what `selector` names from its memory tier.
+
+    `restart`: a stream restarted, and the asking worker's drop of the shared
+    disk tier is still under way: the sibling must not read those names back
+    from the disk meanwhile (it drops them there as well, and misses until then).
+    """
 
     id: str
     selector: Selector
+    restart: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps({"ask": self.id, "selector": self.selector.to_json()}).encode()
+        return json.dumps({"ask": self.id, "selector": self.selector.to_json(), "restart": self.restart}).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +181,7 @@ def decode(data: bytes) -> Ask | Told:
     try:
         raw = json.loads(data)
         if "ask" in raw:
-            return Ask(str(raw["ask"]), Selector.of(raw["selector"]))
+            return Ask(str(raw["ask"]), Selector.of(raw["selector"]), raw.get("restart") is True)
         return Told(str(raw["told"]), int(raw["pid"]), int(raw["memory"]), str(raw["error"]))
     except (ValueError, TypeError, KeyError) as e:  # BadSelector is a ValueError
         raise BadMessage(f"not a purge message ({e}): {data[:64]!r}") from None

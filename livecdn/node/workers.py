@@ -3,7 +3,9 @@
 The parent forks the workers before any event loop exists, forwards signals to
 them, restarts one that dies unexpectedly, and waits for all on the way out.
 Each worker has its own memory tier; the disk tier and the metrics directory
-are shared, so /metrics on any worker reports the whole node.
+are shared, so /metrics on any worker reports the whole node. Each worker has
+a slot, 0 to N-1, that a replacement inherits: its siblings find it by slot
+(`livecdn.node.siblings`), so a restart changes no other worker's view.
 
 The parent's loop is three steps: reap one exit (`Supervisor.run`), decide
 what it means (`decide`, a pure function), act on it (`Supervisor.act`).
@@ -50,19 +52,19 @@ class Supervisor:
 
     Args:
         workers: how many processes to keep running.
-        child: what each worker runs (it never returns into the parent's code).
+        child: what each worker runs, given its slot (it never returns into the parent's code).
     """
 
     __slots__ = ("workers", "child", "stopping", "status", "_started")
 
-    def __init__(self, workers: int, child: Callable[[], None]) -> None:
+    def __init__(self, workers: int, child: Callable[[int], None]) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         self.workers = workers
         self.child = child
         self.stopping = False
         self.status = 0  # the node's exit status
-        self._started: dict[int, float] = {}  # pid -> monotonic start time
+        self._started: dict[int, tuple[float, int]] = {}  # pid -> (monotonic start time, slot)
 
     def run(self) -> int:
         """Fork the workers, supervise them until all have exited; returns the node's exit status."""
@@ -70,8 +72,8 @@ class Supervisor:
 
         previous = {sig: signal.signal(sig, self.forward) for sig in FORWARDED}
         try:
-            for _ in range(self.workers):
-                self.spawn()
+            for slot in range(self.workers):
+                self.spawn(slot)
             while self._started:
                 try:
                     pid, code = os.wait()
@@ -79,39 +81,40 @@ class Supervisor:
                     break
                 except InterruptedError:
                     continue
-                born = self._started.pop(pid, None)
+                started = self._started.pop(pid, None)
                 multiprocess.mark_process_dead(pid)
-                self.act(pid, code, decide(self.stopping, None if born is None else time.monotonic() - born))
+                uptime = None if started is None else time.monotonic() - started[0]
+                self.act(pid, code, decide(self.stopping, uptime), -1 if started is None else started[1])
         finally:
             for sig, before in previous.items():
                 signal.signal(sig, before)
         return self.status
 
-    def act(self, pid: int, code: int, outcome: Exit) -> None:
-        """Carry out what one worker's exit asks for."""
+    def act(self, pid: int, code: int, outcome: Exit, slot: int) -> None:
+        """Carry out what the exit of the worker in `slot` asks for."""
         if outcome is Exit.EXPECTED:
             return
         log.error("worker %d exited with status %d", pid, os.waitstatus_to_exitcode(code))
         if outcome is Exit.RESTART:
-            self.spawn()
+            self.spawn(slot)
         else:
             self.status = 1
             self.forward(signal.SIGTERM, None)
 
-    def spawn(self) -> None:
+    def spawn(self, slot: int) -> None:
         pid = os.fork()
         if pid == 0:
             for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
             status = 0
             try:
-                self.child()
+                self.child(slot)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker failed")
                 status = 1
             finally:
                 os._exit(status)
-        self._started[pid] = time.monotonic()
+        self._started[pid] = (time.monotonic(), slot)
 
     def forward(self, sig: int, _frame: object) -> None:
         """The parent's signal handler: pass `sig` on to every worker."""
@@ -122,6 +125,6 @@ class Supervisor:
                 os.kill(pid, sig)
 
 
-def supervise(workers: int, child: Callable[[], None]) -> int:
-    """Fork `workers` processes running `child()`; return the exit status for the node."""
+def supervise(workers: int, child: Callable[[int], None]) -> int:
+    """Fork `workers` processes running `child(slot)`; return the exit status for the node."""
     return Supervisor(workers, child).run()
