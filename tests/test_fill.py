@@ -211,9 +211,9 @@ def test_playlist_served_as_text_plain_gets_the_playlist_type() -> None:
         >> UpstreamResponded(200, (("content-type", "text/plain"),), T0)
         >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, (M3U8_KEPT,), n, CacheResult.MISS, T0)) << SendBytes(1, 0, n) << EndResponse(1)
+        << ServeStored(1, stored, CacheResult.MISS)  # whole, as a hit: nobody had seen a byte
     )
-    assert stored().headers == (M3U8_KEPT,)
+    assert stored().headers == (M3U8_KEPT,) and stored().size == n
 
 
 def test_unknown_name_without_content_type_gets_none() -> None:
@@ -585,7 +585,6 @@ def test_304_with_no_store_serves_without_storing() -> None:
 def test_playlist_is_held_until_complete(loads: list[str]) -> None:
     fill = make_fill(PLAYLIST)
     stored = Placeholder(Stored)
-    n = len(LIVE_BODY)
     playlist_head = (M3U8, ("cache-control", "max-age=60"))
     kept = (M3U8_KEPT, ("cache-control", "max-age=60"))
     assert (
@@ -596,9 +595,9 @@ def test_playlist_is_held_until_complete(loads: list[str]) -> None:
         >> ClientRequested(2)  # nothing either
         >> UpstreamChunk(LIVE_BODY[20:])
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, kept, n, CacheResult.MISS, T0)) << SendBytes(1, 0, n) << EndResponse(1)
-        << Respond(2, Head(200, kept, n, CacheResult.COALESCED, T0)) << SendBytes(2, 0, n) << EndResponse(2)
+        << ServeStored(1, stored, CacheResult.MISS) << ServeStored(2, stored, CacheResult.COALESCED)
     )
+    assert stored().headers == kept and stored().born == T0
     assert stored().kind is NameKind.PLAYLIST and stored().body == LIVE_BODY
     assert loads == [LIVE_BODY.decode()]  # read once, when whole
     assert stored().manifest == read(PLAYLIST.path, LIVE_BODY)
@@ -623,8 +622,7 @@ def test_malformed_playlist_fails_over_and_is_never_stored(body: bytes) -> None:
         >> UpstreamDone(T0) << StartFetch(UPSTREAMS[1], 1)
         >> ok(None, ct=M3U8) >> UpstreamChunk(LIVE_BODY)
         >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, Head(200, (M3U8_KEPT,), len(LIVE_BODY), CacheResult.MISS, T0)) << SendBytes(1, 0, len(LIVE_BODY))
-        << EndResponse(1)
+        << ServeStored(1, stored, CacheResult.MISS)
     )
     assert stored().body == LIVE_BODY
 
@@ -850,8 +848,7 @@ def test_a_restart_drops_the_previous_run_before_the_new_playlist_is_stored() ->
     assert (
         answered(pb, new)
         << why << DropRun(PLAYLIST.origin, frozenset({"/live/cam/"}), PLAYLIST.key) << StoreObject(stored)
-        << Respond(1, head(CacheResult.MISS, len(new), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(new))
-        << EndResponse(1)
+        << ServeStored(1, stored, CacheResult.MISS)
     )
     assert "stream restarted (media sequence went from 20 (+3) to 0 (+1): the sequence started over)" in why().message
     assert stored().body == new
@@ -911,7 +908,6 @@ def test_a_close_delimited_playlist_whose_text_is_whole_is_stored_without_the_ma
         Playbook(make_fill(PLAYLIST)) >> ClientRequested(1) << StartFetch(UPSTREAMS[0], 0)
         >> UpstreamResponded(200, (M3U8,), T0, framed=False)
         >> UpstreamChunk(LIVE_BODY) >> UpstreamDone(T0) << StoreObject(stored)
-        << Respond(1, head(CacheResult.MISS, len(LIVE_BODY), hdrs=(M3U8_KEPT,))) << SendBytes(1, 0, len(LIVE_BODY))
-        << EndResponse(1)
+        << ServeStored(1, stored, CacheResult.MISS)
     )
     assert stored().headers == (M3U8_KEPT,)

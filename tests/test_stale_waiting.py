@@ -136,9 +136,9 @@ def test_a_deadline_after_the_bound_serves_nothing() -> None:
         >> ClientRequested(1) << StartFetch(UPSTREAM[0], 0) << StaleTimer(TARGET / 2)
         >> StaleDeadline(T0 + 6.0)  # fresh 1 + stale_if_error 5: just out
         >> UpstreamResponded(200, (("content-type", M3U8),), T0 + 7) >> UpstreamChunk(NEW) >> UpstreamDone(T0 + 7)
-        << StoreObject(Placeholder(Stored)) << Respond(1, Placeholder(Head)) << SendBytes(1, 0, len(NEW))
-        << EndResponse(1)
+        << StoreObject(fresh := Placeholder(Stored)) << ServeStored(1, fresh, CacheResult.MISS)
     )
+    assert fresh().body == NEW
 
 
 def test_a_deadline_once_a_streamed_answer_has_begun_changes_nothing() -> None:

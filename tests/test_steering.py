@@ -32,11 +32,8 @@ from geo.steering import steering_manifest
 from livecdn.cache.fill import (
     CacheResult,
     ClientRequested,
-    EndResponse,
     Fill,
-    Head,
-    Respond,
-    SendBytes,
+    ServeStored,
     StartFetch,
     StoreObject,
     UpstreamChunk,
@@ -197,10 +194,7 @@ def test_the_fill_sends_and_stores_the_dressed_master_and_dresses_it_once() -> N
         >> UpstreamResponded(200, (ct, ("content-length", str(len(MASTER)))), 1e9)
         >> ClientRequested(2)
         >> UpstreamChunk(MASTER) >> UpstreamDone(1e9) << StoreObject(stored)
-        << Respond(1, Head(200, (ct,), len(want), CacheResult.MISS, 1e9)) << SendBytes(1, 0, len(want))
-        << EndResponse(1)
-        << Respond(2, Head(200, (ct,), len(want), CacheResult.COALESCED, 1e9)) << SendBytes(2, 0, len(want))
-        << EndResponse(2)
+        << ServeStored(1, stored, CacheResult.MISS) << ServeStored(2, stored, CacheResult.COALESCED)
     )
     assert stored().body == want and b"".join(fill.body) == want and calls == [key.path]
 

@@ -215,7 +215,7 @@ class AbortResponse(Command):
 
 @dataclass(frozen=True, slots=True)
 class ServeStored(Command):
-    """Answer the client from a complete stored object (revalidated or stale)."""
+    """Answer the client from a complete object: revalidated, stale, or a playlist that arrived whole."""
     client: int
     obj: Stored
     cache: CacheResult
@@ -629,6 +629,8 @@ class Fill:
         self._state = _State.DONE
         if lt.store and store:
             cmds.append(StoreObject(obj))
+        if self._checked_whole:  # nobody has seen a byte of it: each client gets the object, whole, as a hit does
+            return cmds + [ServeStored(c, obj, self._cache(c)) for c in self._clients]
         return cmds + self._send_all()
 
     def _send_all(self) -> list[Command]:

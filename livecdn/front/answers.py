@@ -63,6 +63,7 @@ _PLAIN = ("content-type", "text/plain; charset=utf-8")
 # Bound once: looking an enum member up on its class costs about 0.1 us, a
 # lot on a hit that costs a few.
 HIT = CacheResult.HIT
+COALESCED = CacheResult.COALESCED
 
 
 class TokenCheck(Protocol):
@@ -134,6 +135,9 @@ class PlayerFront:
         # object does (evicted, or replaced by a revalidated copy), so a plan
         # never outlives the bytes it describes.
         self._hit_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
+        # The same for the clients coalesced on a fill that served its object whole (a playlist arrives
+        # whole): a blocking LL-HLS reload has hundreds of waiters answered at once, each with this plan.
+        self._coalesced_plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]] = {}
         self._preflight = Plan(Fields(204, PREFLIGHT), b"", 0, None, None)
         # A hit is a fresh object in the engine's memory tier, asked directly: one call.
         self._memory_hit = engine.memory.hit
@@ -269,8 +273,9 @@ class PlayerFront:
 
     def _stored(self, request: Request, obj: Stored, cache: CacheResult) -> Plan:
         """A stored answer whose body is in memory."""
-        if obj.status == 200 and cache is HIT and request.headers.keys().isdisjoint(NEGOTIATING):
-            return self._whole_hit(request, obj)
+        if obj.status == 200 and (cache is HIT or cache is COALESCED) and \
+                request.headers.keys().isdisjoint(NEGOTIATING):
+            return self._whole_hit(request, obj, cache)
         headers = self._headers(obj.headers, cache)
         if obj.status != 200:
             return Plan(Fields(obj.status, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
@@ -287,27 +292,31 @@ class PlayerFront:
             body = memoryview(obj.body)[start:stop]
         return Plan(Fields(status, tuple(headers.items())), body, len(body), obj.born, cache)
 
-    def _whole_hit(self, request: Request, obj: Stored) -> Plan:
-        """A whole 200 hit: the object's shared plan (identity, or gzip when asked and kept)."""
-        plans = self._hit_plans.get(obj.key)
+    def _whole_hit(self, request: Request, obj: Stored, cache: CacheResult = HIT) -> Plan:
+        """A whole 200 hit (or coalesced answer): the object's shared plan (identity, or gzip when asked and kept)."""
+        memo = self._hit_plans if cache is HIT else self._coalesced_plans
+        plans = memo.get(obj.key)
         if plans is None or plans[0]() is not obj:
-            plans = self._hit(obj)
+            plans = self._hit(obj, cache, memo)
         if plans[2] is not None and _wants_gzip(request):
             return plans[2]
         return plans[1]
 
-    def _hit(self, obj: Stored) -> tuple[weakref.ref[Stored], Plan, Plan | None]:
-        """The shared plans of a whole 200 hit (identity, and gzip when the object has a compressed copy)."""
-        headers = self._headers(obj.headers, CacheResult.HIT)
+    def _hit(self, obj: Stored, cache: CacheResult,
+             plans: dict[str, tuple[weakref.ref[Stored], Plan, Plan | None]]) -> tuple[weakref.ref[Stored], Plan,
+                                                                                      Plan | None]:
+        """The shared plans of a whole 200 `cache` answer (identity, and gzip when the object has a compressed
+        copy), kept in `plans` while the object lives."""
+        headers = self._headers(obj.headers, cache)
         if obj.gzipped is not None:
             _vary_on_encoding(headers)
         headers["accept-ranges"] = "bytes"
-        plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, CacheResult.HIT)
+        plain = Plan(Fields(200, tuple(headers.items())), obj.body, obj.size, obj.born, cache)
         gzip = None
         if obj.gzipped is not None:
             headers["content-encoding"] = "gzip"
-            gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, CacheResult.HIT)
-        key, plans = obj.key, self._hit_plans
+            gzip = Plan(Fields(200, tuple(headers.items())), obj.gzipped, len(obj.gzipped), obj.born, cache)
+        key = obj.key
 
         def gone(ref: weakref.ref[Stored]) -> None:
             if plans.get(key, (None,))[0] is ref:  # a newer copy's entry stays
