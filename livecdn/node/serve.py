@@ -3,7 +3,8 @@
 Signal handlers only set state. SIGTERM or SIGINT starts a graceful stop
 (stop listening, drain in-flight responses, close the stores); a second
 SIGINT forces it; SIGHUP re-reads the topology file and applies it; SIGUSR1
-reopens the access log file (logrotate). The
+reopens the access log file (logrotate). While it serves, the garbage
+collector scans the whole heap on a timer (`livecdn.node.collector`). The
 original handlers are restored on the way out (`captured_signals`, as
 uvicorn's `capture_signals`).
 """
@@ -21,6 +22,7 @@ from typing import Protocol
 from livecdn import logs
 from livecdn.config import ConfigError, Topology
 from livecdn.node import notify
+from livecdn.node.collector import timed_collections
 
 __all__ = ["Node", "captured_signals", "run", "serve"]
 
@@ -92,7 +94,8 @@ async def serve(node: Node, reload: Callable[[], Topology] | None = None,
             notify.ready()  # systemd's Type=notify: bound and answering
             if on_ready is not None:
                 on_ready()
-            await stopping.wait()
+            async with timed_collections():
+                await stopping.wait()
             notify.stopping()
             stop = asyncio.ensure_future(node.stop(drain_timeout))
             force = asyncio.ensure_future(forced.wait())
