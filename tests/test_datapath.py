@@ -172,6 +172,34 @@ async def test_playlist_lifetime_is_half_its_target_duration(origin: FakeOrigin,
     assert (h["X-Cache"], data) == ("HIT", newer)
 
 
+async def test_requests_joining_a_fetch_in_flight_ask_the_disk_nothing(origin: FakeOrigin, tmp_path: Path) -> None:
+    """Seen (reading the engine for issue 15's fan-out): each request that joined a fetch in flight
+    looked its key up on the disk tier first, a thread hop each; a blocking LL-HLS reload's waiters
+    are hundreds per part."""
+    origin.routes["/live/a/seg3.ts"] = slow(0.5, SEG)
+    stack = await Stack(origin.url, cache=CacheSettings(disk_path=str(tmp_path / "{node}"))).start()
+    try:
+        edge = stack.edges[0].engine
+        assert edge is not None and edge.disk is not None
+        looked: list[str] = []
+        lookup = edge.disk.get
+
+        async def counted(key: str) -> object:
+            looked.append(key)
+            return await lookup(key)
+        edge.disk.get = counted  # type: ignore[method-assign]
+        first = asyncio.ensure_future(get(stack.edge + "/live/a/seg3.ts"))
+        while edge.inflight_fetches == 0:  # the first request's disk miss is over: its fetch is in flight
+            await asyncio.sleep(0.01)
+        joined = await asyncio.gather(*(get(stack.edge + "/live/a/seg3.ts") for _ in range(20)))
+        results = [await first, *joined]
+    finally:
+        await stack.stop()
+    assert [b == SEG for _, _, b in results] == [True] * 21 and origin.hits["/live/a/seg3.ts"] == 1
+    assert sorted(h["X-Cache"] for _, h, _ in results) == ["COALESCED"] * 20 + ["MISS"]
+    assert len(looked) == 1, looked
+
+
 @pytest.mark.slow
 async def test_expired_object_is_revalidated_with_a_conditional_request(origin: FakeOrigin) -> None:
     origin.routes["/v/seg1.ts"] = body(SEG, headers={"ETag": '"v1"', "Cache-Control": "max-age=1"})

@@ -488,9 +488,10 @@ class Engine:
             checked = True
             now = time.time()
             obj = self._copy(k)  # what the check waited for may have stored it
-        if obj is None and self.disk is not None:
-            # While the disk is asked, the key counts as held (`_held()`): a
-            # request or prefetch meanwhile is not admitted as a new fetch.
+        if obj is None and self.disk is not None and k not in self._fills:
+            # A fetch in flight is joined, not looked up on disk first (a thread hop each: a blocking
+            # reload's hundreds of waiters made as many). While the disk is asked, the key counts as
+            # held (`_held()`): a request or prefetch meanwhile is not admitted as a new fetch.
             self._looking[k] += 1
             try:
                 obj, file = await self._from_disk(k, now)
