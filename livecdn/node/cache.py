@@ -197,8 +197,7 @@ class CacheNode(Lifecycle):
 
     def update_gauges(self) -> None:
         """Bring gauges (and the hit counter) up to date before they are read."""
-        if self.front is not None:
-            self.front.flush_hits()
+        self._flush_fronts()
         if self._players is not None:
             assert self._players.tally is not None
             self._players.tally.flush()
@@ -355,8 +354,7 @@ class CacheNode(Lifecycle):
             self._players = None
         if self.siblings is not None:
             await self.siblings.drain(timeout)
-        if self.front is not None:
-            self.front.flush_hits()
+        self._flush_fronts()
         if self.purges is not None:
             await self.purges.close()
         if self.engine is not None:  # kept: readable after stop (memory tier, counters); closing twice is harmless
@@ -427,11 +425,17 @@ class CacheNode(Lifecycle):
         for d in sorted(directories):
             self.purges.tell(Selector("prefix", d))
 
+    def _flush_fronts(self) -> None:
+        """The players' front's and the siblings' counts into the metrics."""
+        for front in (self.front, self._sibling_front):
+            if front is not None:
+                front.flush_hits()
+
     async def _count(self) -> None:
         assert self.front is not None
         while True:
             await asyncio.sleep(COUNT_INTERVAL)  # a housekeeping tick, not a data-path wait
-            self.front.flush_hits()
+            self._flush_fronts()
             if self._players is not None and self._players.tally is not None:
                 self._players.tally.flush()
 
