@@ -37,15 +37,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from h2.errors import ErrorCodes
-
 from livecdn.logs import AccessLog, request_id
 from livecdn.metrics import Tally
 
 from .connlimit import ConnectionLimit
 from .flow import HIGH_WATER, LINGER, FlowControl
 from .forwarded import ClientAddresses
-from .http2 import RequestReceived, RequestRejected, ServerConnection, StreamCancelled
+from .http2 import ErrorCodes, RequestReceived, RequestRejected, ServerConnection, StreamCancelled
 from .plan import BodyBroken, FileRange, Later, Plan, Stream
 from .request import Request
 
