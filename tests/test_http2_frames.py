@@ -12,6 +12,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +36,17 @@ def turn(client: h2.connection.H2Connection, server: ServerConnection) -> tuple[
     got = server.receive_data(client.data_to_send(), 0.0)
     server.pump(1 << 20)
     return got, client.receive_data(server.data_to_send())
+
+
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"e"), (b":path", b"/a.ts")]
+
+
+def open_get(client: h2.connection.H2Connection, server: ServerConnection, *, end_stream: bool = True,
+             method: bytes = b"GET") -> tuple[int, list[object]]:
+    """A new stream asking for /a.ts, sent and read: (its id, the server's events)."""
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, [(b":method", method), *GET[1:]], end_stream=end_stream)
+    return sid, turn(client, server)[0]
 
 
 _NAMES = st.sampled_from([b"user-agent", b"accept", b"x-a", b"x-b", b"range", b"cookie"])
@@ -70,17 +82,16 @@ def test_every_request_reads_back_as_sent_while_the_dynamic_table_moves(heads: l
 def test_malformed_requests_are_stream_errors_and_the_connection_goes_on() -> None:
     client, server = pair(validate_outbound_headers=False, normalize_outbound_headers=False)
     turn(client, server)
-    good = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"e"), (b":path", b"/a.ts")]
     malformed = [
-        [*good, (b"User-Agent", b"x")],  # upper case
-        [*good, (b"connection", b"keep-alive")],  # connection-specific
-        [*good, (b"te", b"gzip")],  # te other than trailers
-        [*good, (b"x-a", b"v\x00")],  # NUL in a value
-        [*good, (b"x-a", b" v")],  # whitespace at an end
-        good[:3],  # no :path
-        [(b"x-a", b"1"), *good],  # a pseudo-header after a field
-        [*good, (b":method", b"GET")],  # a pseudo-header twice
-        [*good, (b":status", b"200")],  # a response's pseudo-header
+        [*GET, (b"User-Agent", b"x")],  # upper case
+        [*GET, (b"connection", b"keep-alive")],  # connection-specific
+        [*GET, (b"te", b"gzip")],  # te other than trailers
+        [*GET, (b"x-a", b"v\x00")],  # NUL in a value
+        [*GET, (b"x-a", b" v")],  # whitespace at an end
+        GET[:3],  # no :path
+        [(b"x-a", b"1"), *GET],  # a pseudo-header after a field
+        [*GET, (b":method", b"GET")],  # a pseudo-header twice
+        [*GET, (b":status", b"200")],  # a response's pseudo-header
     ]
     for headers in malformed:
         sid = client.get_next_available_stream_id()
@@ -90,7 +101,7 @@ def test_malformed_requests_are_stream_errors_and_the_connection_goes_on() -> No
         resets = [e for e in received if isinstance(e, h2.events.StreamReset)]
         assert [(e.stream_id, e.error_code) for e in resets] == [(sid, ErrorCodes.PROTOCOL_ERROR)], headers
     sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [*good, (b"te", b"trailers")], end_stream=True)
+    client.send_headers(sid, [*GET, (b"te", b"trailers")], end_stream=True)
     (ev,), _ = turn(client, server)
     assert isinstance(ev, RequestReceived) and not server.ended
 
@@ -98,10 +109,7 @@ def test_malformed_requests_are_stream_errors_and_the_connection_goes_on() -> No
 def test_a_request_body_is_dropped_and_its_window_given_back() -> None:
     client, server = pair()
     turn(client, server)
-    sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"e"),
-                              (b":path", b"/a.ts")])
-    (ev,), _ = turn(client, server)
+    sid, (ev,) = open_get(client, server, end_stream=False, method=b"POST")
     assert isinstance(ev, RequestReceived)
     sent = 0
     while sent < 300_000:  # four times the initial windows: it goes on only as updates come back
@@ -118,17 +126,19 @@ def test_a_request_body_is_dropped_and_its_window_given_back() -> None:
     assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in received)
 
 
-def test_trailers_that_do_not_end_the_stream_reset_it() -> None:
+@pytest.mark.parametrize("answered", [False, True])
+def test_trailers_that_do_not_end_the_stream_reset_it(answered: bool) -> None:
+    """Whether or not its answer is still going out: the client broke the stream, RST_STREAM says so."""
     client, server = pair()
     turn(client, server)
-    sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"e"),
-                              (b":path", b"/a.ts")])
-    turn(client, server)
+    sid, (ev,) = open_get(client, server, end_stream=False)
+    if answered:
+        server.respond(sid, ev.request, OK, b"ok", None, 0.0)
+        turn(client, server)
     raw = client.encoder.encode([(b"x-trailer", b"1")])
     client_bytes = len(raw).to_bytes(3, "big") + bytes([1, 0x4]) + sid.to_bytes(4, "big") + raw  # no END_STREAM
     events = server.receive_data(client_bytes, 0.0)
-    assert [type(e) for e in events] == []
+    assert [type(e) for e in events] == ([] if answered else [StreamCancelled])  # an answer under way stops
     data = server.data_to_send()
     assert data[3] == 3 and int.from_bytes(data[5:9], "big") == sid  # RST_STREAM on that stream
     assert int.from_bytes(data[9:13], "big") == ErrorCodes.PROTOCOL_ERROR and not server.ended
@@ -137,10 +147,7 @@ def test_trailers_that_do_not_end_the_stream_reset_it() -> None:
 def test_fields_past_one_frame_go_as_headers_and_continuation() -> None:
     client, server = pair()
     turn(client, server)
-    sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"e"),
-                              (b":path", b"/a.ts")], end_stream=True)
-    (ev,), _ = turn(client, server)
+    sid, (ev,) = open_get(client, server)
     big = Fields(200, tuple((f"x-pad-{i}", "v" * 1000) for i in range(40)))
     server.respond(sid, ev.request, big, b"body", None, 0.0)
     server.pump(1 << 20)
@@ -159,10 +166,7 @@ def test_fields_past_one_frame_go_as_headers_and_continuation() -> None:
 def test_a_window_update_of_0_on_a_stream_resets_only_that_stream() -> None:
     client, server = pair()
     turn(client, server)
-    sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"e"),
-                              (b":path", b"/a.ts")], end_stream=True)
-    (ev,), _ = turn(client, server)
+    sid, (ev,) = open_get(client, server)
     server.send_head(sid, ev.request, OK, None, None, 0.0)
     events = server.receive_data(b"\x00\x00\x04\x08\x00" + sid.to_bytes(4, "big") + b"\x00\x00\x00\x00", 0.0)
     assert [type(e) for e in events] == [StreamCancelled] and not server.ended

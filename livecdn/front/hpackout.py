@@ -1,6 +1,6 @@
 """HPACK for the header blocks we send (RFC 7541), sans-io: static-table indexes and literals, no dynamic table.
 
-h2's encoder (the `hpack` package) searches its dynamic table, Huffman-codes
+The `hpack` package's Encoder searches its dynamic table, Huffman-codes
 every literal and indexes it, in Python, per field per answer: most of what
 an HTTP/2 answer cost. An answer's fields are nearly the same from hit to
 hit (a stored object's, plus Content-Length, Age and Date), so this encoder
@@ -12,13 +12,11 @@ no dynamic table there is no state to keep in step with the peer's decoder:
 the first block says so (a dynamic table size update to 0, §6.3), so a later
 SETTINGS_HEADER_TABLE_SIZE never needs an answer.
 
-`Encoder` stands in for h2's (`H2Connection.encoder`): h2 calls `encode()`
-with a block's fields and sets `header_table_size` on a peer's SETTINGS. A
-field named `ENCODED` (an empty name: no real field has one) carries fields
-encoded already (`block()`, `field()`) and goes out as it is: the HTTP/2
-shell hands h2 an answer as `:status` plus one such field, so h2's
-per-field work (re-encoding each name and value, building the list) is
-done for two fields, not a dozen.
+`Encoder` is one connection's: its first block carries that size update.
+The HTTP/2 connection hands it an answer's fields encoded already
+(`field()` for `:status`, Content-Length, Age and Date; `block()` once for a
+stored object's own fields, kept on the object) and `join()` puts them
+together, so an answer's head costs a few dictionary lookups and one join.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from collections.abc import Iterable
 
 from hpack.table import HeaderTable
 
-__all__ = ["ENCODED", "Encoder", "MAX_KEPT", "block", "encode_field", "encode_integer", "field"]
+__all__ = ["Encoder", "MAX_KEPT", "block", "encode_field", "encode_integer", "field"]
 
 # Fields whose encoding is kept (per process: every connection shares them). A stored object's fields, and
 # Date, Age and Content-Length values that recur: emptied when full, so a flood of distinct values costs
@@ -72,8 +70,6 @@ def encode_field(name: bytes, value: bytes) -> bytes:
 
 
 _kept: dict[tuple[bytes, bytes], bytes] = {}
-ENCODED = b""
-"""The name of a field whose value is fields encoded already (`Encoder.encode` passes it through)."""
 
 
 def field(name: bytes, value: bytes) -> bytes:
@@ -93,18 +89,20 @@ def block(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 
 class Encoder:
-    """One connection's header block encoder (h2's `Encoder` interface), with no dynamic table."""
+    """One connection's header block encoder, with no dynamic table (its first block empties the peer's)."""
 
-    __slots__ = ("_first", "header_table_size")
+    __slots__ = ("_first",)
 
     def __init__(self) -> None:
-        self._first = True  # the first block also says the dynamic table is empty from now on
-        self.header_table_size = 4096  # the peer's SETTINGS_HEADER_TABLE_SIZE (h2 sets it; never used)
+        self._first = True
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        """The header block of `headers` (names lower-case bytes, values bytes, as h2 hands them over)."""
-        out = [value if name == ENCODED else field(name, value) for name, value in headers]
+        """The header block of `headers` (names lower-case bytes, values bytes)."""
+        return self.join([field(name, value) for name, value in headers])
+
+    def join(self, encoded: list[bytes]) -> bytes:
+        """The header block of fields encoded already (`field()`, `block()`), in order."""
         if self._first:
             self._first = False
-            return _TABLE_SIZE_ZERO + b"".join(out)
-        return b"".join(out)
+            return _TABLE_SIZE_ZERO + b"".join(encoded)
+        return b"".join(encoded)

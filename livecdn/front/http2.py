@@ -129,7 +129,6 @@ _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]\Z")
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 _NO_BODY = frozenset({204, 304})
-_STATUS = {s: str(s).encode("ascii") for s in range(100, 600)}
 
 
 def _frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
@@ -146,6 +145,12 @@ class _Failed(Exception):
     def __init__(self, code: ErrorCodes, reason: str, flood: bool = False) -> None:
         super().__init__(reason)
         self.code, self.reason, self.flood = code, reason, flood
+
+
+def _flooded(bound: int, what: str, per_interval: bool = True) -> _Failed:
+    """A client past a bound set against abuse: the connection ends, GOAWAY ENHANCE_YOUR_CALM."""
+    within = f" in {FLOOD_INTERVAL:g} s" if per_interval else ""
+    return _Failed(ErrorCodes.ENHANCE_YOUR_CALM, f"more than {bound} {what}{within}", True)
 
 
 class _CountedTable(HeaderTable):
@@ -254,13 +259,12 @@ def _value(value: str) -> bytes:
 
 
 class _Wire:
-    """One `Fields`' HTTP/2 form, kept on it as `wire_h2`: its `:status`, and its other fields HPACK-encoded."""
+    """One `Fields`' HTTP/2 form, kept on it as `wire_h2`: `:status` and its fields, HPACK-encoded."""
 
-    __slots__ = ("status", "block")
+    __slots__ = ("block",)
 
     def __init__(self, fields: _Fields) -> None:
-        self.status = _STATUS.get(fields.status) or str(fields.status).encode("ascii")
-        pairs = []
+        pairs = [(b":status", b"%d" % fields.status)]
         for name, value in fields.headers:
             name = name.lower()
             if name not in _CONNECTION_SPECIFIC:
@@ -276,33 +280,16 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> Request | ProtocolError | 
     whitespace at an end. A well-formed request past our bounds is a `ProtocolError` answered on its
     stream (431, 414, 400), as HTTP/1.1 answers it.
     """
-    method = path = authority = scheme = b""
+    pseudo: dict[bytes, bytes] = {}
     fields: dict[bytes, bytes] = {}
     count = 0
-    regular = False
     bad_name, bad_value = _BAD_NAME.search, _BAD_VALUE.search
     for name, value in headers:
         if name[:1] == b":":
-            if regular or name not in _PSEUDO:
+            if count or name not in _PSEUDO or name in pseudo:
                 return None
-            if name == b":method":
-                if method:
-                    return None
-                method = value
-            elif name == b":path":
-                if path:
-                    return None
-                path = value
-            elif name == b":authority":
-                if authority:
-                    return None
-                authority = value
-            else:
-                if scheme:
-                    return None
-                scheme = value
+            pseudo[name] = value
             continue
-        regular = True
         if not name or bad_name(name) or bad_value(value):
             return None
         if name in _CONNECTION_SPECIFIC_IN and (name != b"te" or value != b"trailers"):
@@ -315,10 +302,12 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> Request | ProtocolError | 
             fields[name] += (b"; " if name == b"cookie" else b", ") + value
         else:
             fields[name] = value
-    if not method or not scheme or not path or bad_value(method) or bad_value(path):
+    method, path = pseudo.get(b":method"), pseudo.get(b":path")
+    if not method or not path or not pseudo.get(b":scheme") or bad_value(method) or bad_value(path):
         return None  # CONNECT (no :scheme, no :path) included: a CDN tunnels nothing
     if count > MAX_HEADERS:
         return ProtocolError(431, f"more than {MAX_HEADERS} header fields")
+    authority = pseudo.get(b":authority")
     if authority:
         fields[b"host"] = authority  # RFC 9113 §8.3.1: :authority stands for Host
     if len(path) > MAX_TARGET_BYTES:
@@ -409,6 +398,8 @@ class ServerConnection:
         if self.ended or not data:
             return []
         out: list[Event] = []
+        if now - self._window_start >= FLOOD_INTERVAL:  # the flood counts start again
+            self._window_start, self._resets, self._control = now, 0, 0
         buf = self._buf + data if self._buf else data
         try:
             if self._preface:
@@ -456,15 +447,15 @@ class ServerConnection:
         elif kind == _WINDOW_UPDATE:
             self._window_update(sid, payload, out)
         elif kind == _DATA:
-            self._data(flags, sid, payload)
+            self._data(flags, sid, payload, out)
         elif kind == _RST_STREAM:
             if len(payload) != 4:
                 raise _Failed(ErrorCodes.FRAME_SIZE_ERROR, "RST_STREAM is 4 bytes")
-            self._stream_rule(sid, "RST_STREAM")
+            self._opened_stream(sid, "RST_STREAM")
             self._open.pop(sid, None)
             if self._out.pop(sid, None) is not None:
                 out.append(StreamCancelled(sid))
-            self._flood(now, "_resets", self.max_resets, "stream resets")
+            self._count_reset()
         elif kind == _SETTINGS:
             if sid:
                 raise _Failed(ErrorCodes.PROTOCOL_ERROR, "SETTINGS on a stream")
@@ -474,7 +465,7 @@ class ServerConnection:
                 return False
             if len(payload) % 6:
                 raise _Failed(ErrorCodes.FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
-            self._flood(now, "_control", self.max_control, "PING, SETTINGS or PRIORITY frames")
+            self._count_control()
             self._settings(payload)
             self._send.append(_frame(_SETTINGS, _ACK, 0))
         elif kind == _PING:
@@ -483,15 +474,15 @@ class ServerConnection:
             if len(payload) != 8:
                 raise _Failed(ErrorCodes.FRAME_SIZE_ERROR, "PING is 8 bytes")
             if not flags & _ACK:
-                self._flood(now, "_control", self.max_control, "PING, SETTINGS or PRIORITY frames")
+                self._count_control()
                 self._send.append(_frame(_PING, _ACK, 0, payload))
         elif kind == _PRIORITY:
-            self._stream_id(sid, "PRIORITY")
+            self._client_stream(sid, "PRIORITY")
             if len(payload) != 5:
                 raise _Failed(ErrorCodes.FRAME_SIZE_ERROR, "PRIORITY is 5 bytes")
             if int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == sid:
                 raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"stream {sid} depends on itself")
-            self._flood(now, "_control", self.max_control, "PING, SETTINGS or PRIORITY frames")
+            self._count_control()
         elif kind == _CONTINUATION:
             if not self._block_sid or sid != self._block_sid:
                 raise _Failed(ErrorCodes.PROTOCOL_ERROR, "CONTINUATION with no header block before it")
@@ -513,11 +504,13 @@ class ServerConnection:
         # Any other type is an extension we do not know: ignored (§5.5).
         return False
 
-    def _stream_id(self, sid: int, kind: str) -> None:
+    @staticmethod
+    def _client_stream(sid: int, kind: str) -> None:
+        """A frame that may open a stream: on an id a client may use (odd, §5.1.1)."""
         if not sid or not sid & 1:
             raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"{kind} on stream {sid} (a client's streams are odd)")
 
-    def _stream_rule(self, sid: int, kind: str) -> None:
+    def _opened_stream(self, sid: int, kind: str) -> None:
         """A frame about a stream: on one the client opened (an idle one is a connection error, §5.1)."""
         if not sid:
             raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"{kind} on stream 0")
@@ -534,7 +527,7 @@ class ServerConnection:
         return 1, len(payload) - payload[0]
 
     def _headers(self, flags: int, sid: int, payload: bytes, out: list[Event]) -> None:
-        self._stream_id(sid, "HEADERS")
+        self._client_stream(sid, "HEADERS")
         start, stop = self._unpad(flags, payload, "HEADERS")
         if flags & _PRIORITY_FLAG:
             if stop - start < 5:
@@ -548,7 +541,7 @@ class ServerConnection:
         if flags & _END_HEADERS:
             self._block_size = 0
             if len(fragment) > MAX_HEADER_BLOCK:
-                raise self._too_large()
+                raise _flooded(MAX_HEADER_BLOCK, "bytes in a header block", per_interval=False)
             self._headers_done(sid, flags, fragment, out)
             return
         self._block_sid, self._block_flags, self._block, self._block_size = sid, flags, [], 0
@@ -557,12 +550,9 @@ class ServerConnection:
     def _fragment(self, fragment: bytes) -> None:
         self._block_size += len(fragment)
         if self._block_size > MAX_HEADER_BLOCK:
-            raise self._too_large()
+            raise _flooded(MAX_HEADER_BLOCK, "bytes in a header block", per_interval=False)
         self._block.append(fragment)
 
-    @staticmethod
-    def _too_large() -> _Failed:
-        return _Failed(ErrorCodes.ENHANCE_YOUR_CALM, f"header block larger than {MAX_HEADER_BLOCK} bytes", True)
 
     def _headers_done(self, sid: int, flags: int, block: bytes, out: list[Event]) -> None:
         """A whole header block: a new stream's request, or a trailer section (read, then dropped)."""
@@ -571,20 +561,20 @@ class ServerConnection:
         if sid <= self._highest:  # trailers: they must end the stream (§8.1)
             del self._open[sid]
             if not end_stream:
-                self.reset(sid, ErrorCodes.PROTOCOL_ERROR)
+                self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, out)
             return
         self._highest = sid
         if not end_stream:
             self._open[sid] = _DEFAULT_WINDOW
         if self.closing and sid > self.last_stream:
-            self._refuse(sid, ErrorCodes.REFUSED_STREAM)  # past the drain's GOAWAY: never answered
+            self._rst(sid, ErrorCodes.REFUSED_STREAM)  # past the drain's GOAWAY: never answered
             return
         if len(self._out) >= self.max_streams or len(self._open) > self.max_streams:
-            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
-            self._flood_now("_resets", self.max_resets, "stream resets")
+            self._rst(sid, ErrorCodes.REFUSED_STREAM)
+            self._count_reset()
             return
         if parsed is None:
-            self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
+            self._rst(sid, ErrorCodes.PROTOCOL_ERROR)
             return
         self._out[sid] = _Out(self._initial)
         if type(parsed) is Request:
@@ -603,8 +593,7 @@ class ServerConnection:
         try:
             headers = self._decoder.decode(block, raw=True)
         except OversizedHeaderListError:
-            raise _Failed(ErrorCodes.ENHANCE_YOUR_CALM, f"header list larger than {MAX_HEADER_LIST} bytes",
-                          True) from None
+            raise _flooded(MAX_HEADER_LIST, "bytes in a decoded header list", per_interval=False) from None
         except (HPACKError, IndexError, ValueError) as e:
             raise _Failed(ErrorCodes.COMPRESSION_ERROR, f"a header block HPACK cannot read: {e}"[:200]) from None
         parsed = request_of(headers)  # type: ignore[arg-type]
@@ -614,31 +603,34 @@ class ServerConnection:
             self._memo[block] = (before, parsed)
         return parsed
 
-    def _refuse(self, sid: int, code: ErrorCodes) -> None:
+    def _stream_error(self, sid: int, code: ErrorCodes, out: list[Event]) -> None:
+        """The client broke a stream's rules (§5.4.2): reset it, and its answer stops."""
+        if self._out.pop(sid, None) is not None:
+            out.append(StreamCancelled(sid))
+        self._rst(sid, code)
+
+    def _rst(self, sid: int, code: ErrorCodes) -> None:
+        """RST_STREAM: the stream is over both ways (a refusal, a stream error, our reset of an answer)."""
         self._open.pop(sid, None)
         self._send.append(_frame(_RST_STREAM, 0, sid, code.to_bytes(4, "big")))
 
-    def _data(self, flags: int, sid: int, payload: bytes) -> None:
+    def _data(self, flags: int, sid: int, payload: bytes, out: list[Event]) -> None:
         """A request body is never read (GET/HEAD/OPTIONS need none): dropped, its window given back."""
-        if not sid:
-            raise _Failed(ErrorCodes.PROTOCOL_ERROR, "DATA on stream 0")
+        self._opened_stream(sid, "DATA")
         self._unpad(flags, payload, "DATA")
         length = len(payload)
         self._received -= length
         if self._received < 0:
             raise _Failed(ErrorCodes.FLOW_CONTROL_ERROR, "DATA past the connection's window")
-        if sid > self._highest:
-            raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
         refunds = self._refunds
         if length:
             refunds[0] = refunds.get(0, 0) + length
         window = self._open.get(sid)
         if window is None:
-            self._send.append(_frame(_RST_STREAM, 0, sid, ErrorCodes.STREAM_CLOSED.to_bytes(4, "big")))
+            self._rst(sid, ErrorCodes.STREAM_CLOSED)
             return
         if length > window:
-            self.reset(sid, ErrorCodes.FLOW_CONTROL_ERROR)
-            self._open.pop(sid, None)
+            self._stream_error(sid, ErrorCodes.FLOW_CONTROL_ERROR, out)
             return
         if flags & _END_STREAM:
             del self._open[sid]
@@ -671,15 +663,13 @@ class ServerConnection:
                 raise _Failed(ErrorCodes.FLOW_CONTROL_ERROR, "the connection's window past 2^31-1")
             self._requeue()
             return
-        if sid > self._highest:
-            raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+        self._opened_stream(sid, "WINDOW_UPDATE")
         stream = self._out.get(sid)
         if stream is None:
             return  # a stream we finished or reset: the update was on its way
         stream.window += increment
         if not increment or stream.window > _MAX_WINDOW:
-            self.reset(sid, ErrorCodes.PROTOCOL_ERROR if not increment else ErrorCodes.FLOW_CONTROL_ERROR)
-            out.append(StreamCancelled(sid))
+            self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR if not increment else ErrorCodes.FLOW_CONTROL_ERROR, out)
         elif sid not in self._ready:
             self._ready.append(sid)
 
@@ -703,16 +693,17 @@ class ServerConnection:
                 raise _Failed(ErrorCodes.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
             # SETTINGS_HEADER_TABLE_SIZE needs nothing: our blocks use no dynamic table (hpackout).
 
-    def _flood(self, now: float, counter: str, bound: int, what: str) -> None:
-        if now - self._window_start >= FLOOD_INTERVAL:
-            self._window_start, self._resets, self._control = now, 0, 0
-        self._flood_now(counter, bound, what)
+    def _count_reset(self) -> None:
+        """A stream reset by the client, or refused to it (rapid reset, CVE-2023-44487)."""
+        self._resets += 1
+        if self._resets > self.max_resets:
+            raise _flooded(self.max_resets, "stream resets")
 
-    def _flood_now(self, counter: str, bound: int, what: str) -> None:
-        count = getattr(self, counter) + 1
-        setattr(self, counter, count)
-        if count > bound:
-            raise _Failed(ErrorCodes.ENHANCE_YOUR_CALM, f"more than {bound} {what} in {FLOOD_INTERVAL:g} s", True)
+    def _count_control(self) -> None:
+        """A control frame that costs us work and asks for nothing."""
+        self._control += 1
+        if self._control > self.max_control:
+            raise _flooded(self.max_control, "PING, SETTINGS or PRIORITY frames")
 
     def _requeue(self) -> None:
         """Every stream back in turn (a window they all share may have opened)."""
@@ -769,25 +760,21 @@ class ServerConnection:
         wire = fields.wire_h2
         if type(wire) is not _Wire:
             wire = fields.wire_h2 = _Wire(fields)
-        encoded = [wire.block]
         field = hpackout.field
+        encoded = [wire.block]
         if status not in _NO_BODY and length is not None:
             encoded.append(field(b"content-length", b"%d" % length))
         if born is not None:
             encoded.append(field(b"age", b"%d" % (int(now - born) if now > born else 0)))
         encoded.append(field(b"date", _date(now)))
         out.body = status not in _NO_BODY and (request is None or request.method != "HEAD")
-        block = self._encoder.encode([(b":status", wire.status), (hpackout.ENCODED, b"".join(encoded))])
-        flags = 0 if out.body else _END_STREAM
-        size = self._frame_size
-        if len(block) <= size:
-            self._send.append(_FRAME.pack(len(block) << 8 | _HEADERS, flags | _END_HEADERS, sid) + block)
-        else:  # a stored object's fields past one frame: HEADERS, then CONTINUATION frames (§6.10)
-            pieces = [block[i:i + size] for i in range(0, len(block), size)]
-            for i, piece in enumerate(pieces):
-                kind = _HEADERS if i == 0 else _CONTINUATION
-                self._send.append(_frame(kind, (flags if i == 0 else 0) | (_END_HEADERS if i == len(pieces) - 1
-                                                                             else 0), sid, piece))
+        block = self._encoder.join(encoded)
+        size, total = self._frame_size, len(block)
+        kind, flags = _HEADERS, 0 if out.body else _END_STREAM
+        for start in range(0, total, size):  # past one frame: HEADERS, then CONTINUATION frames (§6.10)
+            last = start + size >= total
+            self._send.append(_frame(kind, flags | _END_HEADERS if last else flags, sid, block[start:start + size]))
+            kind, flags = _CONTINUATION, 0
         if not out.body:
             del self._out[sid]
 
@@ -817,7 +804,7 @@ class ServerConnection:
     def reset(self, sid: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Reset a stream we answer (a broken upstream body: it must not pass for a whole one)."""
         if self._out.pop(sid, None) is not None and not self.ended:
-            self._refuse(sid, code)
+            self._rst(sid, code)
 
     def queued(self, sid: int) -> int:
         """Body bytes waiting to leave on `sid` (0 once it is done or reset)."""
