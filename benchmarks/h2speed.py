@@ -11,8 +11,9 @@ ratios come from the same minute of this shared machine:
   (a) the 1 KiB live playlist   h2load -c 32 -m 10 (32 connections, 10 streams each)
   (b) the 1 MiB segment         h2load -c 8 -m 4
 
-Cleartext h2c, because the TLS listener is not on this tree yet: both servers
-then skip TLS alike, and the figure is HTTP/2 framing, HPACK and flow control.
+Cleartext h2c: both servers skip TLS alike, and the figure is HTTP/2 framing,
+HPACK and flow control. HTTP/2 over TLS (ALPN h2, as browsers speak it) is
+measured by https.py beside its HTTP/1.1 figures, with `h2load_command()`.
 Writes benchmarks/results/h2speed-<date>.json and prints a table.
 """
 
@@ -66,22 +67,35 @@ def wait_h2(servers: Servers, name: str, path: str, timeout: float) -> None:
 
 
 def h2load(url: str, clients: int, streams: int, duration: float | None, *, requests: int = 0,
-           cpus: str | None = "1") -> dict[str, float]:
+           cpus: str | None = "1") -> dict[str, Any]:
     """One h2load run (for `duration` s, or `requests` requests): requests per second and how they ended."""
-    cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-t", "1"]
-    cmd += ["-D", f"{duration:g}"] if duration else ["-n", str(requests)]
-    cmd.append(url)
+    cmd = h2load_command(url, clients, streams, duration, requests=requests)
     if cpus is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", cpus, *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=(duration or 10) + RUN_SLACK).stdout
+    return h2load_figures(subprocess.run(cmd, capture_output=True, text=True,
+                                         timeout=(duration or 10) + RUN_SLACK).stdout)
+
+
+def h2load_command(url: str, clients: int, streams: int, duration: float | None, *,
+                   requests: int = 0) -> list[str]:
+    """h2load on one thread: `clients` connections of `streams` streams, for `duration` s or `requests` requests."""
+    cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-t", "1"]
+    cmd += ["-D", f"{duration:g}"] if duration else ["-n", str(requests)]
+    return [*cmd, url]
+
+
+def h2load_figures(out: str) -> dict[str, Any]:
+    """What h2load's report says: requests and bytes per second, how the requests ended, the ALPN protocol."""
     done = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s, ([\d.]+)([KMG]?B)/s", out)
     counts = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored",
                        out)
+    protocol = re.search(r"Application protocol: (\S+)", out)
     units = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
     return {"rps": float(done.group(1)) if done else 0.0,
             "bytes_per_s": float(done.group(2)) * units[done.group(3)] if done else 0.0,
             "succeeded": int(counts.group(2)) if counts else 0,
-            "failed": int(counts.group(3)) + int(counts.group(4)) if counts else 0}
+            "failed": int(counts.group(3)) + int(counts.group(4)) if counts else 0,
+            "protocol": protocol.group(1) if protocol else ""}
 
 
 def main() -> int:
@@ -92,7 +106,7 @@ def main() -> int:
         log("h2load or nginx is missing: apt-get install -y nghttp2-client nginx")
         return 2
     runs, duration = (2, 5.0) if args.quick else (3, 10.0)
-    raw: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in SERVERS} for s in SCENARIOS}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {n: [] for n in SERVERS} for s in SCENARIOS}
     with workspace("h2speed") as procs:
         servers = H2Servers(procs, {"livecdn": ROOT}, list(SERVERS))
         servers.start_origin()

@@ -16,9 +16,13 @@ Figures (SCENARIOS; medians of the runs):
   segment    the same for the 1 MiB segment
   full-1.3   openssl s_time -new -tls1_3: full handshakes/s (a new session per connection)
   resumed-1.3, full-1.2, resumed-1.2: the same with -reuse (session resumption) and TLS 1.2
+  h2-playlist  h2load -c32 -m10 over TLS, ALPN h2 (as browsers get HTTP/2): the playlist, hits/s
+  h2-segment   h2load -c8 -m4: the segment (h2speed.py's loads, there over h2c)
 
-To add a figure (h2load for HTTP/2), add a `Scenario` to SCENARIOS: its command
-for a server's port and a parser of that command's output.
+Both listeners offer h2 and http/1.1 by ALPN (nginx: `listen ... ssl http2`), so
+wrk keeps HTTP/1.1 and h2load gets HTTP/2 from the same server. To add a
+figure, add a `Scenario` to SCENARIOS: its command for a server's port and a
+parser of that command's output.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 import trustme
 
+from h2speed import h2load_command, h2load_figures
 from lib.ports import free_port
 from lib.procs import BENCH, LIVECDN, PY, Processes, wait_http, workspace
 from lib.report import header, save
@@ -46,7 +51,7 @@ from speed import SPEED, machine, parse_wrk
 SERVER_CPU, CLIENT_CPU = "0", "1"
 CONNECTIONS = 64
 WARM_SECONDS = 2  # one wrk run per path before measuring: every answer after it is a cache hit
-TOOLS = ("nginx", "wrk", "openssl")
+TOOLS = ("nginx", "wrk", "openssl", "h2load")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,17 @@ def _hits(out: str) -> float:
     return result["rps"]
 
 
+def _h2load(path: str, clients: int, streams: int) -> Callable[[int, float], list[str]]:
+    return lambda port, seconds: h2load_command(f"https://127.0.0.1:{port}{path}", clients, streams, seconds)
+
+
+def _h2_hits(out: str) -> float:
+    result = h2load_figures(out)
+    if result["protocol"] != "h2" or result["failed"] or not result["succeeded"]:
+        raise RuntimeError(f"h2load did not get every answer over h2 (ALPN {result['protocol'] or 'none'}):\n{out}")
+    return result["rps"]
+
+
 def _handshakes(out: str) -> float:
     m = re.search(r"(\d+) connections in (\d+) real seconds", out)
     if m is None or int(m.group(2)) == 0:
@@ -86,6 +102,9 @@ def _handshakes(out: str) -> float:
 SCENARIOS = {
     "playlist": Scenario("1 KiB playlist, HTTP/1.1 TLS (wrk)", "hits/s", _wrk("/static/live.m3u8"), _hits),
     "segment": Scenario("1 MiB segment, HTTP/1.1 TLS (wrk)", "hits/s", _wrk("/static/seg.ts"), _hits),
+    "h2-playlist": Scenario("1 KiB playlist, HTTP/2 TLS (h2load)", "hits/s", _h2load("/static/live.m3u8", 32, 10),
+                            _h2_hits),
+    "h2-segment": Scenario("1 MiB segment, HTTP/2 TLS (h2load)", "hits/s", _h2load("/static/seg.ts", 8, 4), _h2_hits),
     "full-1.3": Scenario("TLS 1.3 full handshakes (s_time -new)", "/s", _s_time("-new", "-tls1_3"), _handshakes),
     "resumed-1.3": Scenario("TLS 1.3 resumed handshakes (s_time -reuse)", "/s", _s_time("-reuse", "-tls1_3"),
                             _handshakes),
@@ -170,7 +189,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per figure and run")
     args = p.parse_args()
     if missing := [t for t in TOOLS if shutil.which(t, path="/usr/sbin:/usr/bin:/bin") is None]:
-        log(f"missing {', '.join(missing)}: apt-get install -y nginx wrk openssl")
+        log(f"missing {', '.join(missing)}: apt-get install -y nginx wrk openssl nghttp2-client")
         return 2
     with workspace("https") as procs:
         cert, key = certificate(procs.workdir)

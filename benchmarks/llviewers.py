@@ -74,7 +74,8 @@ class LowLatencyViewer:
                 answer = await reload
                 if answer is None:
                     return
-                self.answered[name] = (sent, answer.completed, resumed[0])
+                # Done before it was awaited (its part fetch took longer): the task has it now, before the callback.
+                self.answered[name] = (sent, answer.completed, resumed[0] if resumed else time.monotonic())
                 hint = preload_hint(answer.text)
         finally:
             reloads.close()
