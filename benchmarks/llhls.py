@@ -146,7 +146,12 @@ async def viewers(procs: Processes, session: aiohttp.ClientSession, quick: bool)
     await probe
     # From when the part existed, or the reload was sent if later (a viewer that asked late waited only for its answer).
     # Whole at the viewer (the parser's stamp), and the viewer's task resumed (that plus the simulator's own queue).
-    delays = [at - max(ready[name], sent) for out in outs for name, sent, at, _ in out["answered"] if name in ready]
+    by_part: dict[str, list[float]] = {}
+    for out in outs:
+        for name, sent, at, _ in out["answered"]:
+            if name in ready:
+                by_part.setdefault(name, []).append(at - max(ready[name], sent))
+    delays = [d for part in by_part.values() for d in part]
     resumed = [at - max(ready[name], sent) for out in outs for name, sent, _, at in out["answered"] if name in ready]
     parts = {p: after.get(p, 0) - before.get(p, 0) for p in after if p.count(".") == 2 and p.endswith(".ts")}
     parts = {p: n for p, n in parts.items() if n}
@@ -159,6 +164,10 @@ async def viewers(procs: Processes, session: aiohttp.ClientSession, quick: bool)
         "origin_playlist_requests_per_part": round(playlist / len(parts), 3) if parts else None,
         "answers": len(delays), "parts_probed": len(ready),
         "ready_to_viewer_ms": _spread(delays), "ready_to_viewer_task_ms": _spread(resumed),
+        # Is the tail every part's (the burst's own cost) or a few parts' (a collision, a pause)?
+        "slowest_answer_per_part_ms": _spread([max(part) for part in by_part.values()]),
+        "worst_parts_p99_ms": sorted((round(percentile(part, 99) * 1000, 1) for part in by_part.values()),
+                                     reverse=True)[:5],
     }
 
 
@@ -182,7 +191,9 @@ def show_viewers(r: dict[str, Any]) -> None:
           f"origin requests per part {r['origin_requests_per_part']} "
           f"(playlists {r['origin_playlist_requests_per_part']}), "
           f"part ready to viewer {r['ready_to_viewer_ms']} (to the viewer's task {r['ready_to_viewer_task_ms']}) "
-          f"over {r['answers']} answers ({r['parts_probed']} parts probed), failures {r['failures']}")
+          f"over {r['answers']} answers ({r['parts_probed']} parts probed), failures {r['failures']}; "
+          f"each part's slowest answer {r['slowest_answer_per_part_ms']}, "
+          f"the worst parts' p99 {r['worst_parts_p99_ms']}")
 
 
 if __name__ == "__main__":
